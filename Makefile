@@ -1,0 +1,30 @@
+# make demo: fresh .venv, install, run the main job on its embedded default.
+# make test: fresh .venv, install with test-only references, run the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/fluojax demo -o demo_out
+
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python experiments/bench_fcs.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

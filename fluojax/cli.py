@@ -1,0 +1,294 @@
+"""The ``fluojax`` command: TIFF stacks in, parameter maps and plots out.
+
+    fluojax fcs fit STACK.tif --frame-time S [optics] [-o OUT]   per-pixel Imaging FCS
+    fluojax fcs simulate [settings] -o STACK.tif                 a simulated stack
+    fluojax demo [-o OUT]                                        the main job on a built-in stack
+
+Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
+and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fluojax.io import InputError
+
+__all__ = ["main"]
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+        return value
+
+    return parse
+
+
+def _add_optics(p: argparse.ArgumentParser, three_d_defaults: bool = False) -> None:
+    g = p.add_argument_group("optics (as the Imaging FCS plugin takes them)")
+    g.add_argument("--pixel-size", type=_positive(float), default=24.0, metavar="UM", help="camera pixel pitch in um (default 24)")
+    g.add_argument("--magnification", type=_positive(float), default=None, metavar="M", help="total magnification (default 100 in 2D, 60 in 3D)")
+    g.add_argument("--na", type=_positive(float), default=None, help="numerical aperture (default 1.45 in 2D, 1.0 in 3D)")
+    g.add_argument("--wavelength", type=_positive(float), default=None, metavar="NM", help="emission wavelength in nm (default 583 in 2D, 515 in 3D)")
+    g.add_argument("--sigma0", type=_positive(float), default=None, metavar="S0", help="PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)")
+    g.add_argument("--sigmaz", type=_positive(float), default=2.2, metavar="SZ", help="light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)")
+    g.add_argument("--refractive-index", type=_positive(float), default=1.333, metavar="N", help="sample refractive index (3D; default 1.333)")
+
+
+def _optics(args, binning: int = 1):
+    from fluojax.fcs.models import Optics
+
+    three_d = args.model == "3d"
+    pick = lambda value, d2, d3: value if value is not None else (d3 if three_d else d2)  # noqa: E731
+    optics = Optics(
+        camera_pixel_um=args.pixel_size,
+        magnification=pick(args.magnification, 100.0, 60.0),
+        na=pick(args.na, 1.45, 1.0),
+        wavelength_nm=pick(args.wavelength, 583.0, 515.0),
+        sigma0=pick(args.sigma0, 0.8, 1.1),
+        sigmaz=args.sigmaz if three_d else 1.0e6,
+        refractive_index=args.refractive_index,
+        binning=binning,
+    )
+    if three_d and optics.na >= optics.refractive_index:
+        raise InputError(f"--na {optics.na} must be below the refractive index {optics.refractive_index}")
+    return optics
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fluojax", description="Differentiable fluorescence-microscopy analysis in JAX.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    fcs = sub.add_parser("fcs", help="Imaging FCS").add_subparsers(dest="fcs_command", required=True)
+    f = fcs.add_parser("fit", help="per-pixel ACF fits of an image stack -> D, N, G_inf maps")
+    f.add_argument("stack", help="TIFF stack (frames, Y, X)")
+    f.add_argument("--model", choices=["2d", "3d"], default="2d", help="2d = ITIR/TIRF (closed form), 3d = SPIM (numerical)")
+    f.add_argument("--frame-time", type=_positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's ImageJ finterval)")
+    _add_optics(f)
+    f.add_argument("--binning", type=_positive(int), default=1, metavar="N", help="N x N pixel binning (default 1)")
+    f.add_argument("--overlap", action="store_true", help="overlapping (sliding) binning")
+    f.add_argument("--bleach", default="poly4", help="bleach correction: polyK (K = 1..8) or none (default poly4)")
+    f.add_argument("--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend")
+    f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_fcs)")
+
+    s = fcs.add_parser("simulate", help="simulate a random-walk Imaging FCS stack")
+    s.add_argument("--model", choices=["2d", "3d"], default="2d")
+    s.add_argument("--frames", type=_positive(int), default=20000)
+    s.add_argument("--size", type=_positive(int), default=16, metavar="PX", help="image side in pixels")
+    s.add_argument("--frame-time", type=_positive(float), default=1.06e-3, metavar="S")
+    s.add_argument("--d", type=_positive(float), default=1.0, metavar="UM2_S", help="diffusion coefficient in um^2/s")
+    s.add_argument("--density", type=_positive(float), default=0.5, metavar="PER_PX2", help="particles per pixel area (object space)")
+    s.add_argument("--brightness", type=_positive(float), default=6.0, help="photo-electrons per particle per frame")
+    s.add_argument("--read-noise", type=float, default=0.0, metavar="E", help="Gaussian read noise s.d. in electrons")
+    s.add_argument("--seed", type=int, default=0)
+    _add_optics(s)
+    s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+
+    d = sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare")
+    d.add_argument("--frames", type=_positive(int), default=20000)
+    d.add_argument("-o", "--output", default="demo_out", metavar="OUT")
+    return top
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _bleach_order(text: str) -> int:
+    if text == "none":
+        return 0
+    if text.startswith("poly") and text[4:].isdigit() and 1 <= int(text[4:]) <= 8:
+        return int(text[4:])
+    raise InputError(f"--bleach {text!r}: use polyK with K from 1 to 8, or none")
+
+
+def _plot_maps(path: Path, maps, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = maps.d_um2_s
+    fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    finite = d[np.isfinite(d)]
+    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0, 1))
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("0.6")
+    im = ax_map.imshow(d, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+    fig.colorbar(im, ax=ax_map, label="D (µm²/s)")
+    ax_map.set_title("D map (grey: not fitted)")
+    ax_map.set_xlabel("x (pixel)")
+    ax_map.set_ylabel("y (pixel)")
+    if finite.size:
+        positive = finite[finite > 0]
+        bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40) if positive.size > 1 else 20
+        ax_hist.hist(positive, bins=bins, color="C0")
+        ax_hist.set_xscale("log")
+        ax_hist.axvline(np.median(finite), color="k", ls="--", label=f"median {np.median(finite):.3g}")
+        ax_hist.legend()
+    ax_hist.set_xlabel("D (µm²/s)")
+    ax_hist.set_ylabel("pixels")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
+    from fluojax import io
+    from fluojax.fcs.models import pixel_side_um
+    from fluojax.fcs.pipeline import PixelStatus
+
+    pixel_um = float(pixel_side_um(settings.optics))
+    io.write_map(folder / "D.tif", maps.d_um2_s, "D", "um^2/s", pixel_um)
+    io.write_map(folder / "N.tif", maps.n_particles, "N", "", pixel_um)
+    io.write_map(folder / "Ginf.tif", maps.g_inf, "G_inf", "", pixel_um)
+    io.write_map(folder / "chi2.tif", maps.chi2_reduced, "reduced chi^2", "", pixel_um)
+    io.write_map(folder / "status.tif", maps.status, "fit status", "code", pixel_um)
+    _plot_maps(folder / "maps.png", maps, extra.get("title", "Imaging FCS"))
+    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus.DESCRIPTION))
+    ok = np.isfinite(maps.d_um2_s)
+    summary = {
+        "settings": {
+            "model": settings.model,
+            "frame_time_s": settings.frame_time_s,
+            "optics": settings.optics._asdict(),
+            "object_pixel_um": pixel_um,
+            "overlap": settings.overlap,
+            "bleach_order": settings.bleach_order,
+            "correlator": {"P": settings.p, "Q": settings.q},
+            "backend": settings.solver.backend,
+        },
+        "timings_s": maps.timings_s,
+        "pixels": int(maps.status.size),
+        "fitted": int(ok.sum()),
+        "status_counts": {PixelStatus.DESCRIPTION[k]: int(c) for k, c in enumerate(counts) if c},
+        "status_codes": PixelStatus.DESCRIPTION,
+        "medians": {
+            "D_um2_s": float(np.nanmedian(maps.d_um2_s)) if ok.any() else None,
+            "N": float(np.nanmedian(maps.n_particles)) if ok.any() else None,
+            "G_inf": float(np.nanmedian(maps.g_inf)) if ok.any() else None,
+            "chi2_reduced": float(np.nanmedian(maps.chi2_reduced)) if ok.any() else None,
+        },
+        "units": {"D": "um^2/s", "N": "particles per pixel observation area", "G_inf": "dimensionless", "lag": "s"},
+        **{k: v for k, v in extra.items() if k != "title"},
+    }
+    io.write_json(folder / "summary.json", summary)
+    return summary
+
+
+def _fcs_fit(args) -> int:
+    from fluojax import fit, io
+    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
+
+    stack, meta = io.read_stack(args.stack)
+    frame_time = args.frame_time or meta.get("finterval")
+    if not frame_time or not (float(frame_time) > 0):
+        raise InputError("no frame time: pass --frame-time S (the TIFF has no ImageJ frame interval)")
+    settings = AnalysisSettings(
+        frame_time_s=float(frame_time),
+        optics=_optics(args, args.binning),
+        model=args.model,
+        overlap=args.overlap,
+        bleach_order=_bleach_order(args.bleach),
+        solver=fit.LevenbergMarquardt(backend=args.backend),
+    )
+    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_fcs")
+    t0 = time.perf_counter()
+    try:
+        maps = analyse_stack(stack, settings)
+    except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
+        raise InputError(f"{args.stack}: {err}") from None
+    maps.timings_s["total"] = time.perf_counter() - t0
+    with io.staged_output(out) as folder:
+        summary = _write_fcs_outputs(folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"})
+    print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {summary['medians']['D_um2_s']:.4g} um^2/s "
+          f"in {maps.timings_s['total']:.1f} s -> {out}/")
+    return 0
+
+
+def _fcs_simulate(args) -> int:
+    import jax
+
+    from fluojax import io
+    from fluojax.fcs import simulate
+    from fluojax.fcs.models import pixel_side_um
+    from fluojax.noise import Camera
+
+    if not str(args.output).lower().endswith((".tif", ".tiff")):
+        raise InputError(f"-o {args.output}: the output must be a .tif file")
+    if args.read_noise < 0:
+        raise InputError("--read-noise must be >= 0")
+    optics = _optics(args)
+    a = float(pixel_side_um(optics))
+    geometry = simulate.StackGeometry(
+        frames=args.frames,
+        size_px=args.size,
+        frame_time_s=args.frame_time,
+        n_particles=simulate.particles_for_density(args.density / a**2, args.size, optics),
+        three_d=args.model == "3d",
+    )
+    camera = Camera("gaussian", read_noise_e=args.read_noise) if args.read_noise > 0 else Camera()
+    t0 = time.perf_counter()
+    stack = simulate.simulate_stack(jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera)
+    stack = np.asarray(stack)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    io.write_stack(tmp, stack, args.frame_time, a)
+    os.replace(tmp, out)
+    print(f"simulated {stack.shape[0]} x {stack.shape[1]} x {stack.shape[2]} ({args.model}, D = {args.d} um^2/s, "
+          f"{geometry.n_particles} particles) in {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
+
+
+def _demo(args) -> int:
+    from fluojax import io
+    from fluojax.fcs.demo import run_demo
+
+    t0 = time.perf_counter()
+    result = run_demo(frames=args.frames)
+    out = Path(args.output)
+    with io.staged_output(out) as folder:
+        extra = {"title": "fluojax demo: three regions of different D (2D)", "regions": result["regions"], "simulate_s": result["simulate_s"]}
+        _write_fcs_outputs(folder, result["maps"], result["settings"], extra)
+    print(f"{'region':<8}{'true D':>10}{'median fit D':>15}{'rel. error':>12}   (um^2/s)")
+    for r in result["regions"]:
+        print(f"{r['name']:<8}{r['true_d_um2_s']:>10.3g}{r['median_d_um2_s']:>15.3g}{r['relative_error']:>+12.1%}")
+    t = result["maps"].timings_s
+    print(f"simulate {result['simulate_s']:.1f} s, correlate {t['correlate']:.1f} s, fit {t['fit']:.1f} s, "
+          f"total {time.perf_counter() - t0:.1f} s -> {out}/ (D.tif, N.tif, Ginf.tif, chi2.tif, status.tif, maps.png, summary.json)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fluojax`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.fcs_command == "fit":
+            return _fcs_fit(args)
+        return _fcs_simulate(args)
+    except InputError as err:
+        print(f"fluojax: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fluojax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
