@@ -128,26 +128,26 @@ def _simulate(key, sample, optics, geometry: StackGeometry, camera: Camera):
     else:
         z = jnp.zeros((n,))
 
-    def substep(pos, k):
-        xy, z = pos
-        kxy, kz = jax.random.split(k)
-        xy = lo + jnp.mod(xy + step_sd * jax.random.normal(kxy, (n, 2)) - lo, side)
-        if geometry.three_d:
-            z = -half_depth + jnp.mod(z + step_sd * jax.random.normal(kz, (n,)) + half_depth, 2 * half_depth)
-            sigma = 0.5 * (w + jnp.abs(z) * tan_a)
-            weight = rate * jnp.exp(-2.0 * z**2 / wz**2)
-        else:
-            sigma = jnp.full((n,), 0.5 * w)
-            weight = jnp.full((n,), rate)
-        px = _axis_probabilities(xy[:, 0], sigma, edges)  # (n, size) columns
-        py = _axis_probabilities(xy[:, 1], sigma, edges)  # (n, size) rows
-        expected = (py * weight[:, None]).T @ px  # (rows, cols)
-        return (xy, z), expected
-
     def frame(pos, k):
-        k_sub, k_cam = jax.random.split(k)
-        pos, expected = jax.lax.scan(substep, pos, jax.random.split(k_sub, s))
-        return pos, camera_counts(k_cam, expected.sum(axis=0), camera)
+        # all sub-steps of a frame at once: cumulative Gaussian steps, periodic wrap
+        xy, z = pos
+        k_xy, k_z, k_cam = jax.random.split(k, 3)
+        path_xy = xy + jnp.cumsum(step_sd * jax.random.normal(k_xy, (s, n, 2)), axis=0)
+        path_xy = lo + jnp.mod(path_xy - lo, side)
+        if geometry.three_d:
+            path_z = z + jnp.cumsum(step_sd * jax.random.normal(k_z, (s, n)), axis=0)
+            path_z = -half_depth + jnp.mod(path_z + half_depth, 2 * half_depth)
+            sigma = 0.5 * (w + jnp.abs(path_z) * tan_a)
+            weight = rate * jnp.exp(-2.0 * path_z**2 / wz**2)
+        else:
+            path_z = jnp.broadcast_to(z, (s, n))
+            sigma = jnp.full((s, n), 0.5 * w)
+            weight = jnp.full((s, n), rate)
+        flat = lambda v: v.reshape(s * n, *v.shape[2:])  # noqa: E731
+        px = _axis_probabilities(flat(path_xy[..., 0]), flat(sigma), edges)  # (s*n, cols)
+        py = _axis_probabilities(flat(path_xy[..., 1]), flat(sigma), edges)  # (s*n, rows)
+        expected = (py * flat(weight)[:, None]).T @ px  # (rows, cols)
+        return (path_xy[-1], path_z[-1]), camera_counts(k_cam, expected, camera)
 
     _, stack = jax.lax.scan(frame, (xy, z), jax.random.split(k_run, geometry.frames))
     return stack.astype(jnp.float32)

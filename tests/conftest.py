@@ -1,0 +1,17 @@
+"""Shared fixtures: the seed paper's 2D (TIRF) and 3D (SPIM) optics (fcs.md §1.2)."""
+
+import pytest
+
+from fluojax.fcs.models import Optics
+
+
+@pytest.fixture
+def optics_2d():
+    """24 um pixels at 100x (240 nm), NA 1.45, 583 nm, sigma0 0.8."""
+    return Optics(camera_pixel_um=24.0, magnification=100.0, na=1.45, wavelength_nm=583.0, sigma0=0.8)
+
+
+@pytest.fixture
+def optics_3d():
+    """24 um pixels at 60x (400 nm), NA 1.0, 515 nm, sigma0 1.1, sigmaz 2.2, n = 1.333."""
+    return Optics(24.0, 60.0, 1.0, 515.0, 1.1, 2.2, 1.333, 1)

@@ -1,0 +1,97 @@
+"""Fitting engine: convergence to the truth, statistics against the Cramer-Rao bound, backends, status."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fluojax import fit
+from fluojax.fcs.correlator import lag_grid
+from fluojax.fcs.pipeline import _BOUNDS, acf_model_2d
+
+LAG = jnp.asarray(lag_grid().lags * 1.06e-3, jnp.float32)
+
+
+def _noisy_acfs(optics, n, rel_noise, seed):
+    rng = np.random.default_rng(seed)
+    truth = np.stack([np.full(n, 4.0), np.exp(rng.uniform(np.log(0.2), np.log(5.0), n)), np.zeros(n)], 1).astype(np.float32)
+    clean = np.asarray(jax.vmap(lambda t: acf_model_2d(t, (LAG, optics)))(jnp.asarray(truth)))
+    sigma = np.broadcast_to(rel_noise * clean[:, :1], clean.shape).astype(np.float32)
+    return truth, clean, sigma, clean + sigma * rng.normal(size=clean.shape).astype(np.float32)
+
+
+def test_fit_converges_to_exact_parameters_on_noise_free_data(optics_2d):
+    truth, clean, sigma, _ = _noisy_acfs(optics_2d, 64, 0.01, 0)
+    res = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **_BOUNDS)
+    assert np.all(res.status == fit.Status.CONVERGED)
+    np.testing.assert_allclose(res.params[:, :2], truth[:, :2], rtol=2e-3)
+
+
+def test_fit_recovers_d_from_noisy_acfs_at_the_cramer_rao_bound(optics_2d):
+    # one true D, 1,500 noise realisations: unbiased, reduced chi^2 ~ 1, scatter ~ CRLB
+    rng = np.random.default_rng(5)
+    theta = jnp.asarray([4.0, 1.0, 0.0], jnp.float32)
+    clean = np.asarray(acf_model_2d(theta, (LAG, optics_2d)))
+    sigma = np.full_like(clean, 0.02 * clean[0])
+    data = clean + sigma * rng.normal(size=(1500, clean.size)).astype(np.float32)
+    res = fit.least_squares_batch(acf_model_2d, data, np.broadcast_to(sigma, data.shape), theta, (LAG, optics_2d), **_BOUNDS)
+    assert np.mean(res.status == fit.Status.CONVERGED) > 0.99
+    d = res.params[res.status == fit.Status.CONVERGED, 1]
+    bound = float(fit.crlb(acf_model_2d, theta, sigma, (LAG, optics_2d))[1])
+    # 1,500 samples: the mean is known to ~bound/39, the s.d. to ~2 %; allow for LM's O(sigma^2) bias
+    assert abs(np.mean(d) - 1.0) < 4 * bound / np.sqrt(len(d)) + 0.2 * bound**2
+    assert np.std(d) == pytest.approx(bound, rel=0.1)
+    assert np.nanmean(res.chi2_reduced) == pytest.approx(1.0, abs=0.03)
+
+
+def test_optimistix_and_jaxopt_backends_give_the_same_parameters(optics_2d):
+    _, _, sigma, data = _noisy_acfs(optics_2d, 200, 0.03, 6)
+    args = (LAG, optics_2d)
+    a = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, **_BOUNDS)
+    b = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **_BOUNDS)
+    ok = (a.status == 0) & (b.status == 0)
+    assert ok.mean() > 0.98
+    # both stop within tolerance 1e-4 of the same minimum; D is compared relative to its fit error
+    np.testing.assert_allclose(a.params[ok, 1], b.params[ok, 1], rtol=2e-3)
+
+
+def test_fixed_parameters_keep_their_start_value(optics_2d):
+    _, _, sigma, data = _noisy_acfs(optics_2d, 8, 0.01, 7)
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **_BOUNDS)
+    assert np.all(res.params[:, 2] == 0.0)
+
+
+def test_invalid_dataset_gives_nan_and_status_without_stopping_the_batch(optics_2d):
+    truth, clean, sigma, _ = _noisy_acfs(optics_2d, 4, 0.01, 8)
+    data = clean.copy()
+    data[1] = np.nan
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **_BOUNDS)
+    assert res.status[1] == fit.Status.INVALID_DATA and np.all(np.isnan(res.params[1]))
+    assert np.all(res.status[[0, 2, 3]] == fit.Status.CONVERGED)
+    np.testing.assert_allclose(res.params[[0, 2, 3], 1], truth[[0, 2, 3], 1], rtol=2e-3)
+
+
+def test_optimum_outside_the_box_is_reported_at_bound():
+    # straight line y = 2 x with the slope bounded to [0, 1]: the fit must sit at 1 and say so
+    x = jnp.linspace(0.0, 1.0, 20)
+    line = lambda th, a: th[0] * a  # noqa: E731
+    res = fit.least_squares(line, 2.0 * x, jnp.full(20, 0.1), jnp.array([0.5]), x, lower=[0.0], upper=[1.0])
+    assert int(res.status) == fit.Status.AT_BOUND
+    assert float(res.params[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_crlb_of_straight_line_equals_closed_form():
+    # y = a + b x, sigma_i: Var = (X^T W X)^-1 in closed form
+    x = jnp.linspace(-1.0, 2.0, 15)
+    sigma = 0.1 + 0.05 * jnp.abs(x)
+    line = lambda th, a: th[0] + th[1] * a  # noqa: E731
+    w = 1 / sigma**2
+    s, sx, sxx = w.sum(), (w * x).sum(), (w * x * x).sum()
+    det = s * sxx - sx**2
+    expected = np.sqrt([sxx / det, s / det])
+    np.testing.assert_allclose(np.asarray(fit.crlb(line, jnp.array([1.0, 0.5]), sigma, x)), expected, rtol=1e-5)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend"):
+        fit.LevenbergMarquardt(backend="scipy")
