@@ -124,8 +124,7 @@ def _plot_maps(path: Path, maps, title: str) -> None:
     fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
     finite = d[np.isfinite(d)]
     lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0, 1))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.6")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.6")
     im = ax_map.imshow(d, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     fig.colorbar(im, ax=ax_map, label="D (µm²/s)")
     ax_map.set_title("D map (grey: not fitted)")

@@ -224,7 +224,8 @@ def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray
     s = shape(grid)
     s0 = s[0]
     dtau_half = grid[np.argmax(s < 0.5 * s0)]
-    amp = np.nanmean(acf[:, :2], axis=1)
+    with np.errstate(invalid="ignore"):
+        amp = np.mean(acf[:, :2], axis=1)
     n0 = np.where(np.isfinite(amp) & (amp > 0), s0 / np.where(amp > 0, amp, 1.0), 1e3)
     below = acf < 0.5 * amp[:, None]
     tau_half = np.where(below.any(axis=1), lag_s[np.argmax(below, axis=1)], lag_s[-1])
@@ -320,7 +321,9 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
             saturated[sl] = hit_binned[:valid_rows].ravel()
     t_corr = time.perf_counter() - t0
 
-    no_signal = ~(np.isfinite(mean) & (mean > 0) & np.all(np.isfinite(acf), axis=1) & np.all(np.isfinite(sem), axis=1))
+    no_signal = ~(
+        np.isfinite(mean) & (mean > 0) & np.all(np.isfinite(acf), axis=1) & np.all(np.isfinite(sem), axis=1) & np.any(sem > 0, axis=1)
+    )
     lag_s = grid.lags * settings.frame_time_s
     t1 = time.perf_counter()
     with tqdm(total=acf.shape[0], desc="fit", unit="px", disable=(None if progress is None else not progress)) as bar:
