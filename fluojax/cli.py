@@ -119,6 +119,7 @@ def _plot_maps(path: Path, maps, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     d = maps.d_um2_s
     fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
@@ -135,6 +136,7 @@ def _plot_maps(path: Path, maps, title: str) -> None:
         bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40) if positive.size > 1 else 20
         ax_hist.hist(positive, bins=bins, color="C0")
         ax_hist.set_xscale("log")
+        ax_hist.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax_hist.axvline(np.median(finite), color="k", ls="--", label=f"median {np.median(finite):.3g}")
         ax_hist.legend()
     ax_hist.set_xlabel("D (µm²/s)")
