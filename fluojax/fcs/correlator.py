@@ -184,9 +184,11 @@ def correlate(frames: jax.Array, p: int = 16, q: int = 8) -> ACFResult:
         span = n_bins - d_min  # longest product series in the group
         counts = n_bins - delays  # products per channel
 
+        lead = binned[:span]
+        padded = jnp.pad(binned, ((0, span), (0, 0)))  # so every delay can slice `span` rows
+
         def products(delay, count):
-            lead = jax.lax.dynamic_slice_in_dim(binned, 0, span, axis=0)
-            lagged = jax.lax.dynamic_slice_in_dim(jnp.pad(binned, ((0, span), (0, 0))), delay, span, axis=0)
+            lagged = jax.lax.dynamic_slice_in_dim(padded, delay, span, axis=0)
             valid = (jnp.arange(span) < count)[:, None]
             m1 = jnp.sum(jnp.where(valid, lead, 0.0), axis=0) / count
             m2 = jnp.sum(jnp.where(valid, lagged, 0.0), axis=0) / count
