@@ -174,6 +174,7 @@ def main():
     ap.add_argument("--baseline-pixels", type=int, default=64, help="pixels in the multipletau subset")
     ap.add_argument("--baseline-fits", type=int, default=64, help="fits in the scipy subset")
     ap.add_argument("--tmpdir", default=None, help="where to write the temporary TIFF")
+    ap.add_argument("--tile-pixels", type=int, default=1024, help="pixels per correlation band (GPU: e.g. 16384)")
     args = ap.parse_args()
 
     frames, size = args.frames, args.size
@@ -199,7 +200,7 @@ def main():
         data, _meta = io.read_stack(tif)
         print(f"read_stack: {type(data).__name__} {data.shape} {data.dtype}")
 
-        settings = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d")
+        settings = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d", tile_pixels=args.tile_pixels)
         grid = correlator.lag_grid(settings.p, settings.q)
         lag_s = (grid.lags * FRAME_TIME_2D).astype(np.float64)
 

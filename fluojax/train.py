@@ -1,0 +1,338 @@
+"""One training loop for every network in fluojax: optax, data simulated on the fly, orbax checkpoints.
+
+A technique supplies a Flax NNX model and a pure, jittable ``sample_batch(key) -> (inputs,
+targets)`` (usually its simulator followed by the label transform). :func:`train` then runs
+
+    for step s = start .. steps-1:
+        inputs, targets = sample_batch(fold_in(data_key, s))      # fresh data, never reused
+        theta <- optax update of  mean loss(model(inputs), targets)
+
+with simulation, forward and backward pass in one compiled step, so on a GPU the training data
+never leave the device. Because the batch of step ``s`` depends only on ``(seed, s)``, a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen, and
+ends with the same weights. A fixed held-out set (drawn once from a separate key) measures
+progress; BatchNorm statistics are updated in training and used frozen in evaluation
+(``nnx.view(model, use_running_average=...)``). Checkpoints (model state, optimizer state,
+step, metric history) are written with orbax's ``StandardCheckpointer``; metrics go to
+``metrics.csv`` and ``metrics.json`` in the run folder.
+
+Nothing here knows about FCS, FRAP, SMLM or SOFI.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+__all__ = [
+    "TrainConfig",
+    "TrainHistory",
+    "make_optimizer",
+    "mse_loss",
+    "evaluate",
+    "train",
+    "save_checkpoint",
+    "restore_checkpoint",
+    "latest_checkpoint",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train (immutable; stored with every checkpoint).
+
+    Attributes:
+        steps: int, total optimizer steps (batches).
+        batch_size: int, samples per batch (passed to the sampler by its builder; recorded here
+            for throughput and the log).
+        learning_rate: float, initial learning rate.
+        final_learning_rate: float, learning rate reached at ``steps`` by exponential decay
+            (equal to ``learning_rate`` for a constant rate).
+        decay_every: int, staircase interval of the decay in steps (1 = smooth). The seed's
+            ImFCSNet schedule: 1e-3 -> 1e-5, factor applied every 32 batches (fcs.md §1.5).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        weight_decay: float, AdamW weight decay (ignored by Adam).
+        adam_eps: float, epsilon of Adam (Keras default 1e-7).
+        eval_every: int, steps between held-out evaluations (and log rows).
+        eval_batches: int, batches in the fixed held-out set.
+        checkpoint_every: int, steps between checkpoints (0: only at the end).
+        seed: int, seeds data, held-out set and nothing else (model init has its own rngs).
+    """
+
+    steps: int
+    batch_size: int
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-5
+    decay_every: int = 1
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-7
+    eval_every: int = 100
+    eval_batches: int = 4
+    checkpoint_every: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_batches < 1:
+            raise ValueError("steps, batch_size, eval_every and eval_batches must be >= 1")
+
+
+class TrainHistory(NamedTuple):
+    """Metrics of a run, one row per evaluation.
+
+    Attributes:
+        step: list of int, steps completed at each row.
+        train_loss: list of float, mean training loss since the previous row.
+        eval_loss: list of float, loss on the fixed held-out set (model in eval mode).
+        learning_rate: list of float.
+        samples_per_s: list of float, training throughput (simulation included) since the
+            previous row.
+        elapsed_s: list of float, wall time since the run (or its resumption) started.
+    """
+
+    step: list
+    train_loss: list
+    eval_loss: list
+    learning_rate: list
+    samples_per_s: list
+    elapsed_s: list
+
+    @classmethod
+    def empty(cls) -> "TrainHistory":
+        return cls([], [], [], [], [], [])
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in self._asdict().items()}
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+    """Exponential (optionally staircase) decay from ``learning_rate`` to ``final_learning_rate``.
+
+    lr(s) = lr0 * (lr1 / lr0) ** (floor(s / k) * k / steps),  k = ``decay_every``.
+    """
+    ratio = config.final_learning_rate / config.learning_rate
+    if ratio == 1.0:
+        return optax.constant_schedule(config.learning_rate)
+    k = max(1, config.decay_every)
+    return optax.exponential_decay(
+        config.learning_rate, transition_steps=k, decay_rate=ratio ** (k / config.steps), staircase=k > 1
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optax transformation of a config (Adam or AdamW with its learning-rate schedule)."""
+    schedule = learning_rate_schedule(config)
+    if config.optimizer == "adamw":
+        return optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay)
+    return optax.adam(schedule, eps=config.adam_eps)
+
+
+def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error (the seed networks' loss, on ln D)."""
+    return jnp.mean((prediction - jnp.reshape(target, prediction.shape)) ** 2)
+
+
+def evaluate(model: nnx.Module, batches, loss: Callable = mse_loss) -> float:
+    """Mean loss of ``model`` in eval mode (BatchNorm running statistics) over ``(x, y)`` batches."""
+    frozen = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+    values = [float(_eval_loss(frozen, x, y, loss)) for x, y in batches]
+    return float(np.mean(values))
+
+
+@nnx.jit(static_argnums=(3,))
+def _eval_loss(model, x, y, loss):
+    return loss(model(x), y)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:09d}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    done = sorted(p for p in folder.glob("step_*") if (p / "meta.json").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int, meta: dict) -> Path:
+    """Write model (and optimizer) state with orbax, plus ``meta.json`` (written last: its presence
+    marks the checkpoint complete).
+
+    Arguments:
+        path: folder to create (replaced if it exists).
+        model: the NNX model (parameters and BatchNorm statistics are saved).
+        optimizer: its ``nnx.Optimizer`` or None.
+        step: int, steps completed.
+        meta: JSON-serialisable dict (network name and config, train config, history, ...).
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists():
+        shutil.rmtree(path)
+    state = {"model": nnx.state(model)}
+    if optimizer is not None:
+        state["optimizer"] = nnx.state(optimizer)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / "state", state)
+    checkpointer.wait_until_finished()
+    (path / "meta.json").write_text(json.dumps({**meta, "step": int(step)}, indent=1))
+    return path
+
+
+def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> dict:
+    """Load a checkpoint into an already built ``model`` (and ``optimizer``) of the same structure.
+
+    Returns:
+        the checkpoint's ``meta.json`` dict (includes ``step``).
+
+    Raises:
+        ValueError: the checkpoint is missing, incomplete, or holds a different structure.
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not (path / "meta.json").is_file():
+        raise ValueError(f"{path} is not a complete fluojax checkpoint (no meta.json)")
+    target = {"model": nnx.state(model)}
+    if optimizer is not None:
+        target["optimizer"] = nnx.state(optimizer)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = ocp.StandardCheckpointer().restore(path / "state", abstract)
+    except Exception as err:  # orbax raises several types for structure mismatches
+        raise ValueError(f"checkpoint {path} does not match this network: {str(err).splitlines()[0]}") from None
+    nnx.update(model, restored["model"])
+    if optimizer is not None:
+        nnx.update(optimizer, restored["optimizer"])
+    return json.loads((path / "meta.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_metrics(run_dir: Path, history: TrainHistory) -> None:
+    d = history.to_dict()
+    (run_dir / "metrics.json").write_text(json.dumps(d, indent=1))
+    with open(run_dir / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(list(d))
+        writer.writerows(zip(*d.values()))
+
+
+def train(
+    model: nnx.Module,
+    sample_batch: Callable[[jax.Array], tuple[Any, jax.Array]],
+    config: TrainConfig,
+    *,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] = mse_loss,
+    run_dir: str | Path | None = None,
+    meta: dict | None = None,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place on batches simulated on the fly.
+
+    Arguments:
+        model: Flax NNX module mapping a batch of inputs to predictions; trained in place.
+        sample_batch: pure, jittable ``key -> (inputs, targets)``; called inside the compiled
+            training step with ``fold_in(data_key, step)``, and once per held-out batch.
+        config: ``TrainConfig``.
+        loss: ``loss(prediction, target) -> scalar``; MSE by default.
+        run_dir: folder for checkpoints and metrics; if it holds a checkpoint, training resumes
+            from the newest one. None: nothing is written.
+        meta: JSON-serialisable description stored with each checkpoint (e.g. network name and
+            config), so a checkpoint can be rebuilt and checked later.
+        progress: show a tqdm bar with loss and samples/s (None: only on a terminal).
+        stop_after: int, stop (after checkpointing) once this many steps are done in total
+            (simulates an interruption; for tests and for splitting long runs).
+
+    Returns:
+        ``TrainHistory`` (the whole run's, including rows restored from a checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    meta = dict(meta or {}, train_config=dataclasses.asdict(config))
+    history = TrainHistory.empty()
+    start = 0
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        last = latest_checkpoint(run_path)
+        if last is not None:
+            saved = restore_checkpoint(last, model, optimizer)
+            if saved.get("train_config") != meta["train_config"]:
+                raise ValueError(f"{run_path} holds a run with another training config; use a new folder")
+            start = int(saved["step"])
+            history = TrainHistory(**saved["history"])
+
+    sample = jax.jit(sample_batch)
+    held_out = [sample(jax.random.fold_in(eval_key, i)) for i in range(config.eval_batches)]
+    schedule = learning_rate_schedule(config)
+    trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
+
+    @nnx.jit
+    def train_step(net, opt, key):
+        x, y = sample_batch(key)
+        value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(net)
+        opt.update(net, grads)
+        return value
+
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=(None if progress is None else not progress))
+    t_run = t_row = time.perf_counter()
+    losses = []
+    step = start
+    try:
+        while step < end:
+            losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step)))
+            step += 1
+            bar.update(1)
+            if step % config.eval_every == 0 or step == end:
+                train_loss = float(np.mean(jax.device_get(losses)))
+                now = time.perf_counter()
+                rate = len(losses) * config.batch_size / (now - t_row)
+                eval_loss = evaluate(model, held_out, loss)
+                for column, value in zip(
+                    history, (step, train_loss, eval_loss, float(schedule(step)), rate, now - t_run)
+                ):
+                    column.append(value)
+                bar.set_postfix(loss=f"{train_loss:.4g}", held_out=f"{eval_loss:.4g}", samples_s=f"{rate:.0f}")
+                losses, t_row = [], time.perf_counter()
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(f"training loss became {train_loss} at step {step}")
+                if run_path is not None:
+                    _write_metrics(run_path, history)
+            due = config.checkpoint_every and step % config.checkpoint_every == 0
+            if run_path is not None and (due or step == end):
+                save_checkpoint(_checkpoint_dir(run_path, step), model, optimizer, step, {**meta, "history": history.to_dict()})
+    finally:
+        bar.close()
+    return history
