@@ -234,7 +234,12 @@ def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray
 
 
 def fit_acfs(
-    acf: np.ndarray, sem: np.ndarray, lag_s: np.ndarray, settings: AnalysisSettings, progress: Callable[[int], None] | None = None
+    acf: np.ndarray,
+    sem: np.ndarray,
+    lag_s: np.ndarray,
+    settings: AnalysisSettings,
+    progress: Callable[[int], None] | None = None,
+    start_d_um2_s: np.ndarray | None = None,
 ) -> fit.FitResult:
     """Fit the chosen model to many ACFs, weights 1/SEM^2.
 
@@ -243,12 +248,23 @@ def fit_acfs(
         lag_s: (C,) lag times in s.
         settings: ``AnalysisSettings`` (model, optics, solver).
         progress: optional callback with the number of fits finished.
+        start_d_um2_s: optional (B,) start values of D in um^2/s (e.g. a network's prediction:
+            the hybrid estimator); N then starts at ``S(D tau_1) / G(tau_1)``. Default: the
+            data-driven start values of :func:`start_values`.
 
     Returns:
         ``fit.FitResult`` of NumPy arrays; ``params[:, k]`` = N, D (um^2/s), G_inf.
     """
     model, make_args, shape = _shape_fn(settings)
     init = start_values(acf, lag_s, shape)
+    if start_d_um2_s is not None:
+        d0 = np.asarray(start_d_um2_s, np.float64).reshape(-1)
+        good = np.isfinite(d0) & (d0 > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n0 = shape(np.where(good, d0, 1.0) * lag_s[0]) / acf[:, 0]
+        use_n = good & np.isfinite(n0) & (n0 > 0)
+        init[:, 1] = np.where(good, d0, init[:, 1])
+        init[:, 0] = np.where(use_n, n0, init[:, 0])
     lag = jnp.asarray(lag_s, jnp.float32)
     return fit.least_squares_batch(
         model, acf, sem, init, make_args(lag), solver=settings.solver, progress=progress, **_BOUNDS
