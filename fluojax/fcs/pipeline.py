@@ -17,6 +17,7 @@ in a few hundred MB; each band is padded to the same shape, so it compiles once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -316,25 +317,36 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     mean = np.empty(out_h * out_w, np.float32)
     saturated = np.zeros(out_h * out_w, bool)
 
-    t0 = time.perf_counter()
-    bands = range(0, out_h, rows_per_band)
-    for out_row in tqdm(bands, desc="correlate", unit="band", disable=(None if progress is None else not progress)):
+    def read_band(out_row):
+        """Rows of the stack feeding one band of output rows (padded to the common band shape)."""
         start = out_row * (1 if settings.overlap else n)
         band = np.asarray(stack[:, start : start + rows_in, :])
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
             raise ValueError("the stack contains NaN or Inf values")
-        valid_rows = min(rows_per_band, out_h - out_row)
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
-        res = _band_acf(band, n, settings.overlap, settings.bleach_order, settings.p, settings.q)
-        sl = slice(out_row * out_w, (out_row + valid_rows) * out_w)
-        acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
-        sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
-        mean[sl] = np.asarray(res.mean)[: valid_rows * out_w]
-        if saturation is not None:
-            hit = np.asarray(band.max(axis=0) >= saturation)  # raw pixels at the detector maximum
-            hit_binned = np.asarray(bin_pixels(hit[None].astype(np.float32), n, settings.overlap))[0] > 0
-            saturated[sl] = hit_binned[:valid_rows].ravel()
+        return band
+
+    t0 = time.perf_counter()
+    bands = list(range(0, out_h, rows_per_band))
+    # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read_band, bands[0])
+        for i in tqdm(range(len(bands)), desc="correlate", unit="band", disable=(None if progress is None else not progress)):
+            out_row = bands[i]
+            band = pending.result()
+            res = _band_acf(band, n, settings.overlap, settings.bleach_order, settings.p, settings.q)
+            if i + 1 < len(bands):
+                pending = reader.submit(read_band, bands[i + 1])
+            valid_rows = min(rows_per_band, out_h - out_row)
+            sl = slice(out_row * out_w, (out_row + valid_rows) * out_w)
+            if saturation is not None:
+                hit = np.asarray(band.max(axis=0) >= saturation)  # raw pixels at the detector maximum
+                hit_binned = np.asarray(bin_pixels(hit[None].astype(np.float32), n, settings.overlap))[0] > 0
+                saturated[sl] = hit_binned[:valid_rows].ravel()
+            acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
+            sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
+            mean[sl] = np.asarray(res.mean)[: valid_rows * out_w]
     t_corr = time.perf_counter() - t0
 
     no_signal = ~(
