@@ -1,0 +1,70 @@
+"""Specification of the FCS networks (fluojax.fcs.nets): sizes, shapes, normalisation, eval mode."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from fluojax.fcs import nets
+
+
+def test_fcsnet_parameter_count_matches_paper():
+    # paper / Keras "total params" (weights + BatchNorm scale, offset, running mean, variance)
+    assert nets.parameter_count(nets.build_network(nets.FCSNetConfig.paper())) == 70_849
+
+
+@pytest.mark.parametrize("stride", [4, 8])
+def test_imfcsnet_parameter_count_matches_paper(stride):
+    # the stride changes lengths, not weights: 716,896 for the TF code's 4 and the paper's 8
+    assert nets.parameter_count(nets.build_network(nets.ImFCSNetConfig.paper(stride))) == 716_896
+
+
+def test_trainable_count_leaves_out_batchnorm_running_statistics():
+    net = nets.build_network(nets.FCSNetConfig.paper())
+    # 16 BatchNorm layers x 32 channels x (mean, var) are not trainable
+    assert nets.parameter_count(net, trainable_only=True) == 70_849 - 16 * 32 * 2
+
+
+def test_fcsnet_maps_a_batch_of_acfs_to_one_number_each():
+    net = nnx.view(nets.build_network(nets.FCSNetConfig.small()), use_running_average=True)
+    out = net(jax.random.normal(jax.random.key(0), (5, 72)))
+    assert out.shape == (5,) and np.all(np.isfinite(out))
+    with pytest.raises(ValueError, match="72"):
+        net(np.zeros((5, 60)))
+
+
+@pytest.mark.parametrize("frames", [1000, 2500])
+def test_imfcsnet_accepts_variable_length_input(frames):
+    net = nnx.view(nets.build_network(nets.ImFCSNetConfig.small()), use_running_average=True)
+    out = net(jax.random.poisson(jax.random.key(1), 5.0, (3, frames, 3, 3)).astype(np.float32))
+    assert out.shape == (3,) and np.all(np.isfinite(out))
+
+
+def test_imfcsnet_refuses_windows_shorter_than_its_receptive_field():
+    cfg = nets.ImFCSNetConfig.paper()
+    assert cfg.min_frames == 199 + 100 + 8 * 2 * 98  # first kernel, strided kernel, residual crops
+    net = nnx.view(nets.build_network(cfg), use_running_average=True)
+    net(np.ones((1, cfg.min_frames, 3, 3), np.float32))  # exactly long enough
+    with pytest.raises(ValueError, match=str(cfg.min_frames)):
+        net(np.ones((1, cfg.min_frames - 1, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize("config", [nets.FCSNetConfig.small(), nets.ImFCSNetConfig.small()], ids=["fcsnet", "imfcsnet"])
+def test_prediction_is_invariant_to_affine_rescaling_of_the_input(config):
+    net = nnx.view(nets.build_network(config), use_running_average=True)
+    shape = (4, 72) if isinstance(config, nets.FCSNetConfig) else (4, 600, 3, 3)
+    x = jax.random.uniform(jax.random.key(2), shape, minval=1.0, maxval=3.0)
+    # the in-model z-score removes gain and offset; float32 rounding of the standardised
+    # input (~1e-6 relative) propagates to ~1e-5 in the output
+    np.testing.assert_allclose(net(7.0 * x + 100.0), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_eval_mode_predictions_do_not_depend_on_the_rest_of_the_batch():
+    net = nets.build_network(nets.FCSNetConfig.small())
+    x = jax.random.normal(jax.random.key(3), (8, 72))
+    train_view = nnx.view(net, use_running_average=False)
+    train_view(x)  # one training-mode call updates the running statistics
+    frozen = nnx.view(net, use_running_average=True)
+    np.testing.assert_allclose(frozen(x)[:1], frozen(x[:1]), rtol=1e-5, atol=1e-6)
+    # in training mode the batch statistics couple the samples
+    assert not np.allclose(train_view(x)[:1], train_view(x[:2])[:1])
