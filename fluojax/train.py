@@ -255,13 +255,16 @@ def train(
     meta: dict | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
+    data: Any = None,
+    held_out: list | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on batches simulated on the fly.
 
     Arguments:
         model: Flax NNX module mapping a batch of inputs to predictions; trained in place.
         sample_batch: pure, jittable ``key -> (inputs, targets)``; called inside the compiled
-            training step with ``fold_in(data_key, step)``, and once per held-out batch.
+            training step with ``fold_in(data_key, step)``, and once per held-out batch. With
+            ``data``, it is called as ``sample_batch(key, data)``.
         config: ``TrainConfig``.
         loss: ``loss(prediction, target) -> scalar``; MSE by default.
         run_dir: folder for checkpoints and metrics; if it holds a checkpoint, training resumes
@@ -271,6 +274,12 @@ def train(
         progress: show a tqdm bar with loss and samples/s (None: only on a terminal).
         stop_after: int, stop (after checkpointing) once this many steps are done in total
             (simulates an interruption; for tests and for splitting long runs).
+        data: optional pytree of arrays passed to every ``sample_batch`` call as an argument of
+            the compiled step (not baked in as a constant): a fixed pool of simulated samples to
+            draw from, for networks trained on reused data (the seed's FCSNet).
+        held_out: optional list of ``(inputs, targets)`` batches to evaluate on instead of
+            batches drawn from ``sample_batch`` with the held-out key (needed when
+            ``sample_batch`` draws from a training pool).
 
     Returns:
         ``TrainHistory`` (the whole run's, including rows restored from a checkpoint).
@@ -293,14 +302,16 @@ def train(
             start = int(saved["step"])
             history = TrainHistory(**saved["history"])
 
-    sample = jax.jit(sample_batch)
-    held_out = [sample(jax.random.fold_in(eval_key, i)) for i in range(config.eval_batches)]
+    draw = sample_batch if data is None else (lambda key, pool: sample_batch(key, pool))
+    if held_out is None:
+        sample = jax.jit(draw)
+        held_out = [sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,))) for i in range(config.eval_batches)]
     schedule = learning_rate_schedule(config)
     trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
 
     @nnx.jit
-    def train_step(net, opt, key):
-        x, y = sample_batch(key)
+    def train_step(net, opt, key, pool):
+        x, y = sample_batch(key) if pool is None else sample_batch(key, pool)
         value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(net)
         opt.update(net, grads)
         return value
@@ -312,7 +323,7 @@ def train(
     step = start
     try:
         while step < end:
-            losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step)))
+            losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step), data))
             step += 1
             bar.update(1)
             if step % config.eval_every == 0 or step == end:

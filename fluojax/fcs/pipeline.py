@@ -283,16 +283,40 @@ def _band_acf(band, n, overlap, bleach_order, p, q):
     return correlator.correlate(traces, p, q)
 
 
-def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
-    """Per-pixel Imaging FCS of a (T, H, W) stack (array or memory map).
+class StackACFs(NamedTuple):
+    """Correlation of every (binned) pixel of a stack.
+
+    Attributes:
+        acf, sem: (pixels, C) ACFs and blocking standard errors, pixels in row-major order.
+        mean_intensity: (pixels,) mean counts per frame.
+        saturated: (pixels,) bool, a raw pixel in the bin reached the integer dtype's maximum.
+        shape: (H', W') of the binned image.
+        lag_s: (C,) lag times in s.
+        seconds: float, wall time.
+    """
+
+    acf: np.ndarray
+    sem: np.ndarray
+    mean_intensity: np.ndarray
+    saturated: np.ndarray
+    shape: tuple
+    lag_s: np.ndarray
+    seconds: float
+
+
+def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> StackACFs:
+    """Bin, bleach-correct and correlate every pixel of a (T, H, W) stack, band by band.
 
     Arguments:
-        stack: (T, H, W) array-like of intensities; read band by band.
-        settings: ``AnalysisSettings``.
-        progress: show tqdm progress bars (None: only on a terminal).
+        stack: (T, H, W) array-like of intensities (array or memory map).
+        settings: ``AnalysisSettings`` (binning, bleach correction, correlator, band size).
+        progress: show a tqdm progress bar (None: only on a terminal).
 
     Returns:
-        ``FCSMaps``.
+        ``StackACFs``.
+
+    Raises:
+        ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf.
     """
     from tqdm.auto import tqdm
 
@@ -347,12 +371,31 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
             acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
             sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
             mean[sl] = np.asarray(res.mean)[: valid_rows * out_w]
-    t_corr = time.perf_counter() - t0
+    return StackACFs(acf, sem, mean, saturated, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0)
+
+
+def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
+    """Per-pixel Imaging FCS of a (T, H, W) stack (array or memory map): correlate, then fit.
+
+    Arguments:
+        stack: (T, H, W) array-like of intensities; read band by band.
+        settings: ``AnalysisSettings``.
+        progress: show tqdm progress bars (None: only on a terminal).
+
+    Returns:
+        ``FCSMaps``.
+    """
+    from tqdm.auto import tqdm
+
+    corr = correlate_stack(stack, settings, progress)
+    acf, sem, mean, saturated = corr.acf, corr.sem, corr.mean_intensity, corr.saturated
+    out_h, out_w = corr.shape
+    t_corr = corr.seconds
 
     no_signal = ~(
         np.isfinite(mean) & (mean > 0) & np.all(np.isfinite(acf), axis=1) & np.all(np.isfinite(sem), axis=1) & np.any(sem > 0, axis=1)
     )
-    lag_s = grid.lags * settings.frame_time_s
+    lag_s = corr.lag_s
     t1 = time.perf_counter()
     with tqdm(total=acf.shape[0], desc="fit", unit="px", disable=(None if progress is None else not progress)) as bar:
         result = fit_acfs(acf, sem, lag_s, settings, progress=bar.update)

@@ -1,0 +1,690 @@
+"""Compare estimators on the same simulated data: bias, scatter, RMSE, CRLB efficiency, speed.
+
+A technique supplies a simulator ``simulate(key, theta) -> data`` over a batch of true parameter
+vectors ``theta`` (N, P), and any number of estimators ``estimate(data) -> theta_hat`` (N, P)
+(jitted JAX functions, networks, NLS fits through :func:`fluojax.fit.least_squares_batch`, plain
+NumPy: nothing here is jitted or traced). :func:`compare_estimators` then runs
+
+    for every grid point g (true parameters theta_g, shape (P,)):
+        data_g = simulate(fold_in(key, g), broadcast(theta_g, (N, P)))   # simulated once
+        for every estimator e:   theta_hat[e, g] = estimate_e(data_g)    # same data for all
+
+and reports, per estimator, grid point and parameter, in the *compared coordinate*
+``u = ln(theta)`` for log-scale parameters (e.g. D: errors are then relative) and ``u = theta``
+otherwise, over the ``n`` valid estimates:
+
+    bias       = mean(u(theta_hat) - u(theta))
+    std        = sqrt( sum (u(theta_hat) - mean u(theta_hat))^2 / (n - 1) )
+    RMSE       = sqrt( mean (u(theta_hat) - u(theta))^2 )
+    MAPE       = 100 % * mean |theta_hat - theta| / |theta|          (natural units)
+    CRLB_u     = CRLB(theta)            (linear)    or   CRLB(theta) / theta   (log scale)
+    efficiency = CRLB_u^2 / RMSE^2
+
+plus the Spearman rank correlation of estimate and truth pooled over the whole grid, the
+fraction of failed estimates and the throughput (samples/s). The CRLB bounds the variance of
+*unbiased* estimators, so efficiency <= 1 for them (up to sampling error); a biased estimator
+(a shrinking network, a bounded fit) can trade bias for variance and exceed 1.
+
+CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.fit.crlb`
+(independent Gaussian errors of known s.d.), :func:`poisson_crlb_fn` from the Poisson Fisher
+information ``J^T diag(1/mu) J`` (photon counts; implemented here, its natural home would be
+``fluojax.fit`` next to the Gaussian one), :func:`crlb_from_fisher` from any Fisher matrix.
+
+Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
+:func:`plot_report` render it. This module is an engine: it imports no technique package.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fluojax import fit
+
+__all__ = [
+    "ComparisonReport",
+    "compare_estimators",
+    "spearman",
+    "poisson_fisher_information",
+    "poisson_crlb",
+    "gaussian_crlb_fn",
+    "poisson_crlb_fn",
+    "crlb_from_fisher",
+    "to_markdown",
+    "to_csv",
+    "plot_report",
+    "CSV_COLUMNS",
+]
+
+#: Columns of :func:`to_csv` (and keys of :meth:`ComparisonReport.rows`), in order.
+CSV_COLUMNS = (
+    "estimator",
+    "grid_index",
+    "parameter",
+    "scale",
+    "true",
+    "n_samples",
+    "n_valid",
+    "failed_fraction",
+    "bias",
+    "std",
+    "rmse",
+    "mape_percent",
+    "crlb",
+    "efficiency",
+    "median",
+    "q16",
+    "q84",
+    "spearman",
+    "seconds",
+    "samples_per_s",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ComparisonReport:
+    """Everything :func:`compare_estimators` measured (immutable; NumPy arrays, float64).
+
+    Shapes use E estimators, G grid points, N samples per point, P parameters. "Compared
+    coordinate": ln(theta) for log-scale parameters, theta otherwise.
+
+    Attributes:
+        estimator_names: (E,) names, in the order of the ``estimators`` mapping.
+        param_names: (P,) parameter names.
+        log_scale: (P,) bools, whether each parameter is compared as ln(theta).
+        grid: (G, P) true parameters, natural units.
+        n_samples: int, N, simulated samples per grid point.
+        estimates: (E, G, N, P) raw estimates, natural units (failed ones included as returned).
+        valid: (E, G, N) bools, sample used in the statistics (all P estimates finite, and
+            positive for log-scale parameters).
+        n_valid: (E, G) number of valid samples.
+        failed_fraction: (E, G) 1 - n_valid / N.
+        bias: (E, G, P) mean error, compared coordinate.
+        std: (E, G, P) standard deviation (ddof = 1), compared coordinate.
+        rmse: (E, G, P) root-mean-square error, compared coordinate.
+        mape: (E, G, P) mean absolute percentage error, %, natural units (NaN where theta = 0).
+        median, q16, q84: (E, G, P) median and 16th/84th percentiles of the estimates, natural units.
+        crlb: (G, P) Cramer-Rao bound on the s.d., compared coordinate (CRLB / theta for log
+            scale); NaN where no bound was given.
+        efficiency: (E, G, P) crlb^2 / rmse^2; NaN without a bound.
+        spearman: (E, P) Spearman rank correlation of valid estimates with the truth, pooled over
+            the grid; NaN where either is constant (see :func:`spearman`).
+        seconds: (E, G) median wall time (s) of the timed estimator calls at each grid point
+            (compilation excluded, see :func:`compare_estimators`).
+        samples_per_s: (E, G) N / seconds.
+        overall_samples_per_s: (E,) N / median of all timed calls of the estimator.
+    """
+
+    estimator_names: tuple[str, ...]
+    param_names: tuple[str, ...]
+    log_scale: tuple[bool, ...]
+    grid: np.ndarray
+    n_samples: int
+    estimates: np.ndarray
+    valid: np.ndarray
+    n_valid: np.ndarray
+    failed_fraction: np.ndarray
+    bias: np.ndarray
+    std: np.ndarray
+    rmse: np.ndarray
+    mape: np.ndarray
+    median: np.ndarray
+    q16: np.ndarray
+    q84: np.ndarray
+    crlb: np.ndarray
+    efficiency: np.ndarray
+    spearman: np.ndarray
+    seconds: np.ndarray
+    samples_per_s: np.ndarray
+    overall_samples_per_s: np.ndarray
+
+    @property
+    def has_crlb(self) -> bool:
+        """Whether a Cramer-Rao bound was computed (anywhere on the grid)."""
+        return bool(np.any(np.isfinite(self.crlb)))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Tidy rows, one per (estimator, grid point, parameter), keyed by :data:`CSV_COLUMNS`.
+
+        ``scale`` is ``"ln"`` or ``"linear"`` (the coordinate of bias/std/rmse/crlb).
+        """
+        out = []
+        for e, name in enumerate(self.estimator_names):
+            for g in range(self.grid.shape[0]):
+                for p, pname in enumerate(self.param_names):
+                    out.append(
+                        {
+                            "estimator": name,
+                            "grid_index": g,
+                            "parameter": pname,
+                            "scale": "ln" if self.log_scale[p] else "linear",
+                            "true": float(self.grid[g, p]),
+                            "n_samples": int(self.n_samples),
+                            "n_valid": int(self.n_valid[e, g]),
+                            "failed_fraction": float(self.failed_fraction[e, g]),
+                            "bias": float(self.bias[e, g, p]),
+                            "std": float(self.std[e, g, p]),
+                            "rmse": float(self.rmse[e, g, p]),
+                            "mape_percent": float(self.mape[e, g, p]),
+                            "crlb": float(self.crlb[g, p]),
+                            "efficiency": float(self.efficiency[e, g, p]),
+                            "median": float(self.median[e, g, p]),
+                            "q16": float(self.q16[e, g, p]),
+                            "q84": float(self.q84[e, g, p]),
+                            "spearman": float(self.spearman[e, p]),
+                            "seconds": float(self.seconds[e, g]),
+                            "samples_per_s": float(self.samples_per_s[e, g]),
+                        }
+                    )
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x``, ties given the mean of the ranks they span."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last member of each tie group
+    return (last - (counts - 1) / 2.0)[inverse.ravel()]
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: the Pearson correlation of the (tie-averaged) ranks.
+
+        rho = cov(R(x), R(y)) / (sd(R(x)) sd(R(y)))
+
+    Ties get the mean of the ranks they span (as ``scipy.stats.spearmanr``), so an estimator
+    that reproduces the truth exactly has rho = 1 even though a grid truth repeats N times.
+
+    Arguments:
+        x, y: (n,) finite values.
+
+    Returns:
+        rho in [-1, 1]; NaN when n < 2 or either input is constant (undefined: a constant
+        estimator carries no ranking information, and NaN keeps it from passing as "0 =
+        uncorrelated").
+    """
+    x = np.asarray(x, np.float64).ravel()
+    y = np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs equal lengths, got {x.size} and {y.size}")
+    if x.size < 2:
+        return math.nan
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float(np.dot(rx, rx)) * float(np.dot(ry, ry)))
+    if denom == 0.0:
+        return math.nan
+    return float(np.clip(np.dot(rx, ry) / denom, -1.0, 1.0))
+
+
+def _point_stats(est: np.ndarray, truth: np.ndarray, log: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics of valid estimates ``est`` (n, P) of one grid point ``truth`` (P,)."""
+    n, n_params = est.shape
+    nan = np.full(n_params, np.nan)
+    if n == 0:
+        return dict(bias=nan, std=nan, rmse=nan, mape=nan, median=nan, q16=nan, q84=nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u_hat = np.where(log, np.log(np.where(log, est, 1.0)), est)
+        u_true = np.where(log, np.log(np.where(log, truth, 1.0)), truth)
+        err = u_hat - u_true
+        abs_true = np.abs(truth)
+        mape = np.where(abs_true > 0, 100.0 * np.mean(np.abs(est - truth), axis=0) / abs_true, np.nan)
+    q16, median, q84 = np.percentile(est, [16.0, 50.0, 84.0], axis=0)
+    return dict(
+        bias=err.mean(axis=0),
+        std=u_hat.std(axis=0, ddof=1) if n > 1 else nan,
+        rmse=np.sqrt(np.mean(err**2, axis=0)),
+        mape=mape,
+        median=median,
+        q16=q16,
+        q84=q84,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cramer-Rao bounds
+# --------------------------------------------------------------------------------------------
+
+
+def poisson_fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+    """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
+
+        I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
+
+    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i). Bins with mu_i <= 0 carry no
+    information and get zero weight. The Gaussian counterpart is
+    :func:`fluojax.fit.fisher_information`; this one lives here because ``fit`` is shared.
+
+    Arguments:
+        model: ``model(theta, args) -> array`` of expected counts (photons, not ADU).
+        theta: (P,) parameters at which to evaluate.
+        args: passed to ``model``.
+
+    Returns:
+        (P, P) Fisher information matrix.
+    """
+    theta = jnp.asarray(theta)
+    mu = jnp.ravel(model(theta, args))
+    jac = jax.jacfwd(lambda t: jnp.ravel(model(t, args)))(theta)
+    w = jnp.where(mu > 0, 1.0 / jnp.where(mu > 0, mu, 1.0), 0.0)
+    return jac.T @ (w[:, None] * jac)
+
+
+def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+    """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
+
+    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information`; e.g. for
+    counts of mean lambda in n bins, sqrt(lambda / n).
+
+    Arguments:
+        model, theta, args: as for :func:`poisson_fisher_information`.
+
+    Returns:
+        (P,) smallest achievable s.d. of an unbiased estimator of each parameter (units of theta).
+    """
+    return jnp.sqrt(jnp.diag(jnp.linalg.inv(poisson_fisher_information(model, theta, args))))
+
+
+def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
+    """Turn ``fisher_fn(theta) -> (P, P)`` Fisher information into ``crlb_fn(theta) -> (P,)``.
+
+    Arguments:
+        fisher_fn: Fisher information of one sample's data at theta (P,).
+
+    Returns:
+        ``crlb_fn(theta) = sqrt(diag(fisher_fn(theta)^-1))`` as a float64 NumPy array.
+    """
+
+    def crlb_fn(theta):
+        info = np.asarray(fisher_fn(theta), np.float64)
+        return np.sqrt(np.diag(np.linalg.inv(info)))
+
+    return crlb_fn
+
+
+def gaussian_crlb_fn(
+    model: Callable[[jax.Array, Any], jax.Array],
+    sigma_fn: Callable[[jax.Array], jax.Array] | jax.Array,
+    args: Any = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``crlb_fn`` for one dataset ``y ~ Normal(model(theta, args), sigma^2)`` via :func:`fluojax.fit.crlb`.
+
+    The bound is ``sqrt(diag((J^T diag(1/sigma^2) J)^-1))``. ``sigma`` is evaluated at theta but
+    treated as known: where the noise itself depends on theta (shot noise), the full Gaussian
+    information has an extra ``1/2 tr(S^-1 dS S^-1 dS)`` term, so this bound is then slightly
+    loose (an efficient estimator can beat it); use :func:`poisson_crlb_fn` for pure counts.
+
+    Arguments:
+        model: ``model(theta, args) -> array``, the noise-free data of one sample.
+        sigma_fn: ``sigma_fn(theta) -> array`` like the model output (s.d., data units), or a
+            fixed array / scalar.
+        args: passed to ``model``.
+
+    Returns:
+        ``crlb_fn(theta) -> (P,)`` NumPy float64, units of theta.
+    """
+
+    def crlb_fn(theta):
+        theta = jnp.asarray(theta)
+        sigma = sigma_fn(theta) if callable(sigma_fn) else sigma_fn
+        shape = jnp.shape(model(theta, args))
+        return np.asarray(fit.crlb(model, theta, jnp.broadcast_to(jnp.asarray(sigma), shape), args), np.float64)
+
+    return crlb_fn
+
+
+def poisson_crlb_fn(model: Callable[[jax.Array, Any], jax.Array], args: Any = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``crlb_fn`` for one dataset of independent Poisson counts of mean ``model(theta, args)``.
+
+    Arguments:
+        model: ``model(theta, args) -> array`` of expected counts per bin/pixel/frame.
+        args: passed to ``model``.
+
+    Returns:
+        ``crlb_fn(theta) -> (P,)`` NumPy float64 from :func:`poisson_crlb`, units of theta.
+    """
+
+    def crlb_fn(theta):
+        return np.asarray(poisson_crlb(model, jnp.asarray(theta), args), np.float64)
+
+    return crlb_fn
+
+
+# --------------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------------
+
+
+def _signature(data) -> tuple:
+    """Tree structure, shapes and dtypes of a data batch (what a jitted estimator compiles on)."""
+    leaves, treedef = jax.tree.flatten(data)
+    return (str(treedef),) + tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+
+
+def _call_timed(estimate: Callable, data) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = jax.block_until_ready(estimate(data))
+    return out, time.perf_counter() - start
+
+
+def _as_estimates(out, name: str, n: int, n_params: int) -> np.ndarray:
+    est = np.asarray(jax.device_get(out), np.float64)
+    if est.ndim == 1 and n_params == 1:
+        est = est[:, None]
+    if est.shape != (n, n_params):
+        raise ValueError(f"estimator {name!r} returned shape {est.shape}; expected ({n}, {n_params})" + (" or (N,)" if n_params == 1 else ""))
+    return est
+
+
+def _log_mask(log_scale, param_names: tuple[str, ...]) -> np.ndarray:
+    n_params = len(param_names)
+    if log_scale is None or isinstance(log_scale, bool):
+        return np.full(n_params, bool(log_scale))
+    items = list(log_scale)
+    if all(isinstance(x, str) for x in items) and items:
+        unknown = set(items) - set(param_names)
+        if unknown:
+            raise ValueError(f"log_scale names {sorted(unknown)} are not in param_names {list(param_names)}")
+        return np.array([p in items for p in param_names])
+    if not items:
+        return np.zeros(n_params, bool)
+    mask = np.asarray(items, bool)
+    if mask.shape != (n_params,):
+        raise ValueError(f"log_scale needs {n_params} bools (or parameter names), got {items}")
+    return mask
+
+
+def compare_estimators(
+    estimators: Mapping[str, Callable[[Any], Any]],
+    simulate: Callable[[jax.Array, jax.Array], Any],
+    grid,
+    n_samples: int,
+    key: jax.Array,
+    *,
+    param_names: Sequence[str],
+    log_scale: Sequence[bool] | Sequence[str] | bool = (),
+    crlb_fn: Callable[[np.ndarray], Any] | None = None,
+    fisher_fn: Callable[[np.ndarray], Any] | None = None,
+    timing_repeats: int = 1,
+    progress: bool | None = None,
+) -> ComparisonReport:
+    """Run every estimator on the same simulated data over a grid of true parameters.
+
+    For grid point g the data are simulated once, ``simulate(jax.random.fold_in(key, g),
+    theta_batch)`` with ``theta_batch`` the grid point repeated N times, and every estimator is
+    given that same batch. A sample is *failed* for an estimator when any of its P estimates is
+    non-finite, or a log-scale estimate is <= 0 (no logarithm); failed samples are counted in
+    ``failed_fraction`` and left out of every statistic. The statistics (bias, std, RMSE in ln
+    theta for log-scale parameters, MAPE, CRLB, efficiency = CRLB^2/MSE, Spearman) are defined in
+    the module docstring and :class:`ComparisonReport`.
+
+    Timing: the first time an estimator meets a data batch of a given structure/shape/dtype it
+    is called once untimed (warm-up: JIT compilation, caches); then each grid point's call is
+    timed with ``time.perf_counter`` around ``jax.block_until_ready(estimate(data))``, repeated
+    ``timing_repeats`` times (estimates come from the first). Simulation time is not counted.
+    Estimators are only ever called, never traced, so NumPy code, networks and NLS loops work.
+    An exception raised by an estimator propagates.
+
+    Arguments:
+        estimators: mapping name -> ``estimate(data) -> (N, P)`` (or (N,) when P = 1) estimated
+            parameters, natural units.
+        simulate: ``simulate(key, theta_batch) -> data`` (array or pytree, leading axis N);
+            ``theta_batch`` is a (N, P) JAX array (default float dtype). Must be deterministic
+            for a given key.
+        grid: (G, P) true parameter points, natural units ((G,) when P = 1).
+        n_samples: int, N, samples simulated per grid point.
+        key: JAX PRNG key.
+        param_names: (P,) names.
+        log_scale: parameters compared as ln(theta): P bools, a collection of names, or one bool
+            for all (default: none). Their grid values must be > 0.
+        crlb_fn: optional ``crlb_fn(theta (P,)) -> (P,)``, Cramer-Rao bound on the s.d. of each
+            parameter (natural units) for one sample's data; see :func:`gaussian_crlb_fn`,
+            :func:`poisson_crlb_fn`.
+        fisher_fn: optional ``fisher_fn(theta) -> (P, P)`` Fisher information, used via
+            :func:`crlb_from_fisher` when ``crlb_fn`` is not given (give at most one).
+        timing_repeats: int >= 1, timed calls per estimator and grid point.
+        progress: tqdm bar over grid points (None: only on a terminal; False: never).
+
+    Returns:
+        :class:`ComparisonReport`.
+    """
+    from tqdm.auto import tqdm
+
+    if not estimators:
+        raise ValueError("give at least one estimator")
+    names = tuple(str(k) for k in estimators)
+    param_names = tuple(str(p) for p in param_names)
+    n_params = len(param_names)
+    grid = np.asarray(grid, np.float64)
+    if grid.ndim == 1 and n_params == 1:
+        grid = grid[:, None]
+    if grid.ndim != 2 or grid.shape[1] != n_params or grid.shape[0] == 0:
+        raise ValueError(f"grid must be (G, {n_params}) for parameters {list(param_names)}, got shape {grid.shape}")
+    n_samples = int(n_samples)
+    if n_samples < 1:
+        raise ValueError("n_samples must be >= 1")
+    if int(timing_repeats) < 1:
+        raise ValueError("timing_repeats must be >= 1")
+    log = _log_mask(log_scale, param_names)
+    if np.any(grid[:, log] <= 0) or not np.all(np.isfinite(grid)):
+        raise ValueError("grid values must be finite, and > 0 for log-scale parameters")
+    if crlb_fn is not None and fisher_fn is not None:
+        raise ValueError("give crlb_fn or fisher_fn, not both")
+    if fisher_fn is not None:
+        crlb_fn = crlb_from_fisher(fisher_fn)
+
+    n_est, n_grid = len(names), grid.shape[0]
+    estimates = np.full((n_est, n_grid, n_samples, n_params), np.nan)
+    seconds = np.full((n_est, n_grid), np.nan)
+    all_times: list[list[float]] = [[] for _ in names]
+    warmed: list[set] = [set() for _ in names]
+    crlb = np.full((n_grid, n_params), np.nan)
+    dtype = jnp.asarray(0.0).dtype
+
+    for g in tqdm(range(n_grid), desc="compare", unit="point", disable=(None if progress is None else not progress)):
+        theta_batch = jnp.asarray(np.broadcast_to(grid[g], (n_samples, n_params)), dtype)
+        data = jax.block_until_ready(simulate(jax.random.fold_in(key, g), theta_batch))
+        sig = _signature(data)
+        for e, (name, estimate) in enumerate(estimators.items()):
+            if sig not in warmed[e]:
+                jax.block_until_ready(estimate(data))
+                warmed[e].add(sig)
+            out, dt = _call_timed(estimate, data)
+            times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
+            all_times[e].extend(times)
+            seconds[e, g] = float(np.median(times))
+            estimates[e, g] = _as_estimates(out, name, n_samples, n_params)
+        if crlb_fn is not None:
+            bound = np.asarray(crlb_fn(grid[g]), np.float64).reshape(n_params)
+            crlb[g] = np.where(log, bound / grid[g], bound)
+
+    # validity: all estimates finite, log-scale ones positive
+    with np.errstate(invalid="ignore"):
+        valid = np.all(np.isfinite(estimates) & (~log | (estimates > 0)), axis=-1)
+    n_valid = valid.sum(axis=-1)
+
+    keys = ("bias", "std", "rmse", "mape", "median", "q16", "q84")
+    stats = {k: np.full((n_est, n_grid, n_params), np.nan) for k in keys}
+    for e in range(n_est):
+        for g in range(n_grid):
+            point = _point_stats(estimates[e, g][valid[e, g]], grid[g], log)
+            for k in keys:
+                stats[k][e, g] = point[k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        efficiency = crlb[None] ** 2 / stats["rmse"] ** 2
+
+    rho = np.full((n_est, n_params), np.nan)
+    truth = np.broadcast_to(grid[:, None, :], (n_grid, n_samples, n_params))
+    for e in range(n_est):
+        ok = valid[e]
+        for p in range(n_params):
+            rho[e, p] = spearman(estimates[e][..., p][ok], truth[..., p][ok])
+
+    overall = np.array([n_samples / np.median(t) if np.median(t) > 0 else np.inf for t in all_times])
+    with np.errstate(divide="ignore"):
+        samples_per_s = n_samples / seconds
+    return ComparisonReport(
+        estimator_names=names,
+        param_names=param_names,
+        log_scale=tuple(bool(x) for x in log),
+        grid=grid,
+        n_samples=n_samples,
+        estimates=estimates,
+        valid=valid,
+        n_valid=n_valid,
+        failed_fraction=1.0 - n_valid / n_samples,
+        crlb=crlb,
+        efficiency=efficiency,
+        spearman=rho,
+        seconds=seconds,
+        samples_per_s=samples_per_s,
+        overall_samples_per_s=overall,
+        **stats,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "—" if not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
+    """Markdown tables: one row per estimator, grid point and parameter, then a summary.
+
+    Main columns: estimator, grid point, parameter, true, scale, valid, failed %, bias, std,
+    RMSE, MAPE %, CRLB, efficiency, samples/s (bias/std/RMSE/CRLB in the ``scale`` coordinate).
+    Summary columns: estimator, parameter, Spearman, overall samples/s, mean failed %.
+    Missing values (no CRLB, no valid samples) print as an em dash.
+
+    Arguments:
+        report: from :func:`compare_estimators`.
+        digits: significant digits.
+
+    Returns:
+        The Markdown text.
+    """
+    head = ["estimator", "grid point", "parameter", "true", "scale", "valid", "failed %", "bias", "std", "RMSE", "MAPE %", "CRLB", "efficiency", "samples/s"]
+    align = ["---" if h in ("estimator", "parameter", "scale") else "---:" for h in head]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for r in report.rows():
+        cells = [
+            r["estimator"],
+            str(r["grid_index"]),
+            r["parameter"],
+            _fmt(r["true"], digits),
+            r["scale"],
+            str(r["n_valid"]),
+            _fmt(100.0 * r["failed_fraction"], 3),
+            _fmt(r["bias"], digits),
+            _fmt(r["std"], digits),
+            _fmt(r["rmse"], digits),
+            _fmt(r["mape_percent"], digits),
+            _fmt(r["crlb"], digits),
+            _fmt(r["efficiency"], 3),
+            _fmt(r["samples_per_s"], 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| estimator | parameter | Spearman | samples/s | failed % |", "|---|---|---:|---:|---:|"]
+    for e, name in enumerate(report.estimator_names):
+        for p, pname in enumerate(report.param_names):
+            failed = 100.0 * float(np.mean(report.failed_fraction[e]))
+            lines.append(f"| {name} | {pname} | {_fmt(report.spearman[e, p], digits)} | {_fmt(report.overall_samples_per_s[e], 3)} | {_fmt(failed, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: ComparisonReport, path) -> Path:
+    """Write :meth:`ComparisonReport.rows` as CSV with header :data:`CSV_COLUMNS`.
+
+    Arguments:
+        report: from :func:`compare_estimators`.
+        path: output file (parent folders are created).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(report.rows())
+    return path
+
+
+def plot_report(report: ComparisonReport, path, *, dpi: int = 120) -> Path:
+    """PNG figure: per parameter, estimate vs truth and RMSE vs truth.
+
+    Left panel: median estimate against the true value for each estimator, with its 16-84 %
+    band and the identity line. Right panel: RMSE (compared coordinate, i.e. of ln theta for
+    log-scale parameters) against the truth, with the CRLB as a dashed line where available.
+    Log-scale parameters get log axes. Grid points are ordered by that parameter's true value;
+    on a multi-parameter grid, points sharing a value are drawn at the same abscissa. Uses a
+    bare Agg canvas, so the pyplot backend of the caller is untouched.
+
+    Arguments:
+        report: from :func:`compare_estimators`.
+        path: output PNG file (parent folders are created).
+        dpi: resolution.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_params = len(report.param_names)
+    fig = Figure(figsize=(10.0, 3.8 * n_params), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_params, 2, squeeze=False)
+    colors = [f"C{i % 10}" for i in range(len(report.estimator_names))]
+    for p, pname in enumerate(report.param_names):
+        ax_est, ax_err = axes[p]
+        order = np.argsort(report.grid[:, p], kind="stable")
+        x = report.grid[order, p]
+        for e, name in enumerate(report.estimator_names):
+            c = colors[e]
+            ax_est.fill_between(x, report.q16[e, order, p], report.q84[e, order, p], color=c, alpha=0.2, linewidth=0)
+            ax_est.plot(x, report.median[e, order, p], "o-", color=c, label=name, markersize=4)
+            ax_err.plot(x, report.rmse[e, order, p], "o-", color=c, label=name, markersize=4)
+        lo, hi = float(np.min(x)), float(np.max(x))
+        ax_est.plot([lo, hi], [lo, hi], ":", color="0.3", label="identity")
+        if np.any(np.isfinite(report.crlb[:, p])):
+            ax_err.plot(x, report.crlb[order, p], "--", color="k", label="CRLB")
+        coord = f"ln {pname}" if report.log_scale[p] else pname
+        ax_est.set(xlabel=f"true {pname}", ylabel=f"estimated {pname}", title=f"{pname}: median and 16–84 %")
+        ax_err.set(xlabel=f"true {pname}", ylabel=f"RMSE of {coord}", title=f"{pname}: RMSE")
+        if report.log_scale[p]:
+            ax_est.set_xscale("log")
+            ax_est.set_yscale("log")
+            ax_err.set_xscale("log")
+        finite = report.rmse[:, :, p][np.isfinite(report.rmse[:, :, p])]
+        if finite.size and np.all(finite > 0):
+            ax_err.set_yscale("log")
+        ax_est.legend(fontsize="small")
+        ax_err.legend(fontsize="small")
+    fig.savefig(path, dpi=dpi)
+    return path
