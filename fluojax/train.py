@@ -97,7 +97,8 @@ class TrainHistory(NamedTuple):
 
     Attributes:
         step: list of int, steps completed at each row.
-        train_loss: list of float, mean training loss since the previous row.
+        train_loss: list of float, mean training loss since the previous row (NaN in row 0,
+            which holds the untrained network's held-out loss).
         eval_loss: list of float, loss on the fixed held-out set (model in eval mode).
         learning_rate: list of float.
         samples_per_s: list of float, training throughput (simulation included) since the
@@ -193,11 +194,10 @@ def save_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimize
     path = Path(path).absolute()
     if path.exists():
         shutil.rmtree(path)
-    state = {"model": nnx.state(model)}
-    if optimizer is not None:
-        state["optimizer"] = nnx.state(optimizer)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / "state", state)
+    checkpointer.save(path / "model", nnx.state(model))
+    if optimizer is not None:
+        checkpointer.save(path / "optimizer", nnx.state(optimizer))
     checkpointer.wait_until_finished()
     (path / "meta.json").write_text(json.dumps({**meta, "step": int(step)}, indent=1))
     return path
@@ -217,17 +217,15 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
     path = Path(path).absolute()
     if not (path / "meta.json").is_file():
         raise ValueError(f"{path} is not a complete fluojax checkpoint (no meta.json)")
-    target = {"model": nnx.state(model)}
-    if optimizer is not None:
-        target["optimizer"] = nnx.state(optimizer)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-        restored = ocp.StandardCheckpointer().restore(path / "state", abstract)
-    except Exception as err:  # orbax raises several types for structure mismatches
-        raise ValueError(f"checkpoint {path} does not match this network: {str(err).splitlines()[0]}") from None
-    nnx.update(model, restored["model"])
-    if optimizer is not None:
-        nnx.update(optimizer, restored["optimizer"])
+    checkpointer = ocp.StandardCheckpointer()
+    parts = [("model", model)] + ([("optimizer", optimizer)] if optimizer is not None else [])
+    for name, node in parts:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(node))
+        try:
+            restored = checkpointer.restore(path / name, abstract)
+        except Exception as err:  # orbax raises several types for missing parts and structure mismatches
+            raise ValueError(f"checkpoint {path} does not match this network: {str(err).splitlines()[0]}") from None
+        nnx.update(node, restored)
     return json.loads((path / "meta.json").read_text())
 
 
@@ -287,7 +285,7 @@ def train(
     from tqdm.auto import tqdm
 
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-    data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    data_key, eval_key = jax.random.split(jax.random.key(config.seed))
     meta = dict(meta or {}, train_config=dataclasses.asdict(config))
     history = TrainHistory.empty()
     start = 0
@@ -316,6 +314,9 @@ def train(
         opt.update(net, grads)
         return value
 
+    if start == 0:  # row 0: the untrained network on the held-out set
+        for column, value in zip(history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)):
+            column.append(value)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=(None if progress is None else not progress))
     t_run = t_row = time.perf_counter()

@@ -55,3 +55,99 @@ def test_hybrid_start_from_true_d_converges_in_fewer_steps():
     np.testing.assert_allclose(hybrid.params[:, 1], plain.params[:, 1], rtol=1e-3)
     # ... but starting at the right D needs fewer LM iterations on average
     assert np.mean(hybrid.num_steps) < np.mean(plain.num_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# networks trained through the shared loop
+# ---------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from fluojax.fcs import learned, simulate  # noqa: E402
+
+# the CPU test recipe: fcsnet-2d-small with a smaller pool (32 + 8 stacks of 3,000 frames)
+TEST_RECIPE = dataclasses.replace(
+    learned.RECIPES["fcsnet-2d-small"],
+    name="fcsnet-2d-test",
+    prior=dataclasses.replace(learned.RECIPES["fcsnet-2d-small"].prior, frames=3000),
+    pool_stacks=32,
+    held_out_stacks=8,
+    train=dataclasses.replace(learned.RECIPES["fcsnet-2d-small"].train, steps=300, eval_every=100, checkpoint_every=100),
+)
+
+
+@pytest.fixture(scope="module")
+def trained_fcsnet(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fcsnet")
+    net, history = learned.train_recipe(TEST_RECIPE, run, progress=False)
+    return run, net, history
+
+
+def test_small_fcsnet_training_halves_held_out_loss(trained_fcsnet):
+    _, _, history = trained_fcsnet
+    # row 0 is the untrained network; ln D spans ln(0.02)..ln(50) (variance ~5), so an untrained
+    # net sits near or above that and a net that reads the ACF decay gets far below half of it
+    assert history.eval_loss[-1] < 0.5 * history.eval_loss[0]
+
+
+def test_small_fcsnet_predictions_rank_like_true_d_on_fresh_data(trained_fcsnet):
+    run, _, _ = trained_fcsnet
+    net, meta = learned.load_network(run, expect="fcsnet")
+    acf, ln_d = learned.simulate_acf_batch(jax.random.key(2024), TEST_RECIPE.prior, 16)  # unseen stacks
+    pred = learned.predict_ln_d(net, np.asarray(acf))
+    assert meta["recipe"] == "fcsnet-2d-test"
+    assert spearmanr(pred, np.asarray(ln_d)).statistic > 0.8
+
+
+def test_loading_a_checkpoint_of_the_other_network_is_refused(trained_fcsnet):
+    run, _, _ = trained_fcsnet
+    with pytest.raises(ValueError, match="fcsnet checkpoint, not a imfcsnet"):
+        learned.load_network(run, expect="imfcsnet")
+
+
+def test_loading_a_folder_without_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a fluojax network checkpoint"):
+        learned.load_network(tmp_path)
+
+
+def test_imfcsnet_map_marks_the_border_and_averages_chunks():
+    from flax import nnx
+
+    from fluojax.fcs import nets
+
+    net = nnx.view(nets.build_network(nets.ImFCSNetConfig.small()), use_running_average=True)
+    stack = np.asarray(jax.random.poisson(jax.random.key(0), 4.0, (2 * 500, 6, 5)), np.float32)
+    out = learned.predict_imfcsnet_map(net, stack, window_frames=500, overlap=True, progress=False)
+    assert out["chunks"] == 2 and out["ln_d_chunks"].shape == (2, 6, 5)
+    # the 1-pixel border has no 3 x 3 window centred on it
+    expected_edge = np.ones((6, 5), bool)
+    expected_edge[1:-1, 1:-1] = False
+    np.testing.assert_array_equal(out["edge"], expected_edge)
+    inner = out["ln_d_chunks"][:, 1:-1, 1:-1]
+    np.testing.assert_allclose(np.log(out["d_um2_s"][1:-1, 1:-1]), inner.mean(axis=0), rtol=1e-5)
+    # a window's value is the network on that window alone
+    alone = learned.predict_ln_d(net, stack[None, :500, 2:5, 1:4])
+    np.testing.assert_allclose(out["ln_d_chunks"][0, 3, 2], alone[0], rtol=1e-5, atol=1e-5)
+    tiles = learned.predict_imfcsnet_map(net, stack, window_frames=500, overlap=False, progress=False)
+    assert tiles["ln_d_chunks"].shape == (2, 2, 1) and not tiles["edge"].any()
+
+
+def test_imfcsnet_map_refuses_a_stack_shorter_than_one_chunk():
+    from flax import nnx
+
+    from fluojax.fcs import nets
+
+    net = nnx.view(nets.build_network(nets.ImFCSNetConfig.small()), use_running_average=True)
+    with pytest.raises(ValueError, match="chunks of 2500 frames"):
+        learned.predict_imfcsnet_map(net, np.zeros((1000, 5, 5), np.float32), window_frames=2500, progress=False)
+
+
+def test_training_batches_for_imfcsnet_come_from_the_simulator():
+    recipe = learned.RECIPES["imfcsnet-2d-small"]
+    x, y = learned._sampler(recipe)(jax.random.key(1))
+    stacks, params = simulate.simulate_training_batch(jax.random.key(1), recipe.prior, recipe.stacks_per_batch)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(stacks))
+    np.testing.assert_allclose(np.asarray(y), np.log(np.asarray(params.d_um2_s)), rtol=1e-6)

@@ -16,11 +16,350 @@ weighted fit to the measured ACF is a 2 x 2 linear solve, and the reduced chi^2 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
+from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-__all__ = ["physics_check_chi2"]
+from fluojax import train as training
+from fluojax.fcs import correlator, nets, simulate
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "simulate_acf_batch",
+    "train_recipe",
+    "load_network",
+    "predict_ln_d",
+    "imfcsnet_windows",
+    "predict_imfcsnet_map",
+    "physics_check_chi2",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# recipes: network size + training prior + schedule
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything needed to train one learned estimator (immutable).
+
+    Attributes:
+        name: str, e.g. ``"imfcsnet-2d-small"``.
+        net: ``nets.FCSNetConfig`` or ``nets.ImFCSNetConfig``.
+        prior: ``simulate.TrainingPrior`` of the simulated training stacks (frames, optics,
+            parameter ranges).
+        train: ``fluojax.train.TrainConfig``.
+        stacks_per_batch: int, simulated 3 x 3 stacks per batch (ImFCSNet: the batch; FCSNet:
+            batch / 9, one ACF per pixel).
+        pool_stacks: int, FCSNet only: stacks simulated once and reused for every epoch, as the
+            seed did (0: simulate every batch afresh).
+        held_out_stacks: int, FCSNet with a pool: stacks of the separate held-out pool.
+    """
+
+    name: str
+    net: nets.FCSNetConfig | nets.ImFCSNetConfig
+    prior: simulate.TrainingPrior
+    train: training.TrainConfig
+    stacks_per_batch: int
+    pool_stacks: int = 0
+    held_out_stacks: int = 0
+
+    @property
+    def network(self) -> str:
+        return self.net.name
+
+
+def _paper_imfcsnet(prior):
+    # fcs.md §1.5: Adam, batch 128, lr 1e-3 -> 1e-5 staircase every 32 batches, 48,000 batches per round
+    cfg = training.TrainConfig(steps=48_000, batch_size=128, learning_rate=1e-3, final_learning_rate=1e-5,
+                               decay_every=32, eval_every=500, eval_batches=8, checkpoint_every=2_000)
+    return cfg
+
+
+def _paper_fcsnet():
+    # fcs.md §1.5: Adam, batch 1,152 ACFs (128 stacks x 9 px), 3,000 epochs x 352 batches,
+    # lr 1e-3 -> 1e-5; ~479k ACFs (53,248 stacks of 50,000 frames) reshuffled every epoch
+    return training.TrainConfig(steps=3_000 * 352, batch_size=1_152, learning_rate=1e-3, final_learning_rate=1e-5,
+                                decay_every=352, eval_every=3_520, eval_batches=8, checkpoint_every=35_200)
+
+
+# CPU-sized prior: fewer particles (density <= 0.5 / px^2, <= 112 in the box) -> ~4x less work
+_SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
+
+RECIPES: dict[str, Recipe] = {
+    "imfcsnet-2d": Recipe("imfcsnet-2d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(2_500),
+                          _paper_imfcsnet(None), stacks_per_batch=128),
+    "imfcsnet-3d": Recipe("imfcsnet-3d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(2_500),
+                          _paper_imfcsnet(None), stacks_per_batch=128),
+    "fcsnet-2d": Recipe("fcsnet-2d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(50_000),
+                        _paper_fcsnet(), stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
+    "fcsnet-3d": Recipe("fcsnet-3d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(50_000),
+                        _paper_fcsnet(), stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
+    "imfcsnet-2d-small": Recipe(
+        "imfcsnet-2d-small", nets.ImFCSNetConfig.small(), simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
+        training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
+                             eval_every=25, eval_batches=2, checkpoint_every=50),
+        stacks_per_batch=16),
+    "imfcsnet-3d-small": Recipe(
+        "imfcsnet-3d-small", nets.ImFCSNetConfig.small(), simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
+        training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
+                             eval_every=25, eval_batches=2, checkpoint_every=50),
+        stacks_per_batch=16),
+    "fcsnet-2d-small": Recipe(
+        "fcsnet-2d-small", nets.FCSNetConfig.small(), simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
+        training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
+                             eval_every=50, eval_batches=1, checkpoint_every=100),
+        stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
+    "fcsnet-3d-small": Recipe(
+        "fcsnet-3d-small", nets.FCSNetConfig.small(), simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
+        training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
+                             eval_every=50, eval_batches=1, checkpoint_every=100),
+        stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# training data
+# ----------------------------------------------------------------------------------------------
+
+
+def simulate_acf_batch(key: jax.Array, prior: simulate.TrainingPrior, stacks: int) -> tuple[jax.Array, jax.Array]:
+    """FCSNet training pairs: simulate ``stacks`` 3 x 3 stacks and correlate each of their pixels.
+
+    Arguments:
+        key: PRNG key.
+        prior: ``simulate.TrainingPrior`` (static; ``frames`` >= the correlator's minimum).
+        stacks: int, static.
+
+    Returns:
+        (acf (stacks * 9, 72), ln D (stacks * 9,)) with every pixel of a stack labelled by the
+        stack's D in um^2/s. No bleach correction (the simulation does not bleach).
+    """
+    return _simulate_acf_batch(key, prior, stacks)
+
+
+@jax.jit(static_argnames=("prior", "stacks"))
+def _simulate_acf_batch(key, prior, stacks):
+    data, params = simulate.simulate_training_batch(key, prior, stacks)
+    traces = jnp.moveaxis(data.reshape(stacks, prior.frames, 9), 1, 0).reshape(prior.frames, stacks * 9)
+    acf = correlator.correlate(traces).acf.T
+    return acf, jnp.repeat(jnp.log(params.d_um2_s), 9)
+
+
+def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, jax.Array]:
+    from tqdm.auto import tqdm
+
+    chunks = -(-stacks // recipe.stacks_per_batch)
+    parts = [
+        jax.device_get(simulate_acf_batch(jax.random.fold_in(key, i), recipe.prior, recipe.stacks_per_batch))
+        for i in tqdm(range(chunks), desc="simulate ACF pool", disable=(None if progress is None else not progress))
+    ]
+    return jnp.asarray(np.concatenate([p[0] for p in parts])), jnp.asarray(np.concatenate([p[1] for p in parts]))
+
+
+def _sampler(recipe: Recipe):
+    """``sample_batch`` for ``fluojax.train.train``: key (, pool) -> (inputs, ln D)."""
+    if recipe.network == "imfcsnet":
+        def sample_stacks(key):
+            stacks, params = simulate.simulate_training_batch(key, recipe.prior, recipe.stacks_per_batch)
+            return stacks, jnp.log(params.d_um2_s)
+
+        return sample_stacks
+    if recipe.pool_stacks:
+        def sample_pool(key, pool):
+            acf, ln_d = pool
+            idx = jax.random.randint(key, (recipe.train.batch_size,), 0, acf.shape[0])
+            return acf[idx], ln_d[idx]
+
+        return sample_pool
+
+    def sample_acfs(key):
+        return simulate_acf_batch(key, recipe.prior, recipe.stacks_per_batch)
+
+    return sample_acfs
+
+
+# ----------------------------------------------------------------------------------------------
+# train, load, predict
+# ----------------------------------------------------------------------------------------------
+
+
+def _network_meta(recipe: Recipe) -> dict:
+    return {"fluojax_network": recipe.network, "recipe": recipe.name, "net_config": dataclasses.asdict(recipe.net),
+            "prior": dataclasses.asdict(recipe.prior)}
+
+
+def train_recipe(
+    recipe: Recipe | str,
+    run_dir: str | Path | None = None,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+):
+    """Train a recipe's network on data simulated on the fly (or on its simulated pool).
+
+    Arguments:
+        recipe: ``Recipe`` or a name in ``RECIPES``.
+        run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
+        steps: override the number of steps (the learning-rate schedule follows it).
+        seed: data and initialisation seed.
+        progress: progress bars (None: only on a terminal).
+        stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+
+    Returns:
+        (network, ``TrainHistory``).
+    """
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    config = dataclasses.replace(recipe.train, seed=seed, **({"steps": steps} if steps else {}))
+    net = nets.build_network(recipe.net, seed=seed)
+    data = held_out = None
+    if recipe.network == "fcsnet" and recipe.pool_stacks:
+        key = jax.random.fold_in(jax.random.key(seed), 10_007)
+        data = _acf_pool(jax.random.fold_in(key, 0), recipe, recipe.pool_stacks, progress)
+        test_acf, test_ln_d = _acf_pool(jax.random.fold_in(key, 1), recipe, max(recipe.held_out_stacks, 1), progress)
+        held_out = [(test_acf, test_ln_d)]
+    history = training.train(net, _sampler(recipe), config, run_dir=run_dir, meta=_network_meta(recipe),
+                             progress=progress, stop_after=stop_after, data=data, held_out=held_out)
+    return net, history
+
+
+def load_network(path: str | Path, expect: str | None = None):
+    """Rebuild a trained network from a checkpoint folder (a run folder or one of its checkpoints).
+
+    Arguments:
+        path: run folder (its newest checkpoint is used) or a ``checkpoints/step_*`` folder.
+        expect: ``"fcsnet"`` or ``"imfcsnet"``: refuse a checkpoint of the other network.
+
+    Returns:
+        (network in eval mode, checkpoint meta dict).
+
+    Raises:
+        ValueError: not a fluojax network checkpoint, or not the expected network.
+    """
+    path = Path(path)
+    ckpt = training.latest_checkpoint(path) or path
+    meta_file = ckpt / "meta.json"
+    if not meta_file.is_file():
+        raise ValueError(f"{path} is not a fluojax network checkpoint (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    kind = meta.get("fluojax_network")
+    if kind not in ("fcsnet", "imfcsnet"):
+        raise ValueError(f"{path} holds no FCSNet/ImFCSNet checkpoint")
+    if expect is not None and kind != expect:
+        raise ValueError(f"{path} holds a {kind} checkpoint, not a {expect}")
+    cfg_cls = nets.FCSNetConfig if kind == "fcsnet" else nets.ImFCSNetConfig
+    net = nets.build_network(cfg_cls(**meta["net_config"]))
+    training.restore_checkpoint(ckpt, net)
+    return nnx.view(net, use_running_average=True), meta
+
+
+@nnx.jit
+def _forward(net, x):
+    return net(x)
+
+
+def predict_ln_d(net, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
+    """ln D (um^2/s) of many inputs in fixed-size batches (the last one padded: one compilation).
+
+    Arguments:
+        net: FCSNet or ImFCSNet in eval mode (``load_network``).
+        inputs: (B, 72) ACFs or (B, T, 3, 3) stacks.
+        batch: int, samples per compiled call.
+
+    Returns:
+        (B,) float32 ln D.
+    """
+    inputs = np.asarray(inputs, np.float32)
+    n = inputs.shape[0]
+    batch = max(1, min(batch, n))
+    out = []
+    for start in range(0, n, batch):
+        part = inputs[start : start + batch]
+        pad = batch - part.shape[0]
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        out.append(np.asarray(_forward(net, jnp.asarray(part)))[: batch - pad])
+    return np.concatenate(out)
+
+
+def imfcsnet_windows(height: int, width: int, overlap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners of the 3 x 3 windows ImFCSNet reads from an H x W image.
+
+    Overlapping: every window (stride 1); its prediction belongs to its centre pixel, so the
+    map has no values on the 1-pixel border. Non-overlapping: 3 x 3 tiles (stride 3), a map of
+    (H // 3, W // 3) binned pixels.
+
+    Returns:
+        (rows, cols) int arrays of window corners.
+    """
+    step = 1 if overlap else 3
+    rows, cols = np.meshgrid(np.arange(0, height - 2, step), np.arange(0, width - 2, step), indexing="ij")
+    return rows.ravel(), cols.ravel()
+
+
+def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, batch: int = 64, progress: bool | None = None) -> dict:
+    """ImFCSNet over a whole (T, H, W) stack: 3 x 3 windows in space, non-overlapping chunks in time.
+
+    Each window is evaluated on ``floor(T / window_frames)`` consecutive chunks of
+    ``window_frames`` frames; the map holds the mean of the chunks' ln D, exponentiated
+    ("ImFCSNet_ave" of the seed, averaged in ln D where the network's error is symmetric), and
+    the first chunk's value alone.
+
+    Arguments:
+        net: ImFCSNet in eval mode.
+        stack: (T, H, W) array or memory map of counts.
+        window_frames: int, frames per chunk (the network's training length, e.g. 2,500).
+        overlap: per-pixel map with an empty 1-pixel border (True) or 3 x 3 tiles (False).
+        batch: int, windows per compiled call.
+        progress: tqdm bar (None: only on a terminal).
+
+    Returns:
+        dict with ``d_um2_s`` (mean over chunks), ``d_first_um2_s`` (first chunk),
+        ``ln_d_chunks`` (chunks, H', W'), ``edge`` (bool map of pixels without a value),
+        ``chunks`` (int).
+
+    Raises:
+        ValueError: the stack is shorter than one chunk, the chunk shorter than the network's
+            receptive field, or the image smaller than 3 x 3.
+    """
+    from tqdm.auto import tqdm
+
+    t, h, w = stack.shape
+    if window_frames < net.config.min_frames:
+        raise ValueError(f"this ImFCSNet needs windows of at least {net.config.min_frames} frames, got {window_frames}")
+    if t < window_frames:
+        raise ValueError(f"the stack has {t} frames; this network reads chunks of {window_frames} frames")
+    if h < 3 or w < 3:
+        raise ValueError(f"the image is {h} x {w} pixels; ImFCSNet needs at least 3 x 3")
+    rows, cols = imfcsnet_windows(h, w, overlap)
+    chunks = t // window_frames
+    out_h, out_w = (h, w) if overlap else (h // 3, w // 3)
+    ln_d = np.full((chunks, out_h, out_w), np.nan, np.float32)
+    for c in tqdm(range(chunks), desc="ImFCSNet chunks", disable=(None if progress is None else not progress)):
+        frames = np.asarray(stack[c * window_frames : (c + 1) * window_frames], np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(frames, (3, 3), axis=(1, 2))  # (T, h-2, w-2, 3, 3)
+        values = []
+        for start in range(0, rows.size, batch):
+            r, q = rows[start : start + batch], cols[start : start + batch]
+            values.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
+        values = np.concatenate(values)
+        if overlap:
+            ln_d[c, rows + 1, cols + 1] = values
+        else:
+            ln_d[c, rows // 3, cols // 3] = values
+    edge = np.isnan(ln_d[0])
+    return {"d_um2_s": np.exp(np.mean(ln_d, axis=0)), "d_first_um2_s": np.exp(ln_d[0]), "ln_d_chunks": ln_d,
+            "edge": edge, "chunks": chunks}
 
 
 def physics_check_chi2(
