@@ -2,6 +2,8 @@
 
     fluojax fcs fit STACK.tif --frame-time S [optics] [-o OUT]   per-pixel Imaging FCS
     fluojax fcs simulate [settings] -o STACK.tif                 a simulated stack
+    fluojax fcs train --config NAME [--steps N] -o CKPT          train FCSNet/ImFCSNet on simulations
+    fluojax fcs predict STACK.tif --net CKPT [--overlap] -o OUT  a network's D map + physics check
     fluojax demo [-o OUT]                                        the main job on a built-in stack
 
 Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
@@ -96,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     _add_optics(s)
     s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+
+    from fluojax.fcs.learned import RECIPES
+
+    t = fcs.add_parser("train", help="train FCSNet or ImFCSNet on simulated data (resumes a run folder)")
+    t.add_argument("--config", required=True, choices=sorted(RECIPES), help="network and scale (-small: CPU-sized)")
+    t.add_argument("--steps", type=_positive(int), default=None, help="training steps (default: the config's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics.csv, loss.png")
+
+    pr = fcs.add_parser("predict", help="D map of a stack from a trained network, with a physics check")
+    pr.add_argument("stack", help="TIFF stack (frames, Y, X)")
+    pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax fcs train'")
+    pr.add_argument("--frame-time", type=_positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's)")
+    pr.add_argument("--overlap", action="store_true", help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)")
+    pr.add_argument("--bleach", default="poly4", help="bleach correction of the ACFs: polyK or none")
+    pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
 
     d = sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare")
     d.add_argument("--frames", type=_positive(int), default=20000)
@@ -255,6 +273,73 @@ def _fcs_simulate(args) -> int:
     return 0
 
 
+def _plot_training(path: Path, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(history.step[1:], history.train_loss[1:], "o-", label="training (mean since last row)")
+    ax.plot(history.step, history.eval_loss, "s-", label="held out")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE of ln D")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fcs_train(args) -> int:
+    from fluojax.fcs import learned
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: exists and is not a folder")
+    t0 = time.perf_counter()
+    try:
+        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
+    except ValueError as err:  # e.g. resuming a folder trained with another config
+        raise InputError(str(err)) from None
+    _plot_training(out / "loss.png", history)
+    rate = [r for r in history.samples_per_s if r == r]
+    print(f"{args.config}: {history.step[-1]} steps, held-out MSE of ln D {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+          f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/")
+    return 0
+
+
+def _fcs_predict(args) -> int:
+    from fluojax import io
+    from fluojax.fcs import learned
+
+    try:
+        net, meta = learned.load_network(args.net)
+    except ValueError as err:
+        raise InputError(f"--net {args.net}: {err}") from None
+    stack, tiff_meta = io.read_stack(args.stack)
+    frame_time = args.frame_time or tiff_meta.get("finterval")
+    if not frame_time or not (float(frame_time) > 0):
+        raise InputError("no frame time: pass --frame-time S (the TIFF has no ImageJ frame interval)")
+    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_net")
+    t0 = time.perf_counter()
+    try:
+        maps, settings = learned.predict_stack(net, meta, stack, float(frame_time), args.overlap, _bleach_order(args.bleach))
+    except ValueError as err:
+        raise InputError(f"{args.stack}: {err}") from None
+    maps.timings_s["total"] = time.perf_counter() - t0
+    chi2 = maps.chi2_reduced[np.isfinite(maps.chi2_reduced)]
+    extra = {"title": f"{Path(args.stack).name}: {meta['fluojax_network']} ({meta['recipe']})", "network": meta["recipe"],
+             "checkpoint_step": meta.get("step"), "physics_check": {
+                 "what": "reduced chi^2 of the model ACF at the predicted D (N, G_inf fitted); >> 1: distrust the prediction",
+                 "fraction_chi2_above_3": float(np.mean(chi2 > 3)) if chi2.size else None}}
+    with io.staged_output(out) as folder:
+        summary = _write_fcs_outputs(folder, maps, settings, extra)
+    print(f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {summary['medians']['D_um2_s']:.4g} um^2/s, "
+          f"median physics-check chi2 {summary['medians']['chi2_reduced']:.3g} in {maps.timings_s['total']:.1f} s -> {out}/")
+    return 0
+
+
 def _demo(args) -> int:
     from fluojax import io
     from fluojax.fcs.demo import run_demo
@@ -280,9 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
-        if args.fcs_command == "fit":
-            return _fcs_fit(args)
-        return _fcs_simulate(args)
+        handlers = {"fit": _fcs_fit, "simulate": _fcs_simulate, "train": _fcs_train, "predict": _fcs_predict}
+        return handlers[args.fcs_command](args)
     except InputError as err:
         print(f"fluojax: error: {err}", file=sys.stderr)
         return 2

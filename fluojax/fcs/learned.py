@@ -38,6 +38,7 @@ __all__ = [
     "predict_ln_d",
     "imfcsnet_windows",
     "predict_imfcsnet_map",
+    "predict_stack",
     "physics_check_chi2",
 ]
 
@@ -400,3 +401,88 @@ def physics_check_chi2(
         n = 1.0 / amp
     bad = ~ok_d | (good.sum(1) <= 3) | ~(det > 0)
     return tuple(np.where(bad, np.nan, v) for v in (chi2, n, offset))
+
+
+def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
+    """Analysis settings matching a network's training prior (its optics and geometry)."""
+    from fluojax.fcs import models, pipeline
+
+    prior = simulate.TrainingPrior(**meta["prior"])
+    sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
+    optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm, sigma0,
+                           prior.sigmaz if prior.three_d else 1.0e6, prior.refractive_index, binning)
+    return prior, pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
+
+
+def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = True, bleach_order: int = 4,
+                  progress: bool | None = None):
+    """A network's D map of a whole (T, H, W) stack, with the physics check per pixel.
+
+    FCSNet: every pixel's ACF (bleach-corrected, P=16, Q=8) -> ln D. ImFCSNet: 3 x 3 windows
+    over non-overlapping chunks of the training length (:func:`predict_imfcsnet_map`). For
+    either, the reduced chi^2 of the model ACF at the predicted D (amplitude and offset fitted,
+    :func:`physics_check_chi2`) is returned in ``chi2_reduced``, from the ACF of the pixel
+    (FCSNet) or of the 3 x 3 sum (ImFCSNet) over the whole stack.
+
+    Arguments:
+        net, meta: from :func:`load_network`.
+        stack: (T, H, W) array or memory map.
+        frame_time_s: float, s; must match the network's training frame time (1 %), since
+            the network's D is in units fixed by the training frame time and pixel size.
+        overlap: ImFCSNet per-pixel map (border marked) or 3 x 3 tiles.
+        bleach_order: polynomial bleach correction of the ACFs (0: none).
+        progress: progress bars.
+
+    Returns:
+        ``pipeline.FCSMaps`` (``n_particles``/``g_inf`` from the physics check; status 0 =
+        predicted, 7 = no signal, 8 = border).
+
+    Raises:
+        ValueError: frame time differing from training, stack too short or too small.
+    """
+    import time
+
+    from fluojax.fcs import pipeline
+
+    kind = meta["fluojax_network"]
+    prior = simulate.TrainingPrior(**meta["prior"])
+    if abs(frame_time_s / prior.frame_time_s - 1.0) > 0.01:
+        raise ValueError(f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
+                         "(D from a network is only valid at its training frame time and pixel size)")
+    t0 = time.perf_counter()
+    t, h, w = stack.shape
+    if kind == "fcsnet":
+        _, settings = _settings_for(meta, frame_time_s, 1, False)
+        settings = dataclasses.replace(settings, bleach_order=bleach_order)
+        corr = pipeline.correlate_stack(stack, settings, progress)
+        ln_d = predict_ln_d(net, np.nan_to_num(corr.acf)).reshape(corr.shape)
+        out_shape, edge = corr.shape, np.zeros(corr.shape, bool)
+    else:
+        result = predict_imfcsnet_map(net, stack, prior.frames, overlap, progress=progress)
+        ln_d, edge = np.log(result["d_um2_s"]), result["edge"]
+        _, settings = _settings_for(meta, frame_time_s, 3, overlap)
+        settings = dataclasses.replace(settings, bleach_order=bleach_order)
+        corr = pipeline.correlate_stack(stack, settings, progress)  # 3 x 3 sums: (h-2, w-2) or (h//3, w//3)
+        out_shape = ln_d.shape
+    t_pred = time.perf_counter() - t0
+    acf = np.full(out_shape + (corr.acf.shape[1],), np.nan, np.float32)
+    sem = np.full_like(acf, np.nan)
+    mean = np.full(out_shape, np.nan, np.float32)
+    if kind == "imfcsnet" and overlap:
+        inner = (slice(1, h - 1), slice(1, w - 1))
+        acf[inner], sem[inner] = corr.acf.reshape(h - 2, w - 2, -1), corr.sem.reshape(h - 2, w - 2, -1)
+        mean[inner] = corr.mean_intensity.reshape(h - 2, w - 2)
+    else:
+        acf[:], sem[:] = corr.acf.reshape(out_shape + (-1,)), corr.sem.reshape(out_shape + (-1,))
+        mean[:] = corr.mean_intensity.reshape(out_shape)
+    _, _, shape_fn = pipeline._shape_fn(settings)
+    d = np.exp(ln_d)
+    chi2, n, g_inf = physics_check_chi2(acf.reshape(-1, acf.shape[-1]), sem.reshape(-1, sem.shape[-1]), corr.lag_s, d.ravel(), shape_fn)
+    no_signal = ~(np.isfinite(mean) & (mean > 0)) & ~edge
+    status = np.where(edge, pipeline.PixelStatus.NO_WINDOW, np.where(no_signal, pipeline.PixelStatus.NO_SIGNAL, 0)).astype(np.uint8)
+    d = np.where(status == 0, d, np.nan).astype(np.float32)
+    return pipeline.FCSMaps(
+        d_um2_s=d, n_particles=n.reshape(out_shape).astype(np.float32), g_inf=g_inf.reshape(out_shape).astype(np.float32),
+        chi2_reduced=chi2.reshape(out_shape).astype(np.float32), status=status, mean_intensity=mean, acf=acf, sem=sem,
+        lag_s=corr.lag_s, timings_s={"predict_and_correlate": time.perf_counter() - t0, "network": t_pred},
+    ), settings

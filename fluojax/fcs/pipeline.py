@@ -50,6 +50,7 @@ class PixelStatus:
 
     SATURATED = 6  # fitted, but some frame hit the detector's maximum value
     NO_SIGNAL = 7  # constant, zero or non-positive pixel: no ACF
+    NO_WINDOW = 8  # border pixel: no 3 x 3 window centred on it (ImFCSNet, overlapping mode)
 
     DESCRIPTION = {
         0: "converged",
@@ -60,6 +61,7 @@ class PixelStatus:
         5: "invalid ACF",
         6: "saturated (fitted)",
         7: "no signal (constant/zero)",
+        8: "border (no 3x3 window)",
     }
 
 

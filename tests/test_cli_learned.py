@@ -1,0 +1,66 @@
+"""`fluojax fcs train` and `fluojax fcs predict` end to end, and their errors (exit 2, one line)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from fluojax.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("net") / "imfcsnet"
+    # 3 steps of the CPU-sized ImFCSNet: exercises the command, not the learning (tests elsewhere)
+    assert main(["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "3", "-o", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def stack_2500(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "stack.tif"
+    assert main(["fcs", "simulate", "--frames", "2500", "--size", "5", "--density", "0.2", "-o", str(path)]) == 0
+    return path
+
+
+def test_train_writes_checkpoint_metrics_and_loss_plot(trained_run):
+    assert (trained_run / "checkpoints" / "step_000000003" / "meta.json").is_file()
+    assert (trained_run / "metrics.csv").is_file() and (trained_run / "loss.png").is_file()
+    meta = json.loads((trained_run / "checkpoints" / "step_000000003" / "meta.json").read_text())
+    assert meta["fluojax_network"] == "imfcsnet" and meta["step"] == 3
+
+
+def test_predict_overlap_writes_maps_with_marked_border(trained_run, stack_2500, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["fcs", "predict", str(stack_2500), "--net", str(trained_run), "--overlap", "-o", str(out)]) == 0
+    for name in ("D.tif", "chi2.tif", "status.tif", "maps.png", "summary.json"):
+        assert (out / name).is_file(), name
+    status = tifffile.imread(out / "status.tif")
+    d = tifffile.imread(out / "D.tif")
+    assert status.shape == (5, 5)
+    assert np.all(status[0] == 8) and np.all(status[:, -1] == 8)  # border: no centred 3x3 window
+    assert np.all(np.isfinite(d[1:-1, 1:-1])) and np.all(np.isnan(d[0]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["network"] == "imfcsnet-2d-small" and "physics_check" in summary
+
+
+def test_predict_refuses_a_folder_without_checkpoint(stack_2500, tmp_path, capsys):
+    assert main(["fcs", "predict", str(stack_2500), "--net", str(tmp_path), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "not a fluojax network checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_predict_refuses_another_frame_time(trained_run, stack_2500, tmp_path, capsys):
+    assert main(["fcs", "predict", str(stack_2500), "--net", str(trained_run), "--frame-time", "0.002", "-o", str(tmp_path / "x")]) == 2
+    assert "trained for a frame time of 0.00106 s" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_predict_refuses_a_stack_too_short_for_the_network(trained_run, tmp_path, capsys):
+    short = tmp_path / "short.tif"
+    assert main(["fcs", "simulate", "--frames", "800", "--size", "4", "-o", str(short)]) == 0
+    assert main(["fcs", "predict", str(short), "--net", str(trained_run), "-o", str(tmp_path / "x")]) == 2
+    assert "800 frames" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
