@@ -18,6 +18,7 @@ error can be checked. JIT compile time is excluded from the timed runs (one warm
 and reported separately as "first call".
 
 Usage:  python experiments/bench_fcs.py [--frames 50000] [--size 128] [--repeats 3]
+        python experiments/bench_fcs.py --nets IMFCSNET_RUN FCSNET_RUN [--size 128]   (learned estimators)
 Smoke:  python experiments/bench_fcs.py --frames 5000 --size 32
 """
 
@@ -166,6 +167,34 @@ def fit_quality(result, d_true):
     return conv, float(np.nanmedian(rel))
 
 
+def bench_learned(imfcsnet_run: str, fcsnet_run: str, size: int, repeats: int) -> None:
+    """Inference of trained networks: an ImFCSNet map of a SIZE x SIZE x T stack (overlapping
+    3 x 3 windows, T = the network's window) and FCSNet on SIZE^2 ACFs; plus the training
+    throughput recorded in each run's metrics.csv."""
+    from fluojax.fcs import learned
+
+    imfcsnet, meta_i = learned.load_network(imfcsnet_run, expect="imfcsnet")
+    fcsnet, meta_f = learned.load_network(fcsnet_run, expect="fcsnet")
+    frames = meta_i["prior"]["frames"]
+    rng = np.random.default_rng(0)
+    stack = rng.poisson(5.0, (frames, size, size)).astype(np.float32)
+    acfs = rng.normal(0.0, 0.01, (size * size, 72)).astype(np.float32) + np.geomspace(0.05, 0.001, 72, dtype=np.float32)
+    rows = []
+    first, med, _, _ = timed(lambda: learned.predict_imfcsnet_map(imfcsnet, stack, frames, overlap=True, batch=1024, progress=False), repeats)
+    rows.append((f"ImFCSNet map {size}x{size}x{frames}, overlapping ({meta_i['recipe']})", first, med, f"{(size - 2) ** 2} windows"))
+    first, med, _, _ = timed(lambda: learned.predict_ln_d(fcsnet, acfs, batch=4096), repeats)
+    rows.append((f"FCSNet on {size * size} ACFs ({meta_f['recipe']})", first, med, ""))
+    for run, meta in ((imfcsnet_run, meta_i), (fcsnet_run, meta_f)):
+        rates = [float(r) for r in meta["history"]["samples_per_s"] if r == r]
+        rows.append((f"training throughput {meta['recipe']} (samples/s, median of log rows)", None, float(np.median(rates)) if rates else float("nan"),
+                     f"{meta['step']} steps in {run}"))
+    print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    w = max(len(r[0]) for r in rows)
+    for name, first, t, note in rows:
+        f = f"{first:12.2f}" if first is not None else f"{'':12}"
+        print(f"{name:<{w}}  {f}  {t:12.2f}  {note}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=50000)
@@ -175,7 +204,11 @@ def main():
     ap.add_argument("--baseline-fits", type=int, default=64, help="fits in the scipy subset")
     ap.add_argument("--tmpdir", default=None, help="where to write the temporary TIFF")
     ap.add_argument("--tile-pixels", type=int, default=1024, help="pixels per correlation band (GPU: e.g. 16384)")
+    ap.add_argument("--nets", nargs=2, default=None, metavar=("IMFCSNET_RUN", "FCSNET_RUN"),
+                    help="benchmark inference of these trained networks instead of the NLS pipeline")
     args = ap.parse_args()
+    if args.nets:
+        return bench_learned(args.nets[0], args.nets[1], args.size, args.repeats)
 
     frames, size = args.frames, args.size
     pixels = size * size

@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, choices=sorted(RECIPES), help="network and scale (-small: CPU-sized)")
     t.add_argument("--steps", type=_positive(int), default=None, help="training steps (default: the config's)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pool-stacks", type=_positive(int), default=None, metavar="N", help="FCSNet: simulated stacks reused every epoch (default: the config's)")
     t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics.csv, loss.png")
 
     pr = fcs.add_parser("predict", help="D map of a stack from a trained network, with a physics check")
@@ -299,7 +300,7 @@ def _fcs_train(args) -> int:
         raise InputError(f"-o {out}: exists and is not a folder")
     t0 = time.perf_counter()
     try:
-        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
+        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks)
     except ValueError as err:  # e.g. resuming a folder trained with another config
         raise InputError(str(err)) from None
     _plot_training(out / "loss.png", history)

@@ -206,6 +206,7 @@ def train_recipe(
     seed: int = 0,
     progress: bool | None = None,
     stop_after: int | None = None,
+    pool_stacks: int | None = None,
 ):
     """Train a recipe's network on data simulated on the fly (or on its simulated pool).
 
@@ -216,11 +217,16 @@ def train_recipe(
         seed: data and initialisation seed.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+        pool_stacks: FCSNet: override the recipe's pool size (stacks simulated once and reused).
 
     Returns:
         (network, ``TrainHistory``).
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    if pool_stacks:
+        if recipe.network != "fcsnet":
+            raise ValueError("a simulated pool is an FCSNet setting; ImFCSNet trains on fresh batches")
+        recipe = dataclasses.replace(recipe, pool_stacks=pool_stacks, held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)))
     config = dataclasses.replace(recipe.train, seed=seed, **({"steps": steps} if steps else {}))
     net = nets.build_network(recipe.net, seed=seed)
     data = held_out = None

@@ -417,7 +417,9 @@ def sample_training_params(key: jax.Array, prior: TrainingPrior, batch: int) -> 
 
 
 @functools.partial(jax.jit, static_argnames=("prior", "batch"))
-def simulate_training_batch(key: jax.Array, prior: TrainingPrior, batch: int) -> tuple[jax.Array, TrainingParams]:
+def simulate_training_batch(
+    key: jax.Array, prior: TrainingPrior, batch: int, params: TrainingParams | None = None
+) -> tuple[jax.Array, TrainingParams]:
     """Simulate a batch of training stacks with parameters drawn from ``prior``.
 
     Each sample is an ideal (shot-noise) 3 x 3 stack from ``_simulate`` (the ``simulate_stack``
@@ -429,13 +431,17 @@ def simulate_training_batch(key: jax.Array, prior: TrainingPrior, batch: int) ->
         key: PRNG key (the batch is a deterministic function of it).
         prior: ``TrainingPrior`` (static).
         batch: int, number of stacks (static).
+        params: optional ``TrainingParams`` of (batch,) arrays to simulate instead of a draw
+            from ``prior`` (e.g. a fixed D per evaluation grid point); ``n_particles`` must not
+            exceed ``prior.max_particles``.
 
     Returns:
         (stacks, params): float32 (batch, frames, size_px, size_px) counts, and the
         ``TrainingParams`` of (batch,) arrays they were simulated with.
     """
     k_params, k_stacks = jax.random.split(key)
-    params = sample_training_params(k_params, prior, batch)
+    if params is None:
+        params = sample_training_params(k_params, prior, batch)
     geometry = prior.geometry
 
     def one(k, p):
