@@ -68,15 +68,8 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from fluojax.fcs import learned, simulate  # noqa: E402
 
-# the CPU test recipe: fcsnet-2d-small with a smaller pool (32 + 8 stacks of 3,000 frames)
-TEST_RECIPE = dataclasses.replace(
-    learned.RECIPES["fcsnet-2d-small"],
-    name="fcsnet-2d-test",
-    prior=dataclasses.replace(learned.RECIPES["fcsnet-2d-small"].prior, frames=3000),
-    pool_stacks=32,
-    held_out_stacks=8,
-    train=dataclasses.replace(learned.RECIPES["fcsnet-2d-small"].train, steps=300, eval_every=100, checkpoint_every=100),
-)
+# the CPU recipe as shipped: 64 + 16 simulated stacks of 5,000 frames, 400 steps (~1 min)
+TEST_RECIPE = learned.RECIPES["fcsnet-2d-small"]
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +81,14 @@ def trained_fcsnet(tmp_path_factory):
 
 def test_small_fcsnet_training_halves_held_out_loss(trained_fcsnet):
     _, _, history = trained_fcsnet
-    # row 0 is the untrained network; ln D spans ln(0.02)..ln(50) (variance ~5), so an untrained
-    # net sits near or above that and a net that reads the ACF decay gets far below half of it
+    # row 0 is the untrained network (its loss is huge: BatchNorm still has unit statistics)
     assert history.eval_loss[-1] < 0.5 * history.eval_loss[0]
+    # the stricter reference: predicting the mean ln D of the held-out set scores its variance
+    # (ln D log-uniform on [ln 0.02, ln 50]: ~5.1; over 8 stacks a little less). A network that
+    # reads the ACF decay must beat half of that.
+    _, ln_d = learned._acf_pool(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 10_007), 1), TEST_RECIPE,
+                                TEST_RECIPE.held_out_stacks, progress=False)
+    assert history.eval_loss[-1] < 0.5 * float(np.var(np.asarray(ln_d)))
 
 
 def test_small_fcsnet_predictions_rank_like_true_d_on_fresh_data(trained_fcsnet):
@@ -98,7 +96,7 @@ def test_small_fcsnet_predictions_rank_like_true_d_on_fresh_data(trained_fcsnet)
     net, meta = learned.load_network(run, expect="fcsnet")
     acf, ln_d = learned.simulate_acf_batch(jax.random.key(2024), TEST_RECIPE.prior, 16)  # unseen stacks
     pred = learned.predict_ln_d(net, np.asarray(acf))
-    assert meta["recipe"] == "fcsnet-2d-test"
+    assert meta["recipe"] == "fcsnet-2d-small"
     assert spearmanr(pred, np.asarray(ln_d)).statistic > 0.8
 
 
