@@ -23,94 +23,15 @@ Usage (CPU, ~1 h):  python experiments/fcs_learned_vs_nls.py -o docs/fcs_learned
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fluojax import compare
-from fluojax.fcs import correlator, learned, models, pipeline, simulate
-
-
-def make_simulator(prior: simulate.TrainingPrior, density_per_px2: float, brightness: float):
-    """(key, theta (N, 1) = D um^2/s) -> (N, T, 3, 3) stacks with fixed density, brightness, noise."""
-    n_particles = int(np.floor(density_per_px2 * prior.box_side_px**2))
-    prior = dataclasses.replace(prior, max_particles=n_particles, density_max_per_px2=density_per_px2,
-                                density_min_per_px2=density_per_px2)
-    sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
-    noise = 0.5 * (prior.noise_sd_min + prior.noise_sd_max)
-
-    def simulate_grid_point(key, theta):
-        n = theta.shape[0]
-        params = simulate.TrainingParams(
-            d_um2_s=jnp.asarray(theta[:, 0], jnp.float32), n_particles=jnp.full((n,), n_particles, jnp.int32),
-            brightness=jnp.full((n,), brightness, jnp.float32), sigma0=jnp.full((n,), sigma0, jnp.float32),
-            noise_sd=jnp.full((n,), noise, jnp.float32))
-        stacks, _ = simulate.simulate_training_batch(key, prior, n, params)
-        return np.asarray(stacks)
-
-    return simulate_grid_point, prior
-
-
-def make_estimators(prior, t_short: int, fcsnet, imfcsnet):
-    """The six estimators of the module docstring: stacks (N, T, 3, 3) -> (N, 1) D in um^2/s."""
-    optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm,
-                           0.5 * (prior.sigma0_min + prior.sigma0_max), 1.0e6, prior.refractive_index, 1)
-    one = pipeline.AnalysisSettings(prior.frame_time_s, optics, bleach_order=0)
-    three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), bleach_order=0)
-    lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s
-    cache = {}
-
-    def acf_centre(stacks):
-        key = ("centre", id(stacks))
-        if key not in cache:
-            cache.clear()
-            res = correlator.correlate(jnp.asarray(stacks[:, :, 1, 1].T))
-            cache[key] = (np.asarray(res.acf.T), np.asarray(res.sem.T))
-        return cache[key]
-
-    def acf_sum_short(stacks):
-        res = correlator.correlate(jnp.asarray(stacks[:, :t_short].sum(axis=(2, 3)).T))
-        return np.asarray(res.acf.T), np.asarray(res.sem.T)
-
-    def nls_long(stacks):
-        acf, sem = acf_centre(stacks)
-        return pipeline.fit_acfs(acf, sem, lag_s, one).params[:, 1:2]
-
-    def fcsnet_long(stacks):
-        acf, _ = acf_centre(stacks)
-        return np.exp(learned.predict_ln_d(fcsnet, np.nan_to_num(acf)))[:, None]
-
-    def nls_short(stacks):
-        acf, sem = acf_sum_short(stacks)
-        return pipeline.fit_acfs(acf, sem, lag_s, three).params[:, 1:2]
-
-    def imfcsnet_short(stacks):
-        return np.exp(learned.predict_ln_d(imfcsnet, stacks[:, :t_short], batch=32))[:, None]
-
-    def imfcsnet_avg(stacks):
-        n_win = stacks.shape[1] // t_short
-        windows = stacks[:, : n_win * t_short].reshape(stacks.shape[0] * n_win, t_short, 3, 3)
-        ln_d = learned.predict_ln_d(imfcsnet, windows, batch=32).reshape(stacks.shape[0], n_win)
-        return np.exp(ln_d.mean(axis=1))[:, None]
-
-    def hybrid_short(stacks):
-        acf, sem = acf_sum_short(stacks)
-        start = np.exp(learned.predict_ln_d(imfcsnet, stacks[:, :t_short], batch=32))
-        return pipeline.fit_acfs(acf, sem, lag_s, three, start_d_um2_s=start).params[:, 1:2]
-
-    return {
-        "NLS 1x1 @ long": nls_long,
-        "FCSNet 1x1 @ long": fcsnet_long,
-        "NLS 3x3 @ short": nls_short,
-        "ImFCSNet @ short": imfcsnet_short,
-        "ImFCSNet avg @ long": imfcsnet_avg,
-        "hybrid (ImFCSNet start) @ short": hybrid_short,
-    }
+from fluojax.fcs import learned, simulate
 
 
 def main():
@@ -143,8 +64,8 @@ def main():
         nets[f"{kind}_meta"] = {"recipe": meta["recipe"], "step": meta["step"], "path": str(given)}
 
     prior = simulate.TrainingPrior.itir_2d(args.long)
-    simulate_point, prior = make_simulator(prior, args.density, args.brightness)
-    estimators = make_estimators(prior, args.short, nets["fcsnet"], nets["imfcsnet"])
+    simulate_point, prior = learned.comparison_simulator(prior, args.density, args.brightness)
+    estimators = learned.comparison_estimators(prior, args.short, nets["fcsnet"], nets["imfcsnet"])
     grid = np.geomspace(0.1, 10.0, args.points)[:, None]
     t0 = time.perf_counter()
     report = compare.compare_estimators(estimators, simulate_point, grid, args.samples, jax.random.key(args.seed),

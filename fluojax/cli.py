@@ -4,6 +4,7 @@
     fluojax fcs simulate [settings] -o STACK.tif                 a simulated stack
     fluojax fcs train --config NAME [--steps N] -o CKPT          train FCSNet/ImFCSNet on simulations
     fluojax fcs predict STACK.tif --net CKPT [--overlap] -o OUT  a network's D map + physics check
+    fluojax fcs compare [--fcsnet CKPT] [--imfcsnet CKPT] -o REP networks vs least squares on simulations
     fluojax demo [-o OUT]                                        the main job on a built-in stack
 
 Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
@@ -115,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlap", action="store_true", help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)")
     pr.add_argument("--bleach", default="poly4", help="bleach correction of the ACFs: polyK or none")
     pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
+
+    c = fcs.add_parser("compare", help="networks vs least squares on the same simulated 2D/3D stacks -> report")
+    c.add_argument("--fcsnet", default=None, metavar="CKPT", help="FCSNet run folder (optional)")
+    c.add_argument("--imfcsnet", default=None, metavar="CKPT", help="ImFCSNet run folder (optional)")
+    c.add_argument("--model", choices=["2d", "3d"], default="2d", help="simulated geometry (must match the networks')")
+    c.add_argument("--long", type=_positive(int), default=50_000, metavar="FRAMES", help="long record (NLS, FCSNet)")
+    c.add_argument("--short", type=_positive(int), default=2_500, metavar="FRAMES", help="short record (ImFCSNet, NLS)")
+    c.add_argument("--d", type=_positive(float), nargs="+", default=[0.1, 0.3, 1.0, 3.0, 10.0], metavar="UM2_S", help="true D values")
+    c.add_argument("--samples", type=_positive(int), default=16, help="simulated 3x3 stacks per D")
+    c.add_argument("--density", type=_positive(float), default=0.3, metavar="PER_PX2")
+    c.add_argument("--brightness", type=_positive(float), default=5.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("-o", "--output", required=True, metavar="REPORT", help="folder: report.md, report.csv, report.png")
 
     d = sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare")
     d.add_argument("--frames", type=_positive(int), default=20000)
@@ -341,6 +355,46 @@ def _fcs_predict(args) -> int:
     return 0
 
 
+def _fcs_compare(args) -> int:
+    import jax
+
+    from fluojax import compare, io
+    from fluojax.fcs import learned, simulate
+
+    if args.short < 2304:
+        raise InputError(f"--short {args.short}: NLS needs at least 2304 frames for the correlator's lags")
+    if args.long < args.short:
+        raise InputError("--long must be at least --short")
+    loaded, names = {}, {}
+    for kind, path in (("fcsnet", args.fcsnet), ("imfcsnet", args.imfcsnet)):
+        if path is None:
+            continue
+        try:
+            loaded[kind], meta = learned.load_network(path, expect=kind)
+        except ValueError as err:
+            raise InputError(f"--{kind} {path}: {err}") from None
+        names[kind] = meta["recipe"]
+        if meta["prior"]["three_d"] != (args.model == "3d"):
+            raise InputError(f"--{kind} {path}: trained for {'3D' if meta['prior']['three_d'] else '2D'} data, not --model {args.model}")
+    if "imfcsnet" in loaded and args.short < loaded["imfcsnet"].config.min_frames:
+        raise InputError(f"--short {args.short}: this ImFCSNet needs at least {loaded['imfcsnet'].config.min_frames} frames")
+    base = simulate.TrainingPrior.spim_3d(args.long) if args.model == "3d" else simulate.TrainingPrior.itir_2d(args.long)
+    simulate_point, prior = learned.comparison_simulator(base, args.density, args.brightness)
+    estimators = learned.comparison_estimators(prior, args.short, loaded.get("fcsnet"), loaded.get("imfcsnet"))
+    grid = np.asarray(sorted(args.d), np.float64)[:, None]
+    report = compare.compare_estimators(estimators, simulate_point, grid, args.samples, jax.random.key(args.seed),
+                                        param_names=("D_um2_s",), log_scale=("D_um2_s",))
+    with io.staged_output(args.output) as folder:
+        (folder / "report.md").write_text(compare.to_markdown(report))
+        compare.to_csv(report, folder / "report.csv")
+        compare.plot_report(report, folder / "report.png")
+        io.write_json(folder / "settings.json", {**{k: v for k, v in vars(args).items() if k != "func"}, "networks": names})
+    print(f"{len(estimators)} estimators x {len(grid)} D values x {args.samples} stacks -> {args.output}/report.md")
+    for e, name in enumerate(report.estimator_names):
+        print(f"  {name:<34} Spearman {report.spearman[e, 0]:.3f}   median RMSE of ln D {np.nanmedian(report.rmse[e, :, 0]):.3f}")
+    return 0
+
+
 def _demo(args) -> int:
     from fluojax import io
     from fluojax.fcs.demo import run_demo
@@ -366,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
-        handlers = {"fit": _fcs_fit, "simulate": _fcs_simulate, "train": _fcs_train, "predict": _fcs_predict}
+        handlers = {"fit": _fcs_fit, "simulate": _fcs_simulate, "train": _fcs_train, "predict": _fcs_predict, "compare": _fcs_compare}
         return handlers[args.fcs_command](args)
     except InputError as err:
         print(f"fluojax: error: {err}", file=sys.stderr)

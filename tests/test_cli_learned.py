@@ -64,3 +64,20 @@ def test_predict_refuses_a_stack_too_short_for_the_network(trained_run, tmp_path
     assert main(["fcs", "predict", str(short), "--net", str(trained_run), "-o", str(tmp_path / "x")]) == 2
     assert "800 frames" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_writes_report_of_networks_and_least_squares(trained_run, tmp_path):
+    out = tmp_path / "rep"
+    args = ["fcs", "compare", "--imfcsnet", str(trained_run), "--long", "5000", "--short", "2500",
+            "--d", "0.5", "5", "--samples", "2", "-o", str(out)]
+    assert main(args) == 0
+    table = (out / "report.md").read_text()
+    for name in ("NLS 1x1 @ long", "NLS 3x3 @ short", "ImFCSNet @ short", "hybrid"):
+        assert name in table
+    assert (out / "report.csv").is_file() and (out / "report.png").is_file()
+
+
+def test_compare_refuses_a_network_of_the_other_kind(trained_run, tmp_path, capsys):
+    assert main(["fcs", "compare", "--fcsnet", str(trained_run), "-o", str(tmp_path / "x")]) == 2
+    assert "imfcsnet checkpoint, not a fcsnet" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

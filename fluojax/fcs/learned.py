@@ -5,7 +5,8 @@ training prior of its simulator and the training schedule (``fcsnet-2d``, ``imfc
 ...); :func:`train_recipe` trains it with :func:`fluojax.train.train` on batches simulated on the
 fly; :func:`load_network` rebuilds a trained network from its checkpoint and refuses one of
 another kind. :func:`predict_imfcsnet_map` slides the 3 x 3-pixel network over a whole stack;
-:func:`predict_fcsnet` reads the 72-point ACFs of the correlator.
+:func:`predict_ln_d` runs either network on a batch (for FCSNet, the correlator's 72-point ACFs);
+:func:`predict_stack` makes a whole map with the physics check.
 
 Every prediction on measured data comes with a physics check (the review seed warns that a
 network answers in range for input outside its training range): with D fixed at the prediction,
@@ -27,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from fluojax import train as training
-from fluojax.fcs import correlator, nets, simulate
+from fluojax.fcs import correlator, models, nets, pipeline, simulate
 
 __all__ = [
     "Recipe",
@@ -40,6 +41,8 @@ __all__ = [
     "predict_imfcsnet_map",
     "predict_stack",
     "physics_check_chi2",
+    "comparison_simulator",
+    "comparison_estimators",
 ]
 
 
@@ -411,8 +414,6 @@ def physics_check_chi2(
 
 def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     """Analysis settings matching a network's training prior (its optics and geometry)."""
-    from fluojax.fcs import models, pipeline
-
     prior = simulate.TrainingPrior(**meta["prior"])
     sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
     optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm, sigma0,
@@ -447,8 +448,6 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         ValueError: frame time differing from training, stack too short or too small.
     """
     import time
-
-    from fluojax.fcs import pipeline
 
     kind = meta["fluojax_network"]
     prior = simulate.TrainingPrior(**meta["prior"])
@@ -492,3 +491,109 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         chi2_reduced=chi2.reshape(out_shape).astype(np.float32), status=status, mean_intensity=mean, acf=acf, sem=sem,
         lag_s=corr.lag_s, timings_s={"predict_and_correlate": time.perf_counter() - t0, "network": t_pred},
     ), settings
+
+
+# ----------------------------------------------------------------------------------------------
+# the seed's comparison, as estimators and a simulator for fluojax.compare
+# ----------------------------------------------------------------------------------------------
+
+
+def comparison_simulator(prior: simulate.TrainingPrior, density_per_px2: float, brightness: float):
+    """Simulator for ``fluojax.compare``: (key, theta (N, 1) = D in um^2/s) -> (N, T, 3, 3) stacks.
+
+    Every stack has the prior's optics and frame count and fixed density, brightness, sigma0 and
+    read noise (the middle of the prior's ranges), so only D varies over the grid.
+
+    Arguments:
+        prior: ``simulate.TrainingPrior`` (frames = the long record, e.g. 50,000).
+        density_per_px2: float, particles per px^2.
+        brightness: float, counts per particle per frame.
+
+    Returns:
+        (simulate_grid_point, prior actually used).
+    """
+    n_particles = int(np.floor(density_per_px2 * prior.box_side_px**2))
+    prior = dataclasses.replace(prior, max_particles=n_particles, density_max_per_px2=density_per_px2,
+                                density_min_per_px2=density_per_px2)
+    sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
+    noise = 0.5 * (prior.noise_sd_min + prior.noise_sd_max)
+
+    def simulate_grid_point(key, theta):
+        n = theta.shape[0]
+        params = simulate.TrainingParams(
+            d_um2_s=jnp.asarray(theta[:, 0], jnp.float32), n_particles=jnp.full((n,), n_particles, jnp.int32),
+            brightness=jnp.full((n,), brightness, jnp.float32), sigma0=jnp.full((n,), sigma0, jnp.float32),
+            noise_sd=jnp.full((n,), noise, jnp.float32))
+        stacks, _ = simulate.simulate_training_batch(key, prior, n, params)
+        return np.asarray(stacks)
+
+    return simulate_grid_point, prior
+
+
+def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
+    """The estimators of the seed's comparison, each stacks (N, T, 3, 3) -> (N, 1) D in um^2/s.
+
+    ``NLS 1x1 @ long``: the centre pixel's ACF over all T frames fitted with the model;
+    ``FCSNet 1x1 @ long``: that ACF through FCSNet; ``NLS 3x3 @ short``: the 3 x 3 sum's ACF
+    over the first ``t_short`` frames, fitted (binning 3); ``ImFCSNet @ short``: the first
+    ``t_short`` frames; ``ImFCSNet avg @ long``: mean ln D over the T / t_short windows;
+    ``hybrid``: NLS 3x3 @ short started at ImFCSNet's D. A network given as None is left out.
+
+    Arguments:
+        prior: ``simulate.TrainingPrior`` of the data (optics, frame time).
+        t_short: int, frames of the short record (>= 2,304 for the correlator).
+        fcsnet, imfcsnet: networks in eval mode, or None.
+    """
+    optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm,
+                           0.5 * (prior.sigma0_min + prior.sigma0_max), 1.0e6, prior.refractive_index, 1)
+    one = pipeline.AnalysisSettings(prior.frame_time_s, optics, bleach_order=0)
+    three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), bleach_order=0)
+    lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s
+    cache = {}
+
+    def acf_centre(stacks):
+        key = ("centre", id(stacks))
+        if key not in cache:
+            cache.clear()
+            res = correlator.correlate(jnp.asarray(stacks[:, :, 1, 1].T))
+            cache[key] = (np.asarray(res.acf.T), np.asarray(res.sem.T))
+        return cache[key]
+
+    def acf_sum_short(stacks):
+        res = correlator.correlate(jnp.asarray(stacks[:, :t_short].sum(axis=(2, 3)).T))
+        return np.asarray(res.acf.T), np.asarray(res.sem.T)
+
+    def nls_long(stacks):
+        acf, sem = acf_centre(stacks)
+        return pipeline.fit_acfs(acf, sem, lag_s, one).params[:, 1:2]
+
+    def fcsnet_long(stacks):
+        acf, _ = acf_centre(stacks)
+        return np.exp(predict_ln_d(fcsnet, np.nan_to_num(acf)))[:, None]
+
+    def nls_short(stacks):
+        acf, sem = acf_sum_short(stacks)
+        return pipeline.fit_acfs(acf, sem, lag_s, three).params[:, 1:2]
+
+    def imfcsnet_short(stacks):
+        return np.exp(predict_ln_d(imfcsnet, stacks[:, :t_short], batch=32))[:, None]
+
+    def imfcsnet_avg(stacks):
+        n_win = stacks.shape[1] // t_short
+        windows = stacks[:, : n_win * t_short].reshape(stacks.shape[0] * n_win, t_short, 3, 3)
+        ln_d = predict_ln_d(imfcsnet, windows, batch=32).reshape(stacks.shape[0], n_win)
+        return np.exp(ln_d.mean(axis=1))[:, None]
+
+    def hybrid_short(stacks):
+        acf, sem = acf_sum_short(stacks)
+        start = np.exp(predict_ln_d(imfcsnet, stacks[:, :t_short], batch=32))
+        return pipeline.fit_acfs(acf, sem, lag_s, three, start_d_um2_s=start).params[:, 1:2]
+
+    estimators = {"NLS 1x1 @ long": nls_long}
+    if fcsnet is not None:
+        estimators["FCSNet 1x1 @ long"] = fcsnet_long
+    estimators["NLS 3x3 @ short"] = nls_short
+    if imfcsnet is not None:
+        estimators.update({"ImFCSNet @ short": imfcsnet_short, "ImFCSNet avg @ long": imfcsnet_avg,
+                           "hybrid (ImFCSNet start) @ short": hybrid_short})
+    return estimators
