@@ -115,10 +115,17 @@ class ImFCSNetConfig:
 
 
 def _zscore(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Per-sample standardisation over ``axes`` (a constant sample maps to zeros)."""
+    """Per-sample standardisation ``(x - mean) / (sd + 1e-6)`` over ``axes``.
+
+    A sample whose spread is at float32 rounding level of its mean (sd <= 1e-5 |mean|: a constant
+    window, such as a saturated or dead pixel) maps to exact zeros; dividing its rounding noise by
+    the tiny sd would otherwise give values of order one. Real data (Poisson counts, ACFs) spread far
+    more than that, so for them this is the plain z-score.
+    """
     mean = jnp.mean(x, axis=axes, keepdims=True)
     sd = jnp.std(x, axis=axes, keepdims=True)
-    return (x - mean) / (sd + 1e-6)
+    flat = sd <= 1e-5 * jnp.abs(mean)
+    return jnp.where(flat, 0.0, (x - mean) / (sd + 1e-6))
 
 
 class _ConvBNReLU(nnx.Module):
@@ -204,7 +211,11 @@ class ImFCSNet(nnx.Module):
         rngs: ``nnx.Rngs``.
 
     Call: ``net(stack)`` with ``stack`` (batch, T, 3, 3) raw counts, T >= ``config.min_frames``
+    (1,867 at paper scale with stride 8, 1,083 with stride 4; shorter raises ValueError)
     -> (batch,) ln D.
+
+    The first layer is stored as a Conv1D over time with the 9 pixels (row-major) as channels:
+    a Keras Conv3D kernel of shape (200, 3, 3, 1, 45) maps onto it by reshaping to (200, 9, 45).
     """
 
     def __init__(self, config: ImFCSNetConfig, *, rngs: nnx.Rngs):
@@ -230,7 +241,16 @@ class ImFCSNet(nnx.Module):
 
 
 def build_network(config: FCSNetConfig | ImFCSNetConfig, seed: int = 0) -> FCSNet | ImFCSNet:
-    """A freshly initialised network of a config (weights from ``nnx.Rngs(seed)``)."""
+    """A freshly initialised network of a config.
+
+    Arguments:
+        config: ``FCSNetConfig`` (gives an ``FCSNet``) or ``ImFCSNetConfig`` (an ``ImFCSNet``).
+        seed: int, seed of the ``nnx.Rngs`` that draws the initial weights.
+
+    Returns:
+        the network, in training mode; ``nnx.view(net, use_running_average=True)`` is its
+        evaluation view (running BatchNorm statistics, samples independent of each other).
+    """
     cls = FCSNet if isinstance(config, FCSNetConfig) else ImFCSNet
     return cls(config, rngs=nnx.Rngs(seed))
 
@@ -244,7 +264,9 @@ def parameter_count(model: nnx.Module, trainable_only: bool = False) -> int:
             offset), leaving out the BatchNorm running means and variances (``nnx.BatchStat``).
 
     Returns:
-        int.
+        int. Paper scale: FCSNet 70,849 total / 69,825 trainable (16 BatchNorm layers x 32
+        channels x 2 statistics fewer); ImFCSNet 716,896 / 715,276 (18 x 45 x 2 fewer), for
+        either stride. Works on an abstract model from ``nnx.eval_shape`` too.
     """
     kinds = nnx.Param if trainable_only else nnx.Any(nnx.Param, nnx.BatchStat)
     state = nnx.state(model, kinds)
