@@ -545,9 +545,11 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
         fcsnet, imfcsnet: networks in eval mode, or None.
     """
     optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm,
-                           0.5 * (prior.sigma0_min + prior.sigma0_max), 1.0e6, prior.refractive_index, 1)
-    one = pipeline.AnalysisSettings(prior.frame_time_s, optics, bleach_order=0)
-    three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), bleach_order=0)
+                           0.5 * (prior.sigma0_min + prior.sigma0_max), prior.sigmaz if prior.three_d else 1.0e6,
+                           prior.refractive_index, 1)
+    model = "3d" if prior.three_d else "2d"
+    one = pipeline.AnalysisSettings(prior.frame_time_s, optics, model=model, bleach_order=0)
+    three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), model=model, bleach_order=0)
     lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s
     cache = {}
 
