@@ -63,8 +63,10 @@ class TrainConfig:
             (equal to ``learning_rate`` for a constant rate).
         decay_every: int, staircase interval of the decay in steps (1 = smooth). The seed's
             ImFCSNet schedule: 1e-3 -> 1e-5, factor applied every 32 batches (fcs.md §1.5).
-        optimizer: ``"adam"`` or ``"adamw"``.
-        weight_decay: float, AdamW weight decay (ignored by Adam).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepFRAP seed
+            used SGD with momentum 0.99).
+        weight_decay: float, AdamW weight decay (ignored by the others).
+        momentum: float, SGD momentum (ignored by Adam/AdamW).
         adam_eps: float, epsilon of Adam (Keras default 1e-7).
         eval_every: int, steps between held-out evaluations (and log rows).
         eval_batches: int, batches in the fixed held-out set.
@@ -79,6 +81,7 @@ class TrainConfig:
     decay_every: int = 1
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    momentum: float = 0.9
     adam_eps: float = 1e-7
     eval_every: int = 100
     eval_batches: int = 4
@@ -86,8 +89,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam' or 'adamw'")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam', 'adamw' or 'sgd'")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_batches < 1:
             raise ValueError("steps, batch_size, eval_every and eval_batches must be >= 1")
 
@@ -136,8 +139,10 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The optax transformation of a config (Adam or AdamW with its learning-rate schedule)."""
+    """The optax transformation of a config (Adam, AdamW or SGD with momentum, and its schedule)."""
     schedule = learning_rate_schedule(config)
+    if config.optimizer == "sgd":
+        return optax.sgd(schedule, momentum=config.momentum)
     if config.optimizer == "adamw":
         return optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay)
     return optax.adam(schedule, eps=config.adam_eps)

@@ -110,3 +110,14 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="another training config"):
         tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=40), run_dir=tmp_path, progress=False)
+
+
+def test_sgd_with_momentum_also_trains():
+    model = ToyNet(nnx.Rngs(0))
+    history = tr.train(model, toy_batch, config(steps=200, optimizer="sgd", momentum=0.9, learning_rate=1e-2), progress=False)
+    assert history.eval_loss[-1] < 0.1 * history.eval_loss[1]  # row 1: after the first 20 steps
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        config(optimizer="rmsprop")
