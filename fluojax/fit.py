@@ -10,6 +10,10 @@ runs it over many datasets (pixels, curves) in fixed-size jitted chunks, so a wh
 compiles once and a failing pixel never stops the map. The engine knows nothing of FCS, FRAP or
 SMLM: techniques supply the model, data, weights, start values and bounds.
 
+:func:`least_squares_multistart` (and ``_batch``) refines K starts per dataset and keeps the lowest
+chi^2; :func:`parameter_covariance` and :func:`confidence_intervals` give the linearised
+covariance ``s^2 (J^T W J)^{-1}`` and Wald intervals of a fit.
+
 Bounds are handled by the MINUIT/lmfit change of variables: a parameter bounded on both sides
 is ``lo + (hi - lo)(sin u + 1)/2``, on one side ``lo - 1 + sqrt(u^2 + 1)``; optionally the
 bounded quantity is ``log(theta)`` (``log_scale``), which suits positive scale parameters such
@@ -46,6 +50,10 @@ __all__ = [
     "least_squares_batch",
     "fisher_information",
     "crlb",
+    "least_squares_multistart",
+    "least_squares_multistart_batch",
+    "parameter_covariance",
+    "confidence_intervals",
 ]
 
 
@@ -351,3 +359,217 @@ def crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: 
         (P,) smallest achievable standard deviation of an unbiased estimator of each parameter.
     """
     return jnp.sqrt(jnp.diag(jnp.linalg.inv(fisher_information(model, theta, sigma, args))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Multiple starts, covariance and confidence intervals
+# ----------------------------------------------------------------------------------------------
+
+
+def least_squares_multistart(
+    model: Callable[[jax.Array, Any], jax.Array],
+    data: jax.Array,
+    sigma: jax.Array,
+    starts: jax.Array,
+    args: Any = None,
+    **options,
+) -> FitResult:
+    """Fit one dataset from K start vectors and keep the best fit (a global-search heuristic).
+
+    A nonlinear chi^2 surface can have several local minima; Levenberg-Marquardt finds the one
+    whose basin holds the start. With starts ``theta_0^(1..K)`` (e.g. drawn from a prior or
+    uniformly in the bounds, as in frap_matlab's ``fit_d.m``), each is refined by
+    :func:`least_squares` (vmapped, so all K solves run together) and the result
+
+        k* = argmin_k { chi^2(theta_hat^(k)) : status_k in (CONVERGED, AT_BOUND) }
+
+    is returned. All starts see the same valid points, so comparing ``chi2_reduced`` is comparing
+    chi^2. If no start succeeds, the result of the first start is returned (NaN parameters and
+    its failure status). ``num_steps`` is the total over the K solves. Pure and jit/vmap-able:
+    vmap it over datasets (or use :func:`least_squares_multistart_batch`).
+
+    Arguments:
+        model: ``model(theta, args) -> array`` shaped like ``data``; theta is (P,).
+        data: array, the measurements.
+        sigma: array like ``data``, standard errors (as in :func:`least_squares`).
+        starts: (K, P) start vectors (each clipped into the bounds); fixed parameters
+            (``free``) take their values from each start row.
+        args: pytree passed through to ``model``.
+        options: keyword options of :func:`least_squares` (``free``, ``lower``, ``upper``,
+            ``log_scale``, ``solver``).
+
+    Returns:
+        ``FitResult`` of the best start: ``params`` (P,), scalar ``status``, ``num_steps``
+        (summed over starts), ``chi2_reduced``.
+    """
+    starts = jnp.atleast_2d(jnp.asarray(starts))
+    fits = jax.vmap(lambda s: least_squares(model, data, sigma, s, args, **options))(starts)
+    good = ((fits.status == Status.CONVERGED) | (fits.status == Status.AT_BOUND)) & jnp.isfinite(fits.chi2_reduced)
+    best = jnp.argmin(jnp.where(good, fits.chi2_reduced, jnp.inf))
+    best = jnp.where(jnp.any(good), best, 0)
+    pick = jax.tree.map(lambda x: x[best], fits)
+    return FitResult(pick.params, pick.status, jnp.sum(fits.num_steps).astype(jnp.int32), pick.chi2_reduced)
+
+
+def least_squares_multistart_batch(
+    model: Callable[[jax.Array, Any], jax.Array],
+    data: np.ndarray,
+    sigma: np.ndarray,
+    starts: np.ndarray,
+    args: Any = None,
+    *,
+    chunk: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options,
+) -> FitResult:
+    """:func:`least_squares_multistart` over many datasets, vmapped in jitted, padded chunks.
+
+    Arguments:
+        model, args, options: as for :func:`least_squares`.
+        data, sigma: (B, M) arrays.
+        starts: (K, P) starts shared by all datasets, or (B, K, P) per dataset.
+        chunk: datasets per compiled call (each costs K solves). Default: 256 // K on CPU
+            (at least 1), 8192 // K on accelerators (at least 1).
+        progress: optional callable receiving the number of datasets finished in each chunk.
+
+    Returns:
+        ``FitResult`` of NumPy arrays with leading dimension B.
+    """
+    data = np.asarray(data)
+    sigma = np.asarray(sigma)
+    n = data.shape[0]
+    starts = np.asarray(starts)
+    if starts.ndim == 2:
+        starts = starts[None]
+    starts = np.broadcast_to(starts, (n,) + starts.shape[-2:])
+    n_starts = starts.shape[1]
+    if chunk is None:
+        chunk = max(1, (256 if jax.default_backend() == "cpu" else 8192) // n_starts)
+    chunk = max(1, min(chunk, n))
+    static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
+    parts = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        pad = chunk - (stop - start)
+        sl = slice(start, stop)
+        d = np.pad(data[sl], ((0, pad), (0, 0)), mode="edge")
+        s = np.pad(sigma[sl], ((0, pad), (0, 0)), mode="edge")
+        i = np.pad(starts[sl], ((0, pad), (0, 0), (0, 0)), mode="edge")
+        out = jax.device_get(_multistart_chunk(model, d, s, i, args, static))
+        parts.append(jax.tree.map(lambda x: x[: stop - start], out))
+        if progress is not None:
+            progress(stop - start)
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "options"))
+def _multistart_chunk(model, data, sigma, starts, args, options):
+    """One compiled, vmapped chunk of :func:`least_squares_multistart`."""
+    opts = dict(options)
+    return jax.vmap(lambda d, s, i: least_squares_multistart(model, d, s, i, args, **opts))(data, sigma, starts)
+
+
+def parameter_covariance(
+    model: Callable[[jax.Array, Any], jax.Array],
+    theta: jax.Array,
+    sigma: jax.Array,
+    args: Any = None,
+    residual_variance: jax.Array | float | None = None,
+    *,
+    free: tuple[bool, ...] | None = None,
+) -> jax.Array:
+    """Asymptotic covariance of the weighted least-squares estimate (linearised at ``theta``).
+
+    With ``J = d model / d theta`` and ``W = diag(1 / sigma^2)``,
+
+        Cov(theta_hat) = s^2 (J^T W J)^{-1},
+
+    ``J^T W J`` being :func:`fisher_information`. When ``sigma`` are the true noise standard
+    deviations, ``s^2 = 1`` (``residual_variance=None``). When the noise level is unknown and
+    ``sigma`` are only relative weights (e.g. all ones), pass the fit's reduced chi^2,
+    ``s^2 = chi^2 / (n - p)`` (``FitResult.chi2_reduced``): the residual-based estimate of the
+    factor by which the assumed variances are off (scipy's ``curve_fit(absolute_sigma=False)``).
+    With unit sigma, ``s^2`` is the estimated noise variance itself.
+
+    Only the free block is inverted; rows and columns of fixed parameters are zero. The block is
+    inverted after scaling to unit diagonal (``D^-1/2 I D^-1/2``), which keeps float32 accurate
+    for parameters of very different scales. Points with non-finite or non-positive sigma get
+    zero weight. A singular information matrix gives non-finite entries.
+
+    Arguments:
+        model: ``model(theta, args) -> array``.
+        theta: (P,) parameters (usually the fitted ones).
+        sigma: array like the model output, standard deviations (or relative weights).
+        args: passed to ``model``.
+        residual_variance: None (sigma absolute) or scalar s^2 multiplying the covariance.
+        free: static tuple of P bools (default: all free).
+
+    Returns:
+        (P, P) covariance matrix.
+    """
+    theta = jnp.asarray(theta)
+    n_params = theta.shape[-1]
+    free_mask = np.ones(n_params, bool) if free is None else np.asarray(free, bool)
+    if free_mask.shape != (n_params,):
+        raise ValueError(f"free must have {n_params} entries")
+    idx = np.nonzero(free_mask)[0]
+    sigma = jnp.asarray(sigma, theta.dtype)
+    valid = jnp.isfinite(sigma) & (sigma > 0)
+    sigma = jnp.where(valid, sigma, jnp.inf)  # weight 1/inf^2 = 0
+    info = fisher_information(model, theta, sigma, args)[np.ix_(idx, idx)]
+    scale = 1.0 / jnp.sqrt(jnp.diag(info))
+    sub = jnp.linalg.inv(info * scale[:, None] * scale[None, :]) * scale[:, None] * scale[None, :]
+    sub = 0.5 * (sub + sub.T)
+    if residual_variance is not None:
+        sub = sub * jnp.asarray(residual_variance, sub.dtype)
+    return jnp.zeros((n_params, n_params), sub.dtype).at[np.ix_(idx, idx)].set(sub)
+
+
+def _normal_quantile(level: float) -> float:
+    import statistics
+
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be in (0, 1)")
+    return statistics.NormalDist().inv_cdf(0.5 + 0.5 * level)
+
+
+def confidence_intervals(
+    model: Callable[[jax.Array, Any], jax.Array],
+    theta: jax.Array,
+    sigma: jax.Array,
+    args: Any = None,
+    residual_variance: jax.Array | float | None = None,
+    *,
+    level: float = 0.95,
+    free: tuple[bool, ...] | None = None,
+    log_scale=None,
+) -> tuple[jax.Array, jax.Array]:
+    """Wald confidence intervals ``theta_j +- z sd_j`` from :func:`parameter_covariance`.
+
+    ``sd_j = sqrt(Cov_jj)`` and ``z = Phi^-1((1 + level) / 2)`` (1.960 for 95 %). These are
+    asymptotic (normal, linearised) intervals: with an estimated ``residual_variance`` the exact
+    small-sample quantile would be Student's t with n - p degrees of freedom (2.01 instead of 1.96
+    at n - p = 50), which this ignores. For ``log_scale`` parameters (positive scale parameters
+    such as D) the interval is built on ``log theta`` with ``sd(log theta) = sd / theta`` (delta
+    method): ``theta exp(+-z sd / theta)``, which stays positive. Fixed parameters get zero-width
+    intervals.
+
+    Arguments:
+        model, theta, sigma, args, residual_variance, free: as for :func:`parameter_covariance`.
+        level: float in (0, 1), coverage probability (static).
+        log_scale: optional (P,) static bools, parameters whose interval is built in log space.
+
+    Returns:
+        ``(lower, upper)``, each (P,).
+    """
+    theta = jnp.asarray(theta)
+    cov = parameter_covariance(model, theta, sigma, args, residual_variance, free=free)
+    sd = jnp.sqrt(jnp.diag(cov))
+    half = _normal_quantile(level) * sd
+    lower, upper = theta - half, theta + half
+    if log_scale is not None:
+        log = np.asarray(log_scale, bool)
+        factor = jnp.exp(half / jnp.abs(theta))
+        lower = jnp.where(log, theta / factor, lower)
+        upper = jnp.where(log, theta * factor, upper)
+    return lower, upper

@@ -1,0 +1,196 @@
+"""Least-squares estimation of (D, c0, alpha) from FRAP recovery curves (DeepFRAP's LS baseline).
+
+The model is the fast tabulated curve ``recovery_curve_fast`` (mobile fraction 1, beta 1, the
+table's gamma), parameter vector ``theta = (D px^2/s, c0, alpha)``. Each curve is fitted by the
+generic engine (:func:`fluojax.fit.least_squares_multistart`) from ``n_starts`` random starts
+drawn from the prior (the paper's LS baseline: 30 random starts, best sum of squares kept;
+frap.md §1.2 — frap_matlab draws them uniformly in the bounds, here they come from the prior,
+which for D is log-uniform), vmapped over curves in jitted chunks.
+
+Bounds: D within the table's range (``table.d_range_px2_s``; outside it the Chebyshev sum is
+meaningless), fitted in log space; c0 in ``[c0_min / 2, 2 c0_max]`` and alpha in
+``[alpha_min / 2, 1]`` from the prior (Table 1: c0 in [0.5, 1], alpha in [0.45, 0.95]), i.e. a
+bit wider than Table 1 so that true values at the prior's edges are interior points (a fit stuck
+on a bound has no meaningful Wald interval).
+
+Noise: with ``noise_variance=None`` the curves are fitted with unit sigma (ordinary LS, as
+frap_matlab's ``lsqnonlin`` mode) and the noise variance per curve value is estimated from the
+residuals, ``s^2 = RSS / (n - p)`` (``n`` = 110 values, ``p`` = 3 at DeepFRAP settings), which
+also scales the covariance. With a known variance the fit is weighted by it, the intervals are
+not rescaled, and the reported estimate is ``chi^2 / (n - p)`` times the given variance.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fluojax import fit
+from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
+from fluojax.frap.simulate import FrapPrior, sample_frap_params
+
+__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "frap_starts", "fit_recovery_curves"]
+
+_LOG_SCALE = (True, False, False)
+
+
+class FrapFit(NamedTuple):
+    """Result of :func:`fit_recovery_curves` (NumPy arrays, leading dimension B).
+
+    Attributes:
+        params: (B, 3) fitted (D px^2/s, c0, alpha); NaN where the fit failed.
+        ci_lower, ci_upper: (B, 3) confidence limits (95 % by default); the D interval is built on
+            ln D (``D exp(+-z sd_D / D)``), c0 and alpha are ``theta +- z sd``.
+        stderr: (B, 3) asymptotic standard deviations ``sqrt(diag Cov)``.
+        status: (B,) :class:`fluojax.fit.Status` codes of the best start.
+        noise_variance: (B,) residual estimate of the noise variance per curve value.
+        chi2_reduced: (B,) chi^2 / (n - 3) of the best start (equals ``noise_variance`` when the
+            noise variance was not given).
+    """
+
+    params: np.ndarray
+    ci_lower: np.ndarray
+    ci_upper: np.ndarray
+    stderr: np.ndarray
+    status: np.ndarray
+    noise_variance: np.ndarray
+    chi2_reduced: np.ndarray
+
+    @property
+    def d_px2_s(self) -> np.ndarray:
+        return self.params[:, 0]
+
+    @property
+    def c0(self) -> np.ndarray:
+        return self.params[:, 1]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return self.params[:, 2]
+
+
+def frap_curve_model(theta: jax.Array, table: FastCurveTable) -> jax.Array:
+    """``recovery_curve_fast`` as a fitting model: theta = (D px^2/s, c0, alpha), args = table."""
+    return recovery_curve_fast(FrapParams(theta[0], theta[1], theta[2]), table)
+
+
+def frap_bounds(table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) bounds of (D, c0, alpha): D in the table's range, c0 in
+    ``[c0_min / 2, 2 c0_max]``, alpha in ``[alpha_min / 2, 1]``."""
+    d_lo, d_hi = table.d_range_px2_s
+    c_lo, c_hi = prior.c0_range
+    a_lo, _ = prior.alpha_range
+    return np.array([d_lo, 0.5 * c_lo, 0.5 * a_lo]), np.array([d_hi, 2.0 * c_hi, 1.0])
+
+
+def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> np.ndarray:
+    """``n_starts`` start vectors (D, c0, alpha) drawn from the prior, D clipped into the table range.
+
+    Returns:
+        (n_starts, 3) float array.
+    """
+    p = sample_frap_params(key, n_starts, prior).params
+    d_lo, d_hi = table.d_range_px2_s
+    d = np.clip(np.asarray(p.d_px2_s, np.float64), d_lo * 1.001, d_hi / 1.001)
+    return np.stack([d, np.asarray(p.c0), np.asarray(p.alpha)], axis=1)
+
+
+@jax.jit
+def _intervals(params, sigma, table, residual_variance, z):
+    """Per-curve Wald intervals (vmapped); ``z`` scales the 95 % half-widths to other levels."""
+
+    def one(theta, s, rv):
+        cov = fit.parameter_covariance(frap_curve_model, theta, s, table, rv)
+        sd = jnp.sqrt(jnp.diag(cov))
+        half = z * sd
+        factor = jnp.exp(half[0] / theta[0])
+        lower = jnp.stack([theta[0] / factor, theta[1] - half[1], theta[2] - half[2]])
+        upper = jnp.stack([theta[0] * factor, theta[1] + half[1], theta[2] + half[2]])
+        return lower, upper, sd
+
+    safe = jnp.where(jnp.isfinite(params), params, jnp.asarray([10.0, 0.75, 0.7], params.dtype))
+    lower, upper, sd = jax.vmap(one)(safe, sigma, residual_variance)
+    bad = ~jnp.all(jnp.isfinite(params), axis=1, keepdims=True)
+    nan = jnp.asarray(jnp.nan, params.dtype)
+    return jnp.where(bad, nan, lower), jnp.where(bad, nan, upper), jnp.where(bad, nan, sd)
+
+
+def fit_recovery_curves(
+    curves,
+    table: FastCurveTable,
+    *,
+    key: jax.Array,
+    n_starts: int = 30,
+    noise_variance=None,
+    prior: FrapPrior = FrapPrior(),
+    level: float = 0.95,
+    solver: fit.LevenbergMarquardt = fit.LevenbergMarquardt(),
+    chunk: int | None = None,
+) -> FrapFit:
+    """Fit (D px^2/s, c0, alpha) to recovery curves by multistart weighted least squares.
+
+    For each curve ``y`` (n = n_prebleach + n_postbleach values),
+    ``theta_hat = argmin sum_t ((F(t; theta) - y_t) / sigma_t)^2`` over the bounds of
+    :func:`frap_bounds` (D in log space), keeping the best of ``n_starts`` Levenberg-Marquardt
+    fits started from prior draws (:func:`frap_starts`; one set shared by all curves). Intervals
+    are Wald intervals from ``Cov = s^2 (J^T W J)^{-1}`` (:func:`fluojax.fit.parameter_covariance`),
+    ``s^2`` = reduced chi^2 when the noise variance is not given (see the module docstring).
+
+    Arguments:
+        curves: (B, n) or (n,) recovery curves (prebleach then postbleach values, as
+            ``simulate_curves`` or ``recovery_curve_from_images`` give).
+        table: ``FastCurveTable`` of the experiment's geometry and settings.
+        key: typed PRNG key for the starts.
+        n_starts: int, number of random starts (paper: 30).
+        noise_variance: None (estimate from the residuals) or the known variance of each curve
+            value: scalar, (B,) or (B, n).
+        prior: ``FrapPrior`` the starts are drawn from and the c0/alpha bounds derive from.
+        level: coverage of the intervals (default 95 %).
+        solver: ``fluojax.fit.LevenbergMarquardt`` settings.
+        chunk: curves per compiled call (see ``fit.least_squares_multistart_batch``).
+
+    Returns:
+        :class:`FrapFit`.
+    """
+    curves = np.asarray(curves)
+    if curves.ndim == 1:
+        curves = curves[None]
+    n_curves, n_values = curves.shape
+    if n_values != table.settings.n_frames:
+        raise ValueError(f"curves have {n_values} values; the table's settings give {table.settings.n_frames}")
+    dtype = jnp.zeros(()).dtype
+    curves = curves.astype(dtype)
+    if noise_variance is None:
+        sigma = np.ones_like(curves)
+    else:
+        var = np.asarray(noise_variance, np.float64)
+        var = var[:, None] if var.ndim == 1 else var
+        sigma = np.broadcast_to(np.sqrt(var), curves.shape).astype(dtype)
+    lower, upper = frap_bounds(table, prior)
+    starts = frap_starts(key, n_starts, table, prior).astype(dtype)
+    res = fit.least_squares_multistart_batch(
+        frap_curve_model,
+        curves,
+        sigma,
+        starts,
+        table,
+        chunk=chunk,
+        lower=lower,
+        upper=upper,
+        log_scale=_LOG_SCALE,
+        solver=solver,
+    )
+    chi2 = np.asarray(res.chi2_reduced)
+    residual_variance = np.ones_like(chi2) if noise_variance is not None else chi2
+    z = fit._normal_quantile(level)
+    ci_lo, ci_hi, sd = jax.device_get(
+        _intervals(jnp.asarray(res.params), jnp.asarray(sigma), table, jnp.asarray(np.nan_to_num(residual_variance, nan=1.0)), z)
+    )
+    if noise_variance is None:
+        noise_est = chi2
+    else:
+        noise_est = chi2 * np.mean(np.broadcast_to(np.asarray(sigma, np.float64) ** 2, curves.shape), axis=1)
+    return FrapFit(np.asarray(res.params), ci_lo, ci_hi, sd, np.asarray(res.status), noise_est, chi2)
