@@ -81,11 +81,10 @@ class Recipe:
         return self.net.name
 
 
-def _paper_imfcsnet(prior):
+def _paper_imfcsnet():
     # fcs.md §1.5: Adam, batch 128, lr 1e-3 -> 1e-5 staircase every 32 batches, 48,000 batches per round
-    cfg = training.TrainConfig(steps=48_000, batch_size=128, learning_rate=1e-3, final_learning_rate=1e-5,
-                               decay_every=32, eval_every=500, eval_batches=8, checkpoint_every=2_000)
-    return cfg
+    return training.TrainConfig(steps=48_000, batch_size=128, learning_rate=1e-3, final_learning_rate=1e-5,
+                                decay_every=32, eval_every=500, eval_batches=8, checkpoint_every=2_000)
 
 
 def _paper_fcsnet():
@@ -100,9 +99,9 @@ _SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
 
 RECIPES: dict[str, Recipe] = {
     "imfcsnet-2d": Recipe("imfcsnet-2d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(2_500),
-                          _paper_imfcsnet(None), stacks_per_batch=128),
+                          _paper_imfcsnet(), stacks_per_batch=128),
     "imfcsnet-3d": Recipe("imfcsnet-3d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(2_500),
-                          _paper_imfcsnet(None), stacks_per_batch=128),
+                          _paper_imfcsnet(), stacks_per_batch=128),
     "fcsnet-2d": Recipe("fcsnet-2d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(50_000),
                         _paper_fcsnet(), stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
     "fcsnet-3d": Recipe("fcsnet-3d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(50_000),
