@@ -302,18 +302,21 @@ def least_squares_batch(
     init = np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1]))
     if chunk is None:
         chunk = 256 if jax.default_backend() == "cpu" else 8192
-    chunk = max(1, min(chunk, n))
+    return _fit_in_chunks(_fit_chunk, model, data, sigma, init, args, options, chunk, progress)
 
+
+def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, progress):
+    """Run a compiled per-chunk fit over datasets in fixed-size chunks (the last one padded by
+    repeating its final dataset, so every chunk has one shape and compiles once); NumPy results."""
+    n = data.shape[0]
+    chunk = max(1, min(chunk, n))
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     parts = []
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         pad = chunk - (stop - start)
-        sl = slice(start, stop)
-        d = np.pad(data[sl], ((0, pad), (0, 0)), mode="edge")
-        s = np.pad(sigma[sl], ((0, pad), (0, 0)), mode="edge")
-        i = np.pad(init[sl], ((0, pad), (0, 0)), mode="edge")
-        out = jax.device_get(_fit_chunk(model, d, s, i, args, static))
+        d, s, i = (np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts))
+        out = jax.device_get(chunk_fn(model, d, s, i, args, static))
         parts.append(jax.tree.map(lambda x: x[: stop - start], out))
         if progress is not None:
             progress(stop - start)
@@ -445,21 +448,7 @@ def least_squares_multistart_batch(
     n_starts = starts.shape[1]
     if chunk is None:
         chunk = max(1, (256 if jax.default_backend() == "cpu" else 8192) // n_starts)
-    chunk = max(1, min(chunk, n))
-    static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
-    parts = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        pad = chunk - (stop - start)
-        sl = slice(start, stop)
-        d = np.pad(data[sl], ((0, pad), (0, 0)), mode="edge")
-        s = np.pad(sigma[sl], ((0, pad), (0, 0)), mode="edge")
-        i = np.pad(starts[sl], ((0, pad), (0, 0), (0, 0)), mode="edge")
-        out = jax.device_get(_multistart_chunk(model, d, s, i, args, static))
-        parts.append(jax.tree.map(lambda x: x[: stop - start], out))
-        if progress is not None:
-            progress(stop - start)
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    return _fit_in_chunks(_multistart_chunk, model, data, sigma, starts, args, options, chunk, progress)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options"))

@@ -305,9 +305,8 @@ def train(
             start = int(saved["step"])
             history = TrainHistory(**saved["history"])
 
-    draw = sample_batch if data is None else (lambda key, pool: sample_batch(key, pool))
     if held_out is None:
-        sample = jax.jit(draw)
+        sample = jax.jit(sample_batch)
         held_out = [sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,))) for i in range(config.eval_batches)]
     schedule = learning_rate_schedule(config)
     trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)

@@ -417,7 +417,7 @@ def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
     optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm, sigma0,
                            prior.sigmaz if prior.three_d else 1.0e6, prior.refractive_index, binning)
-    return prior, pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
+    return pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
 
 
 def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = True, bleach_order: int = 4,
@@ -456,7 +456,7 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
     t0 = time.perf_counter()
     t, h, w = stack.shape
     if kind == "fcsnet":
-        _, settings = _settings_for(meta, frame_time_s, 1, False)
+        settings = _settings_for(meta, frame_time_s, 1, False)
         settings = dataclasses.replace(settings, bleach_order=bleach_order)
         corr = pipeline.correlate_stack(stack, settings, progress)
         ln_d = predict_ln_d(net, np.nan_to_num(corr.acf)).reshape(corr.shape)
@@ -464,7 +464,7 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
     else:
         result = predict_imfcsnet_map(net, stack, prior.frames, overlap, progress=progress)
         ln_d, edge = np.log(result["d_um2_s"]), result["edge"]
-        _, settings = _settings_for(meta, frame_time_s, 3, overlap)
+        settings = _settings_for(meta, frame_time_s, 3, overlap)
         settings = dataclasses.replace(settings, bleach_order=bleach_order)
         corr = pipeline.correlate_stack(stack, settings, progress)  # 3 x 3 sums: (h-2, w-2) or (h//3, w//3)
         out_shape = ln_d.shape
