@@ -63,6 +63,10 @@ class TrainConfig:
             (equal to ``learning_rate`` for a constant rate).
         decay_every: int, staircase interval of the decay in steps (1 = smooth). The seed's
             ImFCSNet schedule: 1e-3 -> 1e-5, factor applied every 32 batches (fcs.md §1.5).
+        warmup_fraction: float in [0, 1), fraction of ``steps`` spent first on a linear ramp
+            from ``warmup_learning_rate`` up to ``learning_rate`` (the DeepFRAP seed ramps
+            1e-3 -> 1e-1 before its step decay); the decay then runs over the remaining steps.
+        warmup_learning_rate: float, learning rate at step 0 of the ramp.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepFRAP seed
             used SGD with momentum 0.99).
         weight_decay: float, AdamW weight decay (ignored by the others).
@@ -79,6 +83,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     final_learning_rate: float = 1e-5
     decay_every: int = 1
+    warmup_fraction: float = 0.0
+    warmup_learning_rate: float = 0.0
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
@@ -93,6 +99,13 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam', 'adamw' or 'sgd'")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_batches < 1:
             raise ValueError("steps, batch_size, eval_every and eval_batches must be >= 1")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError("warmup_fraction must be in [0, 1)")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of the linear warm-up ramp, ``round(warmup_fraction * steps)``."""
+        return int(round(self.warmup_fraction * self.steps))
 
 
 class TrainHistory(NamedTuple):
@@ -125,17 +138,26 @@ class TrainHistory(NamedTuple):
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Exponential (optionally staircase) decay from ``learning_rate`` to ``final_learning_rate``.
+    """Optional linear warm-up, then exponential (optionally staircase) decay.
 
-    lr(s) = lr0 * (lr1 / lr0) ** (floor(s / k) * k / steps),  k = ``decay_every``.
+    With ``W = warmup_steps`` and ``S = steps - W``:
+    lr(s) = lr_w + (lr0 - lr_w) s / W                              for s < W,
+    lr(s) = lr0 * (lr1 / lr0) ** (floor((s - W) / k) * k / S)     otherwise,  k = ``decay_every``.
     """
+    warmup = config.warmup_steps
+    decay_steps = max(config.steps - warmup, 1)
     ratio = config.final_learning_rate / config.learning_rate
     if ratio == 1.0:
-        return optax.constant_schedule(config.learning_rate)
-    k = max(1, config.decay_every)
-    return optax.exponential_decay(
-        config.learning_rate, transition_steps=k, decay_rate=ratio ** (k / config.steps), staircase=k > 1
-    )
+        decay = optax.constant_schedule(config.learning_rate)
+    else:
+        k = max(1, config.decay_every)
+        decay = optax.exponential_decay(
+            config.learning_rate, transition_steps=k, decay_rate=ratio ** (k / decay_steps), staircase=k > 1
+        )
+    if warmup == 0:
+        return decay
+    ramp = optax.linear_schedule(config.warmup_learning_rate, config.learning_rate, warmup)
+    return optax.join_schedules([ramp, decay], [warmup])
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:

@@ -199,3 +199,36 @@ def test_markdown_csv_and_plot_have_expected_columns(tmp_path):
 
     png = compare.plot_report(rep, tmp_path / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _draw_scaled_truth(key, n):
+    """Truth theta = (s, t): s log-uniform on [1, 100], t uniform; weights = 1 / t for t in (1, 2)."""
+    k1, k2 = jax.random.split(key)
+    s = jnp.exp(jax.random.uniform(k1, (n,), minval=0.0, maxval=math.log(100.0)))
+    t = jax.random.uniform(k2, (n,), minval=1.0, maxval=2.0)
+    theta = jnp.stack([s, t], axis=1)
+    return theta, theta, 1.0 / t
+
+
+def test_draws_report_weighted_mse_of_a_known_distortion():
+    # estimator: s * e^0.1 (error exactly 0.1 in ln s) and t + t^2/10 (error t^2/10, weight 1/t)
+    distort = lambda d: jnp.stack([d[:, 0] * math.exp(0.1), d[:, 1] + d[:, 1] ** 2 / 10], axis=1)  # noqa: E731
+    n = 4000
+    report = compare.compare_on_draws({"distort": distort, "exact": lambda d: d}, _draw_scaled_truth, n, KEY,
+                                      param_names=["s", "t"], log_scale=["s"])
+    t = report.truth[:, 1]
+    w = (1 / t) / np.sum(1 / t)
+    np.testing.assert_allclose(report.mse[0, 0], 0.01, rtol=1e-5)  # float32 logs
+    np.testing.assert_allclose(report.mse[0, 1], np.sum(w * (t**2 / 10) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(report.bias[0, 0], 0.1, rtol=1e-5)
+    np.testing.assert_allclose(report.mse_joint[0], report.mse[0].mean())
+    np.testing.assert_allclose(report.mape[0, 0], 100 * (math.exp(0.1) - 1), rtol=1e-5)
+    assert np.all(report.mse[1] < 1e-12) and report.failed_fraction.tolist() == [0.0, 0.0]
+    assert report.spearman[0, 0] == pytest.approx(1.0)
+
+
+def test_draws_report_leaves_out_failed_estimates_and_renormalises_weights():
+    half_nan = lambda d: jnp.where(jnp.arange(d.shape[0])[:, None] % 2 == 0, jnp.nan, d * 1.0)  # noqa: E731
+    report = compare.compare_on_draws({"half": half_nan}, _draw_scaled_truth, 100, KEY, param_names=["s", "t"])
+    assert report.failed_fraction[0] == pytest.approx(0.5)
+    assert report.mse[0, 1] == pytest.approx(0.0, abs=1e-12)

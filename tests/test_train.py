@@ -50,6 +50,17 @@ def test_learning_rate_decays_to_final_value():
     assert float(sched(31)) == pytest.approx(1e-2)
 
 
+def test_warmup_ramps_linearly_then_decays_over_the_remaining_steps():
+    cfg = config(steps=1000, learning_rate=1e-1, final_learning_rate=1e-3, warmup_fraction=0.1, warmup_learning_rate=1e-3)
+    sched = tr.learning_rate_schedule(cfg)
+    assert cfg.warmup_steps == 100
+    assert float(sched(0)) == pytest.approx(1e-3, rel=1e-5)  # float32 schedule arithmetic
+    assert float(sched(50)) == pytest.approx(0.5 * (1e-3 + 1e-1), rel=1e-6)  # half-way up the ramp
+    assert float(sched(100)) == pytest.approx(1e-1, rel=1e-6)
+    # smooth decay over the 900 remaining steps: 1e-1 * (1e-2)**(450/900) = 1e-2 half-way
+    assert float(sched(550)) == pytest.approx(1e-2, rel=1e-5)
+
+
 def test_same_seed_gives_same_weights():
     a, b = ToyNet(nnx.Rngs(0)), ToyNet(nnx.Rngs(0))
     tr.train(a, toy_batch, config(), progress=False)

@@ -122,8 +122,9 @@ def fit_recovery_curves(
     curves,
     table: FastCurveTable,
     *,
-    key: jax.Array,
+    key: jax.Array | None = None,
     n_starts: int = 30,
+    starts=None,
     noise_variance=None,
     prior: FrapPrior = FrapPrior(),
     level: float = 0.95,
@@ -143,8 +144,11 @@ def fit_recovery_curves(
         curves: (B, n) or (n,) recovery curves (prebleach then postbleach values, as
             ``simulate_curves`` or ``recovery_curve_from_images`` give).
         table: ``FastCurveTable`` of the experiment's geometry and settings.
-        key: typed PRNG key for the starts.
+        key: typed PRNG key for the random starts (needed unless ``starts`` is given).
         n_starts: int, number of random starts (paper: 30).
+        starts: optional explicit starts (D px^2/s, c0, alpha) instead of random ones: (K, 3)
+            shared or (B, K, 3) per curve, clipped into the bounds. A network's prediction as
+            the only start, ``pred[:, None, :]``, gives the hybrid estimator.
         noise_variance: None (estimate from the residuals) or the known variance of each curve
             value: scalar, (B,) or (B, n).
         prior: ``FrapPrior`` the starts are drawn from and the c0/alpha bounds derive from.
@@ -170,7 +174,19 @@ def fit_recovery_curves(
         var = var[:, None] if var.ndim == 1 else var
         sigma = np.broadcast_to(np.sqrt(var), curves.shape).astype(dtype)
     lower, upper = frap_bounds(table, prior)
-    starts = frap_starts(key, n_starts, table, prior).astype(dtype)
+    if starts is None:
+        if key is None:
+            raise ValueError("give a PRNG key for random starts, or explicit starts")
+        starts = frap_starts(key, n_starts, table, prior).astype(dtype)
+    else:
+        starts = np.asarray(starts, np.float64)
+        if starts.ndim not in (2, 3) or starts.shape[-1] != 3 or (starts.ndim == 3 and starts.shape[0] != n_curves):
+            raise ValueError(f"starts must be (K, 3) or ({n_curves}, K, 3), got {starts.shape}")
+        finite = np.isfinite(starts)
+        starts = np.where(finite, starts, 0.5 * (lower + upper))
+        inner_lo = np.array([lower[0] * 1.001, *(lower[1:] + 1e-6 * (upper[1:] - lower[1:]))])
+        inner_hi = np.array([upper[0] / 1.001, *(upper[1:] - 1e-6 * (upper[1:] - lower[1:]))])
+        starts = np.clip(starts, inner_lo, inner_hi).astype(dtype)  # strictly inside the box
     res = fit.least_squares_multistart_batch(
         frap_curve_model,
         curves,
