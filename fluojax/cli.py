@@ -7,8 +7,15 @@
     fluojax fcs compare [--fcsnet CKPT] [--imfcsnet CKPT] -o REP networks vs least squares on simulations
     fluojax demo [-o OUT]                                        the main job on a built-in stack
 
+    fluojax frap fit STACK.tif --roi circle:X,Y,R [--prebleach 10 --bleach 4] [--dt S]
+                     [--pixel-size UM] [--starts 30] [-o OUT]    ROI recovery curve -> D, c0, alpha
+    fluojax frap simulate [--d UM2_S --c0 --alpha --noise-a A] [frames, geometry] -o STACK.tif
+    fluojax frap train --config NAME [--steps N] [--seed S] -o CKPT   train a DeepFRAP network
+    fluojax frap predict STACK.tif --net CKPT --roi circle:X,Y,R [...] [-o OUT]  network + LM refine
+
 Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
-and moved into place only when complete.
+and moved into place only when complete. ``frap fit``/``frap predict`` exit with code 3 (results
+written, status in summary.json, one line on stderr) when the least-squares fit did not converge.
 """
 
 from __future__ import annotations
@@ -129,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--brightness", type=_positive(float), default=5.0)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-o", "--output", required=True, metavar="REPORT", help="folder: report.md, report.csv, report.png")
+
+    _add_frap_parsers(sub)
 
     d = sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare")
     d.add_argument("--frames", type=_positive(int), default=20000)
@@ -288,7 +297,7 @@ def _fcs_simulate(args) -> int:
     return 0
 
 
-def _plot_training(path: Path, history) -> None:
+def _plot_training(path: Path, history, ylabel: str = "MSE of ln D") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,7 +307,7 @@ def _plot_training(path: Path, history) -> None:
     ax.plot(history.step[1:], history.train_loss[1:], "o-", label="training (mean since last row)")
     ax.plot(history.step, history.eval_loss, "s-", label="held out")
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE of ln D")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
@@ -414,12 +423,447 @@ def _demo(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------
+# FRAP
+
+
+FRAP_CONFIGS = ("deepfrap", "deepfrap-merged", "deepfrap-small")
+
+
+def _non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+        return value
+
+    return parse
+
+
+def _add_frap_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> None:
+    p.add_argument("stack", help="TIFF stack (frames, Y, X): prebleach frames, then postbleach frames")
+    p.add_argument("--roi", required=True, metavar="circle:X,Y,R",
+                   help="bleach region = ROI, in pixels: x = column, y = row, pixel j spans [j, j+1]")
+    hint = "" if frame_defaults else " (default: the network's)"
+    p.add_argument("--prebleach", type=_positive(int), default=10 if frame_defaults else None, metavar="N",
+                   help=f"recorded frames before the bleach{' (default 10)' if frame_defaults else hint}; the rest are postbleach")
+    p.add_argument("--bleach", type=_positive(int), default=4 if frame_defaults else None, metavar="N",
+                   help=f"bleach frames, not recorded, each lasting dt{' (default 4)' if frame_defaults else hint}")
+    p.add_argument("--dt", type=_positive(float), default=None, metavar="S",
+                   help="frame interval in s (default: the TIFF's ImageJ finterval)")
+    p.add_argument("--pixel-size", type=_positive(float), default=None, metavar="UM",
+                   help="pixel side in um (default: the TIFF's ImageJ calibration)")
+    p.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX",
+                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square)")
+
+
+def _add_frap_parsers(sub) -> None:
+    from fluojax.frap.models import DEEPFRAP_DT_S, DEEPFRAP_PIXEL_UM, DEEPFRAP_RADIUS_PX
+
+    frap = sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)").add_subparsers(dest="frap_command", required=True)
+    f = frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs",
+                        epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
+                               "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge (outputs "
+                               "written, status in summary.json). A non-square stack is cropped to the largest square around the ROI.")
+    _add_frap_data_args(f)
+    f.add_argument("--starts", type=_positive(int), default=30, help="random starts of the LM fit (default 30)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    f.add_argument("--d-range", type=_positive(float), nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)")
+    f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frap)")
+
+    s = frap.add_parser("simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)")
+    s.add_argument("--d", type=_positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)")
+    s.add_argument("--c0", type=_positive(float), default=0.75, help="prebleach intensity (default 0.75)")
+    s.add_argument("--alpha", type=_positive(float), default=0.7, help="fraction left per bleach frame, in (0, 1] (default 0.7)")
+    s.add_argument("--noise-a", type=_non_negative(float), default=0.0, metavar="A",
+                   help="per-pixel noise variance, intensity^2 (default 0)")
+    s.add_argument("--prebleach", type=_positive(int), default=10, metavar="N")
+    s.add_argument("--bleach", type=_positive(int), default=4, metavar="N")
+    s.add_argument("--postbleach", type=_positive(int), default=100, metavar="N")
+    s.add_argument("--size", type=_positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
+    s.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX", help="solver padding per side (default size // 2)")
+    s.add_argument("--radius", type=_positive(float), default=DEEPFRAP_RADIUS_PX, metavar="PX",
+                   help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})")
+    s.add_argument("--dt", type=_positive(float), default=DEEPFRAP_DT_S, metavar="S", help=f"frame interval in s (default {DEEPFRAP_DT_S})")
+    s.add_argument("--pixel-size", type=_positive(float), default=DEEPFRAP_PIXEL_UM, metavar="UM",
+                   help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+
+    t = frap.add_parser("train", help="train a DeepFRAP network on simulated recovery curves (resumes a run folder)")
+    t.add_argument("--config", required=True, choices=FRAP_CONFIGS, help="network and scale (-small: CPU-sized)")
+    t.add_argument("--steps", type=_positive(int), default=None, help="training steps (default: the config's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics, loss.png")
+
+    pr = frap.add_parser("predict", help="a network's (D, c0, alpha) for a ROI, refined by LM, with a physics check",
+                         epilog="Outputs in OUT: summary.json (network prediction, refined fit with 95 % CIs, residual_ratio), "
+                                "fit.png, curve.csv. Exit codes as for 'frap fit'.")
+    _add_frap_data_args(pr, frame_defaults=False)
+    pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax frap train'")
+    pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frapnet)")
+
+
+def _frap_learned():
+    try:
+        from fluojax.frap import learned
+    except ModuleNotFoundError as err:
+        if err.name != "fluojax.frap.learned":
+            raise
+        raise InputError("FRAP networks are not available: fluojax.frap.learned is missing from this installation") from None
+    return learned
+
+
+def _frap_read(args):
+    """Read the stack and resolve dt and the pixel size (options first, then the TIFF's metadata)."""
+    from fluojax import io
+    from fluojax.frap import pipeline
+
+    roi = pipeline.parse_roi(args.roi)
+    stack, meta = io.read_stack(args.stack)
+    dt = args.dt or meta.get("finterval")
+    try:
+        dt = float(dt) if dt else None
+    except (TypeError, ValueError):
+        dt = None
+    if not dt or not (math.isfinite(dt) and dt > 0):
+        raise InputError("no frame interval: pass --dt S (the TIFF has no ImageJ finterval)")
+    pixel_um = args.pixel_size or io.read_pixel_size_um(args.stack)
+    if not pixel_um:
+        raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")
+    return stack, roi, dt, float(pixel_um)
+
+
+def _num(value):
+    """float, or None for NaN/inf (strict JSON)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _frap_fit_summary(prepared, table, result, pixel_um: float) -> dict:
+    """The fitted parameters in physical units (D um^2/s and px^2/s, c0 in stack units, alpha)."""
+    from fluojax.fit import Status
+    from fluojax.frap import pipeline
+    from fluojax.frap.models import d_px2_s_to_um2_s
+    from fluojax.frap.simulate import roi_effective_pixels
+
+    p, lo, hi, sd = (np.asarray(a, np.float64)[0] for a in (result.params, result.ci_lower, result.ci_upper, result.stderr))
+    scale = prepared.scale
+    um = lambda v: d_px2_s_to_um2_s(v, pixel_um)  # noqa: E731
+
+    def est(value, lower, upper, stderr, unit):
+        return {"value": _num(value), "ci95": [_num(lower), _num(upper)], "stderr": _num(stderr), "unit": unit}
+
+    status = int(result.status[0])
+    noise = float(result.noise_variance[0]) * scale**2
+    model = pipeline.model_curve(p, table) * scale
+    return {
+        "status": Status(status).name,
+        "status_code": status,
+        "ok": pipeline.fit_ok(status, p),
+        "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
+        "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
+        "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),
+        "c0_over_prebleach_mean": _num(p[1] / pipeline.NORMALISED_LEVEL),
+        "alpha": est(p[2], lo[2], hi[2], sd[2], "fraction left per bleach frame"),
+        "noise_variance": {
+            "curve": _num(noise),
+            "pixel_equivalent": _num(noise * roi_effective_pixels(prepared.geometry)),
+            "unit": "stack intensity^2",
+            "what": "residual variance of one ROI-curve value, RSS/(n - 3); pixel_equivalent = curve x effective ROI pixels "
+                    "(the per-pixel variance a if pixel noise is independent and constant)",
+        },
+        "chi2_reduced": _num(result.chi2_reduced[0]),
+        "rss": _num(np.sum((prepared.curve - model) ** 2)),
+    }, model
+
+
+def _frap_settings_summary(prepared, table, pixel_um: float, stack_path) -> dict:
+    from fluojax.frap import pipeline
+    from fluojax.frap.models import d_px2_s_to_um2_s
+    from fluojax.frap.simulate import roi_effective_pixels
+
+    s = prepared.settings
+    x0, y0, n = prepared.window
+    d_lo, d_hi = table.d_range_px2_s
+    return {
+        "input": str(stack_path),
+        "n_prebleach": s.n_prebleach,
+        "n_bleach": s.n_bleach,
+        "n_postbleach": s.n_postbleach,
+        "dt_s": s.dt_s,
+        "pixel_size_um": pixel_um,
+        "roi_px": {"shape": "circle", "x": prepared.roi.x, "y": prepared.roi.y, "r": prepared.roi.r},
+        "window_px": {"x0": x0, "y0": y0, "size": n, "what": "square analysed by the model (whole image when square)"},
+        "pad_px": s.pad,
+        "grid_size_px": s.grid_size,
+        "effective_roi_pixels": roi_effective_pixels(prepared.geometry),
+        "normalisation": {"prebleach_mean": prepared.prebleach_mean, "level": pipeline.NORMALISED_LEVEL},
+        "d_range_px2_s": [d_lo, d_hi],
+        "d_range_um2_s": [d_px2_s_to_um2_s(d_lo, pixel_um), d_px2_s_to_um2_s(d_hi, pixel_um)],
+        "table_error_estimate": table.tail,
+    }
+
+
+def _write_frap_curve(path: Path, times, columns: dict) -> None:
+    names = ["time_s", *columns]
+    table = np.column_stack([times, *columns.values()])
+    np.savetxt(path, table, delimiter=",", header=",".join(names), comments="", fmt="%.9g")
+
+
+def _plot_frap(path: Path, settings, times, data, curves: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_res) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    bleach = (settings.n_prebleach * settings.dt_s, (settings.n_prebleach + settings.n_bleach) * settings.dt_s)
+    for a in (ax, ax_res):
+        a.axvspan(*bleach, color="0.85", lw=0)
+    ax.plot(times, data, "o", ms=3, color="k", label="ROI mean")
+    pre = settings.n_prebleach
+    for k, (label, model) in enumerate(curves.items()):
+        if np.all(np.isfinite(model)):
+            for part, name in ((slice(0, pre), label), (slice(pre, None), None)):  # no line through the bleach
+                ax.plot(times[part], model[part], "-", color=f"C{k}", label=name)
+                ax_res.plot(times[part], (data - model)[part], "o-", ms=2, lw=0.6, color=f"C{k}")
+    ax_res.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel("intensity (stack units)")
+    ax.legend()
+    ax_res.set_xlabel("time (s); grey: bleach frames")
+    ax_res.set_ylabel("residual")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _d_title(name: str, fit_summary: dict) -> str:
+    d = fit_summary["D_um2_s"]
+    if d["value"] is None:
+        return f"{name}: fit failed ({fit_summary['status']})"
+    lo, hi = d["ci95"]
+    ci = f" (95 % CI {lo:.3g}–{hi:.3g})" if lo is not None and hi is not None else ""
+    return f"{name}: D = {d['value']:.3g} µm²/s{ci}, alpha = {fit_summary['alpha']['value']:.3g} [{fit_summary['status']}]"
+
+
+def _frap_d_range(args, pixel_um: float):
+    from fluojax.frap.models import d_um2_s_to_px2_s
+
+    if args.d_range is None:
+        return None
+    lo, hi = args.d_range
+    if not lo < hi:
+        raise InputError(f"--d-range {lo:g} {hi:g}: MIN must be below MAX")
+    return d_um2_s_to_px2_s(lo, pixel_um), d_um2_s_to_px2_s(hi, pixel_um)
+
+
+def _frap_fit(args) -> int:
+    from fluojax import io
+    from fluojax.frap import pipeline
+
+    t0 = time.perf_counter()
+    stack, roi, dt, pixel_um = _frap_read(args)
+    prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
+    d_range = _frap_d_range(args, pixel_um)
+    t_read = time.perf_counter() - t0
+    table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
+    result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+    fit_summary, model = _frap_fit_summary(prepared, table, result, pixel_um)
+    settings = _frap_settings_summary(prepared, table, pixel_um, args.stack)
+    settings.update({"n_starts": args.starts, "seed": args.seed})
+    warnings = []
+    if fit_summary["status"] == "AT_BOUND":
+        warnings.append("a parameter is at its bound (D at the edge of the fitted range, or alpha/c0 at a limit): "
+                        "its interval is not meaningful; try --d-range")
+    timings = {"read": t_read, "table": t_table, "fit": t_fit, "total": time.perf_counter() - t0}
+    summary = {"settings": settings, "fit": fit_summary, "warnings": warnings, "timings_s": timings,
+               "model": "DeepFRAP pure diffusion (mobile fraction 1, no imaging bleach), fast tabulated curve"}
+    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_frap")
+    times = prepared.settings.frame_times_s()
+    with io.staged_output(out) as folder:
+        io.write_json(folder / "summary.json", summary)
+        _write_frap_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model})
+        _plot_frap(folder / "fit.png", prepared.settings, times, prepared.curve, {"least squares": model},
+                   _d_title(Path(args.stack).name, fit_summary))
+    for w in warnings:
+        print(f"fluojax: warning: {w}", file=sys.stderr)
+    if not fit_summary["ok"]:
+        print(f"fluojax: error: {args.stack}: the fit did not converge (status {fit_summary['status']}); "
+              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        return 3
+    d = fit_summary["D_um2_s"]
+    print(f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
+          f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} "
+          f"[{fit_summary['status']}] in {timings['total']:.1f} s -> {out}/")
+    return 0
+
+
+def _frap_simulate(args) -> int:
+    import jax
+
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.frap.models import FrapParams, FrapSettings, circular_region, d_um2_s_to_px2_s
+    from fluojax.frap.simulate import PixelNoise, simulate_image_sequences
+
+    if not str(args.output).lower().endswith((".tif", ".tiff")):
+        raise InputError(f"-o {args.output}: the output must be a .tif file")
+    if args.alpha > 1:
+        raise InputError(f"--alpha {args.alpha:g}: the fraction left per bleach frame must be in (0, 1]")
+    if args.postbleach < pipeline.MIN_POSTBLEACH:
+        raise InputError(f"--postbleach {args.postbleach}: at least {pipeline.MIN_POSTBLEACH} postbleach frames")
+    if 2 * args.radius > args.size:
+        raise InputError(f"--radius {args.radius:g}: the bleach disk does not fit in a {args.size} px image")
+    settings = FrapSettings(n_pixels=args.size, pad=args.size // 2 if args.pad is None else args.pad, n_prebleach=args.prebleach,
+                            n_bleach=args.bleach, n_postbleach=args.postbleach, dt_s=args.dt)
+    geometry = circular_region(settings, args.radius)
+    params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
+    t0 = time.perf_counter()
+    images = simulate_image_sequences(jax.random.key(args.seed), params, geometry, settings, PixelNoise(args.noise_a))
+    images = np.asarray(images, np.float32)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        io.write_stack(tmp, images, args.dt, args.pixel_size)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    c = 0.5 * args.size
+    print(f"simulated {images.shape[0]} x {images.shape[1]} x {images.shape[2]} (D = {args.d:g} um^2/s = {params.d_px2_s:.4g} px^2/s, "
+          f"c0 {args.c0:g}, alpha {args.alpha:g}, noise a {args.noise_a:g}) in {time.perf_counter() - t0:.1f} s -> {out}\n"
+          f"fit it with: fluojax frap fit {out} --roi circle:{c:g},{c:g},{args.radius:g} "
+          f"--prebleach {args.prebleach} --bleach {args.bleach}")
+    return 0
+
+
+def _frap_train(args) -> int:
+    learned = _frap_learned()
+    if args.config not in learned.RECIPES:
+        raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: exists and is not a folder")
+    t0 = time.perf_counter()
+    try:
+        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
+    except ValueError as err:  # e.g. resuming a folder trained with another config
+        raise InputError(str(err)) from None
+    _plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
+    print(f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+          f"{time.perf_counter() - t0:.0f} s -> {out}/")
+    return 0
+
+
+def _frap_predict(args) -> int:
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.frap.estimate import frap_bounds
+    from fluojax.frap.models import d_px2_s_to_um2_s
+
+    learned = _frap_learned()
+    t0 = time.perf_counter()
+    try:
+        net, meta = learned.load_network(args.net)
+    except ValueError as err:
+        raise InputError(f"--net {args.net}: {err}") from None
+    trained = dict(meta["settings"])
+    n_pre = args.prebleach or int(trained["n_prebleach"])
+    n_bleach = args.bleach or int(trained["n_bleach"])
+    if (n_pre, n_bleach) != (int(trained["n_prebleach"]), int(trained["n_bleach"])):
+        raise InputError(f"--net {args.net}: trained for {trained['n_prebleach']} prebleach and {trained['n_bleach']} bleach frames, "
+                         f"not {n_pre} and {n_bleach}")
+    stack, roi, dt, pixel_um = _frap_read(args)
+    n_frames = int(trained["n_prebleach"]) + int(trained["n_postbleach"])
+    if stack.shape[0] != n_frames:
+        raise InputError(f"{args.stack}: {stack.shape[0]} frames; the network takes {n_frames} "
+                         f"({trained['n_prebleach']} prebleach + {trained['n_postbleach']} postbleach)")
+    prepared = pipeline.prepare_stack(stack, roi, n_pre, n_bleach, dt, args.pad)
+    curves = prepared.normalised[None]
+    t_read = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    try:
+        raw = np.asarray(learned.predict_curves(net, meta, curves, dt_s=dt), np.float64)[0]
+    except ValueError as err:
+        raise InputError(f"{args.stack}: {err}") from None
+    # predict_curves rescales D for dt; the curve depends on D dt / R^2, so rescale for the ROI radius too
+    net_radius = float(meta.get("radius_px", roi.r))
+    radius_factor = (roi.r / net_radius) ** 2
+    prediction = raw * np.array([radius_factor, 1.0, 1.0])
+    t_net = time.perf_counter() - t1
+    table, t_table = pipeline.timed(pipeline.build_table, prepared)
+    refined, t_fit = pipeline.timed(learned.refine, curves, table, prediction[None])
+    fit_summary, model = _frap_fit_summary(prepared, table, refined.fit, pixel_um)
+    lower, upper = frap_bounds(table)  # refine's start clipping
+    start = np.clip(np.nan_to_num(prediction, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
+    net_model = pipeline.model_curve(start, table)
+    ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
+    warnings = []
+    if abs(radius_factor - 1) > 1e-6:
+        warnings.append(f"the ROI radius {roi.r:g} px differs from the network's {net_radius:g} px: "
+                        f"its D was rescaled by (R/R_net)^2 = {radius_factor:.3g}")
+    if ratio > 2:
+        warnings.append(f"physics check: the residual sum of squares at the network's prediction is {ratio:.3g} times that of the "
+                        "refined fit (> 2): distrust the network's values, use the refined ones")
+    scale = prepared.scale
+    summary = {
+        "settings": _frap_settings_summary(prepared, table, pixel_um, args.stack),
+        "network": {
+            "checkpoint": str(args.net),
+            "recipe": meta.get("recipe"),
+            "checkpoint_step": meta.get("step"),
+            "trained_settings": trained,
+            "radius_px": net_radius,
+            "prediction": {
+                "D_um2_s": _num(d_px2_s_to_um2_s(prediction[0], pixel_um)),
+                "D_px2_s": _num(prediction[0]),
+                "c0": _num(prediction[1] * scale),
+                "alpha": _num(prediction[2]),
+            },
+        },
+        "refined": fit_summary,
+        "residual_ratio": _num(ratio),
+        "residual_ratio_what": "RSS at the network's prediction / RSS of the LM fit started there; ~1 when the network is right",
+        "warnings": warnings,
+        "timings_s": {"read": t_read, "network": t_net, "table": t_table, "refine": t_fit, "total": time.perf_counter() - t0},
+    }
+    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_frapnet")
+    times = prepared.settings.frame_times_s()
+    with io.staged_output(out) as folder:
+        io.write_json(folder / "summary.json", summary)
+        _write_frap_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model, "network": net_model * scale})
+        _plot_frap(folder / "fit.png", prepared.settings, times, prepared.curve,
+                   {"refined (LM)": model, "network": net_model * scale},
+                   _d_title(Path(args.stack).name, fit_summary) + f"\nnetwork: D = {prediction[0] * pixel_um**2:.3g} µm²/s, "
+                   f"residual ratio {ratio:.3g}")
+    for w in warnings:
+        print(f"fluojax: warning: {w}", file=sys.stderr)
+    if not fit_summary["ok"]:
+        print(f"fluojax: error: {args.stack}: the refined fit did not converge (status {fit_summary['status']}); "
+              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        return 3
+    p = summary["network"]["prediction"]
+    d = fit_summary["D_um2_s"]
+    print(f"network D = {p['D_um2_s']:.4g} um^2/s, refined D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to "
+          f"{d['ci95'][1]:.4g}), residual ratio {ratio:.3g} in {summary['timings_s']['total']:.1f} s -> {out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fluojax`` console script."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "frap":
+            frap = {"fit": _frap_fit, "simulate": _frap_simulate, "train": _frap_train, "predict": _frap_predict}
+            return frap[args.frap_command](args)
         handlers = {"fit": _fcs_fit, "simulate": _fcs_simulate, "train": _fcs_train, "predict": _fcs_predict, "compare": _fcs_compare}
         return handlers[args.fcs_command](args)
     except InputError as err:

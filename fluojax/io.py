@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-__all__ = ["InputError", "read_stack", "write_map", "write_stack", "write_json", "staged_output"]
+__all__ = ["InputError", "read_stack", "read_pixel_size_um", "write_map", "write_stack", "write_json", "staged_output"]
 
 
 class InputError(ValueError):
@@ -67,6 +67,34 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         except Exception as err:
             raise InputError(f"{path}: image data could not be read ({type(err).__name__})") from None
     return data.reshape(dims), meta
+
+
+def read_pixel_size_um(path: str | os.PathLike) -> float | None:
+    """The pixel side in um from a TIFF's ImageJ calibration, or None when it has none.
+
+    Only square pixels with the ImageJ unit ``micron`` (also ``um``, ``µm``) count, as
+    :func:`write_stack` and :func:`write_map` store them (``XResolution`` = pixels per um).
+
+    Arguments:
+        path: a readable TIFF (call :func:`read_stack` first for the error messages).
+
+    Returns:
+        float pixel size in um, or None.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
+            tags = tif.pages[0].tags
+            xres, yres = tags.get("XResolution"), tags.get("YResolution")
+            if unit not in ("micron", "um", "µm") or xres is None or yres is None:
+                return None
+            xn, xd = xres.value
+            yn, yd = yres.value
+    except Exception:
+        return None
+    if not (xn > 0 and xd > 0 and yn > 0 and yd > 0) or abs(xn * yd - yn * xd) > 1e-6 * xn * yd:
+        return None
+    return float(xd) / float(xn)
 
 
 def write_map(path: str | os.PathLike, image: np.ndarray, quantity: str, unit: str, pixel_um: float | None = None) -> None:

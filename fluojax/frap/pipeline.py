@@ -1,0 +1,363 @@
+"""FRAP of an image stack: circular ROI -> recovery curve -> least-squares (D, c0, alpha).
+
+The steps behind ``fluojax frap fit`` (and the data side of ``fluojax frap predict``):
+
+1. **ROI** ``circle:X,Y,R`` (:func:`parse_roi`) in pixel coordinates of the stack: x = column,
+   y = row, pixel j spans ``[j, j + 1]`` (so pixel centres are at ``j + 1/2``, as in ImageJ and in
+   :mod:`fluojax.frap.models`); R in pixels. The circle must lie fully inside the image. It is
+   both the bleach region of the model and the ROI of the recovery curve (DeepFRAP, seed eq. 6).
+2. **Square window.** The solver works on an ``N x N`` image (plus ``pad`` pixels on each side,
+   periodic). A square stack is used whole (``N`` = its side). A non-square ``Y x X`` stack is
+   cropped to the ``N x N`` square, ``N = min(Y, X)``, that contains the ROI and is centred on it
+   as far as the image allows (:func:`square_window`); the crop origin goes into summary.json.
+   With the model's beta = 1 (no imaging bleach) only the ROI pixels and the size of the periodic
+   domain ``L = N + 2 pad`` matter, so this crop changes nothing but ``L``. Default
+   ``pad = N // 2`` (DeepFRAP: 256 + 2 x 128).
+3. **Checks** (:func:`check_stack`; each failure is one :class:`fluojax.io.InputError` line):
+   at least :data:`MIN_POSTBLEACH` postbleach frames (``frames - n_prebleach``), ROI inside the
+   image, finite values, not more than :data:`MAX_SATURATED_FRACTION` of the ROI pixels at the
+   integer type's maximum in any frame (float stacks are not checked for saturation), ROI
+   intensity not constant, positive prebleach ROI mean.
+4. **Curve** (:func:`roi_curve`): ``F(t) = sum_xy w I(x, y, t)``, w the area-fraction disk of
+   ``circular_region`` normalised to sum 1 (a weighted ROI mean, in the stack's intensity units).
+5. **Normalisation** (:func:`normalise_curve`): ``F / mean(F_prebleach) * 0.75`` so that c0 is
+   near the middle of DeepFRAP's c0 prior [0.5, 1], where the fit's bounds and starts and the
+   networks' training data live; c0 and the noise variance are reported back in stack units.
+6. **D range** (:func:`default_d_range_px2_s`): the curve depends on D only through
+   ``D dt / R^2`` (and pixelation), so DeepFRAP's table range 1-3000 px^2/s at dt = 0.265 s,
+   R = 19.742 px is rescaled to the data's dt and R and widened 10x each way (a table 1e5 wide in
+   D with 48 Chebyshev nodes is accurate to below 1e-6 of c0, :data:`TABLE_NODES`; the table's
+   error estimate is reported). Random starts come from DeepFRAP's D prior rescaled the same way.
+7. **Fit** (:func:`fit_prepared`): ``fluojax.frap.estimate.fit_recovery_curves`` (multistart LM,
+   95 % Wald intervals, noise variance from the residuals) on a ``FastCurveTable`` of this
+   geometry and these settings. A fit counts as successful (:func:`fit_ok`) when its status is
+   CONVERGED or AT_BOUND and its parameters are finite.
+
+Timings, in s, are collected in a dict (``read``, ``table``, ``fit``) by the callers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from fluojax import fit as fitlib
+from fluojax.frap.models import (
+    DEEPFRAP_DT_S,
+    DEEPFRAP_RADIUS_PX,
+    BleachGeometry,
+    FastCurveTable,
+    FrapParams,
+    FrapSettings,
+    build_fast_curve_table,
+    circular_region,
+    recovery_curve_fast,
+)
+from fluojax.io import InputError
+
+__all__ = [
+    "MIN_POSTBLEACH",
+    "MAX_SATURATED_FRACTION",
+    "NORMALISED_LEVEL",
+    "CircleROI",
+    "PreparedStack",
+    "parse_roi",
+    "square_window",
+    "check_stack",
+    "roi_curve",
+    "normalise_curve",
+    "prepare_stack",
+    "default_d_range_px2_s",
+    "fit_prior",
+    "build_table",
+    "fit_prepared",
+    "fit_ok",
+    "model_curve",
+]
+
+MIN_POSTBLEACH = 3
+"""Fewest postbleach frames accepted (D and alpha are set by the postbleach values, plus one
+degree of freedom for the noise estimate)."""
+MAX_SATURATED_FRACTION = 0.01
+"""Largest accepted fraction of ROI pixels that reach the integer type's maximum in some frame."""
+NORMALISED_LEVEL = 0.75
+"""Prebleach ROI mean after normalisation: the middle of DeepFRAP's c0 prior [0.5, 1]."""
+DEEPFRAP_D_RANGE_PX2_S = (1.0, 3000.0)
+"""``build_fast_curve_table``'s default range, for DeepFRAP's dt and radius."""
+DEEPFRAP_START_RANGE_PX2_S = (1.7322, 1732.2)
+"""DeepFRAP's D prior (1-1000 um^2/s at 0.7598 um pixels) in px^2/s."""
+D_RANGE_WIDENING = 10.0
+TABLE_NODES = 48
+"""Chebyshev nodes of the fit's table: over the default 5.5 decades of D its error estimate is
+~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve, and the
+LM compiles ~25 % faster than with 64."""
+
+
+class CircleROI(NamedTuple):
+    """Circular ROI in pixel coordinates of the stack (x = column, y = row; pixel j spans [j, j+1]).
+
+    Attributes:
+        x, y: centre in pixels.
+        r: radius in pixels.
+    """
+
+    x: float
+    y: float
+    r: float
+
+    def text(self) -> str:
+        return f"circle:{self.x:g},{self.y:g},{self.r:g}"
+
+
+class PreparedStack(NamedTuple):
+    """A checked stack reduced to its recovery curve (host NumPy data).
+
+    Attributes:
+        settings: ``FrapSettings`` of the data (N = window side, pad, frame counts, dt).
+        geometry: ``BleachGeometry`` of the ROI in the window.
+        roi: the ROI in stack coordinates.
+        window: (x0, y0, n): column and row of the window's first pixel, and its side.
+        curve: (n_prebleach + n_postbleach,) float64 weighted ROI mean, stack intensity units.
+        prebleach_mean: mean of the prebleach values of ``curve`` (stack units).
+        normalised: ``curve`` scaled so that its prebleach mean is :data:`NORMALISED_LEVEL`.
+    """
+
+    settings: FrapSettings
+    geometry: BleachGeometry
+    roi: CircleROI
+    window: tuple[int, int, int]
+    curve: np.ndarray
+    prebleach_mean: float
+    normalised: np.ndarray
+
+    @property
+    def scale(self) -> float:
+        """Stack intensity units per normalised unit: ``prebleach_mean / NORMALISED_LEVEL``."""
+        return self.prebleach_mean / NORMALISED_LEVEL
+
+
+_NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+_CIRCLE = re.compile(rf"^circle:{_NUMBER},{_NUMBER},{_NUMBER}$")
+
+
+def parse_roi(text: str) -> CircleROI:
+    """Parse ``circle:X,Y,R`` (pixels; x = column, y = row, pixel j spans [j, j+1]).
+
+    Raises:
+        InputError: any other form, or R not positive.
+    """
+    m = _CIRCLE.match(str(text).strip())
+    if not m:
+        raise InputError(f"--roi {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7")
+    x, y, r = (float(v) for v in m.groups())
+    if not r > 0:
+        raise InputError(f"--roi {text!r}: the radius must be positive")
+    return CircleROI(x, y, r)
+
+
+def square_window(shape_yx: tuple[int, int], roi: CircleROI) -> tuple[int, int, int]:
+    """The ``n x n`` window (``n = min(Y, X)``) used for a ``Y x X`` image: the whole image when
+    square, else the square that contains the ROI and is centred on it as far as the image allows.
+
+    Arguments:
+        shape_yx: (Y, X) image shape in pixels.
+        roi: ``CircleROI`` lying inside the image.
+
+    Returns:
+        (x0, y0, n): first column, first row, side, in pixels.
+
+    Raises:
+        InputError: the ROI does not fit in any such square (only when 2 R is close to n).
+    """
+    ny, nx = (int(v) for v in shape_yx)
+    n = min(ny, nx)
+
+    def origin(centre, length):
+        return int(min(max(math.floor(centre - 0.5 * n + 0.5), 0), length - n))
+
+    x0, y0 = origin(roi.x, nx), origin(roi.y, ny)
+    if not (roi.x - roi.r >= x0 and roi.x + roi.r <= x0 + n and roi.y - roi.r >= y0 and roi.y + roi.r <= y0 + n):
+        raise InputError(f"--roi {roi.text()}: does not fit in a {n} x {n} square window of the {nx} x {ny} (X x Y) image")
+    return x0, y0, n
+
+
+def _roi_inside(shape_yx, roi: CircleROI) -> None:
+    ny, nx = shape_yx
+    if not (roi.x - roi.r >= 0 and roi.y - roi.r >= 0 and roi.x + roi.r <= nx and roi.y + roi.r <= ny):
+        raise InputError(f"--roi {roi.text()}: the circle is not fully inside the {nx} x {ny} (X x Y) image "
+                         f"(needs R <= X <= {nx} - R and R <= Y <= {ny} - R)")
+
+
+def check_stack(stack, roi: CircleROI, n_prebleach: int) -> None:
+    """Shape-level checks that need no pixel data beyond the shape: frames and ROI position.
+
+    Arguments:
+        stack: (T, Y, X) array.
+        roi: ``CircleROI``.
+        n_prebleach: recorded prebleach frames (>= 1).
+
+    Raises:
+        InputError: fewer than ``n_prebleach + MIN_POSTBLEACH`` frames, ROI not inside the image.
+    """
+    if stack.ndim != 3:
+        raise InputError(f"expected a (frames, Y, X) stack, got shape {stack.shape}")
+    frames = int(stack.shape[0])
+    if n_prebleach < 1:
+        raise InputError(f"--prebleach {n_prebleach}: at least one prebleach frame is needed (it sets c0)")
+    if frames - n_prebleach < MIN_POSTBLEACH:
+        raise InputError(f"{frames} frames but --prebleach {n_prebleach}: needs at least {n_prebleach + MIN_POSTBLEACH} "
+                         f"frames ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)")
+    _roi_inside(stack.shape[1:], roi)
+
+
+def _check_values(stack, window_data: np.ndarray, inside: np.ndarray, n_prebleach: int) -> None:
+    """Value checks: finite, not saturated, not constant (see the module docstring)."""
+    if np.issubdtype(stack.dtype, np.floating) and not np.all(np.isfinite(window_data)):
+        bad = int(np.sum(~np.isfinite(window_data)))
+        raise InputError(f"the stack has {bad} non-finite values (NaN or inf) in the analysed window")
+    roi_pixels = window_data[:, inside]  # (T, pixels touching the ROI)
+    if np.issubdtype(stack.dtype, np.integer):
+        top = np.iinfo(stack.dtype).max
+        saturated = np.any(roi_pixels >= top, axis=0)
+        fraction = float(saturated.mean())
+        if fraction > MAX_SATURATED_FRACTION:
+            raise InputError(f"saturated stack: {fraction:.1%} of the ROI pixels reach the {stack.dtype} maximum {top} "
+                             f"(at most {MAX_SATURATED_FRACTION:.0%} allowed)")
+    if float(np.ptp(roi_pixels)) == 0.0:
+        raise InputError(f"constant stack: every ROI pixel has the value {roi_pixels.flat[0]:g} in every frame")
+
+
+def roi_curve(window_data: np.ndarray, geometry: BleachGeometry) -> np.ndarray:
+    """Weighted ROI mean of every frame, ``F(t) = sum_xy w(x, y) I(x, y, t)`` (seed eq. 6).
+
+    Arguments:
+        window_data: (T, N, N) intensities (any units).
+        geometry: ``BleachGeometry`` whose ``roi_weights`` (sum 1) are used.
+
+    Returns:
+        (T,) float64 curve, in the units of the data.
+    """
+    w = np.asarray(geometry.roi_weights, np.float64)
+    return np.einsum("tij,ij->t", np.asarray(window_data, np.float64), w)
+
+
+def normalise_curve(curve: np.ndarray, n_prebleach: int) -> tuple[np.ndarray, float]:
+    """Scale a curve so that its prebleach mean is :data:`NORMALISED_LEVEL`.
+
+    Returns:
+        (normalised curve, prebleach mean in the curve's units).
+
+    Raises:
+        InputError: non-positive prebleach mean.
+    """
+    pre = float(np.mean(curve[:n_prebleach]))
+    if not pre > 0:
+        raise InputError(f"the prebleach ROI mean is {pre:g}: FRAP needs positive intensities (subtract less background?)")
+    return curve * (NORMALISED_LEVEL / pre), pre
+
+
+def prepare_stack(stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: float, pad: int | None = None) -> PreparedStack:
+    """Check a (T, Y, X) stack and reduce it to its normalised ROI recovery curve.
+
+    Arguments:
+        stack: (T, Y, X) array (ndarray or memmap); frames are n_prebleach then postbleach frames.
+        roi: ``CircleROI`` in stack pixel coordinates.
+        n_prebleach: recorded frames before the bleach.
+        n_bleach: bleach frames (not recorded; each lasts dt).
+        dt_s: frame interval in s.
+        pad: padding of the periodic solver grid in pixels (default: window side // 2).
+
+    Returns:
+        ``PreparedStack``.
+
+    Raises:
+        InputError: see :func:`check_stack` and the module docstring.
+    """
+    if not (math.isfinite(dt_s) and dt_s > 0):
+        raise InputError(f"the frame interval must be positive (got {dt_s} s)")
+    if n_bleach < 1:
+        raise InputError(f"--bleach {n_bleach}: at least one bleach frame is needed")
+    check_stack(stack, roi, n_prebleach)
+    x0, y0, n = square_window(stack.shape[1:], roi)
+    settings = FrapSettings(n_pixels=n, pad=n // 2 if pad is None else int(pad), n_prebleach=int(n_prebleach),
+                            n_bleach=int(n_bleach), n_postbleach=int(stack.shape[0]) - int(n_prebleach), dt_s=float(dt_s))
+    geometry = circular_region(settings, roi.r, (roi.x - x0, roi.y - y0))
+    data = np.asarray(stack[:, y0:y0 + n, x0:x0 + n])
+    _check_values(stack, data, np.asarray(geometry.indicator) > 0, n_prebleach)
+    curve = roi_curve(data, geometry)
+    normalised, pre = normalise_curve(curve, n_prebleach)
+    return PreparedStack(settings, geometry, roi, (x0, y0, n), curve, pre, normalised)
+
+
+def default_d_range_px2_s(dt_s: float, radius_px: float) -> tuple[float, float]:
+    """D range (px^2/s) of the fit: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x.
+
+    The curve depends on D through ``D dt / R^2``, so the range is
+    ``(1, 3000) * (0.265 s / dt) * (R / 19.742 px)^2`` times ``(1/10, 10)``.
+    """
+    s = (DEEPFRAP_DT_S / dt_s) * (radius_px / DEEPFRAP_RADIUS_PX) ** 2
+    lo, hi = DEEPFRAP_D_RANGE_PX2_S
+    return lo * s / D_RANGE_WIDENING, hi * s * D_RANGE_WIDENING
+
+
+def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float]):
+    """``FrapPrior`` for the starts and c0/alpha bounds, with D in px^2/s (pixel size 1).
+
+    D starts: DeepFRAP's prior (1.73-1732 px^2/s) rescaled like :func:`default_d_range_px2_s`,
+    clipped into ``d_range_px2_s``; c0 in [0.5, 1] (bounds [0.25, 2]) around the normalised
+    level 0.75; alpha in [0.1, 0.95] (bounds [0.05, 1]), wider than DeepFRAP's 0.45 so that deep
+    single-frame bleaches are inside the bounds.
+    """
+    from fluojax.frap.simulate import FrapPrior
+
+    s = (DEEPFRAP_DT_S / dt_s) * (radius_px / DEEPFRAP_RADIUS_PX) ** 2
+    lo, hi = (v * s for v in DEEPFRAP_START_RANGE_PX2_S)
+    lo, hi = max(lo, d_range_px2_s[0]), min(hi, d_range_px2_s[1])
+    if not lo < hi:
+        lo, hi = d_range_px2_s
+    return FrapPrior(d_um2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=1.0)
+
+
+def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | None = None) -> FastCurveTable:
+    """``FastCurveTable`` of the prepared stack's geometry and settings (default D range from
+    :func:`default_d_range_px2_s`)."""
+    rng = d_range_px2_s or default_d_range_px2_s(prepared.settings.dt_s, prepared.roi.r)
+    return build_fast_curve_table(prepared.geometry, prepared.settings, tuple(float(v) for v in rng), n_nodes=TABLE_NODES)
+
+
+def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: int = 30, seed: int = 0):
+    """Fit (D px^2/s, c0, alpha) to the normalised curve of ``prepared``.
+
+    Returns:
+        ``fluojax.frap.estimate.FrapFit`` for one curve, **in normalised units** (c0 and the noise
+        variance scale with ``prepared.scale`` and its square).
+    """
+    from fluojax.frap.estimate import fit_recovery_curves
+
+    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
+    return fit_recovery_curves(prepared.normalised, table, key=jax.random.key(seed), n_starts=n_starts, prior=prior)
+
+
+def fit_ok(status: int, params) -> bool:
+    """True when a fit's status is CONVERGED or AT_BOUND and its parameters are finite."""
+    return int(status) in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and bool(np.all(np.isfinite(params)))
+
+
+def model_curve(params, table: FastCurveTable) -> np.ndarray:
+    """The fast model curve at (D px^2/s, c0, alpha) (normalised units), NaN for NaN params."""
+    params = np.asarray(params, np.float64)
+    if not np.all(np.isfinite(params)):
+        return np.full(table.settings.n_frames, np.nan)
+    return np.asarray(recovery_curve_fast(FrapParams(float(params[0]), float(params[1]), float(params[2])), table), np.float64)
+
+
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
