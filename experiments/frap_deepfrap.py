@@ -11,7 +11,11 @@ curves (DeepFRAP settings: 256 px, 10/4/100 frames, dt 0.265 s, r = 15 um, per-p
    0.5..0.9, a in 10^{-4..-2}, c0 = 0.75; 256 curves per point), through
    ``fluojax.compare.compare_estimators``: the three panels, MAPE ranges over the 125 points, the
    correlation of network and LS MAPEs, and the points where the network beats LS.
-3. **Training time to reach LS**: from the run's ``metrics.json`` (held-out "All" MSE against
+3. **The Cramer-Rao floor** of the Table 2 MSE: the 1/a-weighted mean of each draw's CRLB^2
+   (``fluojax.frap.estimate.recovery_curve_crlb``), on the table's draws and on 65,536 fresh prior
+   draws, set against every estimator's MSE (with its standard error) overall and per quintile of D*.
+   An efficient unbiased estimator sits on the floor; an MSE far below it means different data.
+4. **Training time to reach LS**: from the run's ``metrics.json`` (held-out "All" MSE against
    wall time), a power law fitted to the second half of the curve, solved for the LS value.
 
 Usage (CPU, minutes):   python experiments/frap_deepfrap.py --net RUN --quick
@@ -34,7 +38,8 @@ import numpy as np
 
 from fluojax import compare
 from fluojax.frap import learned
-from fluojax.frap.models import FrapParams, FrapSettings, d_um2_s_to_px2_s
+from fluojax.frap.estimate import recovery_curve_crlb
+from fluojax.frap.models import FrapParams, FrapSettings, build_fast_curve_table, circular_region, d_um2_s_to_px2_s
 from fluojax.frap.simulate import FrapPrior, PixelNoise, sample_frap_params, simulate_curves
 
 PAPER_LS = {"All": 4.0011e-5, "D*": 1.0429e-4, "c0": 2.0511e-8, "alpha": 1.5723e-5}  # Table 2
@@ -54,6 +59,8 @@ def _args():
     p.add_argument("--starts", type=int, default=30, help="random LS starts (seed: 30)")
     p.add_argument("--quick", action="store_true", help="1,024 prior curves, 32 per grid point")
     p.add_argument("--skip-fig6", action="store_true")
+    p.add_argument("--prior-bounds", action="store_true",
+                   help="also run LS with D bounded to the prior's range (1.73-1732 px^2/s) instead of 1-3000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/frap_deepfrap", help="output prefix")
     args = p.parse_args()
@@ -69,7 +76,15 @@ def _estimators(args, table):
         settings, radius = FrapSettings(**meta["settings"]), meta["radius_px"]
         if settings != FrapSettings() or abs(radius - learned.RECIPES["deepfrap"].radius_px) > 1e-9:
             sys.exit("this benchmark is for networks trained at DeepFRAP settings")
-    return learned.comparison_estimators(table, net=net, meta=meta, n_starts=args.starts, seed=args.seed), meta
+    estimators = learned.comparison_estimators(table, net=net, meta=meta, n_starts=args.starts, seed=args.seed)
+    if args.prior_bounds:
+        # the same LS with D bounded to the prior's range: a tighter bound acts as prior knowledge
+        # at the top of the range, where D and alpha trade off and the CRLB is largest
+        prior_table = build_fast_curve_table(circular_region(FrapSettings(), radius_px=learned.DEEPFRAP_RADIUS_PX),
+                                             FrapSettings(), d_range_px2_s=FrapPrior.deepfrap().d_px2_s_range)
+        bounded = learned.comparison_estimators(prior_table, n_starts=args.starts, seed=args.seed)
+        estimators[f"ls-{args.starts}start-prior-D"] = next(iter(bounded.values()))
+    return estimators, meta
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +120,63 @@ def table2(args, table, n_eff, estimators):
         fmt = lambda x: "—" if not np.isfinite(x) else f"{x:.4g}"  # noqa: E731
         lines.append(f"| {name} | {v['All']:.4e} | {v['D*']:.4e} | {v['c0']:.4e} | {v['alpha']:.4e} | {fmt(rate)} | {fmt(failed)} |")
     return "\n".join(lines), report, mse
+
+
+# ----------------------------------------------------------------------------------------------
+# 1b. The Cramer-Rao floor of the weighted MSE
+# ----------------------------------------------------------------------------------------------
+
+FLOOR_DRAWS = 65_536  # the size of the seed's test set
+
+
+def _crlb_compared(theta, a, table, n_eff, chunk: int = 8192) -> np.ndarray:
+    """(N, 3) CRLB^2 in the compared coordinates (D* = log10 D, c0, alpha) for draws theta (N, 3)."""
+    parts = []
+    for start in range(0, theta.shape[0], chunk):
+        t = jnp.asarray(theta[start:start + chunk], jnp.float32)
+        parts.append(np.asarray(recovery_curve_crlb(t, table, PixelNoise(jnp.asarray(a[start:start + chunk], jnp.float32)), n_eff), np.float64))
+    bound = np.concatenate(parts)
+    bound[:, 0] /= theta[:, 0] * math.log(10.0)
+    return bound**2
+
+
+def crlb_floor(args, table, n_eff, report, mse) -> str:
+    """Markdown: the weighted CRLB floor against each estimator's MSE, overall and per D* quintile."""
+    a_draws = 1.0 / report.weights
+    floor_sq = _crlb_compared(report.truth, a_draws, table, n_eff)
+    w = report.weights / report.weights.sum()
+    floor = w @ floor_sq
+    sample = sample_frap_params(jax.random.key(args.seed + 7), FLOOR_DRAWS, FrapPrior.deepfrap())
+    p = sample.params
+    fresh_theta = np.stack([np.asarray(p.d_px2_s), np.asarray(p.c0), np.asarray(p.alpha)], axis=1).astype(np.float64)
+    fresh_a = np.asarray(sample.noise.a, np.float64)
+    fresh_sq = _crlb_compared(fresh_theta, fresh_a, table, n_eff)
+    fresh = (1.0 / fresh_a) @ fresh_sq / np.sum(1.0 / fresh_a)
+    sem = report.mse_sem.copy()
+    sem[:, 0] /= LN10_SQ
+    lines = ["Weighted CRLB^2 (the MSE of an efficient unbiased estimator) against the weighted MSE ± its standard error.", "",
+             "| | D* | c0 | alpha |", "|---|---|---|---|",
+             f"| seed LS (Table 2) | {PAPER_LS['D*']:.3e} | {PAPER_LS['c0']:.3e} | {PAPER_LS['alpha']:.3e} |",
+             f"| CRLB floor, {FLOOR_DRAWS:,} fresh prior draws | {fresh[0]:.3e} | {fresh[1]:.3e} | {fresh[2]:.3e} |",
+             f"| CRLB floor, the table's {report.truth.shape[0]:,} draws | {floor[0]:.3e} | {floor[1]:.3e} | {floor[2]:.3e} |"]
+    for e, name in enumerate(report.estimator_names):
+        cells = " | ".join(f"{mse[e, k]:.3e} ± {sem[e, k]:.1e}" for k in range(3))
+        lines.append(f"| fluojax {name} | {cells} |")
+    d_star = np.log10(report.truth[:, 0])
+    edges = np.quantile(d_star, np.linspace(0.0, 1.0, 6))
+    lines += ["", "D* MSE by quintile of the true D* (weighted by 1/a within the quintile):", "",
+              "| D* range | CRLB floor | " + " | ".join(report.estimator_names) + " |", "|---" * (2 + len(report.estimator_names)) + "|"]
+    err_sq = (np.log10(np.where(report.valid[..., None], report.estimates, np.nan)[..., 0]) - d_star[None]) ** 2
+    for q in range(5):
+        inside = (d_star >= edges[q]) & (d_star <= edges[q + 1])
+        wq = report.weights[inside] / report.weights[inside].sum()
+        cells = []
+        for e in range(len(report.estimator_names)):
+            ok = np.isfinite(err_sq[e, inside])
+            we = wq[ok] / wq[ok].sum()
+            cells.append(f"{we @ err_sq[e, inside][ok]:.3e}")
+        lines.append(f"| {edges[q]:.2f}–{edges[q + 1]:.2f} | {wq @ floor_sq[inside, 0]:.3e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +309,9 @@ def main() -> int:
     t2, report, mse = table2(args, table, n_eff, estimators)
     print(t2, flush=True)
     text += ["## Table 2/3: weighted MSE on prior draws", t2]
+    floor = crlb_floor(args, table, n_eff, report, mse)
+    print(floor, flush=True)
+    text += ["## The Cramer-Rao floor of the Table 2 MSE", floor]
     if "hybrid" in estimators:
         rates = dict(zip(report.estimator_names, report.samples_per_s))
         text.append(f"\nHybrid vs {args.starts}-start LS: {rates['hybrid'] / rates[report.estimator_names[0]]:.1f}x the curves/s; "

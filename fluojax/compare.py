@@ -579,6 +579,10 @@ class DrawsReport:
         valid: (E, N) bools (finite, and positive for log-scale parameters).
         failed_fraction: (E,) fraction of invalid draws.
         mse: (E, P) weighted mean squared error ``sum_i w_i (u_hat_i - u_i)^2``, compared coordinate.
+        mse_sem: (E, P) standard error of ``mse`` from the spread of the squared errors,
+            ``sqrt(sum_i w_i^2 (e_i^2 - mse)^2)`` (the linearised s.e. of a ratio estimator; for
+            uniform weights ``sd(e^2) / sqrt(N)``). Use it before reading meaning into a
+            difference of MSEs: a few large errors make the MSE of a finite draw noisy.
         mse_joint: (E,) mean of ``mse`` over the parameters (the DeepFRAP seed's "All", eq. 9).
         bias: (E, P) weighted mean error, compared coordinate.
         mape: (E, P) unweighted mean absolute percentage error, %, natural units.
@@ -602,6 +606,7 @@ class DrawsReport:
     spearman: np.ndarray
     seconds: np.ndarray
     samples_per_s: np.ndarray
+    mse_sem: np.ndarray
 
 
 def _head(data, k: int):
@@ -672,6 +677,7 @@ def compare_on_draws(
         u_est = np.where(log, np.log(np.where(log, estimates, 1.0)), estimates)
     err = u_est - u_true[None]
     mse = np.full((len(names), n_params), np.nan)
+    mse_sem = np.full_like(mse, np.nan)
     bias = np.full_like(mse, np.nan)
     mape = np.full_like(mse, np.nan)
     rho = np.full_like(mse, np.nan)
@@ -681,6 +687,7 @@ def compare_on_draws(
             continue
         w = raw_w[ok] / raw_w[ok].sum()
         mse[e] = w @ err[e, ok] ** 2
+        mse_sem[e] = np.sqrt((w**2) @ (err[e, ok] ** 2 - mse[e]) ** 2)
         bias[e] = w @ err[e, ok]
         with np.errstate(divide="ignore", invalid="ignore"):
             mape[e] = 100.0 * np.mean(np.abs(estimates[e, ok] - truth[ok]) / np.abs(truth[ok]), axis=0)
@@ -689,7 +696,7 @@ def compare_on_draws(
     with np.errstate(divide="ignore"):
         rate = n / seconds
     return DrawsReport(names, param_names, tuple(bool(x) for x in log), truth, raw_w, estimates, valid,
-                       1.0 - valid.mean(axis=1), mse, mse.mean(axis=1), bias, mape, rho, seconds, rate)
+                       1.0 - valid.mean(axis=1), mse, mse.mean(axis=1), bias, mape, rho, seconds, rate, mse_sem)
 
 
 # --------------------------------------------------------------------------------------------

@@ -232,3 +232,20 @@ def test_draws_report_leaves_out_failed_estimates_and_renormalises_weights():
     report = compare.compare_on_draws({"half": half_nan}, _draw_scaled_truth, 100, KEY, param_names=["s", "t"])
     assert report.failed_fraction[0] == pytest.approx(0.5)
     assert report.mse[0, 1] == pytest.approx(0.0, abs=1e-12)
+
+
+def _draw_with_gaussian_error(key, n, sd=0.1):
+    """Truth t ~ U(1, 2); data = t + sd * z, so the identity estimator's error is N(0, sd^2)."""
+    k1, k2 = jax.random.split(key)
+    t = jax.random.uniform(k1, (n, 1), minval=1.0, maxval=2.0)
+    return t, t + sd * jax.random.normal(k2, (n, 1)), None
+
+
+def test_draws_report_mse_standard_error_matches_gaussian_closed_form():
+    # e ~ N(0, s^2): var(e^2) = 2 s^4, so s.e.(MSE) = sqrt(2) s^2 / sqrt(N) = 1.0e-4 for s = 0.1,
+    # N = 20,000. The sample estimate of var(e^2) has a relative s.d. of sqrt((kurtosis - 1) / N)
+    # = sqrt(14 / N) = 2.6 % (e^2 / s^2 is chi-squared(1), kurtosis 15), so 10 % is ~4 s.d.
+    n = 20_000
+    report = compare.compare_on_draws({"identity": lambda d: d}, _draw_with_gaussian_error, n, KEY, param_names=["t"])
+    assert report.mse[0, 0] == pytest.approx(0.01, rel=0.05)
+    assert report.mse_sem[0, 0] == pytest.approx(math.sqrt(2) * 0.01 / math.sqrt(n), rel=0.10)

@@ -84,3 +84,30 @@ def test_single_curve_and_wrong_length_input(fitted):
     assert one.params.shape == (1, 3) and one.d_px2_s.shape == (1,)
     with pytest.raises(ValueError, match="values"):
         fe.fit_recovery_curves(np.zeros((2, 7)), table, key=jax.random.key(0))
+
+
+def test_crlb_fisher_matches_finite_difference_jacobian(fitted):
+    table, _, truth, true_var, _ = fitted
+    theta = jnp.asarray(truth[:4])
+    bound = np.asarray(fe.recovery_curve_crlb(theta, table, fs.PixelNoise(jnp.full((4,), A)), float(table.roi_sum) ** 2 * A / true_var))
+    for i in range(4):
+        # central differences, relative step 1e-3: truncation ~1e-6, float32 rounding ~1e-7 / 1e-3
+        # = 1e-4 of the derivative, so the bounds agree to well under 1 %
+        steps = 1e-3 * np.abs(truth[i])
+        jac = np.stack([(np.asarray(fe.frap_curve_model(theta[i] + h * e, table), np.float64)
+                         - np.asarray(fe.frap_curve_model(theta[i] - h * e, table), np.float64)) / (2 * h)
+                        for h, e in zip(steps, np.eye(3, dtype=np.float32))], axis=1)
+        reference = np.sqrt(np.diag(np.linalg.inv(jac.T @ jac / true_var)))
+        np.testing.assert_allclose(bound[i], reference, rtol=1e-2)
+
+
+def test_least_squares_errors_are_about_one_crlb(fitted):
+    # LS is asymptotically efficient for Gaussian noise: (estimate - truth) / CRLB has s.d. ~1.
+    # 160 curves: the s.d. of a sample s.d. is 1 / sqrt(2 * 160) = 0.056 relative; allowed 0.25
+    # for curvature at the fastest D (the bound is a local, linearised one).
+    table, _, truth, true_var, res = fitted
+    ok = res.status == fit.Status.CONVERGED
+    n_eff = float(table.roi_sum) ** 2 * A / true_var
+    bound = np.asarray(fe.recovery_curve_crlb(jnp.asarray(truth[ok]), table, fs.PixelNoise(jnp.full((ok.sum(),), A)), n_eff))
+    z = (res.params[ok] - truth[ok]) / bound
+    np.testing.assert_allclose(np.std(z, axis=0), 1.0, atol=0.25)

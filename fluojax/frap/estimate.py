@@ -30,9 +30,9 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
-from fluojax.frap.simulate import FrapPrior, sample_frap_params
+from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
 
-__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "frap_starts", "fit_recovery_curves"]
+__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "frap_starts", "fit_recovery_curves", "recovery_curve_crlb"]
 
 _LOG_SCALE = (True, False, False)
 
@@ -96,6 +96,36 @@ def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: Fra
     d_lo, d_hi = table.d_range_px2_s
     d = np.clip(np.asarray(p.d_px2_s, np.float64), d_lo * 1.001, d_hi / 1.001)
     return np.stack([d, np.asarray(p.c0), np.asarray(p.alpha)], axis=1)
+
+
+@jax.jit
+def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effective_pixels) -> jax.Array:
+    """Cramer-Rao bound on (D, c0, alpha) from one noisy recovery curve, for B curves at once.
+
+    The curve values are independent Gaussians, ``F_t ~ N(mu_t(theta), v_t)`` with ``mu`` the
+    fast curve (seed eq. 6) and ``v_t = (a + a' c~_t) / n_eff`` (:func:`curve_noise_variance`,
+    normalised ROI weights). The Fisher information is ``I = J^T diag(1/v) J`` with
+    ``J = d mu / d theta`` by forward-mode autodiff (:func:`fluojax.fit.crlb`), and the bound is
+    ``sqrt(diag I^-1)``. Exact for a' = 0 (DeepFRAP's Table 1 noise); for a' > 0 it leaves out the
+    information in the variance's dependence on theta (a lower bound on I, so a looser bound).
+    Boundaries are ignored: near the prior's edges a bounded estimator can beat it.
+
+    Arguments:
+        theta: (B, 3) (D px^2/s, c0, alpha).
+        table: ``FastCurveTable`` of the ROI (``build_fast_curve_table``).
+        noise: ``PixelNoise`` with (B,) leaves (a, a' per pixel).
+        effective_pixels: float, n_eff of the ROI weights (``roi_effective_pixels``).
+
+    Returns:
+        (B, 3) smallest s.d. of an unbiased estimator of D (px^2/s), c0 and alpha.
+    """
+
+    def one(t, a, a_prime):
+        variance = curve_noise_variance(frap_curve_model(t, table), PixelNoise(a, a_prime), effective_pixels, table.roi_sum)
+        return fit.crlb(frap_curve_model, t, jnp.sqrt(variance), table)
+
+    a = jnp.asarray(noise.a)
+    return jax.vmap(one)(jnp.asarray(theta), a, jnp.broadcast_to(jnp.asarray(noise.a_prime, a.dtype), a.shape))
 
 
 @jax.jit
