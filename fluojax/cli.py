@@ -798,9 +798,11 @@ def _frap_predict(args) -> int:
     prediction = raw * np.array([radius_factor, 1.0, 1.0])
     t_net = time.perf_counter() - t1
     table, t_table = pipeline.timed(pipeline.build_table, prepared)
-    refined, t_fit = pipeline.timed(learned.refine, curves, table, prediction[None])
+    # the same bounds as `frap fit` (alpha down to 0.05), not the network's training prior
+    prior = pipeline.fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
+    refined, t_fit = pipeline.timed(learned.refine, curves, table, prediction[None], prior=prior)
     fit_summary, model = _frap_fit_summary(prepared, table, refined.fit, pixel_um)
-    lower, upper = frap_bounds(table)  # refine's start clipping
+    lower, upper = frap_bounds(table, prior)  # refine's start clipping
     start = np.clip(np.nan_to_num(prediction, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
     net_model = pipeline.model_curve(start, table)
     ratio = float(np.asarray(refined.residual_ratio).ravel()[0])

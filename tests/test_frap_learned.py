@@ -99,3 +99,17 @@ def test_refine_from_a_wrong_start_finds_the_exact_parameters_and_flags_the_star
     assert np.all(refined.residual_ratio > 100)  # the wrong start fits far worse than the optimum
     at_truth = learned.refine(curves, table, truth)
     np.testing.assert_allclose(at_truth.fit.params, truth, rtol=2e-3)
+
+
+def test_refine_bounds_follow_the_given_prior():
+    # a deep bleach (alpha = 0.15) lies below the default bound alpha_min / 2 = 0.225 of Table 1's
+    # prior; with a prior reaching alpha = 0.1 (bounds [0.05, 1], as `frap fit` uses) it is inside
+    table, _ = learned.deepfrap_table(SETTINGS, 8.0)
+    truth = np.array([[30.0, 0.8, 0.15]])
+    curves = np.asarray(recovery_curve_fast(FrapParams(*truth[0]), table))[None]  # noise-free
+    start = np.array([[40.0, 0.75, 0.3]])
+    default = learned.refine(curves, table, start)
+    # cannot reach the truth: the fit runs into the bound (reported as not converged, NaN) or stops on it
+    assert not default.fit.params[0, 2] < 0.224
+    wide = learned.refine(curves, table, start, prior=FrapPrior(alpha_range=(0.1, 0.95)))
+    np.testing.assert_allclose(wide.fit.params, truth, rtol=2e-3)

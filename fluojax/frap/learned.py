@@ -301,7 +301,7 @@ def _rss(params, curves, table):
     return jnp.sum(jnp.square(model - curves), axis=1)
 
 
-def refine(curves, table: FastCurveTable, start, noise_variance=None, level: float = 0.95) -> Refined:
+def refine(curves, table: FastCurveTable, start, noise_variance=None, level: float = 0.95, prior: FrapPrior | None = None) -> Refined:
     """The hybrid estimator: one Levenberg-Marquardt fit per curve, started at ``start``.
 
     Arguments:
@@ -311,14 +311,17 @@ def refine(curves, table: FastCurveTable, start, noise_variance=None, level: flo
             clipped into the fit's bounds (``estimate.frap_bounds``).
         noise_variance: as for ``estimate.fit_recovery_curves`` (None: estimated).
         level: confidence level of the intervals.
+        prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds, as for
+            ``estimate.fit_recovery_curves`` (None: DeepFRAP's Table 1 prior).
 
     Returns:
         :class:`Refined`.
     """
     curves = np.atleast_2d(np.asarray(curves))
     start = np.broadcast_to(np.asarray(start, np.float64), (curves.shape[0], 3))
-    result = estimate.fit_recovery_curves(curves, table, starts=start[:, None, :], noise_variance=noise_variance, level=level)
-    lower, upper = estimate.frap_bounds(table)
+    prior = FrapPrior() if prior is None else prior
+    result = estimate.fit_recovery_curves(curves, table, starts=start[:, None, :], noise_variance=noise_variance, level=level, prior=prior)
+    lower, upper = estimate.frap_bounds(table, prior)
     clipped = np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
     dtype = jnp.zeros(()).dtype
     at_start = np.asarray(_rss(jnp.asarray(clipped, dtype), jnp.asarray(curves, dtype), table), np.float64)
