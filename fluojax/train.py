@@ -46,6 +46,7 @@ __all__ = [
     "train",
     "save_checkpoint",
     "restore_checkpoint",
+    "read_checkpoint_meta",
     "latest_checkpoint",
 ]
 
@@ -203,6 +204,20 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     done = sorted(p for p in folder.glob("step_*") if (p / "meta.json").is_file())
     return done[-1] if done else None
+
+
+def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
+    """The checkpoint folder to load from ``path`` (a run folder or a checkpoint) and its meta.
+
+    Raises:
+        ValueError: ``path`` holds no complete fluojax checkpoint (no ``meta.json``).
+    """
+    path = Path(path)
+    ckpt = latest_checkpoint(path) or path
+    meta_file = ckpt / "meta.json"
+    if not meta_file.is_file():
+        raise ValueError(f"{path} is not a fluojax network checkpoint (no meta.json)")
+    return ckpt, json.loads(meta_file.read_text())
 
 
 def save_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int, meta: dict) -> Path:

@@ -18,7 +18,6 @@ weighted fit to the measured ACF is a 2 x 2 linear solve, and the reduced chi^2 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -256,11 +255,7 @@ def load_network(path: str | Path, expect: str | None = None):
         ValueError: not a fluojax network checkpoint, or not the expected network.
     """
     path = Path(path)
-    ckpt = training.latest_checkpoint(path) or path
-    meta_file = ckpt / "meta.json"
-    if not meta_file.is_file():
-        raise ValueError(f"{path} is not a fluojax network checkpoint (no meta.json)")
-    meta = json.loads(meta_file.read_text())
+    ckpt, meta = training.read_checkpoint_meta(path)
     kind = meta.get("fluojax_network")
     if kind not in ("fcsnet", "imfcsnet"):
         raise ValueError(f"{path} holds no FCSNet/ImFCSNet checkpoint")

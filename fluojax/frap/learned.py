@@ -41,7 +41,6 @@ curves, the fit says how far from the best model curve that answer is.
 from __future__ import annotations
 
 import dataclasses
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -229,11 +228,7 @@ def load_network(path: str | Path):
         ValueError: not a fluojax network checkpoint, or not a DeepFRAP one.
     """
     path = Path(path)
-    ckpt = training.latest_checkpoint(path) or path
-    meta_file = ckpt / "meta.json"
-    if not meta_file.is_file():
-        raise ValueError(f"{path} is not a fluojax network checkpoint (no meta.json)")
-    meta = json.loads(meta_file.read_text())
+    ckpt, meta = training.read_checkpoint_meta(path)
     if meta.get("fluojax_network") != NETWORK_KIND:
         raise ValueError(f"{path} holds a {meta.get('fluojax_network', 'non-network')} checkpoint, not a DeepFRAP network")
     net = nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))
