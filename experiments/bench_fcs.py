@@ -25,6 +25,7 @@ Smoke:  python experiments/bench_fcs.py --frames 5000 --size 32
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -240,10 +241,12 @@ def main():
         # ---- 1. correlation + SEM ------------------------------------------------------------
         rows_per_band = max(1, min(size, settings.tile_pixels // size))
         t0 = time.perf_counter()
-        warm = pipeline._band_acf(np.asarray(data[:, :rows_per_band, :]), 1, False, settings.bleach_order, settings.p, settings.q)
+        band_fn = pipeline._band_acf_cpu if settings.uses_cpu_kernel() else pipeline._band_acf
+        warm = band_fn(np.asarray(data[:, :rows_per_band, :]), 1, False, settings.bleach_order, settings.p, settings.q)
         jax.block_until_ready(warm)
         t_corr_first = time.perf_counter() - t0
         del warm
+        kernel_name = "numba CPU kernel" if settings.uses_cpu_kernel() else "XLA"
 
         # warm the 2D fit too, so the analyse_stack run below compiles nothing
         acf2, sem2, d2 = make_acfs("2d", pixels, lag_s, seed=1)
@@ -256,8 +259,16 @@ def main():
         t_pipe = time.perf_counter() - t0
         t_corr = maps.timings_s["correlate"]
         n_bands = -(-size // rows_per_band)
-        rows.append(("correlate + blocking SEM (analyse_stack, incl. TIFF read + bleach corr.)", t_corr_first, t_corr,
+        rows.append((f"correlate + blocking SEM (analyse_stack, incl. TIFF read + bleach corr.; {kernel_name})", t_corr_first, t_corr,
                      f"1 run; first call = compile + 1 of {n_bands} bands"))
+        t_corr_xla = None
+        if settings.uses_cpu_kernel():  # the same stage with the XLA reduction, for comparison
+            xla = dataclasses.replace(settings, correlator_kernel="xla")
+            t0 = time.perf_counter()
+            jax.block_until_ready(pipeline._band_acf(np.asarray(data[:, :rows_per_band, :]), 1, False, xla.bleach_order, xla.p, xla.q))
+            t_xla_first = time.perf_counter() - t0
+            t_corr_xla = pipeline.correlate_stack(data, xla, progress=False).seconds
+            rows.append(("correlate + blocking SEM, XLA reduction (correlator_kernel='xla')", t_xla_first, t_corr_xla, "1 run"))
         rows.append(("  (analyse_stack fit stage on these synthetic-stack ACFs)", None, maps.timings_s["fit"],
                      f"1 run; {np.mean(maps.status == 0):.1%} converged"))
         rows.append(("  (analyse_stack total wall)", None, t_pipe, "1 run"))
@@ -330,6 +341,8 @@ def main():
     print("ratios:")
     print(f"  baseline / fluojax, end to end:          {base_e2e / fl_e2e:8.1f}x")
     print(f"  multipletau / fluojax correlate+SEM:      {mt_per_px * pixels / t_corr:8.1f}x")
+    if t_corr_xla is not None:
+        print(f"  XLA / numba CPU kernel correlate+SEM:     {t_corr_xla / t_corr:8.1f}x")
     print(f"  scipy / fluojax 2D fits (optimistix):     {sp_per_fit * pixels / results['2d-optimistix']:8.1f}x")
     print(f"  jaxopt / optimistix 2D fit time:          {results['2d-jaxopt'] / results['2d-optimistix']:8.2f}")
     print(f"  3D / 2D fit time (optimistix):            {results['3d'] / results['2d-optimistix']:8.2f}")

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from fluojax.fcs import correlator as c
-from fluojax.fcs.pipeline import bin_pixels, bleach_correct
+from fluojax.fcs import correlator_cpu
+from fluojax.fcs.pipeline import bin_pixels, bleach_correct, bleach_design
+
+PATHS = ["xla", pytest.param("cpu", marks=pytest.mark.skipif(not correlator_cpu.available(), reason="numba missing"))]
+
+
+def _correlate(frames, path, trend=None):
+    """ACFResult of (T, pixels) frames via the XLA reduction or the numba CPU kernel."""
+    if path == "xla":
+        return c.correlate(jnp.asarray(frames))
+    return c.acf_from_lag_sums(correlator_cpu.lag_sums_cpu(np.asarray(frames), trend=trend), frames.shape[0])
 
 
 @pytest.mark.parametrize("p,frames", [(16, 2500), (32, 5000)])
@@ -39,10 +49,11 @@ def _monitor_acf(trace, grid):
     return np.array(out)
 
 
-def test_correlator_values_match_monitor_formula():
+@pytest.mark.parametrize("path", PATHS)
+def test_correlator_values_match_monitor_formula(path):
     rng = np.random.default_rng(1)
     frames = rng.poisson(rng.gamma(5.0, 20.0, size=(6000, 4))).astype(np.float32)
-    got = np.asarray(c.correlate(jnp.asarray(frames)).acf)
+    got = np.asarray(_correlate(frames, path).acf)
     grid = c.lag_grid()
     for k in range(frames.shape[1]):
         ref = _monitor_acf(frames[:, k], grid)
@@ -68,11 +79,12 @@ def _ar1_binned_acf(grid, phi, mean):
     return np.array(out)
 
 
-def test_correlator_recovers_known_acf_of_ar1_process():
+@pytest.mark.parametrize("path", PATHS)
+def test_correlator_recovers_known_acf_of_ar1_process(path):
     rng = np.random.default_rng(2)
     phi, mean = 0.95, 40.0
     x = _ar1(rng, 20000, 64, phi, mean)
-    res = c.correlate(jnp.asarray(x, jnp.float32))
+    res = _correlate(x.astype(np.float32), path)
     acf, sem = np.asarray(res.acf), np.asarray(res.sem)
     theory = _ar1_binned_acf(c.lag_grid(), phi, mean)
     avg = acf.mean(axis=1)
@@ -86,9 +98,30 @@ def test_correlator_recovers_known_acf_of_ar1_process():
     assert np.all((ratio > 0.65) & (ratio < 1.35))
 
 
-def test_correlator_rejects_too_few_frames():
+@pytest.mark.parametrize("path", PATHS)
+def test_correlator_rejects_too_few_frames(path):
     with pytest.raises(ValueError, match="too few"):
-        c.correlate(jnp.ones((2100, 2)))
+        _correlate(np.ones((2100, 2), np.float32), path)
+
+
+@pytest.mark.skipif(not correlator_cpu.available(), reason="numba missing")
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_cpu_kernel_matches_xla_path_with_bleach_correction(dtype):
+    # a bleaching camera stack of odd length (T not a power of two, last blocks partial)
+    rng = np.random.default_rng(5)
+    frames_n, pixels = 7001, 40
+    decay = np.exp(-np.arange(frames_n) / 9000.0)[:, None]
+    fluct = _ar1(rng, frames_n, pixels, 0.9, 0.0)
+    stack = rng.poisson(np.clip(150.0 * decay + 8.0 * fluct * np.sqrt(decay), 0, None)).astype(dtype)
+    ref = c.correlate(bleach_correct(jnp.asarray(stack, jnp.float32), 4))
+    got = _correlate(stack, "cpu", trend=bleach_design(frames_n, 4))
+    assert np.mean(np.asarray(got.block_index) == np.asarray(ref.block_index)) >= 0.95
+    same = np.asarray(got.block_index) == np.asarray(ref.block_index)
+    # both sum float32 products of the same centred, corrected traces in different orders:
+    # differences are float32 rounding, far below the statistical error of each point
+    np.testing.assert_array_less(np.abs(np.asarray(got.acf) - np.asarray(ref.acf)), 1e-3 * np.asarray(ref.sem))
+    np.testing.assert_allclose(np.asarray(got.sem)[:, same], np.asarray(ref.sem)[:, same], rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(got.mean), np.asarray(ref.mean), rtol=1e-5)
 
 
 def test_bin_pixels_matches_explicit_sums():

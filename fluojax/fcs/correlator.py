@@ -31,7 +31,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LagGrid", "ACFResult", "lag_grid", "min_frames", "correlate"]
+__all__ = [
+    "LagGrid",
+    "ACFResult",
+    "GroupLayout",
+    "LagSums",
+    "BlockingPlan",
+    "blocking_plan",
+    "lag_grid",
+    "min_frames",
+    "group_layouts",
+    "lag_sums",
+    "acf_from_lag_sums",
+    "correlate",
+]
 
 
 class LagGrid(NamedTuple):
@@ -97,13 +110,14 @@ def min_frames(grid: LagGrid) -> int:
     return last_lag + 2 * last_width
 
 
-def _block_curve(fine: jax.Array, base_sums: jax.Array, count: int, block: int, monitor_sq: jax.Array, levels: int):
-    """Blocking curve of the lag-1 products: s.d. of the mean and its error at each level.
+def _lag1_curve_moments(fine: jax.Array, base_sums: jax.Array, count: int, block: int, levels: int) -> jax.Array:
+    """Moments of the lag-1 blocking curve: at each level i, the sum of the complete
+    2^i-product blocks' sums and the sum of their squares (Flyvbjerg-Petersen keeps the
+    floor(count / 2^i) complete blocks).
 
-    Level i averages the products in blocks of 2^i and keeps the floor(count / 2^i) complete
-    blocks (Flyvbjerg-Petersen). Levels below log2(block) come from the per-block statistics
-    gathered during the correlation scan (``fine``); the coarser ones from the base-block sums,
-    pair-summed level by level.
+    Levels below log2(block) come from the per-block statistics gathered during the
+    correlation scan (``fine``); the coarser ones from the base-block sums, pair-summed level
+    by level.
 
     Arguments:
         fine: (K, F, 2, pixels) per base block, for each fine level i < F: the sum of the
@@ -111,30 +125,43 @@ def _block_curve(fine: jax.Array, base_sums: jax.Array, count: int, block: int, 
         base_sums: (K, pixels) sums of the products in each base block of ``block`` products.
         count: int, number of lag-1 products.
         block: int, products per base block (2^F).
-        monitor_sq: (pixels,) (M1 M2)^2 of the lag-1 channel.
         levels: int, number of blocking levels.
+
+    Returns:
+        (levels, 2, pixels).
+    """
+    out = list(jnp.sum(fine, axis=0)[:levels])  # (2, pixels) per fine level
+    blocks = base_sums[: count // block]
+    for i in range(fine.shape[1], levels):
+        n = count // 2**i
+        if i > fine.shape[1]:
+            blocks = blocks[: 2 * n].reshape(n, 2, -1).sum(axis=1)
+        out.append(jnp.stack([jnp.sum(blocks, axis=0), jnp.sum(blocks * blocks, axis=0)]))
+    return jnp.stack(out)
+
+
+def _lag1_curve(moments: jax.Array, count: int, monitor_sq: jax.Array):
+    """Blocking curve of the lag-1 channel from its moments: s.d. of the mean and its error.
+
+    At level i with n = floor(count / 2^i) blocks of 2^i products, block sums b_k:
+    ``var = (sum b_k^2 / (n 4^i) - mean^2) / (n (M1 M2)^2)``, ``mean = sum b_k / (n 2^i)``;
+    the error of the s.d. is ``sd / sqrt(2 (n - 1))``.
+
+    Arguments:
+        moments: (levels, 2, pixels) from :func:`_lag1_curve_moments`.
+        count: int, number of lag-1 products.
+        monitor_sq: (pixels,) (M1 M2)^2 of the lag-1 channel.
 
     Returns:
         (sd, err): (levels, pixels) each.
     """
-    sds, errs = [], []
-    totals = jnp.sum(fine, axis=0)  # (F, 2, pixels)
-    blocks = base_sums[: count // block]
-    for i in range(levels):
-        size = 2**i
-        n = count // size
-        if i < fine.shape[1]:
-            sum_, sum_sq = totals[i, 0], totals[i, 1]
-        else:
-            if i > fine.shape[1]:
-                blocks = blocks[: 2 * n].reshape(n, 2, -1).sum(axis=1)
-            sum_, sum_sq = jnp.sum(blocks, axis=0), jnp.sum(blocks * blocks, axis=0)
-        mean = sum_ / (n * size)
-        var = (sum_sq / (n * size * size) - mean**2) / (n * monitor_sq)
-        sd = jnp.sqrt(jnp.maximum(var, 0.0))
-        sds.append(sd)
-        errs.append(sd / np.sqrt(2.0 * (n - 1)))
-    return jnp.stack(sds), jnp.stack(errs)
+    levels = moments.shape[0]
+    size = 2.0 ** np.arange(levels)
+    n = (count // 2 ** np.arange(levels)).astype(np.float64)
+    mean = moments[:, 0] / (n * size)[:, None]
+    var = (moments[:, 1] / (n * size * size)[:, None] - mean**2) / (n[:, None] * monitor_sq)
+    sd = jnp.sqrt(jnp.maximum(var, 0.0))
+    return sd, sd / np.sqrt(2.0 * (n - 1))[:, None]
 
 
 def _plateau_index(sd: jax.Array, err: jax.Array, q: int):
@@ -219,9 +246,209 @@ def _block_lag_sums(y, delays, counts, m1, m2, block, n_blocks, fine_levels=0):
     return out, fine
 
 
+class GroupLayout(NamedTuple):
+    """Static layout of one group of equal bin width (host constants).
+
+    Attributes:
+        width: int, bin width in frames (2^g for group g).
+        channels: int array, indices of the group's lags in the lag grid.
+        delays: tuple of int, the lags in bins (lag / width).
+        counts: tuple of int, products per delay (bins - delay).
+        block: int, bins per base block of the blocking analysis (2^(Q-1) frames).
+        n_blocks: int, base blocks covering the longest product series.
+    """
+
+    width: int
+    channels: np.ndarray
+    delays: tuple
+    counts: tuple
+    block: int
+    n_blocks: int
+
+
+def group_layouts(grid: LagGrid, n_frames: int) -> tuple[GroupLayout, ...]:
+    """The per-group layout of the correlator for ``n_frames`` frames (group g has T >> g bins)."""
+    first_level = grid.q - 1
+    out = []
+    for g in range(grid.q):
+        width = 2**g
+        channels = np.nonzero(grid.bin_widths == width)[0]
+        n_bins = n_frames >> g
+        delays = tuple(int(v) for v in grid.lags[channels] // width)
+        counts = tuple(n_bins - d for d in delays)
+        block = 2 ** max(first_level - g, 0)
+        out.append(GroupLayout(width, channels, delays, counts, block, -(-max(counts) // block)))
+    if out[0].delays[0] != 1:
+        raise AssertionError("the first channel of the lag grid must be lag 1")
+    return tuple(out)
+
+
+class BlockingPlan(NamedTuple):
+    """Levels of the blocking analysis for T frames (host constants).
+
+    Attributes:
+        levels: int, levels of the lag-1 blocking curve, floor(log2(T - 1)) - 2.
+        fine: int, curve levels below the base block (gathered while lag-1 products are formed).
+        first: int, lowest candidate block index, Q - 1 (base block of 2^first frames).
+        last: int, highest candidate block index ("maximal blocking" L - 3).
+        min_blocks: tuple of int, for each candidate level first..last, the number of blocks
+            every channel keeps (the count of the last channel, so all channels use the same).
+    """
+
+    levels: int
+    fine: int
+    first: int
+    last: int
+    min_blocks: tuple
+
+
+def blocking_plan(grid: LagGrid, n_frames: int) -> BlockingPlan:
+    """The blocking levels and block counts used for ``n_frames`` frames (module docstring)."""
+    levels = int(np.floor(np.log2(n_frames - 1))) - 2
+    first = grid.q - 1
+    last = max(levels - 3 if levels > 3 else levels - 1, first)
+    width_last = int(grid.bin_widths[-1])
+    samples_last = (n_frames - int(grid.lags[-1])) // width_last
+    min_blocks = tuple(samples_last // 2 ** max(b - int(np.log2(width_last)), 0) for b in range(first, last + 1))
+    return BlockingPlan(levels, min(levels, first), first, last, min_blocks)
+
+
+class LagSums(NamedTuple):
+    """The correlator's data reduction: everything the ACFs and SEMs are computed from.
+
+    Made from (T, pixels) frames by :func:`lag_sums` (XLA) or by the CPU kernel
+    ``fluojax.fcs.correlator_cpu.lag_sums_cpu``; turned into an ``ACFResult`` by
+    :func:`acf_from_lag_sums`. For channel c of group g (:func:`group_layouts`), y is the trace
+    centred on its mean and pair-summed g times, d the delay in bins and n the product count:
+
+    Attributes:
+        mean: (pixels,) mean intensity (counts/frame).
+        m1: (C, pixels) centred mean of the leading factor, ``mean(y[:n])``.
+        m2: (C, pixels) centred mean of the lagged factor, ``mean(y[d:d + n])``.
+        total: (C, pixels) ``sum_{t<n} (y_t - m1)(y_{t+d} - m2)``.
+        block_moments: (levels first..last, 2, C, pixels): with the products averaged over
+            blocks of 2^b frames, the sum over the first ``min_blocks[b]`` block means, and the
+            sum of their squares (:func:`blocking_plan`).
+        curve: (levels, 2, pixels): the lag-1 blocking curve's moments, the sum of the complete
+            2^i-product block sums and of their squares at each level i.
+    """
+
+    mean: jax.Array
+    m1: jax.Array
+    m2: jax.Array
+    total: jax.Array
+    block_moments: jax.Array
+    curve: jax.Array
+
+
+def _check_frames(grid: LagGrid, n_frames: int) -> None:
+    if n_frames < min_frames(grid):
+        raise ValueError(
+            f"{n_frames} frames is too few for the correlator (P={grid.p}, Q={grid.q}): "
+            f"its largest lag is {int(grid.lags[-1])} frames and it needs at least {min_frames(grid)}"
+        )
+
+
+def _block_moments(sums: jax.Array, block: int, plan: BlockingPlan) -> jax.Array:
+    """Sums of block means and of their squares at each candidate level from base-block sums.
+
+    Arguments:
+        sums: (K, channels, pixels) sums over base blocks of ``block`` bins (2^first frames).
+        block: int, bins per base block.
+        plan: ``BlockingPlan``.
+
+    Returns:
+        (levels first..last, 2, channels, pixels).
+    """
+    n_blk = plan.min_blocks[0]
+    blocks = sums[:n_blk] / block
+    out = []
+    for i, n_blk in enumerate(plan.min_blocks):
+        if i > 0:
+            blocks = 0.5 * (blocks[: 2 * n_blk : 2] + blocks[1 : 2 * n_blk : 2])
+        out.append(jnp.stack([jnp.sum(blocks, axis=0), jnp.sum(blocks**2, axis=0)]))
+    return jnp.stack(out)
+
+
+def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
+    """The correlator's data reduction in XLA (any backend; jit/vmap-able).
+
+    The trace is cut into base blocks and scanned (:func:`_block_lag_sums`); per-block sums
+    give the totals and blocking moments.
+
+    Arguments:
+        frames: (T, pixels) array of intensities (computed in float32).
+        p, q: int, correlator layout (static).
+
+    Returns:
+        ``LagSums``.
+    """
+    grid = lag_grid(p, q)
+    n_frames = frames.shape[0]
+    _check_frames(grid, n_frames)
+    plan = blocking_plan(grid, n_frames)
+    x = jnp.asarray(frames, jnp.float32)
+    mean = jnp.mean(x, axis=0)
+    binned = x - mean  # centred trace; raw monitors are centred ones + width * mean
+    m1s, m2s, totals, moments, curve = [], [], [], [], None
+    for g, lay in enumerate(group_layouts(grid, n_frames)):
+        if g > 0:
+            half = binned.shape[0] // 2
+            binned = binned[: 2 * half : 2] + binned[1 : 2 * half : 2]
+        counts_f = jnp.asarray(lay.counts, jnp.float32)[:, None]
+        total = jnp.sum(binned, axis=0)
+        m1 = jnp.stack([total - jnp.sum(binned[c:], axis=0) for c in lay.counts]) / counts_f
+        m2 = jnp.stack([total - jnp.sum(binned[:d], axis=0) for d in lay.delays]) / counts_f
+        sums, fine = _block_lag_sums(binned, lay.delays, lay.counts, m1, m2, lay.block, lay.n_blocks, plan.fine if g == 0 else 0)
+        if g == 0:
+            curve = _lag1_curve_moments(fine, sums[:, 0], lay.counts[0], lay.block, plan.levels)
+        m1s.append(m1)
+        m2s.append(m2)
+        totals.append(jnp.sum(sums, axis=0))
+        moments.append(_block_moments(sums, lay.block, plan))
+    cat = lambda parts, axis=0: jnp.concatenate(parts, axis=axis)  # noqa: E731
+    return LagSums(mean, cat(m1s), cat(m2s), cat(totals), cat(moments, axis=2), curve)
+
+
+def acf_from_lag_sums(reduced: LagSums, n_frames: int, p: int = 16, q: int = 8) -> ACFResult:
+    """ACF with the plugin's monitor normalisation and blocking SEM from a ``LagSums``.
+
+    ``G_c = total_c / (n_c M1_c M2_c)`` with the raw monitors ``M = m + width_c * mean``. The
+    block index b comes from the lag-1 blocking curve (:func:`_plateau_index`); each channel's
+    SEM is the standard error of the mean of its ``min_blocks[b]`` block means,
+    ``var = (S2/n - (S1/n)^2) / ((n - 1) (M1 M2)^2)``.
+
+    Arguments:
+        reduced: ``LagSums`` of ``n_frames`` frames.
+        n_frames: int, static, number of frames T.
+        p, q: int, static, correlator layout.
+
+    Returns:
+        ``ACFResult``.
+    """
+    grid = lag_grid(p, q)
+    plan = blocking_plan(grid, n_frames)
+    counts = np.concatenate([lay.counts for lay in group_layouts(grid, n_frames)]).astype(np.float32)[:, None]
+    width = grid.bin_widths.astype(np.float32)[:, None]
+    raw_m1m2 = (reduced.m1 + width * reduced.mean) * (reduced.m2 + width * reduced.mean)
+    acf = reduced.total / (counts * raw_m1m2)
+
+    sd, err = _lag1_curve(reduced.curve, int(counts[0, 0]), raw_m1m2[0] ** 2)
+    index, blocked = _plateau_index(sd, err, grid.q)
+
+    n = np.asarray(plan.min_blocks, np.float32)[:, None, None]
+    mean_b = reduced.block_moments[:, 0] / n
+    variance = (reduced.block_moments[:, 1] / n - mean_b**2) / ((n - 1) * raw_m1m2**2)  # (levels, C, pixels)
+    choose = jnp.broadcast_to((index - plan.first)[None, None, :], (1,) + variance.shape[1:])
+    sem = jnp.sqrt(jnp.maximum(jnp.take_along_axis(variance, choose, axis=0)[0], 0.0))
+    return ACFResult(acf, sem, reduced.mean, blocked, index)
+
+
 @functools.partial(jax.jit, static_argnames=("p", "q"))
 def correlate(frames: jax.Array, p: int = 16, q: int = 8) -> ACFResult:
     """Autocorrelation and blocking SEM of every pixel of a (T, pixels) block of frames.
+
+    The XLA path: :func:`lag_sums` then :func:`acf_from_lag_sums` (jit/vmap-able, CPU or GPU).
 
     Arguments:
         frames: (T, pixels) array of intensities (any real dtype; computed in float32).
@@ -232,73 +459,4 @@ def correlate(frames: jax.Array, p: int = 16, q: int = 8) -> ACFResult:
         ``ACFResult`` with arrays of shape (C, pixels) / (pixels,). Pixels with zero mean or
         zero variance give non-finite values (reported per pixel by the caller).
     """
-    grid = lag_grid(p, q)
-    n_frames = frames.shape[0]
-    if n_frames < min_frames(grid):
-        raise ValueError(
-            f"{n_frames} frames is too few for the correlator (P={grid.p}, Q={grid.q}): "
-            f"its largest lag is {int(grid.lags[-1])} frames and it needs at least {min_frames(grid)}"
-        )
-    x = jnp.asarray(frames, jnp.float32)
-    mean = jnp.mean(x, axis=0)
-    x = x - mean  # centred trace; raw monitors are centred ones + width * mean
-
-    levels = int(np.floor(np.log2(n_frames - 1))) - 2
-    width_last = int(grid.bin_widths[-1])
-    samples_last = (n_frames - int(grid.lags[-1])) // width_last
-    first_level = grid.q - 1
-    last_level = max(levels - 3 if levels > 3 else levels - 1, first_level)
-    min_blocks = {b: samples_last // 2 ** max(b - int(np.log2(width_last)), 0) for b in range(first_level, last_level + 1)}
-
-    acfs, variances = [], []
-    index = blocked = None
-    binned, width = x, 1
-    for g in range(grid.q):
-        group = np.nonzero(grid.bin_widths == 2**g)[0]
-        if 2**g != width:
-            half = binned.shape[0] // 2
-            binned = binned[: 2 * half : 2] + binned[1 : 2 * half : 2]
-            width = 2**g
-        n_bins = binned.shape[0]
-        delays = tuple(int(v) for v in grid.lags[group] // width)
-        counts = tuple(n_bins - d for d in delays)
-        counts_f = jnp.asarray(counts, jnp.float32)[:, None]
-        total = jnp.sum(binned, axis=0)
-        # centred monitors: mean of the first `count` bins and of bins d .. d + count - 1
-        m1 = jnp.stack([total - jnp.sum(binned[c:], axis=0) for c in counts]) / counts_f
-        m2 = jnp.stack([total - jnp.sum(binned[:d], axis=0) for d in delays]) / counts_f
-        raw_m1m2 = (m1 + width * mean) * (m2 + width * mean)
-
-        block = 2 ** max(first_level - g, 0)  # one base block (2^first_level frames) in bins
-        n_blocks = -(-max(counts) // block)
-        fine_levels = min(levels, first_level) if g == 0 else 0
-        if g == 0:  # lag 1 first: the scan also gathers its blocking curve below the block size
-            order = np.array([delays.index(1)] + [j for j in range(len(delays)) if delays[j] != 1])
-            delays, counts = tuple(delays[j] for j in order), tuple(counts[j] for j in order)
-            m1, m2, raw_m1m2, counts_f = m1[order], m2[order], raw_m1m2[order], counts_f[order]
-        sums, fine = _block_lag_sums(binned, delays, counts, m1, m2, block, n_blocks, fine_levels)
-        if g == 0:
-            sd, err = _block_curve(fine, sums[:, 0], counts[0], block, raw_m1m2[0] ** 2, levels)
-            index, blocked = _plateau_index(sd, err, grid.q)
-            inverse = np.argsort(order)
-            sums, raw_m1m2, counts_f = sums[:, inverse], raw_m1m2[inverse], counts_f[inverse]
-        acfs.append(jnp.sum(sums, axis=0) / (counts_f * raw_m1m2))
-
-        # block means of 2^first_level frames, then pairwise up to the last candidate level
-        n_blk = min_blocks[first_level]
-        blocks = sums[:n_blk] / block
-        level_vars = []
-        for b in range(first_level, last_level + 1):
-            if b > first_level:
-                n_blk = min_blocks[b]
-                blocks = 0.5 * (blocks[: 2 * n_blk : 2] + blocks[1 : 2 * n_blk : 2])
-            bm = jnp.mean(blocks, axis=0)
-            var = (jnp.mean(blocks**2, axis=0) - bm**2) / ((n_blk - 1) * raw_m1m2**2)
-            level_vars.append(var)
-        level_vars = jnp.stack(level_vars)  # (levels, channels, pixels)
-        choose = (index - first_level)[None, None, :]
-        variances.append(jnp.take_along_axis(level_vars, jnp.broadcast_to(choose, (1,) + level_vars.shape[1:]), axis=0)[0])
-
-    acf = jnp.concatenate(acfs, axis=0)
-    sem = jnp.sqrt(jnp.maximum(jnp.concatenate(variances, axis=0), 0.0))
-    return ACFResult(acf, sem, mean, blocked, index)
+    return acf_from_lag_sums(lag_sums(frames, p, q), frames.shape[0], p, q)
