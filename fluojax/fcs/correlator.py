@@ -17,6 +17,11 @@ This is the Imaging FCS plugin's correlator (fcs.md §2.2-2.3), vectorised over 
   at least Q-1. Every lag's products are then averaged in blocks of 2^index frames, truncated to
   a common count, and the variance of their mean gives the SEM of G used as the fit weight.
 
+The work is split in two: a data reduction (:func:`lag_sums` -> :class:`LagSums`: per-lag sums,
+monitors, blocking moments) and a small finish (:func:`acf_from_lag_sums`) that applies the
+normalisation and the blocking rule. :func:`correlate` is both, in XLA; on a CPU the pipeline
+reduces with the numba kernel of :mod:`fluojax.fcs.correlator_cpu` and shares the finish.
+
 Data enter as ``(T, pixels)`` (time-major, as frames come off a TIFF); internally the trace is
 centred on its mean before any product is formed, so float32 sums stay accurate. The only
 Python loops are over the Q binning levels and the blocking levels, whose array shapes change.
