@@ -395,7 +395,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     def read_band(out_row):
         """Rows of the stack feeding one band of output rows (padded to the common band shape)."""
         start = out_row * (1 if settings.overlap else n)
-        band = np.asarray(stack[:, start : start + rows_in, :])
+        band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
             raise ValueError("the stack contains NaN or Inf values")
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
