@@ -243,8 +243,7 @@ def main():
         # ---- 1. correlation + SEM ------------------------------------------------------------
         rows_per_band = max(1, min(size, settings.tile_pixels // size))
         t0 = time.perf_counter()
-        band_fn = pipeline._band_acf_cpu if settings.uses_cpu_kernel() else pipeline._band_acf
-        warm = band_fn(np.asarray(data[:, :rows_per_band, :]), 1, False, settings.bleach_order, settings.p, settings.q)
+        warm = pipeline.correlate_band(np.asarray(data[:, :rows_per_band, :]), settings)
         jax.block_until_ready(warm)
         t_corr_first = time.perf_counter() - t0
         del warm
@@ -270,7 +269,7 @@ def main():
         if settings.uses_cpu_kernel():  # the same stage with the XLA reduction, for comparison
             xla = dataclasses.replace(settings, correlator_kernel="xla")
             t0 = time.perf_counter()
-            jax.block_until_ready(pipeline._band_acf(np.asarray(data[:, :rows_per_band, :]), 1, False, xla.bleach_order, xla.p, xla.q))
+            jax.block_until_ready(pipeline.correlate_band(np.asarray(data[:, :rows_per_band, :]), xla))
             t_xla_first = time.perf_counter() - t0
             xla_times = [pipeline.correlate_stack(data, xla, progress=False).seconds for _ in range(args.repeats)]
             t_corr_xla = statistics.median(xla_times)

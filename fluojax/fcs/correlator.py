@@ -45,6 +45,7 @@ __all__ = [
     "blocking_plan",
     "lag_grid",
     "min_frames",
+    "check_frame_count",
     "group_layouts",
     "lag_sums",
     "acf_from_lag_sums",
@@ -256,7 +257,6 @@ class GroupLayout(NamedTuple):
 
     Attributes:
         width: int, bin width in frames (2^g for group g).
-        channels: int array, indices of the group's lags in the lag grid.
         delays: tuple of int, the lags in bins (lag / width).
         counts: tuple of int, products per delay (bins - delay).
         block: int, bins per base block of the blocking analysis (2^(Q-1) frames).
@@ -264,7 +264,6 @@ class GroupLayout(NamedTuple):
     """
 
     width: int
-    channels: np.ndarray
     delays: tuple
     counts: tuple
     block: int
@@ -282,7 +281,7 @@ def group_layouts(grid: LagGrid, n_frames: int) -> tuple[GroupLayout, ...]:
         delays = tuple(int(v) for v in grid.lags[channels] // width)
         counts = tuple(n_bins - d for d in delays)
         block = 2 ** max(first_level - g, 0)
-        out.append(GroupLayout(width, channels, delays, counts, block, -(-max(counts) // block)))
+        out.append(GroupLayout(width, delays, counts, block, -(-max(counts) // block)))
     if out[0].delays[0] != 1:
         raise AssertionError("the first channel of the lag grid must be lag 1")
     return tuple(out)
@@ -346,7 +345,8 @@ class LagSums(NamedTuple):
     curve: jax.Array
 
 
-def _check_frames(grid: LagGrid, n_frames: int) -> None:
+def check_frame_count(grid: LagGrid, n_frames: int) -> None:
+    """Raise ValueError when ``n_frames`` is below :func:`min_frames` of the grid."""
     if n_frames < min_frames(grid):
         raise ValueError(
             f"{n_frames} frames is too few for the correlator (P={grid.p}, Q={grid.q}): "
@@ -390,7 +390,7 @@ def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
     """
     grid = lag_grid(p, q)
     n_frames = frames.shape[0]
-    _check_frames(grid, n_frames)
+    check_frame_count(grid, n_frames)
     plan = blocking_plan(grid, n_frames)
     x = jnp.asarray(frames, jnp.float32)
     mean = jnp.mean(x, axis=0)

@@ -56,6 +56,16 @@ if njit is not None:
         return s
 
     @njit(fastmath=True, inline="always")
+    def sum_and_squares(a):
+        """(sum_i a_i, sum_i a_i^2) accumulated in float64."""
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(a.shape[0]):
+            s1 += a[i]
+            s2 += a[i] * a[i]
+        return s1, s2
+
+    @njit(fastmath=True, inline="always")
     def detrend(row, trend, stride, fit_matrix, vander_t):
         """I' = I / sqrt(f/f0) + f0 (1 - sqrt(f/f0)), with f the fitted trend (``trend`` is scratch)."""
         n_coef, n_means = fit_matrix.shape
@@ -135,13 +145,7 @@ if njit is not None:
                             if lv > 0:
                                 for k in range(nb):
                                     level_means[k] = 0.5 * (level_means[2 * k] + level_means[2 * k + 1])
-                            s1 = 0.0
-                            s2 = 0.0
-                            for k in range(nb):
-                                s1 += level_means[k]
-                                s2 += level_means[k] * level_means[k]
-                            moments_out[lv, 0, c, pix] = s1
-                            moments_out[lv, 1, c, pix] = s2
+                            moments_out[lv, 0, c, pix], moments_out[lv, 1, c, pix] = sum_and_squares(level_means[:nb])
                         if c == 0:  # lag 1: the blocking curve, fine levels from the products
                             s1f = np.zeros(n_fine)
                             s2f = np.zeros(n_fine)
@@ -174,13 +178,7 @@ if njit is not None:
                                     nb = cnt // 2**lv
                                     for k in range(nb):
                                         level_means[k] = level_means[2 * k] + level_means[2 * k + 1]
-                                s1 = 0.0
-                                s2 = 0.0
-                                for k in range(nb):
-                                    s1 += level_means[k]
-                                    s2 += level_means[k] * level_means[k]
-                                curve_out[lv, 0, pix] = s1
-                                curve_out[lv, 1, pix] = s2
+                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares(level_means[:nb])
 
 
 def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | None = None) -> correlator.LagSums:
@@ -208,7 +206,7 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
         frames = frames.astype(np.float32)
     grid = correlator.lag_grid(p, q)
     n_frames, n_pix = frames.shape
-    correlator._check_frames(grid, n_frames)
+    correlator.check_frame_count(grid, n_frames)
     layouts = correlator.group_layouts(grid, n_frames)
     plan = correlator.blocking_plan(grid, n_frames)
 
