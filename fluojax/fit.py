@@ -75,18 +75,29 @@ class LevenbergMarquardt:
     Attributes:
         rtol, atol: float, relative/absolute tolerances on the step and on chi^2 changes
             (optimistix's Cauchy termination; for jaxopt, ``atol`` is its gradient tolerance).
-        max_steps: int, iteration limit per dataset (a vmapped solve runs to its slowest member).
+        max_steps: int, iteration limit per dataset.
         backend: ``"optimistix"`` (default) or ``"jaxopt"``.
+        round_steps: int or None, used by :func:`least_squares_batch` only. A vmapped solve
+            iterates until its slowest member stops, so batches run in rounds of at most ``round_steps``
+            iterations: fits still iterating after a round go on, from where they stopped, in
+            the next round, regrouped into full chunks, until ``max_steps`` in total (rounded
+            up to whole rounds). A continued fit starts the trust region afresh and needs
+            ~10-15 iterations to confirm convergence (optimistix, float32), so a round should be
+            longer than a typical fit: 25 makes 16,384 2D FCS fits 1.6x faster than one round of
+            100 with the same results; rounds of 10 leave a third unconverged. None: one round.
     """
 
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 100
     backend: str = "optimistix"
+    round_steps: int | None = 25
 
     def __post_init__(self):
         if self.backend not in ("optimistix", "jaxopt"):
             raise ValueError(f"unknown LM backend {self.backend!r}; use 'optimistix' or 'jaxopt'")
+        if self.max_steps < 1 or (self.round_steps is not None and self.round_steps < 1):
+            raise ValueError("max_steps and round_steps must be positive")
 
 
 class FitResult(NamedTuple):
@@ -217,6 +228,15 @@ def least_squares(
     Returns:
         ``FitResult`` with ``params`` (P,), scalar ``status``, ``num_steps``, ``chi2_reduced``.
     """
+    options = dict(free=free, lower=lower, upper=upper, log_scale=log_scale, solver=solver)
+    return _mask_failed(_least_squares_unmasked(model, data, sigma, init, args, **options))
+
+
+def _least_squares_unmasked(
+    model, data, sigma, init, args=None, *, free=None, lower=None, upper=None, log_scale=None, solver=LevenbergMarquardt()
+) -> FitResult:
+    """:func:`least_squares` without the NaN masking of failed fits (a fit stopped at
+    ``max_steps`` keeps its last iterate, from which a batch fit's next round continues)."""
     init = jnp.asarray(init)
     n_params = init.shape[-1]
     free_mask = np.ones(n_params, bool) if free is None else np.asarray(free, bool)
@@ -259,10 +279,15 @@ def least_squares(
     code = jnp.where(finite, code, Status.NON_FINITE)
     code = jnp.where((code == Status.CONVERGED) & jnp.any(_at_bound(u, sub)), Status.AT_BOUND, code)
     code = jnp.where(usable, code, Status.INVALID_DATA).astype(jnp.int32)
-    good = (code == Status.CONVERGED) | (code == Status.AT_BOUND)
-    theta = jnp.where(good, theta, jnp.nan)
-    chi2 = jnp.where(good, chi2, jnp.nan)
     return FitResult(theta, code, steps, chi2)
+
+
+def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
+    """NaN parameters and chi^2 for every fit that neither converged nor stopped at a bound."""
+    good = (result.status == Status.CONVERGED) | (result.status == Status.AT_BOUND)
+    return result._replace(
+        params=xp.where(good[..., None], result.params, np.nan), chi2_reduced=xp.where(good, result.chi2_reduced, np.nan)
+    )
 
 
 def least_squares_batch(
@@ -281,6 +306,12 @@ def least_squares_batch(
     The last chunk is padded, so every chunk has the same shape and the fit compiles once.
     ``args`` is shared by all datasets. Results come back as NumPy arrays.
 
+    The fits run in rounds (``LevenbergMarquardt.round_steps``): a fit that has not stopped
+    after a round continues from its last iterate in the next one, gathered with the other
+    unfinished fits into full chunks, so a chunk's cost is set by its typical member rather
+    than its slowest (16,384 2D ACFs on a 2-core CPU: 256-fit chunks took a median of 18 but a
+    mean chunk maximum of 53 iterations in one round of 100).
+
     Arguments:
         model, args, options: as for :func:`least_squares` (``free``, ``lower``, ``upper``,
             ``log_scale``, ``solver``).
@@ -294,22 +325,48 @@ def least_squares_batch(
         progress: optional callable receiving the number of datasets finished in each chunk.
 
     Returns:
-        ``FitResult`` of NumPy arrays with leading dimension B.
+        ``FitResult`` of NumPy arrays with leading dimension B; ``num_steps`` summed over rounds.
     """
     data = np.asarray(data)
     sigma = np.asarray(sigma)
     n = data.shape[0]
-    init = np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1]))
+    starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
     if chunk is None:
         chunk = 256 if jax.default_backend() == "cpu" else 8192
-    return _fit_in_chunks(_fit_chunk, model, data, sigma, init, args, options, chunk, progress)
+    chunk = max(1, min(chunk, n))  # kept in every round: one shape, one compilation
+    solver = options.pop("solver", LevenbergMarquardt())
+    per_round = solver.max_steps if solver.round_steps is None else min(solver.round_steps, solver.max_steps)
+    options["solver"] = dataclasses.replace(solver, max_steps=per_round, round_steps=None)
+    rounds = -(-solver.max_steps // per_round)
+
+    result, pending = None, np.arange(n)
+    for round_index in range(rounds):
+        last = round_index == rounds - 1
+
+        def report(out, last=last):
+            if progress is not None:
+                progress(out.status.size if last else int(np.sum(out.status != Status.MAX_STEPS)))
+
+        out = _fit_in_chunks(_fit_chunk, model, data[pending], sigma[pending], starts[pending], args, options, chunk, report)
+        if result is None:
+            result = out
+        else:
+            steps = result.num_steps[pending] + out.num_steps
+            for field, values in zip(FitResult._fields, out._replace(num_steps=steps)):
+                getattr(result, field)[pending] = values
+        unfinished = out.status == Status.MAX_STEPS
+        starts[pending[unfinished]] = out.params[unfinished]
+        pending = pending[unfinished]
+        if pending.size == 0:
+            break
+    return _mask_failed(result, np)
 
 
-def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, progress):
-    """Run a compiled per-chunk fit over datasets in fixed-size chunks (the last one padded by
-    repeating its final dataset, so every chunk has one shape and compiles once); NumPy results."""
+def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
+    """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk`` (the last one
+    padded by repeating its final dataset, so every chunk has one shape and compiles once); NumPy
+    results. ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
     n = data.shape[0]
-    chunk = max(1, min(chunk, n))
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     parts = []
     for start in range(0, n, chunk):
@@ -317,9 +374,9 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, p
         pad = chunk - (stop - start)
         d, s, i = (np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts))
         out = jax.device_get(chunk_fn(model, d, s, i, args, static))
-        parts.append(jax.tree.map(lambda x: x[: stop - start], out))
-        if progress is not None:
-            progress(stop - start)
+        parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))
+        if on_chunk is not None:
+            on_chunk(parts[-1])
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
@@ -331,9 +388,9 @@ def _hashable(value):
 
 @functools.partial(jax.jit, static_argnames=("model", "options"))
 def _fit_chunk(model, data, sigma, init, args, options):
-    """One compiled, vmapped chunk of :func:`least_squares` (cached per model and options)."""
+    """One compiled, vmapped chunk of unmasked :func:`least_squares` (cached per model and options)."""
     opts = dict(options)
-    return jax.vmap(lambda d, s, i: least_squares(model, d, s, i, args, **opts))(data, sigma, init)
+    return jax.vmap(lambda d, s, i: _least_squares_unmasked(model, d, s, i, args, **opts))(data, sigma, init)
 
 
 def fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None) -> jax.Array:
@@ -448,7 +505,9 @@ def least_squares_multistart_batch(
     n_starts = starts.shape[1]
     if chunk is None:
         chunk = max(1, (256 if jax.default_backend() == "cpu" else 8192) // n_starts)
-    return _fit_in_chunks(_multistart_chunk, model, data, sigma, starts, args, options, chunk, progress)
+    chunk = max(1, min(chunk, n))
+    report = None if progress is None else (lambda out: progress(out.status.size))
+    return _fit_in_chunks(_multistart_chunk, model, data, sigma, starts, args, options, chunk, report)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options"))

@@ -95,3 +95,54 @@ def test_crlb_of_straight_line_equals_closed_form():
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="backend"):
         fit.LevenbergMarquardt(backend="scipy")
+
+
+def _scipy_acf_2d_fit(acf, sigma, lag_s, a_um, w_um, start):
+    """Independent float64 reference: scipy's least_squares on the 2D model written with NumPy."""
+    from scipy.optimize import least_squares as scipy_least_squares
+    from scipy.special import erf
+
+    def model(theta):
+        n, d, g_inf = theta
+        p = a_um / np.sqrt(w_um**2 + 4.0 * d * lag_s)
+        b = erf(p) + np.expm1(-(p**2)) / (np.sqrt(np.pi) * p)
+        return b**2 / n + g_inf
+
+    sol = scipy_least_squares(
+        lambda th: (model(th) - acf) / sigma, start, bounds=([1e-6, 1e-6, -1.0], [np.inf, np.inf, 1.0]),
+        x_scale="jac", xtol=1e-14, ftol=1e-14, gtol=1e-14,
+    )
+    return sol.x
+
+
+def test_batch_fit_in_short_rounds_reaches_the_scipy_minimum(optics_2d):
+    # these fits need 16-26 iterations in one go; in rounds of 20 several stop and continue, and
+    # every one must still end on the minimum scipy finds in float64 (1e-3, far inside D's ~5 % error)
+    from fluojax.fcs import models
+
+    _, _, sigma, data = _noisy_acfs(optics_2d, 16, 0.03, 11)
+    res = fit.least_squares_batch(
+        acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=fit.LevenbergMarquardt(round_steps=20), **_BOUNDS
+    )
+    assert np.all(res.status == fit.Status.CONVERGED)
+    assert np.sum(res.num_steps > 20) >= 3  # continued in a second round
+    a_um, w_um = float(models.pixel_side_um(optics_2d)), float(models.psf_radius_um(optics_2d))
+    lag_s = np.asarray(LAG, np.float64)
+    for i in range(len(data)):
+        ref = _scipy_acf_2d_fit(data[i].astype(np.float64), sigma[i].astype(np.float64), lag_s, a_um, w_um, [1.0, 1.0, 0.0])
+        assert res.params[i, 1] == pytest.approx(ref[1], rel=1e-3)
+        assert res.params[i, 0] == pytest.approx(ref[0], rel=1e-3)
+
+
+def test_batch_rounds_stop_at_max_steps_in_total_and_report_each_dataset_once(optics_2d):
+    # far from the optimum, 3 rounds of 2 iterations cannot converge: every fit must end after
+    # exactly 6 iterations in all, with NaN results, and progress must count each fit once
+    _, clean, sigma, _ = _noisy_acfs(optics_2d, 8, 0.01, 12)
+    seen = []
+    res = fit.least_squares_batch(
+        acf_model_2d, clean, sigma, [40.0, 0.01, 0.0], (LAG, optics_2d), chunk=4, progress=seen.append,
+        solver=fit.LevenbergMarquardt(max_steps=6, round_steps=2), **_BOUNDS,
+    )
+    assert sum(seen) == 8
+    assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 6)
+    assert np.all(np.isnan(res.params)) and np.all(np.isnan(res.chi2_reduced))
