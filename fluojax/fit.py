@@ -228,8 +228,9 @@ def least_squares(
     Returns:
         ``FitResult`` with ``params`` (P,), scalar ``status``, ``num_steps``, ``chi2_reduced``.
     """
-    options = dict(free=free, lower=lower, upper=upper, log_scale=log_scale, solver=solver)
-    return _mask_failed(_least_squares_unmasked(model, data, sigma, init, args, **options))
+    return _mask_failed(
+        _least_squares_unmasked(model, data, sigma, init, args, free=free, lower=lower, upper=upper, log_scale=log_scale, solver=solver)
+    )
 
 
 def _least_squares_unmasked(

@@ -8,8 +8,8 @@ wants: pixels are taken 16 at a time, transposed into a pixel-major buffer, and 
 trace (200 kB for 50,000 frames, inside the L2 cache) is bleach-corrected, centred, pair-binned
 group by group and correlated at every lag of every group before the next pixel is touched.
 The inner loops are contiguous dot products that LLVM vectorises; for the coarse groups, whose
-blocks hold a few bins, the products are formed in one pass and pair-summed into block sums
-instead, and the lag-1 blocking curve is built from one pass over the whole trace (together
+blocks hold a few bins, and for lag 1, the products are formed in one pass and pair-summed into
+block sums instead, the lag-1 pair sums also giving the blocking curve's fine levels (together
 ~10 % off a 1,024-pixel band in an alternating A/B on the 2-core CPU).
 
 The arithmetic is the XLA path's: float32 centred products summed per base block, float64 for
@@ -70,45 +70,31 @@ if njit is not None:
         return s1, s2
 
     @njit(fastmath=True, inline="always")
-    def block_sums_by_pairs(row, d, cnt, blk, n_blk, m1, m2, prod, base):
-        """base[k] = sum_{t in block k, t < cnt} (row_t - m1)(row_{t+d} - m2) for a short block.
+    def block_sums_by_pairs(row, d, cnt, blk, n_blk, m1, m2, prod, base, curve, pix, n_curve):
+        """base[k] = sum_{t in block k, t < cnt} (row_t - m1)(row_{t+d} - m2), by pair sums.
 
         The products are formed in one vectorised pass, zero-padded to whole blocks and
-        pair-summed log2(blk) times: for blocks of a few frames this avoids a dot product's
-        set-up and horizontal sum per block.
+        pair-summed log2(blk) times: for blocks of a few bins this avoids a dot product's set-up
+        and horizontal sum per block. On the way, for each level lv < n_curve, the sum and sum
+        of squares of the cnt >> lv complete 2^lv-product sub-blocks go to curve[lv, :, pix]
+        (the lag-1 blocking curve's fine levels; blk is a multiple of 2^lv there, so no
+        sub-block straddles two base blocks).
         """
         for t in range(cnt):
             prod[t] = (row[t] - m1) * (row[t + d] - m2)
         n = n_blk * blk
         prod[cnt:n] = 0.0
-        while n > n_blk:
+        lv = 0
+        while True:
+            if lv < n_curve:
+                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares(prod[: cnt >> lv])
+            if n == n_blk:
+                break
             n //= 2
+            lv += 1
             for u in range(n):
                 prod[u] = prod[2 * u] + prod[2 * u + 1]
         base[:n_blk] = prod[:n_blk]
-
-    @njit(fastmath=True, inline="always")
-    def lag_one_curve(row, d, cnt, m1, m2, n_fine, prod, s1f, s2f):
-        """Sums and sums of squares of the lag-d (d = 1) products summed in 2^lv-product sub-blocks.
-
-        Only complete sub-blocks count (cnt >> lv of them); the base block length is a multiple
-        of every 2^lv with lv < n_fine, so no sub-block straddles two base blocks.
-        """
-        for t in range(cnt):
-            prod[t] = (row[t] - m1) * (row[t + d] - m2)
-        n_sub = cnt
-        for lv in range(n_fine):
-            if lv > 0:
-                n_sub //= 2
-                for u in range(n_sub):
-                    prod[u] = prod[2 * u] + prod[2 * u + 1]
-            a = 0.0
-            b = 0.0
-            for u in range(n_sub):
-                a += prod[u]
-                b += prod[u] * prod[u]
-            s1f[lv] = a
-            s2f[lv] = b
 
     @njit(fastmath=True, inline="always")
     def detrend(row, trend, stride, fit_matrix, vander_t):
@@ -152,8 +138,6 @@ if njit is not None:
             base = np.empty(n_blocks.max(), np.float32)  # one channel's base-block sums
             level_means = np.empty(n_blocks.max())
             prod = np.empty(n_frames + blocks[0], np.float32)  # products, padded to whole blocks
-            s1f = np.empty(n_fine)
-            s2f = np.empty(n_fine)
             trend = np.empty(n_frames if do_detrend else 1, np.float32)
             for i in range(width):
                 pix = p0 + i
@@ -179,8 +163,8 @@ if njit is not None:
                         m2 = np.float32((grand - total(row[:d])) / cnt)
                         m1_out[c, pix] = m1
                         m2_out[c, pix] = m2
-                        if blk <= _PAIR_SUM_MAX_BLOCK:
-                            block_sums_by_pairs(row, d, cnt, blk, n_blocks[g], m1, m2, prod, base)
+                        if blk <= _PAIR_SUM_MAX_BLOCK or c == 0:  # lag 1 also yields the curve's fine levels
+                            block_sums_by_pairs(row, d, cnt, blk, n_blocks[g], m1, m2, prod, base, curve_out, pix, n_fine if c == 0 else 0)
                         else:
                             for k in range(n_blocks[g]):
                                 t0 = k * blk
@@ -196,11 +180,7 @@ if njit is not None:
                                 for k in range(nb):
                                     level_means[k] = 0.5 * (level_means[2 * k] + level_means[2 * k + 1])
                             moments_out[lv, 0, c, pix], moments_out[lv, 1, c, pix] = sum_and_squares(level_means[:nb])
-                        if c == 0:  # lag 1: the blocking curve, fine levels from the products
-                            lag_one_curve(row, d, cnt, m1, m2, n_fine, prod, s1f, s2f)
-                            for lv in range(n_fine):
-                                curve_out[lv, 0, pix] = s1f[lv]
-                                curve_out[lv, 1, pix] = s2f[lv]
+                        if c == 0:  # lag 1: the blocking curve's coarse levels
                             nb = cnt // blk  # coarse levels from the complete base blocks
                             for k in range(nb):
                                 level_means[k] = base[k]
