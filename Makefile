@@ -1,6 +1,6 @@
 # make demo: fresh .venv, install, run the main job on its embedded default.
 # make test: fresh .venv, install with test-only references, run the test suite on 2 workers (one
-#            per CI core): 12.4 min for 229 tests in a fresh clone on the 2-core machine.
+#            per CI core): 12.4-13.7 min for 229 tests in a fresh clone on the 2-core machine.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
