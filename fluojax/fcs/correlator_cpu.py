@@ -28,6 +28,7 @@ __all__ = ["available", "lag_sums_cpu"]
 
 _PIXELS_PER_CHUNK = 16  # pixels transposed together (16 write streams; measured best of 8-64)
 _PAIR_SUM_MAX_BLOCK = 16  # blocks of at most this many bins are summed by pair-summing products
+_TREND_COEFS = 9  # power-series coefficients of the bleach trend (degree <= 8, the CLI's limit)
 
 
 try:  # the kernel needs numba; without it the pipeline uses the XLA reduction
@@ -97,28 +98,37 @@ if njit is not None:
         base[:n_blk] = prod[:n_blk]
 
     @njit(fastmath=True, inline="always")
-    def detrend(row, trend, stride, fit_matrix, vander_t):
-        """I' = I / sqrt(f/f0) + f0 (1 - sqrt(f/f0)), with f the fitted trend (``trend`` is scratch)."""
-        n_coef, n_means = fit_matrix.shape
+    def power_series(coef, s):
+        """sum_o coef[o] s^o by Horner's rule (a fixed trip count, so LLVM unrolls it)."""
+        f = coef[_TREND_COEFS - 1]
+        for o in range(_TREND_COEFS - 2, -1, -1):
+            f = f * s + coef[o]
+        return f
+
+    @njit(fastmath=True, inline="always")
+    def detrend(row, stride, fit_matrix, scaled_index):
+        """I' = I / sqrt(f/f0) + f0 (1 - sqrt(f/f0)), f the fitted trend, in one pass over the row.
+
+        ``fit_matrix`` maps the ``stride``-frame block means to the trend's power-series
+        coefficients c_o in the scaled frame index s (``scaled_index``), padded to
+        ``_TREND_COEFS``; f(s) = sum_o c_o s^o is evaluated by Horner's rule in registers.
+        """
+        n_means = fit_matrix.shape[1]
         means = np.empty(n_means, np.float32)
         for b in range(n_means):
             means[b] = total(row[b * stride : (b + 1) * stride]) / stride
-        trend[:] = 0.0
-        for o in range(n_coef):
-            coef = np.float32(0.0)
+        coef = np.zeros(_TREND_COEFS, np.float32)
+        for o in range(_TREND_COEFS):
             for b in range(n_means):
-                coef += fit_matrix[o, b] * means[b]
-            basis = vander_t[o]
-            for t in range(row.shape[0]):
-                trend[t] += coef * basis[t]
-        inv0 = np.float32(1.0) / trend[0]
-        f0 = trend[0]
+                coef[o] += fit_matrix[o, b] * means[b]
+        f0 = power_series(coef, scaled_index[0])
+        inv0 = np.float32(1.0) / f0
         for t in range(row.shape[0]):
-            ratio = np.sqrt(max(trend[t] * inv0, np.float32(1e-12)))
+            ratio = np.sqrt(max(power_series(coef, scaled_index[t]) * inv0, np.float32(1e-12)))
             row[t] = row[t] / ratio + f0 * (np.float32(1.0) - ratio)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _lag_sums_kernel(frames, do_detrend, stride, fit_matrix, vander_t, delays, counts, group_start, group_size, blocks, n_blocks, n_fine, min_blocks, mean_out, m1_out, m2_out, total_out, moments_out, curve_out):
+    def _lag_sums_kernel(frames, do_detrend, stride, fit_matrix, scaled_index, delays, counts, group_start, group_size, blocks, n_blocks, n_fine, min_blocks, mean_out, m1_out, m2_out, total_out, moments_out, curve_out):
         n_frames, n_pix = frames.shape
         n_groups = group_start.shape[0]
         n_levels = curve_out.shape[0]
@@ -138,12 +148,11 @@ if njit is not None:
             base = np.empty(n_blocks.max(), np.float32)  # one channel's base-block sums
             level_means = np.empty(n_blocks.max())
             prod = np.empty(n_frames + blocks[0], np.float32)  # products, padded to whole blocks
-            trend = np.empty(n_frames if do_detrend else 1, np.float32)
             for i in range(width):
                 pix = p0 + i
                 row = buf[i]
                 if do_detrend:
-                    detrend(row, trend, stride, fit_matrix, vander_t)
+                    detrend(row, stride, fit_matrix, scaled_index)
                 mean = total(row) / n_frames
                 mean_out[pix] = mean
                 for t in range(n_frames):
@@ -192,6 +201,32 @@ if njit is not None:
                                 curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares(level_means[:nb])
 
 
+def _scaled_frame_index(n_frames: int) -> np.ndarray:
+    """s = 2 t / (T - 1) - 1 for t = 0..T-1: the frame index scaled to [-1, 1], float32."""
+    return (2.0 * np.arange(n_frames) / max(n_frames - 1, 1) - 1.0).astype(np.float32)
+
+
+def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
+    """The map from block means to the trend's power-series coefficients in s, padded to ``_TREND_COEFS``.
+
+    ``vander``'s columns must be polynomials of degree <= order in the scaled frame index s
+    (``bleach_design``'s Legendre columns are); their power-series coefficients are solved
+    by least squares from 4 (order + 1) Chebyshev-spaced rows and checked on 64 others.
+    """
+    n_frames, n_coef = vander.shape
+    if n_coef > _TREND_COEFS:
+        raise ValueError(f"bleach trend of degree {n_coef - 1}: the CPU kernel supports degree <= {_TREND_COEFS - 1}")
+    s = _scaled_frame_index(n_frames).astype(np.float64)
+    nodes = np.unique(np.round((np.cos(np.pi * (np.arange(4 * n_coef) + 0.5) / (4 * n_coef)) + 1) * (n_frames - 1) / 2).astype(int))
+    to_power = np.linalg.lstsq(np.vander(s[nodes], n_coef, increasing=True), vander[nodes], rcond=None)[0]
+    check = np.linspace(0, n_frames - 1, 64).astype(int)
+    if not np.allclose(np.vander(s[check], n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
+        raise ValueError("the bleach trend's basis is not a polynomial in the scaled frame index")
+    out = np.zeros((_TREND_COEFS, fit_matrix.shape[1]), np.float32)
+    out[:n_coef] = to_power @ fit_matrix
+    return out
+
+
 def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | None = None) -> correlator.LagSums:
     """``correlator.lag_sums`` of a (T, pixels) host array, computed by the numba CPU kernel.
 
@@ -201,8 +236,10 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
         trend: optional bleach correction applied to each trace first, as
             ``(stride, fit_matrix, vander)``: the trend is ``vander @ (fit_matrix @ m)`` with
             ``m`` the means of consecutive ``stride``-frame blocks (``fit_matrix``:
-            (order + 1, blocks), ``vander``: (T, order + 1)); see
-            ``fluojax.fcs.pipeline.bleach_design``.
+            (order + 1, blocks), ``vander``: (T, order + 1), columns polynomials of degree
+            <= 8 in the scaled frame index 2 t / (T - 1) - 1); see
+            ``fluojax.fcs.pipeline.bleach_design``. The kernel evaluates the trend as a power
+            series in registers instead of reading ``vander``.
 
     Returns:
         ``LagSums`` of NumPy arrays, equal to ``correlator.lag_sums`` of the (corrected)
@@ -229,11 +266,11 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
     n_blocks = np.array([lay.n_blocks for lay in layouts], np.int64)
 
     if trend is None:
-        stride, fit_matrix, vander_t = 1, np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)
+        stride, power_fit = 1, np.zeros((_TREND_COEFS, 1), np.float32)
     else:
         stride, fit_matrix, vander = trend
-        fit_matrix = np.ascontiguousarray(fit_matrix, np.float32)
-        vander_t = np.ascontiguousarray(np.asarray(vander, np.float32).T)
+        power_fit = _power_series_fit(np.asarray(fit_matrix, np.float64), np.asarray(vander, np.float64))
+    scaled_index = _scaled_frame_index(n_frames)
 
     n_ch = len(delays)
     mean = np.empty(n_pix, np.float64)
@@ -243,7 +280,7 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
     moments = np.empty((len(plan.min_blocks), 2, n_ch, n_pix), np.float64)
     curve = np.empty((plan.levels, 2, n_pix), np.float64)
     _lag_sums_kernel(
-        frames, trend is not None, int(stride), fit_matrix, vander_t, delays, counts, group_start, group_size,
+        frames, trend is not None, int(stride), power_fit, scaled_index, delays, counts, group_start, group_size,
         blocks, n_blocks, plan.fine, np.asarray(plan.min_blocks, np.int64), mean, m1, m2, total_sums, moments, curve,
     )
     f32 = lambda a: a.astype(np.float32)  # noqa: E731
