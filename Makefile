@@ -1,6 +1,6 @@
 # make demo: fresh .venv, install, run the main job on its embedded default.
 # make test: fresh .venv, install with test-only references, run the test suite on 2 workers (one
-#            per CI core): 12.4-13.7 min for 229 tests in a fresh clone on the 2-core machine.
+#            per CI core; tests sharing an expensive fixture are grouped on one worker).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -22,7 +22,7 @@ demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/fluojax demo -o demo_out
 
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 tests
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_fcs.py

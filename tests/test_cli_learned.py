@@ -8,6 +8,10 @@ import tifffile
 
 from fluojax.cli import main
 
+# every test here shares one expensive module fixture: one xdist worker runs them all, so the
+# fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
+pytestmark = pytest.mark.xdist_group("cli_learned")
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

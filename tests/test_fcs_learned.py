@@ -72,6 +72,11 @@ from fluojax.fcs import learned, simulate  # noqa: E402
 TEST_RECIPE = learned.RECIPES["fcsnet-2d-small"]
 
 
+# the tests of the trained FCSNet share one worker, so its ~90 s training runs once (make test
+# uses --dist loadgroup); without xdist the mark does nothing
+FCSNET_GROUP = pytest.mark.xdist_group("trained_fcsnet")
+
+
 @pytest.fixture(scope="module")
 def trained_fcsnet(tmp_path_factory):
     run = tmp_path_factory.mktemp("fcsnet")
@@ -79,6 +84,7 @@ def trained_fcsnet(tmp_path_factory):
     return run, net, history
 
 
+@FCSNET_GROUP
 def test_small_fcsnet_training_halves_held_out_loss(trained_fcsnet):
     _, _, history = trained_fcsnet
     # row 0 is the untrained network (its loss is huge: BatchNorm still has unit statistics)
@@ -91,6 +97,7 @@ def test_small_fcsnet_training_halves_held_out_loss(trained_fcsnet):
     assert history.eval_loss[-1] < 0.5 * float(np.var(np.asarray(ln_d)))
 
 
+@FCSNET_GROUP
 def test_small_fcsnet_predictions_rank_like_true_d_on_fresh_data(trained_fcsnet):
     run, _, _ = trained_fcsnet
     net, meta = learned.load_network(run, expect="fcsnet")
@@ -100,6 +107,7 @@ def test_small_fcsnet_predictions_rank_like_true_d_on_fresh_data(trained_fcsnet)
     assert spearmanr(pred, np.asarray(ln_d)).statistic > 0.8
 
 
+@FCSNET_GROUP
 def test_loading_a_checkpoint_of_the_other_network_is_refused(trained_fcsnet):
     run, _, _ = trained_fcsnet
     with pytest.raises(ValueError, match="fcsnet checkpoint, not a imfcsnet"):

@@ -22,6 +22,10 @@ from fluojax.frap import estimate as fe
 from fluojax.frap import models as fm
 from fluojax.frap import simulate as fs
 
+# every test here shares one expensive module fixture: one xdist worker runs them all, so the
+# fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
+pytestmark = pytest.mark.xdist_group("frap_estimate")
+
 SETTINGS = fm.FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbleach=40)
 PRIOR = fs.FrapPrior(d_um2_s_range=(1.0, 100.0))
 A = 1e-2  # per-pixel variance (top of Table 1's range)

@@ -16,6 +16,10 @@ from fluojax.frap import learned
 from fluojax.frap.models import FrapParams, FrapSettings, recovery_curve_fast
 from fluojax.frap.simulate import FrapPrior, PixelNoise, sample_frap_params, simulate_curves
 
+# every test here shares one expensive module fixture: one xdist worker runs them all, so the
+# fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
+pytestmark = pytest.mark.xdist_group("frap_learned")
+
 SETTINGS = FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbleach=30)
 PRIOR = FrapPrior(d_um2_s_range=(1.0, 100.0))
 SMALL = learned.RECIPES["deepfrap-small"]
