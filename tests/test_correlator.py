@@ -124,6 +124,21 @@ def test_cpu_kernel_matches_xla_path_with_bleach_correction(dtype):
     np.testing.assert_allclose(np.asarray(got.mean), np.asarray(ref.mean), rtol=1e-5)
 
 
+@pytest.mark.parametrize("order", range(1, 9))
+def test_cpu_kernel_power_series_trend_equals_the_legendre_trend(order):
+    # the kernel evaluates the bleach trend as a power series in s = 2t/(T-1) - 1 (Horner) instead
+    # of reading bleach_design's Legendre basis; for every order the CLI accepts (1-8) the two
+    # trends must agree to float32 rounding of O(1) coefficients (1e-5 of the trend level)
+    frames_n = 7001
+    stride, fit_matrix, vander = bleach_design(frames_n, order)
+    means = 200.0 + 30.0 * np.random.default_rng(order).standard_normal(fit_matrix.shape[1])
+    legendre = vander.astype(np.float64) @ (fit_matrix.astype(np.float64) @ means)
+    s = 2.0 * np.arange(frames_n) / (frames_n - 1) - 1.0
+    coef = correlator_cpu._power_series_fit(fit_matrix.astype(np.float64), vander.astype(np.float64)) @ means
+    power = np.polynomial.polynomial.polyval(s, coef)
+    np.testing.assert_allclose(power, legendre, rtol=1e-5)
+
+
 def test_bin_pixels_matches_explicit_sums():
     x = np.random.default_rng(3).random((3, 7, 8)).astype(np.float32)
     tiled = np.asarray(bin_pixels(x, 2, overlap=False))
