@@ -233,8 +233,10 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 
 def _fcs_fit(args) -> int:
-    from fluojax import fit, io
-    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
+    import dataclasses
+
+    from fluojax import io
+    from fluojax.fcs.pipeline import FCS_SOLVER, AnalysisSettings, analyse_stack
 
     stack, meta = io.read_stack(args.stack)
     frame_time = args.frame_time or meta.get("finterval")
@@ -246,7 +248,7 @@ def _fcs_fit(args) -> int:
         model=args.model,
         overlap=args.overlap,
         bleach_order=_bleach_order(args.bleach),
-        solver=fit.LevenbergMarquardt(backend=args.backend),
+        solver=dataclasses.replace(FCS_SOLVER, backend=args.backend),
     )
     out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_fcs")
     t0 = time.perf_counter()

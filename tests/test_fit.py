@@ -134,6 +134,25 @@ def test_batch_fit_in_short_rounds_reaches_the_scipy_minimum(optics_2d):
         assert res.params[i, 0] == pytest.approx(ref[0], rel=1e-3)
 
 
+def test_fcs_default_tolerances_stop_within_a_hundredth_of_the_standard_error_of_the_scipy_minimum(optics_2d):
+    # pipeline.FCS_SOLVER stops at tolerances 1e-3 (noise scale) instead of the engine's 1e-6. LM
+    # converges fast near the minimum, so it still ends within the float32 floor (~2e-4 here, the
+    # same with tolerances 1e-4) of scipy's float64 minimum; 5e-4 is a hundredth of D's >= 5 %
+    # standard error at 3 % ACF noise (tolerances of 0.3 already miss it: 7e-4)
+    from fluojax.fcs import models, pipeline
+
+    truth, _, sigma, data = _noisy_acfs(optics_2d, 24, 0.03, 13)
+    lag_s = np.asarray(LAG, np.float64)
+    settings = pipeline.AnalysisSettings(1.06e-3, optics_2d)
+    res = pipeline.fit_acfs(data, sigma, lag_s, settings)
+    assert np.all(res.status == fit.Status.CONVERGED)
+    a_um, w_um = float(models.pixel_side_um(optics_2d)), float(models.psf_radius_um(optics_2d))
+    for i in range(len(data)):
+        ref = _scipy_acf_2d_fit(data[i].astype(np.float64), sigma[i].astype(np.float64), lag_s, a_um, w_um, [1.0, 1.0, 0.0])
+        assert res.params[i, 1] == pytest.approx(ref[1], rel=5e-4)
+        assert res.params[i, 0] == pytest.approx(ref[0], rel=5e-4)
+
+
 def test_batch_rounds_stop_at_max_steps_in_total_and_report_each_dataset_once(optics_2d):
     # far from the optimum, 3 rounds of 2 iterations cannot converge: every fit must end after
     # exactly 6 iterations in all, with NaN results, and progress must count each fit once

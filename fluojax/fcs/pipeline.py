@@ -69,6 +69,20 @@ class PixelStatus:
     }
 
 
+FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3, round_steps=20)
+"""The default Levenberg-Marquardt settings of the FCS fits.
+
+Tolerances on the noise scale rather than the engine's defaults (1e-4, 1e-6): the residuals are
+in units of the SEM, and optimistix stops when every residual changes by less than
+``atol + rtol |r_i|``. With ``atol = 1e-6`` that is below float32 rounding of ``model/SEM``
+(~50 x 6e-8), so a converged fit kept shrinking its trust region for 8-16 more iterations. At
+1e-3 the 2D fits of 16,384 ACFs need a median of 7 iterations instead of 18; D moves by at most
+6e-4 relative (99th percentile 1.5e-4) against a tight solve, i.e. by 1/70 of its ~4 % standard
+error (docs/benchmarks.md, "Fit tolerance"). Rounds of 20 iterations: every fit converged
+(rounds of 12 left 6 % unconverged, since a continued fit starts its trust region afresh).
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class AnalysisSettings:
     """How to analyse a stack.
@@ -80,7 +94,7 @@ class AnalysisSettings:
         overlap: bool, overlapping (sliding) binning instead of non-overlapping.
         bleach_order: int, polynomial order of the bleach correction; 0 = none.
         p, q: int, correlator layout.
-        solver: ``fit.LevenbergMarquardt``.
+        solver: ``fit.LevenbergMarquardt``; default :data:`FCS_SOLVER`.
         tile_pixels: int, pixels per correlation band (memory ~ 12 bytes x frames x tile_pixels).
         correlator_kernel: ``"auto"`` (the numba CPU kernel when JAX runs on the CPU and numba
             is installed, else XLA), ``"xla"`` or ``"cpu"``.
@@ -93,7 +107,7 @@ class AnalysisSettings:
     bleach_order: int = 4
     p: int = 16
     q: int = 8
-    solver: fit.LevenbergMarquardt = fit.LevenbergMarquardt()
+    solver: fit.LevenbergMarquardt = FCS_SOLVER
     tile_pixels: int = 1024
     correlator_kernel: str = "auto"
 
