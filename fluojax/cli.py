@@ -233,9 +233,7 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 
 def _fcs_fit(args) -> int:
-    import dataclasses
-
-    from fluojax import io
+    from fluojax import fit, io
     from fluojax.fcs.pipeline import FCS_SOLVER, AnalysisSettings, analyse_stack
 
     stack, meta = io.read_stack(args.stack)
@@ -248,7 +246,7 @@ def _fcs_fit(args) -> int:
         model=args.model,
         overlap=args.overlap,
         bleach_order=_bleach_order(args.bleach),
-        solver=dataclasses.replace(FCS_SOLVER, backend=args.backend),
+        solver=FCS_SOLVER if args.backend == "optimistix" else fit.LevenbergMarquardt(backend=args.backend),
     )
     out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_fcs")
     t0 = time.perf_counter()

@@ -6,8 +6,9 @@ A model is any pure function ``model(theta, args) -> prediction`` of a flat para
     chi^2(theta) = sum_i ((model(theta, args)_i - y_i) / sigma_i)^2
 
 over the free entries of ``theta`` within box bounds, for one dataset; :func:`least_squares_batch`
-runs it over many datasets (pixels, curves) in fixed-size jitted chunks, so a whole image
-compiles once and a failing pixel never stops the map. The engine knows nothing of FCS, FRAP or
+runs it over many datasets (pixels, curves) as one jitted, vmapped solve whose slots are refilled
+with the next dataset as soon as a fit stops, so a whole image compiles once, costs the total of
+its fits' iterations, and a failing pixel never stops the map. The engine knows nothing of FCS, FRAP or
 SMLM: techniques supply the model, data, weights, start values and bounds.
 
 :func:`least_squares_multistart` (and ``_batch``) refines K starts per dataset and keeps the lowest
@@ -37,6 +38,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,27 +79,18 @@ class LevenbergMarquardt:
             (optimistix's Cauchy termination; for jaxopt, ``atol`` is its gradient tolerance).
         max_steps: int, iteration limit per dataset.
         backend: ``"optimistix"`` (default) or ``"jaxopt"``.
-        round_steps: int or None, used by :func:`least_squares_batch` only. A vmapped solve
-            iterates until its slowest member stops, so batches run in rounds of at most ``round_steps``
-            iterations: fits still iterating after a round go on, from where they stopped, in
-            the next round, regrouped into full chunks, until ``max_steps`` in total (rounded
-            up to whole rounds). A continued fit starts the trust region afresh and needs
-            ~10-15 iterations to confirm convergence (optimistix, float32), so a round should be
-            longer than a typical fit: 25 makes 16,384 2D FCS fits 1.6x faster than one round of
-            100 with the same results; rounds of 10 leave a third unconverged. None: one round.
     """
 
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 100
     backend: str = "optimistix"
-    round_steps: int | None = 25
 
     def __post_init__(self):
         if self.backend not in ("optimistix", "jaxopt"):
             raise ValueError(f"unknown LM backend {self.backend!r}; use 'optimistix' or 'jaxopt'")
-        if self.max_steps < 1 or (self.round_steps is not None and self.round_steps < 1):
-            raise ValueError("max_steps and round_steps must be positive")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be positive")
 
 
 class FitResult(NamedTuple):
@@ -236,23 +229,51 @@ def least_squares(
 def _least_squares_unmasked(
     model, data, sigma, init, args=None, *, free=None, lower=None, upper=None, log_scale=None, solver=LevenbergMarquardt()
 ) -> FitResult:
-    """:func:`least_squares` without the NaN masking of failed fits (a fit stopped at
-    ``max_steps`` keeps its last iterate, from which a batch fit's next round continues)."""
-    init = jnp.asarray(init)
-    n_params = init.shape[-1]
+    """:func:`least_squares` without the NaN masking of failed fits."""
+    layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
+    problem = _prepare(model, data, sigma, init, args, layout)
+    u, code, steps = _solve(lambda u, a: _residual(model, layout, u, problem, a), problem.u0, args, solver)
+    return _finish(model, layout, u, code, steps, problem, args)
+
+
+class _Layout(NamedTuple):
+    """Static description of the parameter vector: which entries are free, their box."""
+
+    n_params: int
+    free_idx: np.ndarray
+    box: _Box  # all parameters
+    sub: _Box  # the free ones
+
+
+class _Problem(NamedTuple):
+    """One dataset, ready to fit (a pytree, so batches of problems vmap and gather)."""
+
+    theta0: jax.Array  # (P,) start, clipped into the bounds; fixed entries keep these values
+    u0: jax.Array  # (F,) the free entries of theta0 in internal coordinates
+    target: jax.Array  # the data (invalid points 0; an unusable dataset: the model at theta0)
+    weight: jax.Array  # 1/sigma on valid points, else 0
+    n_valid: jax.Array  # number of valid points
+    usable: jax.Array  # more valid points than free parameters
+
+
+def _layout(n_params, free, lower, upper, log_scale) -> _Layout:
     free_mask = np.ones(n_params, bool) if free is None else np.asarray(free, bool)
     if free_mask.shape != (n_params,):
         raise ValueError(f"free must have {n_params} entries")
     free_idx = np.nonzero(free_mask)[0]
     box = _make_box(n_params, lower, upper, log_scale)
-    sub = _Box(box.lo[free_idx], box.hi[free_idx], box.log[free_idx])
+    return _Layout(n_params, free_idx, box, _Box(box.lo[free_idx], box.hi[free_idx], box.log[free_idx]))
 
+
+def _prepare(model, data, sigma, init, args, layout: _Layout) -> _Problem:
+    box = layout.box
+    init = jnp.asarray(init)
     data = jnp.asarray(data)
     sigma = jnp.asarray(sigma, data.dtype)
     valid = jnp.isfinite(data) & jnp.isfinite(sigma) & (sigma > 0)
     inv_sigma = jnp.where(valid, 1.0 / jnp.where(valid, sigma, 1.0), 0.0)
     n_valid = jnp.sum(valid)
-    usable = n_valid > free_idx.size
+    usable = n_valid > layout.free_idx.size
 
     # clip the start into the bounds (a hair inside, so the transform is invertible)
     lo_t = np.where(box.log, np.exp(box.lo), box.lo)
@@ -260,26 +281,32 @@ def _least_squares_unmasked(
     span = np.where(np.isfinite(hi_t - lo_t), hi_t - lo_t, 1.0)
     theta0 = jnp.clip(init, lo_t + 1e-6 * span, hi_t - 1e-6 * span)
     theta0 = jnp.where(jnp.isfinite(theta0), theta0, jnp.where(np.isfinite(lo_t), lo_t + 1e-6 * span, 0.0))
-    u0 = _to_internal(theta0[free_idx], sub)
-
-    def full_theta(u):
-        return theta0.at[free_idx].set(_from_internal(u, sub))
+    u0 = _to_internal(theta0[layout.free_idx], layout.sub)
 
     # invalid datasets are replaced by the model at the start, so they converge at once
     prediction0 = model(theta0, args)
     target = jnp.where(usable, jnp.where(valid, data, 0.0), prediction0)
     weight = jnp.where(usable, inv_sigma, 1.0)
+    return _Problem(theta0, u0, target, weight, n_valid, usable)
 
-    def residual(u, a):
-        return (model(full_theta(u), a) - target) * weight
 
-    u, code, steps = _solve(residual, u0, args, solver)
-    theta = full_theta(u)
-    chi2 = jnp.sum(residual(u, args) ** 2) / jnp.maximum(n_valid - free_idx.size, 1)
+def _full_theta(layout: _Layout, u, problem: _Problem):
+    return problem.theta0.at[layout.free_idx].set(_from_internal(u, layout.sub))
+
+
+def _residual(model, layout: _Layout, u, problem: _Problem, args):
+    """Weighted residuals ``(model(theta(u)) - data) / sigma`` of the free internal parameters u."""
+    return (model(_full_theta(layout, u, problem), args) - problem.target) * problem.weight
+
+
+def _finish(model, layout: _Layout, u, code, steps, problem: _Problem, args) -> FitResult:
+    """Parameters, status and reduced chi^2 of a finished solve."""
+    theta = _full_theta(layout, u, problem)
+    chi2 = jnp.sum(_residual(model, layout, u, problem, args) ** 2) / jnp.maximum(problem.n_valid - layout.free_idx.size, 1)
     finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(chi2)
     code = jnp.where(finite, code, Status.NON_FINITE)
-    code = jnp.where((code == Status.CONVERGED) & jnp.any(_at_bound(u, sub)), Status.AT_BOUND, code)
-    code = jnp.where(usable, code, Status.INVALID_DATA).astype(jnp.int32)
+    code = jnp.where((code == Status.CONVERGED) & jnp.any(_at_bound(u, layout.sub)), Status.AT_BOUND, code)
+    code = jnp.where(problem.usable, code, Status.INVALID_DATA).astype(jnp.int32)
     return FitResult(theta, code, steps, chi2)
 
 
@@ -302,31 +329,32 @@ def least_squares_batch(
     progress: Callable[[int], None] | None = None,
     **options,
 ) -> FitResult:
-    """Fit many datasets: :func:`least_squares` vmapped over the leading axis, in jitted chunks.
+    """Fit many datasets: :func:`least_squares` for each, run as one batched, jitted solve.
 
-    The last chunk is padded, so every chunk has the same shape and the fit compiles once.
-    ``args`` is shared by all datasets. Results come back as NumPy arrays.
+    ``args`` is shared by all datasets. Results come back as NumPy arrays, the same as
+    ``jax.vmap(least_squares)`` would give.
 
-    The fits run in rounds (``LevenbergMarquardt.round_steps``): a fit that has not stopped
-    after a round continues from its last iterate in the next one, gathered with the other
-    unfinished fits into full chunks, so a chunk's cost is set by its typical member rather
-    than its slowest (16,384 2D ACFs on a 2-core CPU: 256-fit chunks took a median of 18 but a
-    mean chunk maximum of 53 iterations in one round of 100).
+    With the optimistix backend the batch is solved by *slot refilling*: ``chunk`` fits iterate
+    together (one vmapped Levenberg-Marquardt step per loop turn), and each slot whose fit has
+    stopped is refilled at once with the next dataset, so the batch costs the *total* of the
+    iterations its fits need rather than ``chunk`` times its slowest fit's, as a plain vmapped
+    solve would (16,384 2D FCS fits at the engine's tolerances: a median of 18 iterations, but a
+    mean maximum of 53 within groups of 256). The solver state (iterate, trust region) of a
+    running fit is never reset, so each fit takes the same path as in :func:`least_squares`.
+    With jaxopt the datasets are solved in vmapped chunks of ``chunk``.
 
     Arguments:
         model, args, options: as for :func:`least_squares` (``free``, ``lower``, ``upper``,
             ``log_scale``, ``solver``).
         data, sigma: (B, M) arrays.
         init: (B, P) per-dataset or (P,) shared start values.
-        chunk: int, datasets per compiled call. Default: 256 on CPU, 8192 on accelerators.
-            A vmapped solve iterates until its slowest member stops, so on a CPU (where every
-            member costs time at every iteration) small chunks keep one straggler from holding
-            back thousands of converged fits (16,384 2D ACFs: chunk 4096 -> 2.0 s per 4,096,
-            chunk 128 -> 0.7 s; docs/benchmarks.md); a GPU wants wide chunks instead.
-        progress: optional callable receiving the number of datasets finished in each chunk.
+        chunk: int, fits iterating together. Default: 256 on CPU, 8192 on accelerators.
+            Datasets are sent to the device in segments of ``64 * chunk`` (one compilation
+            per segment shape; the last one padded).
+        progress: optional callable receiving the number of datasets finished in each segment.
 
     Returns:
-        ``FitResult`` of NumPy arrays with leading dimension B; ``num_steps`` summed over rounds.
+        ``FitResult`` of NumPy arrays with leading dimension B.
     """
     data = np.asarray(data)
     sigma = np.asarray(sigma)
@@ -334,33 +362,91 @@ def least_squares_batch(
     starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
     if chunk is None:
         chunk = 256 if jax.default_backend() == "cpu" else 8192
-    chunk = max(1, min(chunk, n))  # kept in every round: one shape, one compilation
-    solver = options.pop("solver", LevenbergMarquardt())
-    per_round = solver.max_steps if solver.round_steps is None else min(solver.round_steps, solver.max_steps)
-    options["solver"] = dataclasses.replace(solver, max_steps=per_round, round_steps=None)
-    rounds = -(-solver.max_steps // per_round)
+    solver = options.get("solver", LevenbergMarquardt())
+    report = None if progress is None else (lambda out: progress(out.status.size))
+    if solver.backend == "jaxopt":
+        return _mask_failed(_fit_in_chunks(_fit_chunk, model, data, sigma, starts, args, options, max(1, min(chunk, n)), report), np)
+    slots = max(1, min(chunk, n))
+    segment = max(slots, min(64 * slots, n))
+    return _mask_failed(_fit_in_chunks(functools.partial(_fit_streaming, slots=slots), model, data, sigma, starts, args, options, segment, report), np)
 
-    result, pending = None, np.arange(n)
-    for round_index in range(rounds):
-        last = round_index == rounds - 1
 
-        def report(out, last=last):
-            if progress is not None:
-                progress(out.status.size if last else int(np.sum(out.status != Status.MAX_STEPS)))
+@functools.partial(jax.jit, static_argnames=("model", "options", "slots"))
+def _fit_streaming(model, data, sigma, init, args, options, slots):
+    """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets (see
+    :func:`least_squares_batch`); unmasked ``FitResult`` with leading dimension B."""
+    opts = dict(options)
+    solver = opts.pop("solver", LevenbergMarquardt())
+    layout = _layout(init.shape[-1], opts.get("free"), opts.get("lower"), opts.get("upper"), opts.get("log_scale"))
+    problems = jax.vmap(lambda d, s, i: _prepare(model, d, s, i, args, layout))(data, sigma, init)
+    n = data.shape[0]
 
-        out = _fit_in_chunks(_fit_chunk, model, data[pending], sigma[pending], starts[pending], args, options, chunk, report)
-        if result is None:
-            result = out
-        else:
-            steps = result.num_steps[pending] + out.num_steps
-            for field, values in zip(FitResult._fields, out._replace(num_steps=steps)):
-                getattr(result, field)[pending] = values
-        unfinished = out.status == Status.MAX_STEPS
-        starts[pending[unfinished]] = out.params[unfinished]
-        pending = pending[unfinished]
-        if pending.size == 0:
-            break
-    return _mask_failed(result, np)
+    lm = optx.LevenbergMarquardt(rtol=solver.rtol, atol=solver.atol)
+    tags = frozenset()
+    f_struct = jax.ShapeDtypeStruct(problems.target.shape[1:], problems.target.dtype)
+
+    def fn(u, problem):
+        return _residual(model, layout, u, problem, args), None
+
+    def init_one(u, problem):
+        return lm.init(fn, u, problem, {}, f_struct, None, tags)
+
+    def step_one(u, state, problem):
+        new_u, new_state, _ = lm.step(fn, u, problem, {}, state, tags)
+        stop, result = lm.terminate(fn, new_u, problem, {}, new_state, tags)
+        return new_u, new_state, stop, result
+
+    def gather(index):
+        return jax.tree.map(lambda x: x[jnp.minimum(index, n - 1)], problems)
+
+    def where_slot(mask, a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    first = jnp.arange(slots)
+    state0 = eqx.filter_vmap(init_one)(problems.u0[first], gather(first))
+    dynamic0, static = eqx.partition(state0, eqx.is_array)
+    carry0 = (
+        first,  # dataset in each slot (n = empty)
+        problems.u0[first],  # current iterate of each slot
+        jnp.zeros(slots, jnp.int32),  # steps taken by each slot's fit
+        dynamic0,
+        jnp.asarray(slots, jnp.int32),  # next dataset to load
+        jnp.zeros_like(problems.u0),  # results: iterate, status, steps per dataset
+        jnp.zeros(n, jnp.int32),
+        jnp.zeros(n, jnp.int32),
+    )
+
+    def running(carry):
+        return jnp.any(carry[0] < n)
+
+    def turn(carry):
+        index, u, steps, dynamic, next_index, out_u, out_code, out_steps = carry
+        active = index < n
+        state = eqx.combine(dynamic, static)
+        u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
+        steps = steps + 1
+        ok = result == optx.RESULTS.successful
+        done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
+        code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(jnp.int32)
+        where = jnp.where(done, index, n)  # n: dropped
+        out_u = out_u.at[where].set(u, mode="drop")
+        out_code = out_code.at[where].set(code, mode="drop")
+        out_steps = out_steps.at[where].set(steps, mode="drop")
+        # refill the finished slots with the next datasets, in slot order
+        new_index = next_index + jnp.cumsum(done) - 1
+        new_index = jnp.where(new_index < n, new_index, n)
+        index = jnp.where(done, new_index, index)
+        fresh = gather(index)
+        fresh_dynamic, _ = eqx.partition(eqx.filter_vmap(init_one)(fresh.u0, fresh), eqx.is_array)
+        dynamic = jax.tree.map(lambda a, b: where_slot(done, a, b), fresh_dynamic, eqx.partition(state, eqx.is_array)[0])
+        u = where_slot(done, fresh.u0, u)
+        steps = jnp.where(done, 0, steps)
+        next_index = next_index + jnp.sum(done).astype(jnp.int32)
+        return index, u, steps, dynamic, next_index, out_u, out_code, out_steps
+
+    carry = jax.lax.while_loop(running, turn, carry0)
+    out_u, out_code, out_steps = carry[5:]
+    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(out_u, out_code, out_steps, problems)
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):

@@ -115,17 +115,15 @@ def _scipy_acf_2d_fit(acf, sigma, lag_s, a_um, w_um, start):
     return sol.x
 
 
-def test_batch_fit_in_short_rounds_reaches_the_scipy_minimum(optics_2d):
-    # these fits need 16-26 iterations in one go; in rounds of 20 several stop and continue, and
-    # every one must still end on the minimum scipy finds in float64 (1e-3, far inside D's ~5 % error)
+def test_batch_fit_with_slot_refilling_reaches_the_scipy_minimum(optics_2d):
+    # 16 datasets through 4 slots: every slot is refilled several times mid-run, and every fit
+    # must still end on the minimum scipy finds in float64 (1e-3, far inside D's ~5 % error)
     from fluojax.fcs import models
 
     _, _, sigma, data = _noisy_acfs(optics_2d, 16, 0.03, 11)
-    res = fit.least_squares_batch(
-        acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=fit.LevenbergMarquardt(round_steps=20), **_BOUNDS
-    )
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), chunk=4, **_BOUNDS)
     assert np.all(res.status == fit.Status.CONVERGED)
-    assert np.sum(res.num_steps > 20) >= 3  # continued in a second round
+    assert len(np.unique(res.num_steps)) > 3  # fits of different lengths shared the slots
     a_um, w_um = float(models.pixel_side_um(optics_2d)), float(models.psf_radius_um(optics_2d))
     lag_s = np.asarray(LAG, np.float64)
     for i in range(len(data)):
@@ -153,15 +151,16 @@ def test_fcs_default_tolerances_stop_within_a_hundredth_of_the_standard_error_of
         assert res.params[i, 0] == pytest.approx(ref[0], rel=5e-4)
 
 
-def test_batch_rounds_stop_at_max_steps_in_total_and_report_each_dataset_once(optics_2d):
-    # far from the optimum, 3 rounds of 2 iterations cannot converge: every fit must end after
-    # exactly 6 iterations in all, with NaN results, and progress must count each fit once
+def test_batch_fits_stop_at_max_steps_and_report_each_dataset_once(optics_2d):
+    # far from the optimum, 4 iterations cannot converge (the first fits stop after 6): every fit,
+    # in 4 slots, must end after exactly 4 iterations with NaN results, and progress must count
+    # each fit once
     _, clean, sigma, _ = _noisy_acfs(optics_2d, 8, 0.01, 12)
     seen = []
     res = fit.least_squares_batch(
         acf_model_2d, clean, sigma, [40.0, 0.01, 0.0], (LAG, optics_2d), chunk=4, progress=seen.append,
-        solver=fit.LevenbergMarquardt(max_steps=6, round_steps=2), **_BOUNDS,
+        solver=fit.LevenbergMarquardt(max_steps=4), **_BOUNDS,
     )
     assert sum(seen) == 8
-    assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 6)
+    assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 4)
     assert np.all(np.isnan(res.params)) and np.all(np.isnan(res.chi2_reduced))

@@ -69,7 +69,7 @@ class PixelStatus:
     }
 
 
-FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3, round_steps=20)
+FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3)
 """The default Levenberg-Marquardt settings of the FCS fits.
 
 Tolerances on the noise scale rather than the engine's defaults (1e-4, 1e-6): the residuals are
