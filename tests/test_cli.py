@@ -73,7 +73,7 @@ def test_nan_values_are_rejected(tmp_path, capsys):
     data = np.random.default_rng(0).poisson(50, (2400, 4, 4)).astype(np.float32)
     data[10, 1, 1] = np.nan
     path = tmp_path / "nan.tif"
-    tifffile.imwrite(path, data)
+    tifffile.imwrite(path, data, photometric="minisblack")
     assert "NaN" in _bad(tmp_path, capsys, ["fcs", "fit", str(path), "--frame-time", "0.001"])
 
 
