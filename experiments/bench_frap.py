@@ -13,7 +13,8 @@ JIT compile excluded (one warm-up call each, reported as "first call"), medians 
    NumPy curve is checked against ``recovery_curve`` in float64 (``jax.enable_x64``) and against
    the float32 fast table: a benchmark of a wrong baseline is worthless.
 2. **Least squares** (fits per second): ``fit_recovery_curves`` (multistart Levenberg-Marquardt
-   on the fast table, vmapped in chunks; 1 and 30 starts from the prior) on noisy curves, vs.
+   on the fast table, every start one fit of the slot-refilling batch solver; 1 and 30 starts
+   from the prior) on noisy curves, vs.
    ``scipy.optimize.least_squares`` (``trf``, the same bounds, D fitted as ln D like fluojax,
    finite-difference Jacobian) on ``numpy_recovery_curve``, fitting the first few of the same
    curves from the same start as fluojax's 1-start fit. The ratio is per start (fluojax

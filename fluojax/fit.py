@@ -361,7 +361,7 @@ def least_squares_batch(
     n = data.shape[0]
     starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
     if chunk is None:
-        chunk = 256 if jax.default_backend() == "cpu" else 8192
+        chunk = _default_slots()
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
     if solver.backend == "jaxopt":
@@ -369,6 +369,12 @@ def least_squares_batch(
     slots = max(1, min(chunk, n))
     segment = max(slots, min(64 * slots, n))
     return _mask_failed(_fit_in_chunks(functools.partial(_fit_streaming, slots=slots), model, data, sigma, starts, args, options, segment, report), np)
+
+
+def _default_slots() -> int:
+    """Fits iterating together by default: 256 on a CPU (every member costs time at every
+    iteration), 8192 on an accelerator (wide batches are nearly free there)."""
+    return 256 if jax.default_backend() == "cpu" else 8192
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options", "slots"))
@@ -551,11 +557,22 @@ def least_squares_multistart(
     """
     starts = jnp.atleast_2d(jnp.asarray(starts))
     fits = jax.vmap(lambda s: least_squares(model, data, sigma, s, args, **options))(starts)
-    good = ((fits.status == Status.CONVERGED) | (fits.status == Status.AT_BOUND)) & jnp.isfinite(fits.chi2_reduced)
-    best = jnp.argmin(jnp.where(good, fits.chi2_reduced, jnp.inf))
-    best = jnp.where(jnp.any(good), best, 0)
-    pick = jax.tree.map(lambda x: x[best], fits)
-    return FitResult(pick.params, pick.status, jnp.sum(fits.num_steps).astype(jnp.int32), pick.chi2_reduced)
+    return _best_start(fits, jnp)
+
+
+def _best_start(fits: FitResult, xp) -> FitResult:
+    """The fit of lowest chi^2 among the successful ones of K starts (the last axis of ``status``
+    and ``chi2_reduced``, the one before the parameters' axis in ``params``; the first start if
+    none succeeded), with ``num_steps`` summed over the starts. ``xp``: jnp or np."""
+    good = ((fits.status == Status.CONVERGED) | (fits.status == Status.AT_BOUND)) & xp.isfinite(fits.chi2_reduced)
+    best = xp.argmin(xp.where(good, fits.chi2_reduced, xp.inf), axis=-1)
+    best = xp.where(xp.any(good, axis=-1), best, 0)
+
+    def pick(x):
+        index = best.reshape(best.shape + (1,) * (x.ndim - best.ndim))
+        return xp.take_along_axis(x, index, axis=best.ndim).squeeze(best.ndim)
+
+    return FitResult(pick(fits.params), pick(fits.status), xp.sum(fits.num_steps, axis=-1).astype(xp.int32), pick(fits.chi2_reduced))
 
 
 def least_squares_multistart_batch(
@@ -569,18 +586,19 @@ def least_squares_multistart_batch(
     progress: Callable[[int], None] | None = None,
     **options,
 ) -> FitResult:
-    """:func:`least_squares_multistart` over many datasets, vmapped in jitted, padded chunks.
+    """:func:`least_squares_multistart` over many datasets: every (dataset, start) pair is one
+    fit of :func:`least_squares_batch` (slot refilling), then each dataset keeps its best start.
 
     Arguments:
         model, args, options: as for :func:`least_squares`.
         data, sigma: (B, M) arrays.
         starts: (K, P) starts shared by all datasets, or (B, K, P) per dataset.
-        chunk: datasets per compiled call (each costs K solves). Default: 256 // K on CPU
-            (at least 1), 8192 // K on accelerators (at least 1).
-        progress: optional callable receiving the number of datasets finished in each chunk.
+        chunk: datasets whose K fits iterate together. Default: 256 // K on CPU (at least 1),
+            8192 // K on accelerators (at least 1).
+        progress: optional callable receiving the number of datasets finished in each segment.
 
     Returns:
-        ``FitResult`` of NumPy arrays with leading dimension B.
+        ``FitResult`` of NumPy arrays with leading dimension B; ``num_steps`` summed over starts.
     """
     data = np.asarray(data)
     sigma = np.asarray(sigma)
@@ -591,17 +609,14 @@ def least_squares_multistart_batch(
     starts = np.broadcast_to(starts, (n,) + starts.shape[-2:])
     n_starts = starts.shape[1]
     if chunk is None:
-        chunk = max(1, (256 if jax.default_backend() == "cpu" else 8192) // n_starts)
-    chunk = max(1, min(chunk, n))
-    report = None if progress is None else (lambda out: progress(out.status.size))
-    return _fit_in_chunks(_multistart_chunk, model, data, sigma, starts, args, options, chunk, report)
-
-
-@functools.partial(jax.jit, static_argnames=("model", "options"))
-def _multistart_chunk(model, data, sigma, starts, args, options):
-    """One compiled, vmapped chunk of :func:`least_squares_multistart`."""
-    opts = dict(options)
-    return jax.vmap(lambda d, s, i: least_squares_multistart(model, d, s, i, args, **opts))(data, sigma, starts)
+        chunk = max(1, _default_slots() // n_starts)
+    report = None if progress is None else (lambda fits: progress(fits // n_starts))
+    fits = least_squares_batch(
+        model, np.repeat(data, n_starts, axis=0), np.repeat(sigma, n_starts, axis=0), starts.reshape(n * n_starts, -1), args,
+        chunk=max(1, chunk) * n_starts, progress=report, **options,
+    )
+    per_start = FitResult(*(x.reshape((n, n_starts) + x.shape[1:]) for x in fits))
+    return _best_start(per_start, np)
 
 
 def parameter_covariance(

@@ -184,7 +184,7 @@ def fit_recovery_curves(
         prior: ``FrapPrior`` the starts are drawn from and the c0/alpha bounds derive from.
         level: coverage of the intervals (default 95 %).
         solver: ``fluojax.fit.LevenbergMarquardt`` settings.
-        chunk: curves per compiled call (see ``fit.least_squares_multistart_batch``).
+        chunk: curves whose starts iterate together (see ``fit.least_squares_multistart_batch``).
 
     Returns:
         :class:`FrapFit`.
