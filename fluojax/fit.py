@@ -8,8 +8,8 @@ A model is any pure function ``model(theta, args) -> prediction`` of a flat para
 over the free entries of ``theta`` within box bounds, for one dataset; :func:`least_squares_batch`
 runs it over many datasets (pixels, curves) as one jitted, vmapped solve whose slots are refilled
 with the next dataset as soon as a fit stops, so a whole image compiles once, costs the total of
-its fits' iterations, and a failing pixel never stops the map. The engine knows nothing of FCS, FRAP or
-SMLM: techniques supply the model, data, weights, start values and bounds.
+its fits' iterations, and a failing pixel never stops the map. The engine knows nothing of FCS,
+FRAP or SMLM: techniques supply the model, data, weights, start values and bounds.
 
 :func:`least_squares_multistart` (and ``_batch``) refines K starts per dataset and keeps the lowest
 chi^2; :func:`parameter_covariance` and :func:`confidence_intervals` give the linearised
@@ -365,10 +365,11 @@ def least_squares_batch(
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
     if solver.backend == "jaxopt":
-        return _mask_failed(_fit_in_chunks(_fit_chunk, model, data, sigma, starts, args, options, max(1, min(chunk, n)), report), np)
-    slots = max(1, min(chunk, n))
-    segment = max(slots, min(64 * slots, n))
-    return _mask_failed(_fit_in_chunks(functools.partial(_fit_streaming, slots=slots), model, data, sigma, starts, args, options, segment, report), np)
+        chunk_fn, per_call = _fit_chunk, max(1, min(chunk, n))
+    else:
+        slots = max(1, min(chunk, n))
+        chunk_fn, per_call = functools.partial(_fit_streaming, slots=slots), max(slots, min(64 * slots, n))
+    return _mask_failed(_fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, per_call, report), np)
 
 
 def _default_slots() -> int:
