@@ -419,14 +419,15 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     saturated = np.zeros(out_h * out_w, bool)
 
     def read_band(out_row):
-        """Rows of the stack feeding one band of output rows (padded to the common band shape)."""
+        """Rows of the stack feeding one band of output rows (padded to the common band shape),
+        and which of the band's raw pixels reach the detector maximum (None for float data)."""
         start = out_row * (1 if settings.overlap else n)
         band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
             raise ValueError("the stack contains NaN or Inf values")
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
-        return band
+        return band, (None if saturation is None else band.max(axis=0) >= saturation)
 
     t0 = time.perf_counter()
     bands = list(range(0, out_h, rows_per_band))
@@ -435,14 +436,13 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         pending = reader.submit(read_band, bands[0])
         for i in tqdm(range(len(bands)), desc="correlate", unit="band", disable=(None if progress is None else not progress)):
             out_row = bands[i]
-            band = pending.result()
-            res = correlate_band(band, settings)
+            band, hit = pending.result()
             if i + 1 < len(bands):
                 pending = reader.submit(read_band, bands[i + 1])
+            res = correlate_band(band, settings)
             valid_rows = min(rows_per_band, out_h - out_row)
             sl = slice(out_row * out_w, (out_row + valid_rows) * out_w)
-            if saturation is not None:
-                hit = np.asarray(band.max(axis=0) >= saturation)  # raw pixels at the detector maximum
+            if hit is not None:
                 hit_binned = np.asarray(bin_pixels(hit[None].astype(np.float32), n, settings.overlap))[0] > 0
                 saturated[sl] = hit_binned[:valid_rows].ravel()
             acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
