@@ -331,8 +331,10 @@ def least_squares_batch(
 ) -> FitResult:
     """Fit many datasets: :func:`least_squares` for each, run as one batched, jitted solve.
 
-    ``args`` is shared by all datasets. Results come back as NumPy arrays, the same as
-    ``jax.vmap(least_squares)`` would give.
+    ``args`` is shared by all datasets. Results come back as NumPy arrays: the fits of
+    ``jax.vmap(least_squares)``, up to rounding (near a minimum, float32 rounding that differs
+    between batch shapes can change which trust-region steps are accepted, so step counts and
+    the last digits can differ).
 
     With the optimistix backend the batch is solved by *slot refilling*: ``chunk`` fits iterate
     together (one vmapped Levenberg-Marquardt step per loop turn), and each slot whose fit has
@@ -340,7 +342,7 @@ def least_squares_batch(
     iterations its fits need rather than ``chunk`` times its slowest fit's, as a plain vmapped
     solve would (16,384 2D FCS fits at the engine's tolerances: a median of 18 iterations, but a
     mean maximum of 53 within groups of 256). The solver state (iterate, trust region) of a
-    running fit is never reset, so each fit takes the same path as in :func:`least_squares`.
+    running fit is never reset: each fit runs optimistix's iterations as in :func:`least_squares`.
     With jaxopt the datasets are solved in vmapped chunks of ``chunk``.
 
     Arguments:

@@ -35,6 +35,7 @@ from fluojax.fcs import correlator, models
 
 __all__ = [
     "PixelStatus",
+    "FCS_SOLVER",
     "AnalysisSettings",
     "FCSMaps",
     "bin_pixels",
