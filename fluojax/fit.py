@@ -332,9 +332,10 @@ def least_squares_batch(
     """Fit many datasets: :func:`least_squares` for each, run as one batched, jitted solve.
 
     ``args`` is shared by all datasets. Results come back as NumPy arrays: the fits of
-    ``jax.vmap(least_squares)``, up to rounding (near a minimum, float32 rounding that differs
-    between batch shapes can change which trust-region steps are accepted, so step counts and
-    the last digits can differ).
+    ``jax.vmap(least_squares)``, up to rounding (identical in float64; in float32, rounding that
+    differs between batch shapes can change which trust-region steps are accepted near a
+    minimum, so step counts and last digits can differ, and at tolerances below float32
+    resolution a fit can end at ``max_steps`` in one batch shape and converge in another).
 
     With the optimistix backend the batch is solved by *slot refilling*: ``chunk`` fits iterate
     together (one vmapped Levenberg-Marquardt step per loop turn), and each slot whose fit has
@@ -351,8 +352,9 @@ def least_squares_batch(
         data, sigma: (B, M) arrays.
         init: (B, P) per-dataset or (P,) shared start values.
         chunk: int, fits iterating together. Default: 256 on CPU, 8192 on accelerators.
-            Datasets are sent to the device in segments of ``64 * chunk`` (one compilation
-            per segment shape; the last one padded).
+            Datasets go to the device in segments of at most ``64 * chunk``, padded to a power
+            of two times the slot count (padding is never fitted), so batches of other sizes
+            mostly reuse the compiled loop.
         progress: optional callable receiving the number of datasets finished in each segment.
 
     Returns:
@@ -369,9 +371,16 @@ def least_squares_batch(
     if solver.backend == "jaxopt":
         chunk_fn, per_call = _fit_chunk, max(1, min(chunk, n))
     else:
-        slots = max(1, min(chunk, n))
-        chunk_fn, per_call = functools.partial(_fit_streaming, slots=slots), max(slots, min(64 * slots, n))
+        # slots and segment sizes from a few powers of two, so datasets of other counts reuse the
+        # compiled loop; padding rows of a segment are never loaded into a slot
+        slots = max(1, min(chunk, _next_power_of_two(n)))
+        segment = slots * min(64, _next_power_of_two(-(-n // slots)))
+        chunk_fn, per_call = functools.partial(_fit_streaming, slots=slots), segment
     return _mask_failed(_fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, per_call, report), np)
+
+
+def _next_power_of_two(k: int) -> int:
+    return 1 << max(0, int(k) - 1).bit_length()
 
 
 def _default_slots() -> int:
@@ -381,8 +390,9 @@ def _default_slots() -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options", "slots"))
-def _fit_streaming(model, data, sigma, init, args, options, slots):
-    """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets (see
+def _fit_streaming(model, data, sigma, init, args, options, slots, count):
+    """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets, of which the
+    first ``count`` (traced) are real and the rest padding that is never loaded (see
     :func:`least_squares_batch`); unmasked ``FitResult`` with leading dimension B."""
     opts = dict(options)
     solver = opts.pop("solver", LevenbergMarquardt())
@@ -411,15 +421,17 @@ def _fit_streaming(model, data, sigma, init, args, options, slots):
     def where_slot(mask, a, b):
         return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
 
+    count = jnp.asarray(count, jnp.int32)
     first = jnp.arange(slots)
-    state0 = eqx.filter_vmap(init_one)(problems.u0[first], gather(first))
+    first = jnp.where(first < count, first, n)
+    state0 = eqx.filter_vmap(init_one)(gather(first).u0, gather(first))
     dynamic0, static = eqx.partition(state0, eqx.is_array)
     carry0 = (
         first,  # dataset in each slot (n = empty)
-        problems.u0[first],  # current iterate of each slot
+        gather(first).u0,  # current iterate of each slot
         jnp.zeros(slots, jnp.int32),  # steps taken by each slot's fit
         dynamic0,
-        jnp.asarray(slots, jnp.int32),  # next dataset to load
+        jnp.minimum(count, slots),  # next dataset to load
         jnp.zeros_like(problems.u0),  # results: iterate, status, steps per dataset
         jnp.zeros(n, jnp.int32),
         jnp.zeros(n, jnp.int32),
@@ -434,7 +446,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots):
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
         steps = steps + 1
-        ok = result == optx.RESULTS.successful
+        ok = (result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(u), axis=-1)  # as optimistix's loop
         done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
         code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(jnp.int32)
         where = jnp.where(done, index, n)  # n: dropped
@@ -443,7 +455,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots):
         out_steps = out_steps.at[where].set(steps, mode="drop")
         # refill the finished slots with the next datasets, in slot order
         new_index = next_index + jnp.cumsum(done) - 1
-        new_index = jnp.where(new_index < n, new_index, n)
+        new_index = jnp.where(new_index < count, new_index, n)
         index = jnp.where(done, new_index, index)
         fresh = gather(index)
         fresh_dynamic, _ = eqx.partition(eqx.filter_vmap(init_one)(fresh.u0, fresh), eqx.is_array)
@@ -460,8 +472,9 @@ def _fit_streaming(model, data, sigma, init, args, options, slots):
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
     """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk`` (the last one
-    padded by repeating its final dataset, so every chunk has one shape and compiles once); NumPy
-    results. ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
+    padded by repeating its final dataset, so every chunk has one shape and compiles once; the
+    chunk function also gets the number of real datasets, ``count``); NumPy results.
+    ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
     n = data.shape[0]
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     parts = []
@@ -469,7 +482,7 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, o
         stop = min(start + chunk, n)
         pad = chunk - (stop - start)
         d, s, i = (np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts))
-        out = jax.device_get(chunk_fn(model, d, s, i, args, static))
+        out = jax.device_get(chunk_fn(model, d, s, i, args, static, count=np.int32(stop - start)))
         parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))
         if on_chunk is not None:
             on_chunk(parts[-1])
@@ -483,8 +496,9 @@ def _hashable(value):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "options"))
-def _fit_chunk(model, data, sigma, init, args, options):
-    """One compiled, vmapped chunk of unmasked :func:`least_squares` (cached per model and options)."""
+def _fit_chunk(model, data, sigma, init, args, options, count=None):
+    """One compiled, vmapped chunk of unmasked :func:`least_squares` (cached per model and options;
+    padding rows beyond ``count`` are fitted too: in a vmapped chunk they cost no extra time)."""
     opts = dict(options)
     return jax.vmap(lambda d, s, i: _least_squares_unmasked(model, d, s, i, args, **opts))(data, sigma, init)
 

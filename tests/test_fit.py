@@ -132,6 +132,19 @@ def test_batch_fit_with_slot_refilling_reaches_the_scipy_minimum(optics_2d):
         assert res.params[i, 0] == pytest.approx(ref[0], rel=1e-3)
 
 
+def test_batches_of_other_sizes_reuse_the_compiled_slot_loop(optics_2d):
+    # 20 and 27 datasets both go into one padded segment of 32 (8 slots x 4): the second batch
+    # must not compile again, and the padding must not leak into the results
+    _, clean, sigma, _ = _noisy_acfs(optics_2d, 27, 0.01, 15)
+    args = (LAG, optics_2d)
+    first = fit.least_squares_batch(acf_model_2d, clean[:20], sigma[:20], [1.0, 1.0, 0.0], args, chunk=8, **_BOUNDS)
+    compiled = fit._fit_streaming._cache_size()
+    second = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], args, chunk=8, **_BOUNDS)
+    assert fit._fit_streaming._cache_size() == compiled
+    assert second.params.shape == (27, 3) and np.all(second.status == fit.Status.CONVERGED)
+    np.testing.assert_allclose(second.params[:20], first.params, rtol=1e-4)
+
+
 def test_fcs_default_tolerances_stop_within_a_hundredth_of_the_standard_error_of_the_scipy_minimum(optics_2d):
     # pipeline.FCS_SOLVER stops at tolerances 1e-3 (noise scale) instead of the engine's 1e-6. LM
     # converges fast near the minimum, so it still ends within the float32 floor (~2e-4 here, the
