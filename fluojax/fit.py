@@ -446,7 +446,10 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
         steps = steps + 1
-        ok = (result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(u), axis=-1)  # as optimistix's loop
+        # optimistix's own loop also stops on a non-finite iterate; here u is always finite (it
+        # starts finite and the trust region never accepts a step with a non-finite loss), and
+        # the check cost 5 % of the 16,384 2D FCS fits
+        ok = result == optx.RESULTS.successful
         done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
         code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(jnp.int32)
         where = jnp.where(done, index, n)  # n: dropped
