@@ -239,7 +239,6 @@ def _least_squares_unmasked(
 class _Layout(NamedTuple):
     """Static description of the parameter vector: which entries are free, their box."""
 
-    n_params: int
     free_idx: np.ndarray
     box: _Box  # all parameters
     sub: _Box  # the free ones
@@ -256,13 +255,18 @@ class _Problem(NamedTuple):
     usable: jax.Array  # more valid points than free parameters
 
 
-def _layout(n_params, free, lower, upper, log_scale) -> _Layout:
+def _free_indices(n_params: int, free) -> np.ndarray:
+    """Indices of the free parameters (``free``: None = all, or a tuple of P bools)."""
     free_mask = np.ones(n_params, bool) if free is None else np.asarray(free, bool)
     if free_mask.shape != (n_params,):
         raise ValueError(f"free must have {n_params} entries")
-    free_idx = np.nonzero(free_mask)[0]
+    return np.nonzero(free_mask)[0]
+
+
+def _layout(n_params, free, lower, upper, log_scale) -> _Layout:
+    free_idx = _free_indices(n_params, free)
     box = _make_box(n_params, lower, upper, log_scale)
-    return _Layout(n_params, free_idx, box, _Box(box.lo[free_idx], box.hi[free_idx], box.log[free_idx]))
+    return _Layout(free_idx, box, _Box(box.lo[free_idx], box.hi[free_idx], box.log[free_idx]))
 
 
 def _prepare(model, data, sigma, init, args, layout: _Layout) -> _Problem:
@@ -424,11 +428,11 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     count = jnp.asarray(count, jnp.int32)
     first = jnp.arange(slots)
     first = jnp.where(first < count, first, n)
-    state0 = eqx.filter_vmap(init_one)(gather(first).u0, gather(first))
-    dynamic0, static = eqx.partition(state0, eqx.is_array)
+    loaded = gather(first)
+    dynamic0, static = eqx.partition(eqx.filter_vmap(init_one)(loaded.u0, loaded), eqx.is_array)
     carry0 = (
         first,  # dataset in each slot (n = empty)
-        gather(first).u0,  # current iterate of each slot
+        loaded.u0,  # current iterate of each slot
         jnp.zeros(slots, jnp.int32),  # steps taken by each slot's fit
         dynamic0,
         jnp.minimum(count, slots),  # next dataset to load
@@ -679,10 +683,7 @@ def parameter_covariance(
     """
     theta = jnp.asarray(theta)
     n_params = theta.shape[-1]
-    free_mask = np.ones(n_params, bool) if free is None else np.asarray(free, bool)
-    if free_mask.shape != (n_params,):
-        raise ValueError(f"free must have {n_params} entries")
-    idx = np.nonzero(free_mask)[0]
+    idx = _free_indices(n_params, free)
     sigma = jnp.asarray(sigma, theta.dtype)
     valid = jnp.isfinite(sigma) & (sigma > 0)
     sigma = jnp.where(valid, sigma, jnp.inf)  # weight 1/inf^2 = 0
