@@ -147,6 +147,18 @@ if njit is not None:
             dst[u] = src[2 * u] + src[2 * u + 1]
 
     @njit(fastmath=True, inline="always")
+    def next_level(a, b, lv, n):
+        """Pair-sum level lv - 1 into level lv, the even levels living in ``a``, the odd in ``b``.
+
+        Each call site names its source and destination: swapping two array variables between
+        calls instead leaves ``pair_sums`` unvectorized (5x slower).
+        """
+        if lv % 2 == 1:
+            pair_sums(a, b, n)
+        else:
+            pair_sums(b, a, n)
+
+    @njit(fastmath=True, inline="always")
     def block_sums_by_pairs(row, d, cnt, blk, n_blk, m1, m2, prod, spare, base, curve, pix, n_curve):
         """base[k] = sum_{t in block k, t < cnt} (row_t - m1)(row_{t+d} - m2), by pair sums.
 
@@ -163,17 +175,15 @@ if njit is not None:
         n = n_blk * blk
         prod[cnt:n] = 0.0
         lv = 0
-        src, dst = prod, spare
         while True:
             if lv < n_curve:
-                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares(src[: cnt >> lv])
+                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares((prod if lv % 2 == 0 else spare)[: cnt >> lv])
             if n == n_blk:
                 break
             n //= 2
             lv += 1
-            pair_sums(src, dst, n)
-            src, dst = dst, src
-        base[:n_blk] = src[:n_blk]
+            next_level(prod, spare, lv, n)
+        base[:n_blk] = (prod if lv % 2 == 0 else spare)[:n_blk]
 
     @njit(fastmath=True, inline="always")
     def power_series(coef, s):
@@ -216,14 +226,17 @@ if njit is not None:
             width = min(_PIXELS_PER_CHUNK, n_pix - p0)
             buf = np.empty((width, n_frames), np.float32)
             chunk_frames = frames[:, p0 : p0 + width]
-            if width == _PIXELS_PER_CHUNK:  # transpose the chunk (a constant width unrolls)
-                for t in range(n_frames):
+            t_end = 0
+            if width == _PIXELS_PER_CHUNK:  # transpose the chunk four frames at a time (the four
+                t_end = n_frames - n_frames % 4  # stores to one pixel's row go to one cache line;
+                for t in range(0, t_end, 4):  # frame by frame the copy is 1.9x slower)
+                    f0, f1, f2, f3 = chunk_frames[t], chunk_frames[t + 1], chunk_frames[t + 2], chunk_frames[t + 3]
                     for i in range(_PIXELS_PER_CHUNK):
-                        buf[i, t] = chunk_frames[t, i]
-            else:
-                for t in range(n_frames):
-                    for i in range(width):
-                        buf[i, t] = chunk_frames[t, i]
+                        dst = buf[i, t : t + 4]
+                        dst[0], dst[1], dst[2], dst[3] = f0[i], f1[i], f2[i], f3[i]
+            for t in range(t_end, n_frames):
+                for i in range(width):
+                    buf[i, t] = chunk_frames[t, i]
             bases = np.empty((group_size.max(), n_blocks.max()), np.float32)  # a group's base-block sums
             m1 = np.empty(group_size.max(), np.float32)  # a group's monitors (centred)
             m2 = np.empty(group_size.max(), np.float32)
@@ -246,9 +259,11 @@ if njit is not None:
                 for g in range(n_groups):
                     if g > 0:  # pair-sum the trace: bin width 2^g
                         length //= 2
-                        binned = trace_a if g % 2 == 1 else trace_b
-                        pair_sums(row, binned, length)
-                        row = binned
+                        if g == 1:
+                            pair_sums(row, trace_a, length)
+                        else:
+                            next_level(trace_b, trace_a, g, length)  # odd groups in trace_a
+                        row = trace_a if g % 2 == 1 else trace_b
                     grand = total(row[:length])
                     blk = blocks[g]
                     c0, nl = group_start[g], group_size[g]
@@ -274,13 +289,11 @@ if njit is not None:
                         # (pair sums scaled by 2^-lv: the same floats as averaging level by level)
                         for k in range(min_blocks[0]):
                             level_means[k] = base[k] / blk
-                        src, dst = level_means, level_spare
                         for lv in range(min_blocks.shape[0]):
                             nb = min_blocks[lv]
                             if lv > 0:
-                                pair_sums(src, dst, nb)
-                                src, dst = dst, src
-                            s1, s2 = sum_and_squares(src[:nb])
+                                next_level(level_means, level_spare, lv, nb)
+                            s1, s2 = sum_and_squares((level_means if lv % 2 == 0 else level_spare)[:nb])
                             scale = 0.5**lv
                             moments_out[lv, 0, c, pix] = s1 * scale
                             moments_out[lv, 1, c, pix] = s2 * scale * scale
@@ -288,13 +301,12 @@ if njit is not None:
                             nb = cnt // blk  # coarse levels from the complete base blocks
                             for k in range(nb):
                                 level_means[k] = base[k]
-                            src, dst = level_means, level_spare
                             for lv in range(n_fine, n_levels):
                                 if lv > n_fine:
                                     nb = cnt // 2**lv
-                                    pair_sums(src, dst, nb)
-                                    src, dst = dst, src
-                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares(src[:nb])
+                                    next_level(level_means, level_spare, lv - n_fine, nb)
+                                even = (lv - n_fine) % 2 == 0
+                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares((level_means if even else level_spare)[:nb])
 
 
 def _scaled_frame_index(n_frames: int) -> np.ndarray:
