@@ -71,67 +71,71 @@ if njit is not None:
         return s1, s2
 
     @njit(fastmath=True, inline="always")
-    def dots_of_eight(y, t0, m, d, out):
-        """Sums over t0 <= t < t0 + m for eight delays d_j, in float32, into ``out``:
-        out[0] = sum y_t, out[1 + j] = sum y_t y_{t+d_j}, out[9 + j] = sum y_{t+d_j}.
+    def block_dots_of_eight(y, d, n_full, blk, out):
+        """Per block k < n_full of ``blk`` bins, sums over its bins t for eight delays d_j,
+        in float32: out[0, k] = sum y_t, out[1 + j, k] = sum y_t y_{t+d_j}, out[9 + j, k] = sum y_{t+d_j}.
 
-        Eight lags share one pass over the block: the loop vectorizer widens the 17 sums into
-        vector accumulators, so a block costs one loop set-up and 17 horizontal sums instead of
-        eight dot products' (2x faster than separate dots for the 128-frame blocks).
+        Eight lags share one pass over a block: the loop vectorizer widens the 17 sums into
+        vector accumulators, so a block costs 17 horizontal sums instead of eight dot products'
+        set-ups and sums. The slices are made once for all blocks and the bin index is unsigned:
+        a signed index gets numba's wrap-around test (together 2.5x faster than eight dots per
+        block, 46 -> 30 us per pixel for the 16 lags of 50,000 frames).
         """
-        a = y[t0 : t0 + m]
-        b0 = y[t0 + d[0] : t0 + d[0] + m]
-        b1 = y[t0 + d[1] : t0 + d[1] + m]
-        b2 = y[t0 + d[2] : t0 + d[2] + m]
-        b3 = y[t0 + d[3] : t0 + d[3] + m]
-        b4 = y[t0 + d[4] : t0 + d[4] + m]
-        b5 = y[t0 + d[5] : t0 + d[5] + m]
-        b6 = y[t0 + d[6] : t0 + d[6] + m]
-        b7 = y[t0 + d[7] : t0 + d[7] + m]
-        sa = s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-        r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = np.float32(0.0)
-        for t in range(m):
-            x = a[t]
-            sa += x
-            s0 += x * b0[t]
-            s1 += x * b1[t]
-            s2 += x * b2[t]
-            s3 += x * b3[t]
-            s4 += x * b4[t]
-            s5 += x * b5[t]
-            s6 += x * b6[t]
-            s7 += x * b7[t]
-            r0 += b0[t]
-            r1 += b1[t]
-            r2 += b2[t]
-            r3 += b3[t]
-            r4 += b4[t]
-            r5 += b5[t]
-            r6 += b6[t]
-            r7 += b7[t]
-        out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8] = sa, s0, s1, s2, s3, s4, s5, s6, s7
-        out[9], out[10], out[11], out[12], out[13], out[14], out[15], out[16] = r0, r1, r2, r3, r4, r5, r6, r7
+        n = n_full * blk
+        a = y[:n]
+        b0, b1, b2, b3 = y[d[0] : d[0] + n], y[d[1] : d[1] + n], y[d[2] : d[2] + n], y[d[3] : d[3] + n]
+        b4, b5, b6, b7 = y[d[4] : d[4] + n], y[d[5] : d[5] + n], y[d[6] : d[6] + n], y[d[7] : d[7] + n]
+        ublk = np.uint64(blk)
+        for k in range(n_full):
+            sa = s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+            r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = np.float32(0.0)
+            t0 = np.uint64(k) * ublk
+            for t in range(t0, t0 + ublk):
+                x = a[t]
+                sa += x
+                s0 += x * b0[t]
+                s1 += x * b1[t]
+                s2 += x * b2[t]
+                s3 += x * b3[t]
+                s4 += x * b4[t]
+                s5 += x * b5[t]
+                s6 += x * b6[t]
+                s7 += x * b7[t]
+                r0 += b0[t]
+                r1 += b1[t]
+                r2 += b2[t]
+                r3 += b3[t]
+                r4 += b4[t]
+                r5 += b5[t]
+                r6 += b6[t]
+                r7 += b7[t]
+            out[0, k], out[1, k], out[2, k], out[3, k], out[4, k], out[5, k] = sa, s0, s1, s2, s3, s4
+            out[6, k], out[7, k], out[8, k], out[9, k], out[10, k], out[11, k] = s5, s6, s7, r0, r1, r2
+            out[12, k], out[13, k], out[14, k], out[15, k], out[16, k] = r3, r4, r5, r6, r7
 
     @njit(fastmath=True, inline="always")
-    def block_sums_by_dots(y, delays, counts, blk, n_blk, m1, m2, bases):
+    def block_sums_by_dots(y, delays, counts, blk, n_blk, m1, m2, bases, sums):
         """bases[j, k] = sum_{t in block k, t < counts[j]} (y_t - m1[j])(y_{t + delays[j]} - m2[j]).
 
-        Blocks that every lag fills are summed eight lags at a time by ``dots_of_eight`` and
-        centred afterwards: sum (a - m1)(b - m2) = sum ab - m2 sum a - m1 sum b + n m1 m2. The
-        last blocks, which lags fill to different counts, are summed lag by lag.
+        Blocks that every lag fills are summed eight lags at a time by ``block_dots_of_eight``
+        (``sums``: a (17, >= n_blk) float32 scratch array) and centred afterwards:
+        sum (a - m1)(b - m2) = sum ab - m2 sum a - m1 sum b + n m1 m2. The last blocks, which
+        lags fill to different counts, are summed lag by lag.
         """
         nl = delays.shape[0]
         n_full = min(counts[nl - 1] // blk, n_blk)  # the largest delay has the smallest count
         d8 = np.empty(8, np.int64)
-        sums = np.empty(17, np.float32)
         for j0 in range(0, nl, 8):
             for u in range(8):
                 d8[u] = delays[min(j0 + u, nl - 1)]  # a short last chunk repeats its last lag
-            for k in range(n_full):
-                dots_of_eight(y, k * blk, blk, d8, sums)
-                for jj in range(min(8, nl - j0)):
-                    j = j0 + jj
-                    bases[j, k] = sums[1 + jj] - m2[j] * sums[0] - m1[j] * sums[9 + jj] + blk * m1[j] * m2[j]
+            block_dots_of_eight(y, d8, n_full, blk, sums)
+            for jj in range(min(8, nl - j0)):
+                j = j0 + jj
+                ma, mb = m1[j], m2[j]
+                off = blk * ma * mb
+                out, sab, sa, sb = bases[j], sums[1 + jj], sums[0], sums[9 + jj]
+                for k in range(n_full):
+                    out[k] = sab[k] - mb * sa[k] - ma * sb[k] + off
         for j in range(nl):
             d = delays[j]
             for k in range(n_full, n_blk):
@@ -238,6 +242,7 @@ if njit is not None:
                 for i in range(width):
                     buf[i, t] = chunk_frames[t, i]
             bases = np.empty((group_size.max(), n_blocks.max()), np.float32)  # a group's base-block sums
+            dot_sums = np.empty((17, n_blocks.max()), np.float32)  # see block_sums_by_dots
             m1 = np.empty(group_size.max(), np.float32)  # a group's monitors (centred)
             m2 = np.empty(group_size.max(), np.float32)
             level_means = np.empty(n_blocks.max())
@@ -275,7 +280,7 @@ if njit is not None:
                         m1_out[c, pix] = m1[jj]
                         m2_out[c, pix] = m2[jj]
                     if blk > _PAIR_SUM_MAX_BLOCK:  # blocks long enough for vector loops
-                        block_sums_by_dots(row, delays[c0 : c0 + nl], counts[c0 : c0 + nl], blk, n_blocks[g], m1, m2, bases)
+                        block_sums_by_dots(row, delays[c0 : c0 + nl], counts[c0 : c0 + nl], blk, n_blocks[g], m1, m2, bases, dot_sums)
                     for jj in range(nl):
                         c = c0 + jj
                         if blk <= _PAIR_SUM_MAX_BLOCK or c == 0:  # lag 1 also yields the curve's fine levels
