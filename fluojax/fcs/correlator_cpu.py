@@ -207,12 +207,19 @@ if njit is not None:
         """
         n_means = fit_matrix.shape[1]
         means = np.empty(n_means, np.float32)
-        for b in range(n_means):
-            means[b] = total(row[b * stride : (b + 1) * stride]) / stride
-        coef = np.zeros(_TREND_COEFS, np.float32)
-        for o in range(_TREND_COEFS):
+        for b in range(n_means):  # float32 sums of `stride` frames (~50): exact enough for a trend
+            block = row[b * stride : (b + 1) * stride]
+            acc = np.float32(0.0)
+            for u in range(stride):
+                acc += block[u]
+            means[b] = acc / stride
+        coef = np.empty(_TREND_COEFS, np.float32)
+        for o in range(_TREND_COEFS):  # a local sum vectorises; summing into coef[o] did not (2x)
+            weights = fit_matrix[o]
+            acc = np.float32(0.0)
             for b in range(n_means):
-                coef[o] += fit_matrix[o, b] * means[b]
+                acc += weights[b] * means[b]
+            coef[o] = acc
         f0 = power_series(coef, scaled_index[0])
         inv0 = np.float32(1.0) / f0
         for t in range(row.shape[0]):
