@@ -208,7 +208,7 @@ def main():
     ap.add_argument("--baseline-pixels", type=int, default=64, help="pixels in the multipletau subset")
     ap.add_argument("--baseline-fits", type=int, default=64, help="fits in the scipy subset")
     ap.add_argument("--tmpdir", default=None, help="where to write the temporary TIFF")
-    ap.add_argument("--tile-pixels", type=int, default=1024, help="pixels per correlation band (GPU: e.g. 16384)")
+    ap.add_argument("--tile-pixels", type=int, default=None, help="pixels per correlation band (default: AnalysisSettings.band_pixels(); GPU: e.g. 16384)")
     ap.add_argument("--nets", nargs=2, default=None, metavar=("IMFCSNET_RUN", "FCSNET_RUN"),
                     help="benchmark inference of these trained networks instead of the NLS pipeline")
     args = ap.parse_args()
@@ -243,7 +243,7 @@ def main():
         lag_s = (grid.lags * FRAME_TIME_2D).astype(np.float64)
 
         # ---- 1. correlation + SEM ------------------------------------------------------------
-        rows_per_band = max(1, min(size, settings.tile_pixels // size))
+        rows_per_band = max(1, min(size, settings.band_pixels() // size))
         t0 = time.perf_counter()
         warm = pipeline.correlate_band(np.asarray(data[:, :rows_per_band, :]), settings)
         jax.block_until_ready(warm)

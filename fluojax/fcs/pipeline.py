@@ -97,7 +97,8 @@ class AnalysisSettings:
         bleach_order: int, polynomial order of the bleach correction; 0 = none.
         p, q: int, correlator layout.
         solver: ``fit.LevenbergMarquardt``; default :data:`FCS_SOLVER`.
-        tile_pixels: int, pixels per correlation band (memory ~ 12 bytes x frames x tile_pixels).
+        tile_pixels: int or None, pixels per correlation band (memory ~ 12 bytes x frames x
+            tile_pixels); None: :func:`band_pixels` (256 for the CPU kernel, 1024 for XLA).
         correlator_kernel: ``"auto"`` (the numba CPU kernel when JAX runs on the CPU and numba
             is installed, else XLA), ``"xla"`` or ``"cpu"``.
     """
@@ -110,7 +111,7 @@ class AnalysisSettings:
     p: int = 16
     q: int = 8
     solver: fit.LevenbergMarquardt = FCS_SOLVER
-    tile_pixels: int = 1024
+    tile_pixels: int | None = None
     correlator_kernel: str = "auto"
 
     def __post_init__(self):
@@ -124,6 +125,14 @@ class AnalysisSettings:
 
             return jax.default_backend() == "cpu" and correlator_cpu.available()
         return self.correlator_kernel == "cpu"
+
+    def band_pixels(self) -> int:
+        """Pixels per correlation band: ``tile_pixels``, else 256 for the CPU kernel (a 50,000-frame
+        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it: 10-20 % faster than
+        1,024 on the 2-core CPU) and 1,024 for XLA."""
+        if self.tile_pixels is not None:
+            return self.tile_pixels
+        return 256 if self.uses_cpu_kernel() else 1024
 
 
 class FCSMaps(NamedTuple):
@@ -410,7 +419,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         raise ValueError(f"binning {n} does not fit a {h} x {w} image")
     out_h = h - n + 1 if settings.overlap else h // n
     out_w = w - n + 1 if settings.overlap else w // n
-    rows_per_band = max(1, min(out_h, settings.tile_pixels // out_w))
+    rows_per_band = max(1, min(out_h, settings.band_pixels() // out_w))
     rows_in = rows_per_band + n - 1 if settings.overlap else rows_per_band * n
 
     saturation = np.iinfo(stack.dtype).max if np.issubdtype(stack.dtype, np.integer) else None
