@@ -124,6 +124,22 @@ def test_cpu_kernel_matches_xla_path_with_bleach_correction(dtype):
     np.testing.assert_allclose(np.asarray(got.mean), np.asarray(ref.mean), rtol=1e-5)
 
 
+@pytest.mark.skipif(not correlator_cpu.available(), reason="numba missing")
+def test_cpu_kernel_matches_monitor_formula_for_p32():
+    # P = 32: 32 lags in group 0 and 16 in the others, so the kernel's eight-lag block sums run
+    # four and two passes per block; odd T leaves partial last blocks for every group
+    rng = np.random.default_rng(7)
+    frames = rng.poisson(rng.gamma(5.0, 20.0, size=(9001, 3))).astype(np.float32)
+    grid = c.lag_grid(32, 8)
+    got = c.acf_from_lag_sums(correlator_cpu.lag_sums_cpu(frames, p=32, q=8), frames.shape[0], 32, 8)
+    ref_sem = np.asarray(c.correlate(jnp.asarray(frames), 32, 8).sem)
+    for k in range(frames.shape[1]):
+        ref = _monitor_acf(frames[:, k], grid)
+        np.testing.assert_allclose(np.asarray(got.acf)[:, k], ref, atol=2e-6 * abs(ref[0]) + 1e-9)
+    # the SEMs (blocking) agree with the XLA reduction's to float32 rounding
+    np.testing.assert_allclose(np.asarray(got.sem), ref_sem, rtol=1e-3)
+
+
 @pytest.mark.parametrize("order", range(1, 9))
 def test_cpu_kernel_power_series_trend_equals_the_legendre_trend(order):
     # the kernel evaluates the bleach trend as a power series in s = 2t/(T-1) - 1 (Horner) instead
