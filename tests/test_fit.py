@@ -55,6 +55,28 @@ def test_optimistix_and_jaxopt_backends_give_the_same_parameters(optics_2d):
     np.testing.assert_allclose(a.params[ok, 1], b.params[ok, 1], rtol=2e-3)
 
 
+def test_optimistix_cholesky_of_the_normal_equations_reaches_the_scipy_minimum(optics_2d):
+    # the normal equations square J's condition number; in float32 the fits must still end on
+    # scipy's float64 minimum (within the float32 floor, ~2e-4 here: see the FCS tolerance test)
+    from fluojax.fcs.models import pixel_side_um, psf_radius_um
+
+    truth, _, sigma, data = _noisy_acfs(optics_2d, 12, 0.03, 14)
+    args = (LAG, optics_2d)
+    solver = fit.LevenbergMarquardt(linear_solver="cholesky")
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=solver, **_BOUNDS)
+    assert np.all(res.status == fit.Status.CONVERGED)
+    lag_s = np.asarray(LAG, np.float64)
+    a_um, w_um = float(pixel_side_um(optics_2d)), float(psf_radius_um(optics_2d))
+    for i in range(len(data)):
+        ref = _scipy_acf_2d_fit(data[i].astype(np.float64), sigma[i].astype(np.float64), lag_s, a_um, w_um, [1.0, 1.0, 0.0])
+        assert res.params[i, 1] == pytest.approx(ref[1], rel=5e-4)
+
+
+def test_unknown_linear_solver_is_rejected():
+    with pytest.raises(ValueError, match="linear solver"):
+        fit.LevenbergMarquardt(linear_solver="lu")
+
+
 def test_fixed_parameters_keep_their_start_value(optics_2d):
     _, _, sigma, data = _noisy_acfs(optics_2d, 8, 0.01, 7)
     res = fit.least_squares_batch(acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **_BOUNDS)
