@@ -71,6 +71,17 @@ if njit is not None:
         return s1, s2
 
     @njit(fastmath=True, inline="always")
+    def sum_and_squares_f32(a):
+        """(sum_i a_i, sum_i a_i^2) accumulated in float32 (vector partial sums, as the XLA path
+        sums the lag-1 curve's fine levels): twice the lanes of float64 and no conversions."""
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        for i in range(a.shape[0]):
+            s1 += a[i]
+            s2 += a[i] * a[i]
+        return s1, s2
+
+    @njit(fastmath=True, inline="always")
     def block_dots_of_eight(y, d, n_full, blk, out):
         """Per block k < n_full of ``blk`` bins, sums over its bins t for eight delays d_j,
         in float32: out[0, k] = sum y_t, out[1 + j, k] = sum y_t y_{t+d_j}, out[9 + j, k] = sum y_{t+d_j}.
@@ -181,7 +192,7 @@ if njit is not None:
         lv = 0
         while True:
             if lv < n_curve:
-                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares((prod if lv % 2 == 0 else spare)[: cnt >> lv])
+                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares_f32((prod if lv % 2 == 0 else spare)[: cnt >> lv])
             if n == n_blk:
                 break
             n //= 2
