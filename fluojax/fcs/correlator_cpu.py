@@ -20,6 +20,7 @@ two paths against each other; the pipeline uses this kernel when JAX runs on the
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -341,9 +342,13 @@ if njit is not None:
                                 curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares((level_means if even else level_spare)[:nb])
 
 
+@functools.lru_cache(maxsize=4)
 def _scaled_frame_index(n_frames: int) -> np.ndarray:
-    """s = 2 t / (T - 1) - 1 for t = 0..T-1: the frame index scaled to [-1, 1], float32."""
-    return (2.0 * np.arange(n_frames) / max(n_frames - 1, 1) - 1.0).astype(np.float32)
+    """s = 2 t / (T - 1) - 1 for t = 0..T-1: the frame index scaled to [-1, 1], float32 (read-only;
+    cached, as every band of a stack has the same T)."""
+    s = (2.0 * np.arange(n_frames) / max(n_frames - 1, 1) - 1.0).astype(np.float32)
+    s.flags.writeable = False
+    return s
 
 
 def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
@@ -356,11 +361,12 @@ def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
     n_frames, n_coef = vander.shape
     if n_coef > _TREND_COEFS:
         raise ValueError(f"bleach trend of degree {n_coef - 1}: the CPU kernel supports degree <= {_TREND_COEFS - 1}")
-    s = _scaled_frame_index(n_frames).astype(np.float64)
+    scaled = _scaled_frame_index(n_frames)
+    s = lambda rows: scaled[rows].astype(np.float64)  # noqa: E731
     nodes = np.unique(np.round((np.cos(np.pi * (np.arange(4 * n_coef) + 0.5) / (4 * n_coef)) + 1) * (n_frames - 1) / 2).astype(int))
-    to_power = np.linalg.lstsq(np.vander(s[nodes], n_coef, increasing=True), vander[nodes], rcond=None)[0]
+    to_power = np.linalg.lstsq(np.vander(s(nodes), n_coef, increasing=True), vander[nodes], rcond=None)[0]
     check = np.linspace(0, n_frames - 1, 64).astype(int)
-    if not np.allclose(np.vander(s[check], n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
+    if not np.allclose(np.vander(s(check), n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
         raise ValueError("the bleach trend's basis is not a polynomial in the scaled frame index")
     out = np.zeros((_TREND_COEFS, fit_matrix.shape[1]), np.float32)
     out[:n_coef] = to_power @ fit_matrix
