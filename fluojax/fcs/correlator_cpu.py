@@ -7,13 +7,18 @@ pixels x 50,000 frames). This module computes the same ``LagSums`` with the loop
 wants: pixels are taken 16 at a time, transposed into a pixel-major buffer, and each pixel's
 trace (200 kB for 50,000 frames, inside the L2 cache) is bleach-corrected, centred, pair-binned
 group by group and correlated at every lag of every group before the next pixel is touched.
-The inner loops are contiguous dot products that LLVM vectorises; for the coarse groups, whose
-blocks hold a few bins, and for lag 1, the products are formed in one pass and pair-summed into
-block sums instead, the lag-1 pair sums also giving the blocking curve's fine levels (together
-~10 % off a 1,024-pixel band in an alternating A/B on the 2-core CPU).
+Blocks of 32 or more bins are summed eight lags per pass over the trace (one vector loop with
+17 accumulators, centred afterwards); for the coarse groups, whose blocks hold a few bins, and
+for lag 1, the products are formed in one pass and pair-summed into block sums, the lag-1 pair
+sums also giving the blocking curve's fine levels.
 
-The arithmetic is the XLA path's: float32 centred products summed per base block, float64 for
-the trace totals behind the monitors. ``fluojax.fcs.correlator.acf_from_lag_sums`` turns the
+Every hot loop must be one LLVM vectorises. What kept numba's loops scalar here: an index such
+as ``row[t + d]`` (numba tests it for a negative value; slices or unsigned indices avoid that),
+a loop writing the array it reads (pair sums go to a second array), and two array variables
+swapped between calls (each call site names its arrays: ``next_level``).
+
+The arithmetic is the XLA path's: float32 centred products summed per base block (and the
+lag-1 curve's fine levels in float32), float64 for the trace totals behind the monitors. ``fluojax.fcs.correlator.acf_from_lag_sums`` turns the
 result into ACFs and blocking SEMs, so normalisation and blocking exist once. A test checks the
 two paths against each other; the pipeline uses this kernel when JAX runs on the CPU.
 """
