@@ -18,8 +18,9 @@ a loop writing the array it reads (pair sums go to a second array), and two arra
 swapped between calls (each call site names its arrays: ``next_level``).
 
 The arithmetic is the XLA path's: float32 centred products summed per base block (and the
-lag-1 curve's fine levels in float32), float64 for the trace totals behind the monitors. ``fluojax.fcs.correlator.acf_from_lag_sums`` turns the
-result into ACFs and blocking SEMs, so normalisation and blocking exist once. A test checks the
+lag-1 curve's fine levels in float32), float64 for the trace totals behind the monitors.
+``fluojax.fcs.correlator.acf_from_lag_sums`` turns the result into ACFs and blocking SEMs, so
+normalisation and blocking exist once. A test checks the
 two paths against each other; the pipeline uses this kernel when JAX runs on the CPU.
 """
 
@@ -76,21 +77,12 @@ if njit is not None:
         return s
 
     @njit(fastmath=True, inline="always")
-    def sum_and_squares(a):
-        """(sum_i a_i, sum_i a_i^2) accumulated in float64."""
-        s1 = 0.0
-        s2 = 0.0
-        for i in range(a.shape[0]):
-            s1 += a[i]
-            s2 += a[i] * a[i]
-        return s1, s2
-
-    @njit(fastmath=True, inline="always")
-    def sum_and_squares_f32(a):
-        """(sum_i a_i, sum_i a_i^2) accumulated in float32 (vector partial sums, as the XLA path
-        sums the lag-1 curve's fine levels): twice the lanes of float64 and no conversions."""
-        s1 = np.float32(0.0)
-        s2 = np.float32(0.0)
+    def sum_and_squares(a, zero):
+        """(sum_i a_i, sum_i a_i^2) accumulated in the type of ``zero``: 0.0 (float64) for the
+        blocking moments, np.float32(0) for the lag-1 curve's fine levels (the XLA path sums
+        those in float32; twice the vector lanes of float64 and no conversions)."""
+        s1 = zero
+        s2 = zero
         for i in range(a.shape[0]):
             s1 += a[i]
             s2 += a[i] * a[i]
@@ -207,7 +199,7 @@ if njit is not None:
         lv = 0
         while True:
             if lv < n_curve:
-                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares_f32((prod if lv % 2 == 0 else spare)[: cnt >> lv])
+                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares((prod if lv % 2 == 0 else spare)[: cnt >> lv], np.float32(0.0))
             if n == n_blk:
                 break
             n //= 2
@@ -263,10 +255,12 @@ if njit is not None:
             width = min(_PIXELS_PER_CHUNK, n_pix - p0)
             buf = np.empty((width, n_frames), np.float32)
             chunk_frames = frames[:, p0 : p0 + width]
+            # transpose the chunk four frames at a time: the four stores to one pixel's row go to
+            # one cache line (frame by frame the copy is 1.9x slower); the rest frame by frame
             t_end = 0
-            if width == _PIXELS_PER_CHUNK:  # transpose the chunk four frames at a time (the four
-                t_end = n_frames - n_frames % 4  # stores to one pixel's row go to one cache line;
-                for t in range(0, t_end, 4):  # frame by frame the copy is 1.9x slower)
+            if width == _PIXELS_PER_CHUNK:
+                t_end = n_frames - n_frames % 4
+                for t in range(0, t_end, 4):
                     f0, f1, f2, f3 = chunk_frames[t], chunk_frames[t + 1], chunk_frames[t + 2], chunk_frames[t + 3]
                     for i in range(_PIXELS_PER_CHUNK):
                         dst = buf[i, t : t + 4]
@@ -314,9 +308,12 @@ if njit is not None:
                         m2_out[c, pix] = m2[jj]
                     if blk > _PAIR_SUM_MAX_BLOCK:  # blocks long enough for vector loops
                         block_sums_by_dots(row, delays[c0 : c0 + nl], counts[c0 : c0 + nl], blk, n_blocks[g], m1, m2, bases, dot_sums)
+                    # short blocks by pair sums; lag 1 too, whose pair-sum levels are the blocking
+                    # curve's fine levels (its base sums, computed again there, replace the dot
+                    # pass's: dropping lag 1 from that pass would still cost two eight-lag passes)
                     for jj in range(nl):
                         c = c0 + jj
-                        if blk <= _PAIR_SUM_MAX_BLOCK or c == 0:  # lag 1 also yields the curve's fine levels
+                        if blk <= _PAIR_SUM_MAX_BLOCK or c == 0:
                             block_sums_by_pairs(row, delays[c], counts[c], blk, n_blocks[g], m1[jj], m2[jj], prod, spare, bases[jj], curve_out, pix, n_fine if c == 0 else 0)
                     for jj in range(nl):
                         c = c0 + jj
@@ -331,7 +328,7 @@ if njit is not None:
                             nb = min_blocks[lv]
                             if lv > 0:
                                 next_level(level_means, level_spare, lv, nb)
-                            s1, s2 = sum_and_squares((level_means if lv % 2 == 0 else level_spare)[:nb])
+                            s1, s2 = sum_and_squares((level_means if lv % 2 == 0 else level_spare)[:nb], 0.0)
                             scale = 0.5**lv
                             moments_out[lv, 0, c, pix] = s1 * scale
                             moments_out[lv, 1, c, pix] = s2 * scale * scale
@@ -344,7 +341,7 @@ if njit is not None:
                                     nb = cnt // 2**lv
                                     next_level(level_means, level_spare, lv - n_fine, nb)
                                 even = (lv - n_fine) % 2 == 0
-                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares((level_means if even else level_spare)[:nb])
+                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares((level_means if even else level_spare)[:nb], 0.0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -367,11 +364,10 @@ def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
     if n_coef > _TREND_COEFS:
         raise ValueError(f"bleach trend of degree {n_coef - 1}: the CPU kernel supports degree <= {_TREND_COEFS - 1}")
     scaled = _scaled_frame_index(n_frames)
-    s = lambda rows: scaled[rows].astype(np.float64)  # noqa: E731
     nodes = np.unique(np.round((np.cos(np.pi * (np.arange(4 * n_coef) + 0.5) / (4 * n_coef)) + 1) * (n_frames - 1) / 2).astype(int))
-    to_power = np.linalg.lstsq(np.vander(s(nodes), n_coef, increasing=True), vander[nodes], rcond=None)[0]
+    to_power = np.linalg.lstsq(np.vander(scaled[nodes].astype(np.float64), n_coef, increasing=True), vander[nodes], rcond=None)[0]
     check = np.linspace(0, n_frames - 1, 64).astype(int)
-    if not np.allclose(np.vander(s(check), n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
+    if not np.allclose(np.vander(scaled[check].astype(np.float64), n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
         raise ValueError("the bleach trend's basis is not a polynomial in the scaled frame index")
     out = np.zeros((_TREND_COEFS, fit_matrix.shape[1]), np.float32)
     out[:n_coef] = to_power @ fit_matrix

@@ -83,9 +83,10 @@ in units of the SEM, and optimistix stops when every residual changes by less th
 (~50 x 6e-8), so a converged fit kept shrinking its trust region for 8-16 more iterations. At
 1e-3 the 2D fits of 16,384 ACFs need a median of 7 iterations instead of 18 (2.2x faster in
 docs/benchmarks.md), and D stays within 1.3e-4 (relative; 99th percentile 1e-5) of a solve at
-tolerances 1e-6/1e-8 (where that converged: 93 % of fits), 1/300 of its ~4 % standard error. LM converges quadratically near
-the minimum, so the last step is much smaller than the tolerance. For the optimistix backend
-only: jaxopt reads ``atol`` as a gradient tolerance and at 1e-3 moved D by up to 18 %.
+tolerances 1e-6/1e-8 (where that converged: 93 % of fits), 1/300 of its ~4 % standard error.
+LM converges quadratically near the minimum, so the last step is much smaller than the
+tolerance. For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance and
+at 1e-3 moved D by up to 18 %.
 """
 
 
