@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	JAX_PLATFORMS=cpu $(BIN)/fluojax demo -o demo_out
+	JAX_PLATFORMS=cpu $(BIN)/fluojax demo -o demo_out --overwrite
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -q -n 2 --dist loadgroup tests

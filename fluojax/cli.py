@@ -13,8 +13,14 @@
     fluojax frap train --config NAME [--steps N] [--seed S] -o CKPT   train a DeepFRAP network
     fluojax frap predict STACK.tif --net CKPT --roi circle:X,Y,R [...] [-o OUT]  network + LM refine
 
-Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
-and moved into place only when complete. ``frap fit``/``frap predict`` exit with code 3 (results
+Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
+hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM
+included, leaves nothing behind). OUT must be new, an empty folder, or -- with ``--overwrite`` --
+an earlier fluojax result of the same command (recognised by its ``.fluojax-result.json``, and
+holding no other files); anything else at OUT (the input, a file, a folder of your own such as
+``.``) is refused before the analysis starts, and nothing is touched. ``simulate -o X.tif``
+replaces an existing .tif only with ``--overwrite``; ``train -o RUN`` resumes a fluojax run folder
+and refuses any other non-empty folder. ``frap fit``/``frap predict`` exit with code 3 (results
 written, status in summary.json, one line on stderr) when the least-squares fit did not converge.
 """
 
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +37,15 @@ import numpy as np
 from fluojax.io import InputError
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fluojax: error: MESSAGE (see 'fluojax SUB --help')``, exit 2."""
+
+    def error(self, message):
+        command = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        message = " ".join(str(message).split())
+        self.exit(2, f"fluojax: error: {message} (see 'fluojax {command}--help')\n")
 
 
 def _positive(kind):
@@ -79,10 +93,10 @@ def _optics(args, binning: int = 1):
 
 
 def _parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="fluojax", description="Differentiable fluorescence-microscopy analysis in JAX.")
-    sub = top.add_subparsers(dest="command", required=True)
+    top = _Parser(prog="fluojax", description="Differentiable fluorescence-microscopy analysis in JAX.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fcs = sub.add_parser("fcs", help="Imaging FCS").add_subparsers(dest="fcs_command", required=True)
+    fcs = sub.add_parser("fcs", help="Imaging FCS").add_subparsers(dest="fcs_command", required=True, metavar="COMMAND")
     f = fcs.add_parser("fit", help="per-pixel ACF fits of an image stack -> D, N, G_inf maps")
     f.add_argument("stack", help="TIFF stack (frames, Y, X)")
     f.add_argument("--model", choices=["2d", "3d"], default="2d", help="2d = ITIR/TIRF (closed form), 3d = SPIM (numerical)")
@@ -93,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--bleach", default="poly4", help="bleach correction: polyK (K = 1..8) or none (default poly4)")
     f.add_argument("--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend")
     f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_fcs)")
+    _add_overwrite(f)
 
     s = fcs.add_parser("simulate", help="simulate a random-walk Imaging FCS stack")
     s.add_argument("--model", choices=["2d", "3d"], default="2d")
@@ -106,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     _add_optics(s)
     s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+    _add_overwrite(s, file=True)
 
     from fluojax.fcs.learned import RECIPES
 
@@ -123,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlap", action="store_true", help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)")
     pr.add_argument("--bleach", default="poly4", help="bleach correction of the ACFs: polyK or none")
     pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
+    _add_overwrite(pr)
 
     c = fcs.add_parser("compare", help="networks vs least squares on the same simulated 2D/3D stacks -> report")
     c.add_argument("--fcsnet", default=None, metavar="CKPT", help="FCSNet run folder (optional)")
@@ -136,16 +153,52 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--brightness", type=_positive(float), default=5.0)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("-o", "--output", required=True, metavar="REPORT", help="folder: report.md, report.csv, report.png")
+    _add_overwrite(c)
 
     _add_frap_parsers(sub)
 
     d = sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare")
     d.add_argument("--frames", type=_positive(int), default=20000)
-    d.add_argument("-o", "--output", default="demo_out", metavar="OUT")
+    d.add_argument("-o", "--output", default="demo_out", metavar="OUT", help="output folder (default demo_out)")
+    _add_overwrite(d)
     return top
 
 
+def _add_overwrite(p: argparse.ArgumentParser, file: bool = False) -> None:
+    if file:
+        p.add_argument("--overwrite", action="store_true", help="replace an existing .tif file at -o")
+    else:
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier result of this command at OUT (nothing else is ever replaced)")
+
+
 # ------------------------------------------------------------------------------------------------
+
+
+def _destination(args, kind: str, default_suffix: str | None = None) -> tuple[Path, str]:
+    """The output folder (``-o`` or STACK + ``default_suffix``), checked before any work starts.
+
+    Returns:
+        (folder, label for messages); raises InputError when the folder may not be written.
+    """
+    from fluojax import io
+
+    if args.output is None:
+        out = Path(Path(args.stack).with_suffix("").as_posix() + default_suffix)
+        label = f"output folder {out} (the default; choose another with -o)"
+    else:
+        out, label = Path(args.output), f"-o {args.output}"
+    io.check_output_folder(out, kind, args.overwrite, label)
+    return out, label
+
+
+def _check_run_folder(out: Path) -> None:
+    from fluojax import train as training
+
+    try:
+        training.check_run_folder(out)
+    except ValueError as err:
+        raise InputError(f"-o {err}") from None
 
 
 def _bleach_order(text: str) -> int:
@@ -236,6 +289,7 @@ def _fcs_fit(args) -> int:
     from fluojax import fit, io
     from fluojax.fcs.pipeline import FCS_SOLVER, AnalysisSettings, analyse_stack
 
+    out, label = _destination(args, "fcs-fit", "_fcs")
     stack, meta = io.read_stack(args.stack)
     frame_time = args.frame_time or meta.get("finterval")
     if not frame_time or not (float(frame_time) > 0):
@@ -248,14 +302,13 @@ def _fcs_fit(args) -> int:
         bleach_order=_bleach_order(args.bleach),
         solver=FCS_SOLVER if args.backend == "optimistix" else fit.LevenbergMarquardt(backend=args.backend),
     )
-    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_fcs")
     t0 = time.perf_counter()
     try:
         maps = analyse_stack(stack, settings)
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
-    with io.staged_output(out) as folder:
+    with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"})
     print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {summary['medians']['D_um2_s']:.4g} um^2/s "
           f"in {maps.timings_s['total']:.1f} s -> {out}/")
@@ -270,8 +323,7 @@ def _fcs_simulate(args) -> int:
     from fluojax.fcs.models import pixel_side_um
     from fluojax.noise import Camera
 
-    if not str(args.output).lower().endswith((".tif", ".tiff")):
-        raise InputError(f"-o {args.output}: the output must be a .tif file")
+    io.check_output_file(args.output, args.overwrite)
     if args.read_noise < 0:
         raise InputError("--read-noise must be >= 0")
     optics = _optics(args)
@@ -288,10 +340,8 @@ def _fcs_simulate(args) -> int:
     stack = simulate.simulate_stack(jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera)
     stack = np.asarray(stack)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    io.write_stack(tmp, stack, args.frame_time, a)
-    os.replace(tmp, out)
+    with io.result_file(out, args.overwrite) as tmp:
+        io.write_stack(tmp, stack, args.frame_time, a)
     print(f"simulated {stack.shape[0]} x {stack.shape[1]} x {stack.shape[2]} ({args.model}, D = {args.d} um^2/s, "
           f"{geometry.n_particles} particles) in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
@@ -319,8 +369,7 @@ def _fcs_train(args) -> int:
     from fluojax.fcs import learned
 
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {out}: exists and is not a folder")
+    _check_run_folder(out)
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks)
@@ -337,6 +386,7 @@ def _fcs_predict(args) -> int:
     from fluojax import io
     from fluojax.fcs import learned
 
+    out, label = _destination(args, "fcs-predict", "_net")
     try:
         net, meta = learned.load_network(args.net)
     except ValueError as err:
@@ -345,7 +395,6 @@ def _fcs_predict(args) -> int:
     frame_time = args.frame_time or tiff_meta.get("finterval")
     if not frame_time or not (float(frame_time) > 0):
         raise InputError("no frame time: pass --frame-time S (the TIFF has no ImageJ frame interval)")
-    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_net")
     t0 = time.perf_counter()
     try:
         maps, settings = learned.predict_stack(net, meta, stack, float(frame_time), args.overlap, _bleach_order(args.bleach))
@@ -357,7 +406,7 @@ def _fcs_predict(args) -> int:
              "checkpoint_step": meta.get("step"), "physics_check": {
                  "what": "reduced chi^2 of the model ACF at the predicted D (N, G_inf fitted); >> 1: distrust the prediction",
                  "fraction_chi2_above_3": float(np.mean(chi2 > 3)) if chi2.size else None}}
-    with io.staged_output(out) as folder:
+    with io.result_folder(out, "fcs-predict", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, extra)
     print(f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {summary['medians']['D_um2_s']:.4g} um^2/s, "
           f"median physics-check chi2 {summary['medians']['chi2_reduced']:.3g} in {maps.timings_s['total']:.1f} s -> {out}/")
@@ -370,6 +419,7 @@ def _fcs_compare(args) -> int:
     from fluojax import compare, io
     from fluojax.fcs import learned, simulate
 
+    out, label = _destination(args, "fcs-compare")
     if args.short < 2304:
         raise InputError(f"--short {args.short}: NLS needs at least 2304 frames for the correlator's lags")
     if args.long < args.short:
@@ -393,11 +443,11 @@ def _fcs_compare(args) -> int:
     grid = np.asarray(sorted(args.d), np.float64)[:, None]
     report = compare.compare_estimators(estimators, simulate_point, grid, args.samples, jax.random.key(args.seed),
                                         param_names=("D_um2_s",), log_scale=("D_um2_s",))
-    with io.staged_output(args.output) as folder:
+    with io.result_folder(out, "fcs-compare", args.overwrite, label) as folder:
         (folder / "report.md").write_text(compare.to_markdown(report))
         compare.to_csv(report, folder / "report.csv")
         compare.plot_report(report, folder / "report.png")
-        io.write_json(folder / "settings.json", {**{k: v for k, v in vars(args).items() if k != "func"}, "networks": names})
+        io.write_json(folder / "settings.json", {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names})
     print(f"{len(estimators)} estimators x {len(grid)} D values x {args.samples} stacks -> {args.output}/report.md")
     for e, name in enumerate(report.estimator_names):
         print(f"  {name:<34} Spearman {report.spearman[e, 0]:.3f}   median RMSE of ln D {np.nanmedian(report.rmse[e, :, 0]):.3f}")
@@ -408,10 +458,10 @@ def _demo(args) -> int:
     from fluojax import io
     from fluojax.fcs.demo import run_demo
 
+    out, label = _destination(args, "demo")
     t0 = time.perf_counter()
     result = run_demo(frames=args.frames)
-    out = Path(args.output)
-    with io.staged_output(out) as folder:
+    with io.result_folder(out, "demo", args.overwrite, label) as folder:
         extra = {"title": "fluojax demo: three regions of different D (2D)", "regions": result["regions"], "simulate_s": result["simulate_s"]}
         _write_fcs_outputs(folder, result["maps"], result["settings"], extra)
     print(f"{'region':<8}{'true D':>10}{'median fit D':>15}{'rel. error':>12}   (um^2/s)")
@@ -463,7 +513,7 @@ def _add_frap_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True)
 def _add_frap_parsers(sub) -> None:
     from fluojax.frap.models import DEEPFRAP_DT_S, DEEPFRAP_PIXEL_UM, DEEPFRAP_RADIUS_PX
 
-    frap = sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)").add_subparsers(dest="frap_command", required=True)
+    frap = sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)").add_subparsers(dest="frap_command", required=True, metavar="COMMAND")
     f = frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs",
                         epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
                                "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge (outputs "
@@ -474,6 +524,7 @@ def _add_frap_parsers(sub) -> None:
     f.add_argument("--d-range", type=_positive(float), nargs=2, default=None, metavar=("MIN", "MAX"),
                    help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)")
     f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frap)")
+    _add_overwrite(f)
 
     s = frap.add_parser("simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)")
     s.add_argument("--d", type=_positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)")
@@ -493,6 +544,7 @@ def _add_frap_parsers(sub) -> None:
                    help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+    _add_overwrite(s, file=True)
 
     t = frap.add_parser("train", help="train a DeepFRAP network on simulated recovery curves (resumes a run folder)")
     t.add_argument("--config", required=True, choices=FRAP_CONFIGS, help="network and scale (-small: CPU-sized)")
@@ -506,6 +558,7 @@ def _add_frap_parsers(sub) -> None:
     _add_frap_data_args(pr, frame_defaults=False)
     pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax frap train'")
     pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frapnet)")
+    _add_overwrite(pr)
 
 
 def _frap_learned():
@@ -667,6 +720,7 @@ def _frap_fit(args) -> int:
     from fluojax import io
     from fluojax.frap import pipeline
 
+    out, label = _destination(args, "frap-fit", "_frap")
     t0 = time.perf_counter()
     stack, roi, dt, pixel_um = _frap_read(args)
     prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
@@ -684,9 +738,8 @@ def _frap_fit(args) -> int:
     timings = {"read": t_read, "table": t_table, "fit": t_fit, "total": time.perf_counter() - t0}
     summary = {"settings": settings, "fit": fit_summary, "warnings": warnings, "timings_s": timings,
                "model": "DeepFRAP pure diffusion (mobile fraction 1, no imaging bleach), fast tabulated curve"}
-    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_frap")
     times = prepared.settings.frame_times_s()
-    with io.staged_output(out) as folder:
+    with io.result_folder(out, "frap-fit", args.overwrite, label) as folder:
         io.write_json(folder / "summary.json", summary)
         _write_frap_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model})
         _plot_frap(folder / "fit.png", prepared.settings, times, prepared.curve, {"least squares": model},
@@ -712,8 +765,7 @@ def _frap_simulate(args) -> int:
     from fluojax.frap.models import FrapParams, FrapSettings, circular_region, d_um2_s_to_px2_s
     from fluojax.frap.simulate import PixelNoise, simulate_image_sequences
 
-    if not str(args.output).lower().endswith((".tif", ".tiff")):
-        raise InputError(f"-o {args.output}: the output must be a .tif file")
+    io.check_output_file(args.output, args.overwrite)
     if args.alpha > 1:
         raise InputError(f"--alpha {args.alpha:g}: the fraction left per bleach frame must be in (0, 1]")
     if args.postbleach < pipeline.MIN_POSTBLEACH:
@@ -728,13 +780,8 @@ def _frap_simulate(args) -> int:
     images = simulate_image_sequences(jax.random.key(args.seed), params, geometry, settings, PixelNoise(args.noise_a))
     images = np.asarray(images, np.float32)
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
+    with io.result_file(out, args.overwrite) as tmp:
         io.write_stack(tmp, images, args.dt, args.pixel_size)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     c = 0.5 * args.size
     print(f"simulated {images.shape[0]} x {images.shape[1]} x {images.shape[2]} (D = {args.d:g} um^2/s = {params.d_px2_s:.4g} px^2/s, "
           f"c0 {args.c0:g}, alpha {args.alpha:g}, noise a {args.noise_a:g}) in {time.perf_counter() - t0:.1f} s -> {out}\n"
@@ -748,8 +795,7 @@ def _frap_train(args) -> int:
     if args.config not in learned.RECIPES:
         raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {out}: exists and is not a folder")
+    _check_run_folder(out)
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
@@ -767,6 +813,7 @@ def _frap_predict(args) -> int:
     from fluojax.frap.estimate import frap_bounds
     from fluojax.frap.models import d_px2_s_to_um2_s
 
+    out, label = _destination(args, "frap-predict", "_frapnet")
     learned = _frap_learned()
     t0 = time.perf_counter()
     try:
@@ -835,9 +882,8 @@ def _frap_predict(args) -> int:
         "warnings": warnings,
         "timings_s": {"read": t_read, "network": t_net, "table": t_table, "refine": t_fit, "total": time.perf_counter() - t0},
     }
-    out = Path(args.output or Path(args.stack).with_suffix("").as_posix() + "_frapnet")
     times = prepared.settings.frame_times_s()
-    with io.staged_output(out) as folder:
+    with io.result_folder(out, "frap-predict", args.overwrite, label) as folder:
         io.write_json(folder / "summary.json", summary)
         _write_frap_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model, "network": net_model * scale})
         _plot_frap(folder / "fit.png", prepared.settings, times, prepared.curve,

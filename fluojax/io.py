@@ -5,23 +5,54 @@
   every way a file can be wrong into one :class:`InputError` with a one-line message.
 * :func:`write_map` writes a float32 ImageJ TIFF with the quantity, its unit and the pixel size
   in the metadata (``imagej=True``: works on old and new tifffile).
-* :func:`staged_output` writes a result folder next to its destination and moves it into place
-  only when everything succeeded, so a failure never leaves half a result behind.
+* :func:`result_folder` writes a result folder beside its destination and moves it into place
+  only when everything succeeded; it only ever creates a new folder, fills an empty one, or
+  replaces an earlier fluojax result of the same kind when asked to (``overwrite``).
+  :func:`check_output_folder` applies the same rules up front, touching nothing, so a command
+  can refuse a bad ``-o`` before a long analysis. :func:`result_file` does the same for one file.
+* :func:`terminate_guard` turns SIGTERM into ``SystemExit(143)`` while output is being staged, so
+  the clean-up code runs and no hidden half-written folder is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import signal
+import socket
+import stat
+import threading
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-__all__ = ["InputError", "read_stack", "read_pixel_size_um", "write_map", "write_stack", "write_json", "staged_output"]
+__all__ = [
+    "InputError",
+    "read_stack",
+    "read_pixel_size_um",
+    "write_map",
+    "write_stack",
+    "write_json",
+    "RESULT_MARKER",
+    "check_output_folder",
+    "result_folder",
+    "check_output_file",
+    "result_file",
+    "terminate_guard",
+    "describe_entries",
+]
+
+RESULT_MARKER = ".fluojax-result.json"
+"""Name of the file that marks a folder as a fluojax result; written last, so its presence also
+means the folder is complete. JSON: ``kind``, ``files`` (the names written beside it),
+``fluojax_version``, ``created`` (UTC, ISO 8601)."""
 
 
 class InputError(ValueError):
@@ -140,24 +171,383 @@ def write_json(path: str | os.PathLike, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=default) + "\n")
 
 
-@contextlib.contextmanager
-def staged_output(destination: str | os.PathLike):
-    """Yield a temporary folder beside ``destination``; on success it replaces ``destination``.
+# ------------------------------------------------------------------------------------------------
+# safe outputs
+#
+# Nothing the user already has is ever replaced unless it is recognisably what fluojax would write
+# there (a result folder of the same kind, with only the files its marker lists; a .tif file) and
+# the user asked for it. Everything is written beside the destination in a hidden sibling named
+# ``.NAME.fluojax-<role>-<pid>-<host>-<random>`` and renamed into place when complete; siblings
+# left by a process that no longer exists (killed with SIGKILL) are cleared by the next run.
 
-    On an exception the temporary folder is removed and ``destination`` is left as it was.
+
+def describe_entries(names, limit: int = 3) -> str:
+    """A short listing for a one-line message: ``holds a.tif, b.txt and 4 more``.
+
+    Arguments:
+        names: iterable of file names.
+        limit: how many names to show.
     """
-    destination = Path(destination).resolve()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return f"holds {shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class _TerminateGuard:
+    """SIGTERM handler state: raise once, or only remember the signal while ``deferring``."""
+
+    def __init__(self):
+        self.fired = False
+        self.deferring = False
+
+    def handler(self, signum, frame):
+        if self.fired:  # a second signal must not interrupt the clean-up of the first
+            return
+        self.fired = True
+        if not self.deferring:
+            raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminate_guard():
+    """While active, SIGTERM raises ``SystemExit(143)`` so that ``except``/``finally`` clean-up runs.
+
+    Python's default SIGTERM action ends the process at once, skipping every clean-up. Inside
+    the guard the first SIGTERM raises instead (later ones are ignored, so they cannot interrupt
+    the clean-up); while ``guard.deferring`` is set (a short commit that must not stop half way)
+    it is only recorded and raised when the guard exits. The previous handler is restored on
+    exit. Outside the main thread (where Python cannot install handlers) it does nothing.
+
+    Yields:
+        the guard; set its ``deferring`` attribute to postpone the signal.
+    """
+    guard = _TerminateGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = signal.signal(signal.SIGTERM, guard.handler)
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old.{os.getpid()}")
-        destination.rename(old)
-    staging.rename(destination)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        yield guard
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if guard.fired:
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _sibling(destination: Path, role: str) -> Path:
+    """A fresh name for a hidden sibling of ``destination`` (role: staging, old or partial)."""
+    suffix = destination.suffix if role == "partial" else ""  # tifffile and friends may look at it
+    return destination.with_name(f".{destination.name}.fluojax-{role}-{os.getpid()}-{_host_tag()}-{secrets.token_hex(4)}{suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree; a missing path is fine."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _clear_stale_siblings(destination: Path) -> None:
+    """Remove the hidden siblings of ``destination`` left by dead fluojax processes on this host.
+
+    A staging folder or partial file is deleted. An ``old`` folder (an earlier result moved aside
+    an instant before its replacement was renamed into place) is put back when the destination
+    is missing, and deleted otherwise.
+    """
+    pattern = re.compile(rf"\.{re.escape(destination.name)}\.fluojax-(staging|old|partial)-(\d+)-([0-9a-f]{{8}})-[0-9a-f]+")
+    host = _host_tag()
+    try:
+        entries = list(os.scandir(destination.parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or match.group(3) != host or _pid_alive(int(match.group(2))):
+            continue
+        path = Path(entry.path)
+        if match.group(1) == "old" and not os.path.lexists(destination):
+            try:
+                os.rename(path, destination)
+                continue
+            except OSError:
+                pass
+        _remove(path)
+
+
+def _check_parent(destination: Path, label: str) -> None:
+    """The nearest existing ancestor of ``destination`` must be a writable folder."""
+    ancestor = destination.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{label}: {ancestor} is a file, not a folder; nothing was touched")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{label}: no permission to write in {ancestor}; nothing was touched")
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The result marker of ``folder`` as a dict with ``kind`` and ``files``, or None."""
+    marker = folder / RESULT_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("kind"), str) and isinstance(data.get("files"), list)):
+        return None
+    return data
+
+
+def _absolute(destination: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(destination))  # normalised, links not followed: "." -> the working folder
+
+
+def check_output_folder(destination: str | os.PathLike, kind: str, overwrite: bool = False, label: str | None = None) -> Path:
+    """Check that a result folder may be written at ``destination``; touches nothing.
+
+    Allowed: nothing there (the folder and its parents will be created); an empty folder; with
+    ``overwrite``, an earlier fluojax result of the same ``kind`` holding only the files its
+    marker lists. Refused: a file or link, a folder that is not a fluojax result (e.g. ``.`` or
+    the input's folder), another kind's result, a result with files fluojax did not write, and a
+    result of the same kind without ``overwrite``.
+
+    Arguments:
+        destination: the output folder as the user gave it.
+        kind: what is written, e.g. ``"fcs-fit"``; stored in the marker.
+        overwrite: replace an earlier result of the same kind.
+        label: how the messages name the destination (default ``-o DESTINATION``).
+
+    Returns:
+        the absolute path of the destination.
+
+    Raises:
+        InputError: with a one-line message saying what is there and that nothing was touched.
+    """
+    label = label or f"-o {destination}"
+    path = _absolute(destination)
+    if not path.name:
+        raise InputError(f"{label}: not a usable folder name; nothing was touched")
+    _check_parent(path, label)
+    if path.is_symlink():
+        raise InputError(f"{label}: is a symbolic link, not a results folder; nothing was touched; choose a new folder name")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise InputError(f"{label}: is an existing file, not a results folder; nothing was touched; choose a new folder name")
+    try:
+        entries = os.listdir(path)
+    except OSError as err:
+        raise InputError(f"{label}: cannot be read ({err.strerror}); nothing was touched") from None
+    if not entries:
+        return path
+    marker = _read_marker(path)
+    if marker is None:
+        raise InputError(f"{label}: a folder that is not a fluojax result ({describe_entries(entries)}); "
+                         "nothing was touched; choose a new or empty folder")
+    if marker["kind"] != kind:
+        raise InputError(f"{label}: holds a fluojax {marker['kind']} result, not {kind}; nothing was touched; choose another folder")
+    listed = set(marker["files"]) | {RESULT_MARKER}
+    foreign = [name for name in entries if name not in listed]
+    if foreign:
+        raise InputError(f"{label}: a fluojax {kind} result that also {describe_entries(foreign)}, which fluojax did not write; "
+                         "nothing was touched; move those files or choose another folder")
+    if not overwrite:
+        raise InputError(f"{label}: holds an earlier fluojax {kind} result; pass --overwrite to replace it")
+    return path
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, deepest last."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        os.mkdir(path)
+    return list(reversed(missing))
+
+
+def _remove_created(created: list[Path]) -> None:
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:  # no longer empty: someone else's now
+            break
+
+
+def _marker(kind: str, files: list[str]) -> dict:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("fluojax")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"kind": kind, "files": sorted(files), "fluojax_version": version,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+@contextlib.contextmanager
+def result_folder(destination: str | os.PathLike, kind: str, overwrite: bool = False, label: str | None = None):
+    """Yield an empty staging folder; when the block succeeds it becomes the result at ``destination``.
+
+    The rules of :func:`check_output_folder` are applied on entry and again just before the
+    commit. The staging folder is a hidden sibling (``.NAME.fluojax-staging-<pid>-...``, normal
+    permissions: 0o777 less the umask). On success the marker :data:`RESULT_MARKER` is written
+    last, an earlier result (if any) is renamed aside, the staging folder is renamed into place
+    and the earlier result deleted. On any exception, including KeyboardInterrupt and SIGTERM
+    (see :func:`terminate_guard`), the staging folder and any parent folders created for it are
+    removed and ``destination`` is left as it was. Stale siblings of dead processes are cleared
+    on entry.
+
+    Arguments:
+        destination: output folder.
+        kind: what is written (e.g. ``"fcs-fit"``); an existing result is only replaced when
+            its marker names the same kind.
+        overwrite: replace an earlier result of the same kind.
+        label: how messages name the destination (default ``-o DESTINATION``).
+
+    Yields:
+        ``Path`` of the staging folder to write the result files into.
+
+    Raises:
+        InputError: the destination may not be written (nothing touched).
+    """
+    path = check_output_folder(destination, kind, overwrite, label)
+    with terminate_guard() as guard:
+        created = _make_parents(path.parent)
+        staging = old = None
+        committed = False
+        try:
+            _clear_stale_siblings(path)
+            check_output_folder(destination, kind, overwrite, label)  # a cleared sibling may have been put back
+            while staging is None:
+                try:
+                    staging = _sibling(path, "staging")
+                    os.mkdir(staging)  # mode 0o777 less the umask (mkdtemp would give 0o700)
+                except FileExistsError:
+                    staging = None
+            yield staging
+            guard.deferring = True  # from here on a SIGTERM waits until the result is in place
+            write_json(staging / RESULT_MARKER, _marker(kind, os.listdir(staging)))
+            check_output_folder(destination, kind, overwrite, label)
+            if path.is_dir():
+                if os.listdir(path):
+                    old = _sibling(path, "old")
+                    os.rename(path, old)
+                else:
+                    os.rmdir(path)
+            os.rename(staging, path)
+            committed = True
+            if old is not None:
+                _remove(old)  # interrupted here, it is cleared as a stale sibling by the next run
+        except BaseException as err:
+            guard.deferring = True
+            if not committed:
+                if old is not None and not os.path.lexists(path):
+                    os.rename(old, path)  # put the earlier result back
+                if staging is not None:
+                    _remove(staging)
+                _remove_created(created)
+            if isinstance(err, OSError):  # e.g. disk full: one line, not a traceback
+                raise InputError(f"{label or f'-o {destination}'}: could not be written ({err.strerror or err}); "
+                                 "nothing was touched") from None
+            raise
+
+
+def check_output_file(destination: str | os.PathLike, overwrite: bool = False, suffixes: tuple[str, ...] = (".tif", ".tiff"),
+                      label: str | None = None) -> Path:
+    """Check that a file may be written at ``destination``; touches nothing.
+
+    Allowed: nothing there; with ``overwrite``, a regular file with one of ``suffixes``.
+    Refused: another suffix, a folder, a link or a special file, and an existing file without
+    ``overwrite``.
+
+    Arguments:
+        destination: output file as the user gave it.
+        overwrite: replace an existing file.
+        suffixes: allowed suffixes (lower case).
+        label: how the messages name the destination (default ``-o DESTINATION``).
+
+    Returns:
+        the absolute path of the destination.
+
+    Raises:
+        InputError: with a one-line message.
+    """
+    label = label or f"-o {destination}"
+    path = _absolute(destination)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{label}: the output must be a {' or '.join(suffixes)} file")
+    _check_parent(path, label)
+    if path.is_symlink():
+        raise InputError(f"{label}: is a symbolic link; nothing was touched; choose a new file name")
+    if not path.exists():
+        return path
+    if path.is_dir():
+        raise InputError(f"{label}: is a folder, not a file; nothing was touched; choose a new file name")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise InputError(f"{label}: is not a regular file; nothing was touched")
+    if not overwrite:
+        raise InputError(f"{label}: exists; pass --overwrite to replace it (nothing was touched)")
+    return path
+
+
+@contextlib.contextmanager
+def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixes: tuple[str, ...] = (".tif", ".tiff"),
+                label: str | None = None):
+    """Yield a hidden temporary path beside ``destination``; when the block succeeds it replaces it.
+
+    The rules of :func:`check_output_file` are applied on entry and before the final
+    ``os.replace``. On any exception (SIGTERM included) the temporary file and parent folders
+    created for it are removed.
+
+    Arguments:
+        destination, overwrite, suffixes, label: as for :func:`check_output_file`.
+
+    Yields:
+        ``Path`` to write (an empty file, same suffix as ``destination``).
+    """
+    path = check_output_file(destination, overwrite, suffixes, label)
+    with terminate_guard() as guard:
+        created = _make_parents(path.parent)
+        tmp = None
+        try:
+            _clear_stale_siblings(path)
+            while tmp is None:
+                try:
+                    tmp = _sibling(path, "partial")
+                    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                except FileExistsError:
+                    tmp = None
+            yield tmp
+            guard.deferring = True
+            check_output_file(destination, overwrite, suffixes, label)
+            os.replace(tmp, path)
+        except BaseException as err:
+            guard.deferring = True
+            if tmp is not None:
+                _remove(tmp)
+            _remove_created(created)
+            if isinstance(err, OSError):
+                raise InputError(f"{label or f'-o {destination}'}: could not be written ({err.strerror or err}); "
+                                 "nothing was touched") from None
+            raise

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ __all__ = [
     "restore_checkpoint",
     "read_checkpoint_meta",
     "latest_checkpoint",
+    "is_run_folder",
+    "check_run_folder",
 ]
 
 
@@ -206,6 +209,36 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder :func:`train` wrote: a complete checkpoint or ``metrics.json``.
+
+    (A run stopped before its first checkpoint has ``metrics.json`` only; it is still a run.)
+    """
+    path = Path(path)
+    return path.is_dir() and (latest_checkpoint(path) is not None or (path / "metrics.json").is_file())
+
+
+def check_run_folder(path: str | Path) -> None:
+    """Check that ``path`` may be used as a run folder; touches nothing.
+
+    Allowed: nothing there, an empty folder, or an earlier run (which training resumes).
+
+    Raises:
+        ValueError: one-line message: a file, or a non-empty folder that is not a run.
+    """
+    from fluojax.io import describe_entries
+
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; nothing was touched")
+    if not path.exists():
+        return
+    entries = os.listdir(path)
+    if entries and not is_run_folder(path):
+        raise ValueError(f"{path}: a folder that is not a fluojax training run ({describe_entries(entries)}; no checkpoints/ or "
+                         "metrics.json); nothing was touched; choose a new or empty folder")
+
+
 def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     """The checkpoint folder to load from ``path`` (a run folder or a checkpoint) and its meta.
 
@@ -333,6 +366,7 @@ def train(
     start = 0
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
+        check_run_folder(run_path)
         run_path.mkdir(parents=True, exist_ok=True)
         last = latest_checkpoint(run_path)
         if last is not None:
