@@ -226,11 +226,16 @@ def terminate_guard():
         yield guard
         return
     previous = signal.signal(signal.SIGTERM, guard.handler)
+    previous = signal.SIG_DFL if previous is None else previous  # None: installed outside Python
     try:
         yield guard
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    if guard.fired:
+    except BaseException as err:
+        signal.signal(signal.SIGTERM, previous)
+        if guard.fired and not isinstance(err, SystemExit):  # SIGTERM came during the clean-up of another error
+            raise SystemExit(128 + signal.SIGTERM) from err
+        raise
+    signal.signal(signal.SIGTERM, previous)
+    if guard.fired:  # deferred during a commit
         raise SystemExit(128 + signal.SIGTERM)
 
 
@@ -364,7 +369,8 @@ def check_output_folder(destination: str | os.PathLike, kind: str, overwrite: bo
         raise InputError(f"{label}: a folder that is not a fluojax result ({describe_entries(entries)}); "
                          "nothing was touched; choose a new or empty folder")
     if marker["kind"] != kind:
-        raise InputError(f"{label}: holds a fluojax {marker['kind']} result, not {kind}; nothing was touched; choose another folder")
+        other = " ".join(marker["kind"].split())[:40]  # one line, whatever the file says
+        raise InputError(f"{label}: holds a fluojax {other} result, not {kind}; nothing was touched; choose another folder")
     listed = set(marker["files"]) | {RESULT_MARKER}
     foreign = [name for name in entries if name not in listed]
     if foreign:
@@ -381,9 +387,14 @@ def _make_parents(folder: Path) -> list[Path]:
     while not os.path.lexists(folder):
         missing.append(folder)
         folder = folder.parent
+    created = []
     for path in reversed(missing):
-        os.mkdir(path)
-    return list(reversed(missing))
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # made by someone else meanwhile: theirs
+            continue
+        created.append(path)
+    return created
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -431,14 +442,15 @@ def result_folder(destination: str | os.PathLike, kind: str, overwrite: bool = F
     Raises:
         InputError: the destination may not be written (nothing touched).
     """
+    label = label or f"-o {destination}"
     path = check_output_folder(destination, kind, overwrite, label)
     with terminate_guard() as guard:
-        created = _make_parents(path.parent)
-        staging = old = None
+        created, staging, old = [], None, None
         committed = False
         try:
+            created = _make_parents(path.parent)
             _clear_stale_siblings(path)
-            check_output_folder(destination, kind, overwrite, label)  # a cleared sibling may have been put back
+            check_output_folder(path, kind, overwrite, label)  # a cleared sibling may have been put back
             while staging is None:
                 try:
                     staging = _sibling(path, "staging")
@@ -448,7 +460,7 @@ def result_folder(destination: str | os.PathLike, kind: str, overwrite: bool = F
             yield staging
             guard.deferring = True  # from here on a SIGTERM waits until the result is in place
             write_json(staging / RESULT_MARKER, _marker(kind, os.listdir(staging)))
-            check_output_folder(destination, kind, overwrite, label)
+            check_output_folder(path, kind, overwrite, label)  # still as checked before the work started?
             if path.is_dir():
                 if os.listdir(path):
                     old = _sibling(path, "old")
@@ -463,13 +475,13 @@ def result_folder(destination: str | os.PathLike, kind: str, overwrite: bool = F
             guard.deferring = True
             if not committed:
                 if old is not None and not os.path.lexists(path):
-                    os.rename(old, path)  # put the earlier result back
+                    with contextlib.suppress(OSError):  # else the next run puts it back (stale sibling)
+                        os.rename(old, path)  # put the earlier result back
                 if staging is not None:
                     _remove(staging)
                 _remove_created(created)
             if isinstance(err, OSError):  # e.g. disk full: one line, not a traceback
-                raise InputError(f"{label or f'-o {destination}'}: could not be written ({err.strerror or err}); "
-                                 "nothing was touched") from None
+                raise InputError(f"{label}: could not be written ({err.strerror or err}); nothing was touched") from None
             raise
 
 
@@ -526,11 +538,12 @@ def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixe
     Yields:
         ``Path`` to write (an empty file, same suffix as ``destination``).
     """
+    label = label or f"-o {destination}"
     path = check_output_file(destination, overwrite, suffixes, label)
     with terminate_guard() as guard:
-        created = _make_parents(path.parent)
-        tmp = None
+        created, tmp = [], None
         try:
+            created = _make_parents(path.parent)
             _clear_stale_siblings(path)
             while tmp is None:
                 try:
@@ -540,7 +553,7 @@ def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixe
                     tmp = None
             yield tmp
             guard.deferring = True
-            check_output_file(destination, overwrite, suffixes, label)
+            check_output_file(path, overwrite, suffixes, label)
             os.replace(tmp, path)
         except BaseException as err:
             guard.deferring = True
@@ -548,6 +561,5 @@ def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixe
                 _remove(tmp)
             _remove_created(created)
             if isinstance(err, OSError):
-                raise InputError(f"{label or f'-o {destination}'}: could not be written ({err.strerror or err}); "
-                                 "nothing was touched") from None
+                raise InputError(f"{label}: could not be written ({err.strerror or err}); nothing was touched") from None
             raise
