@@ -120,10 +120,10 @@ def check_optics(optics: Optics, three_d: bool) -> None:
     if float(optics.binning) != int(optics.binning):
         raise ValueError(f"binning must be a whole number of pixels (got {optics.binning})")
     na, n_imm, n_sample = float(optics.na), float(optics.immersion_index), float(optics.refractive_index)
-    if na > n_imm:
-        raise ValueError(f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)")
     if three_d and na >= n_sample:
         raise ValueError(f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)")
+    if na > n_imm:
+        raise ValueError(f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)")
 
 
 class ACFParams(NamedTuple):
