@@ -69,14 +69,22 @@ def _add_optics(p: argparse.ArgumentParser, three_d_defaults: bool = False) -> N
     g.add_argument("--wavelength", type=_positive(float), default=None, metavar="NM", help="emission wavelength in nm (default 583 in 2D, 515 in 3D)")
     g.add_argument("--sigma0", type=_positive(float), default=None, metavar="S0", help="PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)")
     g.add_argument("--sigmaz", type=_positive(float), default=2.2, metavar="SZ", help="light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)")
-    g.add_argument("--refractive-index", type=_positive(float), default=1.333, metavar="N", help="sample refractive index (3D; default 1.333)")
+    g.add_argument("--refractive-index", type=_positive(float), default=None, metavar="N",
+                   help="3D: sample (and water-dipping immersion) refractive index, NA must stay below it (default 1.333); "
+                        "2D: the objective's immersion medium index, NA cannot exceed it (default 1.518, oil)")
 
 
 def _optics(args, binning: int = 1):
-    from fluojax.fcs.models import Optics
+    """The ``Optics`` of the command line, checked by ``models.check_optics`` (InputError if impossible).
+
+    ``--refractive-index`` is the sample's index in 3D (a water-dipping objective: the immersion
+    index too) and the immersion medium's in 2D, where the model does not use the sample's.
+    """
+    from fluojax.fcs.models import Optics, check_optics
 
     three_d = args.model == "3d"
     pick = lambda value, d2, d3: value if value is not None else (d3 if three_d else d2)  # noqa: E731
+    index = pick(args.refractive_index, 1.518, 1.333)
     optics = Optics(
         camera_pixel_um=args.pixel_size,
         magnification=pick(args.magnification, 100.0, 60.0),
@@ -84,11 +92,14 @@ def _optics(args, binning: int = 1):
         wavelength_nm=pick(args.wavelength, 583.0, 515.0),
         sigma0=pick(args.sigma0, 0.8, 1.1),
         sigmaz=args.sigmaz if three_d else 1.0e6,
-        refractive_index=args.refractive_index,
+        refractive_index=index if three_d else Optics._field_defaults["refractive_index"],  # unused in 2D
         binning=binning,
+        immersion_index=index,
     )
-    if three_d and optics.na >= optics.refractive_index:
-        raise InputError(f"--na {optics.na} must be below the refractive index {optics.refractive_index}")
+    try:
+        check_optics(optics, three_d)
+    except ValueError as err:
+        raise InputError(f"optics: {err}") from None
     return optics
 
 
@@ -291,11 +302,9 @@ def _fcs_fit(args) -> int:
 
     out, label = _destination(args, "fcs-fit", "_fcs")
     stack, meta = io.read_stack(args.stack)
-    frame_time = args.frame_time or meta.get("finterval")
-    if not frame_time or not (float(frame_time) > 0):
-        raise InputError("no frame time: pass --frame-time S (the TIFF has no ImageJ frame interval)")
+    frame_time = io.frame_interval_s(args.frame_time, meta, "--frame-time", args.stack)
     settings = AnalysisSettings(
-        frame_time_s=float(frame_time),
+        frame_time_s=frame_time,
         optics=_optics(args, args.binning),
         model=args.model,
         overlap=args.overlap,
@@ -392,12 +401,10 @@ def _fcs_predict(args) -> int:
     except ValueError as err:
         raise InputError(f"--net {args.net}: {err}") from None
     stack, tiff_meta = io.read_stack(args.stack)
-    frame_time = args.frame_time or tiff_meta.get("finterval")
-    if not frame_time or not (float(frame_time) > 0):
-        raise InputError("no frame time: pass --frame-time S (the TIFF has no ImageJ frame interval)")
+    frame_time = io.frame_interval_s(args.frame_time, tiff_meta, "--frame-time", args.stack)
     t0 = time.perf_counter()
     try:
-        maps, settings = learned.predict_stack(net, meta, stack, float(frame_time), args.overlap, _bleach_order(args.bleach))
+        maps, settings = learned.predict_stack(net, meta, stack, frame_time, args.overlap, _bleach_order(args.bleach))
     except ValueError as err:
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
@@ -578,13 +585,7 @@ def _frap_read(args):
 
     roi = pipeline.parse_roi(args.roi)
     stack, meta = io.read_stack(args.stack)
-    dt = args.dt or meta.get("finterval")
-    try:
-        dt = float(dt) if dt else None
-    except (TypeError, ValueError):
-        dt = None
-    if not dt or not (math.isfinite(dt) and dt > 0):
-        raise InputError("no frame interval: pass --dt S (the TIFF has no ImageJ finterval)")
+    dt = io.frame_interval_s(args.dt, meta, "--dt", args.stack)
     pixel_um = args.pixel_size or io.read_pixel_size_um(args.stack)
     if not pixel_um:
         raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")

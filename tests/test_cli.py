@@ -65,7 +65,7 @@ def test_single_2d_image_is_rejected(tmp_path, capsys):
 
 def test_fewer_frames_than_largest_lag_is_rejected(tmp_path, capsys):
     path = tmp_path / "short.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (1000, 4, 4)).astype(np.uint16))
+    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (1000, 4, 4)).astype(np.uint16), photometric="minisblack")
     assert "2048" in _bad(tmp_path, capsys, ["fcs", "fit", str(path), "--frame-time", "0.001"])
 
 
@@ -86,7 +86,7 @@ def test_corrupt_or_non_tiff_file_is_rejected(tmp_path, capsys, content):
 
 def test_missing_frame_time_is_rejected(tmp_path, capsys):
     path = tmp_path / "nometa.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (2400, 3, 3)).astype(np.uint16))
+    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (2400, 3, 3)).astype(np.uint16), photometric="minisblack")
     assert "frame time" in _bad(tmp_path, capsys, ["fcs", "fit", str(path)])
 
 

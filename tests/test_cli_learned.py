@@ -85,3 +85,44 @@ def test_compare_refuses_a_network_of_the_other_kind(trained_run, tmp_path, caps
     assert main(["fcs", "compare", "--fcsnet", str(trained_run), "-o", str(tmp_path / "x")]) == 2
     assert "imfcsnet checkpoint, not a fcsnet" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# degenerate input (issue 17; the rest of those tests are in test_degenerate_fcs.py, but they
+# need this module's trained network)
+
+
+def _write_like(path, data):
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TYX", "finterval": 1.06e-3})
+    return path
+
+
+def _refused_line(capsys, out):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fluojax: error:") and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize("kind, words", [("zeros", "no pixel of the stack fluctuates"), ("offset", "positive mean")])
+def test_predict_refuses_a_blank_or_negative_stack(trained_run, stack_2500, tmp_path, capsys, kind, words):
+    counts = tifffile.imread(stack_2500).astype(np.float32)
+    data = np.zeros_like(counts) if kind == "zeros" else counts - 1000.0
+    path = _write_like(tmp_path / f"{kind}.tif", data)
+    out = tmp_path / "x"
+    assert main(["fcs", "predict", str(path), "--net", str(trained_run), "--bleach", "none", "-o", str(out)]) == 2
+    assert words in _refused_line(capsys, out)
+
+
+def test_predict_marks_windows_without_fluctuations(trained_run, stack_2500, tmp_path):
+    data = tifffile.imread(stack_2500).astype(np.float32)
+    data[:, :3, :3] = 4.0  # the 3 x 3 window centred on (1, 1) is constant
+    data[:, 4, 4] = 4.0  # one constant pixel in the window of (3, 3): it still fluctuates
+    path = _write_like(tmp_path / "flat.tif", data)
+    out = tmp_path / "pred"
+    assert main(["fcs", "predict", str(path), "--net", str(trained_run), "--overlap", "--bleach", "none", "-o", str(out)]) == 0
+    status, d = tifffile.imread(out / "status.tif"), tifffile.imread(out / "D.tif")
+    assert status[1, 1] == 7 and np.isnan(d[1, 1]) and np.isnan(tifffile.imread(out / "chi2.tif")[1, 1])
+    inner = np.zeros((5, 5), bool)
+    inner[1:4, 1:4] = True
+    inner[1, 1] = False
+    assert np.all(status[inner] == 0) and np.all(np.isfinite(d[inner]))

@@ -436,18 +436,24 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
 
     Returns:
         ``pipeline.FCSMaps`` (``n_particles``/``g_inf`` from the physics check; status 0 =
-        predicted, 7 = no signal, 8 = border).
+        predicted, 7 = no signal (constant), 8 = border, 9 = mean intensity <= 0, 5 = invalid
+        ACF: :class:`pipeline.PixelStatus`).
 
     Raises:
-        ValueError: frame time differing from training, stack too short or too small.
+        ValueError: a frame time that is not positive or differs from training, impossible
+            optics in the checkpoint, a stack too short or too small, or one without a pixel
+            that fluctuates with a positive mean (:func:`pipeline.check_signal`).
     """
     import time
 
     kind = meta["fluojax_network"]
     prior = simulate.TrainingPrior(**meta["prior"])
+    if not (np.isfinite(frame_time_s) and frame_time_s > 0):
+        raise ValueError(f"the frame time must be a positive number of seconds (got {frame_time_s})")
     if abs(frame_time_s / prior.frame_time_s - 1.0) > 0.01:
         raise ValueError(f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
                          "(D from a network is only valid at its training frame time and pixel size)")
+    models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.three_d)
     t0 = time.perf_counter()
     t, h, w = stack.shape
     if kind == "fcsnet":
@@ -467,19 +473,22 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
     acf = np.full(out_shape + (corr.acf.shape[1],), np.nan, np.float32)
     sem = np.full_like(acf, np.nan)
     mean = np.full(out_shape, np.nan, np.float32)
+    data_status = np.full(out_shape, pipeline.PixelStatus.NO_WINDOW, np.uint8)
     if kind == "imfcsnet" and overlap:
         inner = (slice(1, h - 1), slice(1, w - 1))
         acf[inner], sem[inner] = corr.acf.reshape(h - 2, w - 2, -1), corr.sem.reshape(h - 2, w - 2, -1)
         mean[inner] = corr.mean_intensity.reshape(h - 2, w - 2)
+        data_status[inner] = pipeline.signal_status(corr).reshape(h - 2, w - 2)
     else:
         acf[:], sem[:] = corr.acf.reshape(out_shape + (-1,)), corr.sem.reshape(out_shape + (-1,))
         mean[:] = corr.mean_intensity.reshape(out_shape)
+        data_status[:] = pipeline.signal_status(corr).reshape(out_shape)
     _, _, shape_fn = pipeline._shape_fn(settings)
     d = np.exp(ln_d)
     chi2, n, g_inf = physics_check_chi2(acf.reshape(-1, acf.shape[-1]), sem.reshape(-1, sem.shape[-1]), corr.lag_s, d.ravel(), shape_fn)
-    no_signal = ~(np.isfinite(mean) & (mean > 0)) & ~edge
-    status = np.where(edge, pipeline.PixelStatus.NO_WINDOW, np.where(no_signal, pipeline.PixelStatus.NO_SIGNAL, 0)).astype(np.uint8)
+    status = np.where(edge, pipeline.PixelStatus.NO_WINDOW, data_status).astype(np.uint8)
     d = np.where(status == 0, d, np.nan).astype(np.float32)
+    chi2, n, g_inf = (np.where(status.ravel() == 0, v, np.nan) for v in (chi2, n, g_inf))
     return pipeline.FCSMaps(
         d_um2_s=d, n_particles=n.reshape(out_shape).astype(np.float32), g_inf=g_inf.reshape(out_shape).astype(np.float32),
         chi2_reduced=chi2.reshape(out_shape).astype(np.float32), status=status, mean_intensity=mean, acf=acf, sem=sem,

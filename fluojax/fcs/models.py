@@ -39,6 +39,7 @@ from jax.scipy.special import erf
 
 __all__ = [
     "Optics",
+    "check_optics",
     "ACFParams",
     "SpimShapeTable",
     "pixel_side_um",
@@ -68,8 +69,11 @@ class Optics(NamedTuple):
         wavelength_nm: float, emission wavelength in nm.
         sigma0: float, PSF factor; the PSF 1/e^2 radius is ``sigma0 * lambda / NA``.
         sigmaz: float, light-sheet factor; sheet 1/e^2 radius ``sigmaz * lambda / NA`` (3D only).
-        refractive_index: float, refractive index of the sample medium (3D defocus only).
+        refractive_index: float, refractive index of the sample medium (3D defocus only; the 2D
+            model does not use it).
         binning: int, n for n x n pixel binning (1 = none).
+        immersion_index: float, refractive index of the objective's immersion medium (default
+            1.518, oil); only bounds the NA (:func:`check_optics`), no model uses it.
     """
 
     camera_pixel_um: float = 24.0
@@ -80,6 +84,46 @@ class Optics(NamedTuple):
     sigmaz: float = 1.0e6
     refractive_index: float = 1.333
     binning: int = 1
+    immersion_index: float = 1.518
+
+
+def check_optics(optics: Optics, three_d: bool) -> None:
+    """Refuse optics that cannot exist, with a one-line ``ValueError``.
+
+    Every length and factor must be positive and finite and the binning a positive integer. The
+    numerical aperture ``NA = n sin(theta)`` cannot exceed the index ``n`` of the immersion medium
+    (``immersion_index``); in 3D it must also stay below the sample's ``refractive_index``, since
+    the detection cone ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (seed eq. 5) needs ``NA < n``.
+
+    Arguments:
+        optics: ``Optics`` with concrete (host) values.
+        three_d: bool, the 3D SPIM geometry (else 2D ITIR).
+
+    Raises:
+        ValueError: the first impossible value, named.
+    """
+    names = {
+        "camera_pixel_um": "camera pixel size (um)",
+        "magnification": "magnification",
+        "na": "numerical aperture",
+        "wavelength_nm": "wavelength (nm)",
+        "sigma0": "PSF factor sigma0",
+        "sigmaz": "light-sheet factor sigmaz",
+        "refractive_index": "sample refractive index",
+        "immersion_index": "immersion refractive index",
+        "binning": "binning",
+    }
+    for field, name in names.items():
+        value = float(getattr(optics, field))
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite (got {value:g})")
+    if float(optics.binning) != int(optics.binning):
+        raise ValueError(f"binning must be a whole number of pixels (got {optics.binning})")
+    na, n_imm, n_sample = float(optics.na), float(optics.immersion_index), float(optics.refractive_index)
+    if three_d and na >= n_sample:
+        raise ValueError(f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)")
+    if na > n_imm:
+        raise ValueError(f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)")
 
 
 class ACFParams(NamedTuple):

@@ -46,16 +46,28 @@ __all__ = [
     "acf_model_3d",
     "start_values",
     "fit_acfs",
+    "intensity_scale",
+    "correlate_stack",
+    "check_signal",
+    "signal_status",
     "analyse_stack",
 ]
 
 
 class PixelStatus:
-    """Codes of the status map: 0-5 are :class:`fluojax.fit.Status`; FCS adds two."""
+    """Codes of the status map: 0-5 are :class:`fluojax.fit.Status` (5, invalid data: an ACF or
+    SEM that is not finite); FCS adds four.
+
+    NO_SIGNAL and NON_POSITIVE_MEAN are decided from the raw data before any bleach correction:
+    a pixel is without signal when every raw pixel in its bin is constant over time (all zero,
+    say), and ``G = <dI(t) dI(t + tau)> / <I>^2`` cannot be normalised by a mean <= 0 (a camera
+    offset or background subtracted too much).
+    """
 
     SATURATED = 6  # fitted, but some frame hit the detector's maximum value
-    NO_SIGNAL = 7  # constant, zero or non-positive pixel: no ACF
+    NO_SIGNAL = 7  # no fluctuation: every raw pixel of the bin is constant in time (e.g. all zero)
     NO_WINDOW = 8  # border pixel: no 3 x 3 window centred on it (ImFCSNet, overlapping mode)
+    NON_POSITIVE_MEAN = 9  # fluctuates, but its mean intensity is <= 0: G cannot be normalised
 
     DESCRIPTION = {
         0: "converged",
@@ -67,6 +79,7 @@ class PixelStatus:
         6: "saturated (fitted)",
         7: "no signal (constant/zero)",
         8: "border (no 3x3 window)",
+        9: "mean intensity <= 0 (offset/background?)",
     }
 
 
@@ -382,6 +395,7 @@ class StackACFs(NamedTuple):
         acf, sem: (pixels, C) ACFs and blocking standard errors, pixels in row-major order.
         mean_intensity: (pixels,) mean counts per frame.
         saturated: (pixels,) bool, a raw pixel in the bin reached the integer dtype's maximum.
+        fluctuates: (pixels,) bool, some raw pixel in the bin is not constant in time.
         shape: (H', W') of the binned image.
         lag_s: (C,) lag times in s.
         seconds: float, wall time.
@@ -391,9 +405,30 @@ class StackACFs(NamedTuple):
     sem: np.ndarray
     mean_intensity: np.ndarray
     saturated: np.ndarray
+    fluctuates: np.ndarray
     shape: tuple
     lag_s: np.ndarray
     seconds: float
+
+
+def intensity_scale(band: np.ndarray, low: float = 1e-6, high: float = 1e8) -> float:
+    """A power of two that brings a band's largest |value| into [1024, 2048), or 1.0 when it is in range.
+
+    G does not depend on the intensity scale, but the correlator sums products in float32:
+    values near 1e19 overflow it (squares above 3.4e38) and values near 1e-20 fall into its
+    subnormal range. A power of two rescales exactly.
+
+    Arguments:
+        band: array of intensities (finite).
+        low, high: float, the range of the largest |value| left as it is.
+
+    Returns:
+        float, the factor to multiply the band by (divide the means by it afterwards).
+    """
+    peak = float(np.max(np.abs(band))) if band.size else 0.0
+    if peak == 0.0 or low <= peak <= high:
+        return 1.0
+    return float(2.0 ** (10 - np.floor(np.log2(peak))))
 
 
 def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> StackACFs:
@@ -407,8 +442,12 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     Returns:
         ``StackACFs``.
 
+    Float data (or integers above 1e8) are rescaled per band by :func:`intensity_scale` before
+    correlating; ``mean_intensity`` is in the original units.
+
     Raises:
-        ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf.
+        ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
+            pixel that fluctuates in time, or no fluctuating pixel with a positive mean.
     """
     from tqdm.auto import tqdm
 
@@ -432,17 +471,28 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     sem = np.empty_like(acf)
     mean = np.empty(out_h * out_w, np.float32)
     saturated = np.zeros(out_h * out_w, bool)
+    fluctuates = np.zeros(out_h * out_w, bool)
 
     def read_band(out_row):
-        """Rows of the stack feeding one band of output rows (padded to the common band shape),
-        and which of the band's raw pixels reach the detector maximum (None for float data)."""
+        """Rows of the stack feeding one band of output rows (padded to the common band shape,
+        rescaled by :func:`intensity_scale`), which of its raw pixels reach the detector maximum
+        (None for float data), which are not constant in time, and the scale factor."""
         start = out_row * (1 if settings.overlap else n)
         band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
             raise ValueError("the stack contains NaN or Inf values")
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
-        return band, (None if saturation is None else band.max(axis=0) >= saturation)
+        high = band.max(axis=0)
+        varies = band.min(axis=0) != high
+        scale = 1.0 if band.dtype.itemsize <= 2 and np.issubdtype(band.dtype, np.integer) else intensity_scale(band)
+        if scale != 1.0:
+            band = (band.astype(np.float64 if band.dtype.itemsize > 4 else np.float32) * scale).astype(np.float32)
+        return band, (None if saturation is None else high >= saturation), varies, scale
+
+    def binned_any(mask):
+        """Whether any raw pixel of each (binned) pixel is set: (rows, W) bool -> (rows', W') bool."""
+        return np.asarray(bin_pixels(mask[None].astype(np.float32), n, settings.overlap))[0] > 0
 
     t0 = time.perf_counter()
     bands = list(range(0, out_h, rows_per_band))
@@ -451,19 +501,56 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         pending = reader.submit(read_band, bands[0])
         for i in tqdm(range(len(bands)), desc="correlate", unit="band", disable=(None if progress is None else not progress)):
             out_row = bands[i]
-            band, hit = pending.result()
+            band, hit, varies, scale = pending.result()
             if i + 1 < len(bands):
                 pending = reader.submit(read_band, bands[i + 1])
             res = correlate_band(band, settings)
             valid_rows = min(rows_per_band, out_h - out_row)
             sl = slice(out_row * out_w, (out_row + valid_rows) * out_w)
             if hit is not None:
-                hit_binned = np.asarray(bin_pixels(hit[None].astype(np.float32), n, settings.overlap))[0] > 0
-                saturated[sl] = hit_binned[:valid_rows].ravel()
+                saturated[sl] = binned_any(hit)[:valid_rows].ravel()
+            fluctuates[sl] = binned_any(varies)[:valid_rows].ravel()
             acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
             sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
-            mean[sl] = np.asarray(res.mean)[: valid_rows * out_w]
-    return StackACFs(acf, sem, mean, saturated, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0)
+            mean[sl] = np.asarray(res.mean, np.float64)[: valid_rows * out_w] / scale
+    check_signal(fluctuates, mean)
+    return StackACFs(acf, sem, mean, saturated, fluctuates, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0)
+
+
+def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
+    """Refuse a stack of which no pixel can give an ACF.
+
+    Arguments:
+        fluctuates: (pixels,) bool, the pixel is not constant in time.
+        mean: (pixels,) mean intensities.
+
+    Raises:
+        ValueError: no pixel fluctuates (a blank recording: all zero or constant), or none of
+            those that do has a positive mean (G = <dI dI> / <I>^2 needs <I> > 0).
+    """
+    if not np.any(fluctuates):
+        raise ValueError("no pixel of the stack fluctuates in time (every pixel is constant, e.g. all zero): nothing to correlate")
+    if not np.any(fluctuates & (mean > 0)):
+        raise ValueError(
+            f"no fluctuating pixel has a positive mean intensity (highest {float(np.max(mean[fluctuates])):.4g}): "
+            "G = <dI dI>/<I>^2 needs intensities above zero; was a camera offset or background subtracted too much?"
+        )
+
+
+def signal_status(corr: StackACFs) -> np.ndarray:
+    """Per-pixel :class:`PixelStatus` of the data alone: NO_SIGNAL, NON_POSITIVE_MEAN,
+    ``fit.Status.INVALID_DATA`` (non-finite ACF or SEM, or all SEM zero) or 0 (usable).
+
+    Arguments:
+        corr: ``StackACFs``.
+
+    Returns:
+        (pixels,) uint8.
+    """
+    valid = np.all(np.isfinite(corr.acf), axis=1) & np.all(np.isfinite(corr.sem), axis=1) & np.any(corr.sem > 0, axis=1)
+    status = np.where(valid, 0, fit.Status.INVALID_DATA)
+    status = np.where(corr.mean_intensity > 0, status, PixelStatus.NON_POSITIVE_MEAN)
+    return np.where(corr.fluctuates, status, PixelStatus.NO_SIGNAL).astype(np.uint8)
 
 
 def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
@@ -476,17 +563,20 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
 
     Returns:
         ``FCSMaps``.
+
+    Raises:
+        ValueError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
     """
     from tqdm.auto import tqdm
 
+    models.check_optics(settings.optics, settings.model == "3d")
     corr = correlate_stack(stack, settings, progress)
     acf, sem, mean, saturated = corr.acf, corr.sem, corr.mean_intensity, corr.saturated
     out_h, out_w = corr.shape
     t_corr = corr.seconds
 
-    no_signal = ~(
-        np.isfinite(mean) & (mean > 0) & np.all(np.isfinite(acf), axis=1) & np.all(np.isfinite(sem), axis=1) & np.any(sem > 0, axis=1)
-    )
+    data_status = signal_status(corr)
+    no_signal = data_status != 0
     lag_s = corr.lag_s
     t1 = time.perf_counter()
     with tqdm(total=acf.shape[0], desc="fit", unit="px", disable=(None if progress is None else not progress)) as bar:
@@ -495,7 +585,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
 
     status = result.status.astype(np.uint8)
     status = np.where(saturated & (status <= fit.Status.AT_BOUND), PixelStatus.SATURATED, status)
-    status = np.where(no_signal, PixelStatus.NO_SIGNAL, status).astype(np.uint8)
+    status = np.where(no_signal, data_status, status).astype(np.uint8)
     params = np.where(no_signal[:, None], np.nan, result.params)
     shape2 = (out_h, out_w)
     return FCSMaps(
