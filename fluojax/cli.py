@@ -319,8 +319,11 @@ def _fcs_fit(args) -> int:
     maps.timings_s["total"] = time.perf_counter() - t0
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"})
-    print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {summary['medians']['D_um2_s']:.4g} um^2/s "
+    print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {_fmt(summary['medians']['D_um2_s'])} um^2/s "
           f"in {maps.timings_s['total']:.1f} s -> {out}/")
+    if summary["fitted"] == 0:
+        print(f"fluojax: error: {args.stack}: no pixel could be fitted; statuses in {out}/summary.json (exit code 3)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -415,8 +418,8 @@ def _fcs_predict(args) -> int:
                  "fraction_chi2_above_3": float(np.mean(chi2 > 3)) if chi2.size else None}}
     with io.result_folder(out, "fcs-predict", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, extra)
-    print(f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {summary['medians']['D_um2_s']:.4g} um^2/s, "
-          f"median physics-check chi2 {summary['medians']['chi2_reduced']:.3g} in {maps.timings_s['total']:.1f} s -> {out}/")
+    print(f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {_fmt(summary['medians']['D_um2_s'])} um^2/s, "
+          f"median physics-check chi2 {_fmt(summary['medians']['chi2_reduced'], '.3g')} in {maps.timings_s['total']:.1f} s -> {out}/")
     return 0
 
 
@@ -590,6 +593,11 @@ def _frap_read(args):
     if not pixel_um:
         raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")
     return stack, roi, dt, float(pixel_um)
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    """A number for a summary line, or "n/a" for None (nothing fitted)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _num(value):
