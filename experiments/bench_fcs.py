@@ -238,7 +238,7 @@ def main():
         data, _meta = io.read_stack(tif)
         print(f"read_stack: {type(data).__name__} {data.shape} {data.dtype}")
 
-        settings = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d", tile_pixels=args.tile_pixels)
+        settings = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d", tile_pixels=args.tile_pixels, bleach_order=4)
         grid = correlator.lag_grid(settings.p, settings.q)
         lag_s = (grid.lags * FRAME_TIME_2D).astype(np.float64)
 

@@ -27,6 +27,7 @@ written, status in summary.json, one line on stderr) when the least-squares fit 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -115,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_optics(f)
     f.add_argument("--binning", type=_positive(int), default=1, metavar="N", help="N x N pixel binning (default 1)")
     f.add_argument("--overlap", action="store_true", help="overlapping (sliding) binning")
-    f.add_argument("--bleach", default="poly4", help="bleach correction: polyK (K = 1..8) or none (default poly4)")
+    f.add_argument("--bleach", default="auto", help="bleach correction: auto (default: only when the image-averaged trace "
+                   "decays significantly, lowest adequate order), polyK (K = 1..8) or none")
     f.add_argument("--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend")
     f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_fcs)")
     _add_overwrite(f)
@@ -148,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax fcs train'")
     pr.add_argument("--frame-time", type=_positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's)")
     pr.add_argument("--overlap", action="store_true", help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)")
-    pr.add_argument("--bleach", default="poly4", help="bleach correction of the ACFs: polyK or none")
+    pr.add_argument("--bleach", default="auto", help="bleach correction of the ACFs: auto (default), polyK or none")
     pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
     _add_overwrite(pr)
 
@@ -212,12 +214,14 @@ def _check_run_folder(out: Path) -> None:
         raise InputError(f"-o {err}") from None
 
 
-def _bleach_order(text: str) -> int:
+def _bleach_order(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
     if text == "none":
         return 0
     if text.startswith("poly") and text[4:].isdigit() and 1 <= int(text[4:]) <= 8:
         return int(text[4:])
-    raise InputError(f"--bleach {text!r}: use polyK with K from 1 to 8, or none")
+    raise InputError(f"--bleach {text!r}: use auto, polyK with K from 1 to 8, or none")
 
 
 def _plot_maps(path: Path, maps, title: str) -> None:
@@ -274,7 +278,8 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
             "optics": settings.optics._asdict(),
             "object_pixel_um": pixel_um,
             "overlap": settings.overlap,
-            "bleach_order": settings.bleach_order,
+            "bleach_order": settings.bleach_order,  # applied (0 = none); "bleach" says what was asked and why
+            "bleach": maps.bleach,
             "correlator": {"P": settings.p, "Q": settings.q},
             "backend": settings.solver.backend,
         },
@@ -317,6 +322,7 @@ def _fcs_fit(args) -> int:
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
+    settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"})
     print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {_fmt(summary['medians']['D_um2_s'])} um^2/s "

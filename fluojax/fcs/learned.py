@@ -415,7 +415,7 @@ def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     return pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
 
 
-def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = True, bleach_order: int = 4,
+def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = True, bleach_order: int | str = "auto",
                   progress: bool | None = None):
     """A network's D map of a whole (T, H, W) stack, with the physics check per pixel.
 
@@ -431,7 +431,8 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         frame_time_s: float, s; must match the network's training frame time (1 %), since
             the network's D is in units fixed by the training frame time and pixel size.
         overlap: ImFCSNet per-pixel map (border marked) or 3 x 3 tiles.
-        bleach_order: polynomial bleach correction of the ACFs (0: none).
+        bleach_order: polynomial bleach correction of the ACFs (0: none), or ``"auto"``
+            (``pipeline.choose_bleach_correction``).
         progress: progress bars.
 
     Returns:
@@ -493,7 +494,8 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         d_um2_s=d, n_particles=n.reshape(out_shape).astype(np.float32), g_inf=g_inf.reshape(out_shape).astype(np.float32),
         chi2_reduced=chi2.reshape(out_shape).astype(np.float32), status=status, mean_intensity=mean, acf=acf, sem=sem,
         lag_s=corr.lag_s, timings_s={"predict_and_correlate": time.perf_counter() - t0, "network": t_pred},
-    ), settings
+        bleach=corr.bleach.as_dict(),
+    ), dataclasses.replace(settings, bleach_order=corr.bleach.order)
 
 
 # ----------------------------------------------------------------------------------------------
