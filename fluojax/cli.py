@@ -315,7 +315,26 @@ def _plot_training(path: Path, history, ylabel: str = "MSE of ln D") -> None:
     plt.close(fig)
 
 
+def _resume_refusal(out: Path, err, recipes) -> str:
+    """The one-line refusal for ``train`` on a run folder holding another run (``fluojax.train.RunMismatch``)."""
+    recipe, step = err.saved.get("recipe"), err.step
+    if recipe not in recipes:
+        return f"-o {out} holds a {recipe or 'non-fluojax'} run (step {step}) of another command; use another folder"
+    if any(not d.startswith("train_config.") for d in err.differs):
+        return f"-o {out} holds a {recipe} run (step {step}); use --config {recipe} to resume it, or another folder"
+    saved = err.saved.get("train_config", {})
+    options = {"steps": "--steps", "seed": "--seed"}
+    fields = [d.split(".", 1)[1] for d in err.differs]
+    if "steps" in fields:  # the schedule's stairs follow --steps (frap recipes)
+        fields = [f for f in fields if f != "decay_every"]
+    if all(f in options for f in fields):
+        hint = " ".join(f"{options[f]} {saved.get(f)}" for f in fields)
+        return f"-o {out} holds a {recipe} run (step {step}) with {hint}; use {hint} to resume it, or another folder"
+    return f"-o {out} holds a {recipe} run (step {step}) trained with another training config ({', '.join(fields)}); use another folder"
+
+
 def _fcs_train(args) -> int:
+    from fluojax import train as training
     from fluojax.fcs import learned
 
     out = Path(args.output)
@@ -324,7 +343,9 @@ def _fcs_train(args) -> int:
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks)
-    except ValueError as err:  # e.g. resuming a folder trained with another config
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(_resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     _plot_training(out / "loss.png", history)
     rate = [r for r in history.samples_per_s if r == r]
@@ -744,6 +765,8 @@ def _frap_simulate(args) -> int:
 
 
 def _frap_train(args) -> int:
+    from fluojax import train as training
+
     learned = _frap_learned()
     if args.config not in learned.RECIPES:
         raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
@@ -753,7 +776,9 @@ def _frap_train(args) -> int:
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
-    except ValueError as err:  # e.g. resuming a folder trained with another config
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(_resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     _plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
     print(f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "

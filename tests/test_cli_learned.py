@@ -85,3 +85,36 @@ def test_compare_refuses_a_network_of_the_other_kind(trained_run, tmp_path, caps
     assert main(["fcs", "compare", "--fcsnet", str(trained_run), "-o", str(tmp_path / "x")]) == 2
     assert "imfcsnet checkpoint, not a fcsnet" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _run_state(run):
+    return (run / "metrics.csv").read_text(), sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Make building a network or simulating a pool fail: a refusal must come before either."""
+    from fluojax.fcs import learned
+
+    def fail(*args, **kwargs):
+        raise AssertionError("built before the run folder was checked")
+
+    monkeypatch.setattr(learned.nets, "build_network", fail)
+    monkeypatch.setattr(learned, "_acf_pool", fail)
+
+
+def test_train_refuses_a_run_folder_of_another_config_before_building_anything(trained_run, nothing_built, capsys):
+    state = _run_state(trained_run)
+    assert main(["fcs", "train", "--config", "fcsnet-2d-small", "-o", str(trained_run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3); "
+                                               "use --config imfcsnet-2d-small to resume it, or another folder")
+    assert _run_state(trained_run) == state  # no step ran, nothing was written
+
+
+def test_train_refuses_other_steps_for_a_run_folder_and_names_its_own(trained_run, nothing_built, capsys):
+    state = _run_state(trained_run)
+    assert main(["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "5", "-o", str(trained_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3) with --steps 3; "
+                   "use --steps 3 to resume it, or another folder")
+    assert _run_state(trained_run) == state
