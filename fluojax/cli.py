@@ -15,7 +15,8 @@
 
 Bad input gives one line on stderr and exit code 2; results are written to a temporary folder
 and moved into place only when complete. ``frap fit``/``frap predict`` exit with code 3 (results
-written, status in summary.json, one line on stderr) when the least-squares fit did not converge.
+written, status in summary.json, one line on stderr) when the least-squares fit did not converge
+or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade).
 """
 
 from __future__ import annotations
@@ -478,7 +479,8 @@ def _add_frap_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True)
     p.add_argument("--pixel-size", type=_positive(float), default=None, metavar="UM",
                    help="pixel side in um (default: the TIFF's ImageJ calibration)")
     p.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX",
-                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square)")
+                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
+                        "at most 4x its side, and the grid side + 2 pad at most 2048)")
 
 
 def _add_frap_parsers(sub) -> None:
@@ -487,8 +489,9 @@ def _add_frap_parsers(sub) -> None:
     frap = sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)").add_subparsers(dest="frap_command", required=True)
     f = frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs",
                         epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
-                               "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge (outputs "
-                               "written, status in summary.json). A non-square stack is cropped to the largest square around the ROI.")
+                               "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
+                               "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
+                               "A non-square stack is cropped to the largest square around the ROI.")
     _add_frap_data_args(f)
     f.add_argument("--starts", type=_positive(int), default=30, help="random starts of the LM fit (default 30)")
     f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
@@ -506,7 +509,8 @@ def _add_frap_parsers(sub) -> None:
     s.add_argument("--bleach", type=_positive(int), default=4, metavar="N")
     s.add_argument("--postbleach", type=_positive(int), default=100, metavar="N")
     s.add_argument("--size", type=_positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
-    s.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX", help="solver padding per side (default size // 2)")
+    s.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX",
+                   help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)")
     s.add_argument("--radius", type=_positive(float), default=DEEPFRAP_RADIUS_PX, metavar="PX",
                    help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})")
     s.add_argument("--dt", type=_positive(float), default=DEEPFRAP_DT_S, metavar="S", help=f"frame interval in s (default {DEEPFRAP_DT_S})")
@@ -567,7 +571,6 @@ def _num(value):
 
 def _frap_fit_summary(prepared, table, result, pixel_um: float) -> dict:
     """The fitted parameters in physical units (D um^2/s and px^2/s, c0 in stack units, alpha)."""
-    from fluojax.fit import Status
     from fluojax.frap import pipeline
     from fluojax.frap.models import d_px2_s_to_um2_s
     from fluojax.frap.simulate import roi_effective_pixels
@@ -579,13 +582,15 @@ def _frap_fit_summary(prepared, table, result, pixel_um: float) -> dict:
     def est(value, lower, upper, stderr, unit):
         return {"value": _num(value), "ci95": [_num(lower), _num(upper)], "stderr": _num(stderr), "unit": unit}
 
-    status = int(result.status[0])
+    status = int(pipeline.fit_status(result)[0])
     noise = float(result.noise_variance[0]) * scale**2
     model = pipeline.model_curve(p, table) * scale
     return {
-        "status": Status(status).name,
+        "status": pipeline.FrapStatus.NAMES.get(status, str(status)),
         "status_code": status,
         "ok": pipeline.fit_ok(status, p),
+        "status_reason": pipeline.status_reason(status, p, lo, hi) or None,
+        "engine_status": pipeline.FrapStatus.NAMES.get(int(result.status[0])),
         "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
         "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
         "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),
@@ -688,13 +693,22 @@ def _frap_fit(args) -> int:
     from fluojax import io
     from fluojax.frap import pipeline
 
+    from fluojax.progress import progress
+
     t0 = time.perf_counter()
-    stack, roi, dt, pixel_um = _frap_read(args)
-    prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
-    d_range = _frap_d_range(args, pixel_um)
-    t_read = time.perf_counter() - t0
-    table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
-    result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+    with progress(3, "frap fit", "stages", eta=False) as bar:  # a line per stage in logs, once the run passes ~10 s
+        stack, roi, dt, pixel_um = _frap_read(args)
+        prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
+        d_range = _frap_d_range(args, pixel_um)
+        t_read = time.perf_counter() - t0
+        bar.set_postfix_str(f"read; building the curve table on a {prepared.settings.grid_size} px grid")
+        bar.update(1)
+        table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
+        bar.set_postfix_str(f"table built; fitting {args.starts} starts")
+        bar.update(1)
+        result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+        bar.set_postfix_str("fitted")
+        bar.update(1)
     fit_summary, model = _frap_fit_summary(prepared, table, result, pixel_um)
     settings = _frap_settings_summary(prepared, table, pixel_um, args.stack)
     settings.update({"n_starts": args.starts, "seed": args.seed})
@@ -715,8 +729,8 @@ def _frap_fit(args) -> int:
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: the fit did not converge (status {fit_summary['status']}); "
-              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        print(f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
+              file=sys.stderr)
         return 3
     d = fit_summary["D_um2_s"]
     print(f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
@@ -741,7 +755,7 @@ def _frap_simulate(args) -> int:
         raise InputError(f"--postbleach {args.postbleach}: at least {pipeline.MIN_POSTBLEACH} postbleach frames")
     if 2 * args.radius > args.size:
         raise InputError(f"--radius {args.radius:g}: the bleach disk does not fit in a {args.size} px image")
-    settings = FrapSettings(n_pixels=args.size, pad=args.size // 2 if args.pad is None else args.pad, n_prebleach=args.prebleach,
+    settings = FrapSettings(n_pixels=args.size, pad=pipeline.check_pad(args.size, args.pad), n_prebleach=args.prebleach,
                             n_bleach=args.bleach, n_postbleach=args.postbleach, dt_s=args.dt)
     geometry = circular_region(settings, args.radius)
     params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
@@ -872,8 +886,8 @@ def _frap_predict(args) -> int:
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: the refined fit did not converge (status {fit_summary['status']}); "
-              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        print(f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
+              f"(exit code 3)", file=sys.stderr)
         return 3
     p = summary["network"]["prediction"]
     d = fit_summary["D_um2_s"]

@@ -26,7 +26,8 @@ EVERY_S = 10.0
 """Shortest interval between two plain progress lines, in s."""
 
 
-def format_line(desc: str, n: int, total: int | None, unit: str, elapsed_s: float, start: int = 0, postfix: str = "") -> str:
+def format_line(desc: str, n: int, total: int | None, unit: str, elapsed_s: float, start: int = 0, postfix: str = "",
+                eta: bool = True) -> str:
     """One plain progress line, e.g. ``fluojax: correlate 12/64 bands (19 %), 3 s elapsed, ~13 s left``.
 
     Arguments:
@@ -38,6 +39,7 @@ def format_line(desc: str, n: int, total: int | None, unit: str, elapsed_s: floa
         start: items already done when the counter started (a resumed run); the time left is
             estimated from the rate since then.
         postfix: extra text appended after a comma (e.g. ``"loss=0.12"``).
+        eta: include the estimated time left (off for items of very unequal cost, e.g. stages).
 
     Returns:
         the line, without a newline.
@@ -46,7 +48,7 @@ def format_line(desc: str, n: int, total: int | None, unit: str, elapsed_s: floa
     if total:
         text = f"fluojax: {desc} {n}/{total}{unit} ({100.0 * n / total:.0f} %), {elapsed_s:.0f} s elapsed"
         done = n - start
-        if 0 < done and n < total and elapsed_s > 0:
+        if eta and 0 < done and n < total and elapsed_s > 0:
             text += f", ~{(total - n) * elapsed_s / done:.0f} s left"
     else:
         text = f"fluojax: {desc} {n}{unit}, {elapsed_s:.0f} s elapsed"
@@ -59,12 +61,13 @@ class Progress:
     Methods:
         update(n=1): n more items done.
         set_postfix(**values): extra ``key=value`` text shown with the count (e.g. the loss).
+        set_postfix_str(text): extra free text shown with the count (e.g. the next stage).
         close(): finish (writes the final line in plain mode if any line was written before, or
             the work lasted at least ``every_s``).
     """
 
-    def __init__(self, total, desc, unit, *, mode, start, stream, clock, every_s):
-        self.total, self.desc, self.unit, self.mode = total, desc, unit, mode
+    def __init__(self, total, desc, unit, *, mode, start, stream, clock, every_s, eta=True):
+        self.total, self.desc, self.unit, self.mode, self.eta = total, desc, unit, mode, eta
         self.n, self.start, self.stream, self.clock, self.every_s = start, start, stream, clock, every_s
         self.t0 = self.t_last = clock()
         self.lines = 0
@@ -90,8 +93,13 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(**values)
 
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = str(text)
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.postfix)
+
     def _write(self, now: float) -> None:
-        print(format_line(self.desc, self.n, self.total, self.unit, now - self.t0, self.start, self.postfix), file=self.stream, flush=True)
+        print(format_line(self.desc, self.n, self.total, self.unit, now - self.t0, self.start, self.postfix, self.eta), file=self.stream, flush=True)
         self.t_last = now
         self.lines += 1
 
@@ -124,6 +132,7 @@ def progress(
     stream: TextIO | None = None,
     clock: Callable[[], float] = time.monotonic,
     every_s: float = EVERY_S,
+    eta: bool = True,
 ) -> Progress:
     """A progress counter: tqdm bar on a terminal, plain lines on other streams, nothing when disabled.
 
@@ -136,6 +145,7 @@ def progress(
         stream: where to write (default ``sys.stderr``, looked up at call time).
         clock: time source in s (``time.monotonic``; tests pass a fake one).
         every_s: shortest interval between plain lines, in s.
+        eta: show the estimated time left in plain lines (False for items of unequal cost).
 
     Returns:
         :class:`Progress` (a context manager with ``update(n)`` and ``set_postfix(**values)``).
@@ -146,4 +156,4 @@ def progress(
     else:
         isatty = getattr(stream, "isatty", None)
         mode = "bar" if callable(isatty) and isatty() else "lines"
-    return Progress(total, desc, unit, mode=mode, start=start, stream=stream, clock=clock, every_s=every_s)
+    return Progress(total, desc, unit, mode=mode, start=start, stream=stream, clock=clock, every_s=every_s, eta=eta)

@@ -78,3 +78,12 @@ def test_a_terminal_gets_a_tqdm_bar_not_lines():
         bar.update(5)
     text = out.getvalue()
     assert "5/5" in text and "\r" in text and "fluojax:" not in text  # tqdm redraws with carriage returns
+
+
+def test_stages_of_unequal_cost_name_the_next_stage_and_give_no_time_estimate():
+    clock, out = FakeClock(), io.StringIO()
+    with progress(3, "frap fit", "stages", eta=False, stream=out, clock=clock) as bar:
+        clock.now += 12.0
+        bar.set_postfix_str("table built; fitting 30 starts")
+        bar.update(1)
+    assert out.getvalue().splitlines()[0] == "fluojax: frap fit 1/3 stages (33 %), 12 s elapsed, table built; fitting 30 starts"
