@@ -62,8 +62,8 @@ class Progress:
         update(n=1): n more items done.
         set_postfix(**values): extra ``key=value`` text shown with the count (e.g. the loss).
         set_postfix_str(text): extra free text shown with the count (e.g. the next stage).
-        close(): finish (writes the final line in plain mode if any line was written before, or
-            the work lasted at least ``every_s``).
+        close(): finish (in plain mode, writes the final count unless the last line showed it,
+            if any line was written before or the work lasted at least ``every_s``).
     """
 
     def __init__(self, total, desc, unit, *, mode, start, stream, clock, every_s, eta=True):
@@ -71,6 +71,7 @@ class Progress:
         self.n, self.start, self.stream, self.clock, self.every_s = start, start, stream, clock, every_s
         self.t0 = self.t_last = clock()
         self.lines = 0
+        self.n_written = None  # the count of the last line written
         self.postfix = ""
         self.closed = False
         self.bar = None
@@ -100,7 +101,7 @@ class Progress:
 
     def _write(self, now: float) -> None:
         print(format_line(self.desc, self.n, self.total, self.unit, now - self.t0, self.start, self.postfix, self.eta), file=self.stream, flush=True)
-        self.t_last = now
+        self.t_last, self.n_written = now, self.n
         self.lines += 1
 
     def close(self, finished: bool = True) -> None:
@@ -112,7 +113,7 @@ class Progress:
             self.bar.close()
         elif self.mode == "lines" and finished:
             now = self.clock()
-            if self.lines or now - self.t0 >= self.every_s:
+            if self.n != self.n_written and (self.lines or now - self.t0 >= self.every_s):
                 self._write(now)
 
     def __enter__(self) -> "Progress":

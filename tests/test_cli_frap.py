@@ -107,7 +107,8 @@ def test_a_fit_that_does_not_converge_is_reported_with_exit_code_3(stacks, tmp_p
     monkeypatch.setattr(pipeline, "fit_prepared", lambda *a, **k: failed)
     out = tmp_path / "res"
     assert main(["frap", "fit", str(stacks["clean"])] + FIT + ["-o", str(out)]) == 3
-    err = capsys.readouterr().err.strip()
+    # progress lines ("fluojax: frap fit 2/3 stages ...") appear only when a run passes ~10 s
+    err = "\n".join(line for line in capsys.readouterr().err.splitlines() if not line.startswith("fluojax: frap fit "))
     assert err.startswith("fluojax: error:") and "did not converge" in err and "MAX_STEPS" in err and "\n" not in err
     s = _summary(out)  # the results are written, with the status
     assert s["fit"]["status"] == "MAX_STEPS" and not s["fit"]["ok"] and s["fit"]["D_um2_s"]["value"] is None

@@ -87,3 +87,11 @@ def test_stages_of_unequal_cost_name_the_next_stage_and_give_no_time_estimate():
         bar.set_postfix_str("table built; fitting 30 starts")
         bar.update(1)
     assert out.getvalue().splitlines()[0] == "fluojax: frap fit 1/3 stages (33 %), 12 s elapsed, table built; fitting 30 starts"
+
+
+def test_the_final_count_is_not_repeated_when_the_last_update_already_wrote_it():
+    clock, out = FakeClock(), io.StringIO()
+    with progress(1, "correlate", "bands", stream=out, clock=clock) as bar:
+        clock.now += 27.0
+        bar.update(1)
+    assert out.getvalue().splitlines() == ["fluojax: correlate 1/1 bands (100 %), 27 s elapsed"]
