@@ -100,7 +100,8 @@ class Progress:
             self.bar.set_postfix_str(self.postfix)
 
     def _write(self, now: float) -> None:
-        print(format_line(self.desc, self.n, self.total, self.unit, now - self.t0, self.start, self.postfix, self.eta), file=self.stream, flush=True)
+        line = format_line(self.desc, self.n, self.total, self.unit, now - self.t0, self.start, self.postfix, self.eta)
+        print(line, file=self.stream, flush=True)
         self.t_last, self.n_written = now, self.n
         self.lines += 1
 

@@ -304,7 +304,8 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
         try:
             restored = checkpointer.restore(path / name, abstract)
         except Exception as err:  # orbax raises several types for missing parts and structure mismatches
-            raise ValueError(f"checkpoint {path} does not match this network ({name}): {_restore_error(checkpointer, path / name, abstract, err)}") from None
+            why = _restore_error(checkpointer, path / name, abstract, err)
+            raise ValueError(f"checkpoint {path} does not match this network ({name}): {why}") from None
         nnx.update(node, restored)
     return json.loads((path / "meta.json").read_text())
 
@@ -337,10 +338,12 @@ class RunMismatch(ValueError):
     def __init__(self, run_dir: Path, step: int, saved: dict, differs: list[str]):
         self.run_dir, self.step, self.saved, self.differs = run_dir, step, saved, differs
         what = saved.get("recipe") or saved.get("fluojax_network") or saved.get("network") or "another"
+        listed = f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}"
         if any(not d.startswith("train_config") for d in differs):
-            text = f"{run_dir} holds a {what} run (step {step}), not this network ({', '.join(differs)} differ); resume it with its own settings, or use another folder"
+            text = (f"{run_dir} holds a {what} run (step {step}), not this network ({listed}); "
+                    "resume it with its own settings, or use another folder")
         else:
-            text = f"{run_dir} holds a run with another training config ({', '.join(differs)} differ; step {step}); use the same settings or a new folder"
+            text = f"{run_dir} holds a run with another training config ({listed}; step {step}); use the same settings or a new folder"
         super().__init__(text)
 
 
@@ -366,18 +369,18 @@ def check_resume(run_dir: str | Path | None, meta: dict, config: TrainConfig | N
         return 0
     _, saved = read_checkpoint_meta(run_dir)
     step = int(saved.get("step", 0))
-    differs = [k for k in meta if k not in ("step", "history", "train_config") and k in saved and _jsonable(meta[k]) != saved[k]]
+    differs = [k for k in meta if k not in ("step", "history", "train_config") and k in saved and not _same(meta[k], saved[k])]
     if config is not None and "train_config" in saved:
-        wanted = _jsonable(dataclasses.asdict(config))
-        differs += [f"train_config.{k}" for k in wanted if saved["train_config"].get(k) != wanted[k]]
+        wanted = dataclasses.asdict(config)
+        differs += [f"train_config.{k}" for k in wanted if not _same(wanted[k], saved["train_config"].get(k))]
     if differs:
         raise RunMismatch(Path(run_dir), step, saved, differs)
     return step
 
 
-def _jsonable(value):
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
+def _same(value, saved) -> bool:
+    """Whether ``value`` equals ``saved`` as read back from JSON (tuples as lists, NaN equal to NaN)."""
+    return json.dumps(value, sort_keys=True) == json.dumps(saved, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------
