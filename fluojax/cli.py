@@ -21,7 +21,8 @@ holding no other files); anything else at OUT (the input, a file, a folder of yo
 ``.``) is refused before the analysis starts, and nothing is touched. ``simulate -o X.tif``
 replaces an existing .tif only with ``--overwrite``; ``train -o RUN`` resumes a fluojax run folder
 and refuses any other non-empty folder. ``frap fit``/``frap predict`` exit with code 3 (results
-written, status in summary.json, one line on stderr) when the least-squares fit did not converge.
+written, status in summary.json, one line on stderr) when the least-squares fit did not converge
+or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade).
 """
 
 from __future__ import annotations
@@ -383,7 +384,26 @@ def _plot_training(path: Path, history, ylabel: str = "MSE of ln D") -> None:
     plt.close(fig)
 
 
+def _resume_refusal(out: Path, err, recipes) -> str:
+    """The one-line refusal for ``train`` on a run folder holding another run (``fluojax.train.RunMismatch``)."""
+    recipe, step = err.saved.get("recipe"), err.step
+    if recipe not in recipes:
+        return f"-o {out} holds a {recipe or 'non-fluojax'} run (step {step}) of another command; use another folder"
+    if any(not d.startswith("train_config.") for d in err.differs):
+        return f"-o {out} holds a {recipe} run (step {step}); use --config {recipe} to resume it, or another folder"
+    saved = err.saved.get("train_config", {})
+    options = {"steps": "--steps", "seed": "--seed"}
+    fields = [d.split(".", 1)[1] for d in err.differs]
+    if "steps" in fields:  # the schedule's stairs follow --steps (frap recipes)
+        fields = [f for f in fields if f != "decay_every"]
+    if all(f in options for f in fields):
+        hint = " ".join(f"{options[f]} {saved.get(f)}" for f in fields)
+        return f"-o {out} holds a {recipe} run (step {step}) with {hint}; use {hint} to resume it, or another folder"
+    return f"-o {out} holds a {recipe} run (step {step}) trained with another training config ({', '.join(fields)}); use another folder"
+
+
 def _fcs_train(args) -> int:
+    from fluojax import train as training
     from fluojax.fcs import learned
 
     out = Path(args.output)
@@ -391,7 +411,9 @@ def _fcs_train(args) -> int:
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks)
-    except ValueError as err:  # e.g. resuming a folder trained with another config
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(_resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     _plot_training(out / "loss.png", history)
     rate = [r for r in history.samples_per_s if r == r]
@@ -523,7 +545,8 @@ def _add_frap_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True)
     p.add_argument("--pixel-size", type=_positive(float), default=None, metavar="UM",
                    help="pixel side in um (default: the TIFF's ImageJ calibration)")
     p.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX",
-                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square)")
+                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
+                        "at most 4x its side, and the grid side + 2 pad at most 2048)")
 
 
 def _add_frap_parsers(sub) -> None:
@@ -532,8 +555,9 @@ def _add_frap_parsers(sub) -> None:
     frap = sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)").add_subparsers(dest="frap_command", required=True, metavar="COMMAND")
     f = frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs",
                         epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
-                               "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge (outputs "
-                               "written, status in summary.json). A non-square stack is cropped to the largest square around the ROI.")
+                               "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
+                               "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
+                               "A non-square stack is cropped to the largest square around the ROI.")
     _add_frap_data_args(f)
     f.add_argument("--starts", type=_positive(int), default=30, help="random starts of the LM fit (default 30)")
     f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
@@ -552,7 +576,8 @@ def _add_frap_parsers(sub) -> None:
     s.add_argument("--bleach", type=_positive(int), default=4, metavar="N")
     s.add_argument("--postbleach", type=_positive(int), default=100, metavar="N")
     s.add_argument("--size", type=_positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
-    s.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX", help="solver padding per side (default size // 2)")
+    s.add_argument("--pad", type=_non_negative(int), default=None, metavar="PX",
+                   help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)")
     s.add_argument("--radius", type=_positive(float), default=DEEPFRAP_RADIUS_PX, metavar="PX",
                    help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})")
     s.add_argument("--dt", type=_positive(float), default=DEEPFRAP_DT_S, metavar="S", help=f"frame interval in s (default {DEEPFRAP_DT_S})")
@@ -614,7 +639,6 @@ def _num(value):
 
 def _frap_fit_summary(prepared, table, result, pixel_um: float) -> dict:
     """The fitted parameters in physical units (D um^2/s and px^2/s, c0 in stack units, alpha)."""
-    from fluojax.fit import Status
     from fluojax.frap import pipeline
     from fluojax.frap.models import d_px2_s_to_um2_s
     from fluojax.frap.simulate import roi_effective_pixels
@@ -626,13 +650,15 @@ def _frap_fit_summary(prepared, table, result, pixel_um: float) -> dict:
     def est(value, lower, upper, stderr, unit):
         return {"value": _num(value), "ci95": [_num(lower), _num(upper)], "stderr": _num(stderr), "unit": unit}
 
-    status = int(result.status[0])
+    status = int(pipeline.fit_status(result)[0])
     noise = float(result.noise_variance[0]) * scale**2
     model = pipeline.model_curve(p, table) * scale
     return {
-        "status": Status(status).name,
+        "status": pipeline.FrapStatus.NAMES.get(status, str(status)),
         "status_code": status,
         "ok": pipeline.fit_ok(status, p),
+        "status_reason": pipeline.status_reason(status, p, lo, hi) or None,
+        "engine_status": pipeline.FrapStatus.NAMES.get(int(result.status[0])),
         "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
         "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
         "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),
@@ -735,14 +761,23 @@ def _frap_fit(args) -> int:
     from fluojax import io
     from fluojax.frap import pipeline
 
+    from fluojax.progress import progress
+
     out, label = _destination(args, "frap-fit", "_frap")
     t0 = time.perf_counter()
-    stack, roi, dt, pixel_um = _frap_read(args)
-    prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
-    d_range = _frap_d_range(args, pixel_um)
-    t_read = time.perf_counter() - t0
-    table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
-    result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+    with progress(3, "frap fit", "stages", eta=False) as bar:  # a line per stage in logs, once the run passes ~10 s
+        stack, roi, dt, pixel_um = _frap_read(args)
+        prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
+        d_range = _frap_d_range(args, pixel_um)
+        t_read = time.perf_counter() - t0
+        bar.set_postfix_str(f"read; building the curve table on a {prepared.settings.grid_size} px grid")
+        bar.update(1)
+        table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
+        bar.set_postfix_str(f"table built; fitting {args.starts} starts")
+        bar.update(1)
+        result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+        bar.set_postfix_str("fitted")
+        bar.update(1)
     fit_summary, model = _frap_fit_summary(prepared, table, result, pixel_um)
     settings = _frap_settings_summary(prepared, table, pixel_um, args.stack)
     settings.update({"n_starts": args.starts, "seed": args.seed})
@@ -762,8 +797,8 @@ def _frap_fit(args) -> int:
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: the fit did not converge (status {fit_summary['status']}); "
-              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        print(f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
+              file=sys.stderr)
         return 3
     d = fit_summary["D_um2_s"]
     print(f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
@@ -787,7 +822,7 @@ def _frap_simulate(args) -> int:
         raise InputError(f"--postbleach {args.postbleach}: at least {pipeline.MIN_POSTBLEACH} postbleach frames")
     if 2 * args.radius > args.size:
         raise InputError(f"--radius {args.radius:g}: the bleach disk does not fit in a {args.size} px image")
-    settings = FrapSettings(n_pixels=args.size, pad=args.size // 2 if args.pad is None else args.pad, n_prebleach=args.prebleach,
+    settings = FrapSettings(n_pixels=args.size, pad=pipeline.check_pad(args.size, args.pad), n_prebleach=args.prebleach,
                             n_bleach=args.bleach, n_postbleach=args.postbleach, dt_s=args.dt)
     geometry = circular_region(settings, args.radius)
     params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
@@ -806,6 +841,8 @@ def _frap_simulate(args) -> int:
 
 
 def _frap_train(args) -> int:
+    from fluojax import train as training
+
     learned = _frap_learned()
     if args.config not in learned.RECIPES:
         raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
@@ -814,7 +851,9 @@ def _frap_train(args) -> int:
     t0 = time.perf_counter()
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
-    except ValueError as err:  # e.g. resuming a folder trained with another config
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(_resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     _plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
     print(f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
@@ -908,8 +947,8 @@ def _frap_predict(args) -> int:
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: the refined fit did not converge (status {fit_summary['status']}); "
-              f"details in {out}/summary.json (exit code 3)", file=sys.stderr)
+        print(f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
+              f"(exit code 3)", file=sys.stderr)
         return 3
     p = summary["network"]["prediction"]
     d = fit_summary["D_um2_s"]

@@ -51,6 +51,8 @@ __all__ = [
     "latest_checkpoint",
     "is_run_folder",
     "check_run_folder",
+    "check_resume",
+    "RunMismatch",
 ]
 
 
@@ -123,7 +125,8 @@ class TrainHistory(NamedTuple):
         learning_rate: list of float.
         samples_per_s: list of float, training throughput (simulation included) since the
             previous row.
-        elapsed_s: list of float, wall time since the run (or its resumption) started.
+        elapsed_s: list of float, training wall time since the run started, in s (a resumed run
+            continues from its checkpoint's last value; the time between the runs is not counted).
     """
 
     step: list
@@ -278,6 +281,40 @@ def save_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimize
     return path
 
 
+def _leaf_shapes(tree) -> dict:
+    """``{"a.b.c": shape}`` of a pytree's array leaves (orbax metadata or shape structs)."""
+
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(name(k) for k in path): tuple(getattr(leaf, "shape", ()) or ()) for path, leaf in flat}
+
+
+def _tree_difference(saved: dict, wanted: dict) -> str:
+    """One-line description of how two ``_leaf_shapes`` dicts differ (empty when they agree)."""
+
+    def some(names):
+        names = sorted(names)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = []
+    missing = wanted.keys() - saved.keys()
+    extra = saved.keys() - wanted.keys()
+    shapes = [k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k]]
+    if missing:
+        parts.append(f"{len(missing)} arrays of this network are not in it ({some(missing)})")
+    if extra:
+        parts.append(f"it has {len(extra)} arrays this network lacks ({some(extra)})")
+    if shapes:
+        k = sorted(shapes)[0]
+        parts.append(f"{len(shapes)} arrays differ in shape (e.g. {k}: {saved[k]} saved, {wanted[k]} here)")
+    return "; ".join(parts)
+
+
 def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> dict:
     """Load a checkpoint into an already built ``model`` (and ``optimizer``) of the same structure.
 
@@ -285,7 +322,8 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
         the checkpoint's ``meta.json`` dict (includes ``step``).
 
     Raises:
-        ValueError: the checkpoint is missing, incomplete, or holds a different structure.
+        ValueError: the checkpoint is missing, incomplete, or holds a different structure (one
+            line naming the folder and what differs).
     """
     import orbax.checkpoint as ocp
 
@@ -299,9 +337,83 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
         try:
             restored = checkpointer.restore(path / name, abstract)
         except Exception as err:  # orbax raises several types for missing parts and structure mismatches
-            raise ValueError(f"checkpoint {path} does not match this network: {str(err).splitlines()[0]}") from None
+            why = _restore_error(checkpointer, path / name, abstract, err)
+            raise ValueError(f"checkpoint {path} does not match this network ({name}): {why}") from None
         nnx.update(node, restored)
     return json.loads((path / "meta.json").read_text())
+
+
+def _restore_error(checkpointer, path: Path, abstract, err: Exception) -> str:
+    """Why a restore failed, in one line: the arrays that differ, else the error's non-empty text."""
+    if not path.exists():
+        return "this part was not saved"
+    try:
+        metadata = checkpointer.metadata(path)
+        difference = _tree_difference(_leaf_shapes(getattr(metadata, "item_metadata", metadata)), _leaf_shapes(abstract))
+    except Exception:  # unreadable metadata: fall back on orbax's own words
+        difference = ""
+    if difference:
+        return difference
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return (text[:300] + " ...") if len(text) > 300 else (text or type(err).__name__)
+
+
+class RunMismatch(ValueError):
+    """A run folder holds a checkpoint of another network or training config than the one asked for.
+
+    Attributes:
+        run_dir: the folder.
+        step: steps completed in its newest checkpoint.
+        saved: that checkpoint's meta dict.
+        differs: names of the meta entries that differ (``"recipe"``, ``"train_config.steps"``, ...).
+    """
+
+    def __init__(self, run_dir: Path, step: int, saved: dict, differs: list[str]):
+        self.run_dir, self.step, self.saved, self.differs = run_dir, step, saved, differs
+        what = saved.get("recipe") or saved.get("fluojax_network") or saved.get("network") or "another"
+        listed = f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}"
+        if any(not d.startswith("train_config") for d in differs):
+            text = (f"{run_dir} holds a {what} run (step {step}), not this network ({listed}); "
+                    "resume it with its own settings, or use another folder")
+        else:
+            text = f"{run_dir} holds a run with another training config ({listed}; step {step}); use the same settings or a new folder"
+        super().__init__(text)
+
+
+def check_resume(run_dir: str | Path | None, meta: dict, config: TrainConfig | None = None) -> int:
+    """Before anything is built: whether ``run_dir`` can be resumed with this network and config.
+
+    Reads only the newest checkpoint's ``meta.json`` (milliseconds), so a run folder of another
+    network or training config is refused before networks are built, data simulated or steps compiled.
+
+    Arguments:
+        run_dir: run folder, or None (nothing to resume).
+        meta: the network's meta as passed to :func:`train` (entries present in both metas are compared;
+            ``step`` and ``history`` are not).
+        config: the ``TrainConfig`` to resume with (compared field by field), or None.
+
+    Returns:
+        steps completed in the newest checkpoint (0 when there is none).
+
+    Raises:
+        RunMismatch: (a ValueError) a meta entry or config field differs.
+    """
+    if run_dir is None or latest_checkpoint(run_dir) is None:
+        return 0
+    _, saved = read_checkpoint_meta(run_dir)
+    step = int(saved.get("step", 0))
+    differs = [k for k in meta if k not in ("step", "history", "train_config") and k in saved and not _same(meta[k], saved[k])]
+    if config is not None and "train_config" in saved:
+        wanted = dataclasses.asdict(config)
+        differs += [f"train_config.{k}" for k in wanted if not _same(wanted[k], saved["train_config"].get(k))]
+    if differs:
+        raise RunMismatch(Path(run_dir), step, saved, differs)
+    return step
+
+
+def _same(value, saved) -> bool:
+    """Whether ``value`` equals ``saved`` as read back from JSON (tuples as lists, NaN equal to NaN)."""
+    return json.dumps(value, sort_keys=True) == json.dumps(saved, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,7 +456,8 @@ def train(
             from the newest one. None: nothing is written.
         meta: JSON-serialisable description stored with each checkpoint (e.g. network name and
             config), so a checkpoint can be rebuilt and checked later.
-        progress: show a tqdm bar with loss and samples/s (None: only on a terminal).
+        progress: progress with loss and samples/s (:func:`fluojax.progress.progress`: None or
+            True, a bar on a terminal and a line every ~10 s in logs; False: nothing).
         stop_after: int, stop (after checkpointing) once this many steps are done in total
             (simulates an interruption; for tests and for splitting long runs).
         data: optional pytree of arrays passed to every ``sample_batch`` call as an argument of
@@ -356,8 +469,12 @@ def train(
 
     Returns:
         ``TrainHistory`` (the whole run's, including rows restored from a checkpoint).
+
+    Raises:
+        RunMismatch: ``run_dir`` holds a checkpoint of another network or config (:func:`check_resume`).
+        ValueError: its checkpoint does not fit ``model`` (one line, see :func:`restore_checkpoint`).
     """
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     data_key, eval_key = jax.random.split(jax.random.key(config.seed))
@@ -368,11 +485,10 @@ def train(
     if run_path is not None:
         check_run_folder(run_path)
         run_path.mkdir(parents=True, exist_ok=True)
+        check_resume(run_path, meta, config)
         last = latest_checkpoint(run_path)
         if last is not None:
             saved = restore_checkpoint(last, model, optimizer)
-            if saved.get("train_config") != meta["train_config"]:
-                raise ValueError(f"{run_path} holds a run with another training config; use a new folder")
             start = int(saved["step"])
             history = TrainHistory(**saved["history"])
 
@@ -393,11 +509,12 @@ def train(
         for column, value in zip(history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)):
             column.append(value)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=(None if progress is None else not progress))
+    bar = progress_counter(config.steps, "train", "steps", enabled=progress, start=start)
+    elapsed_before = float(history.elapsed_s[-1]) if history.elapsed_s else 0.0  # a resumed run's time so far
     t_run = t_row = time.perf_counter()
     losses = []
     step = start
-    try:
+    with bar:
         while step < end:
             losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step), data))
             step += 1
@@ -408,7 +525,7 @@ def train(
                 rate = len(losses) * config.batch_size / (now - t_row)
                 eval_loss = evaluate(model, held_out, loss)
                 for column, value in zip(
-                    history, (step, train_loss, eval_loss, float(schedule(step)), rate, now - t_run)
+                    history, (step, train_loss, eval_loss, float(schedule(step)), rate, elapsed_before + now - t_run)
                 ):
                     column.append(value)
                 bar.set_postfix(loss=f"{train_loss:.4g}", held_out=f"{eval_loss:.4g}", samples_s=f"{rate:.0f}")
@@ -420,6 +537,4 @@ def train(
             due = config.checkpoint_every and step % config.checkpoint_every == 0
             if run_path is not None and (due or step == end):
                 save_checkpoint(_checkpoint_dir(run_path, step), model, optimizer, step, {**meta, "history": history.to_dict()})
-    finally:
-        bar.close()
     return history

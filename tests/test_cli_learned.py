@@ -126,3 +126,36 @@ def test_predict_marks_windows_without_fluctuations(trained_run, stack_2500, tmp
     inner[1:4, 1:4] = True
     inner[1, 1] = False
     assert np.all(status[inner] == 0) and np.all(np.isfinite(d[inner]))
+
+
+def _run_state(run):
+    return (run / "metrics.csv").read_text(), sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """Make building a network or simulating a pool fail: a refusal must come before either."""
+    from fluojax.fcs import learned
+
+    def fail(*args, **kwargs):
+        raise AssertionError("built before the run folder was checked")
+
+    monkeypatch.setattr(learned.nets, "build_network", fail)
+    monkeypatch.setattr(learned, "_acf_pool", fail)
+
+
+def test_train_refuses_a_run_folder_of_another_config_before_building_anything(trained_run, nothing_built, capsys):
+    state = _run_state(trained_run)
+    assert main(["fcs", "train", "--config", "fcsnet-2d-small", "-o", str(trained_run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3); "
+                                               "use --config imfcsnet-2d-small to resume it, or another folder")
+    assert _run_state(trained_run) == state  # no step ran, nothing was written
+
+
+def test_train_refuses_other_steps_for_a_run_folder_and_names_its_own(trained_run, nothing_built, capsys):
+    state = _run_state(trained_run)
+    assert main(["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "5", "-o", str(trained_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3) with --steps 3; "
+                   "use --steps 3 to resume it, or another folder")
+    assert _run_state(trained_run) == state

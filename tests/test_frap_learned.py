@@ -117,3 +117,21 @@ def test_refine_bounds_follow_the_given_prior():
     assert not default.fit.params[0, 2] < 0.224
     wide = learned.refine(curves, table, start, prior=FrapPrior(alpha_range=(0.1, 0.95)))
     np.testing.assert_allclose(wide.fit.params, truth, rtol=2e-3)
+
+
+def test_cli_train_refuses_a_run_folder_of_another_recipe_before_building_anything(trained, monkeypatch, capsys):
+    from fluojax.cli import main
+
+    run = trained[0]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("built before the run folder was checked")
+
+    monkeypatch.setitem(learned.RECIPES, "tiny", TINY)  # so that the message can name it as a --config
+    monkeypatch.setattr(learned.nets, "build_network", fail)
+    monkeypatch.setattr(learned, "deepfrap_table", fail)
+    metrics = (run / "metrics.csv").read_text()
+    assert main(["frap", "train", "--config", "deepfrap-small", "-o", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fluojax: error: -o {run} holds a tiny run (step 600); "
+                                               "use --config tiny to resume it, or another folder")
+    assert (run / "metrics.csv").read_text() == metrics

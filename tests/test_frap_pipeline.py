@@ -1,6 +1,8 @@
 """fluojax.frap.pipeline: ROI parsing, the square window, input checks, and the ROI curve against an
 independent NumPy computation of the area-weighted ROI mean (no fits here: fast)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,58 @@ def test_default_d_range_is_deepfraps_widened_and_scales_with_d_dt_over_r2():
     assert (lo, hi) == pytest.approx((0.1, 30000.0))
     lo2, hi2 = pipeline.default_d_range_px2_s(DEEPFRAP_DT_S / 2, DEEPFRAP_RADIUS_PX / 2)
     assert (lo2, hi2) == pytest.approx((lo / 2, hi / 2))  # x2 (dt) x 1/4 (R^2)
+
+
+# ------------------------------------------------------------------------------------------------
+# fit statuses: converged fits that mean nothing, and the solver grid's bounds
+
+
+def _fit(alpha=0.7, alpha_hi=0.72, d_lo=8.0, d_hi=12.0, status=0):
+    from fluojax.frap.estimate import FrapFit
+
+    row = lambda *v: np.array([v], np.float64)  # noqa: E731
+    return FrapFit(row(10.0, 0.75, alpha), row(d_lo, 0.74, alpha - 0.02), row(d_hi, 0.76, alpha_hi), row(1.0, 0.01, 0.01),
+                   np.array([status]), np.array([1e-6]), np.array([1e-6]))
+
+
+@pytest.mark.parametrize(
+    ("fit_kwargs", "expected"),
+    [
+        ({}, "CONVERGED"),  # D within 8-12, alpha well below 1
+        ({"status": 3}, "AT_BOUND"),  # the engine's status is kept for meaningful fits
+        ({"status": 1}, "MAX_STEPS"),  # and for failed ones
+        ({"alpha": 0.99, "alpha_hi": 1.001}, "NO_BLEACH"),  # alpha's 95 % CI reaches 1
+        ({"alpha": 1.0, "alpha_hi": 1.0, "status": 3}, "NO_BLEACH"),  # alpha on its bound 1
+        ({"alpha_hi": np.nan}, "NO_BLEACH"),  # no interval for alpha: no evidence of a bleach
+        ({"d_lo": 1.0, "d_hi": 10.5}, "UNDETERMINED"),  # a factor 10.5: more than a decade
+        ({"d_lo": 1.0, "d_hi": 9.9}, "CONVERGED"),  # a factor 9.9: within a decade
+        ({"d_hi": np.inf}, "UNDETERMINED"),  # an open end
+        ({"d_lo": 0.0}, "UNDETERMINED"),
+    ],
+)
+def test_fit_status_flags_fits_without_bleach_or_without_a_determined_d(fit_kwargs, expected):
+    code = int(pipeline.fit_status(_fit(**fit_kwargs))[0])
+    assert pipeline.FrapStatus.NAMES[code] == expected
+    assert pipeline.fit_ok(code, [10.0, 0.75, 0.7]) == (expected in ("CONVERGED", "AT_BOUND"))
+    assert (pipeline.status_reason(code, [10.0, 0.75, 0.7], [1, 0, 0], [10.5, 1, 1]) == "") == (expected in ("CONVERGED", "AT_BOUND"))
+
+
+def test_default_pad_is_half_the_square_up_to_the_grid_limit():
+    assert pipeline.check_pad(256, None) == 128  # DeepFRAP: 256 + 2 x 128
+    assert pipeline.check_pad(1536, None) == 256  # 1536 + 2 x 256 = 2048 = MAX_GRID_PX
+    assert pipeline.check_pad(32, 128) == 128  # 4 x 32: the largest pad allowed
+
+
+@pytest.mark.parametrize(
+    ("n", "pad", "message"),
+    [(32, 129, "at most 4 x the 32-px square's side (128 px)"), (1024, 600, "--pad 512 or less"), (3000, None, "crop the stack")],
+)
+def test_pads_beyond_the_bounds_are_refused_with_what_is_allowed(n, pad, message):
+    with pytest.raises(InputError, match=re.escape(message)) as err:
+        pipeline.check_pad(n, pad)
+    assert "\n" not in str(err.value)
+
+
+def test_prepare_stack_refuses_a_huge_pad_before_any_work():
+    with pytest.raises(InputError, match="--pad 3000"):
+        pipeline.prepare_stack(_stack(), pipeline.CircleROI(16, 16, 6), 5, 2, 0.1, pad=3000)

@@ -132,3 +132,42 @@ def test_sgd_with_momentum_also_trains():
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="unknown optimizer"):
         config(optimizer="rmsprop")
+
+
+def test_elapsed_time_continues_across_a_resume(tmp_path):
+    cfg = config(steps=40, eval_every=10)
+    tr.train(ToyNet(nnx.Rngs(0)), toy_batch, cfg, run_dir=tmp_path, progress=False, stop_after=20)
+    before = tr.TrainHistory(**__import__("json").loads((tmp_path / "metrics.json").read_text())).elapsed_s
+    history = tr.train(ToyNet(nnx.Rngs(0)), toy_batch, cfg, run_dir=tmp_path, progress=False)
+    rows = np.genfromtxt(tmp_path / "metrics.csv", delimiter=",", names=True)
+    assert list(rows["step"]) == [0, 10, 20, 30, 40]
+    # the resumed rows (steps 30, 40) start from the checkpoint's last elapsed time, not from 0
+    assert np.all(np.diff(rows["elapsed_s"]) >= 0)
+    assert rows["elapsed_s"][3] >= before[-1] > 0
+    np.testing.assert_allclose(rows["elapsed_s"], history.elapsed_s, rtol=1e-6)
+
+
+def test_a_run_folder_of_another_network_is_refused_before_anything_is_restored(tmp_path, monkeypatch):
+    tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-a"}, progress=False)
+    metrics = (tmp_path / "metrics.csv").read_text()
+    monkeypatch.setattr(tr, "restore_checkpoint", lambda *a, **k: pytest.fail("restored before the meta check"))
+    with pytest.raises(tr.RunMismatch) as err:
+        tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-b"}, progress=False)
+    assert err.value.step == 20 and err.value.differs == ["recipe"] and err.value.saved["recipe"] == "toy-a"
+    assert str(tmp_path) in str(err.value) and "toy-a run (step 20)" in str(err.value)
+    assert (tmp_path / "metrics.csv").read_text() == metrics
+
+
+def test_a_structure_mismatch_is_one_line_naming_the_folder_and_the_arrays(tmp_path):
+    tr.save_checkpoint(tmp_path / "ck", ToyNet(nnx.Rngs(0)), None, 0, {})
+
+    class Wider(ToyNet):  # same layers, a hidden layer of 8 inputs instead of 4
+        def __init__(self, rngs):
+            super().__init__(rngs)
+            self.hidden = nnx.Linear(8, 16, rngs=rngs)
+
+    with pytest.raises(ValueError) as err:
+        tr.restore_checkpoint(tmp_path / "ck", Wider(nnx.Rngs(0)))
+    text = str(err.value)
+    assert "\n" not in text and str(tmp_path / "ck") in text and not text.rstrip().endswith(":")
+    assert "hidden.kernel.value: (4, 16) saved, (8, 16) here" in text

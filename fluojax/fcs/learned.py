@@ -229,6 +229,7 @@ def train_recipe(
             raise ValueError("a simulated pool is an FCSNet setting; ImFCSNet trains on fresh batches")
         recipe = dataclasses.replace(recipe, pool_stacks=pool_stacks, held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)))
     config = dataclasses.replace(recipe.train, seed=seed, **({"steps": steps} if steps else {}))
+    training.check_resume(run_dir, _network_meta(recipe), config)  # before anything is built or simulated
     net = nets.build_network(recipe.net, seed=seed)
     data = held_out = None
     if recipe.network == "fcsnet" and recipe.pool_stacks:

@@ -578,7 +578,8 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         stack: (T, H, W) array-like of intensities (array or memory map).
         settings: ``AnalysisSettings`` (binning, bleach correction, correlator, band size);
             ``bleach_order="auto"`` costs one extra pass over the stack (:func:`resolve_bleach`).
-        progress: show a tqdm progress bar (None: only on a terminal).
+        progress: progress of the bands (:func:`fluojax.progress.progress`: None or True, a bar
+            on a terminal and a line every ~10 s in logs; False: nothing).
 
     Returns:
         ``StackACFs``.
@@ -590,7 +591,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
             pixel that fluctuates in time, or no fluctuating pixel with a positive mean.
     """
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     t, h, w = stack.shape
     n = int(settings.optics.binning)
@@ -640,9 +641,10 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     settings = dataclasses.replace(settings, bleach_order=bleach.order)
     bands = list(range(0, out_h, rows_per_band))
     # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader, \
+            progress_counter(len(bands), "correlate", "bands", enabled=progress) as bar:
         pending = reader.submit(read_band, bands[0])
-        for i in tqdm(range(len(bands)), desc="correlate", unit="band", disable=(None if progress is None else not progress)):
+        for i in range(len(bands)):
             out_row = bands[i]
             band, hit, varies, scale = pending.result()
             if i + 1 < len(bands):
@@ -656,6 +658,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
             acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
             sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
             mean[sl] = np.asarray(res.mean, np.float64)[: valid_rows * out_w] / scale
+            bar.update(1)
     check_signal(fluctuates, mean)
     return StackACFs(acf, sem, mean, saturated, fluctuates, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0, bleach)
 
@@ -702,7 +705,8 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     Arguments:
         stack: (T, H, W) array-like of intensities; read band by band.
         settings: ``AnalysisSettings``.
-        progress: show tqdm progress bars (None: only on a terminal).
+        progress: progress of correlation and fits (:func:`fluojax.progress.progress`: None or
+            True, bars on a terminal and a line every ~10 s in logs; False: nothing).
 
     Returns:
         ``FCSMaps``.
@@ -710,7 +714,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     Raises:
         ValueError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
     """
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     models.check_optics(settings.optics, settings.model == "3d")
     corr = correlate_stack(stack, settings, progress)
@@ -722,7 +726,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     no_signal = data_status != 0
     lag_s = corr.lag_s
     t1 = time.perf_counter()
-    with tqdm(total=acf.shape[0], desc="fit", unit="px", disable=(None if progress is None else not progress)) as bar:
+    with progress_counter(acf.shape[0], "fit", "px", enabled=progress) as bar:
         result = fit_acfs(acf, sem, lag_s, settings, progress=bar.update)
     t_fit = time.perf_counter() - t1
 

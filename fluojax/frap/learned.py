@@ -211,6 +211,7 @@ def train_recipe(
     if steps:
         recipe = recipe.with_steps(steps)
     config = dataclasses.replace(recipe.train, seed=seed)
+    training.check_resume(run_dir, _network_meta(recipe), config)  # before the table and network are built
     table, n_eff = deepfrap_table(recipe.settings, recipe.radius_px)
     net = nets.build_network(recipe.net, seed=seed)
     history = training.train(net, _curve_sampler(recipe, table, n_eff), config, loss=nets.inverse_noise_weighted_mse,

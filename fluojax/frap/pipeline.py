@@ -12,7 +12,9 @@ The steps behind ``fluojax frap fit`` (and the data side of ``fluojax frap predi
    as far as the image allows (:func:`square_window`); the crop origin goes into summary.json.
    With the model's beta = 1 (no imaging bleach) only the ROI pixels and the size of the periodic
    domain ``L = N + 2 pad`` matter, so this crop changes nothing but ``L``. Default
-   ``pad = N // 2`` (DeepFRAP: 256 + 2 x 128).
+   ``pad = N // 2`` (DeepFRAP: 256 + 2 x 128), reduced where needed to keep ``L`` at most
+   :data:`MAX_GRID_PX`; a given pad is refused above ``MAX_PAD_FACTOR N`` or when ``L`` would
+   exceed :data:`MAX_GRID_PX` (:func:`check_pad`).
 3. **Checks** (:func:`check_stack`; each failure is one :class:`fluojax.io.InputError` line):
    at least :data:`MIN_POSTBLEACH` postbleach frames (``frames - n_prebleach``), ROI inside the
    image, finite values, not more than :data:`MAX_SATURATED_FRACTION` of the ROI pixels at the
@@ -30,8 +32,12 @@ The steps behind ``fluojax frap fit`` (and the data side of ``fluojax frap predi
    error estimate is reported). Random starts come from DeepFRAP's D prior rescaled the same way.
 7. **Fit** (:func:`fit_prepared`): ``fluojax.frap.estimate.fit_recovery_curves`` (multistart LM,
    95 % Wald intervals, noise variance from the residuals) on a ``FastCurveTable`` of this
-   geometry and these settings. A fit counts as successful (:func:`fit_ok`) when its status is
-   CONVERGED or AT_BOUND and its parameters are finite.
+   geometry and these settings.
+8. **Status** (:func:`fit_status`, codes in :class:`FrapStatus`): the engine's status, unless
+   the fit converged but means nothing: NO_BLEACH when the bleach is indistinguishable from none
+   (alpha's 95 % interval reaches 1), UNDETERMINED when D's 95 % interval spans more than a
+   decade (:data:`MAX_D_CI_RATIO`) or has an open end. A fit counts as successful
+   (:func:`fit_ok`) when its status is CONVERGED or AT_BOUND and its parameters are finite.
 
 Timings, in s, are collected in a dict (``read``, ``table``, ``fit``) by the callers.
 """
@@ -77,6 +83,13 @@ __all__ = [
     "build_table",
     "fit_prepared",
     "fit_ok",
+    "FrapStatus",
+    "MAX_D_CI_RATIO",
+    "fit_status",
+    "status_reason",
+    "MAX_PAD_FACTOR",
+    "MAX_GRID_PX",
+    "check_pad",
     "model_curve",
 ]
 
@@ -92,6 +105,13 @@ DEEPFRAP_D_RANGE_PX2_S = (1.0, 3000.0)
 DEEPFRAP_START_RANGE_PX2_S = (1.7322, 1732.2)
 """DeepFRAP's D prior (1-1000 um^2/s at 0.7598 um pixels) in px^2/s."""
 D_RANGE_WIDENING = 10.0
+MAX_PAD_FACTOR = 4
+"""Largest pad, in units of the window side N: the periodic copies of the bleach are then 9 N
+apart, far beyond the region the data describe; a wider domain changes nothing but the cost."""
+MAX_GRID_PX = 2048
+"""Largest solver grid side ``N + 2 pad``. Building the table costs K spectral solves on the
+grid, ~ L^2 log L: about 10 s at DeepFRAP's 512 px on a 2-core CPU, so minutes at 2048 px and
+most of an hour at 6000 px."""
 TABLE_NODES = 48
 """Chebyshev nodes of the fit's table: over the default 5.5 decades of D its error estimate is
 ~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve, and the
@@ -186,6 +206,38 @@ def square_window(shape_yx: tuple[int, int], roi: CircleROI) -> tuple[int, int, 
     return x0, y0, n
 
 
+def check_pad(n: int, pad: int | None) -> int:
+    """The solver padding for an ``n``-px square: ``pad`` checked, or the default.
+
+    Arguments:
+        n: side of the analysed square in pixels.
+        pad: padding per side in pixels, or None for the default ``n // 2`` (reduced so that the
+            grid ``n + 2 pad`` stays at most :data:`MAX_GRID_PX`).
+
+    Returns:
+        pad in pixels.
+
+    Raises:
+        InputError: a negative pad, a pad above ``MAX_PAD_FACTOR n``, a grid above ``MAX_GRID_PX``.
+    """
+    n = int(n)
+    if n > MAX_GRID_PX:
+        raise InputError(f"the analysed square is {n} px wide; the solver grid is at most {MAX_GRID_PX} px per side "
+                         f"(its cost grows as its area): crop the stack around the ROI")
+    if pad is None:
+        return max(0, min(n // 2, (MAX_GRID_PX - n) // 2))
+    pad = int(pad)
+    if pad < 0:
+        raise InputError(f"--pad {pad}: must be >= 0")
+    if pad > MAX_PAD_FACTOR * n:
+        raise InputError(f"--pad {pad}: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
+                         f"a wider periodic domain changes nothing but the run time")
+    if n + 2 * pad > MAX_GRID_PX:
+        raise InputError(f"--pad {pad}: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px allowed "
+                         f"(use --pad {(MAX_GRID_PX - n) // 2} or less; the table's cost grows as the grid's area)")
+    return pad
+
+
 def _roi_inside(shape_yx, roi: CircleROI) -> None:
     ny, nx = shape_yx
     if not (roi.x - roi.r >= 0 and roi.y - roi.r >= 0 and roi.x + roi.r <= nx and roi.y + roi.r <= ny):
@@ -270,7 +322,7 @@ def prepare_stack(stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: 
         n_prebleach: recorded frames before the bleach.
         n_bleach: bleach frames (not recorded; each lasts dt).
         dt_s: frame interval in s.
-        pad: padding of the periodic solver grid in pixels (default: window side // 2).
+        pad: padding of the periodic solver grid in pixels (default and bounds: :func:`check_pad`).
 
     Returns:
         ``PreparedStack``.
@@ -284,7 +336,7 @@ def prepare_stack(stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: 
         raise InputError(f"--bleach {n_bleach}: at least one bleach frame is needed")
     check_stack(stack, roi, n_prebleach)
     x0, y0, n = square_window(stack.shape[1:], roi)
-    settings = FrapSettings(n_pixels=n, pad=n // 2 if pad is None else int(pad), n_prebleach=int(n_prebleach),
+    settings = FrapSettings(n_pixels=n, pad=check_pad(n, pad), n_prebleach=int(n_prebleach),
                             n_bleach=int(n_bleach), n_postbleach=int(stack.shape[0]) - int(n_prebleach), dt_s=float(dt_s))
     geometry = circular_region(settings, roi.r, (roi.x - x0, roi.y - y0))
     data = np.asarray(stack[:, y0:y0 + n, x0:x0 + n])
@@ -344,8 +396,79 @@ def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: in
 
 
 def fit_ok(status: int, params) -> bool:
-    """True when a fit's status is CONVERGED or AT_BOUND and its parameters are finite."""
+    """True when a fit's status (:class:`FrapStatus` code) is CONVERGED or AT_BOUND and its
+    parameters are finite (NO_BLEACH and UNDETERMINED fits are not ok)."""
     return int(status) in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and bool(np.all(np.isfinite(params)))
+
+
+MAX_D_CI_RATIO = 10.0
+"""Widest accepted 95 % interval of D, upper / lower: beyond a decade D is not determined."""
+
+
+class FrapStatus:
+    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`; FRAP adds two for fits that
+    converged but are not meaningful (see :func:`fit_status`)."""
+
+    NO_BLEACH = 6  # the bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1
+    UNDETERMINED = 7  # D's 95 % interval spans more than MAX_D_CI_RATIO, or has an open end
+
+    NAMES = {**{int(s): s.name for s in fitlib.Status}, 6: "NO_BLEACH", 7: "UNDETERMINED"}
+
+
+def fit_status(result) -> np.ndarray:
+    """FRAP status of each fit: the engine's, or NO_BLEACH / UNDETERMINED for converged fits that mean nothing.
+
+    A converged (or at-bound) fit with finite parameters is
+
+    * **NO_BLEACH** when the upper limit of alpha's 95 % interval is >= 1 (or not finite). The
+      bleach depth is ``c0 (1 - alpha^n_bleach)``, zero exactly at alpha = 1; by the delta method
+      its z-score is ``(1 - alpha^n) / (n alpha^(n-1) sd_alpha)``, which for alpha near 1 is
+      ``(1 - alpha) / sd_alpha``. An interval reaching 1 is therefore a depth within ~1.96 of its
+      standard errors of zero: the data cannot tell this bleach from none (a one-sided test at
+      2.5 %, at the level of the intervals the fit reports). With no bleach, D has no effect on
+      the curve and any value fits.
+    * **UNDETERMINED** otherwise, when D's 95 % interval spans more than :data:`MAX_D_CI_RATIO`
+      (upper / lower > 10, i.e. sd(ln D) > ln 10 / (2 x 1.96) = 0.59) or has an open end
+      (non-finite or non-positive limit): the data fix D to less than a decade.
+
+    Arguments:
+        result: ``fluojax.frap.estimate.FrapFit`` (B fits).
+
+    Returns:
+        (B,) int array of :class:`FrapStatus` codes.
+    """
+    status = np.asarray(result.status, np.int64).copy()
+    params, lower, upper = (np.asarray(a, np.float64) for a in (result.params, result.ci_lower, result.ci_upper))
+    good = np.isin(status, (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND)) & np.all(np.isfinite(params), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        no_bleach = ~(upper[:, 2] < 1.0)  # NaN counts as reaching 1
+        open_end = ~(np.isfinite(lower[:, 0]) & np.isfinite(upper[:, 0]) & (lower[:, 0] > 0))
+        wide = ~(upper[:, 0] / lower[:, 0] <= MAX_D_CI_RATIO)
+    status = np.where(good & no_bleach, FrapStatus.NO_BLEACH, status)
+    status = np.where(good & ~no_bleach & (open_end | wide), FrapStatus.UNDETERMINED, status)
+    return status
+
+
+def status_reason(status: int, params, ci_lower, ci_upper) -> str:
+    """Why a fit of :class:`FrapStatus` ``status`` is not ok, in a few words (empty when it is).
+
+    Arguments:
+        status: the code from :func:`fit_status`.
+        params, ci_lower, ci_upper: (3,) (D px^2/s, c0, alpha) and their 95 % limits.
+    """
+    status = int(status)
+    if status in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and np.all(np.isfinite(params)):
+        return ""
+    if status == FrapStatus.NO_BLEACH:
+        return (f"no bleach in the data: the fraction left per bleach frame, alpha = {params[2]:.4g} "
+                f"(95 % CI up to {ci_upper[2]:.4g}), is indistinguishable from 1, so D is not measurable "
+                f"(check --prebleach, --bleach and the ROI)")
+    if status == FrapStatus.UNDETERMINED:
+        lo, hi = float(ci_lower[0]), float(ci_upper[0])
+        if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
+            return f"D is not determined: its 95 % CI spans a factor {hi / lo:.3g} (more than {MAX_D_CI_RATIO:g})"
+        return "D is not determined: its 95 % CI has an open end"
+    return f"the fit did not converge (status {FrapStatus.NAMES.get(status, status)})"
 
 
 def model_curve(params, table: FastCurveTable) -> np.ndarray:
