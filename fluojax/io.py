@@ -38,6 +38,7 @@ import tifffile
 __all__ = [
     "InputError",
     "read_stack",
+    "FRAME_INTERVAL_RANGE_S",
     "frame_interval_s",
     "read_pixel_size_um",
     "write_map",
@@ -173,6 +174,12 @@ def _stack_shape(path: Path, shape: tuple, axes: str) -> tuple[int, int, int]:
     return others[0], y, x
 
 
+FRAME_INTERVAL_RANGE_S = (1e-7, 1e4)
+"""Accepted frame intervals in s: from 100 ns (faster than any camera, SPAD arrays included) to
+about 3 hours (slower than any time-lapse FRAP); a value outside is almost surely in other units
+(ms or us taken as s), which would scale every rate and D by that factor."""
+
+
 def frame_interval_s(given: float | None, meta: dict, option: str, path) -> float:
     """The frame interval in s: ``given`` (a command-line value) if set, else the TIFF's ImageJ ``finterval``.
 
@@ -186,8 +193,8 @@ def frame_interval_s(given: float | None, meta: dict, option: str, path) -> floa
         float > 0, finite.
 
     Raises:
-        InputError: neither is set, or the metadata's value is not a positive finite number
-            (text, inf, 0, negative).
+        InputError: neither is set, the metadata's value is not a positive finite number
+            (text, inf, 0, negative), or either is outside :data:`FRAME_INTERVAL_RANGE_S`.
     """
     if given is not None:
         value, source = given, option
@@ -201,6 +208,9 @@ def frame_interval_s(given: float | None, meta: dict, option: str, path) -> floa
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
         raise InputError(f"{path}: {source} is {value!r}, not a positive number of seconds; pass {option} S")
+    lo, hi = FRAME_INTERVAL_RANGE_S
+    if not lo <= seconds <= hi:
+        raise InputError(f"{path}: {source} is {seconds:g} s, outside {lo:g}-{hi:g} s: is it in seconds? pass {option} S")
     return seconds
 
 

@@ -34,10 +34,12 @@ def test_cli_fit_end_to_end_writes_maps_plot_and_summary(small_stack, tmp_path):
 
 
 def test_cli_reports_constant_and_saturated_pixels_per_pixel(small_stack, tmp_path):
-    stack = tifffile.imread(small_stack).astype(np.uint16)
+    counts = tifffile.imread(small_stack)
+    assert counts.max() < 255
+    stack = counts.astype(np.uint8)  # saturation at 255: a spike that leaves the ACF measurable
     stack[:, 0, 0] = 0
     stack[:, 0, 1] = 7
-    stack[100, 1, 1] = 65535
+    stack[100, 1, 1] = 255
     path = tmp_path / "bad_pixels.tif"
     tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "TYX", "finterval": 1.06e-3})
     out = tmp_path / "res"

@@ -16,6 +16,9 @@ from fluojax.fcs import models, pipeline
 
 FRAME_S = 1.06e-3
 NO_SIGNAL, NON_POSITIVE = pipeline.PixelStatus.NO_SIGNAL, pipeline.PixelStatus.NON_POSITIVE_MEAN
+# statuses of pixels that fluctuate with a positive mean: fitted (0-6), or with no measurable
+# correlation at these 2,400 frames (a weak pixel of the simulation may be one)
+USABLE = (0, 1, 2, 3, 4, 5, 6, pipeline.PixelStatus.NO_CORRELATION)
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,26 @@ def test_a_stack_where_no_pixel_fluctuates_is_refused(tmp_path, capsys, value, d
     assert "no pixel of the stack fluctuates" in err
 
 
+def test_shot_noise_without_correlation_gets_its_own_status():
+    # white Poisson noise: G(tau) = 0 at every lag, so no pixel may be reported as a fitted D
+    noise = np.random.default_rng(5).poisson(30, (2400, 8, 8)).astype(np.uint16)
+    maps = pipeline.analyse_stack(noise, pipeline.AnalysisSettings(FRAME_S, bleach_order=0), progress=False)
+    assert np.all(maps.status == pipeline.PixelStatus.NO_CORRELATION) and np.all(np.isnan(maps.d_um2_s))
+
+
+def test_correlation_z_is_near_standard_normal_without_correlation_and_large_with_it(counts):
+    settings = pipeline.AnalysisSettings(FRAME_S, bleach_order=0)
+    noise = np.random.default_rng(6).poisson(30, (2400, 16, 16)).astype(np.uint16)
+    white = pipeline.correlate_stack(noise, settings, progress=False)
+    z = pipeline.correlation_z(white.acf, white.sem)
+    # null: the max of two sums that are each ~N(0, 1) or narrower (blocking SEMs of 2,400 frames
+    # overestimate the noise); 256 pixels stay far below the threshold of 3
+    assert abs(np.median(z)) < 0.5 and np.all(z < pipeline.CORRELATION_Z)
+    diffusion = pipeline.correlate_stack(counts, settings, progress=False)
+    # the simulation's pixels (D = 1 um^2/s, ~6 photons per particle and frame) are correlated
+    assert np.median(pipeline.correlation_z(diffusion.acf, diffusion.sem)) > 2 * pipeline.CORRELATION_Z
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. non-positive mean intensity
 
@@ -102,7 +125,7 @@ def test_pixels_with_a_negative_mean_get_their_own_status(counts, tmp_path):
     data[:, 3, :] -= 1000.0  # the last row: fluctuating, mean far below zero
     d, status = _fit_maps(tmp_path, _write(tmp_path, data), "--bleach", "none")
     assert np.all(status[3] == NON_POSITIVE) and np.all(np.isnan(d[3]))
-    assert np.all(status[:3] <= 6) and np.all(np.isfinite(d[:3][status[:3] == 0]))
+    assert np.all(np.isin(status[:3], USABLE)) and np.all(np.isfinite(d[:3][status[:3] == 0]))
     assert "offset" in pipeline.PixelStatus.DESCRIPTION[NON_POSITIVE]
 
 
@@ -132,7 +155,7 @@ def test_correlation_does_not_depend_on_the_intensity_scale(counts, acf_referenc
 def test_a_stack_of_values_near_1e19_gives_finite_d(counts):
     settings = pipeline.AnalysisSettings(FRAME_S, bleach_order=0)
     maps = pipeline.analyse_stack((counts.astype(np.float64) * 1e19).astype(np.float32), settings, progress=False)
-    assert np.all(maps.status <= 6) and np.all(np.isfinite(maps.d_um2_s[maps.status == 0]))
+    assert np.all(np.isin(maps.status, USABLE)) and np.all(np.isfinite(maps.d_um2_s[maps.status == 0]))
     assert np.count_nonzero(maps.status == 0) >= 8  # most of the 16 pixels converge, as for the raw counts
     assert np.all(maps.mean_intensity > 1e19)
 
@@ -228,6 +251,14 @@ def test_frap_reads_the_frame_interval_through_the_same_check(tmp_path, capsys):
     path = _write(tmp_path, np.ones((20, 16, 16), np.float32), finterval="abc")
     err = _refused(tmp_path, capsys, ["frap", "fit", str(path), "--roi", "circle:8,8,3", "--pixel-size", "1"])
     assert "finterval" in err and "--dt" in err
+
+
+@pytest.mark.parametrize("option", ["1e-9", "1e6"])
+def test_a_frame_time_in_the_wrong_units_is_refused(counts, tmp_path, capsys, option):
+    # 1 ns and 11 days per frame: no camera records so; most likely ms or us passed as s
+    path = _write(tmp_path, counts)
+    err = _refused(tmp_path, capsys, ["fcs", "fit", str(path), "--frame-time", option, "--bleach", "none"])
+    assert "in seconds" in err
 
 
 def test_the_frame_time_option_wins_over_broken_metadata():
