@@ -22,7 +22,8 @@ holding no other files); anything else at OUT (the input, a file, a folder of yo
 replaces an existing .tif only with ``--overwrite``; ``train -o RUN`` resumes a fluojax run folder
 and refuses any other non-empty folder. ``frap fit``/``frap predict`` exit with code 3 (results
 written, status in summary.json, one line on stderr) when the least-squares fit did not converge
-or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade).
+or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade);
+``fcs fit`` exits with code 3 when no pixel could be fitted. docs/refusals.md lists every refusal.
 """
 
 from __future__ import annotations

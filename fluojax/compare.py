@@ -463,12 +463,13 @@ def compare_estimators(
         fisher_fn: optional ``fisher_fn(theta) -> (P, P)`` Fisher information, used via
             :func:`crlb_from_fisher` when ``crlb_fn`` is not given (give at most one).
         timing_repeats: int >= 1, timed calls per estimator and grid point.
-        progress: tqdm bar over grid points (None: only on a terminal; False: never).
+        progress: progress over grid points (:func:`fluojax.progress.progress`: None or True, a
+            bar on a terminal and a line every ~10 s in logs; False: nothing).
 
     Returns:
         :class:`ComparisonReport`.
     """
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     if not estimators:
         raise ValueError("give at least one estimator")
@@ -501,22 +502,24 @@ def compare_estimators(
     crlb = np.full((n_grid, n_params), np.nan)
     dtype = jnp.asarray(0.0).dtype
 
-    for g in tqdm(range(n_grid), desc="compare", unit="point", disable=(None if progress is None else not progress)):
-        theta_batch = jnp.asarray(np.broadcast_to(grid[g], (n_samples, n_params)), dtype)
-        data = jax.block_until_ready(simulate(jax.random.fold_in(key, g), theta_batch))
-        sig = _signature(data)
-        for e, (name, estimate) in enumerate(estimators.items()):
-            if sig not in warmed[e]:
-                jax.block_until_ready(estimate(data))
-                warmed[e].add(sig)
-            out, dt = _call_timed(estimate, data)
-            times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
-            all_times[e].extend(times)
-            seconds[e, g] = float(np.median(times))
-            estimates[e, g] = _as_estimates(out, name, n_samples, n_params)
-        if crlb_fn is not None:
-            bound = np.asarray(crlb_fn(grid[g]), np.float64).reshape(n_params)
-            crlb[g] = np.where(log, bound / grid[g], bound)
+    with progress_counter(n_grid, "compare", "grid points", enabled=progress) as bar:
+        for g in range(n_grid):
+            theta_batch = jnp.asarray(np.broadcast_to(grid[g], (n_samples, n_params)), dtype)
+            data = jax.block_until_ready(simulate(jax.random.fold_in(key, g), theta_batch))
+            sig = _signature(data)
+            for e, (name, estimate) in enumerate(estimators.items()):
+                if sig not in warmed[e]:
+                    jax.block_until_ready(estimate(data))
+                    warmed[e].add(sig)
+                out, dt = _call_timed(estimate, data)
+                times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
+                all_times[e].extend(times)
+                seconds[e, g] = float(np.median(times))
+                estimates[e, g] = _as_estimates(out, name, n_samples, n_params)
+            if crlb_fn is not None:
+                bound = np.asarray(crlb_fn(grid[g]), np.float64).reshape(n_params)
+                crlb[g] = np.where(log, bound / grid[g], bound)
+            bar.update(1)
 
     # validity: all estimates finite, log-scale ones positive
     with np.errstate(invalid="ignore"):

@@ -157,13 +157,14 @@ def _simulate_acf_batch(key, prior, stacks):
 
 
 def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, jax.Array]:
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     chunks = -(-stacks // recipe.stacks_per_batch)
-    parts = [
-        jax.device_get(simulate_acf_batch(jax.random.fold_in(key, i), recipe.prior, recipe.stacks_per_batch))
-        for i in tqdm(range(chunks), desc="simulate ACF pool", disable=(None if progress is None else not progress))
-    ]
+    parts = []
+    with progress_counter(chunks, "simulate ACF pool", "batches", enabled=progress) as bar:
+        for i in range(chunks):
+            parts.append(jax.device_get(simulate_acf_batch(jax.random.fold_in(key, i), recipe.prior, recipe.stacks_per_batch)))
+            bar.update(1)
     return jnp.asarray(np.concatenate([p[0] for p in parts])), jnp.asarray(np.concatenate([p[1] for p in parts]))
 
 
@@ -326,7 +327,8 @@ def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, b
         window_frames: int, frames per chunk (the network's training length, e.g. 2,500).
         overlap: per-pixel map with an empty 1-pixel border (True) or 3 x 3 tiles (False).
         batch: int, windows per compiled call.
-        progress: tqdm bar (None: only on a terminal).
+        progress: progress of the windows (:func:`fluojax.progress.progress`: None or True, a bar
+            on a terminal and a line every ~10 s in logs; False: nothing).
 
     Returns:
         dict with ``d_um2_s`` (mean over chunks), ``d_first_um2_s`` (first chunk),
@@ -337,7 +339,7 @@ def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, b
         ValueError: the stack is shorter than one chunk, the chunk shorter than the network's
             receptive field, or the image smaller than 3 x 3.
     """
-    from tqdm.auto import tqdm
+    from fluojax.progress import progress as progress_counter
 
     t, h, w = stack.shape
     if window_frames < net.config.min_frames:
@@ -350,18 +352,20 @@ def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, b
     chunks = t // window_frames
     out_h, out_w = (h, w) if overlap else (h // 3, w // 3)
     ln_d = np.full((chunks, out_h, out_w), np.nan, np.float32)
-    for c in tqdm(range(chunks), desc="ImFCSNet chunks", disable=(None if progress is None else not progress)):
-        frames = np.asarray(stack[c * window_frames : (c + 1) * window_frames], np.float32)
-        windows = np.lib.stride_tricks.sliding_window_view(frames, (3, 3), axis=(1, 2))  # (T, h-2, w-2, 3, 3)
-        values = []
-        for start in range(0, rows.size, batch):
-            r, q = rows[start : start + batch], cols[start : start + batch]
-            values.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
-        values = np.concatenate(values)
-        if overlap:
-            ln_d[c, rows + 1, cols + 1] = values
-        else:
-            ln_d[c, rows // 3, cols // 3] = values
+    with progress_counter(chunks * rows.size, "ImFCSNet", "windows", enabled=progress) as bar:
+        for c in range(chunks):
+            frames = np.asarray(stack[c * window_frames : (c + 1) * window_frames], np.float32)
+            windows = np.lib.stride_tricks.sliding_window_view(frames, (3, 3), axis=(1, 2))  # (T, h-2, w-2, 3, 3)
+            values = []
+            for start in range(0, rows.size, batch):
+                r, q = rows[start : start + batch], cols[start : start + batch]
+                values.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
+                bar.update(r.size)
+            values = np.concatenate(values)
+            if overlap:
+                ln_d[c, rows + 1, cols + 1] = values
+            else:
+                ln_d[c, rows // 3, cols // 3] = values
     edge = np.isnan(ln_d[0])
     return {"d_um2_s": np.exp(np.mean(ln_d, axis=0)), "d_first_um2_s": np.exp(ln_d[0]), "ln_d_chunks": ln_d,
             "edge": edge, "chunks": chunks}

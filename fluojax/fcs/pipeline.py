@@ -701,7 +701,7 @@ CORRELATION_Z = 3.0
 Simulated 2D diffusion (6 x 6 pixels, 1-6 photons per particle and frame, D = 0.1-10 um^2/s at
 1.06 ms frames) had median z 3.7-26 at 2,400 frames and 13-46 at 20,000; the pixels of short
 records below 3 hold no correlation that their own noise would not also produce, so a D fitted
-to them says nothing (docs/fcs.md, "Pixel statuses")."""
+to them says nothing (docs/fcs.md, "Fitting")."""
 
 
 def correlation_z(acf: np.ndarray, sem: np.ndarray, lags: int = CORRELATION_LAGS) -> np.ndarray:
