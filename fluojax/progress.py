@@ -5,8 +5,10 @@
 * on a terminal (the stream is a tty) it is a tqdm bar;
 * otherwise (stderr redirected to a log file, a pipe, a batch system) it writes plain lines such as
   ``fluojax: correlate 12/64 bands (19 %), 3 s elapsed, ~13 s left`` to the stream, at most every
-  ``every_s`` seconds (default 10 s), plus one line at the end. A run shorter than ``every_s``
-  writes nothing, so quick commands keep a clean stderr (their one error line stays the only one);
+  ``every_s`` seconds (default 10 s) while work is left, plus one line at the end of a report so
+  begun. Work that ends before its first line is due (shorter than ``every_s``, or done in one
+  step, such as one band behind a long first compilation) writes nothing, so quick commands and
+  refusals keep a clean stderr (their one error line stays the only one);
 * ``enabled=False`` silences it.
 
 The callers' ``progress: bool | None`` arguments map onto ``enabled``: None (auto) and True give a
@@ -63,7 +65,7 @@ class Progress:
         set_postfix(**values): extra ``key=value`` text shown with the count (e.g. the loss).
         set_postfix_str(text): extra free text shown with the count (e.g. the next stage).
         close(): finish (in plain mode, writes the final count unless the last line showed it,
-            if any line was written before or the work lasted at least ``every_s``).
+            if any line was written before).
     """
 
     def __init__(self, total, desc, unit, *, mode, start, stream, clock, every_s, eta=True):
@@ -86,7 +88,8 @@ class Progress:
             self.bar.update(int(n))
         elif self.mode == "lines":
             now = self.clock()
-            if now - self.t_last >= self.every_s:
+            unfinished = self.total is None or self.n < self.total
+            if now - self.t_last >= self.every_s and (unfinished or self.lines):
                 self._write(now)
 
     def set_postfix(self, **values) -> None:
@@ -114,7 +117,7 @@ class Progress:
             self.bar.close()
         elif self.mode == "lines" and finished:
             now = self.clock()
-            if self.n != self.n_written and (self.lines or now - self.t0 >= self.every_s):
+            if self.n != self.n_written and self.lines:
                 self._write(now)
 
     def __enter__(self) -> "Progress":

@@ -91,7 +91,20 @@ def test_stages_of_unequal_cost_name_the_next_stage_and_give_no_time_estimate():
 
 def test_the_final_count_is_not_repeated_when_the_last_update_already_wrote_it():
     clock, out = FakeClock(), io.StringIO()
+    with progress(4, "correlate", "bands", stream=out, clock=clock) as bar:
+        clock.now += 11.0
+        bar.update(3)
+        clock.now += 11.0
+        bar.update(1)
+    assert out.getvalue().splitlines() == ["fluojax: correlate 3/4 bands (75 %), 11 s elapsed, ~4 s left",
+                                           "fluojax: correlate 4/4 bands (100 %), 22 s elapsed"]
+
+
+def test_work_done_in_one_step_writes_nothing_however_long_it_took():
+    # one band behind a 27 s first compilation: no progress to report, and a refusal that follows
+    # stays the only line on stderr
+    clock, out = FakeClock(), io.StringIO()
     with progress(1, "correlate", "bands", stream=out, clock=clock) as bar:
         clock.now += 27.0
         bar.update(1)
-    assert out.getvalue().splitlines() == ["fluojax: correlate 1/1 bands (100 %), 27 s elapsed"]
+    assert out.getvalue() == ""
