@@ -10,19 +10,20 @@ from flax import nnx
 from fluojax.frap import models as fm
 from fluojax.frap import nets as fn
 from fluojax.frap import simulate as fs
+from fluojax.networks import parameter_count
 from fluojax.train import TrainConfig, mse_loss, train
 
 
 def test_paper_networks_have_the_seeds_weight_counts():
     joint = fn.build_network(fn.DeepFrapConfig.paper())
     merged = fn.build_network(fn.DeepFrapConfig.paper(per_parameter=True))
-    assert fn.parameter_count(joint) == 130_179  # seed §3.2
-    assert fn.parameter_count(merged) == 389_763  # seed §3.2, merged network of Table 4
+    assert parameter_count(joint) == 130_179  # seed §3.2
+    assert parameter_count(merged) == 389_763  # seed §3.2, merged network of Table 4
     # 129,792 of the joint network's weights are shared by the three outputs (all but the last layer)
-    assert fn.parameter_count(joint.hidden) == 129_792
-    assert fn.parameter_count(merged) == 3 * (129_792 + 128 + 1)
+    assert parameter_count(joint.hidden) == 129_792
+    assert parameter_count(merged) == 3 * (129_792 + 128 + 1)
     for config in (fn.DeepFrapConfig.paper(), fn.DeepFrapConfig.paper(True), fn.DeepFrapConfig.small(), fn.DeepFrapConfig.small(True)):
-        assert fn.parameter_count(fn.build_network(config)) == fn.expected_parameter_count(config)
+        assert parameter_count(fn.build_network(config)) == fn.expected_parameter_count(config)
     c = fn.DeepFrapConfig.paper()
     assert (c.inputs, c.width, c.hidden_layers, c.outputs) == (110, 128, 8, 3)
     hash(c)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fluojax import networks
 from fluojax.fcs import nets
 
 
@@ -24,19 +25,19 @@ def _abstract(config):
 
 def test_fcsnet_parameter_count_matches_paper():
     # paper / Keras "total params" (weights + BatchNorm scale, offset, running mean, variance)
-    assert nets.parameter_count(_abstract(nets.FCSNetConfig.paper())) == 70_849
+    assert networks.keras_parameter_count(_abstract(nets.FCSNetConfig.paper())) == 70_849
 
 
 @pytest.mark.parametrize("stride", [4, 8])
 def test_imfcsnet_parameter_count_matches_paper(stride):
     # the stride changes lengths, not weights: 716,896 for the TF code's 4 and the paper's 8
-    assert nets.parameter_count(_abstract(nets.ImFCSNetConfig.paper(stride))) == 716_896
+    assert networks.keras_parameter_count(_abstract(nets.ImFCSNetConfig.paper(stride))) == 716_896
 
 
 def test_trainable_count_leaves_out_batchnorm_running_statistics():
     net = _abstract(nets.FCSNetConfig.paper())
     # 16 BatchNorm layers x 32 channels x (mean, var) are not trainable
-    assert nets.parameter_count(net, trainable_only=True) == 70_849 - 16 * 32 * 2
+    assert networks.parameter_count(net) == 70_849 - 16 * 32 * 2
 
 
 def test_fcsnet_maps_a_batch_of_acfs_to_one_number_each():

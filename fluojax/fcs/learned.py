@@ -24,14 +24,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
+from fluojax import networks
 from fluojax import train as training
 from fluojax.fcs import correlator, models, nets, pipeline, simulate
 
 __all__ = [
     "Recipe",
     "RECIPES",
+    "BUILDERS",
     "simulate_acf_batch",
     "train_recipe",
     "load_network",
@@ -51,15 +51,15 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Everything needed to train one learned estimator (immutable).
+class Recipe(networks.Recipe):
+    """Everything needed to train one learned FCS estimator (immutable; a ``fluojax.networks.Recipe``).
 
     Attributes:
         name: str, e.g. ``"imfcsnet-2d-small"``.
         net: ``nets.FCSNetConfig`` or ``nets.ImFCSNetConfig``.
+        train: ``fluojax.train.TrainConfig``.
         prior: ``simulate.TrainingPrior`` of the simulated training stacks (frames, optics,
             parameter ranges).
-        train: ``fluojax.train.TrainConfig``.
         stacks_per_batch: int, simulated 3 x 3 stacks per batch (ImFCSNet: the batch; FCSNet:
             batch / 9, one ACF per pixel).
         pool_stacks: int, FCSNet only: stacks simulated once and reused for every epoch, as the
@@ -67,17 +67,30 @@ class Recipe:
         held_out_stacks: int, FCSNet with a pool: stacks of the separate held-out pool.
     """
 
-    name: str
-    net: nets.FCSNetConfig | nets.ImFCSNetConfig
     prior: simulate.TrainingPrior
-    train: training.TrainConfig
     stacks_per_batch: int
     pool_stacks: int = 0
     held_out_stacks: int = 0
 
     @property
     def network(self) -> str:
+        """``"fcsnet"`` or ``"imfcsnet"`` (the config's name)."""
         return self.net.name
+
+    def meta_fields(self) -> dict:
+        return {"prior": dataclasses.asdict(self.prior)}
+
+    def build(self, seed: int):
+        return nets.build_network(self.net, seed=seed)
+
+    def training_data(self, seed: int, progress: bool | None) -> networks.TrainingData:
+        """Fresh simulated batches, or (FCSNet with ``pool_stacks``) a pool simulated once and a held-out pool."""
+        if self.network == "fcsnet" and self.pool_stacks:
+            key = jax.random.fold_in(jax.random.key(seed), 10_007)
+            pool = _acf_pool(jax.random.fold_in(key, 0), self, self.pool_stacks, progress)
+            held_out = _acf_pool(jax.random.fold_in(key, 1), self, max(self.held_out_stacks, 1), progress)
+            return networks.TrainingData(_sampler(self), data=pool, held_out=[held_out])
+        return networks.TrainingData(_sampler(self))
 
 
 def _paper_imfcsnet():
@@ -97,32 +110,32 @@ def _paper_fcsnet():
 _SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
 
 RECIPES: dict[str, Recipe] = {
-    "imfcsnet-2d": Recipe("imfcsnet-2d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(2_500),
-                          _paper_imfcsnet(), stacks_per_batch=128),
-    "imfcsnet-3d": Recipe("imfcsnet-3d", nets.ImFCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(2_500),
-                          _paper_imfcsnet(), stacks_per_batch=128),
-    "fcsnet-2d": Recipe("fcsnet-2d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.itir_2d(50_000),
-                        _paper_fcsnet(), stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
-    "fcsnet-3d": Recipe("fcsnet-3d", nets.FCSNetConfig.paper(), simulate.TrainingPrior.spim_3d(50_000),
-                        _paper_fcsnet(), stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
+    "imfcsnet-2d": Recipe("imfcsnet-2d", nets.ImFCSNetConfig.paper(), _paper_imfcsnet(),
+                          prior=simulate.TrainingPrior.itir_2d(2_500), stacks_per_batch=128),
+    "imfcsnet-3d": Recipe("imfcsnet-3d", nets.ImFCSNetConfig.paper(), _paper_imfcsnet(),
+                          prior=simulate.TrainingPrior.spim_3d(2_500), stacks_per_batch=128),
+    "fcsnet-2d": Recipe("fcsnet-2d", nets.FCSNetConfig.paper(), _paper_fcsnet(), prior=simulate.TrainingPrior.itir_2d(50_000),
+                        stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
+    "fcsnet-3d": Recipe("fcsnet-3d", nets.FCSNetConfig.paper(), _paper_fcsnet(), prior=simulate.TrainingPrior.spim_3d(50_000),
+                        stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
     "imfcsnet-2d-small": Recipe(
-        "imfcsnet-2d-small", nets.ImFCSNetConfig.small(), simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
-        training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
+        "imfcsnet-2d-small", nets.ImFCSNetConfig.small(), prior=simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
                              eval_every=25, eval_batches=2, checkpoint_every=50),
         stacks_per_batch=16),
     "imfcsnet-3d-small": Recipe(
-        "imfcsnet-3d-small", nets.ImFCSNetConfig.small(), simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
-        training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
+        "imfcsnet-3d-small", nets.ImFCSNetConfig.small(), prior=simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
                              eval_every=25, eval_batches=2, checkpoint_every=50),
         stacks_per_batch=16),
     "fcsnet-2d-small": Recipe(
-        "fcsnet-2d-small", nets.FCSNetConfig.small(), simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
-        training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
+        "fcsnet-2d-small", nets.FCSNetConfig.small(), prior=simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
                              eval_every=50, eval_batches=1, checkpoint_every=100),
         stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
     "fcsnet-3d-small": Recipe(
-        "fcsnet-3d-small", nets.FCSNetConfig.small(), simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
-        training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
+        "fcsnet-3d-small", nets.FCSNetConfig.small(), prior=simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
                              eval_every=50, eval_batches=1, checkpoint_every=100),
         stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
 }
@@ -195,11 +208,6 @@ def _sampler(recipe: Recipe):
 # ----------------------------------------------------------------------------------------------
 
 
-def _network_meta(recipe: Recipe) -> dict:
-    return {"fluojax_network": recipe.network, "recipe": recipe.name, "net_config": dataclasses.asdict(recipe.net),
-            "prior": dataclasses.asdict(recipe.prior)}
-
-
 def train_recipe(
     recipe: Recipe | str,
     run_dir: str | Path | None = None,
@@ -216,31 +224,28 @@ def train_recipe(
         recipe: ``Recipe`` or a name in ``RECIPES``.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
         steps: override the number of steps (the learning-rate schedule follows it).
-        seed: data and initialisation seed.
+        seed: random seed of the data and the initial weights.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
         pool_stacks: FCSNet: override the recipe's pool size (stacks simulated once and reused).
 
     Returns:
-        (network, ``TrainHistory``).
+        (network, ``TrainHistory``); see ``fluojax.networks.train_recipe``.
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     if pool_stacks:
         if recipe.network != "fcsnet":
             raise ValueError("a simulated pool is an FCSNet setting; ImFCSNet trains on fresh batches")
         recipe = dataclasses.replace(recipe, pool_stacks=pool_stacks, held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)))
-    config = dataclasses.replace(recipe.train, seed=seed, **({"steps": steps} if steps else {}))
-    training.check_resume(run_dir, _network_meta(recipe), config)  # before anything is built or simulated
-    net = nets.build_network(recipe.net, seed=seed)
-    data = held_out = None
-    if recipe.network == "fcsnet" and recipe.pool_stacks:
-        key = jax.random.fold_in(jax.random.key(seed), 10_007)
-        data = _acf_pool(jax.random.fold_in(key, 0), recipe, recipe.pool_stacks, progress)
-        test_acf, test_ln_d = _acf_pool(jax.random.fold_in(key, 1), recipe, max(recipe.held_out_stacks, 1), progress)
-        held_out = [(test_acf, test_ln_d)]
-    history = training.train(net, _sampler(recipe), config, run_dir=run_dir, meta=_network_meta(recipe),
-                             progress=progress, stop_after=stop_after, data=data, held_out=held_out)
-    return net, history
+    return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
+
+
+def _build_from_meta(config_cls):
+    return lambda meta: nets.build_network(config_cls(**meta["net_config"]))
+
+
+BUILDERS = {"fcsnet": _build_from_meta(nets.FCSNetConfig), "imfcsnet": _build_from_meta(nets.ImFCSNetConfig)}
+"""``meta["fluojax_network"]`` -> ``build(meta)``: the FCS networks ``load_network`` rebuilds."""
 
 
 def load_network(path: str | Path, expect: str | None = None):
@@ -256,22 +261,7 @@ def load_network(path: str | Path, expect: str | None = None):
     Raises:
         ValueError: not a fluojax network checkpoint, or not the expected network.
     """
-    path = Path(path)
-    ckpt, meta = training.read_checkpoint_meta(path)
-    kind = meta.get("fluojax_network")
-    if kind not in ("fcsnet", "imfcsnet"):
-        raise ValueError(f"{path} holds no FCSNet/ImFCSNet checkpoint")
-    if expect is not None and kind != expect:
-        raise ValueError(f"{path} holds a {kind} checkpoint, not a {expect}")
-    cfg_cls = nets.FCSNetConfig if kind == "fcsnet" else nets.ImFCSNetConfig
-    net = nets.build_network(cfg_cls(**meta["net_config"]))
-    training.restore_checkpoint(ckpt, net)
-    return nnx.view(net, use_running_average=True), meta
-
-
-@nnx.jit
-def _forward(net, x):
-    return net(x)
+    return networks.load_network(path, BUILDERS, expect=expect, accepted="FCSNet or ImFCSNet network")
 
 
 def predict_ln_d(net, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -280,22 +270,12 @@ def predict_ln_d(net, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
     Arguments:
         net: FCSNet or ImFCSNet in eval mode (``load_network``).
         inputs: (B, 72) ACFs or (B, T, 3, 3) stacks.
-        batch: int, samples per compiled call.
+        batch: int, samples per compiled call (fewer inputs: one call of their number).
 
     Returns:
         (B,) float32 ln D.
     """
-    inputs = np.asarray(inputs, np.float32)
-    n = inputs.shape[0]
-    batch = max(1, min(batch, n))
-    out = []
-    for start in range(0, n, batch):
-        part = inputs[start : start + batch]
-        pad = batch - part.shape[0]
-        if pad:
-            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        out.append(np.asarray(_forward(net, jnp.asarray(part)))[: batch - pad])
-    return np.concatenate(out)
+    return networks.predict(net, inputs, max(1, min(batch, len(inputs))))
 
 
 def imfcsnet_windows(height: int, width: int, overlap: bool) -> tuple[np.ndarray, np.ndarray]:

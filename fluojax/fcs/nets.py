@@ -19,9 +19,11 @@ spatial mean of a 1 x 1 map), is the same map as a Conv1D over time with the 9 p
 channels; it is written that way (same weights, same count). The strided Conv1D's stride is a
 setting: 8 in the paper and the PyTorch port, 4 in the public TF code (default 8).
 
-Parameter counts (:func:`parameter_count`) follow the paper, which quotes Keras's "total params":
-trainable weights plus the BatchNorm running means and variances. Paper scale: FCSNet 70,849,
-ImFCSNet 716,896.
+Parameter counts follow the paper, which quotes Keras's "total params": trainable weights plus the
+BatchNorm running means and variances (``fluojax.networks.keras_parameter_count``). Paper scale:
+FCSNet 70,849 (69,825 trainable, ``fluojax.networks.parameter_count``: 16 BatchNorm layers x 32
+channels x 2 statistics fewer), ImFCSNet 716,896 (715,276 trainable: 18 x 45 x 2 fewer), for either
+stride.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["FCSNetConfig", "ImFCSNetConfig", "FCSNet", "ImFCSNet", "build_network", "parameter_count"]
+__all__ = ["FCSNetConfig", "ImFCSNetConfig", "FCSNet", "ImFCSNet", "build_network"]
 
 _BN = dict(momentum=0.9, epsilon=1e-3)
 _CONV_INIT = jax.nn.initializers.he_normal()
@@ -253,21 +255,3 @@ def build_network(config: FCSNetConfig | ImFCSNetConfig, seed: int = 0) -> FCSNe
     """
     cls = FCSNet if isinstance(config, FCSNetConfig) else ImFCSNet
     return cls(config, rngs=nnx.Rngs(seed))
-
-
-def parameter_count(model: nnx.Module, trainable_only: bool = False) -> int:
-    """Number of parameters, counted as Keras's "total params" (the paper's convention).
-
-    Arguments:
-        model: an NNX module.
-        trainable_only: count only ``nnx.Param`` leaves (weights, biases, BatchNorm scale and
-            offset), leaving out the BatchNorm running means and variances (``nnx.BatchStat``).
-
-    Returns:
-        int. Paper scale: FCSNet 70,849 total / 69,825 trainable (16 BatchNorm layers x 32
-        channels x 2 statistics fewer); ImFCSNet 716,896 / 715,276 (18 x 45 x 2 fewer), for
-        either stride. Works on an abstract model from ``nnx.eval_shape`` too.
-    """
-    kinds = nnx.Param if trainable_only else nnx.Any(nnx.Param, nnx.BatchStat)
-    state = nnx.state(model, kinds)
-    return int(sum(x.size for x in jax.tree.leaves(state)))

@@ -48,8 +48,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from fluojax import networks
 from fluojax import train as training
 from fluojax.frap import estimate, nets
 from fluojax.frap.models import (
@@ -66,6 +66,7 @@ from fluojax.frap.simulate import FrapPrior, roi_effective_pixels, sample_frap_p
 __all__ = [
     "Recipe",
     "RECIPES",
+    "BUILDERS",
     "deepfrap_table",
     "train_recipe",
     "load_network",
@@ -80,8 +81,8 @@ NETWORK_KIND = "deepfrap"
 
 
 @dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Everything needed to train one DeepFRAP network (immutable).
+class Recipe(networks.Recipe):
+    """Everything needed to train one DeepFRAP network (immutable; a ``fluojax.networks.Recipe``).
 
     Attributes:
         name: str, e.g. ``"deepfrap"``.
@@ -95,14 +96,13 @@ class Recipe:
         description: str.
     """
 
-    name: str
-    net: nets.DeepFrapConfig
-    train: training.TrainConfig
     prior: FrapPrior = FrapPrior()
     settings: FrapSettings = FrapSettings()
     radius_px: float = DEEPFRAP_RADIUS_PX
     stairs: int = 0
     description: str = ""
+
+    network = NETWORK_KIND
 
     def with_steps(self, steps: int) -> "Recipe":
         """The same recipe with ``steps`` optimizer steps (schedule compressed or stretched)."""
@@ -110,6 +110,17 @@ class Recipe:
         if self.stairs:
             config = dataclasses.replace(config, decay_every=max(1, (config.steps - config.warmup_steps) // self.stairs))
         return dataclasses.replace(self, train=config)
+
+    def meta_fields(self) -> dict:
+        return {"settings": dataclasses.asdict(self.settings), "radius_px": self.radius_px, "prior": dataclasses.asdict(self.prior)}
+
+    def build(self, seed: int):
+        return nets.build_network(self.net, seed=seed)
+
+    def training_data(self, seed: int, progress: bool | None) -> networks.TrainingData:
+        """Noisy curves made inside every step from the fast-curve table, and the 1/a-weighted loss."""
+        table, n_eff = deepfrap_table(self.settings, self.radius_px)
+        return networks.TrainingData(_curve_sampler(self, table, n_eff), loss=nets.inverse_noise_weighted_mse)
 
 
 def _paper_schedule(steps: int) -> training.TrainConfig:
@@ -169,17 +180,6 @@ def _curve_sampler(recipe: Recipe, table: FastCurveTable, n_eff: float):
     return sample_curves
 
 
-def _network_meta(recipe: Recipe) -> dict:
-    return {
-        "fluojax_network": NETWORK_KIND,
-        "recipe": recipe.name,
-        "net_config": dataclasses.asdict(recipe.net),
-        "settings": dataclasses.asdict(recipe.settings),
-        "radius_px": recipe.radius_px,
-        "prior": dataclasses.asdict(recipe.prior),
-    }
-
-
 def train_recipe(
     recipe: Recipe | str,
     run_dir: str | Path | None = None,
@@ -200,7 +200,7 @@ def train_recipe(
         recipe: ``Recipe`` or a name in ``RECIPES``.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
         steps: override the number of steps (the schedule is compressed to fit).
-        seed: data and initialisation seed.
+        seed: random seed of the training curves and the initial weights.
         progress: progress bar (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
 
@@ -208,15 +208,11 @@ def train_recipe(
         (network, ``TrainHistory``).
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    if steps:
-        recipe = recipe.with_steps(steps)
-    config = dataclasses.replace(recipe.train, seed=seed)
-    training.check_resume(run_dir, _network_meta(recipe), config)  # before the table and network are built
-    table, n_eff = deepfrap_table(recipe.settings, recipe.radius_px)
-    net = nets.build_network(recipe.net, seed=seed)
-    history = training.train(net, _curve_sampler(recipe, table, n_eff), config, loss=nets.inverse_noise_weighted_mse,
-                             run_dir=run_dir, meta=_network_meta(recipe), progress=progress, stop_after=stop_after)
-    return net, history
+    return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
+
+
+BUILDERS = {NETWORK_KIND: lambda meta: nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))}
+"""``meta["fluojax_network"]`` -> ``build(meta)``: the network ``load_network`` rebuilds."""
 
 
 def load_network(path: str | Path):
@@ -228,23 +224,12 @@ def load_network(path: str | Path):
     Raises:
         ValueError: not a fluojax network checkpoint, or not a DeepFRAP one.
     """
-    path = Path(path)
-    ckpt, meta = training.read_checkpoint_meta(path)
-    if meta.get("fluojax_network") != NETWORK_KIND:
-        raise ValueError(f"{path} holds a {meta.get('fluojax_network', 'non-network')} checkpoint, not a DeepFRAP network")
-    net = nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))
-    training.restore_checkpoint(ckpt, net)
-    return net, meta
+    return networks.load_network(path, BUILDERS, accepted="DeepFRAP network")
 
 
 # ----------------------------------------------------------------------------------------------
 # Prediction, the hybrid and its physics check
 # ----------------------------------------------------------------------------------------------
-
-
-@nnx.jit
-def _forward(net, x):
-    return net(x)
 
 
 def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: int = 4096) -> np.ndarray:
@@ -260,7 +245,7 @@ def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: in
         meta: its checkpoint meta (for ``dt_s`` and the curve length).
         curves: (B, n) or (n,) curves, n = n_prebleach + n_postbleach of the training settings.
         dt_s: frame interval of the data in s (None: the training's).
-        batch: curves per compiled call.
+        batch: curves per compiled call (fewer curves: one call of their number).
 
     Returns:
         (B, 3) float64 array: D in px^2/s, c0, alpha.
@@ -269,11 +254,7 @@ def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: in
     n_values = int(meta["settings"]["n_prebleach"]) + int(meta["settings"]["n_postbleach"])
     if curves.shape[1] != n_values:
         raise ValueError(f"the network reads curves of {n_values} values (its training settings); got {curves.shape[1]}")
-    n = curves.shape[0]
-    batch = min(int(batch), max(n, 1))
-    padded = np.concatenate([curves, np.repeat(curves[-1:], (-n) % batch, axis=0)]) if n % batch else curves
-    out = np.concatenate([np.asarray(_forward(net, jnp.asarray(padded[i:i + batch]))) for i in range(0, padded.shape[0], batch)])[:n]
-    out = out.astype(np.float64)
+    out = networks.predict(net, curves, min(int(batch), max(curves.shape[0], 1))).astype(np.float64)
     scale = 1.0 if dt_s is None else float(meta["settings"]["dt_s"]) / float(dt_s)
     return np.stack([10.0 ** out[:, 0] * scale, out[:, 1], out[:, 2]], axis=1)
 

@@ -44,6 +44,7 @@ from flax import nnx
 
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
+from fluojax.networks import parameter_count  # re-exported: experiments/bench_frap.py uses nets.parameter_count
 
 __all__ = [
     "DeepFrapConfig",
@@ -173,18 +174,6 @@ class DeepFrapNet(nnx.Module):
 def build_network(config: DeepFrapConfig, seed: int = 0) -> DeepFrapNet:
     """A freshly initialised network of a config (weights from ``nnx.Rngs(seed)``)."""
     return DeepFrapNet(config, rngs=nnx.Rngs(seed))
-
-
-def parameter_count(model: nnx.Module) -> int:
-    """Number of trainable weights (all ``nnx.Param`` leaves: kernels and biases).
-
-    Arguments:
-        model: an NNX module.
-
-    Returns:
-        int (130,179 for the paper's joint network, 389,763 for the merged one).
-    """
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 # ----------------------------------------------------------------------------------------------

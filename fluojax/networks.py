@@ -1,0 +1,361 @@
+"""The networks engine: what every learned estimator shares, whatever the technique.
+
+A technique writes its networks (``<technique>/nets.py``) and, in ``<technique>/learned.py``, a
+subclass of :class:`Recipe` that says how to build its network (:meth:`Recipe.build`), how to make
+its training data (:meth:`Recipe.training_data`) and what else its checkpoints must remember
+(:meth:`Recipe.meta_fields`). This module does the rest, the same way for every technique:
+
+- :func:`train_recipe` trains a recipe with :func:`fluojax.train.train`, refusing a run folder of
+  another recipe before anything is built or simulated;
+- :func:`network_meta` is the description stored in every checkpoint's ``meta.json``
+  (``fluojax_network``, ``recipe``, ``net_config`` and the recipe's own entries);
+  :func:`save_network` writes a checkpoint, :func:`load_network` rebuilds a network from one
+  with the builder the technique registers for that network kind;
+- :func:`predict` runs a network over any number of samples in batches of one fixed size (the
+  last one padded), so one compilation serves them all; :func:`map_padded` is that batching for
+  any compiled function of several arrays;
+- :func:`parameter_count` (trainable weights) and :func:`keras_parameter_count` (with the
+  BatchNorm running statistics, the "total params" papers quote from Keras);
+- :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors.
+
+Nothing here names a technique. Flax and the training engine are imported when first needed, so
+importing this module costs only NumPy and JAX.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flax import nnx
+
+    from fluojax.train import TrainConfig, TrainHistory
+
+__all__ = [
+    "Recipe",
+    "TrainingData",
+    "train_recipe",
+    "network_meta",
+    "save_network",
+    "load_network",
+    "eval_view",
+    "predict",
+    "map_padded",
+    "parameter_count",
+    "keras_parameter_count",
+    "log_uniform",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# recipes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """What :func:`fluojax.train.train` needs besides the network and its config (immutable).
+
+    Attributes:
+        sample_batch: pure, jittable ``key -> (inputs, targets)`` (or ``(key, data) -> ...``
+            with ``data``).
+        loss: ``loss(prediction, target) -> scalar``; None: the training engine's MSE.
+        data: optional pytree of arrays (a fixed training pool) passed to every ``sample_batch``.
+        held_out: optional list of ``(inputs, targets)`` held-out batches.
+    """
+
+    sample_batch: Callable
+    loss: Callable | None = None
+    data: Any = None
+    held_out: list | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(abc.ABC):
+    """Base of every technique's training recipe: a network size, a training schedule, and hooks.
+
+    A technique subclasses it (a frozen dataclass too), adds the fields its simulator needs (a
+    prior, the experiment's settings, ...) and implements :attr:`network`, :meth:`build` and
+    :meth:`training_data`; :meth:`meta_fields` and :meth:`with_steps` have defaults.
+
+    Attributes:
+        name: str, the recipe's name (e.g. ``"imfcsnet-2d-small"``), stored in checkpoints.
+        net: the network's config, a frozen dataclass (stored as ``net_config``).
+        train: ``fluojax.train.TrainConfig``.
+    """
+
+    name: str
+    net: Any
+    train: TrainConfig
+
+    @property
+    @abc.abstractmethod
+    def network(self) -> str:
+        """The network kind, stored as ``meta["fluojax_network"]`` and the key of its builder."""
+
+    @abc.abstractmethod
+    def build(self, seed: int) -> nnx.Module:
+        """A freshly initialised network of this recipe (weights drawn from ``seed``)."""
+
+    @abc.abstractmethod
+    def training_data(self, seed: int, progress: bool | None) -> TrainingData:
+        """The sampler (and pool, loss, held-out set) to train on; called after the run folder is checked."""
+
+    def meta_fields(self) -> dict:
+        """Technique entries stored in checkpoints after the common ones (e.g. the training prior)."""
+        return {}
+
+    def with_steps(self, steps: int) -> Recipe:
+        """The same recipe trained for ``steps`` optimizer steps."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=int(steps)))
+
+
+def network_meta(recipe: Recipe) -> dict:
+    """The network description stored in a checkpoint's ``meta.json``.
+
+    ``fluojax_network`` (the kind), ``recipe`` (its name), ``net_config`` (the config's fields),
+    then the recipe's :meth:`Recipe.meta_fields`. The training engine adds ``train_config``,
+    ``history`` and ``step``.
+    """
+    return {"fluojax_network": recipe.network, "recipe": recipe.name, "net_config": dataclasses.asdict(recipe.net),
+            **recipe.meta_fields()}
+
+
+def train_recipe(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> tuple[nnx.Module, TrainHistory]:
+    """Train a recipe's network with :func:`fluojax.train.train`.
+
+    The run folder is checked against the recipe first (:func:`fluojax.train.check_resume`), so
+    a folder of another recipe is refused before the network is built or data simulated.
+
+    Arguments:
+        recipe: a technique's :class:`Recipe`.
+        run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint); None:
+            nothing is written.
+        steps: override the number of steps (:meth:`Recipe.with_steps`).
+        seed: int, random seed of the weights and of the training data.
+        progress: progress bars (None: only on a terminal).
+        stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+
+    Returns:
+        (network, ``TrainHistory``).
+    """
+    from fluojax import train as training
+
+    if steps:
+        recipe = recipe.with_steps(steps)
+    config = dataclasses.replace(recipe.train, seed=seed)
+    meta = network_meta(recipe)
+    training.check_resume(run_dir, meta, config)  # before anything is built or simulated
+    net = recipe.build(seed)
+    data = recipe.training_data(seed, progress)
+    loss = {} if data.loss is None else {"loss": data.loss}
+    history = training.train(net, data.sample_batch, config, run_dir=run_dir, meta=meta, progress=progress,
+                             stop_after=stop_after, data=data.data, held_out=data.held_out, **loss)
+    return net, history
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def save_network(path: str | Path, net: nnx.Module, meta: dict, step: int = 0) -> Path:
+    """Write a network checkpoint (weights with orbax, then ``meta.json``) that :func:`load_network` reads.
+
+    Arguments:
+        path: checkpoint folder to create (replaced if it exists).
+        net: the network.
+        meta: JSON-serialisable dict with at least ``fluojax_network`` (e.g. :func:`network_meta`).
+        step: int, training steps done (stored as ``meta["step"]``).
+
+    Returns:
+        the checkpoint folder (absolute).
+    """
+    from fluojax import train as training
+
+    if "fluojax_network" not in meta:
+        raise ValueError("a network checkpoint's meta needs 'fluojax_network' (the key of its builder)")
+    return training.save_checkpoint(path, net, None, step, meta)
+
+
+def load_network(
+    path: str | Path,
+    builders: Mapping[str, Callable[[dict], nnx.Module]],
+    *,
+    expect: str | None = None,
+    accepted: str = "known network",
+) -> tuple[nnx.Module, dict]:
+    """Rebuild a trained network from a checkpoint: a run folder (its newest checkpoint) or one checkpoint.
+
+    Arguments:
+        path: run folder or checkpoint folder.
+        builders: network kind (``meta["fluojax_network"]``) -> ``build(meta)``, a function that
+            makes an untrained network of the checkpoint's shape from its meta (its
+            ``net_config``). A technique passes the builders of its own networks.
+        expect: a kind to insist on (refuse a checkpoint of any other), or None.
+        accepted: words for the kinds in ``builders``, for the refusal (e.g. ``"DeepFRAP network"``).
+
+    Returns:
+        (network in evaluation mode (:func:`eval_view`), checkpoint meta dict, with ``step``).
+
+    Raises:
+        ValueError: no ``meta.json`` there, a kind not in ``builders``, not ``expect``, or
+            weights that do not fit the rebuilt network.
+    """
+    from fluojax import train as training
+
+    ckpt, meta = training.read_checkpoint_meta(path)
+    kind = meta.get("fluojax_network")
+    if kind not in builders:
+        raise ValueError(f"{path} holds a {kind or 'non-network'} checkpoint, not a {accepted}")
+    if expect is not None and kind != expect:
+        raise ValueError(f"{path} holds a {kind} checkpoint, not a {expect}")
+    net = builders[kind](meta)
+    training.restore_checkpoint(ckpt, net)
+    return eval_view(net), meta
+
+
+def eval_view(net: nnx.Module) -> nnx.Module:
+    """The network in evaluation mode: BatchNorm layers use their running statistics, so every
+    sample's output is independent of the others in its batch (a network without such layers is
+    returned as it computes)."""
+    from flax import nnx
+
+    return nnx.view(net, use_running_average=True, raise_if_not_found=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# batched prediction with one compilation
+# ----------------------------------------------------------------------------------------------
+
+
+def map_padded(fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_batch: Callable[[Any], None] | None = None) -> Any:
+    """Apply ``fn`` to ``inputs`` in batches of exactly ``batch`` rows, the last padded.
+
+    Every call sees arrays of the same shape, so a compiled ``fn`` compiles once however many
+    rows there are. The last batch is padded by repeating its final row (a real sample: padding
+    cannot produce NaNs or failures that a zero row might), and the padding rows are dropped
+    from the results.
+
+    Arguments:
+        fn: ``fn(chunk, count) -> outputs``: ``chunk`` is ``inputs`` (a pytree of arrays) cut to
+            ``batch`` rows, ``count`` the number of real rows in it (int); ``outputs`` a pytree
+            of arrays whose leading axis has ``batch`` rows.
+        inputs: pytree of arrays sharing their leading axis (n rows, n >= 1).
+        batch: int >= 1, rows per call.
+        on_batch: optional ``on_batch(outputs)`` with each batch's results (NumPy, padding
+            removed) as it finishes, e.g. to report progress.
+
+    Returns:
+        pytree like ``fn``'s outputs of NumPy arrays with n rows.
+
+    Raises:
+        ValueError: no rows, rows of different counts, or ``batch`` < 1.
+    """
+    counts = {int(np.shape(x)[0]) for x in jax.tree.leaves(inputs)}
+    if len(counts) != 1:
+        raise ValueError(f"the inputs must share their first axis, got lengths {sorted(counts)}")
+    (n,) = counts
+    if n < 1:
+        raise ValueError("nothing to compute: 0 samples")
+    if batch < 1:
+        raise ValueError(f"the batch size must be >= 1, got {batch}")
+    parts = []
+    for start in range(0, n, batch):
+        stop = min(start + batch, n)
+        pad = batch - (stop - start)
+        chunk = jax.tree.map(lambda x: np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1), mode="edge"), inputs)
+        out = jax.device_get(fn(chunk, stop - start))
+        parts.append(jax.tree.map(lambda x: np.asarray(x)[: stop - start], out))
+        if on_batch is not None:
+            on_batch(parts[-1])
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+@functools.cache
+def _compiled_forward() -> Callable:
+    from flax import nnx
+
+    @nnx.jit
+    def forward(net, x):
+        return net(x)
+
+    return forward
+
+
+def predict(net: nnx.Module, inputs: Any, batch: int, dtype: Any = np.float32) -> np.ndarray:
+    """A network's outputs for many samples, in calls of exactly ``batch`` samples (one compilation).
+
+    Arguments:
+        net: the network, in evaluation mode (:func:`eval_view`; in training mode BatchNorm
+            would mix the padding into the real samples' outputs).
+        inputs: (n, ...) samples, n >= 1; converted to ``dtype``.
+        batch: int, samples per compiled call. A caller that wants no padding for inputs
+            smaller than one batch passes ``min(batch, n)`` (a compilation per such size).
+        dtype: input dtype (float32).
+
+    Returns:
+        (n, ...) NumPy array of the network's outputs.
+    """
+    forward = _compiled_forward()
+    return map_padded(lambda x, _count: forward(net, jnp.asarray(x)), np.asarray(inputs, dtype), batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes and priors
+# ----------------------------------------------------------------------------------------------
+
+
+def parameter_count(model: nnx.Module) -> int:
+    """Number of trainable weights: all ``nnx.Param`` leaves (kernels, biases, BatchNorm scale and offset).
+
+    Works on an abstract model (``nnx.eval_shape``) too.
+    """
+    from flax import nnx
+
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def keras_parameter_count(model: nnx.Module) -> int:
+    """Keras's "total params": the trainable weights plus the BatchNorm running means and
+    variances (``nnx.BatchStat``), the count papers written with Keras quote.
+
+    Works on an abstract model (``nnx.eval_shape``) too.
+    """
+    from flax import nnx
+
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))))
+
+
+def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) -> jax.Array:
+    """Draws whose logarithm is uniform: ``exp(U[ln lo, ln hi])``, clipped to ``[lo, hi]``.
+
+    The clip only returns draws that float32 rounding of exp/log pushed a hair outside the range.
+
+    Arguments:
+        key: PRNG key.
+        shape: tuple of ints.
+        lo, hi: floats, 0 < lo <= hi, in the units of the drawn quantity.
+
+    Returns:
+        array of ``shape`` (default float type).
+    """
+    x = jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
+    return jnp.clip(x, lo, hi)
