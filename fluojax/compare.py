@@ -26,9 +26,9 @@ fraction of failed estimates and the throughput (samples/s). The CRLB bounds the
 (a shrinking network, a bounded fit) can trade bias for variance and exceed 1.
 
 CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.fit.crlb`
-(independent Gaussian errors of known s.d.), :func:`poisson_crlb_fn` from the Poisson Fisher
-information ``J^T diag(1/mu) J`` (photon counts; implemented here, its natural home would be
-``fluojax.fit`` next to the Gaussian one), :func:`crlb_from_fisher` from any Fisher matrix.
+(independent Gaussian errors of known s.d.), :func:`poisson_crlb_fn` from
+:func:`fluojax.fit.poisson_crlb` (photon counts, Fisher information ``J^T diag(1/mu) J``),
+:func:`crlb_from_fisher` from any Fisher matrix (inverted on the host in float64).
 
 Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
 :func:`plot_report` render it. This module is an engine: it imports no technique package.
@@ -56,8 +56,6 @@ __all__ = [
     "DrawsReport",
     "compare_on_draws",
     "spearman",
-    "poisson_fisher_information",
-    "poisson_crlb",
     "gaussian_crlb_fn",
     "poisson_crlb_fn",
     "crlb_from_fisher",
@@ -266,45 +264,6 @@ def _point_stats(est: np.ndarray, truth: np.ndarray, log: np.ndarray) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def poisson_fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
-    """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
-
-        I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
-
-    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i). Bins with mu_i <= 0 carry no
-    information and get zero weight. The Gaussian counterpart is
-    :func:`fluojax.fit.fisher_information`; this one lives here because ``fit`` is shared.
-
-    Arguments:
-        model: ``model(theta, args) -> array`` of expected counts (photons, not ADU).
-        theta: (P,) parameters at which to evaluate.
-        args: passed to ``model``.
-
-    Returns:
-        (P, P) Fisher information matrix.
-    """
-    theta = jnp.asarray(theta)
-    mu = jnp.ravel(model(theta, args))
-    jac = jax.jacfwd(lambda t: jnp.ravel(model(t, args)))(theta)
-    w = jnp.where(mu > 0, 1.0 / jnp.where(mu > 0, mu, 1.0), 0.0)
-    return jac.T @ (w[:, None] * jac)
-
-
-def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
-    """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
-
-    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information`; e.g. for
-    counts of mean lambda in n bins, sqrt(lambda / n).
-
-    Arguments:
-        model, theta, args: as for :func:`poisson_fisher_information`.
-
-    Returns:
-        (P,) smallest achievable s.d. of an unbiased estimator of each parameter (units of theta).
-    """
-    return jnp.sqrt(jnp.diag(jnp.linalg.inv(poisson_fisher_information(model, theta, args))))
-
-
 def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
     """Turn ``fisher_fn(theta) -> (P, P)`` Fisher information into ``crlb_fn(theta) -> (P,)``.
 
@@ -361,11 +320,11 @@ def poisson_crlb_fn(model: Callable[[jax.Array, Any], jax.Array], args: Any = No
         args: passed to ``model``.
 
     Returns:
-        ``crlb_fn(theta) -> (P,)`` NumPy float64 from :func:`poisson_crlb`, units of theta.
+        ``crlb_fn(theta) -> (P,)`` NumPy float64 from :func:`fluojax.fit.poisson_crlb`, units of theta.
     """
 
     def crlb_fn(theta):
-        return np.asarray(poisson_crlb(model, jnp.asarray(theta), args), np.float64)
+        return np.asarray(fit.poisson_crlb(model, jnp.asarray(theta), args), np.float64)
 
     return crlb_fn
 
