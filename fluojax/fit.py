@@ -420,6 +420,20 @@ def _default_slots() -> int:
     return 256 if jax.default_backend() == "cpu" else 8192
 
 
+class _Slots(NamedTuple):
+    """State of :func:`_fit_streaming`'s slot-refilling loop (the ``while_loop`` carry); S slots,
+    B datasets, F free parameters. A slot holding index B is empty."""
+
+    index: jax.Array  # (S,) dataset in each slot
+    u: jax.Array  # (S, F) current iterate of each slot
+    steps: jax.Array  # (S,) iterations taken by each slot's fit
+    solver_state: Any  # array leaves of each slot's optimistix state (trust region, ...)
+    next_index: jax.Array  # () next dataset to load
+    out_u: jax.Array  # (B, F) final iterate of each dataset
+    out_code: jax.Array  # (B,) its status
+    out_steps: jax.Array  # (B,) its iterations
+
+
 @functools.partial(jax.jit, static_argnames=("model", "options", "slots"))
 def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets, of which the
@@ -457,22 +471,23 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     first = jnp.where(first < count, first, n)
     loaded = gather(first)
     dynamic0, static = eqx.partition(eqx.filter_vmap(init_one)(loaded.u0, loaded), eqx.is_array)
-    carry0 = (
-        first,  # dataset in each slot (n = empty)
-        loaded.u0,  # current iterate of each slot
-        jnp.zeros(slots, jnp.int32),  # steps taken by each slot's fit
-        dynamic0,
-        jnp.minimum(count, slots),  # next dataset to load
-        jnp.zeros_like(problems.u0),  # results: iterate, status, steps per dataset
-        jnp.zeros(n, jnp.int32),
-        jnp.zeros(n, jnp.int32),
+    carry0 = _Slots(
+        index=first,
+        u=loaded.u0,
+        steps=jnp.zeros(slots, jnp.int32),
+        solver_state=dynamic0,
+        next_index=jnp.minimum(count, slots),
+        out_u=jnp.zeros_like(problems.u0),
+        out_code=jnp.zeros(n, jnp.int32),
+        out_steps=jnp.zeros(n, jnp.int32),
     )
 
-    def running(carry):
-        return jnp.any(carry[0] < n)
+    def running(carry: _Slots):
+        return jnp.any(carry.index < n)
 
-    def turn(carry):
-        index, u, steps, dynamic, next_index, out_u, out_code, out_steps = carry
+    def turn(carry: _Slots) -> _Slots:
+        index, u, steps, dynamic, next_index = carry.index, carry.u, carry.steps, carry.solver_state, carry.next_index
+        out_u, out_code, out_steps = carry.out_u, carry.out_code, carry.out_steps
         active = index < n
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
@@ -497,11 +512,10 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
         u = where_slot(done, fresh.u0, u)
         steps = jnp.where(done, 0, steps)
         next_index = next_index + jnp.sum(done).astype(jnp.int32)
-        return index, u, steps, dynamic, next_index, out_u, out_code, out_steps
+        return _Slots(index, u, steps, dynamic, next_index, out_u, out_code, out_steps)
 
-    carry = jax.lax.while_loop(running, turn, carry0)
-    out_u, out_code, out_steps = carry[5:]
-    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(out_u, out_code, out_steps, problems)
+    final = jax.lax.while_loop(running, turn, carry0)
+    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(final.out_u, final.out_code, final.out_steps, problems)
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
