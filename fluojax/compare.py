@@ -26,9 +26,9 @@ fraction of failed estimates and the throughput (samples/s). The CRLB bounds the
 (a shrinking network, a bounded fit) can trade bias for variance and exceed 1.
 
 CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.fit.crlb`
-(independent Gaussian errors of known s.d.), :func:`poisson_crlb_fn` from the Poisson Fisher
-information ``J^T diag(1/mu) J`` (photon counts; implemented here, its natural home would be
-``fluojax.fit`` next to the Gaussian one), :func:`crlb_from_fisher` from any Fisher matrix.
+(independent Gaussian errors of known s.d.), :func:`poisson_crlb_fn` from
+:func:`fluojax.fit.poisson_crlb` (photon counts, Fisher information ``J^T diag(1/mu) J``),
+:func:`crlb_from_fisher` from any Fisher matrix (inverted on the host in float64).
 
 Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
 :func:`plot_report` render it. This module is an engine: it imports no technique package.
@@ -56,8 +56,6 @@ __all__ = [
     "DrawsReport",
     "compare_on_draws",
     "spearman",
-    "poisson_fisher_information",
-    "poisson_crlb",
     "gaussian_crlb_fn",
     "poisson_crlb_fn",
     "crlb_from_fisher",
@@ -266,45 +264,6 @@ def _point_stats(est: np.ndarray, truth: np.ndarray, log: np.ndarray) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def poisson_fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
-    """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
-
-        I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
-
-    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i). Bins with mu_i <= 0 carry no
-    information and get zero weight. The Gaussian counterpart is
-    :func:`fluojax.fit.fisher_information`; this one lives here because ``fit`` is shared.
-
-    Arguments:
-        model: ``model(theta, args) -> array`` of expected counts (photons, not ADU).
-        theta: (P,) parameters at which to evaluate.
-        args: passed to ``model``.
-
-    Returns:
-        (P, P) Fisher information matrix.
-    """
-    theta = jnp.asarray(theta)
-    mu = jnp.ravel(model(theta, args))
-    jac = jax.jacfwd(lambda t: jnp.ravel(model(t, args)))(theta)
-    w = jnp.where(mu > 0, 1.0 / jnp.where(mu > 0, mu, 1.0), 0.0)
-    return jac.T @ (w[:, None] * jac)
-
-
-def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
-    """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
-
-    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information`; e.g. for
-    counts of mean lambda in n bins, sqrt(lambda / n).
-
-    Arguments:
-        model, theta, args: as for :func:`poisson_fisher_information`.
-
-    Returns:
-        (P,) smallest achievable s.d. of an unbiased estimator of each parameter (units of theta).
-    """
-    return jnp.sqrt(jnp.diag(jnp.linalg.inv(poisson_fisher_information(model, theta, args))))
-
-
 def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
     """Turn ``fisher_fn(theta) -> (P, P)`` Fisher information into ``crlb_fn(theta) -> (P,)``.
 
@@ -361,11 +320,11 @@ def poisson_crlb_fn(model: Callable[[jax.Array, Any], jax.Array], args: Any = No
         args: passed to ``model``.
 
     Returns:
-        ``crlb_fn(theta) -> (P,)`` NumPy float64 from :func:`poisson_crlb`, units of theta.
+        ``crlb_fn(theta) -> (P,)`` NumPy float64 from :func:`fluojax.fit.poisson_crlb`, units of theta.
     """
 
     def crlb_fn(theta):
-        return np.asarray(poisson_crlb(model, jnp.asarray(theta), args), np.float64)
+        return np.asarray(fit.poisson_crlb(model, jnp.asarray(theta), args), np.float64)
 
     return crlb_fn
 
@@ -412,6 +371,56 @@ def _log_mask(log_scale, param_names: tuple[str, ...]) -> np.ndarray:
     if mask.shape != (n_params,):
         raise ValueError(f"log_scale needs {n_params} bools (or parameter names), got {items}")
     return mask
+
+
+def _run_estimators(
+    estimators: Mapping[str, Callable[[Any], Any]],
+    data,
+    n: int,
+    n_params: int,
+    timing_repeats: int,
+    warm_up: Callable[[str], Any],
+) -> tuple[np.ndarray, list[list[float]]]:
+    """The one core of both harnesses: every estimator on the same ``data``, warmed up, then timed.
+
+    For each estimator in order: ``warm_up(name)`` gives the data of its untimed warm-up call (or
+    None: no warm-up), then ``timing_repeats`` timed calls on ``data``; the estimates come from
+    the first.
+
+    Returns:
+        ``(estimates (E, n, P) float64, times)``, ``times[e]`` the wall times (s) of estimator e's
+        timed calls.
+    """
+    estimates = np.full((len(estimators), n, n_params), np.nan)
+    times: list[list[float]] = []
+    for e, (name, estimate) in enumerate(estimators.items()):
+        warm = warm_up(name)
+        if warm is not None:
+            jax.block_until_ready(estimate(warm))
+        out, dt = _call_timed(estimate, data)
+        times.append([dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)])
+        estimates[e] = _as_estimates(out, name, n, n_params)
+    return estimates, times
+
+
+def _valid(estimates: np.ndarray, log: np.ndarray) -> np.ndarray:
+    """Usable estimates: all P finite, and positive for log-scale parameters (a logarithm exists)."""
+    with np.errstate(invalid="ignore"):
+        return np.all(np.isfinite(estimates) & (~log | (estimates > 0)), axis=-1)
+
+
+def _rank_correlations(estimates: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(E, P) Spearman correlation of each estimator's valid estimates with the truth.
+
+    ``estimates`` (E, ..., P), ``truth`` (..., P), ``valid`` (E, ...); pooled over the middle axes.
+    """
+    n_est, n_params = estimates.shape[0], estimates.shape[-1]
+    rho = np.full((n_est, n_params), np.nan)
+    for e in range(n_est):
+        ok = valid[e]
+        for p in range(n_params):
+            rho[e, p] = spearman(estimates[e][..., p][ok], truth[..., p][ok])
+    return rho
 
 
 def compare_estimators(
@@ -498,7 +507,7 @@ def compare_estimators(
     estimates = np.full((n_est, n_grid, n_samples, n_params), np.nan)
     seconds = np.full((n_est, n_grid), np.nan)
     all_times: list[list[float]] = [[] for _ in names]
-    warmed: list[set] = [set() for _ in names]
+    warmed: dict[str, set] = {name: set() for name in estimators}
     crlb = np.full((n_grid, n_params), np.nan)
     dtype = jnp.asarray(0.0).dtype
 
@@ -507,23 +516,23 @@ def compare_estimators(
             theta_batch = jnp.asarray(np.broadcast_to(grid[g], (n_samples, n_params)), dtype)
             data = jax.block_until_ready(simulate(jax.random.fold_in(key, g), theta_batch))
             sig = _signature(data)
-            for e, (name, estimate) in enumerate(estimators.items()):
-                if sig not in warmed[e]:
-                    jax.block_until_ready(estimate(data))
-                    warmed[e].add(sig)
-                out, dt = _call_timed(estimate, data)
-                times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
-                all_times[e].extend(times)
-                seconds[e, g] = float(np.median(times))
-                estimates[e, g] = _as_estimates(out, name, n_samples, n_params)
+
+            def warm_up(name, data=data, sig=sig):  # once per data structure/shape/dtype
+                if sig in warmed[name]:
+                    return None
+                warmed[name].add(sig)
+                return data
+
+            estimates[:, g], times = _run_estimators(estimators, data, n_samples, n_params, timing_repeats, warm_up)
+            for e in range(n_est):
+                all_times[e].extend(times[e])
+                seconds[e, g] = float(np.median(times[e]))
             if crlb_fn is not None:
                 bound = np.asarray(crlb_fn(grid[g]), np.float64).reshape(n_params)
                 crlb[g] = np.where(log, bound / grid[g], bound)
             bar.update(1)
 
-    # validity: all estimates finite, log-scale ones positive
-    with np.errstate(invalid="ignore"):
-        valid = np.all(np.isfinite(estimates) & (~log | (estimates > 0)), axis=-1)
+    valid = _valid(estimates, log)
     n_valid = valid.sum(axis=-1)
 
     keys = ("bias", "std", "rmse", "mape", "median", "q16", "q84")
@@ -536,12 +545,7 @@ def compare_estimators(
     with np.errstate(divide="ignore", invalid="ignore"):
         efficiency = crlb[None] ** 2 / stats["rmse"] ** 2
 
-    rho = np.full((n_est, n_params), np.nan)
-    truth = np.broadcast_to(grid[:, None, :], (n_grid, n_samples, n_params))
-    for e in range(n_est):
-        ok = valid[e]
-        for p in range(n_params):
-            rho[e, p] = spearman(estimates[e][..., p][ok], truth[..., p][ok])
+    rho = _rank_correlations(estimates, np.broadcast_to(grid[:, None, :], (n_grid, n_samples, n_params)), valid)
 
     overall = np.array([n_samples / np.median(t) if np.median(t) > 0 else np.inf for t in all_times])
     with np.errstate(divide="ignore"):
@@ -665,17 +669,15 @@ def compare_on_draws(
     raw_w = np.ones(n) if weights is None else np.asarray(jax.device_get(weights), np.float64).reshape(n)
     if np.any(raw_w < 0) or not np.all(np.isfinite(raw_w)):
         raise ValueError("weights must be finite and non-negative")
-    estimates = np.full((len(names), n, n_params), np.nan)
-    seconds = np.full(len(names), np.nan)
-    for e, (name, estimate) in enumerate(estimators.items()):
+
+    def warm_up(name):
         size = warmup_samples.get(name) if isinstance(warmup_samples, Mapping) else warmup_samples
-        jax.block_until_ready(estimate(data if size is None else _head(data, min(int(size), n))))
-        out, dt = _call_timed(estimate, data)
-        times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
-        seconds[e] = float(np.median(times))
-        estimates[e] = _as_estimates(out, name, n, n_params)
+        return data if size is None else _head(data, min(int(size), n))
+
+    estimates, times = _run_estimators(estimators, data, n, n_params, timing_repeats, warm_up)
+    seconds = np.array([float(np.median(t)) for t in times])
+    valid = _valid(estimates, log)
     with np.errstate(invalid="ignore", divide="ignore"):
-        valid = np.all(np.isfinite(estimates) & (~log | (estimates > 0)), axis=-1)
         u_true = np.where(log, np.log(np.where(log, truth, 1.0)), truth)
         u_est = np.where(log, np.log(np.where(log, estimates, 1.0)), estimates)
     err = u_est - u_true[None]
@@ -688,14 +690,13 @@ def compare_on_draws(
         ok = valid[e]
         if not ok.any() or raw_w[ok].sum() <= 0:
             continue
+        rho[e] = _rank_correlations(estimates[e : e + 1], truth, valid[e : e + 1])[0]
         w = raw_w[ok] / raw_w[ok].sum()
         mse[e] = w @ err[e, ok] ** 2
         mse_sem[e] = np.sqrt((w**2) @ (err[e, ok] ** 2 - mse[e]) ** 2)
         bias[e] = w @ err[e, ok]
         with np.errstate(divide="ignore", invalid="ignore"):
             mape[e] = 100.0 * np.mean(np.abs(estimates[e, ok] - truth[ok]) / np.abs(truth[ok]), axis=0)
-        for p in range(n_params):
-            rho[e, p] = spearman(estimates[e, ok, p], truth[ok, p])
     with np.errstate(divide="ignore"):
         rate = n / seconds
     return DrawsReport(names, param_names, tuple(bool(x) for x in log), truth, raw_w, estimates, valid,

@@ -12,8 +12,15 @@ its fits' iterations, and a failing pixel never stops the map. The engine knows 
 FRAP or SMLM: techniques supply the model, data, weights, start values and bounds.
 
 :func:`least_squares_multistart` (and ``_batch``) refines K starts per dataset and keeps the lowest
-chi^2; :func:`parameter_covariance` and :func:`confidence_intervals` give the linearised
-covariance ``s^2 (J^T W J)^{-1}`` and Wald intervals of a fit.
+chi^2.
+
+Uncertainty, through one path: a Fisher information matrix, Gaussian (:func:`fisher_information`,
+``J^T W J`` with ``W = diag(1/sigma^2)``, also the weighted least-squares information) or Poisson
+(:func:`poisson_fisher_information`, ``J^T diag(1/mu) J``), is inverted by
+:func:`covariance_from_fisher`; that gives the linearised covariance of a fit
+(:func:`parameter_covariance`, ``s^2 (J^T W J)^{-1}``), the Cramer-Rao bounds (:func:`crlb`,
+:func:`poisson_crlb`: the covariance at the truth) and, through :func:`wald_intervals`, the
+confidence intervals (:func:`confidence_intervals`).
 
 Bounds are handled by the MINUIT/lmfit change of variables: a parameter bounded on both sides
 is ``lo + (hi - lo)(sin u + 1)/2``, on one side ``lo - 1 + sqrt(u^2 + 1)``; optionally the
@@ -52,10 +59,15 @@ __all__ = [
     "least_squares",
     "least_squares_batch",
     "fisher_information",
+    "poisson_fisher_information",
+    "covariance_from_fisher",
     "crlb",
+    "poisson_crlb",
     "least_squares_multistart",
     "least_squares_multistart_batch",
     "parameter_covariance",
+    "normal_quantile",
+    "wald_intervals",
     "confidence_intervals",
 ]
 
@@ -408,6 +420,20 @@ def _default_slots() -> int:
     return 256 if jax.default_backend() == "cpu" else 8192
 
 
+class _Slots(NamedTuple):
+    """State of :func:`_fit_streaming`'s slot-refilling loop (the ``while_loop`` carry); S slots,
+    B datasets, F free parameters. A slot holding index B is empty."""
+
+    index: jax.Array  # (S,) dataset in each slot
+    u: jax.Array  # (S, F) current iterate of each slot
+    steps: jax.Array  # (S,) iterations taken by each slot's fit
+    solver_state: Any  # array leaves of each slot's optimistix state (trust region, ...)
+    next_index: jax.Array  # () next dataset to load
+    out_u: jax.Array  # (B, F) final iterate of each dataset
+    out_code: jax.Array  # (B,) its status
+    out_steps: jax.Array  # (B,) its iterations
+
+
 @functools.partial(jax.jit, static_argnames=("model", "options", "slots"))
 def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets, of which the
@@ -445,22 +471,23 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     first = jnp.where(first < count, first, n)
     loaded = gather(first)
     dynamic0, static = eqx.partition(eqx.filter_vmap(init_one)(loaded.u0, loaded), eqx.is_array)
-    carry0 = (
-        first,  # dataset in each slot (n = empty)
-        loaded.u0,  # current iterate of each slot
-        jnp.zeros(slots, jnp.int32),  # steps taken by each slot's fit
-        dynamic0,
-        jnp.minimum(count, slots),  # next dataset to load
-        jnp.zeros_like(problems.u0),  # results: iterate, status, steps per dataset
-        jnp.zeros(n, jnp.int32),
-        jnp.zeros(n, jnp.int32),
+    carry0 = _Slots(
+        index=first,
+        u=loaded.u0,
+        steps=jnp.zeros(slots, jnp.int32),
+        solver_state=dynamic0,
+        next_index=jnp.minimum(count, slots),
+        out_u=jnp.zeros_like(problems.u0),
+        out_code=jnp.zeros(n, jnp.int32),
+        out_steps=jnp.zeros(n, jnp.int32),
     )
 
-    def running(carry):
-        return jnp.any(carry[0] < n)
+    def running(carry: _Slots):
+        return jnp.any(carry.index < n)
 
-    def turn(carry):
-        index, u, steps, dynamic, next_index, out_u, out_code, out_steps = carry
+    def turn(carry: _Slots) -> _Slots:
+        index, u, steps, dynamic, next_index = carry.index, carry.u, carry.steps, carry.solver_state, carry.next_index
+        out_u, out_code, out_steps = carry.out_u, carry.out_code, carry.out_steps
         active = index < n
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
@@ -485,11 +512,10 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
         u = where_slot(done, fresh.u0, u)
         steps = jnp.where(done, 0, steps)
         next_index = next_index + jnp.sum(done).astype(jnp.int32)
-        return index, u, steps, dynamic, next_index, out_u, out_code, out_steps
+        return _Slots(index, u, steps, dynamic, next_index, out_u, out_code, out_steps)
 
-    carry = jax.lax.while_loop(running, turn, carry0)
-    out_u, out_code, out_steps = carry[5:]
-    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(out_u, out_code, out_steps, problems)
+    final = jax.lax.while_loop(running, turn, carry0)
+    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(final.out_u, final.out_code, final.out_steps, problems)
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
@@ -526,7 +552,11 @@ def _fit_chunk(model, data, sigma, init, args, options, count=None):
 
 
 def fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None) -> jax.Array:
-    """Fisher information ``J^T diag(1/sigma^2) J`` for independent Gaussian errors.
+    """Fisher information ``J^T diag(1/sigma^2) J`` for independent Gaussian errors of known s.d.
+
+    ``J_ij = d model_i / d theta_j`` by forward-mode autodiff. This is also the weighted
+    least-squares information whose inverse is the linearised covariance of the fit
+    (:func:`parameter_covariance`).
 
     Arguments:
         model: ``model(theta, args) -> array``.
@@ -542,15 +572,89 @@ def fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.
     return jac.T @ (w[:, None] * jac)
 
 
+def poisson_fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+    """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
+
+        I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
+
+    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i). Bins with mu_i <= 0 carry no
+    information and get zero weight.
+
+    Arguments:
+        model: ``model(theta, args) -> array`` of expected counts (photons, not ADU).
+        theta: (P,) parameters at which to evaluate.
+        args: passed to ``model``.
+
+    Returns:
+        (P, P) Fisher information matrix.
+    """
+    theta = jnp.asarray(theta)
+    mu = jnp.ravel(model(theta, args))
+    jac = jax.jacfwd(lambda t: jnp.ravel(model(t, args)))(theta)
+    w = jnp.where(mu > 0, 1.0 / jnp.where(mu > 0, mu, 1.0), 0.0)
+    return jac.T @ (w[:, None] * jac)
+
+
+def covariance_from_fisher(
+    info: jax.Array,
+    residual_variance: jax.Array | float | None = None,
+    *,
+    free: tuple[bool, ...] | None = None,
+) -> jax.Array:
+    """The inverse of a Fisher information matrix: the one path to every covariance and CRLB here.
+
+    ``Cov = s^2 I^{-1}`` over the free block; rows and columns of fixed parameters are zero. The
+    block is inverted after scaling to unit diagonal (``D^-1/2 I D^-1/2``), which keeps float32
+    accurate for parameters of very different scales, and symmetrised. A singular information
+    matrix gives non-finite entries.
+
+    Arguments:
+        info: (P, P) Fisher information (:func:`fisher_information`, :func:`poisson_fisher_information`).
+        residual_variance: None or scalar s^2 multiplying the covariance.
+        free: static tuple of P bools (default: all free).
+
+    Returns:
+        (P, P) covariance matrix.
+    """
+    n_params = info.shape[-1]
+    idx = _free_indices(n_params, free)
+    info = info[np.ix_(idx, idx)]
+    scale = 1.0 / jnp.sqrt(jnp.diag(info))
+    sub = jnp.linalg.inv(info * scale[:, None] * scale[None, :]) * scale[:, None] * scale[None, :]
+    sub = 0.5 * (sub + sub.T)
+    if residual_variance is not None:
+        sub = sub * jnp.asarray(residual_variance, sub.dtype)
+    return jnp.zeros((n_params, n_params), sub.dtype).at[np.ix_(idx, idx)].set(sub)
+
+
 def crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None) -> jax.Array:
     """Cramer-Rao lower bound on the standard deviation of each parameter (Gaussian errors).
 
-    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`fisher_information`.
+    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`fisher_information`: the square root of the
+    diagonal of :func:`parameter_covariance` at the true parameters with absolute ``sigma``.
+
+    Arguments:
+        model, theta, sigma, args: as for :func:`fisher_information`.
 
     Returns:
         (P,) smallest achievable standard deviation of an unbiased estimator of each parameter.
     """
-    return jnp.sqrt(jnp.diag(jnp.linalg.inv(fisher_information(model, theta, sigma, args))))
+    return jnp.sqrt(jnp.diag(parameter_covariance(model, theta, sigma, args)))
+
+
+def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+    """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
+
+    ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information` (inverted by
+    :func:`covariance_from_fisher`); e.g. for counts of mean lambda in n bins, sqrt(lambda / n).
+
+    Arguments:
+        model, theta, args: as for :func:`poisson_fisher_information`.
+
+    Returns:
+        (P,) smallest achievable s.d. of an unbiased estimator of each parameter (units of theta).
+    """
+    return jnp.sqrt(jnp.diag(covariance_from_fisher(poisson_fisher_information(model, theta, args))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,10 +784,9 @@ def parameter_covariance(
     factor by which the assumed variances are off (scipy's ``curve_fit(absolute_sigma=False)``).
     With unit sigma, ``s^2`` is the estimated noise variance itself.
 
-    Only the free block is inverted; rows and columns of fixed parameters are zero. The block is
-    inverted after scaling to unit diagonal (``D^-1/2 I D^-1/2``), which keeps float32 accurate
-    for parameters of very different scales. Points with non-finite or non-positive sigma get
-    zero weight. A singular information matrix gives non-finite entries.
+    The inverse is :func:`covariance_from_fisher`'s (free block only; fixed parameters get zero
+    rows and columns). Points with non-finite or non-positive sigma get zero weight. A singular
+    information matrix gives non-finite entries.
 
     Arguments:
         model: ``model(theta, args) -> array``.
@@ -697,26 +800,58 @@ def parameter_covariance(
         (P, P) covariance matrix.
     """
     theta = jnp.asarray(theta)
-    n_params = theta.shape[-1]
-    idx = _free_indices(n_params, free)
     sigma = jnp.asarray(sigma, theta.dtype)
     valid = jnp.isfinite(sigma) & (sigma > 0)
     sigma = jnp.where(valid, sigma, jnp.inf)  # weight 1/inf^2 = 0
-    info = fisher_information(model, theta, sigma, args)[np.ix_(idx, idx)]
-    scale = 1.0 / jnp.sqrt(jnp.diag(info))
-    sub = jnp.linalg.inv(info * scale[:, None] * scale[None, :]) * scale[:, None] * scale[None, :]
-    sub = 0.5 * (sub + sub.T)
-    if residual_variance is not None:
-        sub = sub * jnp.asarray(residual_variance, sub.dtype)
-    return jnp.zeros((n_params, n_params), sub.dtype).at[np.ix_(idx, idx)].set(sub)
+    return covariance_from_fisher(fisher_information(model, theta, sigma, args), residual_variance, free=free)
 
 
-def _normal_quantile(level: float) -> float:
+def normal_quantile(level: float) -> float:
+    """Two-sided standard-normal quantile ``z = Phi^-1((1 + level) / 2)`` (1.960 for 0.95).
+
+    Arguments:
+        level: float in (0, 1), coverage probability.
+
+    Returns:
+        z as a Python float.
+
+    Raises:
+        ValueError: ``level`` outside (0, 1).
+    """
     import statistics
 
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
     return statistics.NormalDist().inv_cdf(0.5 + 0.5 * level)
+
+
+def wald_intervals(theta: jax.Array, cov: jax.Array, *, level: float = 0.95, log_scale=None) -> tuple[jax.Array, jax.Array]:
+    """Wald confidence intervals ``theta_j +- z sd_j`` from a covariance matrix.
+
+    ``sd_j = sqrt(Cov_jj)`` and ``z`` = :func:`normal_quantile` (level). For ``log_scale``
+    parameters (positive scale parameters such as D) the interval is built on ``log theta`` with
+    ``sd(log theta) = sd / theta`` (delta method): ``theta exp(+-z sd / theta)``, which stays
+    positive.
+
+    Arguments:
+        theta: (P,) parameters.
+        cov: (P, P) their covariance (:func:`parameter_covariance`, :func:`covariance_from_fisher`).
+        level: float in (0, 1), coverage probability (static).
+        log_scale: optional (P,) static bools, parameters whose interval is built in log space.
+
+    Returns:
+        ``(lower, upper)``, each (P,).
+    """
+    theta = jnp.asarray(theta)
+    sd = jnp.sqrt(jnp.diag(cov))
+    half = normal_quantile(level) * sd
+    lower, upper = theta - half, theta + half
+    if log_scale is not None:
+        log = np.asarray(log_scale, bool)
+        factor = jnp.exp(half / jnp.abs(theta))
+        lower = jnp.where(log, theta / factor, lower)
+        upper = jnp.where(log, theta * factor, upper)
+    return lower, upper
 
 
 def confidence_intervals(
@@ -730,15 +865,11 @@ def confidence_intervals(
     free: tuple[bool, ...] | None = None,
     log_scale=None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Wald confidence intervals ``theta_j +- z sd_j`` from :func:`parameter_covariance`.
+    """Wald confidence intervals (:func:`wald_intervals`) from :func:`parameter_covariance`.
 
-    ``sd_j = sqrt(Cov_jj)`` and ``z = Phi^-1((1 + level) / 2)`` (1.960 for 95 %). These are
-    asymptotic (normal, linearised) intervals: with an estimated ``residual_variance`` the exact
-    small-sample quantile would be Student's t with n - p degrees of freedom (2.01 instead of 1.96
-    at n - p = 50), which this ignores. For ``log_scale`` parameters (positive scale parameters
-    such as D) the interval is built on ``log theta`` with ``sd(log theta) = sd / theta`` (delta
-    method): ``theta exp(+-z sd / theta)``, which stays positive. Fixed parameters get zero-width
-    intervals.
+    These are asymptotic (normal, linearised) intervals: with an estimated ``residual_variance``
+    the exact small-sample quantile would be Student's t with n - p degrees of freedom (2.01
+    instead of 1.96 at n - p = 50), which this ignores. Fixed parameters get zero-width intervals.
 
     Arguments:
         model, theta, sigma, args, residual_variance, free: as for :func:`parameter_covariance`.
@@ -750,12 +881,4 @@ def confidence_intervals(
     """
     theta = jnp.asarray(theta)
     cov = parameter_covariance(model, theta, sigma, args, residual_variance, free=free)
-    sd = jnp.sqrt(jnp.diag(cov))
-    half = _normal_quantile(level) * sd
-    lower, upper = theta - half, theta + half
-    if log_scale is not None:
-        log = np.asarray(log_scale, bool)
-        factor = jnp.exp(half / jnp.abs(theta))
-        lower = jnp.where(log, theta / factor, lower)
-        upper = jnp.where(log, theta * factor, upper)
-    return lower, upper
+    return wald_intervals(theta, cov, level=level, log_scale=log_scale)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fluojax import compare
+from fluojax import compare, fit
 
 KEY = jax.random.key(0)
 N_DRAWS = 16  # Gaussian draws per sample
@@ -84,9 +84,9 @@ def test_poisson_crlb_equals_closed_form():
     amp, tau = 200.0, 1.3
     decay = lambda th, a: amp * jnp.exp(-a / th[0])  # noqa: E731
     info = np.sum(amp * np.exp(-t / tau) * t**2 / tau**4)
-    np.testing.assert_allclose(compare.poisson_crlb(decay, jnp.array([tau]), jnp.asarray(t)), [1 / math.sqrt(info)], rtol=1e-4)
+    np.testing.assert_allclose(fit.poisson_crlb(decay, jnp.array([tau]), jnp.asarray(t)), [1 / math.sqrt(info)], rtol=1e-4)
     # crlb_from_fisher on the same Fisher information gives the same bound
-    via_fisher = compare.crlb_from_fisher(lambda th: compare.poisson_fisher_information(decay, jnp.asarray(th), jnp.asarray(t)))
+    via_fisher = compare.crlb_from_fisher(lambda th: fit.poisson_fisher_information(decay, jnp.asarray(th), jnp.asarray(t)))
     np.testing.assert_allclose(via_fisher(np.array([tau])), [1 / math.sqrt(info)], rtol=1e-4)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from fluojax import fit
 from fluojax.fcs.correlator import lag_grid
-from fluojax.fcs.pipeline import _BOUNDS, acf_model_2d
+from fluojax.fcs.estimate import FCS_BOUNDS, acf_model_2d
 
 LAG = jnp.asarray(lag_grid().lags * 1.06e-3, jnp.float32)
 
@@ -22,7 +22,7 @@ def _noisy_acfs(optics, n, rel_noise, seed):
 
 def test_fit_converges_to_exact_parameters_on_noise_free_data(optics_2d):
     truth, clean, sigma, _ = _noisy_acfs(optics_2d, 64, 0.01, 0)
-    res = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **FCS_BOUNDS)
     assert np.all(res.status == fit.Status.CONVERGED)
     np.testing.assert_allclose(res.params[:, :2], truth[:, :2], rtol=2e-3)
 
@@ -34,7 +34,7 @@ def test_fit_recovers_d_from_noisy_acfs_at_the_cramer_rao_bound(optics_2d):
     clean = np.asarray(acf_model_2d(theta, (LAG, optics_2d)))
     sigma = np.full_like(clean, 0.02 * clean[0])
     data = clean + sigma * rng.normal(size=(1500, clean.size)).astype(np.float32)
-    res = fit.least_squares_batch(acf_model_2d, data, np.broadcast_to(sigma, data.shape), theta, (LAG, optics_2d), **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, data, np.broadcast_to(sigma, data.shape), theta, (LAG, optics_2d), **FCS_BOUNDS)
     assert np.mean(res.status == fit.Status.CONVERGED) > 0.99
     d = res.params[res.status == fit.Status.CONVERGED, 1]
     bound = float(fit.crlb(acf_model_2d, theta, sigma, (LAG, optics_2d))[1])
@@ -47,8 +47,8 @@ def test_fit_recovers_d_from_noisy_acfs_at_the_cramer_rao_bound(optics_2d):
 def test_optimistix_and_jaxopt_backends_give_the_same_parameters(optics_2d):
     _, _, sigma, data = _noisy_acfs(optics_2d, 200, 0.03, 6)
     args = (LAG, optics_2d)
-    a = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, **_BOUNDS)
-    b = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **_BOUNDS)
+    a = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, **FCS_BOUNDS)
+    b = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **FCS_BOUNDS)
     ok = (a.status == 0) & (b.status == 0)
     assert ok.mean() > 0.98
     # both stop within tolerance 1e-4 of the same minimum; D is compared relative to its fit error
@@ -60,7 +60,7 @@ def test_optimistix_cholesky_of_the_normal_equations_reaches_the_scipy_minimum(o
     # scipy's float64 minimum (within the float32 floor, ~2e-4 here: see the FCS tolerance test)
     _, _, sigma, data = _noisy_acfs(optics_2d, 12, 0.03, 14)
     solver = fit.LevenbergMarquardt(linear_solver="cholesky")
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=solver, **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=solver, **FCS_BOUNDS)
     assert np.all(res.status == fit.Status.CONVERGED)
     np.testing.assert_allclose(res.params[:, 1], _scipy_minima(data, sigma, optics_2d)[:, 1], rtol=5e-4)
 
@@ -72,7 +72,7 @@ def test_unknown_linear_solver_is_rejected():
 
 def test_fixed_parameters_keep_their_start_value(optics_2d):
     _, _, sigma, data = _noisy_acfs(optics_2d, 8, 0.01, 7)
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **FCS_BOUNDS)
     assert np.all(res.params[:, 2] == 0.0)
 
 
@@ -80,7 +80,7 @@ def test_invalid_dataset_gives_nan_and_status_without_stopping_the_batch(optics_
     truth, clean, sigma, _ = _noisy_acfs(optics_2d, 4, 0.01, 8)
     data = clean.copy()
     data[1] = np.nan
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), **FCS_BOUNDS)
     assert res.status[1] == fit.Status.INVALID_DATA and np.all(np.isnan(res.params[1]))
     assert np.all(res.status[[0, 2, 3]] == fit.Status.CONVERGED)
     np.testing.assert_allclose(res.params[[0, 2, 3], 1], truth[[0, 2, 3], 1], rtol=2e-3)
@@ -145,7 +145,7 @@ def test_batch_fit_with_slot_refilling_reaches_the_scipy_minimum(optics_2d):
     # 16 datasets through 4 slots: every slot is refilled several times mid-run, and every fit
     # must still end on the minimum scipy finds in float64 (1e-3, far inside D's ~5 % error)
     _, _, sigma, data = _noisy_acfs(optics_2d, 16, 0.03, 11)
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), chunk=4, **_BOUNDS)
+    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), chunk=4, **FCS_BOUNDS)
     assert np.all(res.status == fit.Status.CONVERGED)
     assert len(np.unique(res.num_steps)) > 3  # fits of different lengths shared the slots
     ref = _scipy_minima(data, sigma, optics_2d)
@@ -157,24 +157,24 @@ def test_batches_of_other_sizes_reuse_the_compiled_slot_loop(optics_2d):
     # must not compile again, and the padding must not leak into the results
     _, clean, sigma, _ = _noisy_acfs(optics_2d, 27, 0.01, 15)
     args = (LAG, optics_2d)
-    first = fit.least_squares_batch(acf_model_2d, clean[:20], sigma[:20], [1.0, 1.0, 0.0], args, chunk=8, **_BOUNDS)
+    first = fit.least_squares_batch(acf_model_2d, clean[:20], sigma[:20], [1.0, 1.0, 0.0], args, chunk=8, **FCS_BOUNDS)
     compiled = fit._fit_streaming._cache_size()
-    second = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], args, chunk=8, **_BOUNDS)
+    second = fit.least_squares_batch(acf_model_2d, clean, sigma, [1.0, 1.0, 0.0], args, chunk=8, **FCS_BOUNDS)
     assert fit._fit_streaming._cache_size() == compiled
     assert second.params.shape == (27, 3) and np.all(second.status == fit.Status.CONVERGED)
     np.testing.assert_allclose(second.params[:20], first.params, rtol=1e-4)
 
 
 def test_fcs_default_tolerances_stop_within_a_hundredth_of_the_standard_error_of_the_scipy_minimum(optics_2d):
-    # pipeline.FCS_SOLVER stops at tolerances 1e-3 (noise scale) instead of the engine's 1e-6. LM
+    # estimate.FCS_SOLVER stops at tolerances 1e-3 (noise scale) instead of the engine's 1e-6. LM
     # converges fast near the minimum, so it still ends within the float32 floor (~2e-4 here, the
     # same with tolerances 1e-4) of scipy's float64 minimum; 5e-4 is a hundredth of D's >= 5 %
     # standard error at 3 % ACF noise (tolerances of 0.3 already miss it: 7e-4)
-    from fluojax.fcs import pipeline
+    from fluojax.fcs import estimate, pipeline
 
     _, _, sigma, data = _noisy_acfs(optics_2d, 24, 0.03, 13)
     settings = pipeline.AnalysisSettings(1.06e-3, optics_2d)
-    res = pipeline.fit_acfs(data, sigma, np.asarray(LAG, np.float64), settings)
+    res = estimate.fit_acfs(data, sigma, np.asarray(LAG, np.float64), settings)
     assert np.all(res.status == fit.Status.CONVERGED)
     ref = _scipy_minima(data, sigma, optics_2d)
     np.testing.assert_allclose(res.params[:, :2], ref[:, :2], rtol=5e-4)  # N and D
@@ -188,7 +188,7 @@ def test_batch_fits_stop_at_max_steps_and_report_each_dataset_once(optics_2d):
     seen = []
     res = fit.least_squares_batch(
         acf_model_2d, clean, sigma, [40.0, 0.01, 0.0], (LAG, optics_2d), chunk=4, progress=seen.append,
-        solver=fit.LevenbergMarquardt(max_steps=4), **_BOUNDS,
+        solver=fit.LevenbergMarquardt(max_steps=4), **FCS_BOUNDS,
     )
     assert sum(seen) == 8
     assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 4)

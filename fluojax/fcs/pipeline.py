@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -36,6 +35,9 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.fcs import correlator, models
+from fluojax.fcs.estimate import FCS_BOUNDS as _BOUNDS  # noqa: F401  (re-exported for experiments/bench_fcs.py)
+from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values  # noqa: F401  (re-exported)
+from fluojax.fcs.estimate import model_and_shape as _shape_fn  # noqa: F401  (re-exported for fcs/learned.py, experiments)
 
 __all__ = [
     "PixelStatus",
@@ -98,26 +100,6 @@ class PixelStatus:
         9: "mean intensity <= 0 (offset/background?)",
         10: "no correlation (G within noise of 0)",
     }
-
-
-FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3, linear_solver="cholesky")
-"""The default Levenberg-Marquardt settings of the FCS fits.
-
-Damped steps by Cholesky of the normal equations rather than QR: three parameters, and on a
-CPU one small LAPACK QR per pixel and step made the 16,384 2D fits 25-35 % slower (0.37 s against
-0.28 s in alternating runs). The fits still end on scipy's float64 minimum (tests/test_fit.py).
-
-Tolerances on the noise scale rather than the engine's defaults (1e-4, 1e-6): the residuals are
-in units of the SEM, and optimistix stops when every residual changes by less than
-``atol + rtol |r_i|``. With ``atol = 1e-6`` that is below float32 rounding of ``model/SEM``
-(~50 x 6e-8), so a converged fit kept shrinking its trust region for 8-16 more iterations. At
-1e-3 the 2D fits of 16,384 ACFs need a median of 7 iterations instead of 18 (2.2x faster in
-docs/benchmarks.md), and D stays within 1.3e-4 (relative; 99th percentile 1e-5) of a solve at
-tolerances 1e-6/1e-8 (where that converged: 93 % of fits), 1/300 of its ~4 % standard error.
-LM converges quadratically near the minimum, so the last step is much smaller than the
-tolerance. For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance and
-at 1e-3 moved D by up to 18 %.
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,112 +373,6 @@ def resolve_bleach(stack, bleach_order: int | str) -> BleachChoice:
         return choose_bleach_correction(mean_trace(stack))
     k = int(bleach_order)
     return BleachChoice("none" if k == 0 else f"poly{k}", k, None, None, "requested")
-
-
-def acf_model_2d(theta: jax.Array, args) -> jax.Array:
-    """2D ITIR model on a flat vector ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, optics)``."""
-    lag_s, optics = args
-    return models.acf_2d_itir(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), optics)
-
-
-def acf_model_3d(theta: jax.Array, args) -> jax.Array:
-    """3D SPIM model on ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, SpimShapeTable)``."""
-    lag_s, table = args
-    return models.acf_3d_spim_tabulated(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), table)
-
-
-# N and D > 0 through a plain log transform (a wide two-sided box in log space makes the first LM
-# steps huge and strands them on the flat G = G_inf plateau); |G_inf| <= 1.
-_BOUNDS = dict(
-    lower=(0.0, 0.0, -1.0),
-    upper=(float("inf"), float("inf"), 1.0),
-    log_scale=(True, True, False),
-)
-
-
-def _shape_fn(settings: AnalysisSettings):
-    """(model function, its args factory, S(D tau) evaluator) for the chosen geometry."""
-    optics = settings.optics
-    if settings.model == "2d":
-        a, w = float(models.pixel_side_um(optics)), float(models.psf_radius_um(optics))
-
-        def shape(dtau):
-            return np.asarray(models.pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
-
-        return acf_model_2d, (lambda lag: (lag, optics)), shape
-    if settings.model == "3d":
-        table = jax.jit(models.spim_shape_table)(optics)
-
-        def shape(dtau):
-            return np.asarray(models.spim_shape_interpolated(jnp.asarray(dtau), table))
-
-        return acf_model_3d, (lambda lag: (lag, table)), shape
-    raise ValueError(f"unknown model {settings.model!r}; use '2d' or '3d'")
-
-
-def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Data-driven start values (N, D, G_inf) for each ACF.
-
-    ``G_inf = 0``; the amplitude from the first two lags gives ``N = S(0) / G(tau_1)``; the first
-    lag where G falls below half of that gives D through the optics' half-decay ``D tau_half``.
-
-    Arguments:
-        acf: (B, C) correlation functions.
-        lag_s: (C,) lag times in s.
-        shape: S(D tau) of the model, vectorised NumPy.
-
-    Returns:
-        (B, 3) float32 start values.
-    """
-    grid = np.logspace(-9, 5, 600)
-    s = shape(grid)
-    s0 = s[0]
-    dtau_half = grid[np.argmax(s < 0.5 * s0)]
-    with np.errstate(invalid="ignore"):
-        amp = np.mean(acf[:, :2], axis=1)
-    n0 = np.where(np.isfinite(amp) & (amp > 0), s0 / np.where(amp > 0, amp, 1.0), 1e3)
-    below = acf < 0.5 * amp[:, None]
-    tau_half = np.where(below.any(axis=1), lag_s[np.argmax(below, axis=1)], lag_s[-1])
-    d0 = dtau_half / tau_half
-    return np.stack([n0, d0, np.zeros_like(d0)], axis=1).astype(np.float32)
-
-
-def fit_acfs(
-    acf: np.ndarray,
-    sem: np.ndarray,
-    lag_s: np.ndarray,
-    settings: AnalysisSettings,
-    progress: Callable[[int], None] | None = None,
-    start_d_um2_s: np.ndarray | None = None,
-) -> fit.FitResult:
-    """Fit the chosen model to many ACFs, weights 1/SEM^2.
-
-    Arguments:
-        acf, sem: (B, C) correlation functions and standard errors.
-        lag_s: (C,) lag times in s.
-        settings: ``AnalysisSettings`` (model, optics, solver).
-        progress: optional callback with the number of fits finished.
-        start_d_um2_s: optional (B,) start values of D in um^2/s (e.g. a network's prediction:
-            the hybrid estimator); N then starts at ``S(D tau_1) / G(tau_1)``. Default: the
-            data-driven start values of :func:`start_values`.
-
-    Returns:
-        ``fit.FitResult`` of NumPy arrays; ``params[:, k]`` = N, D (um^2/s), G_inf.
-    """
-    model, make_args, shape = _shape_fn(settings)
-    init = start_values(acf, lag_s, shape)
-    if start_d_um2_s is not None:
-        d0 = np.asarray(start_d_um2_s, np.float64).reshape(-1)
-        good = np.isfinite(d0) & (d0 > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            n0 = shape(np.where(good, d0, 1.0) * lag_s[0]) / acf[:, 0]
-        use_n = good & np.isfinite(n0) & (n0 > 0)
-        init[:, 1] = np.where(good, d0, init[:, 1])
-        init[:, 0] = np.where(use_n, n0, init[:, 0])
-    lag = jnp.asarray(lag_s, jnp.float32)
-    return fit.least_squares_batch(
-        model, acf, sem, init, make_args(lag), solver=settings.solver, progress=progress, **_BOUNDS
-    )
 
 
 @functools.partial(jax.jit, static_argnames=("n", "overlap", "bleach_order", "p", "q"))

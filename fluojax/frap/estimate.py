@@ -22,6 +22,7 @@ not rescaled, and the reported estimate is ``chi^2 / (n - p)`` times the given v
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -128,18 +129,15 @@ def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effecti
     return jax.vmap(one)(jnp.asarray(theta), a, jnp.broadcast_to(jnp.asarray(noise.a_prime, a.dtype), a.shape))
 
 
-@jax.jit
-def _intervals(params, sigma, table, residual_variance, z):
-    """Per-curve Wald intervals (vmapped); ``z`` scales the 95 % half-widths to other levels."""
+@functools.partial(jax.jit, static_argnames="level")
+def _intervals(params, sigma, table, residual_variance, level):
+    """Per-curve Wald intervals and standard deviations (vmapped; :func:`fluojax.fit.wald_intervals`,
+    D on the log scale); NaN for curves whose fit failed."""
 
     def one(theta, s, rv):
         cov = fit.parameter_covariance(frap_curve_model, theta, s, table, rv)
-        sd = jnp.sqrt(jnp.diag(cov))
-        half = z * sd
-        factor = jnp.exp(half[0] / theta[0])
-        lower = jnp.stack([theta[0] / factor, theta[1] - half[1], theta[2] - half[2]])
-        upper = jnp.stack([theta[0] * factor, theta[1] + half[1], theta[2] + half[2]])
-        return lower, upper, sd
+        lower, upper = fit.wald_intervals(theta, cov, level=level, log_scale=_LOG_SCALE)
+        return lower, upper, jnp.sqrt(jnp.diag(cov))
 
     safe = jnp.where(jnp.isfinite(params), params, jnp.asarray([10.0, 0.75, 0.7], params.dtype))
     lower, upper, sd = jax.vmap(one)(safe, sigma, residual_variance)
@@ -167,7 +165,8 @@ def fit_recovery_curves(
     ``theta_hat = argmin sum_t ((F(t; theta) - y_t) / sigma_t)^2`` over the bounds of
     :func:`frap_bounds` (D in log space), keeping the best of ``n_starts`` Levenberg-Marquardt
     fits started from prior draws (:func:`frap_starts`; one set shared by all curves). Intervals
-    are Wald intervals from ``Cov = s^2 (J^T W J)^{-1}`` (:func:`fluojax.fit.parameter_covariance`),
+    are Wald intervals (:func:`fluojax.fit.wald_intervals`) from ``Cov = s^2 (J^T W J)^{-1}``
+    (:func:`fluojax.fit.parameter_covariance`),
     ``s^2`` = reduced chi^2 when the noise variance is not given (see the module docstring).
 
     Arguments:
@@ -231,9 +230,8 @@ def fit_recovery_curves(
     )
     chi2 = np.asarray(res.chi2_reduced)
     residual_variance = np.ones_like(chi2) if noise_variance is not None else chi2
-    z = fit._normal_quantile(level)
     ci_lo, ci_hi, sd = jax.device_get(
-        _intervals(jnp.asarray(res.params), jnp.asarray(sigma), table, jnp.asarray(np.nan_to_num(residual_variance, nan=1.0)), z)
+        _intervals(jnp.asarray(res.params), jnp.asarray(sigma), table, jnp.asarray(np.nan_to_num(residual_variance, nan=1.0)), float(level))
     )
     if noise_variance is None:
         noise_est = chi2
