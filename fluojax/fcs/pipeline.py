@@ -64,6 +64,10 @@ __all__ = [
     "correlation_z",
     "signal_status",
     "analyse_stack",
+    "DEFAULT_OPTICS_2D",
+    "DEFAULT_OPTICS_3D",
+    "default_optics",
+    "maps_summary",
 ]
 
 
@@ -674,3 +678,97 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
         timings_s={"correlate": t_corr, "fit": t_fit},
         bleach=corr.bleach.as_dict(),
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Defaults and summaries (what `fluojax fcs fit`/`predict` and `fluojax demo` report)
+
+DEFAULT_OPTICS_2D = {"magnification": 100.0, "na": 1.45, "wavelength_nm": 583.0, "sigma0": 0.8, "refractive_index": 1.518}
+"""Default optics of a 2D (ITIR/TIRF) measurement: 100x, NA 1.45 oil objective (``refractive_index``
+is the immersion medium's, which bounds the NA), 583 nm emission, PSF factor 0.8 (as the Imaging
+FCS plugin's defaults)."""
+DEFAULT_OPTICS_3D = {"magnification": 60.0, "na": 1.0, "wavelength_nm": 515.0, "sigma0": 1.1, "refractive_index": 1.333,
+                     "sigmaz": 2.2}
+"""Default optics of a 3D (SPIM) measurement: 60x, NA 1.0 water-dipping objective in water (the
+sample's and the immersion index, 1.333), 515 nm emission, PSF factor 1.1, light-sheet factor 2.2."""
+
+
+def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int = 1, **overrides) -> models.Optics:
+    """``models.Optics`` from the 2D or 3D defaults (:data:`DEFAULT_OPTICS_2D`/:data:`DEFAULT_OPTICS_3D`)
+    with the given values replacing them, checked by ``models.check_optics``.
+
+    ``refractive_index`` is the sample's index in 3D (a water-dipping objective: the immersion
+    index too) and the immersion medium's in 2D, where the model does not use the sample's.
+
+    Arguments:
+        three_d: the 3D SPIM geometry (else 2D ITIR).
+        camera_pixel_um: camera pixel pitch in um.
+        binning: n of n x n binning.
+        overrides: any of ``magnification``, ``na``, ``wavelength_nm`` (nm), ``sigma0``,
+            ``sigmaz`` (3D only; ignored in 2D), ``refractive_index``; None keeps the default.
+
+    Returns:
+        ``models.Optics``.
+
+    Raises:
+        ValueError: an unknown override, or optics that cannot exist (``models.check_optics``).
+    """
+    defaults = DEFAULT_OPTICS_3D if three_d else DEFAULT_OPTICS_2D
+    unknown = set(overrides) - set(DEFAULT_OPTICS_3D)
+    if unknown:
+        raise ValueError(f"unknown optics: {', '.join(sorted(unknown))}")
+    pick = {k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()}
+    index = pick["refractive_index"]
+    optics = models.Optics(
+        camera_pixel_um=camera_pixel_um,
+        magnification=pick["magnification"],
+        na=pick["na"],
+        wavelength_nm=pick["wavelength_nm"],
+        sigma0=pick["sigma0"],
+        sigmaz=pick["sigmaz"] if three_d else models.Optics._field_defaults["sigmaz"],  # no light sheet in 2D
+        refractive_index=index if three_d else models.Optics._field_defaults["refractive_index"],  # unused in 2D
+        binning=binning,
+        immersion_index=index,
+    )
+    models.check_optics(optics, three_d)
+    return optics
+
+
+def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
+    """The JSON-ready summary of a map: settings, timings, status counts, medians and units.
+
+    Arguments:
+        maps: ``FCSMaps`` (from :func:`analyse_stack` or a network's ``predict_stack``).
+        settings: the ``AnalysisSettings`` used, with the bleach order applied (an int).
+
+    Returns:
+        dict (keys settings, timings_s, pixels, fitted, status_counts, status_codes, medians, units).
+    """
+    pixel_um = float(models.pixel_side_um(settings.optics))
+    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus.DESCRIPTION))
+    ok = np.isfinite(maps.d_um2_s)
+    return {
+        "settings": {
+            "model": settings.model,
+            "frame_time_s": settings.frame_time_s,
+            "optics": settings.optics._asdict(),
+            "object_pixel_um": pixel_um,
+            "overlap": settings.overlap,
+            "bleach_order": settings.bleach_order,  # applied (0 = none); "bleach" says what was asked and why
+            "bleach": maps.bleach,
+            "correlator": {"P": settings.p, "Q": settings.q},
+            "backend": settings.solver.backend,
+        },
+        "timings_s": maps.timings_s,
+        "pixels": int(maps.status.size),
+        "fitted": int(ok.sum()),
+        "status_counts": {PixelStatus.DESCRIPTION[k]: int(c) for k, c in enumerate(counts) if c},
+        "status_codes": PixelStatus.DESCRIPTION,
+        "medians": {
+            "D_um2_s": float(np.nanmedian(maps.d_um2_s)) if ok.any() else None,
+            "N": float(np.nanmedian(maps.n_particles)) if ok.any() else None,
+            "G_inf": float(np.nanmedian(maps.g_inf)) if ok.any() else None,
+            "chi2_reduced": float(np.nanmedian(maps.chi2_reduced)) if ok.any() else None,
+        },
+        "units": {"D": "um^2/s", "N": "particles per pixel observation area", "G_inf": "dimensionless", "lag": "s"},
+    }

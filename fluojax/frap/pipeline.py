@@ -91,6 +91,14 @@ __all__ = [
     "MAX_GRID_PX",
     "check_pad",
     "model_curve",
+    "fit_summary",
+    "settings_summary",
+    "RESIDUAL_RATIO_LIMIT",
+    "NetworkPrediction",
+    "predict_prepared",
+    "start_in_bounds",
+    "NetworkRefinement",
+    "refine_prepared",
 ]
 
 MIN_POSTBLEACH = 3
@@ -484,3 +492,206 @@ def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------
+# Summaries (what `fluojax frap fit`/`predict` write to summary.json)
+
+
+def _finite_or_none(value):
+    """float, or None for NaN/inf (strict JSON)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um: float) -> tuple[dict, np.ndarray]:
+    """The fitted parameters in physical units, the status and the model curve of one fit.
+
+    Arguments:
+        prepared: the ``PreparedStack`` that was fitted.
+        table: the ``FastCurveTable`` of the fit.
+        result: ``fluojax.frap.estimate.FrapFit`` of the one curve, in normalised units
+            (:func:`fit_prepared`, or ``learned.refine(...).fit``).
+        pixel_um: pixel side in um.
+
+    Returns:
+        (summary, model): a JSON-ready dict (status and its reason, D in um^2/s and px^2/s, c0
+        in stack units, alpha, each with value, 95 % interval and standard error; the noise
+        variance; reduced chi^2; the RSS in stack units), and the model curve at the fitted
+        parameters in stack units ((T,) float64; NaN when the fit failed).
+    """
+    from fluojax.frap.models import d_px2_s_to_um2_s
+    from fluojax.frap.simulate import roi_effective_pixels
+
+    num = _finite_or_none
+    p, lo, hi, sd = (np.asarray(a, np.float64)[0] for a in (result.params, result.ci_lower, result.ci_upper, result.stderr))
+    scale = prepared.scale
+    um = lambda v: d_px2_s_to_um2_s(v, pixel_um)  # noqa: E731
+
+    def est(value, lower, upper, stderr, unit):
+        return {"value": num(value), "ci95": [num(lower), num(upper)], "stderr": num(stderr), "unit": unit}
+
+    status = int(fit_status(result)[0])
+    noise = float(result.noise_variance[0]) * scale**2
+    model = model_curve(p, table) * scale
+    return {
+        "status": FrapStatus.NAMES.get(status, str(status)),
+        "status_code": status,
+        "ok": fit_ok(status, p),
+        "status_reason": status_reason(status, p, lo, hi) or None,
+        "engine_status": FrapStatus.NAMES.get(int(result.status[0])),
+        "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
+        "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
+        "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),
+        "c0_over_prebleach_mean": num(p[1] / NORMALISED_LEVEL),
+        "alpha": est(p[2], lo[2], hi[2], sd[2], "fraction left per bleach frame"),
+        "noise_variance": {
+            "curve": num(noise),
+            "pixel_equivalent": num(noise * roi_effective_pixels(prepared.geometry)),
+            "unit": "stack intensity^2",
+            "what": "residual variance of one ROI-curve value, RSS/(n - 3); pixel_equivalent = curve x effective ROI pixels "
+                    "(the per-pixel variance a if pixel noise is independent and constant)",
+        },
+        "chi2_reduced": num(result.chi2_reduced[0]),
+        "rss": num(np.sum((prepared.curve - model) ** 2)),
+    }, model
+
+
+def settings_summary(prepared: PreparedStack, table: FastCurveTable, pixel_um: float, stack_path) -> dict:
+    """The analysis settings of a prepared stack, JSON-ready: frames, dt (s), pixel size (um), ROI
+    and window (px), solver padding and grid (px), normalisation, the table's D range (px^2/s and
+    um^2/s) and its error estimate.
+
+    Arguments:
+        prepared: ``PreparedStack``.
+        table: the ``FastCurveTable`` of the fit.
+        pixel_um: pixel side in um.
+        stack_path: the input file (recorded as text).
+    """
+    from fluojax.frap.models import d_px2_s_to_um2_s
+    from fluojax.frap.simulate import roi_effective_pixels
+
+    s = prepared.settings
+    x0, y0, n = prepared.window
+    d_lo, d_hi = table.d_range_px2_s
+    return {
+        "input": str(stack_path),
+        "n_prebleach": s.n_prebleach,
+        "n_bleach": s.n_bleach,
+        "n_postbleach": s.n_postbleach,
+        "dt_s": s.dt_s,
+        "pixel_size_um": pixel_um,
+        "roi_px": {"shape": "circle", "x": prepared.roi.x, "y": prepared.roi.y, "r": prepared.roi.r},
+        "window_px": {"x0": x0, "y0": y0, "size": n, "what": "square analysed by the model (whole image when square)"},
+        "pad_px": s.pad,
+        "grid_size_px": s.grid_size,
+        "effective_roi_pixels": roi_effective_pixels(prepared.geometry),
+        "normalisation": {"prebleach_mean": prepared.prebleach_mean, "level": NORMALISED_LEVEL},
+        "d_range_px2_s": [d_lo, d_hi],
+        "d_range_um2_s": [d_px2_s_to_um2_s(d_lo, pixel_um), d_px2_s_to_um2_s(d_hi, pixel_um)],
+        "table_error_estimate": table.tail,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# A trained network on a prepared stack, refined by least squares (`fluojax frap predict`)
+
+RESIDUAL_RATIO_LIMIT = 2.0
+"""Physics check of a network's answer: when the residual sum of squares at the network's
+prediction exceeds this multiple of the RSS of the least-squares fit started there, the network's
+values are not to be trusted (the refined ones are)."""
+
+
+class NetworkPrediction(NamedTuple):
+    """A network's answer for one prepared curve.
+
+    Attributes:
+        params: (3,) float64 D in px^2/s (rescaled to the data's dt and ROI radius), c0
+            (normalised units), alpha.
+        radius_factor: ``(R / R_net)^2``, the factor applied to D for the ROI radius.
+        net_radius_px: the ROI radius the network was trained for, in px.
+    """
+
+    params: np.ndarray
+    radius_factor: float
+    net_radius_px: float
+
+
+def predict_prepared(net, meta: dict, prepared: PreparedStack) -> NetworkPrediction:
+    """(D px^2/s, c0, alpha) of a prepared stack's normalised curve from a trained DeepFRAP network.
+
+    ``learned.predict_curves`` rescales D for the data's frame interval; the curve depends on D
+    only through ``D dt / R^2`` (DeepFRAP's diffusion model), so D is rescaled by
+    ``(R / R_net)^2`` for the ROI radius R too, R_net = ``meta["radius_px"]`` (the ROI's own
+    radius when the checkpoint does not say).
+
+    Arguments:
+        net, meta: network and checkpoint meta from ``fluojax.frap.learned.load_network``.
+        prepared: ``PreparedStack`` with the frame counts the network was trained for.
+
+    Returns:
+        :class:`NetworkPrediction`.
+
+    Raises:
+        ValueError: a curve of another length than the network reads.
+    """
+    from fluojax.frap import learned
+
+    raw = np.asarray(learned.predict_curves(net, meta, prepared.normalised[None], dt_s=prepared.settings.dt_s), np.float64)[0]
+    net_radius = float(meta.get("radius_px", prepared.roi.r))
+    radius_factor = (prepared.roi.r / net_radius) ** 2
+    return NetworkPrediction(raw * np.array([radius_factor, 1.0, 1.0]), radius_factor, net_radius)
+
+
+def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
+    """Starts (D px^2/s, c0, alpha) moved into the fit's bounds (``estimate.frap_bounds``), D just
+    inside the table's range, NaN replaced by 1: where a least-squares fit from ``start`` begins.
+
+    Arguments:
+        start: (..., 3) starts.
+        table: ``FastCurveTable`` of the fit.
+        prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds.
+    """
+    from fluojax.frap.estimate import frap_bounds
+
+    lower, upper = frap_bounds(table, prior)
+    return np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
+
+
+class NetworkRefinement(NamedTuple):
+    """A network's answer refined by least squares, with its physics check.
+
+    Attributes:
+        fit: ``estimate.FrapFit`` of the LM fit started at the network's answer (normalised units).
+        start_curve: (T,) model curve at the network's answer (clipped into the bounds), stack units.
+        residual_ratio: RSS at the network's answer / RSS of the refined fit (~1 when the network
+            is right; NaN when the fit failed).
+        trusted: False when ``residual_ratio`` exceeds :data:`RESIDUAL_RATIO_LIMIT`.
+    """
+
+    fit: object
+    start_curve: np.ndarray
+    residual_ratio: float
+    trusted: bool
+
+
+def refine_prepared(prepared: PreparedStack, table: FastCurveTable, prediction) -> NetworkRefinement:
+    """One Levenberg-Marquardt fit of a prepared curve started at a network's answer, within the
+    bounds of :func:`fit_prepared` (alpha down to 0.05, :func:`fit_prior`), not the network's
+    training prior.
+
+    Arguments:
+        prepared: ``PreparedStack``.
+        table: its ``FastCurveTable`` (:func:`build_table`).
+        prediction: (3,) start (D px^2/s, c0 normalised, alpha), e.g. ``predict_prepared(...).params``.
+
+    Returns:
+        :class:`NetworkRefinement`.
+    """
+    from fluojax.frap import learned
+
+    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
+    refined = learned.refine(prepared.normalised[None], table, np.asarray(prediction)[None], prior=prior)
+    start = start_in_bounds(prediction, table, prior)  # where refine's fit began
+    ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
+    return NetworkRefinement(refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT)

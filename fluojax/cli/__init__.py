@@ -1,0 +1,135 @@
+"""The ``fluojax`` command: TIFF stacks in, parameter maps and plots out.
+
+    fluojax fcs fit STACK.tif --frame-time S [optics] [-o OUT]   per-pixel Imaging FCS
+    fluojax fcs simulate [settings] -o STACK.tif                 a simulated stack
+    fluojax fcs train --config NAME [--steps N] -o CKPT          train FCSNet/ImFCSNet on simulations
+    fluojax fcs predict STACK.tif --net CKPT [--overlap] -o OUT  a network's D map + physics check
+    fluojax fcs compare [--fcsnet CKPT] [--imfcsnet CKPT] -o REP networks vs least squares on simulations
+    fluojax demo [-o OUT]                                        the main job on a built-in stack
+
+    fluojax frap fit STACK.tif --roi circle:X,Y,R [--prebleach 10 --bleach 4] [--dt S]
+                     [--pixel-size UM] [--starts 30] [-o OUT]    ROI recovery curve -> D, c0, alpha
+    fluojax frap simulate [--d UM2_S --c0 --alpha --noise-a A] [frames, geometry] -o STACK.tif
+    fluojax frap train --config NAME [--steps N] [--seed S] -o CKPT   train a DeepFRAP network
+    fluojax frap predict STACK.tif --net CKPT --roi circle:X,Y,R [...] [-o OUT]  network + LM refine
+
+Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
+hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM
+included, leaves nothing behind). OUT must be new, an empty folder, or -- with ``--overwrite`` --
+an earlier fluojax result of the same command (recognised by its ``.fluojax-result.json``, and
+holding no other files); anything else at OUT (the input, a file, a folder of your own such as
+``.``) is refused before the analysis starts, and nothing is touched. ``simulate -o X.tif``
+replaces an existing .tif only with ``--overwrite``; ``train -o RUN`` resumes a fluojax run folder
+and refuses any other non-empty folder. ``frap fit``/``frap predict`` exit with code 3 (results
+written, status in summary.json, one line on stderr) when the least-squares fit did not converge
+or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade);
+``fcs fit`` exits with code 3 when no pixel could be fitted. docs/refusals.md lists every refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fluojax: error: MESSAGE (see 'fluojax SUB --help')``, exit 2.
+
+    Its subcommands are :class:`_LazySubcommands`: a subcommand's options are added only when it
+    is chosen.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _LazySubcommands)
+
+    def error(self, message):
+        command = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        message = " ".join(str(message).split())
+        self.exit(2, f"fluojax: error: {message} (see 'fluojax {command}--help')\n")
+
+
+class _LazySubcommands(argparse._SubParsersAction):
+    """Subcommands whose options are added when the subcommand is chosen.
+
+    ``add_parser(name, build=fn, ...)`` registers ``fn(parser)``, called once with the
+    subcommand's parser just before it parses its arguments. ``fluojax --help`` and
+    ``fluojax fcs --help`` then list the subcommands without importing what their options need
+    (jax for the training recipes' names or the DeepFRAP defaults), so they answer at once.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._builders = {}
+
+    def add_parser(self, name, *, build=None, **kwargs):
+        parser = super().add_parser(name, **kwargs)
+        if build is not None:
+            self._builders[name] = build
+        return parser
+
+    def build(self, name: str) -> None:
+        """Add the options of subcommand ``name`` (once)."""
+        builder = self._builders.pop(name, None)
+        if builder is not None:
+            builder(self._name_parser_map[name])
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values and values[0] in self._builders:
+            self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _build_fcs(p: argparse.ArgumentParser) -> None:
+    from fluojax.cli import fcs
+
+    fcs.add_parsers(p)
+
+
+def _build_frap(p: argparse.ArgumentParser) -> None:
+    from fluojax.cli import frap
+
+    frap.add_parsers(p)
+
+
+def _build_demo(p: argparse.ArgumentParser) -> None:
+    from fluojax.cli import fcs
+
+    fcs.add_demo_arguments(p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The ``fluojax`` parser; each subcommand's options are added when it is chosen."""
+    top = _Parser(prog="fluojax", description="Differentiable fluorescence-microscopy analysis in JAX.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("fcs", help="Imaging FCS", build=_build_fcs)
+    sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)", build=_build_frap)
+    sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare", build=_build_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fluojax`` console script."""
+    args = _parser().parse_args(argv)
+    from fluojax.io import InputError
+
+    try:
+        if args.command == "demo":
+            from fluojax.cli.fcs import demo_command
+
+            return demo_command(args)
+        if args.command == "frap":
+            from fluojax.cli import frap
+
+            return frap.HANDLERS[args.frap_command](args)
+        from fluojax.cli import fcs
+
+        return fcs.HANDLERS[args.fcs_command](args)
+    except InputError as err:
+        print(f"fluojax: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fluojax: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,380 @@
+"""``fluojax frap fit|simulate|train|predict``: parse, call :mod:`fluojax.frap`, write the outputs.
+
+Only the standard library is imported with this module; each subcommand imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fluojax.cli.common import add_overwrite, destination, non_negative, num, positive, resume_refusal
+
+__all__ = ["add_parsers", "HANDLERS"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsers
+
+
+def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> None:
+    p.add_argument("stack", help="TIFF stack (frames, Y, X): prebleach frames, then postbleach frames")
+    p.add_argument("--roi", required=True, metavar="circle:X,Y,R",
+                   help="bleach region = ROI, in pixels: x = column, y = row, pixel j spans [j, j+1]")
+    hint = "" if frame_defaults else " (default: the network's)"
+    p.add_argument("--prebleach", type=positive(int), default=10 if frame_defaults else None, metavar="N",
+                   help=f"recorded frames before the bleach{' (default 10)' if frame_defaults else hint}; the rest are postbleach")
+    p.add_argument("--bleach", type=positive(int), default=4 if frame_defaults else None, metavar="N",
+                   help=f"bleach frames, not recorded, each lasting dt{' (default 4)' if frame_defaults else hint}")
+    p.add_argument("--dt", type=positive(float), default=None, metavar="S",
+                   help="frame interval in s (default: the TIFF's ImageJ finterval)")
+    p.add_argument("--pixel-size", type=positive(float), default=None, metavar="UM",
+                   help="pixel side in um (default: the TIFF's ImageJ calibration)")
+    p.add_argument("--pad", type=non_negative(int), default=None, metavar="PX",
+                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
+                        "at most 4x its side, and the grid side + 2 pad at most 2048)")
+
+
+def _add_fit(f: argparse.ArgumentParser) -> None:
+    _add_data_args(f)
+    f.add_argument("--starts", type=positive(int), default=30, help="random starts of the LM fit (default 30)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    f.add_argument("--d-range", type=positive(float), nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)")
+    f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frap)")
+    add_overwrite(f)
+
+
+def _add_simulate(s: argparse.ArgumentParser) -> None:
+    from fluojax.frap.models import DEEPFRAP_DT_S, DEEPFRAP_PIXEL_UM, DEEPFRAP_RADIUS_PX  # jax: only for `frap simulate`
+
+    s.add_argument("--d", type=positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)")
+    s.add_argument("--c0", type=positive(float), default=0.75, help="prebleach intensity (default 0.75)")
+    s.add_argument("--alpha", type=positive(float), default=0.7, help="fraction left per bleach frame, in (0, 1] (default 0.7)")
+    s.add_argument("--noise-a", type=non_negative(float), default=0.0, metavar="A",
+                   help="per-pixel noise variance, intensity^2 (default 0)")
+    s.add_argument("--prebleach", type=positive(int), default=10, metavar="N")
+    s.add_argument("--bleach", type=positive(int), default=4, metavar="N")
+    s.add_argument("--postbleach", type=positive(int), default=100, metavar="N")
+    s.add_argument("--size", type=positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
+    s.add_argument("--pad", type=non_negative(int), default=None, metavar="PX",
+                   help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)")
+    s.add_argument("--radius", type=positive(float), default=DEEPFRAP_RADIUS_PX, metavar="PX",
+                   help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})")
+    s.add_argument("--dt", type=positive(float), default=DEEPFRAP_DT_S, metavar="S", help=f"frame interval in s (default {DEEPFRAP_DT_S})")
+    s.add_argument("--pixel-size", type=positive(float), default=DEEPFRAP_PIXEL_UM, metavar="UM",
+                   help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
+    add_overwrite(s, file=True)
+
+
+def _recipe_names() -> list[str] | None:
+    """The names of ``fluojax.frap.learned.RECIPES`` (imports jax and flax), or None when that
+    module is missing (``train`` then refuses with one line)."""
+    try:
+        from fluojax.frap.learned import RECIPES
+    except ModuleNotFoundError as err:
+        if err.name != "fluojax.frap.learned":
+            raise
+        return None
+    return sorted(RECIPES)
+
+
+def _add_train(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--config", required=True, choices=_recipe_names(), help="network and scale (-small: CPU-sized)")
+    t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics, loss.png")
+
+
+def _add_predict(pr: argparse.ArgumentParser) -> None:
+    _add_data_args(pr, frame_defaults=False)
+    pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax frap train'")
+    pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frapnet)")
+    add_overwrite(pr)
+
+
+def add_parsers(p: argparse.ArgumentParser) -> None:
+    """The ``frap`` subcommands of ``fluojax`` (each one's options added when it is chosen)."""
+    frap = p.add_subparsers(dest="frap_command", required=True, metavar="COMMAND")
+    frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs", build=_add_fit,
+                    epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
+                           "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
+                           "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
+                           "A non-square stack is cropped to the largest square around the ROI.")
+    frap.add_parser("simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)", build=_add_simulate)
+    frap.add_parser("train", help="train a DeepFRAP network on simulated recovery curves (resumes a run folder)", build=_add_train)
+    frap.add_parser("predict", help="a network's (D, c0, alpha) for a ROI, refined by LM, with a physics check", build=_add_predict,
+                    epilog="Outputs in OUT: summary.json (network prediction, refined fit with 95 % CIs, residual_ratio), "
+                           "fit.png, curve.csv. Exit codes as for 'frap fit'.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _learned():
+    from fluojax.io import InputError
+
+    try:
+        from fluojax.frap import learned
+    except ModuleNotFoundError as err:
+        if err.name != "fluojax.frap.learned":
+            raise
+        raise InputError("FRAP networks are not available: fluojax.frap.learned is missing from this installation") from None
+    return learned
+
+
+def _read(args):
+    """Read the stack and resolve dt and the pixel size (options first, then the TIFF's metadata)."""
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.io import InputError
+
+    roi = pipeline.parse_roi(args.roi)
+    stack, meta = io.read_stack(args.stack)
+    dt = io.frame_interval_s(args.dt, meta, "--dt", args.stack)
+    pixel_um = args.pixel_size or io.read_pixel_size_um(args.stack)
+    if not pixel_um:
+        raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")
+    return stack, roi, dt, float(pixel_um)
+
+
+def _d_range(args, pixel_um: float):
+    from fluojax.frap.models import d_um2_s_to_px2_s
+    from fluojax.io import InputError
+
+    if args.d_range is None:
+        return None
+    lo, hi = args.d_range
+    if not lo < hi:
+        raise InputError(f"--d-range {lo:g} {hi:g}: MIN must be below MAX")
+    return d_um2_s_to_px2_s(lo, pixel_um), d_um2_s_to_px2_s(hi, pixel_um)
+
+
+def _write_curve(path: Path, times, columns: dict) -> None:
+    """curve.csv: time_s and one column per curve."""
+    import numpy as np
+
+    names = ["time_s", *columns]
+    table = np.column_stack([times, *columns.values()])
+    np.savetxt(path, table, delimiter=",", header=",".join(names), comments="", fmt="%.9g")
+
+
+def _d_title(name: str, fit_summary: dict) -> str:
+    d = fit_summary["D_um2_s"]
+    if d["value"] is None:
+        return f"{name}: fit failed ({fit_summary['status']})"
+    lo, hi = d["ci95"]
+    ci = f" (95 % CI {lo:.3g}–{hi:.3g})" if lo is not None and hi is not None else ""
+    return f"{name}: D = {d['value']:.3g} µm²/s{ci}, alpha = {fit_summary['alpha']['value']:.3g} [{fit_summary['status']}]"
+
+
+# ------------------------------------------------------------------------------------------------
+# Handlers
+
+
+def fit_command(args) -> int:
+    """``fluojax frap fit``."""
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.plotting import plot_recovery
+    from fluojax.progress import progress
+
+    out, label = destination(args, "frap-fit", "_frap")
+    t0 = time.perf_counter()
+    with progress(3, "frap fit", "stages", eta=False) as bar:  # a line per stage in logs, once the run passes ~10 s
+        stack, roi, dt, pixel_um = _read(args)
+        prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
+        d_range = _d_range(args, pixel_um)
+        t_read = time.perf_counter() - t0
+        bar.set_postfix_str(f"read; building the curve table on a {prepared.settings.grid_size} px grid")
+        bar.update(1)
+        table, t_table = pipeline.timed(pipeline.build_table, prepared, d_range)
+        bar.set_postfix_str(f"table built; fitting {args.starts} starts")
+        bar.update(1)
+        result, t_fit = pipeline.timed(pipeline.fit_prepared, prepared, table, n_starts=args.starts, seed=args.seed)
+        bar.set_postfix_str("fitted")
+        bar.update(1)
+    fit_summary, model = pipeline.fit_summary(prepared, table, result, pixel_um)
+    settings = pipeline.settings_summary(prepared, table, pixel_um, args.stack)
+    settings.update({"n_starts": args.starts, "seed": args.seed})
+    warnings = []
+    if fit_summary["status"] == "AT_BOUND":
+        warnings.append("a parameter is at its bound (D at the edge of the fitted range, or alpha/c0 at a limit): "
+                        "its interval is not meaningful; try --d-range")
+    timings = {"read": t_read, "table": t_table, "fit": t_fit, "total": time.perf_counter() - t0}
+    summary = {"settings": settings, "fit": fit_summary, "warnings": warnings, "timings_s": timings,
+               "model": "DeepFRAP pure diffusion (mobile fraction 1, no imaging bleach), fast tabulated curve"}
+    times = prepared.settings.frame_times_s()
+    with io.result_folder(out, "frap-fit", args.overwrite, label) as folder:
+        io.write_json(folder / "summary.json", summary)
+        _write_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model})
+        plot_recovery(folder / "fit.png", prepared.settings, times, prepared.curve, {"least squares": model},
+                      _d_title(Path(args.stack).name, fit_summary))
+    for w in warnings:
+        print(f"fluojax: warning: {w}", file=sys.stderr)
+    if not fit_summary["ok"]:
+        print(f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
+              file=sys.stderr)
+        return 3
+    d = fit_summary["D_um2_s"]
+    print(f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
+          f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} "
+          f"[{fit_summary['status']}] in {timings['total']:.1f} s -> {out}/")
+    return 0
+
+
+def simulate_command(args) -> int:
+    """``fluojax frap simulate``."""
+    import jax
+    import numpy as np
+
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.frap.models import FrapParams, FrapSettings, circular_region, d_um2_s_to_px2_s
+    from fluojax.frap.simulate import PixelNoise, simulate_image_sequences
+    from fluojax.io import InputError
+
+    io.check_output_file(args.output, args.overwrite)
+    if args.alpha > 1:
+        raise InputError(f"--alpha {args.alpha:g}: the fraction left per bleach frame must be in (0, 1]")
+    if args.postbleach < pipeline.MIN_POSTBLEACH:
+        raise InputError(f"--postbleach {args.postbleach}: at least {pipeline.MIN_POSTBLEACH} postbleach frames")
+    if 2 * args.radius > args.size:
+        raise InputError(f"--radius {args.radius:g}: the bleach disk does not fit in a {args.size} px image")
+    settings = FrapSettings(n_pixels=args.size, pad=pipeline.check_pad(args.size, args.pad), n_prebleach=args.prebleach,
+                            n_bleach=args.bleach, n_postbleach=args.postbleach, dt_s=args.dt)
+    geometry = circular_region(settings, args.radius)
+    params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
+    t0 = time.perf_counter()
+    images = simulate_image_sequences(jax.random.key(args.seed), params, geometry, settings, PixelNoise(args.noise_a))
+    images = np.asarray(images, np.float32)
+    out = Path(args.output)
+    with io.result_file(out, args.overwrite) as tmp:
+        io.write_stack(tmp, images, args.dt, args.pixel_size)
+    c = 0.5 * args.size
+    print(f"simulated {images.shape[0]} x {images.shape[1]} x {images.shape[2]} (D = {args.d:g} um^2/s = {params.d_px2_s:.4g} px^2/s, "
+          f"c0 {args.c0:g}, alpha {args.alpha:g}, noise a {args.noise_a:g}) in {time.perf_counter() - t0:.1f} s -> {out}\n"
+          f"fit it with: fluojax frap fit {out} --roi circle:{c:g},{c:g},{args.radius:g} "
+          f"--prebleach {args.prebleach} --bleach {args.bleach}")
+    return 0
+
+
+def train_command(args) -> int:
+    """``fluojax frap train``."""
+    from fluojax import train as training
+    from fluojax.cli.common import check_run_folder
+    from fluojax.io import InputError
+    from fluojax.plotting import plot_training
+
+    learned = _learned()
+    if args.config not in learned.RECIPES:
+        raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
+    out = Path(args.output)
+    check_run_folder(out)
+    t0 = time.perf_counter()
+    try:
+        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
+        raise InputError(str(err)) from None
+    plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
+    print(f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+          f"{time.perf_counter() - t0:.0f} s -> {out}/")
+    return 0
+
+
+def predict_command(args) -> int:
+    """``fluojax frap predict``: the network's answer, refined by least squares, with a physics check."""
+    from fluojax import io
+    from fluojax.frap import pipeline
+    from fluojax.frap.models import d_px2_s_to_um2_s
+    from fluojax.io import InputError
+    from fluojax.plotting import plot_recovery
+
+    out, label = destination(args, "frap-predict", "_frapnet")
+    learned = _learned()
+    t0 = time.perf_counter()
+    try:
+        net, meta = learned.load_network(args.net)
+    except ValueError as err:
+        raise InputError(f"--net {args.net}: {err}") from None
+    trained = dict(meta["settings"])
+    n_pre = args.prebleach or int(trained["n_prebleach"])
+    n_bleach = args.bleach or int(trained["n_bleach"])
+    if (n_pre, n_bleach) != (int(trained["n_prebleach"]), int(trained["n_bleach"])):
+        raise InputError(f"--net {args.net}: trained for {trained['n_prebleach']} prebleach and {trained['n_bleach']} bleach frames, "
+                         f"not {n_pre} and {n_bleach}")
+    stack, roi, dt, pixel_um = _read(args)
+    n_frames = int(trained["n_prebleach"]) + int(trained["n_postbleach"])
+    if stack.shape[0] != n_frames:
+        raise InputError(f"{args.stack}: {stack.shape[0]} frames; the network takes {n_frames} "
+                         f"({trained['n_prebleach']} prebleach + {trained['n_postbleach']} postbleach)")
+    prepared = pipeline.prepare_stack(stack, roi, n_pre, n_bleach, dt, args.pad)
+    t_read = time.perf_counter() - t0
+    try:
+        network, t_net = pipeline.timed(pipeline.predict_prepared, net, meta, prepared)
+    except ValueError as err:
+        raise InputError(f"{args.stack}: {err}") from None
+    prediction = network.params
+    table, t_table = pipeline.timed(pipeline.build_table, prepared)
+    refinement, t_fit = pipeline.timed(pipeline.refine_prepared, prepared, table, prediction)
+    fit_summary, model = pipeline.fit_summary(prepared, table, refinement.fit, pixel_um)
+    ratio = refinement.residual_ratio
+    warnings = []
+    if abs(network.radius_factor - 1) > 1e-6:
+        warnings.append(f"the ROI radius {roi.r:g} px differs from the network's {network.net_radius_px:g} px: "
+                        f"its D was rescaled by (R/R_net)^2 = {network.radius_factor:.3g}")
+    if not refinement.trusted:
+        warnings.append(f"physics check: the residual sum of squares at the network's prediction is {ratio:.3g} times that of the "
+                        f"refined fit (> {pipeline.RESIDUAL_RATIO_LIMIT:g}): distrust the network's values, use the refined ones")
+    scale = prepared.scale
+    summary = {
+        "settings": pipeline.settings_summary(prepared, table, pixel_um, args.stack),
+        "network": {
+            "checkpoint": str(args.net),
+            "recipe": meta.get("recipe"),
+            "checkpoint_step": meta.get("step"),
+            "trained_settings": trained,
+            "radius_px": network.net_radius_px,
+            "prediction": {
+                "D_um2_s": num(d_px2_s_to_um2_s(prediction[0], pixel_um)),
+                "D_px2_s": num(prediction[0]),
+                "c0": num(prediction[1] * scale),
+                "alpha": num(prediction[2]),
+            },
+        },
+        "refined": fit_summary,
+        "residual_ratio": num(ratio),
+        "residual_ratio_what": "RSS at the network's prediction / RSS of the LM fit started there; ~1 when the network is right",
+        "warnings": warnings,
+        "timings_s": {"read": t_read, "network": t_net, "table": t_table, "refine": t_fit, "total": time.perf_counter() - t0},
+    }
+    times = prepared.settings.frame_times_s()
+    with io.result_folder(out, "frap-predict", args.overwrite, label) as folder:
+        io.write_json(folder / "summary.json", summary)
+        _write_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model, "network": refinement.start_curve})
+        plot_recovery(folder / "fit.png", prepared.settings, times, prepared.curve,
+                      {"refined (LM)": model, "network": refinement.start_curve},
+                      _d_title(Path(args.stack).name, fit_summary) + f"\nnetwork: D = {prediction[0] * pixel_um**2:.3g} µm²/s, "
+                      f"residual ratio {ratio:.3g}")
+    for w in warnings:
+        print(f"fluojax: warning: {w}", file=sys.stderr)
+    if not fit_summary["ok"]:
+        print(f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
+              f"(exit code 3)", file=sys.stderr)
+        return 3
+    p = summary["network"]["prediction"]
+    d = fit_summary["D_um2_s"]
+    print(f"network D = {p['D_um2_s']:.4g} um^2/s, refined D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to "
+          f"{d['ci95'][1]:.4g}), residual ratio {ratio:.3g} in {summary['timings_s']['total']:.1f} s -> {out}/")
+    return 0
+
+
+HANDLERS = {"fit": fit_command, "simulate": simulate_command, "train": train_command, "predict": predict_command}
+"""``fluojax frap COMMAND`` -> its handler."""
