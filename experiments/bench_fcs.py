@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fluojax import fit, io
-from fluojax.fcs import correlator, models, pipeline
+from fluojax.fcs import correlator, estimate, models, pipeline
 
 FRAME_TIME_2D = 1.06e-3
 FRAME_TIME_3D = 2.04e-3
@@ -301,10 +301,10 @@ def main():
 
         # the same fits as a plain jax.vmap(fit.least_squares) over jitted chunks of 256 (what a
         # user would write by hand; every chunk iterates until its slowest fit stops)
-        model2, make_args2, shape2 = pipeline._shape_fn(settings)
+        model2, make_args2, shape2 = estimate.model_and_shape(settings)
         init2 = pipeline.start_values(acf2, lag_s, shape2)
         plain = jax.jit(jax.vmap(lambda d, s, i: fit.least_squares(
-            model2, d, s, i, make_args2(jnp.asarray(lag_s, jnp.float32)), solver=pipeline.FCS_SOLVER, **pipeline._BOUNDS)))
+            model2, d, s, i, make_args2(jnp.asarray(lag_s, jnp.float32)), solver=pipeline.FCS_SOLVER, **estimate.FCS_BOUNDS)))
 
         def plain_chunks(chunk=256):
             parts = [jax.device_get(plain(acf2[a:a + chunk], sem2[a:a + chunk], init2[a:a + chunk])) for a in range(0, pixels, chunk)]
@@ -342,7 +342,7 @@ def main():
                      f"{mt_per_px * 1e3:.2f} ms/px, {mt_out[0].shape[0]} lags, no SEM, no bleach corr."))
 
         nf = min(args.baseline_fits, pixels)
-        _, shape_fn = pipeline._shape_fn(settings)[0], pipeline._shape_fn(settings)[2]
+        _, shape_fn = estimate.model_and_shape(settings)[0], estimate.model_and_shape(settings)[2]
         init = pipeline.start_values(acf2[:nf], lag_s, shape_fn)
         _, sp_med, sp_times, (d_sp, ok_sp) = timed(lambda: scipy_fits(acf2[:nf], sem2[:nf], lag_s, init), 1)
         sp_per_fit = sp_med / nf

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from fluojax.fcs import correlator, models, pipeline
+from fluojax.fcs import correlator, estimate, models, pipeline
 from fluojax.fcs.learned import physics_check_chi2
 
 FRAME_TIME_S = 1.06e-3
@@ -23,7 +23,7 @@ def noisy_model_acfs(d, n=20.0, g_inf=1e-4, rel_sem=0.02, seed=0):
 def test_physics_check_at_true_d_gives_reduced_chi2_near_one():
     d = np.geomspace(0.1, 10, 400)
     acf, sem = noisy_model_acfs(d)
-    _, _, shape = pipeline._shape_fn(SETTINGS)
+    _, _, shape = estimate.model_and_shape(SETTINGS)
     chi2, n, g_inf = physics_check_chi2(acf, sem, LAG_S, d, shape)
     # chi^2 with 72 - 3 degrees of freedom: mean 1, s.d. of the mean over 400 curves sqrt(2/69/400)
     # ~ 0.009; 2 of the 3 numbers are fitted here, so the mean is a hair above 1 -> 0.05 window
@@ -34,14 +34,14 @@ def test_physics_check_at_true_d_gives_reduced_chi2_near_one():
 def test_physics_check_flags_a_wrong_d():
     d = np.geomspace(0.1, 10, 50)
     acf, sem = noisy_model_acfs(d)
-    _, _, shape = pipeline._shape_fn(SETTINGS)
+    _, _, shape = estimate.model_and_shape(SETTINGS)
     chi2, _, _ = physics_check_chi2(acf, sem, LAG_S, 10.0 * d, shape)
     assert np.all(chi2 > 10.0)
 
 
 def test_physics_check_returns_nan_for_unusable_d():
     acf, sem = noisy_model_acfs(np.array([1.0, 1.0]))
-    _, _, shape = pipeline._shape_fn(SETTINGS)
+    _, _, shape = estimate.model_and_shape(SETTINGS)
     chi2, _, _ = physics_check_chi2(acf, sem, LAG_S, np.array([np.nan, -1.0]), shape)
     assert np.all(np.isnan(chi2))
 

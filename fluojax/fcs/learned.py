@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from fluojax import networks
 from fluojax import train as training
-from fluojax.fcs import correlator, models, nets, pipeline, simulate
+from fluojax.fcs import correlator, estimate, models, nets, pipeline, simulate
 
 __all__ = [
     "Recipe",
@@ -366,7 +366,7 @@ def physics_check_chi2(
         acf, sem: (B, K) measured ACFs and their standard errors.
         lag_s: (K,) lag times in s.
         d_um2_s: (B,) predicted diffusion coefficients in um^2/s.
-        shape: vectorised NumPy ``S(D tau)`` of the model (``pipeline._shape_fn``).
+        shape: vectorised NumPy ``S(D tau)`` of the model (``fcs.estimate.model_and_shape``).
 
     Returns:
         (chi2_reduced, n_particles, g_inf), each (B,); NaN where D or the data are not usable.
@@ -469,7 +469,7 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         acf[:], sem[:] = corr.acf.reshape(out_shape + (-1,)), corr.sem.reshape(out_shape + (-1,))
         mean[:] = corr.mean_intensity.reshape(out_shape)
         data_status[:] = pipeline.signal_status(corr).reshape(out_shape)
-    _, _, shape_fn = pipeline._shape_fn(settings)
+    _, _, shape_fn = estimate.model_and_shape(settings)
     d = np.exp(ln_d)
     chi2, n, g_inf = physics_check_chi2(acf.reshape(-1, acf.shape[-1]), sem.reshape(-1, sem.shape[-1]), corr.lag_s, d.ravel(), shape_fn)
     status = np.where(edge, pipeline.PixelStatus.NO_WINDOW, data_status).astype(np.uint8)

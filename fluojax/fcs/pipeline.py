@@ -35,9 +35,7 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.fcs import correlator, models
-from fluojax.fcs.estimate import FCS_BOUNDS as _BOUNDS  # noqa: F401  (re-exported for experiments/bench_fcs.py)
 from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values  # noqa: F401  (re-exported)
-from fluojax.fcs.estimate import model_and_shape as _shape_fn  # noqa: F401  (re-exported for fcs/learned.py, experiments)
 
 __all__ = [
     "PixelStatus",
