@@ -71,6 +71,15 @@ def test_constant_pixels_get_no_signal_status_with_or_without_bleach_correction(
     assert np.all(status[rest] != NO_SIGNAL) and np.all(np.isfinite(d[rest & (status == 0)]))
 
 
+def test_varies_in_time_finds_a_single_changed_frame_between_the_sampled_ones():
+    band = np.full((2400, 3, 4), 9, np.uint16)
+    band[1201, 1, 2] = 10  # not a multiple of the 16-frame sampling stride
+    band[:, 0, 0] = np.arange(2400)
+    expected = np.zeros((3, 4), bool)
+    expected[1, 2] = expected[0, 0] = True
+    np.testing.assert_array_equal(pipeline.varies_in_time(band), expected)
+
+
 def test_a_binned_pixel_is_without_signal_only_when_all_its_raw_pixels_are_constant(counts):
     data = counts.astype(np.float32)
     data[:, :2, :2] = 5.0  # the whole top-left 2 x 2 bin

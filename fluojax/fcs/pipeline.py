@@ -56,6 +56,7 @@ __all__ = [
     "fit_acfs",
     "intensity_scale",
     "correlate_stack",
+    "varies_in_time",
     "check_signal",
     "CORRELATION_LAGS",
     "CORRELATION_Z",
@@ -513,7 +514,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
         high = band.max(axis=0)
-        varies = band.min(axis=0) != high
+        varies = varies_in_time(band)
         scale = 1.0 if band.dtype.itemsize <= 2 and np.issubdtype(band.dtype, np.integer) else intensity_scale(band)
         if scale != 1.0:
             band = (band.astype(np.float64 if band.dtype.itemsize > 4 else np.float32) * scale).astype(np.float32)
@@ -548,6 +549,28 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
             bar.update(1)
     check_signal(fluctuates, mean)
     return StackACFs(acf, sem, mean, saturated, fluctuates, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0, bleach)
+
+
+def varies_in_time(band: np.ndarray, stride: int = 16) -> np.ndarray:
+    """Which pixels of a (T, ...) block are not constant in time (min != max over all frames).
+
+    Every ``stride``-th frame is checked first; only the pixels constant there (usually none)
+    are checked on every frame, so this costs about 1/stride of a full min/max pass.
+
+    Arguments:
+        band: (T, ...) array.
+        stride: frame step of the first check.
+
+    Returns:
+        (...) bool array.
+    """
+    sample = band[::stride]
+    varies = sample.min(axis=0) != sample.max(axis=0)
+    flat = ~varies
+    if flat.any():
+        candidates = band[:, flat]  # (T, k): the few pixels that looked constant
+        varies[flat] = candidates.min(axis=0) != candidates.max(axis=0)
+    return varies
 
 
 def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
