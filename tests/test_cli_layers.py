@@ -124,12 +124,12 @@ def test_a_networks_d_is_rescaled_for_the_datas_frame_interval_and_roi_radius():
 
 
 def test_starts_outside_the_bounds_are_moved_just_inside():
-    from fluojax.frap import pipeline
+    from fluojax.frap import estimate, pipeline
     from fluojax.frap.simulate import FrapPrior
 
     table = types.SimpleNamespace(d_range_px2_s=(1.0, 100.0))  # frap_bounds reads only the D range
     prior = FrapPrior(c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95))
-    start = pipeline.start_in_bounds(np.array([[1e4, 5.0, 0.01], [np.nan, 0.7, 0.5]]), table, prior)
+    start = estimate.start_in_bounds(np.array([[1e4, 5.0, 0.01], [np.nan, 0.7, 0.5]]), table, prior)
     # D strictly inside the table range, c0 in [c0_min / 2, 2 c0_max], alpha in [alpha_min / 2, 1]; NaN -> 1
     np.testing.assert_allclose(start, [[100.0 / 1.001, 2.0, 0.05], [1.001, 0.7, 0.5]])
 

@@ -110,8 +110,3 @@ def fmt(value, spec: str = ".4g") -> str:
     """A number for a summary line, or "n/a" for None (nothing fitted)."""
     return "n/a" if value is None else format(value, spec)
 
-
-def num(value):
-    """float, or None for NaN/inf (strict JSON)."""
-    value = float(value)
-    return value if math.isfinite(value) else None

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fluojax.cli.common import add_overwrite, destination, non_negative, num, positive, resume_refusal
+from fluojax.cli.common import add_overwrite, destination, non_negative, positive, resume_refusal
 
 __all__ = ["add_parsers", "HANDLERS"]
 
@@ -343,14 +343,14 @@ def predict_command(args) -> int:
             "trained_settings": trained,
             "radius_px": network.net_radius_px,
             "prediction": {
-                "D_um2_s": num(d_px2_s_to_um2_s(prediction[0], pixel_um)),
-                "D_px2_s": num(prediction[0]),
-                "c0": num(prediction[1] * scale),
-                "alpha": num(prediction[2]),
+                "D_um2_s": pipeline.finite_or_none(d_px2_s_to_um2_s(prediction[0], pixel_um)),
+                "D_px2_s": pipeline.finite_or_none(prediction[0]),
+                "c0": pipeline.finite_or_none(prediction[1] * scale),
+                "alpha": pipeline.finite_or_none(prediction[2]),
             },
         },
         "refined": fit_summary,
-        "residual_ratio": num(ratio),
+        "residual_ratio": pipeline.finite_or_none(ratio),
         "residual_ratio_what": "RSS at the network's prediction / RSS of the LM fit started there; ~1 when the network is right",
         "warnings": warnings,
         "timings_s": {"read": t_read, "network": t_net, "table": t_table, "refine": t_fit, "total": time.perf_counter() - t0},

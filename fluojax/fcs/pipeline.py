@@ -674,23 +674,26 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     t_corr = corr.seconds
 
     data_status = signal_status(corr)
-    no_signal = data_status != 0
+    usable = data_status == 0  # only these are fitted; the others keep their data status and NaN maps
     lag_s = corr.lag_s
+    params = np.full((acf.shape[0], 3), np.nan)
+    chi2 = np.full(acf.shape[0], np.nan)
+    status = data_status.astype(np.uint8)
     t1 = time.perf_counter()
-    with progress_counter(acf.shape[0], "fit", "px", enabled=progress) as bar:
-        result = fit_acfs(acf, sem, lag_s, settings, progress=bar.update)
+    with progress_counter(int(usable.sum()), "fit", "px", enabled=progress) as bar:
+        if usable.any():
+            result = fit_acfs(acf[usable], sem[usable], lag_s, settings, progress=bar.update)
+            params[usable], chi2[usable] = result.params, result.chi2_reduced
+            fitted = result.status.astype(np.uint8)
+            status[usable] = np.where(saturated[usable] & (fitted <= fit.Status.AT_BOUND), PixelStatus.SATURATED, fitted)
     t_fit = time.perf_counter() - t1
 
-    status = result.status.astype(np.uint8)
-    status = np.where(saturated & (status <= fit.Status.AT_BOUND), PixelStatus.SATURATED, status)
-    status = np.where(no_signal, data_status, status).astype(np.uint8)
-    params = np.where(no_signal[:, None], np.nan, result.params)
     shape2 = (out_h, out_w)
     return FCSMaps(
         d_um2_s=params[:, 1].reshape(shape2).astype(np.float32),
         n_particles=params[:, 0].reshape(shape2).astype(np.float32),
         g_inf=params[:, 2].reshape(shape2).astype(np.float32),
-        chi2_reduced=np.where(no_signal, np.nan, result.chi2_reduced).reshape(shape2).astype(np.float32),
+        chi2_reduced=chi2.reshape(shape2).astype(np.float32),
         status=status.reshape(shape2),
         mean_intensity=mean.reshape(shape2),
         acf=acf.reshape(out_h, out_w, -1),

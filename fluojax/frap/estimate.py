@@ -33,7 +33,7 @@ from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
 from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
 
-__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "frap_starts", "fit_recovery_curves", "recovery_curve_crlb"]
+__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "start_in_bounds", "frap_starts", "fit_recovery_curves", "recovery_curve_crlb"]
 
 _LOG_SCALE = (True, False, False)
 
@@ -86,6 +86,18 @@ def frap_bounds(table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> tuple[
     a_lo, _ = prior.alpha_range
     return np.array([d_lo, 0.5 * c_lo, 0.5 * a_lo]), np.array([d_hi, 2.0 * c_hi, 1.0])
 
+
+def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
+    """Starts (D px^2/s, c0, alpha) moved into the fit's bounds (:func:`frap_bounds`), D just
+    inside the table's range, NaN replaced by 1: where a least-squares fit from ``start`` begins.
+
+    Arguments:
+        start: (..., 3) starts.
+        table: ``FastCurveTable`` of the fit.
+        prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds.
+    """
+    lower, upper = frap_bounds(table, prior)
+    return np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
 
 def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> np.ndarray:
     """``n_starts`` start vectors (D, c0, alpha) drawn from the prior, D clipped into the table range.

@@ -298,8 +298,7 @@ def refine(curves, table: FastCurveTable, start, noise_variance=None, level: flo
     start = np.broadcast_to(np.asarray(start, np.float64), (curves.shape[0], 3))
     prior = FrapPrior() if prior is None else prior
     result = estimate.fit_recovery_curves(curves, table, starts=start[:, None, :], noise_variance=noise_variance, level=level, prior=prior)
-    lower, upper = estimate.frap_bounds(table, prior)
-    clipped = np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
+    clipped = estimate.start_in_bounds(start, table, prior)
     dtype = jnp.zeros(()).dtype
     at_start = np.asarray(_rss(jnp.asarray(clipped, dtype), jnp.asarray(curves, dtype), table), np.float64)
     at_fit = np.asarray(_rss(jnp.asarray(np.nan_to_num(result.params, nan=1.0), dtype), jnp.asarray(curves, dtype), table), np.float64)

@@ -53,6 +53,7 @@ import jax
 import numpy as np
 
 from fluojax import fit as fitlib
+from fluojax.frap import estimate
 from fluojax.frap.models import (
     DEEPFRAP_DT_S,
     DEEPFRAP_RADIUS_PX,
@@ -67,6 +68,7 @@ from fluojax.frap.models import (
 from fluojax.io import InputError
 
 __all__ = [
+    "finite_or_none",
     "MIN_POSTBLEACH",
     "MAX_SATURATED_FRACTION",
     "NORMALISED_LEVEL",
@@ -96,7 +98,6 @@ __all__ = [
     "RESIDUAL_RATIO_LIMIT",
     "NetworkPrediction",
     "predict_prepared",
-    "start_in_bounds",
     "NetworkRefinement",
     "refine_prepared",
 ]
@@ -498,7 +499,7 @@ def timed(fn, *args, **kwargs):
 # Summaries (what `fluojax frap fit`/`predict` write to summary.json)
 
 
-def _finite_or_none(value):
+def finite_or_none(value):
     """float, or None for NaN/inf (strict JSON)."""
     value = float(value)
     return value if math.isfinite(value) else None
@@ -523,7 +524,7 @@ def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um
     from fluojax.frap.models import d_px2_s_to_um2_s
     from fluojax.frap.simulate import roi_effective_pixels
 
-    num = _finite_or_none
+    num = finite_or_none
     p, lo, hi, sd = (np.asarray(a, np.float64)[0] for a in (result.params, result.ci_lower, result.ci_upper, result.stderr))
     scale = prepared.scale
     um = lambda v: d_px2_s_to_um2_s(v, pixel_um)  # noqa: E731
@@ -643,21 +644,6 @@ def predict_prepared(net, meta: dict, prepared: PreparedStack) -> NetworkPredict
     return NetworkPrediction(raw * np.array([radius_factor, 1.0, 1.0]), radius_factor, net_radius)
 
 
-def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
-    """Starts (D px^2/s, c0, alpha) moved into the fit's bounds (``estimate.frap_bounds``), D just
-    inside the table's range, NaN replaced by 1: where a least-squares fit from ``start`` begins.
-
-    Arguments:
-        start: (..., 3) starts.
-        table: ``FastCurveTable`` of the fit.
-        prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds.
-    """
-    from fluojax.frap.estimate import frap_bounds
-
-    lower, upper = frap_bounds(table, prior)
-    return np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
-
-
 class NetworkRefinement(NamedTuple):
     """A network's answer refined by least squares, with its physics check.
 
@@ -692,6 +678,6 @@ def refine_prepared(prepared: PreparedStack, table: FastCurveTable, prediction) 
 
     prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
     refined = learned.refine(prepared.normalised[None], table, np.asarray(prediction)[None], prior=prior)
-    start = start_in_bounds(prediction, table, prior)  # where refine's fit began
+    start = estimate.start_in_bounds(prediction, table, prior)  # where refine's fit began
     ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
     return NetworkRefinement(refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT)
