@@ -139,7 +139,7 @@ def scipy_fits(acf, sem, lag_s, init):
         s = sem[i].astype(np.float64)
         x0 = np.clip(init[i].astype(np.float64), [1e-6, 1e-6, -0.9], [np.inf, np.inf, 0.9])
         r = least_squares(
-            lambda th: (numpy_model_2d(th, lag, a, w) - y) / s,
+            lambda th: (numpy_model_2d(th, lag, a, w) - y) / s,  # noqa: B023
             x0,
             bounds=([0.0, 0.0, -1.0], [np.inf, np.inf, 1.0]),
         )
@@ -185,14 +185,29 @@ def bench_learned(imfcsnet_run: str, fcsnet_run: str, size: int, repeats: int) -
     stack = rng.poisson(5.0, (frames, size, size)).astype(np.float32)
     acfs = rng.normal(0.0, 0.01, (size * size, 72)).astype(np.float32) + np.geomspace(0.05, 0.001, 72, dtype=np.float32)
     rows = []
-    first, med, _, _ = timed(lambda: learned.predict_imfcsnet_map(imfcsnet, stack, frames, overlap=True, batch=1024, progress=False), repeats)
-    rows.append((f"ImFCSNet map {size}x{size}x{frames}, overlapping ({meta_i['recipe']})", first, med, f"{(size - 2) ** 2} windows"))
+    first, med, _, _ = timed(
+        lambda: learned.predict_imfcsnet_map(imfcsnet, stack, frames, overlap=True, batch=1024, progress=False), repeats
+    )
+    rows.append(
+        (
+            f"ImFCSNet map {size}x{size}x{frames}, overlapping ({meta_i['recipe']})",
+            first,
+            med,
+            f"{(size - 2) ** 2} windows",
+        )
+    )
     first, med, _, _ = timed(lambda: learned.predict_ln_d(fcsnet, acfs, batch=4096), repeats)
     rows.append((f"FCSNet on {size * size} ACFs ({meta_f['recipe']})", first, med, ""))
     for run, meta in ((imfcsnet_run, meta_i), (fcsnet_run, meta_f)):
         rates = [float(r) for r in meta["history"]["samples_per_s"] if r == r]
-        rows.append((f"training throughput {meta['recipe']} (samples/s, median of log rows)", None, float(np.median(rates)) if rates else float("nan"),
-                     f"{meta['step']} steps in {run}"))
+        rows.append(
+            (
+                f"training throughput {meta['recipe']} (samples/s, median of log rows)",
+                None,
+                float(np.median(rates)) if rates else float("nan"),
+                f"{meta['step']} steps in {run}",
+            )
+        )
     print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
     w = max(len(r[0]) for r in rows)
     for name, first, t, note in rows:
@@ -208,9 +223,19 @@ def main():
     ap.add_argument("--baseline-pixels", type=int, default=64, help="pixels in the multipletau subset")
     ap.add_argument("--baseline-fits", type=int, default=64, help="fits in the scipy subset")
     ap.add_argument("--tmpdir", default=None, help="where to write the temporary TIFF")
-    ap.add_argument("--tile-pixels", type=int, default=None, help="pixels per correlation band (default: AnalysisSettings.band_pixels(); GPU: e.g. 16384)")
-    ap.add_argument("--nets", nargs=2, default=None, metavar=("IMFCSNET_RUN", "FCSNET_RUN"),
-                    help="benchmark inference of these trained networks instead of the NLS pipeline")
+    ap.add_argument(
+        "--tile-pixels",
+        type=int,
+        default=None,
+        help="pixels per correlation band (default: AnalysisSettings.band_pixels(); GPU: e.g. 16384)",
+    )
+    ap.add_argument(
+        "--nets",
+        nargs=2,
+        default=None,
+        metavar=("IMFCSNET_RUN", "FCSNET_RUN"),
+        help="benchmark inference of these trained networks instead of the NLS pipeline",
+    )
     args = ap.parse_args()
     if args.nets:
         return bench_learned(args.nets[0], args.nets[1], args.size, args.repeats)
@@ -238,7 +263,9 @@ def main():
         data, _meta = io.read_stack(tif)
         print(f"read_stack: {type(data).__name__} {data.shape} {data.dtype}")
 
-        settings = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d", tile_pixels=args.tile_pixels, bleach_order=4)
+        settings = pipeline.AnalysisSettings(
+            FRAME_TIME_2D, OPTICS_2D, model="2d", tile_pixels=args.tile_pixels, bleach_order=4
+        )
         grid = correlator.lag_grid(settings.p, settings.q)
         lag_s = (grid.lags * FRAME_TIME_2D).astype(np.float64)
 
@@ -262,11 +289,19 @@ def main():
         t_pipe = time.perf_counter() - t0
         # correlation alone: analyse_stack's run plus (repeats - 1) more, median
         corr_times = [maps.timings_s["correlate"]]
-        corr_times += [pipeline.correlate_stack(data, settings, progress=False).seconds for _ in range(args.repeats - 1)]
+        corr_times += [
+            pipeline.correlate_stack(data, settings, progress=False).seconds for _ in range(args.repeats - 1)
+        ]
         t_corr = statistics.median(corr_times)
         n_bands = -(-size // rows_per_band)
-        rows.append((f"correlate + blocking SEM (analyse_stack, incl. TIFF read + bleach corr.; {kernel_name})", t_corr_first, t_corr,
-                     f"median of {len(corr_times)} ({', '.join(f'{t:.1f}' for t in corr_times)}); first call = compile + 1 of {n_bands} bands"))
+        rows.append(
+            (
+                f"correlate + blocking SEM (analyse_stack, incl. TIFF read + bleach corr.; {kernel_name})",
+                t_corr_first,
+                t_corr,
+                f"median of {len(corr_times)} ({', '.join(f'{t:.1f}' for t in corr_times)}); first call = compile + 1 of {n_bands} bands",
+            )
+        )
         t_corr_xla = None
         if settings.uses_cpu_kernel():  # the same stage with the XLA reduction, for comparison
             xla = dataclasses.replace(settings, correlator_kernel="xla")
@@ -275,17 +310,33 @@ def main():
             t_xla_first = time.perf_counter() - t0
             xla_times = [pipeline.correlate_stack(data, xla, progress=False).seconds for _ in range(args.repeats)]
             t_corr_xla = statistics.median(xla_times)
-            rows.append(("correlate + blocking SEM, XLA reduction (correlator_kernel='xla')", t_xla_first, t_corr_xla,
-                         f"median of {len(xla_times)} ({', '.join(f'{t:.1f}' for t in xla_times)})"))
-        rows.append(("  (analyse_stack fit stage on these synthetic-stack ACFs)", None, maps.timings_s["fit"],
-                     f"1 run; {np.mean(maps.status == 0):.1%} converged"))
+            rows.append(
+                (
+                    "correlate + blocking SEM, XLA reduction (correlator_kernel='xla')",
+                    t_xla_first,
+                    t_corr_xla,
+                    f"median of {len(xla_times)} ({', '.join(f'{t:.1f}' for t in xla_times)})",
+                )
+            )
+        rows.append(
+            (
+                "  (analyse_stack fit stage on these synthetic-stack ACFs)",
+                None,
+                maps.timings_s["fit"],
+                f"1 run; {np.mean(maps.status == 0):.1%} converged",
+            )
+        )
         rows.append(("  (analyse_stack total wall)", None, t_pipe, "1 run"))
 
         # ---- 2. 2D fits ----------------------------------------------------------------------
         results = {}
         variants = (
             ("optimistix", "optimistix (FCS default: tolerances 1e-3, slot refilling)", pipeline.FCS_SOLVER),
-            ("optimistix-engine-tolerances", "optimistix, the engine's default tolerances (1e-4, 1e-6)", fit.LevenbergMarquardt()),
+            (
+                "optimistix-engine-tolerances",
+                "optimistix, the engine's default tolerances (1e-4, 1e-6)",
+                fit.LevenbergMarquardt(),
+            ),
             ("jaxopt", "jaxopt (its default tolerances)", fit.LevenbergMarquardt(backend="jaxopt")),
         )
         for key, label, solver in variants:
@@ -295,27 +346,53 @@ def main():
                 first = max(first, t_fit_first)  # its compile happened in the warm-up above
             conv, err = fit_quality(res, d2)
             results[f"2d-{key}"] = med
-            rows.append((f"{pixels} 2D fits, {label}", first, med,
-                         f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}, "
-                         f"{np.median(res.num_steps):.0f} steps (median)"))
+            rows.append(
+                (
+                    f"{pixels} 2D fits, {label}",
+                    first,
+                    med,
+                    f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}, "
+                    f"{np.median(res.num_steps):.0f} steps (median)",
+                )
+            )
 
         # the same fits as a plain jax.vmap(fit.least_squares) over jitted chunks of 256 (what a
         # user would write by hand; every chunk iterates until its slowest fit stops)
         model2, make_args2, shape2 = estimate.model_and_shape(settings)
         init2 = pipeline.start_values(acf2, lag_s, shape2)
-        plain = jax.jit(jax.vmap(lambda d, s, i: fit.least_squares(
-            model2, d, s, i, make_args2(jnp.asarray(lag_s, jnp.float32)), solver=pipeline.FCS_SOLVER, **estimate.FCS_BOUNDS)))
+        plain = jax.jit(
+            jax.vmap(
+                lambda d, s, i: fit.least_squares(
+                    model2,
+                    d,
+                    s,
+                    i,
+                    make_args2(jnp.asarray(lag_s, jnp.float32)),
+                    solver=pipeline.FCS_SOLVER,
+                    **estimate.FCS_BOUNDS,
+                )
+            )
+        )
 
         def plain_chunks(chunk=256):
-            parts = [jax.device_get(plain(acf2[a:a + chunk], sem2[a:a + chunk], init2[a:a + chunk])) for a in range(0, pixels, chunk)]
+            parts = [
+                jax.device_get(plain(acf2[a : a + chunk], sem2[a : a + chunk], init2[a : a + chunk]))
+                for a in range(0, pixels, chunk)
+            ]
             return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
         first, med, times, res = timed(plain_chunks, args.repeats)
         conv, err = fit_quality(res, d2)
         results["2d-plain-vmap"] = med
-        rows.append((f"{pixels} 2D fits, plain jax.vmap(least_squares) in jitted chunks of 256 (FCS tolerances)", first, med,
-                     f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}, "
-                     f"{np.median(res.num_steps):.0f} steps (median)"))
+        rows.append(
+            (
+                f"{pixels} 2D fits, plain jax.vmap(least_squares) in jitted chunks of 256 (FCS tolerances)",
+                first,
+                med,
+                f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}, "
+                f"{np.median(res.num_steps):.0f} steps (median)",
+            )
+        )
 
         # ---- 3. 3D fits ----------------------------------------------------------------------
         lag3 = (grid.lags * FRAME_TIME_3D).astype(np.float64)
@@ -324,8 +401,14 @@ def main():
         first, med, times, res = timed(lambda: pipeline.fit_acfs(acf3, sem3, lag3, st3), args.repeats)
         conv, err = fit_quality(res, d3)
         results["3d"] = med
-        rows.append((f"{pixels} 3D fits, optimistix (incl. shape table)", first, med,
-                     f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}"))
+        rows.append(
+            (
+                f"{pixels} 3D fits, optimistix (incl. shape table)",
+                first,
+                med,
+                f"median of {len(times)}; {conv:.1%} converged, median |dD/D| {err:.2%}",
+            )
+        )
 
         # ---- 4. baseline ---------------------------------------------------------------------
         import multipletau
@@ -336,19 +419,31 @@ def main():
         def run_mt():
             return [multipletau.autocorrelate(traces[:, i], m=16, normalize=True) for i in range(nb)]
 
-        _, mt_med, mt_times, mt_out = timed(run_mt, 1)
+        _, mt_med, _mt_times, mt_out = timed(run_mt, 1)
         mt_per_px = mt_med / nb
-        rows.append((f"multipletau m=16 per pixel ({nb} px, scaled to {pixels})", None, mt_per_px * pixels,
-                     f"{mt_per_px * 1e3:.2f} ms/px, {mt_out[0].shape[0]} lags, no SEM, no bleach corr."))
+        rows.append(
+            (
+                f"multipletau m=16 per pixel ({nb} px, scaled to {pixels})",
+                None,
+                mt_per_px * pixels,
+                f"{mt_per_px * 1e3:.2f} ms/px, {mt_out[0].shape[0]} lags, no SEM, no bleach corr.",
+            )
+        )
 
         nf = min(args.baseline_fits, pixels)
         _, shape_fn = estimate.model_and_shape(settings)[0], estimate.model_and_shape(settings)[2]
         init = pipeline.start_values(acf2[:nf], lag_s, shape_fn)
-        _, sp_med, sp_times, (d_sp, ok_sp) = timed(lambda: scipy_fits(acf2[:nf], sem2[:nf], lag_s, init), 1)
+        _, sp_med, _sp_times, (d_sp, ok_sp) = timed(lambda: scipy_fits(acf2[:nf], sem2[:nf], lag_s, init), 1)
         sp_per_fit = sp_med / nf
         sp_err = float(np.nanmedian(np.abs(d_sp / d2[:nf] - 1.0)))
-        rows.append((f"scipy least_squares 2D per pixel ({nf} fits, scaled to {pixels})", None, sp_per_fit * pixels,
-                     f"{sp_per_fit * 1e3:.2f} ms/fit, weighted 1/SEM; {ok_sp.mean():.1%} success, median |dD/D| {sp_err:.2%}"))
+        rows.append(
+            (
+                f"scipy least_squares 2D per pixel ({nf} fits, scaled to {pixels})",
+                None,
+                sp_per_fit * pixels,
+                f"{sp_per_fit * 1e3:.2f} ms/fit, weighted 1/SEM; {ok_sp.mean():.1%} success, median |dD/D| {sp_err:.2%}",
+            )
+        )
     finally:
         try:
             del data
@@ -377,13 +472,17 @@ def main():
         print(f"  XLA / numba CPU kernel correlate+SEM:     {t_corr_xla / t_corr:8.1f}x")
     print(f"  scipy / fluojax 2D fits (optimistix):     {sp_per_fit * pixels / results['2d-optimistix']:8.1f}x")
     print(f"  plain vmapped chunks / slot refilling:    {results['2d-plain-vmap'] / results['2d-optimistix']:8.2f}")
-    print(f"  engine / FCS tolerances, optimistix:      {results['2d-optimistix-engine-tolerances'] / results['2d-optimistix']:8.2f}")
+    print(
+        f"  engine / FCS tolerances, optimistix:      {results['2d-optimistix-engine-tolerances'] / results['2d-optimistix']:8.2f}"
+    )
     print(f"  jaxopt / optimistix 2D fit time:          {results['2d-jaxopt'] / results['2d-optimistix']:8.2f}")
     print(f"  3D / 2D fit time (optimistix):            {results['3d'] / results['2d-optimistix']:8.2f}")
     print()
     print("targets (issue):")
     print(f"  correlation + SEM <= 10 s:                {t_corr:8.2f} s  {'MET' if t_corr <= 10 else 'NOT MET'}")
-    print(f"  {pixels} 2D fits <= 5 s:                  {results['2d-optimistix']:8.2f} s  {'MET' if results['2d-optimistix'] <= 5 else 'NOT MET'}")
+    print(
+        f"  {pixels} 2D fits <= 5 s:                  {results['2d-optimistix']:8.2f} s  {'MET' if results['2d-optimistix'] <= 5 else 'NOT MET'}"
+    )
     r3 = results["3d"] / results["2d-optimistix"]
     print(f"  3D fits <= 2x 2D fits:                    {r3:8.2f} x  {'MET' if r3 <= 2 else 'NOT MET'}")
     r = base_e2e / fl_e2e

@@ -197,7 +197,9 @@ def check_numpy_baseline(geometry, table, key, n_check):
     from the float32 fast table, over ``n_check`` prior draws."""
     p = batch_params(key, n_check).params
     mask, weights = np.asarray(geometry.indicator), np.asarray(geometry.roi_weights)
-    ref = [numpy_recovery_curve(float(d), float(c), float(a), mask, weights) for d, c, a in zip(p.d_px2_s, p.c0, p.alpha)]
+    ref = [
+        numpy_recovery_curve(float(d), float(c), float(a), mask, weights) for d, c, a in zip(p.d_px2_s, p.c0, p.alpha)
+    ]
     ref = np.stack(ref)
     with jax.enable_x64(True):
         d, c0, alpha = (jnp.asarray(np.asarray(x, np.float64)) for x in (p.d_px2_s, p.c0, p.alpha))
@@ -234,18 +236,46 @@ def bench_generator(rows, geometry, table, n_eff, args):
     for batch in args.gen_batches:
         params = batch_params(key, batch).params
         first, med, _ = timed(lambda params=params: fast(params, table), args.repeats)
-        rows.add("generator: `recovery_curve_fast`, jit(vmap), clean", batch, first, med, batch / med, batch / med / numpy_rate,
-                 "tabulated (Chebyshev in ln D), float32")
+        rows.add(
+            "generator: `recovery_curve_fast`, jit(vmap), clean",
+            batch,
+            first,
+            med,
+            batch / med,
+            batch / med / numpy_rate,
+            "tabulated (Chebyshev in ln D), float32",
+        )
     for batch in args.gen_batches:
         first, med, _ = timed(lambda batch=batch: noisy(key, table, batch), args.repeats)
-        rows.add("generator: `sample_frap_params` + `simulate_curves`, noisy", batch, first, med, batch / med,
-                 batch / med / numpy_rate, "prior draw + curve noise, one jit")
+        rows.add(
+            "generator: `sample_frap_params` + `simulate_curves`, noisy",
+            batch,
+            first,
+            med,
+            batch / med,
+            batch / med / numpy_rate,
+            "prior draw + curve noise, one jit",
+        )
     params = batch_params(key, args.full_batch).params
     first, med, _ = timed(lambda: full(params), max(1, args.repeats // 2))
-    rows.add("generator: `recovery_curve` (full image solver), jit(vmap)", args.full_batch, first, med, args.full_batch / med,
-             args.full_batch / med / numpy_rate, "114 FFT pairs on 512^2 per curve, float32")
-    rows.add("baseline: `numpy_recovery_curve` (numpy.fft, frame loop)", len(t_np), None, statistics.median(t_np), numpy_rate, 1.0,
-             "float64, median per curve")
+    rows.add(
+        "generator: `recovery_curve` (full image solver), jit(vmap)",
+        args.full_batch,
+        first,
+        med,
+        args.full_batch / med,
+        args.full_batch / med / numpy_rate,
+        "114 FFT pairs on 512^2 per curve, float32",
+    )
+    rows.add(
+        "baseline: `numpy_recovery_curve` (numpy.fft, frame loop)",
+        len(t_np),
+        None,
+        statistics.median(t_np),
+        numpy_rate,
+        1.0,
+        "float64, median per curve",
+    )
     return numpy_rate
 
 
@@ -297,14 +327,30 @@ def bench_fits(rows, geometry, table, n_eff, args):
     for n_starts, (first, med, res) in fl.items():
         conv = float(np.mean(np.isin(res.status, (fit.Status.CONVERGED, fit.Status.AT_BOUND))))
         same = ln_d_error(res.d_px2_s[:ns], d_true[:ns])
-        note = (f"{n_starts} start(s)/curve; {conv:.1%} converged; median abs(dln D) {ln_d_error(res.d_px2_s, d_true):.4f} "
-                f"(first {ns}: {same:.4f})")
-        rows.add(f"least squares: `fit_recovery_curves`, {n_starts} start(s)", n, first, med, n / med,
-                 n * n_starts / med / sp_rate, note + "; ratio per start")
+        note = (
+            f"{n_starts} start(s)/curve; {conv:.1%} converged; median abs(dln D) {ln_d_error(res.d_px2_s, d_true):.4f} "
+            f"(first {ns}: {same:.4f})"
+        )
+        rows.add(
+            f"least squares: `fit_recovery_curves`, {n_starts} start(s)",
+            n,
+            first,
+            med,
+            n / med,
+            n * n_starts / med / sp_rate,
+            note + "; ratio per start",
+        )
     diff = float(np.max(np.abs(np.log(sp_d) - np.log(fl[1][2].d_px2_s[:ns]))))
-    rows.add("baseline: scipy `least_squares` (trf) on `numpy_recovery_curve`", ns, None, sp_med, sp_rate, 1.0,
-             f"1 start/fit, median per fit; {np.mean(sp_evals):.0f} curve evals/fit; {np.mean(sp_ok):.0%} success; "
-             f"median abs(dln D) {ln_d_error(sp_d, d_true[:ns]):.4f}; max abs(ln D_scipy - ln D_fluojax 1-start) {diff:.2g}")
+    rows.add(
+        "baseline: scipy `least_squares` (trf) on `numpy_recovery_curve`",
+        ns,
+        None,
+        sp_med,
+        sp_rate,
+        1.0,
+        f"1 start/fit, median per fit; {np.mean(sp_evals):.0f} curve evals/fit; {np.mean(sp_ok):.0%} success; "
+        f"median abs(dln D) {ln_d_error(sp_d, d_true[:ns]):.4f}; max abs(ln D_scipy - ln D_fluojax 1-start) {diff:.2g}",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,8 +366,15 @@ def bench_networks(rows, args):
         apply = jax.jit(lambda state, x, graphdef=graphdef: nnx.merge(graphdef, state)(x))
         first, med, _ = timed(lambda apply=apply, state=state: apply(state, x), args.repeats)
         name = "merged (per-parameter)" if per_parameter else "joint (paper)"
-        rows.add(f"network inference: DeepFRAP {name}", args.net_batch, first, med, args.net_batch / med, None,
-                 f"{nets.parameter_count(model):,} weights, untrained, float32")
+        rows.add(
+            f"network inference: DeepFRAP {name}",
+            args.net_batch,
+            first,
+            med,
+            args.net_batch / med,
+            None,
+            f"{nets.parameter_count(model):,} weights, untrained, float32",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +391,9 @@ def parse_args():
     ap.add_argument("--numpy-curves", type=int, default=None, help="NumPy curves timed (median per curve)")
     ap.add_argument("--fit-curves", type=int, default=None, help="curves fitted by fluojax")
     ap.add_argument("--fit-repeats", type=int, default=None, help="timed runs of the 1-start fluojax fit (median)")
-    ap.add_argument("--multistart-repeats", type=int, default=None, help="timed runs of the 30-start fluojax fit (median)")
+    ap.add_argument(
+        "--multistart-repeats", type=int, default=None, help="timed runs of the 30-start fluojax fit (median)"
+    )
     ap.add_argument("--scipy-fits", type=int, default=None, help="curves fitted by SciPy")
     ap.add_argument("--check-curves", type=int, default=None, help="curves in the NumPy-vs-fluojax check")
     ap.add_argument("--net-batch", type=int, default=None, help="network inference batch")
@@ -346,12 +401,25 @@ def parse_args():
     args = ap.parse_args()
     gpu = jax.default_backend() != "cpu"
     defaults = dict(  # (default, --quick) per flag, CPU; GPU defaults are larger
-        repeats=(5, 2), gen_batches=([4096, 65536], [4096]), full_batch=(4, 2), numpy_curves=(5, 2),
-        fit_curves=(256, 64), fit_repeats=(3, 1), multistart_repeats=(1, 1), scipy_fits=(3, 1), check_curves=(3, 2), net_batch=(65536, 8192),
+        repeats=(5, 2),
+        gen_batches=([4096, 65536], [4096]),
+        full_batch=(4, 2),
+        numpy_curves=(5, 2),
+        fit_curves=(256, 64),
+        fit_repeats=(3, 1),
+        multistart_repeats=(1, 1),
+        scipy_fits=(3, 1),
+        check_curves=(3, 2),
+        net_batch=(65536, 8192),
     )
     if gpu:
-        defaults.update(gen_batches=([65536, 1048576], [65536]), full_batch=(64, 16), fit_curves=(8192, 1024),
-                        multistart_repeats=(3, 1), net_batch=(65536, 65536))
+        defaults.update(
+            gen_batches=([65536, 1048576], [65536]),
+            full_batch=(64, 16),
+            fit_curves=(8192, 1024),
+            multistart_repeats=(3, 1),
+            net_batch=(65536, 65536),
+        )
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

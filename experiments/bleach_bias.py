@@ -8,7 +8,6 @@ poly4 and prints the median D per stack.
 """
 
 import argparse
-import dataclasses
 
 import jax
 import numpy as np
@@ -27,17 +26,28 @@ def main():
     optics = models.Optics()
     for frames in args.frames:
         for d in args.d:
-            geo = simulate.StackGeometry(frames=frames, size_px=args.size, frame_time_s=1.06e-3,
-                                         n_particles=simulate.particles_for_density(0.5 / float(models.pixel_side_um(optics)) ** 2, args.size, optics))
+            geo = simulate.StackGeometry(
+                frames=frames,
+                size_px=args.size,
+                frame_time_s=1.06e-3,
+                n_particles=simulate.particles_for_density(
+                    0.5 / float(models.pixel_side_um(optics)) ** 2, args.size, optics
+                ),
+            )
             rows = {k: [] for k in args.orders}
             for seed in range(args.seeds):
-                stack = np.asarray(simulate.simulate_stack(jax.random.key(seed), simulate.DiffusionSample(d, 6.0), optics, geo))
+                stack = np.asarray(
+                    simulate.simulate_stack(jax.random.key(seed), simulate.DiffusionSample(d, 6.0), optics, geo)
+                )
                 for k in args.orders:
                     s = pipeline.AnalysisSettings(frame_time_s=1.06e-3, optics=optics, bleach_order=k)
                     rows[k].append(float(np.nanmedian(pipeline.analyse_stack(stack, s, progress=False).d_um2_s)))
             for k in args.orders:
-                print(f"T={frames:6d} D={d:5.2f} {'none' if k == 0 else f'poly{k}':5s} median D per seed: "
-                      + " ".join(f"{v:.3f}" for v in rows[k]), flush=True)
+                print(
+                    f"T={frames:6d} D={d:5.2f} {'none' if k == 0 else f'poly{k}':5s} median D per seed: "
+                    + " ".join(f"{v:.3f}" for v in rows[k]),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ def main():
     timings = {}
 
     nets = {}
-    for kind, given, recipe in (("fcsnet", args.fcsnet, "fcsnet-2d-small"), ("imfcsnet", args.imfcsnet, "imfcsnet-2d-small")):
+    for kind, given, recipe in (
+        ("fcsnet", args.fcsnet, "fcsnet-2d-small"),
+        ("imfcsnet", args.imfcsnet, "imfcsnet-2d-small"),
+    ):
         if given is None:
             t0 = time.perf_counter()
             run = out / f"run_{recipe}"
@@ -68,14 +71,23 @@ def main():
     estimators = learned.comparison_estimators(prior, args.short, nets["fcsnet"], nets["imfcsnet"])
     grid = np.geomspace(0.1, 10.0, args.points)[:, None]
     t0 = time.perf_counter()
-    report = compare.compare_estimators(estimators, simulate_point, grid, args.samples, jax.random.key(args.seed),
-                                        param_names=("D_um2_s",), log_scale=("D_um2_s",))
+    report = compare.compare_estimators(
+        estimators,
+        simulate_point,
+        grid,
+        args.samples,
+        jax.random.key(args.seed),
+        param_names=("D_um2_s",),
+        log_scale=("D_um2_s",),
+    )
     timings["compare s"] = time.perf_counter() - t0
     (out / "report.md").write_text(compare.to_markdown(report))
     compare.to_csv(report, out / "report.csv")
     compare.plot_report(report, out / "report.png")
     settings = {k: v for k, v in vars(args).items()}
-    settings.update(nets={k: v for k, v in nets.items() if k.endswith("_meta")}, timings=timings, jax_backend=jax.default_backend())
+    settings.update(
+        nets={k: v for k, v in nets.items() if k.endswith("_meta")}, timings=timings, jax_backend=jax.default_backend()
+    )
     (out / "settings.json").write_text(json.dumps(settings, indent=1, default=str))
     print(compare.to_markdown(report))
     print(json.dumps(timings, indent=1))

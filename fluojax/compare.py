@@ -51,18 +51,18 @@ import numpy as np
 from fluojax import fit
 
 __all__ = [
-    "ComparisonReport",
-    "compare_estimators",
-    "DrawsReport",
-    "compare_on_draws",
-    "spearman",
-    "gaussian_crlb_fn",
-    "poisson_crlb_fn",
-    "crlb_from_fisher",
-    "to_markdown",
-    "to_csv",
-    "plot_report",
     "CSV_COLUMNS",
+    "ComparisonReport",
+    "DrawsReport",
+    "compare_estimators",
+    "compare_on_draws",
+    "crlb_from_fisher",
+    "gaussian_crlb_fn",
+    "plot_report",
+    "poisson_crlb_fn",
+    "spearman",
+    "to_csv",
+    "to_markdown",
 ]
 
 #: Columns of :func:`to_csv` (and keys of :meth:`ComparisonReport.rows`), in order.
@@ -312,7 +312,9 @@ def gaussian_crlb_fn(
     return crlb_fn
 
 
-def poisson_crlb_fn(model: Callable[[jax.Array, Any], jax.Array], args: Any = None) -> Callable[[np.ndarray], np.ndarray]:
+def poisson_crlb_fn(
+    model: Callable[[jax.Array, Any], jax.Array], args: Any = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """``crlb_fn`` for one dataset of independent Poisson counts of mean ``model(theta, args)``.
 
     Arguments:
@@ -351,7 +353,10 @@ def _as_estimates(out, name: str, n: int, n_params: int) -> np.ndarray:
     if est.ndim == 1 and n_params == 1:
         est = est[:, None]
     if est.shape != (n, n_params):
-        raise ValueError(f"estimator {name!r} returned shape {est.shape}; expected ({n}, {n_params})" + (" or (N,)" if n_params == 1 else ""))
+        raise ValueError(
+            f"estimator {name!r} returned shape {est.shape}; expected ({n}, {n_params})"
+            + (" or (N,)" if n_params == 1 else "")
+        )
     return est
 
 
@@ -699,8 +704,24 @@ def compare_on_draws(
             mape[e] = 100.0 * np.mean(np.abs(estimates[e, ok] - truth[ok]) / np.abs(truth[ok]), axis=0)
     with np.errstate(divide="ignore"):
         rate = n / seconds
-    return DrawsReport(names, param_names, tuple(bool(x) for x in log), truth, raw_w, estimates, valid,
-                       1.0 - valid.mean(axis=1), mse, mse.mean(axis=1), bias, mape, rho, seconds, rate, mse_sem)
+    return DrawsReport(
+        names,
+        param_names,
+        tuple(bool(x) for x in log),
+        truth,
+        raw_w,
+        estimates,
+        valid,
+        1.0 - valid.mean(axis=1),
+        mse,
+        mse.mean(axis=1),
+        bias,
+        mape,
+        rho,
+        seconds,
+        rate,
+        mse_sem,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,7 +748,22 @@ def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
     Returns:
         The Markdown text.
     """
-    head = ["estimator", "grid point", "parameter", "true", "scale", "valid", "failed %", "bias", "std", "RMSE", "MAPE %", "CRLB", "efficiency", "samples/s"]
+    head = [
+        "estimator",
+        "grid point",
+        "parameter",
+        "true",
+        "scale",
+        "valid",
+        "failed %",
+        "bias",
+        "std",
+        "RMSE",
+        "MAPE %",
+        "CRLB",
+        "efficiency",
+        "samples/s",
+    ]
     align = ["---" if h in ("estimator", "parameter", "scale") else "---:" for h in head]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for r in report.rows():
@@ -752,7 +788,9 @@ def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
     for e, name in enumerate(report.estimator_names):
         for p, pname in enumerate(report.param_names):
             failed = 100.0 * float(np.mean(report.failed_fraction[e]))
-            lines.append(f"| {name} | {pname} | {_fmt(report.spearman[e, p], digits)} | {_fmt(report.overall_samples_per_s[e], 3)} | {_fmt(failed, 3)} |")
+            lines.append(
+                f"| {name} | {pname} | {_fmt(report.spearman[e, p], digits)} | {_fmt(report.overall_samples_per_s[e], 3)} | {_fmt(failed, 3)} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -53,22 +53,22 @@ import numpy as np
 import optimistix as optx
 
 __all__ = [
-    "Status",
-    "LevenbergMarquardt",
     "FitResult",
-    "least_squares",
-    "least_squares_batch",
-    "fisher_information",
-    "poisson_fisher_information",
+    "LevenbergMarquardt",
+    "Status",
+    "confidence_intervals",
     "covariance_from_fisher",
     "crlb",
-    "poisson_crlb",
+    "fisher_information",
+    "least_squares",
+    "least_squares_batch",
     "least_squares_multistart",
     "least_squares_multistart_batch",
-    "parameter_covariance",
     "normal_quantile",
+    "parameter_covariance",
+    "poisson_crlb",
+    "poisson_fisher_information",
     "wald_intervals",
-    "confidence_intervals",
 ]
 
 
@@ -192,7 +192,9 @@ def _solve(residual, u0, args, solver: LevenbergMarquardt):
         lm = _optimistix_lm(solver)
         sol = optx.least_squares(residual, lm, u0, args, max_steps=solver.max_steps, throw=False)
         ok = sol.result == optx.RESULTS.successful
-        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (sol.result == optx.RESULTS.max_steps_reached)
+        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (
+            sol.result == optx.RESULTS.max_steps_reached
+        )
         code = jnp.where(ok, Status.CONVERGED, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
         return sol.value, code.astype(jnp.int32), sol.stats["num_steps"].astype(jnp.int32)
     with warnings.catch_warnings():
@@ -249,12 +251,24 @@ def least_squares(
         ``FitResult`` with ``params`` (P,), scalar ``status``, ``num_steps``, ``chi2_reduced``.
     """
     return _mask_failed(
-        _least_squares_unmasked(model, data, sigma, init, args, free=free, lower=lower, upper=upper, log_scale=log_scale, solver=solver)
+        _least_squares_unmasked(
+            model, data, sigma, init, args, free=free, lower=lower, upper=upper, log_scale=log_scale, solver=solver
+        )
     )
 
 
 def _least_squares_unmasked(
-    model, data, sigma, init, args=None, *, free=None, lower=None, upper=None, log_scale=None, solver=LevenbergMarquardt()
+    model,
+    data,
+    sigma,
+    init,
+    args=None,
+    *,
+    free=None,
+    lower=None,
+    upper=None,
+    log_scale=None,
+    solver=LevenbergMarquardt(),
 ) -> FitResult:
     """:func:`least_squares` without the NaN masking of failed fits."""
     layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
@@ -333,7 +347,9 @@ def _residual(model, layout: _Layout, u, problem: _Problem, args):
 def _finish(model, layout: _Layout, u, code, steps, problem: _Problem, args) -> FitResult:
     """Parameters, status and reduced chi^2 of a finished solve."""
     theta = _full_theta(layout, u, problem)
-    chi2 = jnp.sum(_residual(model, layout, u, problem, args) ** 2) / jnp.maximum(problem.n_valid - layout.free_idx.size, 1)
+    chi2 = jnp.sum(_residual(model, layout, u, problem, args) ** 2) / jnp.maximum(
+        problem.n_valid - layout.free_idx.size, 1
+    )
     finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(chi2)
     code = jnp.where(finite, code, Status.NON_FINITE)
     code = jnp.where((code == Status.CONVERGED) & jnp.any(_at_bound(u, layout.sub)), Status.AT_BOUND, code)
@@ -345,7 +361,8 @@ def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
     """NaN parameters and chi^2 for every fit that neither converged nor stopped at a bound."""
     good = (result.status == Status.CONVERGED) | (result.status == Status.AT_BOUND)
     return result._replace(
-        params=xp.where(good[..., None], result.params, np.nan), chi2_reduced=xp.where(good, result.chi2_reduced, np.nan)
+        params=xp.where(good[..., None], result.params, np.nan),
+        chi2_reduced=xp.where(good, result.chi2_reduced, np.nan),
     )
 
 
@@ -497,7 +514,9 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
         # the check cost 5 % of the 16,384 2D FCS fits
         ok = result == optx.RESULTS.successful
         done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
-        code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(jnp.int32)
+        code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(
+            jnp.int32
+        )
         where = jnp.where(done, index, n)  # n: dropped
         out_u = out_u.at[where].set(u, mode="drop")
         out_code = out_code.at[where].set(code, mode="drop")
@@ -508,14 +527,18 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
         index = jnp.where(done, new_index, index)
         fresh = gather(index)
         fresh_dynamic, _ = eqx.partition(eqx.filter_vmap(init_one)(fresh.u0, fresh), eqx.is_array)
-        dynamic = jax.tree.map(lambda a, b: where_slot(done, a, b), fresh_dynamic, eqx.partition(state, eqx.is_array)[0])
+        dynamic = jax.tree.map(
+            lambda a, b: where_slot(done, a, b), fresh_dynamic, eqx.partition(state, eqx.is_array)[0]
+        )
         u = where_slot(done, fresh.u0, u)
         steps = jnp.where(done, 0, steps)
         next_index = next_index + jnp.sum(done).astype(jnp.int32)
         return _Slots(index, u, steps, dynamic, next_index, out_u, out_code, out_steps)
 
     final = jax.lax.while_loop(running, turn, carry0)
-    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(final.out_u, final.out_code, final.out_steps, problems)
+    return jax.vmap(lambda u, c, k, p: _finish(model, layout, u, c, k, p, args))(
+        final.out_u, final.out_code, final.out_steps, problems
+    )
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
@@ -529,9 +552,11 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, o
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         pad = chunk - (stop - start)
-        d, s, i = (np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts))
+        d, s, i = (
+            np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts)
+        )
         out = jax.device_get(chunk_fn(model, d, s, i, args, static, count=np.int32(stop - start)))
-        parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))
+        parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))  # noqa: B023
         if on_chunk is not None:
             on_chunk(parts[-1])
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
@@ -551,7 +576,9 @@ def _fit_chunk(model, data, sigma, init, args, options, count=None):
     return jax.vmap(lambda d, s, i: _least_squares_unmasked(model, d, s, i, args, **opts))(data, sigma, init)
 
 
-def fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None) -> jax.Array:
+def fisher_information(
+    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
+) -> jax.Array:
     """Fisher information ``J^T diag(1/sigma^2) J`` for independent Gaussian errors of known s.d.
 
     ``J_ij = d model_i / d theta_j`` by forward-mode autodiff. This is also the weighted
@@ -572,7 +599,9 @@ def fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.
     return jac.T @ (w[:, None] * jac)
 
 
-def poisson_fisher_information(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+def poisson_fisher_information(
+    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None
+) -> jax.Array:
     """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
 
         I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
@@ -627,7 +656,9 @@ def covariance_from_fisher(
     return jnp.zeros((n_params, n_params), sub.dtype).at[np.ix_(idx, idx)].set(sub)
 
 
-def crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None) -> jax.Array:
+def crlb(
+    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
+) -> jax.Array:
     """Cramer-Rao lower bound on the standard deviation of each parameter (Gaussian errors).
 
     ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`fisher_information`: the square root of the
@@ -715,7 +746,9 @@ def _best_start(fits: FitResult, xp) -> FitResult:
         index = best.reshape(best.shape + (1,) * (x.ndim - best.ndim))
         return xp.take_along_axis(x, index, axis=best.ndim).squeeze(best.ndim)
 
-    return FitResult(pick(fits.params), pick(fits.status), xp.sum(fits.num_steps, axis=-1).astype(xp.int32), pick(fits.chi2_reduced))
+    return FitResult(
+        pick(fits.params), pick(fits.status), xp.sum(fits.num_steps, axis=-1).astype(xp.int32), pick(fits.chi2_reduced)
+    )
 
 
 def least_squares_multistart_batch(
@@ -755,8 +788,14 @@ def least_squares_multistart_batch(
         chunk = max(1, _default_slots() // n_starts)
     report = None if progress is None else (lambda fits: progress(fits // n_starts))
     fits = least_squares_batch(
-        model, np.repeat(data, n_starts, axis=0), np.repeat(sigma, n_starts, axis=0), starts.reshape(n * n_starts, -1), args,
-        chunk=max(1, chunk) * n_starts, progress=report, **options,
+        model,
+        np.repeat(data, n_starts, axis=0),
+        np.repeat(sigma, n_starts, axis=0),
+        starts.reshape(n * n_starts, -1),
+        args,
+        chunk=max(1, chunk) * n_starts,
+        progress=report,
+        **options,
     )
     per_start = FitResult(*(x.reshape((n, n_starts) + x.shape[1:]) for x in fits))
     return _best_start(per_start, np)
@@ -825,7 +864,9 @@ def normal_quantile(level: float) -> float:
     return statistics.NormalDist().inv_cdf(0.5 + 0.5 * level)
 
 
-def wald_intervals(theta: jax.Array, cov: jax.Array, *, level: float = 0.95, log_scale=None) -> tuple[jax.Array, jax.Array]:
+def wald_intervals(
+    theta: jax.Array, cov: jax.Array, *, level: float = 0.95, log_scale=None
+) -> tuple[jax.Array, jax.Array]:
     """Wald confidence intervals ``theta_j +- z sd_j`` from a covariance matrix.
 
     ``sd_j = sqrt(Cov_jj)`` and ``z`` = :func:`normal_quantile` (level). For ``log_scale``

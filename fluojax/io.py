@@ -36,21 +36,21 @@ import numpy as np
 import tifffile
 
 __all__ = [
-    "InputError",
-    "read_stack",
     "FRAME_INTERVAL_RANGE_S",
+    "RESULT_MARKER",
+    "InputError",
+    "check_output_file",
+    "check_output_folder",
+    "describe_entries",
     "frame_interval_s",
     "read_pixel_size_um",
+    "read_stack",
+    "result_file",
+    "result_folder",
+    "terminate_guard",
+    "write_json",
     "write_map",
     "write_stack",
-    "write_json",
-    "RESULT_MARKER",
-    "check_output_folder",
-    "result_folder",
-    "check_output_file",
-    "result_file",
-    "terminate_guard",
-    "describe_entries",
 ]
 
 RESULT_MARKER = ".fluojax-result.json"
@@ -99,7 +99,9 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
                 file_size = tif.filehandle.size
                 len(tif.pages)  # walk every page header: a cut file is reported here
         except Exception as err:  # tifffile raises several types for corrupt or foreign files
-            raise InputError(f"{path}: not a readable TIFF file ({type(err).__name__}: {err})".splitlines()[0]) from None
+            raise InputError(
+                f"{path}: not a readable TIFF file ({type(err).__name__}: {err})".splitlines()[0]
+            ) from None
         one_pixel = _imagej_one_pixel(shape, meta)
         if one_pixel:
             shape, axes = (meta["images"], 1, 1), "TYX"
@@ -156,12 +158,14 @@ def _imagej_one_pixel(shape: tuple, meta: dict) -> bool:
 def _stack_shape(path: Path, shape: tuple, axes: str) -> tuple[int, int, int]:
     """(T, Y, X) of a TIFF series from its shape and tifffile axes (see :func:`read_stack`)."""
     if len(axes) != len(shape):  # no usable axes: the last two are spatial
-        axes = "Q" * max(len(shape) - 2, 0) + "YX"[-len(shape):]
+        axes = "Q" * max(len(shape) - 2, 0) + "YX"[-len(shape) :]
     for ax, n in zip(axes, shape):
         if ax in "SC" and n > 1:
             kind = "samples (colour)" if ax == "S" else "channels"
-            raise InputError(f"{path}: RGB/multichannel image ({n} {kind}, axes {axes} of shape {shape}): "
-                             "export one channel as a (frames, Y, X) stack")
+            raise InputError(
+                f"{path}: RGB/multichannel image ({n} {kind}, axes {axes} of shape {shape}): "
+                "export one channel as a (frames, Y, X) stack"
+            )
     kept = [n for ax, n in zip(axes, shape) if ax not in "SC"]
     if len(kept) < 2:
         raise InputError(f"{path}: shape {shape} is not an image; needs a time stack (frames, Y, X)")
@@ -169,8 +173,10 @@ def _stack_shape(path: Path, shape: tuple, axes: str) -> tuple[int, int, int]:
     if not others:
         raise InputError(f"{path}: a single {y}x{x} image; needs a time stack (frames, Y, X)")
     if len(others) > 1:
-        raise InputError(f"{path}: {len(others)} non-spatial axes longer than 1 (axes {axes}, shape {shape}); "
-                         "expected one time stack (frames, Y, X)")
+        raise InputError(
+            f"{path}: {len(others)} non-spatial axes longer than 1 (axes {axes}, shape {shape}); "
+            "expected one time stack (frames, Y, X)"
+        )
     return others[0], y, x
 
 
@@ -210,7 +216,9 @@ def frame_interval_s(given: float | None, meta: dict, option: str, path) -> floa
         raise InputError(f"{path}: {source} is {value!r}, not a positive number of seconds; pass {option} S")
     lo, hi = FRAME_INTERVAL_RANGE_S
     if not lo <= seconds <= hi:
-        raise InputError(f"{path}: {source} is {seconds:g} s, outside {lo:g}-{hi:g} s: is it in seconds? pass {option} S")
+        raise InputError(
+            f"{path}: {source} is {seconds:g} s, outside {lo:g}-{hi:g} s: is it in seconds? pass {option} S"
+        )
     return seconds
 
 
@@ -242,7 +250,9 @@ def read_pixel_size_um(path: str | os.PathLike) -> float | None:
     return float(xd) / float(xn)
 
 
-def write_map(path: str | os.PathLike, image: np.ndarray, quantity: str, unit: str, pixel_um: float | None = None) -> None:
+def write_map(
+    path: str | os.PathLike, image: np.ndarray, quantity: str, unit: str, pixel_um: float | None = None
+) -> None:
     """Write a 2D map as a float32 ImageJ TIFF, with its quantity and unit in the metadata.
 
     Arguments:
@@ -360,7 +370,9 @@ def _host_tag() -> str:
 def _sibling(destination: Path, role: str) -> Path:
     """A fresh name for a hidden sibling of ``destination`` (role: staging, old or partial)."""
     suffix = destination.suffix if role == "partial" else ""  # tifffile and friends may look at it
-    return destination.with_name(f".{destination.name}.fluojax-{role}-{os.getpid()}-{_host_tag()}-{secrets.token_hex(4)}{suffix}")
+    return destination.with_name(
+        f".{destination.name}.fluojax-{role}-{os.getpid()}-{_host_tag()}-{secrets.token_hex(4)}{suffix}"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -391,7 +403,9 @@ def _clear_stale_siblings(destination: Path) -> None:
     an instant before its replacement was renamed into place) is put back when the destination
     is missing, and deleted otherwise.
     """
-    pattern = re.compile(rf"\.{re.escape(destination.name)}\.fluojax-(staging|old|partial)-(\d+)-([0-9a-f]{{8}})-[0-9a-f]+")
+    pattern = re.compile(
+        rf"\.{re.escape(destination.name)}\.fluojax-(staging|old|partial)-(\d+)-([0-9a-f]{{8}})-[0-9a-f]+"
+    )
     host = _host_tag()
     try:
         entries = list(os.scandir(destination.parent))
@@ -440,7 +454,9 @@ def _absolute(destination: str | os.PathLike) -> Path:
     return Path(os.path.abspath(destination))  # normalised, links not followed: "." -> the working folder
 
 
-def check_output_folder(destination: str | os.PathLike, kind: str, overwrite: bool = False, label: str | None = None) -> Path:
+def check_output_folder(
+    destination: str | os.PathLike, kind: str, overwrite: bool = False, label: str | None = None
+) -> Path:
     """Check that a result folder may be written at ``destination``; touches nothing.
 
     Allowed: nothing there (the folder and its parents will be created); an empty folder; with
@@ -467,11 +483,15 @@ def check_output_folder(destination: str | os.PathLike, kind: str, overwrite: bo
         raise InputError(f"{label}: not a usable folder name; nothing was touched")
     _check_parent(path, label)
     if path.is_symlink():
-        raise InputError(f"{label}: is a symbolic link, not a results folder; nothing was touched; choose a new folder name")
+        raise InputError(
+            f"{label}: is a symbolic link, not a results folder; nothing was touched; choose a new folder name"
+        )
     if not path.exists():
         return path
     if not path.is_dir():
-        raise InputError(f"{label}: is an existing file, not a results folder; nothing was touched; choose a new folder name")
+        raise InputError(
+            f"{label}: is an existing file, not a results folder; nothing was touched; choose a new folder name"
+        )
     try:
         entries = os.listdir(path)
     except OSError as err:
@@ -480,16 +500,22 @@ def check_output_folder(destination: str | os.PathLike, kind: str, overwrite: bo
         return path
     marker = _read_marker(path)
     if marker is None:
-        raise InputError(f"{label}: a folder that is not a fluojax result ({describe_entries(entries)}); "
-                         "nothing was touched; choose a new or empty folder")
+        raise InputError(
+            f"{label}: a folder that is not a fluojax result ({describe_entries(entries)}); "
+            "nothing was touched; choose a new or empty folder"
+        )
     if marker["kind"] != kind:
         other = " ".join(marker["kind"].split())[:40]  # one line, whatever the file says
-        raise InputError(f"{label}: holds a fluojax {other} result, not {kind}; nothing was touched; choose another folder")
+        raise InputError(
+            f"{label}: holds a fluojax {other} result, not {kind}; nothing was touched; choose another folder"
+        )
     listed = set(marker["files"]) | {RESULT_MARKER}
     foreign = [name for name in entries if name not in listed]
     if foreign:
-        raise InputError(f"{label}: a fluojax {kind} result that also {describe_entries(foreign)}, which fluojax did not write; "
-                         "nothing was touched; move those files or choose another folder")
+        raise InputError(
+            f"{label}: a fluojax {kind} result that also {describe_entries(foreign)}, which fluojax did not write; "
+            "nothing was touched; move those files or choose another folder"
+        )
     if not overwrite:
         raise InputError(f"{label}: holds an earlier fluojax {kind} result; pass --overwrite to replace it")
     return path
@@ -526,8 +552,12 @@ def _marker(kind: str, files: list[str]) -> dict:
         version = metadata.version("fluojax")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"kind": kind, "files": sorted(files), "fluojax_version": version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "kind": kind,
+        "files": sorted(files),
+        "fluojax_version": version,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 @contextlib.contextmanager
@@ -595,12 +625,18 @@ def result_folder(destination: str | os.PathLike, kind: str, overwrite: bool = F
                     _remove(staging)
                 _remove_created(created)
             if isinstance(err, OSError):  # e.g. disk full: one line, not a traceback
-                raise InputError(f"{label}: could not be written ({err.strerror or err}); nothing was touched") from None
+                raise InputError(
+                    f"{label}: could not be written ({err.strerror or err}); nothing was touched"
+                ) from None
             raise
 
 
-def check_output_file(destination: str | os.PathLike, overwrite: bool = False, suffixes: tuple[str, ...] = (".tif", ".tiff"),
-                      label: str | None = None) -> Path:
+def check_output_file(
+    destination: str | os.PathLike,
+    overwrite: bool = False,
+    suffixes: tuple[str, ...] = (".tif", ".tiff"),
+    label: str | None = None,
+) -> Path:
     """Check that a file may be written at ``destination``; touches nothing.
 
     Allowed: nothing there; with ``overwrite``, a regular file with one of ``suffixes``.
@@ -638,8 +674,12 @@ def check_output_file(destination: str | os.PathLike, overwrite: bool = False, s
 
 
 @contextlib.contextmanager
-def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixes: tuple[str, ...] = (".tif", ".tiff"),
-                label: str | None = None):
+def result_file(
+    destination: str | os.PathLike,
+    overwrite: bool = False,
+    suffixes: tuple[str, ...] = (".tif", ".tiff"),
+    label: str | None = None,
+):
     """Yield a hidden temporary path beside ``destination``; when the block succeeds it replaces it.
 
     The rules of :func:`check_output_file` are applied on entry and before the final
@@ -675,5 +715,7 @@ def result_file(destination: str | os.PathLike, overwrite: bool = False, suffixe
                 _remove(tmp)
             _remove_created(created)
             if isinstance(err, OSError):
-                raise InputError(f"{label}: could not be written ({err.strerror or err}); nothing was touched") from None
+                raise InputError(
+                    f"{label}: could not be written ({err.strerror or err}); nothing was touched"
+                ) from None
             raise

@@ -43,16 +43,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Recipe",
     "TrainingData",
-    "train_recipe",
-    "network_meta",
-    "save_network",
-    "load_network",
     "eval_view",
-    "predict",
-    "map_padded",
-    "parameter_count",
     "keras_parameter_count",
+    "load_network",
     "log_uniform",
+    "map_padded",
+    "network_meta",
+    "parameter_count",
+    "predict",
+    "save_network",
+    "train_recipe",
 ]
 
 
@@ -126,8 +126,12 @@ def network_meta(recipe: Recipe) -> dict:
     then the recipe's :meth:`Recipe.meta_fields`. The training engine adds ``train_config``,
     ``history`` and ``step``.
     """
-    return {"fluojax_network": recipe.network, "recipe": recipe.name, "net_config": dataclasses.asdict(recipe.net),
-            **recipe.meta_fields()}
+    return {
+        "fluojax_network": recipe.network,
+        "recipe": recipe.name,
+        "net_config": dataclasses.asdict(recipe.net),
+        **recipe.meta_fields(),
+    }
 
 
 def train_recipe(
@@ -166,8 +170,18 @@ def train_recipe(
     net = recipe.build(seed)
     data = recipe.training_data(seed, progress)
     loss = {} if data.loss is None else {"loss": data.loss}
-    history = training.train(net, data.sample_batch, config, run_dir=run_dir, meta=meta, progress=progress,
-                             stop_after=stop_after, data=data.data, held_out=data.held_out, **loss)
+    history = training.train(
+        net,
+        data.sample_batch,
+        config,
+        run_dir=run_dir,
+        meta=meta,
+        progress=progress,
+        stop_after=stop_after,
+        data=data.data,
+        held_out=data.held_out,
+        **loss,
+    )
     return net, history
 
 
@@ -246,7 +260,9 @@ def eval_view(net: nnx.Module) -> nnx.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-def map_padded(fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_batch: Callable[[Any], None] | None = None) -> Any:
+def map_padded(
+    fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_batch: Callable[[Any], None] | None = None
+) -> Any:
     """Apply ``fn`` to ``inputs`` in batches of exactly ``batch`` rows, the last padded.
 
     Every call sees arrays of the same shape, so a compiled ``fn`` compiles once however many
@@ -281,9 +297,12 @@ def map_padded(fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_bat
     for start in range(0, n, batch):
         stop = min(start + batch, n)
         pad = batch - (stop - start)
-        chunk = jax.tree.map(lambda x: np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1), mode="edge"), inputs)
+        chunk = jax.tree.map(
+            lambda x: np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1), mode="edge"),  # noqa: B023
+            inputs,
+        )
         out = jax.device_get(fn(chunk, stop - start))
-        parts.append(jax.tree.map(lambda x: np.asarray(x)[: stop - start], out))
+        parts.append(jax.tree.map(lambda x: np.asarray(x)[: stop - start], out))  # noqa: B023
         if on_batch is not None:
             on_batch(parts[-1])
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_d_map", "plot_training", "plot_recovery"]
+__all__ = ["plot_d_map", "plot_recovery", "plot_training"]
 
 
 def _pyplot():
@@ -20,6 +20,7 @@ def _pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     return matplotlib, plt
 
@@ -35,12 +36,10 @@ def plot_d_map(path: str | Path, maps, title: str) -> None:
         title: figure title.
     """
     matplotlib, plt = _pyplot()
-    import matplotlib.ticker
-
     d = maps.d_um2_s
     fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
     finite = d[np.isfinite(d)]
-    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0, 1))
+    lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.6")
     im = ax_map.imshow(d, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     fig.colorbar(im, ax=ax_map, label="D (µm²/s)")

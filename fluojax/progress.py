@@ -22,14 +22,22 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["EVERY_S", "Progress", "progress", "format_line"]
+__all__ = ["EVERY_S", "Progress", "format_line", "progress"]
 
 EVERY_S = 10.0
 """Shortest interval between two plain progress lines, in s."""
 
 
-def format_line(desc: str, n: int, total: int | None, unit: str, elapsed_s: float, start: int = 0, postfix: str = "",
-                eta: bool = True) -> str:
+def format_line(
+    desc: str,
+    n: int,
+    total: int | None,
+    unit: str,
+    elapsed_s: float,
+    start: int = 0,
+    postfix: str = "",
+    eta: bool = True,
+) -> str:
     """One plain progress line, e.g. ``fluojax: correlate 12/64 bands (19 %), 3 s elapsed, ~13 s left``.
 
     Arguments:
@@ -120,7 +128,7 @@ class Progress:
             if self.n != self.n_written and self.lines:
                 self._write(now)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -39,20 +39,20 @@ import optax
 from flax import nnx
 
 __all__ = [
+    "RunMismatch",
     "TrainConfig",
     "TrainHistory",
+    "check_resume",
+    "check_run_folder",
+    "evaluate",
+    "is_run_folder",
+    "latest_checkpoint",
     "make_optimizer",
     "mse_loss",
-    "evaluate",
-    "train",
-    "save_checkpoint",
-    "restore_checkpoint",
     "read_checkpoint_meta",
-    "latest_checkpoint",
-    "is_run_folder",
-    "check_run_folder",
-    "check_resume",
-    "RunMismatch",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "train",
 ]
 
 
@@ -111,7 +111,7 @@ class TrainConfig:
     @property
     def warmup_steps(self) -> int:
         """Steps of the linear warm-up ramp, ``round(warmup_fraction * steps)``."""
-        return int(round(self.warmup_fraction * self.steps))
+        return round(self.warmup_fraction * self.steps)
 
 
 class TrainHistory(NamedTuple):
@@ -137,7 +137,7 @@ class TrainHistory(NamedTuple):
     elapsed_s: list
 
     @classmethod
-    def empty(cls) -> "TrainHistory":
+    def empty(cls) -> TrainHistory:
         return cls([], [], [], [], [], [])
 
     def to_dict(self) -> dict:
@@ -238,8 +238,10 @@ def check_run_folder(path: str | Path) -> None:
         return
     entries = os.listdir(path)
     if entries and not is_run_folder(path):
-        raise ValueError(f"{path}: a folder that is not a fluojax training run ({describe_entries(entries)}; no checkpoints/ or "
-                         "metrics.json); nothing was touched; choose a new or empty folder")
+        raise ValueError(
+            f"{path}: a folder that is not a fluojax training run ({describe_entries(entries)}; no checkpoints/ or "
+            "metrics.json); nothing was touched; choose a new or empty folder"
+        )
 
 
 def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
@@ -256,7 +258,9 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     return ckpt, json.loads(meta_file.read_text())
 
 
-def save_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int, meta: dict) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int, meta: dict
+) -> Path:
     """Write model (and optimizer) state with orbax, plus ``meta.json`` (written last: its presence
     marks the checkpoint complete).
 
@@ -349,7 +353,9 @@ def _restore_error(checkpointer, path: Path, abstract, err: Exception) -> str:
         return "this part was not saved"
     try:
         metadata = checkpointer.metadata(path)
-        difference = _tree_difference(_leaf_shapes(getattr(metadata, "item_metadata", metadata)), _leaf_shapes(abstract))
+        difference = _tree_difference(
+            _leaf_shapes(getattr(metadata, "item_metadata", metadata)), _leaf_shapes(abstract)
+        )
     except Exception:  # unreadable metadata: fall back on orbax's own words
         difference = ""
     if difference:
@@ -373,8 +379,10 @@ class RunMismatch(ValueError):
         what = saved.get("recipe") or saved.get("fluojax_network") or saved.get("network") or "another"
         listed = f"{', '.join(differs)} differ{'s' if len(differs) == 1 else ''}"
         if any(not d.startswith("train_config") for d in differs):
-            text = (f"{run_dir} holds a {what} run (step {step}), not this network ({listed}); "
-                    "resume it with its own settings, or use another folder")
+            text = (
+                f"{run_dir} holds a {what} run (step {step}), not this network ({listed}); "
+                "resume it with its own settings, or use another folder"
+            )
         else:
             text = f"{run_dir} holds a run with another training config ({listed}; step {step}); use the same settings or a new folder"
         super().__init__(text)
@@ -402,7 +410,9 @@ def check_resume(run_dir: str | Path | None, meta: dict, config: TrainConfig | N
         return 0
     _, saved = read_checkpoint_meta(run_dir)
     step = int(saved.get("step", 0))
-    differs = [k for k in meta if k not in ("step", "history", "train_config") and k in saved and not _same(meta[k], saved[k])]
+    differs = [
+        k for k in meta if k not in ("step", "history", "train_config") and k in saved and not _same(meta[k], saved[k])
+    ]
     if config is not None and "train_config" in saved:
         wanted = dataclasses.asdict(config)
         differs += [f"train_config.{k}" for k in wanted if not _same(wanted[k], saved["train_config"].get(k))]
@@ -494,7 +504,10 @@ def train(
 
     if held_out is None:
         sample = jax.jit(sample_batch)
-        held_out = [sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,))) for i in range(config.eval_batches)]
+        held_out = [
+            sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,)))
+            for i in range(config.eval_batches)
+        ]
     schedule = learning_rate_schedule(config)
     trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
 
@@ -506,7 +519,9 @@ def train(
         return value
 
     if start == 0:  # row 0: the untrained network on the held-out set
-        for column, value in zip(history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)):
+        for column, value in zip(
+            history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)
+        ):
             column.append(value)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = progress_counter(config.steps, "train", "steps", enabled=progress, start=start)
@@ -536,5 +551,7 @@ def train(
                     _write_metrics(run_path, history)
             due = config.checkpoint_every and step % config.checkpoint_every == 0
             if run_path is not None and (due or step == end):
-                save_checkpoint(_checkpoint_dir(run_path, step), model, optimizer, step, {**meta, "history": history.to_dict()})
+                save_checkpoint(
+                    _checkpoint_dir(run_path, step), model, optimizer, step, {**meta, "history": history.to_dict()}
+                )
     return history

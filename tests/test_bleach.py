@@ -24,7 +24,7 @@ def particle_stack(seed, frames, size, d_um2_s, remaining=1.0, density_px2=0.5, 
     whatever ``remaining``."""
     rng = np.random.default_rng(seed)
     side = (size + 2 * margin) * A_UM
-    n = max(1, int(round(density_px2 * (size + 2 * margin) ** 2)))
+    n = max(1, round(density_px2 * (size + 2 * margin) ** 2))
     xy = rng.uniform(0, side, (n, 2))
     life = rng.exponential(1.0, n)
     death = life * frames / -np.log(remaining) if remaining < 1 else np.full(n, np.inf)
@@ -44,7 +44,9 @@ def particle_stack(seed, frames, size, d_um2_s, remaining=1.0, density_px2=0.5, 
 
 
 def _median_d(stack, bleach):
-    maps = pipeline.analyse_stack(stack, pipeline.AnalysisSettings(FRAME_S, models.Optics(), bleach_order=bleach), progress=False)
+    maps = pipeline.analyse_stack(
+        stack, pipeline.AnalysisSettings(FRAME_S, models.Optics(), bleach_order=bleach), progress=False
+    )
     return float(np.nanmedian(maps.d_um2_s)), maps.bleach
 
 

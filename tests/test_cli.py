@@ -67,7 +67,9 @@ def test_single_2d_image_is_rejected(tmp_path, capsys):
 
 def test_fewer_frames_than_largest_lag_is_rejected(tmp_path, capsys):
     path = tmp_path / "short.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (1000, 4, 4)).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(
+        path, np.random.default_rng(0).poisson(50, (1000, 4, 4)).astype(np.uint16), photometric="minisblack"
+    )
     assert "2048" in _bad(tmp_path, capsys, ["fcs", "fit", str(path), "--frame-time", "0.001"])
 
 
@@ -88,7 +90,9 @@ def test_corrupt_or_non_tiff_file_is_rejected(tmp_path, capsys, content):
 
 def test_missing_frame_time_is_rejected(tmp_path, capsys):
     path = tmp_path / "nometa.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, (2400, 3, 3)).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(
+        path, np.random.default_rng(0).poisson(50, (2400, 3, 3)).astype(np.uint16), photometric="minisblack"
+    )
     assert "frame time" in _bad(tmp_path, capsys, ["fcs", "fit", str(path)])
 
 
@@ -96,11 +100,14 @@ def test_invalid_optics_exit_with_code_2(tmp_path, small_stack):
     # argparse rejects a negative NA with its usage line and exit status 2, never a traceback
     proc = subprocess.run(
         [sys.executable, "-m", "fluojax.cli", "fcs", "fit", str(small_stack), "--na", "-1", "-o", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--na" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_3d_na_above_refractive_index_is_rejected(tmp_path, capsys, small_stack):
-    assert "refractive index" in _bad(tmp_path, capsys, ["fcs", "fit", str(small_stack), "--model", "3d", "--na", "1.4"])
+    assert "refractive index" in _bad(
+        tmp_path, capsys, ["fcs", "fit", str(small_stack), "--model", "3d", "--na", "1.4"]
+    )

@@ -25,7 +25,20 @@ def stacks(tmp_path_factory):
     paths = {}
     for name, noise in (("clean", "0"), ("noisy", str(NOISE_A))):
         paths[name] = folder / f"{name}.tif"
-        argv = ["frap", "simulate", "--d", str(D_TRUE), "--c0", str(C0), "--alpha", str(ALPHA), "--noise-a", noise, "--seed", "3"]
+        argv = [
+            "frap",
+            "simulate",
+            "--d",
+            str(D_TRUE),
+            "--c0",
+            str(C0),
+            "--alpha",
+            str(ALPHA),
+            "--noise-a",
+            noise,
+            "--seed",
+            "3",
+        ]
         assert main(argv + GEOMETRY + ["-o", str(paths[name])]) == 0
     return paths
 
@@ -59,7 +72,9 @@ def test_fit_recovers_d_of_a_noise_free_simulation(stacks, tmp_path, capsys):
     assert lo <= fit["D_um2_s"]["value"] <= hi
     assert fit["c0"]["value"] == pytest.approx(C0, rel=1e-4)
     assert fit["alpha"]["value"] == pytest.approx(ALPHA, rel=1e-4)
-    assert s["settings"]["dt_s"] == pytest.approx(0.265) and s["settings"]["pixel_size_um"] == pytest.approx(0.7598)  # from the TIFF
+    assert s["settings"]["dt_s"] == pytest.approx(0.265) and s["settings"]["pixel_size_um"] == pytest.approx(
+        0.7598
+    )  # from the TIFF
     assert s["settings"]["n_postbleach"] == 30 and s["settings"]["window_px"]["size"] == 64
     assert set(s["timings_s"]) >= {"read", "table", "fit", "total"}
     curve = np.genfromtxt(out / "curve.csv", delimiter=",", names=True)
@@ -71,7 +86,10 @@ def test_fit_recovers_d_of_a_noise_free_simulation(stacks, tmp_path, capsys):
 
 def test_fit_recovers_d_with_pixel_noise_within_its_interval(stacks, tmp_path):
     out = tmp_path / "res"
-    assert main(["frap", "fit", str(stacks["noisy"]), "--dt", "0.265", "--pixel-size", "0.7598"] + FIT + ["-o", str(out)]) == 0
+    assert (
+        main(["frap", "fit", str(stacks["noisy"]), "--dt", "0.265", "--pixel-size", "0.7598"] + FIT + ["-o", str(out)])
+        == 0
+    )
     fit = _summary(out)["fit"]
     # per-pixel variance 1e-3 over ~209 effective ROI pixels: curve noise sd ~2.2e-3 against a
     # bleach depth of ~0.4; D's standard error is then ~1 % (stderr in the JSON)
@@ -162,9 +180,13 @@ def test_fewer_frames_than_declared(stacks, tmp_path, capsys):
     assert "35 frames" in err and "at least 36" in err
 
 
-@pytest.mark.parametrize("option", [["--dt", "0"], ["--dt", "-0.1"], ["--pixel-size", "0"], ["--pixel-size", "nan"], ["--starts", "0"]])
+@pytest.mark.parametrize(
+    "option", [["--dt", "0"], ["--dt", "-0.1"], ["--pixel-size", "0"], ["--pixel-size", "nan"], ["--starts", "0"]]
+)
 def test_non_positive_numbers_are_argparse_errors(stacks, tmp_path, capsys, option):
-    err = _bad(tmp_path, capsys, ["frap", "fit", str(stacks["clean"]), "--roi", "circle:32,32,8"] + option, argparse_error=True)
+    err = _bad(
+        tmp_path, capsys, ["frap", "fit", str(stacks["clean"]), "--roi", "circle:32,32,8"] + option, argparse_error=True
+    )
     assert "must be positive" in err
 
 
@@ -176,7 +198,9 @@ def test_missing_frame_interval(tmp_path, capsys):
 
 def test_missing_pixel_size(tmp_path, capsys):
     path = _write(tmp_path, _good_data())
-    assert "--pixel-size" in _bad(tmp_path, capsys, ["frap", "fit", str(path), "--roi", "circle:16,16,6", "--prebleach", "5"])
+    assert "--pixel-size" in _bad(
+        tmp_path, capsys, ["frap", "fit", str(path), "--roi", "circle:16,16,6", "--prebleach", "5"]
+    )
 
 
 def test_saturated_stack(tmp_path, capsys):
@@ -260,7 +284,9 @@ def test_train_then_predict_refines_to_the_simulated_d(stacks, tmp_path, capsys,
     assert (ckpt / "loss.png").is_file()
 
     out = tmp_path / "pred"
-    code = main(["frap", "predict", str(stacks["clean"]), "--net", str(ckpt), "--roi", "circle:32,32,8", "-o", str(out)])
+    code = main(
+        ["frap", "predict", str(stacks["clean"]), "--net", str(ckpt), "--roi", "circle:32,32,8", "-o", str(out)]
+    )
     assert code == 0
     s = _summary(out)
     assert s["network"]["prediction"]["D_um2_s"] > 0
@@ -275,11 +301,18 @@ def test_train_then_predict_refines_to_the_simulated_d(stacks, tmp_path, capsys,
 
     # a folder that is not a DeepFRAP checkpoint
     (tmp_path / "empty").mkdir()
-    err = _bad(tmp_path, capsys, ["frap", "predict", str(stacks["clean"]), "--net", str(tmp_path / "empty"), "--roi", "circle:32,32,8"])
+    err = _bad(
+        tmp_path,
+        capsys,
+        ["frap", "predict", str(stacks["clean"]), "--net", str(tmp_path / "empty"), "--roi", "circle:32,32,8"],
+    )
     assert "--net" in err
     # a stack of another length than the network's input
-    err = _bad(tmp_path, capsys, ["frap", "predict", str(stacks["clean"]), "--net", str(ckpt), "--roi", "circle:32,32,8",
-                                  "--prebleach", "4"])
+    err = _bad(
+        tmp_path,
+        capsys,
+        ["frap", "predict", str(stacks["clean"]), "--net", str(ckpt), "--roi", "circle:32,32,8", "--prebleach", "4"],
+    )
     assert "trained for 5 prebleach" in err
 
 
@@ -296,8 +329,13 @@ def meaningless(tmp_path_factory):
     argv = ["frap", "simulate", "--d", str(D_TRUE), "--alpha", "1", "--noise-a", str(NOISE_A), "--seed", "4"]
     assert main(argv + GEOMETRY + ["-o", str(paths["no_bleach"])]) == 0
     noise = 1000.0 + np.random.default_rng(5).normal(0.0, 5.0, (35, 64, 64))
-    tifffile.imwrite(paths["noise"], noise.astype(np.float32), imagej=True,
-                     metadata={"axes": "TYX", "finterval": 0.265, "unit": "um"}, resolution=(1 / 0.7598, 1 / 0.7598))
+    tifffile.imwrite(
+        paths["noise"],
+        noise.astype(np.float32),
+        imagej=True,
+        metadata={"axes": "TYX", "finterval": 0.265, "unit": "um"},
+        resolution=(1 / 0.7598, 1 / 0.7598),
+    )
     return paths
 
 

@@ -66,7 +66,7 @@ def test_default_optics_take_overrides_and_refuse_impossible_optics():
 
     optics = default_optics(True, camera_pixel_um=16.0, binning=2, na=1.1, magnification=None)
     assert (optics.camera_pixel_um, optics.binning, optics.na, optics.magnification) == (16.0, 2, 1.1, 60.0)
-    with pytest.raises(ValueError, match="NA 1.4 must be below"):
+    with pytest.raises(ValueError, match="NA 1.4 must be below"):  # noqa: RUF043
         default_optics(True, na=1.4)  # NA above the water index 1.333: no such objective
     with pytest.raises(ValueError, match="unknown optics"):
         default_optics(False, wavelength=500.0)
@@ -120,11 +120,13 @@ def test_a_networks_d_is_rescaled_for_the_datas_frame_interval_and_roi_radius():
     meta = {"settings": {"n_prebleach": 3, "n_postbleach": 10, "dt_s": 0.5}, "radius_px": 4.0}
     prediction = pipeline.predict_prepared(net, meta, _prepared(radius_px=6.0, dt_s=0.25))
     assert prediction.radius_factor == pytest.approx(2.25)
-    np.testing.assert_allclose(prediction.params, [10**1.5 * 2.0 * 2.25, c0, alpha], rtol=1e-6)  # float32 network output
+    np.testing.assert_allclose(
+        prediction.params, [10**1.5 * 2.0 * 2.25, c0, alpha], rtol=1e-6
+    )  # float32 network output
 
 
 def test_starts_outside_the_bounds_are_moved_just_inside():
-    from fluojax.frap import estimate, pipeline
+    from fluojax.frap import estimate
     from fluojax.frap.simulate import FrapPrior
 
     table = types.SimpleNamespace(d_range_px2_s=(1.0, 100.0))  # frap_bounds reads only the D range
@@ -152,5 +154,7 @@ def test_the_figures_are_written_as_png_files_even_without_a_fitted_pixel(tmp_pa
     plotting.plot_training(tmp_path / "loss.png", history)
     settings = FrapSettings(n_pixels=16, pad=8, n_prebleach=2, n_bleach=1, n_postbleach=4, dt_s=0.5)
     times, data = settings.frame_times_s(), np.linspace(1.0, 0.5, 6)
-    plotting.plot_recovery(tmp_path / "fit.png", settings, times, data, {"model": data, "failed": np.full(6, np.nan)}, "t")
+    plotting.plot_recovery(
+        tmp_path / "fit.png", settings, times, data, {"model": data, "failed": np.full(6, np.nan)}, "t"
+    )
     assert all(_is_png(tmp_path / name) for name in ("maps.png", "loss.png", "fit.png"))

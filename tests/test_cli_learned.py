@@ -57,7 +57,22 @@ def test_predict_refuses_a_folder_without_checkpoint(stack_2500, tmp_path, capsy
 
 
 def test_predict_refuses_another_frame_time(trained_run, stack_2500, tmp_path, capsys):
-    assert main(["fcs", "predict", str(stack_2500), "--net", str(trained_run), "--frame-time", "0.002", "-o", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "fcs",
+                "predict",
+                str(stack_2500),
+                "--net",
+                str(trained_run),
+                "--frame-time",
+                "0.002",
+                "-o",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "trained for a frame time of 0.00106 s" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -72,8 +87,23 @@ def test_predict_refuses_a_stack_too_short_for_the_network(trained_run, tmp_path
 
 def test_compare_writes_report_of_networks_and_least_squares(trained_run, tmp_path):
     out = tmp_path / "rep"
-    args = ["fcs", "compare", "--imfcsnet", str(trained_run), "--long", "5000", "--short", "2500",
-            "--d", "0.5", "5", "--samples", "2", "-o", str(out)]
+    args = [
+        "fcs",
+        "compare",
+        "--imfcsnet",
+        str(trained_run),
+        "--long",
+        "5000",
+        "--short",
+        "2500",
+        "--d",
+        "0.5",
+        "5",
+        "--samples",
+        "2",
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     table = (out / "report.md").read_text()
     for name in ("NLS 1x1 @ long", "NLS 3x3 @ short", "ImFCSNet @ short", "hybrid"):
@@ -119,7 +149,10 @@ def test_predict_marks_windows_without_fluctuations(trained_run, stack_2500, tmp
     data[:, 4, 4] = 4.0  # one constant pixel in the window of (3, 3): it still fluctuates
     path = _write_like(tmp_path / "flat.tif", data)
     out = tmp_path / "pred"
-    assert main(["fcs", "predict", str(path), "--net", str(trained_run), "--overlap", "--bleach", "none", "-o", str(out)]) == 0
+    assert (
+        main(["fcs", "predict", str(path), "--net", str(trained_run), "--overlap", "--bleach", "none", "-o", str(out)])
+        == 0
+    )
     status, d = tifffile.imread(out / "status.tif"), tifffile.imread(out / "D.tif")
     assert status[1, 1] == 7 and np.isnan(d[1, 1]) and np.isnan(tifffile.imread(out / "chi2.tif")[1, 1])
     inner = np.zeros((5, 5), bool)
@@ -147,8 +180,10 @@ def nothing_built(monkeypatch):
 def test_train_refuses_a_run_folder_of_another_config_before_building_anything(trained_run, nothing_built, capsys):
     state = _run_state(trained_run)
     assert main(["fcs", "train", "--config", "fcsnet-2d-small", "-o", str(trained_run)]) == 2
-    assert capsys.readouterr().err.strip() == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3); "
-                                               "use --config imfcsnet-2d-small to resume it, or another folder")
+    assert capsys.readouterr().err.strip() == (
+        f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3); "
+        "use --config imfcsnet-2d-small to resume it, or another folder"
+    )
     assert _run_state(trained_run) == state  # no step ran, nothing was written
 
 
@@ -156,6 +191,8 @@ def test_train_refuses_other_steps_for_a_run_folder_and_names_its_own(trained_ru
     state = _run_state(trained_run)
     assert main(["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "5", "-o", str(trained_run)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3) with --steps 3; "
-                   "use --steps 3 to resume it, or another folder")
+    assert err == (
+        f"fluojax: error: -o {trained_run} holds a imfcsnet-2d-small run (step 3) with --steps 3; "
+        "use --steps 3 to resume it, or another folder"
+    )
     assert _run_state(trained_run) == state

@@ -59,7 +59,15 @@ def test_log_scale_parameter_reports_bias_of_ln_theta_and_mape():
 
 def test_crlb_of_log_scale_parameter_is_relative():
     grid = np.array([0.5, 2.0, 8.0])
-    rep = _run({"id": lambda d: d}, _identity_data, grid, n=4, param_names=["D"], log_scale=[True], crlb_fn=lambda th: 0.1 * th**2)
+    rep = _run(
+        {"id": lambda d: d},
+        _identity_data,
+        grid,
+        n=4,
+        param_names=["D"],
+        log_scale=[True],
+        crlb_fn=lambda th: 0.1 * th**2,
+    )
     # delta method: sd(ln D) = sd(D) / D
     np.testing.assert_allclose(rep.crlb[:, 0], 0.1 * grid, rtol=1e-12)
 
@@ -70,7 +78,11 @@ def test_crlb_of_gaussian_mean_equals_closed_form():
     # float32 Jacobian and inverse: ~1e-6 relative
     np.testing.assert_allclose(crlb_fn(np.array([3.0])), [sigma / math.sqrt(n)], rtol=1e-5)
     # a scalar sigma is broadcast to the model output
-    np.testing.assert_allclose(compare.gaussian_crlb_fn(lambda th, a: th[0] * jnp.ones(n), sigma)(np.array([3.0])), [sigma / math.sqrt(n)], rtol=1e-5)
+    np.testing.assert_allclose(
+        compare.gaussian_crlb_fn(lambda th, a: th[0] * jnp.ones(n), sigma)(np.array([3.0])),
+        [sigma / math.sqrt(n)],
+        rtol=1e-5,
+    )
 
 
 def test_poisson_crlb_equals_closed_form():
@@ -84,9 +96,13 @@ def test_poisson_crlb_equals_closed_form():
     amp, tau = 200.0, 1.3
     decay = lambda th, a: amp * jnp.exp(-a / th[0])  # noqa: E731
     info = np.sum(amp * np.exp(-t / tau) * t**2 / tau**4)
-    np.testing.assert_allclose(fit.poisson_crlb(decay, jnp.array([tau]), jnp.asarray(t)), [1 / math.sqrt(info)], rtol=1e-4)
+    np.testing.assert_allclose(
+        fit.poisson_crlb(decay, jnp.array([tau]), jnp.asarray(t)), [1 / math.sqrt(info)], rtol=1e-4
+    )
     # crlb_from_fisher on the same Fisher information gives the same bound
-    via_fisher = compare.crlb_from_fisher(lambda th: fit.poisson_fisher_information(decay, jnp.asarray(th), jnp.asarray(t)))
+    via_fisher = compare.crlb_from_fisher(
+        lambda th: fit.poisson_fisher_information(decay, jnp.asarray(th), jnp.asarray(t))
+    )
     np.testing.assert_allclose(via_fisher(np.array([tau])), [1 / math.sqrt(info)], rtol=1e-4)
 
 
@@ -101,7 +117,9 @@ def test_efficiency_of_sample_mean_is_one_and_of_half_sample_mean_is_half():
 
 
 def test_spearman_of_perfect_estimator_is_one_and_of_constant_is_nan():
-    rep = _run({"exact": lambda d: d, "constant": lambda d: jnp.full(d.shape, 2.0)}, _identity_data, [1.0, 3.0, 2.0, 7.0], n=10)
+    rep = _run(
+        {"exact": lambda d: d, "constant": lambda d: jnp.full(d.shape, 2.0)}, _identity_data, [1.0, 3.0, 2.0, 7.0], n=10
+    )
     assert rep.spearman[0, 0] == pytest.approx(1.0, abs=1e-12)
     # defined as NaN: a constant has no ranks to correlate (scipy says the same, with a warning)
     assert np.isnan(rep.spearman[1, 0])
@@ -180,14 +198,37 @@ def test_markdown_csv_and_plot_have_expected_columns(tmp_path):
     sim = lambda k, th: _gaussian_draws(k, th[:, :1])  # noqa: E731
     est = lambda d: jnp.stack([jnp.mean(d, 1), jnp.mean(d, 1)], 1)  # noqa: E731
     rep = compare.compare_estimators(
-        {"mean": est, "twice": lambda d: 2 * est(d)}, sim, np.array([[1.0, 1.0], [2.0, 2.0]]), 50, KEY, param_names=["mu", "D"], log_scale=["D"], crlb_fn=lambda th: np.array([0.25, 0.25]), progress=False
+        {"mean": est, "twice": lambda d: 2 * est(d)},
+        sim,
+        np.array([[1.0, 1.0], [2.0, 2.0]]),
+        50,
+        KEY,
+        param_names=["mu", "D"],
+        log_scale=["D"],
+        crlb_fn=lambda th: np.array([0.25, 0.25]),
+        progress=False,
     )
     md = compare.to_markdown(rep)
     header = md.splitlines()[0]
-    for col in ("estimator", "parameter", "true", "bias", "std", "RMSE", "MAPE %", "CRLB", "efficiency", "samples/s", "failed %"):
+    for col in (
+        "estimator",
+        "parameter",
+        "true",
+        "bias",
+        "std",
+        "RMSE",
+        "MAPE %",
+        "CRLB",
+        "efficiency",
+        "samples/s",
+        "failed %",
+    ):
         assert f" {col} |" in header
     assert "Spearman" in md and "twice" in md
-    assert sum(line.startswith("| mean |") or line.startswith("| twice |") for line in md.splitlines()) == 2 * 2 * 2 + 2 * 2
+    assert (
+        sum(line.startswith("| mean |") or line.startswith("| twice |") for line in md.splitlines())
+        == 2 * 2 * 2 + 2 * 2
+    )
 
     path = compare.to_csv(rep, tmp_path / "out" / "report.csv")
     with path.open() as f:
@@ -214,8 +255,9 @@ def test_draws_report_weighted_mse_of_a_known_distortion():
     # estimator: s * e^0.1 (error exactly 0.1 in ln s) and t + t^2/10 (error t^2/10, weight 1/t)
     distort = lambda d: jnp.stack([d[:, 0] * math.exp(0.1), d[:, 1] + d[:, 1] ** 2 / 10], axis=1)  # noqa: E731
     n = 4000
-    report = compare.compare_on_draws({"distort": distort, "exact": lambda d: d}, _draw_scaled_truth, n, KEY,
-                                      param_names=["s", "t"], log_scale=["s"])
+    report = compare.compare_on_draws(
+        {"distort": distort, "exact": lambda d: d}, _draw_scaled_truth, n, KEY, param_names=["s", "t"], log_scale=["s"]
+    )
     t = report.truth[:, 1]
     w = (1 / t) / np.sum(1 / t)
     np.testing.assert_allclose(report.mse[0, 0], 0.01, rtol=1e-5)  # float32 logs

@@ -146,7 +146,7 @@ def test_cpu_kernel_power_series_trend_equals_the_legendre_trend(order):
     # of reading bleach_design's Legendre basis; for every order the CLI accepts (1-8) the two
     # trends must agree to float32 rounding of O(1) coefficients (1e-5 of the trend level)
     frames_n = 7001
-    stride, fit_matrix, vander = bleach_design(frames_n, order)
+    _stride, fit_matrix, vander = bleach_design(frames_n, order)
     means = 200.0 + 30.0 * np.random.default_rng(order).standard_normal(fit_matrix.shape[1])
     legendre = vander.astype(np.float64) @ (fit_matrix.astype(np.float64) @ means)
     s = 2.0 * np.arange(frames_n) / (frames_n - 1) - 1.0

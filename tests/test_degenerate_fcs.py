@@ -25,7 +25,10 @@ USABLE = (0, 1, 2, 3, 4, 5, 6, pipeline.PixelStatus.NO_CORRELATION)
 def counts(tmp_path_factory):
     """A simulated 2,400 x 4 x 4 stack of camera counts (D = 1 um^2/s, 2D defaults)."""
     path = tmp_path_factory.mktemp("data") / "sim.tif"
-    assert main(["fcs", "simulate", "--frames", "2400", "--size", "4", "--density", "0.3", "--seed", "1", "-o", str(path)]) == 0
+    assert (
+        main(["fcs", "simulate", "--frames", "2400", "--size", "4", "--density", "0.3", "--seed", "1", "-o", str(path)])
+        == 0
+    )
     return tifffile.imread(path)
 
 
@@ -220,7 +223,9 @@ def test_a_one_pixel_stack_is_fitted(counts, tmp_path):
 def test_a_single_image_is_named_by_its_size_in_neutral_words(tmp_path, capsys):
     path = tmp_path / "img.tif"
     tifffile.imwrite(path, np.ones((1, 8, 6), np.uint16))
-    err = _refused(tmp_path, capsys, ["frap", "fit", str(path), "--roi", "circle:3,4,2", "--dt", "0.1", "--pixel-size", "1"])
+    err = _refused(
+        tmp_path, capsys, ["frap", "fit", str(path), "--roi", "circle:3,4,2", "--dt", "0.1", "--pixel-size", "1"]
+    )
     assert "a single 8x6 image; needs a time stack (frames, Y, X)" in err and "FCS" not in err
 
 

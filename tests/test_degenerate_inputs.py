@@ -33,7 +33,9 @@ FRAP_ROI = "circle:16,16,6"
 def fcs_base(tmp_path_factory):
     """A 2400 x 4 x 4 Imaging FCS stack (2D, D = 1 um^2/s, 1.06 ms frames) as float64 counts."""
     path = tmp_path_factory.mktemp("fcs") / "base.tif"
-    assert main(["fcs", "simulate", "--frames", str(FCS_FRAMES), "--size", "4", "--density", "0.3", "-o", str(path)]) == 0
+    assert (
+        main(["fcs", "simulate", "--frames", str(FCS_FRAMES), "--size", "4", "--density", "0.3", "-o", str(path)]) == 0
+    )
     return tifffile.imread(path).astype(np.float64)
 
 
@@ -69,9 +71,29 @@ def _fcs_cases(base):
     }
 
 
-FCS_CASES = ("zeros_uint16", "constant_uint16", "constant_float32", "one_constant_pixel", "white_noise", "negative_offset_int16",
-             "negative_offset_float32", "nan_frame", "inf_value", "huge_float32", "tiny_float32", "float64", "uint8", "int32",
-             "one_pixel", "one_row", "single_image", "too_few_frames", "tiny_frame_time", "huge_frame_time", "rgb")
+FCS_CASES = (
+    "zeros_uint16",
+    "constant_uint16",
+    "constant_float32",
+    "one_constant_pixel",
+    "white_noise",
+    "negative_offset_int16",
+    "negative_offset_float32",
+    "nan_frame",
+    "inf_value",
+    "huge_float32",
+    "tiny_float32",
+    "float64",
+    "uint8",
+    "int32",
+    "one_pixel",
+    "one_row",
+    "single_image",
+    "too_few_frames",
+    "tiny_frame_time",
+    "huge_frame_time",
+    "rgb",
+)
 
 
 def _write(path, data, rgb=False):
@@ -94,12 +116,16 @@ def _run_touching_nothing_else(argv, out, root, capsys):
     assert "Traceback" not in err
     assert code in (0, 2, 3), (code, err)
     after = _snapshot(root)
-    assert {p: b for p, b in after.items() if out not in p.parents} == before, "a file outside the results folder changed"
+    assert {p: b for p, b in after.items() if out not in p.parents} == before, (
+        "a file outside the results folder changed"
+    )
     if code == 2:
         lines = [line for line in err.strip().splitlines() if line]
         assert len(lines) == 1 and lines[0].startswith("fluojax: error:"), err
         assert not out.exists()
-        assert not [p for p in root.iterdir() if p.name.startswith(f".{out.name}")], "a hidden staging folder was left behind"
+        assert not [p for p in root.iterdir() if p.name.startswith(f".{out.name}")], (
+            "a hidden staging folder was left behind"
+        )
     return code, err
 
 
@@ -111,7 +137,7 @@ def test_fcs_fit_on_degenerate_stacks_succeeds_honestly_or_refuses_in_one_line(c
     _write(stack, data, rgb)
     out = tmp_path / "res"
     argv = ["fcs", "fit", str(stack), "-o", str(out)] + ([] if "--frame-time" in extra else ["--frame-time", "0.001"])
-    code, err = _run_touching_nothing_else(argv + extra, out, tmp_path, capsys)
+    code, _err = _run_touching_nothing_else(argv + extra, out, tmp_path, capsys)
     if code == 2:
         return
     status = tifffile.imread(out / "status.tif")
@@ -137,8 +163,30 @@ def frap_base(tmp_path_factory):
     """A 32 x 32 FRAP stack of the DeepFRAP model (5 prebleach, 2 bleach, 15 postbleach frames,
     R = 6 px, D = 1 um^2/s at 0.2 um pixels, per-pixel noise variance 1e-4)."""
     path = tmp_path_factory.mktemp("frap") / "base.tif"
-    argv = ["frap", "simulate", "--size", "32", "--radius", "6", "--prebleach", "5", "--bleach", "2", "--postbleach", "15",
-            "--dt", "0.5", "--pixel-size", "0.2", "--d", "1", "--noise-a", "1e-4", "-o", str(path)]
+    argv = [
+        "frap",
+        "simulate",
+        "--size",
+        "32",
+        "--radius",
+        "6",
+        "--prebleach",
+        "5",
+        "--bleach",
+        "2",
+        "--postbleach",
+        "15",
+        "--dt",
+        "0.5",
+        "--pixel-size",
+        "0.2",
+        "--d",
+        "1",
+        "--noise-a",
+        "1e-4",
+        "-o",
+        str(path),
+    ]
     assert main(argv) == 0
     return tifffile.imread(path).astype(np.float64)
 
@@ -163,8 +211,21 @@ def _frap_cases(frap):
     }
 
 
-FRAP_CASES = ("zeros", "constant", "no_bleach", "fcs_like", "negative_offset", "nan_frame", "huge_float32", "tiny_float32",
-              "uint8", "one_frame", "too_few_frames", "roi_outside", "plain")
+FRAP_CASES = (
+    "zeros",
+    "constant",
+    "no_bleach",
+    "fcs_like",
+    "negative_offset",
+    "nan_frame",
+    "huge_float32",
+    "tiny_float32",
+    "uint8",
+    "one_frame",
+    "too_few_frames",
+    "roi_outside",
+    "plain",
+)
 
 
 @pytest.mark.parametrize("case", FRAP_CASES)
@@ -174,8 +235,25 @@ def test_frap_fit_on_degenerate_stacks_succeeds_honestly_or_refuses_in_one_line(
     stack.parent.mkdir()
     _write(stack, data)
     out = tmp_path / "res"
-    argv = ["frap", "fit", str(stack), "--roi", FRAP_ROI, "--prebleach", "5", "--bleach", "2", "--dt", "0.5",
-            "--pixel-size", "0.2", "--starts", "4", "-o", str(out)]
+    argv = [
+        "frap",
+        "fit",
+        str(stack),
+        "--roi",
+        FRAP_ROI,
+        "--prebleach",
+        "5",
+        "--bleach",
+        "2",
+        "--dt",
+        "0.5",
+        "--pixel-size",
+        "0.2",
+        "--starts",
+        "4",
+        "-o",
+        str(out),
+    ]
     code, err = _run_touching_nothing_else(argv, out, tmp_path, capsys)
     if code == 2:
         return

@@ -24,7 +24,7 @@ def test_physics_check_at_true_d_gives_reduced_chi2_near_one():
     d = np.geomspace(0.1, 10, 400)
     acf, sem = noisy_model_acfs(d)
     _, _, shape = estimate.model_and_shape(SETTINGS)
-    chi2, n, g_inf = physics_check_chi2(acf, sem, LAG_S, d, shape)
+    chi2, n, _g_inf = physics_check_chi2(acf, sem, LAG_S, d, shape)
     # chi^2 with 72 - 3 degrees of freedom: mean 1, s.d. of the mean over 400 curves sqrt(2/69/400)
     # ~ 0.009; 2 of the 3 numbers are fitted here, so the mean is a hair above 1 -> 0.05 window
     assert abs(np.mean(chi2) - 1.0) < 0.05
@@ -61,7 +61,6 @@ def test_hybrid_start_from_true_d_converges_in_fewer_steps():
 # networks trained through the shared loop
 # ---------------------------------------------------------------------------------------------
 
-import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -92,8 +91,12 @@ def test_small_fcsnet_training_halves_held_out_loss(trained_fcsnet):
     # the stricter reference: predicting the mean ln D of the held-out set scores its variance
     # (ln D log-uniform on [ln 0.02, ln 50]: ~5.1; over 8 stacks a little less). A network that
     # reads the ACF decay must beat half of that.
-    _, ln_d = learned._acf_pool(jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 10_007), 1), TEST_RECIPE,
-                                TEST_RECIPE.held_out_stacks, progress=False)
+    _, ln_d = learned._acf_pool(
+        jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 10_007), 1),
+        TEST_RECIPE,
+        TEST_RECIPE.held_out_stacks,
+        progress=False,
+    )
     assert history.eval_loss[-1] < 0.5 * float(np.var(np.asarray(ln_d)))
 
 

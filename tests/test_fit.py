@@ -14,7 +14,9 @@ LAG = jnp.asarray(lag_grid().lags * 1.06e-3, jnp.float32)
 
 def _noisy_acfs(optics, n, rel_noise, seed):
     rng = np.random.default_rng(seed)
-    truth = np.stack([np.full(n, 4.0), np.exp(rng.uniform(np.log(0.2), np.log(5.0), n)), np.zeros(n)], 1).astype(np.float32)
+    truth = np.stack([np.full(n, 4.0), np.exp(rng.uniform(np.log(0.2), np.log(5.0), n)), np.zeros(n)], 1).astype(
+        np.float32
+    )
     clean = np.asarray(jax.vmap(lambda t: acf_model_2d(t, (LAG, optics)))(jnp.asarray(truth)))
     sigma = np.broadcast_to(rel_noise * clean[:, :1], clean.shape).astype(np.float32)
     return truth, clean, sigma, clean + sigma * rng.normal(size=clean.shape).astype(np.float32)
@@ -34,7 +36,9 @@ def test_fit_recovers_d_from_noisy_acfs_at_the_cramer_rao_bound(optics_2d):
     clean = np.asarray(acf_model_2d(theta, (LAG, optics_2d)))
     sigma = np.full_like(clean, 0.02 * clean[0])
     data = clean + sigma * rng.normal(size=(1500, clean.size)).astype(np.float32)
-    res = fit.least_squares_batch(acf_model_2d, data, np.broadcast_to(sigma, data.shape), theta, (LAG, optics_2d), **FCS_BOUNDS)
+    res = fit.least_squares_batch(
+        acf_model_2d, data, np.broadcast_to(sigma, data.shape), theta, (LAG, optics_2d), **FCS_BOUNDS
+    )
     assert np.mean(res.status == fit.Status.CONVERGED) > 0.99
     d = res.params[res.status == fit.Status.CONVERGED, 1]
     bound = float(fit.crlb(acf_model_2d, theta, sigma, (LAG, optics_2d))[1])
@@ -48,7 +52,9 @@ def test_optimistix_and_jaxopt_backends_give_the_same_parameters(optics_2d):
     _, _, sigma, data = _noisy_acfs(optics_2d, 200, 0.03, 6)
     args = (LAG, optics_2d)
     a = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, **FCS_BOUNDS)
-    b = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **FCS_BOUNDS)
+    b = fit.least_squares_batch(
+        acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **FCS_BOUNDS
+    )
     ok = (a.status == 0) & (b.status == 0)
     assert ok.mean() > 0.98
     # both stop within tolerance 1e-4 of the same minimum; D is compared relative to its fit error
@@ -60,7 +66,9 @@ def test_optimistix_cholesky_of_the_normal_equations_reaches_the_scipy_minimum(o
     # scipy's float64 minimum (within the float32 floor, ~2e-4 here: see the FCS tolerance test)
     _, _, sigma, data = _noisy_acfs(optics_2d, 12, 0.03, 14)
     solver = fit.LevenbergMarquardt(linear_solver="cholesky")
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=solver, **FCS_BOUNDS)
+    res = fit.least_squares_batch(
+        acf_model_2d, data, sigma, [1.0, 1.0, 0.0], (LAG, optics_2d), solver=solver, **FCS_BOUNDS
+    )
     assert np.all(res.status == fit.Status.CONVERGED)
     np.testing.assert_allclose(res.params[:, 1], _scipy_minima(data, sigma, optics_2d)[:, 1], rtol=5e-4)
 
@@ -72,7 +80,9 @@ def test_unknown_linear_solver_is_rejected():
 
 def test_fixed_parameters_keep_their_start_value(optics_2d):
     _, _, sigma, data = _noisy_acfs(optics_2d, 8, 0.01, 7)
-    res = fit.least_squares_batch(acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **FCS_BOUNDS)
+    res = fit.least_squares_batch(
+        acf_model_2d, data, sigma, [4.0, 1.0, 0.0], (LAG, optics_2d), free=(True, True, False), **FCS_BOUNDS
+    )
     assert np.all(res.params[:, 2] == 0.0)
 
 
@@ -124,8 +134,13 @@ def _scipy_acf_2d_fit(acf, sigma, lag_s, a_um, w_um, start):
         return b**2 / n + g_inf
 
     sol = scipy_least_squares(
-        lambda th: (model(th) - acf) / sigma, start, bounds=([1e-6, 1e-6, -1.0], [np.inf, np.inf, 1.0]),
-        x_scale="jac", xtol=1e-14, ftol=1e-14, gtol=1e-14,
+        lambda th: (model(th) - acf) / sigma,
+        start,
+        bounds=([1e-6, 1e-6, -1.0], [np.inf, np.inf, 1.0]),
+        x_scale="jac",
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
     )
     return sol.x
 
@@ -136,9 +151,12 @@ def _scipy_minima(data, sigma, optics):
 
     lag_s = np.asarray(LAG, np.float64)
     a_um, w_um = float(models.pixel_side_um(optics)), float(models.psf_radius_um(optics))
-    return np.stack([
-        _scipy_acf_2d_fit(y.astype(np.float64), s.astype(np.float64), lag_s, a_um, w_um, [1.0, 1.0, 0.0]) for y, s in zip(data, sigma)
-    ])
+    return np.stack(
+        [
+            _scipy_acf_2d_fit(y.astype(np.float64), s.astype(np.float64), lag_s, a_um, w_um, [1.0, 1.0, 0.0])
+            for y, s in zip(data, sigma)
+        ]
+    )
 
 
 def test_batch_fit_with_slot_refilling_reaches_the_scipy_minimum(optics_2d):
@@ -187,8 +205,15 @@ def test_batch_fits_stop_at_max_steps_and_report_each_dataset_once(optics_2d):
     _, clean, sigma, _ = _noisy_acfs(optics_2d, 8, 0.01, 12)
     seen = []
     res = fit.least_squares_batch(
-        acf_model_2d, clean, sigma, [40.0, 0.01, 0.0], (LAG, optics_2d), chunk=4, progress=seen.append,
-        solver=fit.LevenbergMarquardt(max_steps=4), **FCS_BOUNDS,
+        acf_model_2d,
+        clean,
+        sigma,
+        [40.0, 0.01, 0.0],
+        (LAG, optics_2d),
+        chunk=4,
+        progress=seen.append,
+        solver=fit.LevenbergMarquardt(max_steps=4),
+        **FCS_BOUNDS,
     )
     assert sum(seen) == 8
     assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 4)

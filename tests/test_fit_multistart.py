@@ -69,12 +69,20 @@ def test_covariance_of_a_linear_model_is_the_closed_form():
         expected = np.linalg.inv(x.T @ (x / sigma[:, None] ** 2))
         np.testing.assert_allclose(cov, expected, rtol=1e-10)
         # unknown noise level: scaled by the given residual variance (e.g. the reduced chi^2)
-        scaled = np.asarray(fit.parameter_covariance(linear, jnp.asarray(theta, jnp.float64), jnp.asarray(sigma), xj, 2.5))
+        scaled = np.asarray(
+            fit.parameter_covariance(linear, jnp.asarray(theta, jnp.float64), jnp.asarray(sigma), xj, 2.5)
+        )
         np.testing.assert_allclose(scaled, 2.5 * expected, rtol=1e-10)
         # a fixed parameter: zero row/column, the free block is the inverse of the free sub-block
-        fixed = np.asarray(fit.parameter_covariance(linear, jnp.asarray(theta, jnp.float64), jnp.asarray(sigma), xj, free=(True, False, True)))
+        fixed = np.asarray(
+            fit.parameter_covariance(
+                linear, jnp.asarray(theta, jnp.float64), jnp.asarray(sigma), xj, free=(True, False, True)
+            )
+        )
         sub = x[:, [0, 2]]
-        np.testing.assert_allclose(fixed[np.ix_([0, 2], [0, 2])], np.linalg.inv(sub.T @ (sub / sigma[:, None] ** 2)), rtol=1e-10)
+        np.testing.assert_allclose(
+            fixed[np.ix_([0, 2], [0, 2])], np.linalg.inv(sub.T @ (sub / sigma[:, None] ** 2)), rtol=1e-10
+        )
         assert np.all(fixed[1] == 0) and np.all(fixed[:, 1] == 0)
         # zero / infinite sigma: the point is ignored
         s2 = sigma.copy()
@@ -84,7 +92,9 @@ def test_covariance_of_a_linear_model_is_the_closed_form():
         np.testing.assert_allclose(cov2, np.linalg.inv(x[6:].T @ (x[6:] / sigma[6:, None] ** 2)), rtol=1e-10)
     # float32: unit-diagonal scaling keeps it accurate for parameters of very different scale
     xs = x * np.array([1e3, 1.0, 1e-3])
-    cov32 = np.asarray(fit.parameter_covariance(linear, theta, jnp.asarray(sigma, jnp.float32), jnp.asarray(xs, jnp.float32)))
+    cov32 = np.asarray(
+        fit.parameter_covariance(linear, theta, jnp.asarray(sigma, jnp.float32), jnp.asarray(xs, jnp.float32))
+    )
     exp32 = np.linalg.inv(xs.T @ (xs / sigma[:, None] ** 2))
     np.testing.assert_allclose(np.diag(cov32), np.diag(exp32), rtol=1e-3)
 
@@ -111,7 +121,9 @@ def test_confidence_intervals_cover_the_truth_95_percent(known_sigma):
 
     @jax.jit
     def cis(theta, s, r):
-        return jax.vmap(lambda a, b, c: fit.confidence_intervals(exp_decay, a, b, t, c if r is not None else None))(theta, s, r if r is not None else jnp.zeros(n))
+        return jax.vmap(lambda a, b, c: fit.confidence_intervals(exp_decay, a, b, t, c if r is not None else None))(
+            theta, s, r if r is not None else jnp.zeros(n)
+        )
 
     lo, hi = cis(jnp.asarray(res.params), jnp.asarray(sigma), rv)
     covered = ((np.asarray(lo) <= truth) & (truth <= np.asarray(hi)))[ok]

@@ -122,9 +122,13 @@ def test_gaussian_crlb_of_a_linear_model_is_the_inverse_information(dtype, use_j
     with _precision(dtype):
         theta, xs, sg = jnp.asarray([1.0, -2.0, 0.5], dtype), jnp.asarray(x, dtype), jnp.asarray(sigma, dtype)
         bound = _maybe_jit(lambda th, s, a: fit.crlb(lambda t, xx: xx @ t, th, s, a), use_jit)(theta, sg, xs)
-        cov = _maybe_jit(lambda th, s, a: fit.parameter_covariance(lambda t, xx: xx @ t, th, s, a), use_jit)(theta, sg, xs)
+        cov = _maybe_jit(lambda th, s, a: fit.parameter_covariance(lambda t, xx: xx @ t, th, s, a), use_jit)(
+            theta, sg, xs
+        )
         np.testing.assert_allclose(np.asarray(bound, np.float64), np.sqrt(np.diag(expected_cov)), rtol=RTOL[dtype])
-        np.testing.assert_allclose(np.asarray(cov, np.float64), expected_cov, rtol=RTOL[dtype], atol=RTOL[dtype] * np.abs(expected_cov).max())
+        np.testing.assert_allclose(
+            np.asarray(cov, np.float64), expected_cov, rtol=RTOL[dtype], atol=RTOL[dtype] * np.abs(expected_cov).max()
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -144,7 +148,9 @@ def test_covariance_from_fisher_inverts_the_free_block_and_scales():
     info = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
     with jax.enable_x64(True):
         cov = np.asarray(fit.covariance_from_fisher(jnp.asarray(info), 2.0, free=(True, False, True)))
-    np.testing.assert_allclose(cov[np.ix_([0, 2], [0, 2])], 2.0 * np.linalg.inv(info[np.ix_([0, 2], [0, 2])]), rtol=1e-12)
+    np.testing.assert_allclose(
+        cov[np.ix_([0, 2], [0, 2])], 2.0 * np.linalg.inv(info[np.ix_([0, 2], [0, 2])]), rtol=1e-12
+    )
     assert np.all(cov[1] == 0) and np.all(cov[:, 1] == 0)
 
 
@@ -153,7 +159,9 @@ def test_wald_intervals_are_the_closed_form():
     z = 1.959963984540054
     assert fit.normal_quantile(0.95) == pytest.approx(z, rel=1e-15)
     with jax.enable_x64(True):
-        lo, hi = fit.wald_intervals(jnp.asarray([2.0, 5.0]), jnp.diag(jnp.asarray([0.04, 0.25])), log_scale=(False, True))
+        lo, hi = fit.wald_intervals(
+            jnp.asarray([2.0, 5.0]), jnp.diag(jnp.asarray([0.04, 0.25])), log_scale=(False, True)
+        )
     np.testing.assert_allclose(np.asarray(lo), [2.0 - z * 0.2, 5.0 * math.exp(-z * 0.5 / 5.0)], rtol=1e-14)
     np.testing.assert_allclose(np.asarray(hi), [2.0 + z * 0.2, 5.0 * math.exp(z * 0.5 / 5.0)], rtol=1e-14)
 

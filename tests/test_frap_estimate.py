@@ -39,7 +39,9 @@ def fitted():
     n_eff = fs.roi_effective_pixels(geometry)
     sample = fs.sample_frap_params(jax.random.key(11), B, PRIOR)
     curves = fs.simulate_curves(jax.random.key(12), sample.params, table, fs.PixelNoise(jnp.full((B,), A)), n_eff)
-    truth = np.stack([np.asarray(sample.params.d_px2_s), np.asarray(sample.params.c0), np.asarray(sample.params.alpha)], 1)
+    truth = np.stack(
+        [np.asarray(sample.params.d_px2_s), np.asarray(sample.params.c0), np.asarray(sample.params.alpha)], 1
+    )
     true_var = float(table.roi_sum) ** 2 / n_eff * A
     res = fe.fit_recovery_curves(np.asarray(curves), table, key=jax.random.key(13), prior=PRIOR)  # 30 starts
     return table, curves, truth, true_var, res
@@ -72,7 +74,7 @@ def test_noise_variance_estimate_matches_the_simulated_one(fitted):
 
 
 def test_known_noise_variance_gives_unit_reduced_chi2_and_same_fit(fitted):
-    table, curves, truth, true_var, res = fitted
+    table, curves, _truth, true_var, res = fitted
     sub = np.asarray(curves[:24])
     known = fe.fit_recovery_curves(sub, table, key=jax.random.key(13), prior=PRIOR, noise_variance=true_var)
     ok = (known.status == fit.Status.CONVERGED) & (res.status[:24] == fit.Status.CONVERGED)
@@ -83,7 +85,7 @@ def test_known_noise_variance_gives_unit_reduced_chi2_and_same_fit(fitted):
 
 
 def test_single_curve_and_wrong_length_input(fitted):
-    table, curves, truth, _, _ = fitted
+    table, curves, _truth, _, _ = fitted
     one = fe.fit_recovery_curves(np.asarray(curves[0]), table, key=jax.random.key(0), n_starts=5, prior=PRIOR)
     assert one.params.shape == (1, 3) and one.d_px2_s.shape == (1,)
     with pytest.raises(ValueError, match="values"):
@@ -93,14 +95,24 @@ def test_single_curve_and_wrong_length_input(fitted):
 def test_crlb_fisher_matches_finite_difference_jacobian(fitted):
     table, _, truth, true_var, _ = fitted
     theta = jnp.asarray(truth[:4])
-    bound = np.asarray(fe.recovery_curve_crlb(theta, table, fs.PixelNoise(jnp.full((4,), A)), float(table.roi_sum) ** 2 * A / true_var))
+    bound = np.asarray(
+        fe.recovery_curve_crlb(theta, table, fs.PixelNoise(jnp.full((4,), A)), float(table.roi_sum) ** 2 * A / true_var)
+    )
     for i in range(4):
         # central differences, relative step 1e-3: truncation ~1e-6, float32 rounding ~1e-7 / 1e-3
         # = 1e-4 of the derivative, so the bounds agree to well under 1 %
         steps = 1e-3 * np.abs(truth[i])
-        jac = np.stack([(np.asarray(fe.frap_curve_model(theta[i] + h * e, table), np.float64)
-                         - np.asarray(fe.frap_curve_model(theta[i] - h * e, table), np.float64)) / (2 * h)
-                        for h, e in zip(steps, np.eye(3, dtype=np.float32))], axis=1)
+        jac = np.stack(
+            [
+                (
+                    np.asarray(fe.frap_curve_model(theta[i] + h * e, table), np.float64)
+                    - np.asarray(fe.frap_curve_model(theta[i] - h * e, table), np.float64)
+                )
+                / (2 * h)
+                for h, e in zip(steps, np.eye(3, dtype=np.float32))
+            ],
+            axis=1,
+        )
         reference = np.sqrt(np.diag(np.linalg.inv(jac.T @ jac / true_var)))
         np.testing.assert_allclose(bound[i], reference, rtol=1e-2)
 
@@ -112,6 +124,8 @@ def test_least_squares_errors_are_about_one_crlb(fitted):
     table, _, truth, true_var, res = fitted
     ok = res.status == fit.Status.CONVERGED
     n_eff = float(table.roi_sum) ** 2 * A / true_var
-    bound = np.asarray(fe.recovery_curve_crlb(jnp.asarray(truth[ok]), table, fs.PixelNoise(jnp.full((ok.sum(),), A)), n_eff))
+    bound = np.asarray(
+        fe.recovery_curve_crlb(jnp.asarray(truth[ok]), table, fs.PixelNoise(jnp.full((ok.sum(),), A)), n_eff)
+    )
     z = (res.params[ok] - truth[ok]) / bound
     np.testing.assert_allclose(np.std(z, axis=0), 1.0, atol=0.25)

@@ -24,7 +24,11 @@ SETTINGS = FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbl
 PRIOR = FrapPrior(d_um2_s_range=(1.0, 100.0))
 SMALL = learned.RECIPES["deepfrap-small"]
 TINY = dataclasses.replace(
-    SMALL, name="tiny", settings=SETTINGS, radius_px=8.0, prior=PRIOR,
+    SMALL,
+    name="tiny",
+    settings=SETTINGS,
+    radius_px=8.0,
+    prior=PRIOR,
     net=dataclasses.replace(SMALL.net, inputs=35),
     train=dataclasses.replace(SMALL.train, steps=600, batch_size=128, eval_every=300, eval_batches=2),
 )
@@ -40,7 +44,9 @@ def trained(tmp_path_factory):
 def _fresh_curves(n, key=7, a=1e-3):
     table, n_eff = learned.deepfrap_table(SETTINGS, 8.0)
     sample = sample_frap_params(jax.random.key(key), n, PRIOR)
-    curves = simulate_curves(jax.random.key(key + 1), sample.params, table, PixelNoise(np.full(n, a, np.float32)), n_eff)
+    curves = simulate_curves(
+        jax.random.key(key + 1), sample.params, table, PixelNoise(np.full(n, a, np.float32)), n_eff
+    )
     return table, sample.params, np.asarray(curves)
 
 
@@ -57,7 +63,9 @@ def test_reloaded_network_gives_the_same_predictions(trained):
     run, net, _ = trained
     reloaded, meta = learned.load_network(run)
     _, _, curves = _fresh_curves(64)
-    np.testing.assert_allclose(learned.predict_curves(reloaded, meta, curves), learned.predict_curves(net, meta, curves), rtol=1e-6)
+    np.testing.assert_allclose(
+        learned.predict_curves(reloaded, meta, curves), learned.predict_curves(net, meta, curves), rtol=1e-6
+    )
     assert meta["settings"]["n_postbleach"] == 30 and meta["radius_px"] == 8.0
 
 
@@ -88,7 +96,7 @@ def test_load_network_refuses_another_kind_of_checkpoint(trained, tmp_path):
     (fake / "meta.json").write_text(json.dumps({**meta, "fluojax_network": "fcsnet"}))
     with pytest.raises(ValueError, match="not a DeepFRAP"):
         learned.load_network(fake)
-    with pytest.raises(ValueError, match="no meta.json"):
+    with pytest.raises(ValueError, match="no meta.json"):  # noqa: RUF043
         learned.load_network(tmp_path)
 
 
@@ -132,6 +140,7 @@ def test_cli_train_refuses_a_run_folder_of_another_recipe_before_building_anythi
     monkeypatch.setattr(learned, "deepfrap_table", fail)
     metrics = (run / "metrics.csv").read_text()
     assert main(["frap", "train", "--config", "deepfrap-small", "-o", str(run)]) == 2
-    assert capsys.readouterr().err.strip() == (f"fluojax: error: -o {run} holds a tiny run (step 600); "
-                                               "use --config tiny to resume it, or another folder")
+    assert capsys.readouterr().err.strip() == (
+        f"fluojax: error: -o {run} holds a tiny run (step 600); use --config tiny to resume it, or another folder"
+    )
     assert (run / "metrics.csv").read_text() == metrics

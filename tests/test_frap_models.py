@@ -273,7 +273,7 @@ def test_vmap_over_parameters_equals_loop():
     batched = jax.vmap(lambda p: fm.recovery_curve(p, geom, SMALL))(batch)
     images = jax.vmap(lambda p: fm.simulate_images(p, geom, SMALL))(batch)
     for i in range(3):
-        p = jax.tree_util.tree_map(lambda x: x[i], batch)
+        p = jax.tree_util.tree_map(lambda x: x[i], batch)  # noqa: B023
         np.testing.assert_allclose(batched[i], fm.recovery_curve(p, geom, SMALL), rtol=1e-5)
         np.testing.assert_allclose(images[i], fm.simulate_images(p, geom, SMALL), rtol=1e-5, atol=1e-6)
 

@@ -22,14 +22,21 @@ def test_paper_networks_have_the_seeds_weight_counts():
     # 129,792 of the joint network's weights are shared by the three outputs (all but the last layer)
     assert parameter_count(joint.hidden) == 129_792
     assert parameter_count(merged) == 3 * (129_792 + 128 + 1)
-    for config in (fn.DeepFrapConfig.paper(), fn.DeepFrapConfig.paper(True), fn.DeepFrapConfig.small(), fn.DeepFrapConfig.small(True)):
+    for config in (
+        fn.DeepFrapConfig.paper(),
+        fn.DeepFrapConfig.paper(True),
+        fn.DeepFrapConfig.small(),
+        fn.DeepFrapConfig.small(True),
+    ):
         assert parameter_count(fn.build_network(config)) == fn.expected_parameter_count(config)
     c = fn.DeepFrapConfig.paper()
     assert (c.inputs, c.width, c.hidden_layers, c.outputs) == (110, 128, 8, 3)
     hash(c)
 
 
-@pytest.mark.parametrize("config", [fn.DeepFrapConfig.small(), fn.DeepFrapConfig.small(True), fn.DeepFrapConfig.paper(True)])
+@pytest.mark.parametrize(
+    "config", [fn.DeepFrapConfig.small(), fn.DeepFrapConfig.small(True), fn.DeepFrapConfig.paper(True)]
+)
 def test_output_shapes_and_input_check(config):
     net = fn.build_network(config, seed=1)
     out = net(jnp.ones((5, 110)))
@@ -79,7 +86,9 @@ def test_weighted_mse_is_seed_eq_9():
     # train.py signature: the noise variance a rides along as the last target column, weight 1/a
     a = jnp.array([1e-4, 1e-3, 1e-2, 3e-3, 2e-4, 5e-3])
     with_a = jnp.concatenate([target, a[:, None]], axis=1)
-    np.testing.assert_allclose(fn.inverse_noise_weighted_mse(pred, with_a), fn.weighted_mse(pred, target, 1 / a), rtol=1e-6)
+    np.testing.assert_allclose(
+        fn.inverse_noise_weighted_mse(pred, with_a), fn.weighted_mse(pred, target, 1 / a), rtol=1e-6
+    )
     with pytest.raises(ValueError):
         fn.inverse_noise_weighted_mse(pred, target)
 
@@ -111,7 +120,9 @@ def test_small_network_training_on_simulated_curves_lowers_held_out_loss():
         return curves, fn.network_targets(sample)
 
     net = fn.build_network(fn.DeepFrapConfig.small(), seed=0)
-    config = TrainConfig(steps=400, batch_size=batch, learning_rate=1e-3, final_learning_rate=1e-4, eval_every=100, eval_batches=4)
+    config = TrainConfig(
+        steps=400, batch_size=batch, learning_rate=1e-3, final_learning_rate=1e-4, eval_every=100, eval_batches=4
+    )
     history = train(net, sample_batch, config, loss=fn.inverse_noise_weighted_mse, progress=False)
     first, last = history.eval_loss[0], history.eval_loss[-1]
     assert last < 0.25 * first

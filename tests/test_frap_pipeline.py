@@ -26,13 +26,19 @@ def exact_disk_area_fractions(shape, xc, yc, r, samples=4000):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("circle:32,32,8", (32.0, 32.0, 8.0)), ("circle: 10.5 , 7.25 ,1e1", (10.5, 7.25, 10.0)), ("circle:-1,.5,3", (-1.0, 0.5, 3.0))],
+    [
+        ("circle:32,32,8", (32.0, 32.0, 8.0)),
+        ("circle: 10.5 , 7.25 ,1e1", (10.5, 7.25, 10.0)),
+        ("circle:-1,.5,3", (-1.0, 0.5, 3.0)),
+    ],
 )
 def test_parse_roi_accepts_circles(text, expected):
     assert tuple(pipeline.parse_roi(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["circle:1,2", "square:1,2,3", "circle:1,2,0", "circle:1,2,-3", "circle:a,b,c", "", "circle:1,2,3,4"])
+@pytest.mark.parametrize(
+    "text", ["circle:1,2", "square:1,2,3", "circle:1,2,0", "circle:1,2,-3", "circle:a,b,c", "", "circle:1,2,3,4"]
+)
 def test_parse_roi_rejects_other_forms_with_one_line(text):
     with pytest.raises(InputError) as err:
         pipeline.parse_roi(text)
@@ -140,8 +146,15 @@ def _fit(alpha=0.7, alpha_hi=0.72, d_lo=8.0, d_hi=12.0, status=0):
     from fluojax.frap.estimate import FrapFit
 
     row = lambda *v: np.array([v], np.float64)  # noqa: E731
-    return FrapFit(row(10.0, 0.75, alpha), row(d_lo, 0.74, alpha - 0.02), row(d_hi, 0.76, alpha_hi), row(1.0, 0.01, 0.01),
-                   np.array([status]), np.array([1e-6]), np.array([1e-6]))
+    return FrapFit(
+        row(10.0, 0.75, alpha),
+        row(d_lo, 0.74, alpha - 0.02),
+        row(d_hi, 0.76, alpha_hi),
+        row(1.0, 0.01, 0.01),
+        np.array([status]),
+        np.array([1e-6]),
+        np.array([1e-6]),
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,7 +176,9 @@ def test_fit_status_flags_fits_without_bleach_or_without_a_determined_d(fit_kwar
     code = int(pipeline.fit_status(_fit(**fit_kwargs))[0])
     assert pipeline.FrapStatus.NAMES[code] == expected
     assert pipeline.fit_ok(code, [10.0, 0.75, 0.7]) == (expected in ("CONVERGED", "AT_BOUND"))
-    assert (pipeline.status_reason(code, [10.0, 0.75, 0.7], [1, 0, 0], [10.5, 1, 1]) == "") == (expected in ("CONVERGED", "AT_BOUND"))
+    assert (pipeline.status_reason(code, [10.0, 0.75, 0.7], [1, 0, 0], [10.5, 1, 1]) == "") == (
+        expected in ("CONVERGED", "AT_BOUND")
+    )
 
 
 def test_default_pad_is_half_the_square_up_to_the_grid_limit():
@@ -174,7 +189,11 @@ def test_default_pad_is_half_the_square_up_to_the_grid_limit():
 
 @pytest.mark.parametrize(
     ("n", "pad", "message"),
-    [(32, 129, "at most 4 x the 32-px square's side (128 px)"), (1024, 600, "--pad 512 or less"), (3000, None, "crop the stack")],
+    [
+        (32, 129, "at most 4 x the 32-px square's side (128 px)"),
+        (1024, 600, "--pad 512 or less"),
+        (3000, None, "crop the stack"),
+    ],
 )
 def test_pads_beyond_the_bounds_are_refused_with_what_is_allowed(n, pad, message):
     with pytest.raises(InputError, match=re.escape(message)) as err:

@@ -76,7 +76,11 @@ def test_samples_lie_in_table_1_ranges_and_follow_its_distributions():
     assert 0.5 <= c0.min() and c0.max() <= 1.0 and 0.45 <= alpha.min() and alpha.max() <= 0.95
     assert 1e-4 * (1 - eps) <= a.min() and a.max() <= 1e-2 * (1 + eps)
     assert np.all(np.asarray(noise.a_prime) == 0.0)
-    assert np.all(np.asarray(p.mobile_fraction) == 1) and np.all(np.asarray(p.beta) == 1) and np.all(np.asarray(p.gamma_px) == 0)
+    assert (
+        np.all(np.asarray(p.mobile_fraction) == 1)
+        and np.all(np.asarray(p.beta) == 1)
+        and np.all(np.asarray(p.gamma_px) == 0)
+    )
     # shapes: log-uniform D and a (log10 uniform), uniform c0 and alpha
     assert stats.kstest(log10_d, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
     assert stats.kstest(np.log10(a), stats.uniform(-4.0, 2.0).cdf).pvalue > 1e-3
@@ -112,7 +116,14 @@ def test_simulated_curve_noise_variance_is_sum_w2_times_a_plus_a_prime_c(small_s
     geometry, table, variance_table = small_setup
     n = 20000
     curves = np.asarray(
-        fs.simulate_curves(jax.random.key(11), _batch(PARAMS, n), table, _batch_noise(NOISE, n), fs.roi_effective_pixels(geometry), variance_table),
+        fs.simulate_curves(
+            jax.random.key(11),
+            _batch(PARAMS, n),
+            table,
+            _batch_noise(NOISE, n),
+            fs.roi_effective_pixels(geometry),
+            variance_table,
+        ),
         np.float64,
     )
     clean, variance = _exact_curve_variance(geometry, SMALL, PARAMS, NOISE)
@@ -149,7 +160,8 @@ def test_approximate_a_prime_term_is_exact_before_the_bleach_and_unused_when_a_p
     np.testing.assert_allclose(scaled, k * k * approx, rtol=1e-5)
     key, params, noise = jax.random.key(2), _batch(PARAMS, 8), fs.PixelNoise(jnp.full((8,), 1e-3))
     np.testing.assert_array_equal(
-        fs.simulate_curves(key, params, table, noise, n_eff), fs.simulate_curves(key, params, table, noise, n_eff, variance_table)
+        fs.simulate_curves(key, params, table, noise, n_eff),
+        fs.simulate_curves(key, params, table, noise, n_eff, variance_table),
     )
 
 
@@ -217,7 +229,9 @@ def test_curve_level_and_image_level_roi_curves_agree_in_mean_and_variance(small
 
     from_images = np.concatenate([np.asarray(image_curves(jax.random.key(100 + i)), np.float64) for i in range(chunks)])
     from_curves = np.asarray(
-        fs.simulate_curves(jax.random.key(200), _batch(PARAMS, n), table, _batch_noise(NOISE, n), n_eff, variance_table),
+        fs.simulate_curves(
+            jax.random.key(200), _batch(PARAMS, n), table, _batch_noise(NOISE, n), n_eff, variance_table
+        ),
         np.float64,
     )
     clean, variance = _exact_curve_variance(geometry, SMALL, PARAMS, NOISE)

@@ -102,12 +102,14 @@ def test_save_and_load_round_trip_restores_identical_outputs(tmp_path):
 
 def test_load_refuses_an_unknown_or_unexpected_kind(tmp_path):
     net = _trained_like()
-    networks.save_network(tmp_path / "ckpt", net, {"fluojax_network": "tiny", "net_config": dataclasses.asdict(TinyConfig())})
+    networks.save_network(
+        tmp_path / "ckpt", net, {"fluojax_network": "tiny", "net_config": dataclasses.asdict(TinyConfig())}
+    )
     with pytest.raises(ValueError, match="holds a tiny checkpoint, not a toy network"):
         networks.load_network(tmp_path / "ckpt", {"other": _build}, accepted="toy network")
     with pytest.raises(ValueError, match="holds a tiny checkpoint, not a other"):
         networks.load_network(tmp_path / "ckpt", {"tiny": _build, "other": _build}, expect="other")
-    with pytest.raises(ValueError, match="no meta.json"):
+    with pytest.raises(ValueError, match="no meta.json"):  # noqa: RUF043
         networks.load_network(tmp_path, BUILDERS)
 
 
@@ -133,8 +135,14 @@ class TinyRecipe(networks.Recipe):
 
 
 def test_a_recipe_trains_stores_its_meta_and_reloads(tmp_path):
-    recipe = TinyRecipe("tiny-sum", TinyConfig(), TrainConfig(steps=40, batch_size=32, learning_rate=1e-2, final_learning_rate=1e-3,
-                                                             eval_every=20, eval_batches=1), noise=0.5)
+    recipe = TinyRecipe(
+        "tiny-sum",
+        TinyConfig(),
+        TrainConfig(
+            steps=40, batch_size=32, learning_rate=1e-2, final_learning_rate=1e-3, eval_every=20, eval_batches=1
+        ),
+        noise=0.5,
+    )
     net, history = networks.train_recipe(recipe, tmp_path / "run", steps=30, seed=1, progress=False)
     loaded, meta = networks.load_network(tmp_path / "run", BUILDERS)
     assert meta["step"] == 30 and meta["train_config"]["steps"] == 30  # the steps override reached the schedule

@@ -28,7 +28,11 @@ FRAP_FIT = ["--roi", "circle:16,16,6", "--prebleach", "10", "--bleach", "4"]
 
 def _env() -> dict:
     """Environment for a subprocess that imports this checkout's fluojax."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "JAX_PLATFORMS": "cpu"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JAX_PLATFORMS": "cpu",
+    }
 
 
 def _snapshot(root: Path) -> dict:
@@ -127,7 +131,11 @@ def test_failing_run_leaves_an_earlier_result_byte_identical(fcs_result, tmp_pat
     data = np.random.default_rng(0).poisson(50, (2400, 4, 4)).astype(np.float32)
     data[10, 1, 1] = np.nan  # passes the output check, then the analysis refuses it
     tifffile.imwrite(tmp_path / "bad.tif", data, photometric="minisblack")
-    err = _refused(tmp_path, capsys, ["fcs", "fit", str(tmp_path / "bad.tif"), "--frame-time", "0.001", "-o", str(good), "--overwrite"])
+    err = _refused(
+        tmp_path,
+        capsys,
+        ["fcs", "fit", str(tmp_path / "bad.tif"), "--frame-time", "0.001", "-o", str(good), "--overwrite"],
+    )
     assert "NaN" in err
 
 
@@ -170,14 +178,18 @@ def test_another_kinds_result_is_refused_even_with_overwrite(frap_stack, fcs_res
     assert "fcs-fit result, not frap-fit" in err
 
 
-@pytest.mark.parametrize("argv", [
-    ["fcs", "fit", "in.tif"],
-    ["fcs", "predict", "in.tif", "--net", "run"],
-    ["fcs", "compare"],
-    ["demo"],
-    ["frap", "fit", "in.tif", "--roi", "circle:5,5,2"],
-    ["frap", "predict", "in.tif", "--net", "run", "--roi", "circle:5,5,2"],
-], ids=lambda argv: "-".join(a for a in argv[:2] if not a.endswith(".tif")))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fcs", "fit", "in.tif"],
+        ["fcs", "predict", "in.tif", "--net", "run"],
+        ["fcs", "compare"],
+        ["demo"],
+        ["frap", "fit", "in.tif", "--roi", "circle:5,5,2"],
+        ["frap", "predict", "in.tif", "--net", "run", "--roi", "circle:5,5,2"],
+    ],
+    ids=lambda argv: "-".join(a for a in argv[:2] if not a.endswith(".tif")),
+)
 def test_every_result_command_refuses_a_foreign_folder_before_reading_anything(argv, tmp_path, capsys):
     # in.tif and run do not exist: the output check must come first for this to say "not a fluojax result"
     mine = tmp_path / "mine"
@@ -212,7 +224,9 @@ def test_sigterm_while_staging_leaves_no_hidden_sibling_and_the_destination_unto
         dest = tmp_path / "stack.tif"
         dest.write_bytes(b"earlier")
     before = _snapshot(tmp_path)
-    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_CHILD, str(dest), kind], stdout=subprocess.PIPE, text=True, env=_env())
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_CHILD, str(dest), kind], stdout=subprocess.PIPE, text=True, env=_env()
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
         assert any(p.name.startswith(f".{dest.name}.fluojax-") for p in tmp_path.iterdir())  # it was staging
@@ -225,7 +239,9 @@ def test_sigterm_while_staging_leaves_no_hidden_sibling_and_the_destination_unto
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -282,28 +298,44 @@ def test_simulate_replaces_an_existing_tif_only_with_overwrite(frap_stack, tmp_p
     argv = ["frap", "simulate", "--size", "32", "--radius", "6", "--postbleach", "10", "-o", str(target)]
     assert "--overwrite" in _refused(tmp_path, capsys, argv)
     assert main([*argv, "--overwrite"]) == 0
-    np.testing.assert_array_equal(tifffile.imread(target), tifffile.imread(frap_stack))  # same settings and seed as the fixture
+    np.testing.assert_array_equal(
+        tifffile.imread(target), tifffile.imread(frap_stack)
+    )  # same settings and seed as the fixture
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sim.tif"]
 
 
 def test_simulate_never_replaces_a_folder(tmp_path, capsys):
     (tmp_path / "folder.tif").mkdir()
     (tmp_path / "folder.tif" / "inside.txt").write_text("mine\n")
-    err = _refused(tmp_path, capsys, ["fcs", "simulate", "--frames", "2400", "--size", "4", "-o", str(tmp_path / "folder.tif"), "--overwrite"])
+    err = _refused(
+        tmp_path,
+        capsys,
+        ["fcs", "simulate", "--frames", "2400", "--size", "4", "-o", str(tmp_path / "folder.tif"), "--overwrite"],
+    )
     assert "is a folder" in err
 
 
 def test_simulate_never_replaces_a_file_that_is_not_a_tif(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("notes\n")
-    _refused(tmp_path, capsys, ["fcs", "simulate", "--frames", "2400", "--size", "4", "-o", str(tmp_path / "notes.txt"), "--overwrite"])
+    _refused(
+        tmp_path,
+        capsys,
+        ["fcs", "simulate", "--frames", "2400", "--size", "4", "-o", str(tmp_path / "notes.txt"), "--overwrite"],
+    )
 
 
 def test_train_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "raw.tif").write_bytes(b"raw")
-    err = _refused(tmp_path, capsys, ["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "1", "-o", str(tmp_path / "data")])
+    err = _refused(
+        tmp_path,
+        capsys,
+        ["fcs", "train", "--config", "imfcsnet-2d-small", "--steps", "1", "-o", str(tmp_path / "data")],
+    )
     assert "not a fluojax training run" in err
-    assert "not a fluojax training run" in _refused(tmp_path, capsys, ["frap", "train", "--config", "deepfrap-small", "-o", str(tmp_path / "data")])
+    assert "not a fluojax training run" in _refused(
+        tmp_path, capsys, ["frap", "train", "--config", "deepfrap-small", "-o", str(tmp_path / "data")]
+    )
 
 
 def test_a_folder_with_training_metrics_is_a_run_to_resume(tmp_path):
@@ -318,7 +350,12 @@ def test_a_folder_with_training_metrics_is_a_run_to_resume(tmp_path):
 
 
 def test_argparse_errors_are_one_line_with_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fluojax.cli", "fcs", "fit", "x.tif", "--na", "abc"],
-                          capture_output=True, text=True, env=_env(), cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fluojax.cli", "fcs", "fit", "x.tif", "--na", "abc"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "fluojax: error: argument --na: 'abc' is not a number (see 'fluojax fcs fit --help')\n"

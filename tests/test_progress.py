@@ -21,7 +21,7 @@ class Tty(io.StringIO):
 def test_lines_at_most_every_interval_and_one_at_the_end():
     clock, out = FakeClock(), io.StringIO()
     with progress(64, "correlate", "bands", stream=out, clock=clock) as bar:
-        for k in range(64):
+        for _k in range(64):
             clock.now += 0.5  # one band per 0.5 s: 32 s in all
             bar.update(1)
     lines = out.getvalue().splitlines()
@@ -86,7 +86,10 @@ def test_stages_of_unequal_cost_name_the_next_stage_and_give_no_time_estimate():
         clock.now += 12.0
         bar.set_postfix_str("table built; fitting 30 starts")
         bar.update(1)
-    assert out.getvalue().splitlines()[0] == "fluojax: frap fit 1/3 stages (33 %), 12 s elapsed, table built; fitting 30 starts"
+    assert (
+        out.getvalue().splitlines()[0]
+        == "fluojax: frap fit 1/3 stages (33 %), 12 s elapsed, table built; fitting 30 starts"
+    )
 
 
 def test_the_final_count_is_not_repeated_when_the_last_update_already_wrote_it():
@@ -96,8 +99,10 @@ def test_the_final_count_is_not_repeated_when_the_last_update_already_wrote_it()
         bar.update(3)
         clock.now += 11.0
         bar.update(1)
-    assert out.getvalue().splitlines() == ["fluojax: correlate 3/4 bands (75 %), 11 s elapsed, ~4 s left",
-                                           "fluojax: correlate 4/4 bands (100 %), 22 s elapsed"]
+    assert out.getvalue().splitlines() == [
+        "fluojax: correlate 3/4 bands (75 %), 11 s elapsed, ~4 s left",
+        "fluojax: correlate 4/4 bands (100 %), 22 s elapsed",
+    ]
 
 
 def test_work_done_in_one_step_writes_nothing_however_long_it_took():

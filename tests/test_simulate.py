@@ -46,13 +46,21 @@ def test_camera_counts_have_closed_form_moments(kind):
 
 def _recovered_d(optics, three_d, frame_time_s, seeds):
     geo = simulate.StackGeometry(
-        frames=30000, size_px=12, frame_time_s=frame_time_s, margin_px=8, three_d=three_d,
+        frames=30000,
+        size_px=12,
+        frame_time_s=frame_time_s,
+        margin_px=8,
+        three_d=three_d,
         n_particles=simulate.particles_for_density(3.0, 12, optics, 8),
     )
-    settings = pipeline.AnalysisSettings(frame_time_s=frame_time_s, optics=optics, model="3d" if three_d else "2d", bleach_order=0)
+    settings = pipeline.AnalysisSettings(
+        frame_time_s=frame_time_s, optics=optics, model="3d" if three_d else "2d", bleach_order=0
+    )
     fitted = []
     for seed in seeds:
-        stack = np.asarray(simulate.simulate_stack(jax.random.key(seed), simulate.DiffusionSample(1.0, 8.0), optics, geo))
+        stack = np.asarray(
+            simulate.simulate_stack(jax.random.key(seed), simulate.DiffusionSample(1.0, 8.0), optics, geo)
+        )
         maps = pipeline.analyse_stack(stack, settings, progress=False)
         assert np.mean(maps.status == 0) > 0.95
         fitted.append(maps.d_um2_s.ravel())
@@ -104,8 +112,11 @@ def test_sampled_training_params_follow_the_prior():
     assert all(v.shape == (m,) for v in p)
     assert p.n_particles.dtype == np.int32
     for v, lo, hi in [
-        (p.d_um2_s, 0.02, 50.0), (p.n_particles, 24, 486), (p.brightness, 1.06, 10.6),
-        (p.sigma0, 0.75, 0.85), (p.noise_sd, np.sqrt(0.09), np.sqrt(0.11)),
+        (p.d_um2_s, 0.02, 50.0),
+        (p.n_particles, 24, 486),
+        (p.brightness, 1.06, 10.6),
+        (p.sigma0, 0.75, 0.85),
+        (p.noise_sd, np.sqrt(0.09), np.sqrt(0.11)),
     ]:
         assert lo * (1 - 1e-6) <= v.min() and v.max() <= hi * (1 + 1e-6)
     # ln D uniform on [ln 0.02, ln 50]; brightness uniform: KS with 4000 draws (a fixed key; a
@@ -142,8 +153,14 @@ def _mean_intensity_ratios(three_d, batch):
     (45-202 of max_particles 202), fixed D = 50 um^2/s (fast mixing) and brightness 5."""
     ctor = simulate.TrainingPrior.spim_3d if three_d else simulate.TrainingPrior.itir_2d
     prior = ctor(
-        frames=400, d_min_um2_s=50.0, d_max_um2_s=50.0, density_min_per_px2=0.2, density_max_per_px2=0.9,
-        brightness_min=5.0, brightness_max=5.0, max_particles=202,
+        frames=400,
+        d_min_um2_s=50.0,
+        d_max_um2_s=50.0,
+        density_min_per_px2=0.2,
+        density_max_per_px2=0.9,
+        brightness_min=5.0,
+        brightness_max=5.0,
+        max_particles=202,
     )
     stacks, params = simulate.simulate_training_batch(jax.random.key(3), prior, batch)
     n = np.asarray(params.n_particles)
@@ -179,7 +196,7 @@ def test_training_batch_mean_intensity_is_density_times_brightness_and_masks_par
 
 
 def test_training_batch_mean_intensity_matches_the_light_sheet_average_3d():
-    n, observed, expected = _mean_intensity_ratios(True, 64)
+    _n, observed, expected = _mean_intensity_ratios(True, 64)
     # fewer photons (mean sheet weight 0.125) and slow mixing across the 11 um deep box: the
     # pooled ratio scatters by ~1.3 % over seeds at batch 64; 5 % ~ 4 s.d.
     assert observed.sum() / expected.sum() == pytest.approx(1.0, abs=0.05)
@@ -188,9 +205,13 @@ def test_training_batch_mean_intensity_matches_the_light_sheet_average_3d():
 def test_frames_per_step_changes_speed_not_results(optics_3d):
     # Each frame draws from its own key whatever the chunking; positions differ only by float
     # rounding, which flips a Poisson draw with probability ~1e-6 per pixel-frame.
-    geo = simulate.StackGeometry(frames=53, size_px=4, frame_time_s=2e-3, n_particles=80, three_d=True, frames_per_step=1)
+    geo = simulate.StackGeometry(
+        frames=53, size_px=4, frame_time_s=2e-3, n_particles=80, three_d=True, frames_per_step=1
+    )
     sample = simulate.DiffusionSample(2.0, 6.0)
     a = np.asarray(simulate.simulate_stack(jax.random.key(5), sample, optics_3d, geo))
-    b = np.asarray(simulate.simulate_stack(jax.random.key(5), sample, optics_3d, dataclasses.replace(geo, frames_per_step=7)))
+    b = np.asarray(
+        simulate.simulate_stack(jax.random.key(5), sample, optics_3d, dataclasses.replace(geo, frames_per_step=7))
+    )
     assert a.shape == b.shape == (53, 4, 4)
     assert np.mean(a == b) > 0.999

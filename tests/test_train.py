@@ -51,7 +51,9 @@ def test_learning_rate_decays_to_final_value():
 
 
 def test_warmup_ramps_linearly_then_decays_over_the_remaining_steps():
-    cfg = config(steps=1000, learning_rate=1e-1, final_learning_rate=1e-3, warmup_fraction=0.1, warmup_learning_rate=1e-3)
+    cfg = config(
+        steps=1000, learning_rate=1e-1, final_learning_rate=1e-3, warmup_fraction=0.1, warmup_learning_rate=1e-3
+    )
     sched = tr.learning_rate_schedule(cfg)
     assert cfg.warmup_steps == 100
     assert float(sched(0)) == pytest.approx(1e-3, rel=1e-5)  # float32 schedule arithmetic
@@ -101,7 +103,8 @@ def test_checkpoint_round_trip_restores_eval_outputs(tmp_path):
     assert meta["network"] == "toy" and meta["step"] == 20
     x, _ = toy_batch(jax.random.PRNGKey(1))
     np.testing.assert_array_equal(
-        np.asarray(nnx.view(other, use_running_average=True)(x)), np.asarray(nnx.view(model, use_running_average=True)(x))
+        np.asarray(nnx.view(other, use_running_average=True)(x)),
+        np.asarray(nnx.view(model, use_running_average=True)(x)),
     )
 
 
@@ -125,7 +128,9 @@ def test_resuming_with_another_config_is_refused(tmp_path):
 
 def test_sgd_with_momentum_also_trains():
     model = ToyNet(nnx.Rngs(0))
-    history = tr.train(model, toy_batch, config(steps=200, optimizer="sgd", momentum=0.9, learning_rate=1e-2), progress=False)
+    history = tr.train(
+        model, toy_batch, config(steps=200, optimizer="sgd", momentum=0.9, learning_rate=1e-2), progress=False
+    )
     assert history.eval_loss[-1] < 0.1 * history.eval_loss[1]  # row 1: after the first 20 steps
 
 
@@ -148,11 +153,15 @@ def test_elapsed_time_continues_across_a_resume(tmp_path):
 
 
 def test_a_run_folder_of_another_network_is_refused_before_anything_is_restored(tmp_path, monkeypatch):
-    tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-a"}, progress=False)
+    tr.train(
+        ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-a"}, progress=False
+    )
     metrics = (tmp_path / "metrics.csv").read_text()
     monkeypatch.setattr(tr, "restore_checkpoint", lambda *a, **k: pytest.fail("restored before the meta check"))
     with pytest.raises(tr.RunMismatch) as err:
-        tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-b"}, progress=False)
+        tr.train(
+            ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, meta={"recipe": "toy-b"}, progress=False
+        )
     assert err.value.step == 20 and err.value.differs == ["recipe"] and err.value.saved["recipe"] == "toy-a"
     assert str(tmp_path) in str(err.value) and "toy-a run (step 20)" in str(err.value)
     assert (tmp_path / "metrics.csv").read_text() == metrics

@@ -10,14 +10,13 @@ import math
 from pathlib import Path
 
 __all__ = [
-    "positive",
-    "non_negative",
     "add_overwrite",
-    "destination",
     "check_run_folder",
-    "resume_refusal",
+    "destination",
     "fmt",
-    "num",
+    "non_negative",
+    "positive",
+    "resume_refusal",
 ]
 
 
@@ -56,8 +55,11 @@ def add_overwrite(p: argparse.ArgumentParser, file: bool = False) -> None:
     if file:
         p.add_argument("--overwrite", action="store_true", help="replace an existing .tif file at -o")
     else:
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace an earlier result of this command at OUT (nothing else is ever replaced)")
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an earlier result of this command at OUT (nothing else is ever replaced)",
+        )
 
 
 def destination(args, kind: str, default_suffix: str | None = None) -> tuple[Path, str]:
@@ -109,4 +111,3 @@ def resume_refusal(out: Path, err, recipes) -> str:
 def fmt(value, spec: str = ".4g") -> str:
     """A number for a summary line, or "n/a" for None (nothing fitted)."""
     return "n/a" if value is None else format(value, spec)
-

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fluojax.cli.common import add_overwrite, destination, fmt, positive, resume_refusal
 
-__all__ = ["add_parsers", "add_demo_arguments", "HANDLERS", "demo_command"]
+__all__ = ["HANDLERS", "add_demo_arguments", "add_parsers", "demo_command"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -23,27 +23,74 @@ __all__ = ["add_parsers", "add_demo_arguments", "HANDLERS", "demo_command"]
 
 def _add_optics(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optics (as the Imaging FCS plugin takes them)")
-    g.add_argument("--pixel-size", type=positive(float), default=24.0, metavar="UM", help="camera pixel pitch in um (default 24)")
-    g.add_argument("--magnification", type=positive(float), default=None, metavar="M", help="total magnification (default 100 in 2D, 60 in 3D)")
-    g.add_argument("--na", type=positive(float), default=None, help="numerical aperture (default 1.45 in 2D, 1.0 in 3D)")
-    g.add_argument("--wavelength", type=positive(float), default=None, metavar="NM", help="emission wavelength in nm (default 583 in 2D, 515 in 3D)")
-    g.add_argument("--sigma0", type=positive(float), default=None, metavar="S0", help="PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)")
-    g.add_argument("--sigmaz", type=positive(float), default=2.2, metavar="SZ", help="light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)")
-    g.add_argument("--refractive-index", type=positive(float), default=None, metavar="N",
-                   help="3D: sample (and water-dipping immersion) refractive index, NA must stay below it (default 1.333); "
-                        "2D: the objective's immersion medium index, NA cannot exceed it (default 1.518, oil)")
+    g.add_argument(
+        "--pixel-size", type=positive(float), default=24.0, metavar="UM", help="camera pixel pitch in um (default 24)"
+    )
+    g.add_argument(
+        "--magnification",
+        type=positive(float),
+        default=None,
+        metavar="M",
+        help="total magnification (default 100 in 2D, 60 in 3D)",
+    )
+    g.add_argument(
+        "--na", type=positive(float), default=None, help="numerical aperture (default 1.45 in 2D, 1.0 in 3D)"
+    )
+    g.add_argument(
+        "--wavelength",
+        type=positive(float),
+        default=None,
+        metavar="NM",
+        help="emission wavelength in nm (default 583 in 2D, 515 in 3D)",
+    )
+    g.add_argument(
+        "--sigma0",
+        type=positive(float),
+        default=None,
+        metavar="S0",
+        help="PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)",
+    )
+    g.add_argument(
+        "--sigmaz",
+        type=positive(float),
+        default=2.2,
+        metavar="SZ",
+        help="light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)",
+    )
+    g.add_argument(
+        "--refractive-index",
+        type=positive(float),
+        default=None,
+        metavar="N",
+        help="3D: sample (and water-dipping immersion) refractive index, NA must stay below it (default 1.333); "
+        "2D: the objective's immersion medium index, NA cannot exceed it (default 1.518, oil)",
+    )
 
 
 def _add_fit(f: argparse.ArgumentParser) -> None:
     f.add_argument("stack", help="TIFF stack (frames, Y, X)")
-    f.add_argument("--model", choices=["2d", "3d"], default="2d", help="2d = ITIR/TIRF (closed form), 3d = SPIM (numerical)")
-    f.add_argument("--frame-time", type=positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's ImageJ finterval)")
+    f.add_argument(
+        "--model", choices=["2d", "3d"], default="2d", help="2d = ITIR/TIRF (closed form), 3d = SPIM (numerical)"
+    )
+    f.add_argument(
+        "--frame-time",
+        type=positive(float),
+        default=None,
+        metavar="S",
+        help="frame time in s (default: the TIFF's ImageJ finterval)",
+    )
     _add_optics(f)
     f.add_argument("--binning", type=positive(int), default=1, metavar="N", help="N x N pixel binning (default 1)")
     f.add_argument("--overlap", action="store_true", help="overlapping (sliding) binning")
-    f.add_argument("--bleach", default="auto", help="bleach correction: auto (default: only when the image-averaged trace "
-                   "decays significantly, lowest adequate order), polyK (K = 1..8) or none")
-    f.add_argument("--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend")
+    f.add_argument(
+        "--bleach",
+        default="auto",
+        help="bleach correction: auto (default: only when the image-averaged trace "
+        "decays significantly, lowest adequate order), polyK (K = 1..8) or none",
+    )
+    f.add_argument(
+        "--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend"
+    )
     f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_fcs)")
     add_overwrite(f)
 
@@ -54,7 +101,13 @@ def _add_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("--size", type=positive(int), default=16, metavar="PX", help="image side in pixels")
     s.add_argument("--frame-time", type=positive(float), default=1.06e-3, metavar="S")
     s.add_argument("--d", type=positive(float), default=1.0, metavar="UM2_S", help="diffusion coefficient in um^2/s")
-    s.add_argument("--density", type=positive(float), default=0.5, metavar="PER_PX2", help="particles per pixel area (object space)")
+    s.add_argument(
+        "--density",
+        type=positive(float),
+        default=0.5,
+        metavar="PER_PX2",
+        help="particles per pixel area (object space)",
+    )
     s.add_argument("--brightness", type=positive(float), default=6.0, help="photo-electrons per particle per frame")
     s.add_argument("--read-noise", type=float, default=0.0, metavar="E", help="Gaussian read noise s.d. in electrons")
     s.add_argument("--seed", type=int, default=0)
@@ -69,15 +122,29 @@ def _add_train(t: argparse.ArgumentParser) -> None:
     t.add_argument("--config", required=True, choices=sorted(RECIPES), help="network and scale (-small: CPU-sized)")
     t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--pool-stacks", type=positive(int), default=None, metavar="N", help="FCSNet: simulated stacks reused every epoch (default: the config's)")
-    t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics.csv, loss.png")
+    t.add_argument(
+        "--pool-stacks",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="FCSNet: simulated stacks reused every epoch (default: the config's)",
+    )
+    t.add_argument(
+        "-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics.csv, loss.png"
+    )
 
 
 def _add_predict(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("stack", help="TIFF stack (frames, Y, X)")
     pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax fcs train'")
-    pr.add_argument("--frame-time", type=positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's)")
-    pr.add_argument("--overlap", action="store_true", help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)")
+    pr.add_argument(
+        "--frame-time", type=positive(float), default=None, metavar="S", help="frame time in s (default: the TIFF's)"
+    )
+    pr.add_argument(
+        "--overlap",
+        action="store_true",
+        help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)",
+    )
     pr.add_argument("--bleach", default="auto", help="bleach correction of the ACFs: auto (default), polyK or none")
     pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
     add_overwrite(pr)
@@ -89,7 +156,14 @@ def _add_compare(c: argparse.ArgumentParser) -> None:
     c.add_argument("--model", choices=["2d", "3d"], default="2d", help="simulated geometry (must match the networks')")
     c.add_argument("--long", type=positive(int), default=50_000, metavar="FRAMES", help="long record (NLS, FCSNet)")
     c.add_argument("--short", type=positive(int), default=2_500, metavar="FRAMES", help="short record (ImFCSNet, NLS)")
-    c.add_argument("--d", type=positive(float), nargs="+", default=[0.1, 0.3, 1.0, 3.0, 10.0], metavar="UM2_S", help="true D values")
+    c.add_argument(
+        "--d",
+        type=positive(float),
+        nargs="+",
+        default=[0.1, 0.3, 1.0, 3.0, 10.0],
+        metavar="UM2_S",
+        help="true D values",
+    )
     c.add_argument("--samples", type=positive(int), default=16, help="simulated 3x3 stacks per D")
     c.add_argument("--density", type=positive(float), default=0.3, metavar="PER_PX2")
     c.add_argument("--brightness", type=positive(float), default=5.0)
@@ -105,7 +179,9 @@ def add_parsers(p: argparse.ArgumentParser) -> None:
     fcs.add_parser("simulate", help="simulate a random-walk Imaging FCS stack", build=_add_simulate)
     fcs.add_parser("train", help="train FCSNet or ImFCSNet on simulated data (resumes a run folder)", build=_add_train)
     fcs.add_parser("predict", help="D map of a stack from a trained network, with a physics check", build=_add_predict)
-    fcs.add_parser("compare", help="networks vs least squares on the same simulated 2D/3D stacks -> report", build=_add_compare)
+    fcs.add_parser(
+        "compare", help="networks vs least squares on the same simulated 2D/3D stacks -> report", build=_add_compare
+    )
 
 
 def add_demo_arguments(d: argparse.ArgumentParser) -> None:
@@ -125,9 +201,17 @@ def _optics(args, binning: int = 1):
     from fluojax.io import InputError
 
     try:
-        return default_optics(args.model == "3d", camera_pixel_um=args.pixel_size, binning=binning,
-                              magnification=args.magnification, na=args.na, wavelength_nm=args.wavelength,
-                              sigma0=args.sigma0, sigmaz=args.sigmaz, refractive_index=args.refractive_index)
+        return default_optics(
+            args.model == "3d",
+            camera_pixel_um=args.pixel_size,
+            binning=binning,
+            magnification=args.magnification,
+            na=args.na,
+            wavelength_nm=args.wavelength,
+            sigma0=args.sigma0,
+            sigmaz=args.sigmaz,
+            refractive_index=args.refractive_index,
+        )
     except ValueError as err:
         raise InputError(f"optics: {err}") from None
 
@@ -193,11 +277,18 @@ def fit_command(args) -> int:
     maps.timings_s["total"] = time.perf_counter() - t0
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
-        summary = _write_fcs_outputs(folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"})
-    print(f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s "
-          f"in {maps.timings_s['total']:.1f} s -> {out}/")
+        summary = _write_fcs_outputs(
+            folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"}
+        )
+    print(
+        f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s "
+        f"in {maps.timings_s['total']:.1f} s -> {out}/"
+    )
     if summary["fitted"] == 0:
-        print(f"fluojax: error: {args.stack}: no pixel could be fitted; statuses in {out}/summary.json (exit code 3)", file=sys.stderr)
+        print(
+            f"fluojax: error: {args.stack}: no pixel could be fitted; statuses in {out}/summary.json (exit code 3)",
+            file=sys.stderr,
+        )
         return 3
     return 0
 
@@ -227,13 +318,17 @@ def simulate_command(args) -> int:
     )
     camera = Camera("gaussian", read_noise_e=args.read_noise) if args.read_noise > 0 else Camera()
     t0 = time.perf_counter()
-    stack = simulate.simulate_stack(jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera)
+    stack = simulate.simulate_stack(
+        jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera
+    )
     stack = np.asarray(stack)
     out = Path(args.output)
     with io.result_file(out, args.overwrite) as tmp:
         io.write_stack(tmp, stack, args.frame_time, a)
-    print(f"simulated {stack.shape[0]} x {stack.shape[1]} x {stack.shape[2]} ({args.model}, D = {args.d} um^2/s, "
-          f"{geometry.n_particles} particles) in {time.perf_counter() - t0:.1f} s -> {out}")
+    print(
+        f"simulated {stack.shape[0]} x {stack.shape[1]} x {stack.shape[2]} ({args.model}, D = {args.d} um^2/s, "
+        f"{geometry.n_particles} particles) in {time.perf_counter() - t0:.1f} s -> {out}"
+    )
     return 0
 
 
@@ -251,15 +346,19 @@ def train_command(args) -> int:
     check_run_folder(out)
     t0 = time.perf_counter()
     try:
-        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks)
+        _, history = learned.train_recipe(
+            args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks
+        )
     except training.RunMismatch as err:  # checked before anything is built
         raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     plot_training(out / "loss.png", history)
     rate = [r for r in history.samples_per_s if r == r]
-    print(f"{args.config}: {history.step[-1]} steps, held-out MSE of ln D {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
-          f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/")
+    print(
+        f"{args.config}: {history.step[-1]} steps, held-out MSE of ln D {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+        f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/"
+    )
     return 0
 
 
@@ -285,14 +384,21 @@ def predict_command(args) -> int:
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
     chi2 = maps.chi2_reduced[np.isfinite(maps.chi2_reduced)]
-    extra = {"title": f"{Path(args.stack).name}: {meta['fluojax_network']} ({meta['recipe']})", "network": meta["recipe"],
-             "checkpoint_step": meta.get("step"), "physics_check": {
-                 "what": "reduced chi^2 of the model ACF at the predicted D (N, G_inf fitted); >> 1: distrust the prediction",
-                 "fraction_chi2_above_3": float(np.mean(chi2 > 3)) if chi2.size else None}}
+    extra = {
+        "title": f"{Path(args.stack).name}: {meta['fluojax_network']} ({meta['recipe']})",
+        "network": meta["recipe"],
+        "checkpoint_step": meta.get("step"),
+        "physics_check": {
+            "what": "reduced chi^2 of the model ACF at the predicted D (N, G_inf fitted); >> 1: distrust the prediction",
+            "fraction_chi2_above_3": float(np.mean(chi2 > 3)) if chi2.size else None,
+        },
+    }
     with io.result_folder(out, "fcs-predict", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(folder, maps, settings, extra)
-    print(f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s, "
-          f"median physics-check chi2 {fmt(summary['medians']['chi2_reduced'], '.3g')} in {maps.timings_s['total']:.1f} s -> {out}/")
+    print(
+        f"{meta['recipe']}: {summary['fitted']}/{summary['pixels']} pixels, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s, "
+        f"median physics-check chi2 {fmt(summary['medians']['chi2_reduced'], '.3g')} in {maps.timings_s['total']:.1f} s -> {out}/"
+    )
     return 0
 
 
@@ -320,23 +426,41 @@ def compare_command(args) -> int:
             raise InputError(f"--{kind} {path}: {err}") from None
         names[kind] = meta["recipe"]
         if meta["prior"]["three_d"] != (args.model == "3d"):
-            raise InputError(f"--{kind} {path}: trained for {'3D' if meta['prior']['three_d'] else '2D'} data, not --model {args.model}")
+            raise InputError(
+                f"--{kind} {path}: trained for {'3D' if meta['prior']['three_d'] else '2D'} data, not --model {args.model}"
+            )
     if "imfcsnet" in loaded and args.short < loaded["imfcsnet"].config.min_frames:
-        raise InputError(f"--short {args.short}: this ImFCSNet needs at least {loaded['imfcsnet'].config.min_frames} frames")
-    base = simulate.TrainingPrior.spim_3d(args.long) if args.model == "3d" else simulate.TrainingPrior.itir_2d(args.long)
+        raise InputError(
+            f"--short {args.short}: this ImFCSNet needs at least {loaded['imfcsnet'].config.min_frames} frames"
+        )
+    base = (
+        simulate.TrainingPrior.spim_3d(args.long) if args.model == "3d" else simulate.TrainingPrior.itir_2d(args.long)
+    )
     simulate_point, prior = learned.comparison_simulator(base, args.density, args.brightness)
     estimators = learned.comparison_estimators(prior, args.short, loaded.get("fcsnet"), loaded.get("imfcsnet"))
     grid = np.asarray(sorted(args.d), np.float64)[:, None]
-    report = compare.compare_estimators(estimators, simulate_point, grid, args.samples, jax.random.key(args.seed),
-                                        param_names=("D_um2_s",), log_scale=("D_um2_s",))
+    report = compare.compare_estimators(
+        estimators,
+        simulate_point,
+        grid,
+        args.samples,
+        jax.random.key(args.seed),
+        param_names=("D_um2_s",),
+        log_scale=("D_um2_s",),
+    )
     with io.result_folder(out, "fcs-compare", args.overwrite, label) as folder:
         (folder / "report.md").write_text(compare.to_markdown(report))
         compare.to_csv(report, folder / "report.csv")
         compare.plot_report(report, folder / "report.png")
-        io.write_json(folder / "settings.json", {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names})
+        io.write_json(
+            folder / "settings.json",
+            {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names},
+        )
     print(f"{len(estimators)} estimators x {len(grid)} D values x {args.samples} stacks -> {args.output}/report.md")
     for e, name in enumerate(report.estimator_names):
-        print(f"  {name:<34} Spearman {report.spearman[e, 0]:.3f}   median RMSE of ln D {np.nanmedian(report.rmse[e, :, 0]):.3f}")
+        print(
+            f"  {name:<34} Spearman {report.spearman[e, 0]:.3f}   median RMSE of ln D {np.nanmedian(report.rmse[e, :, 0]):.3f}"
+        )
     return 0
 
 
@@ -349,17 +473,28 @@ def demo_command(args) -> int:
     t0 = time.perf_counter()
     result = run_demo(frames=args.frames)
     with io.result_folder(out, "demo", args.overwrite, label) as folder:
-        extra = {"title": "fluojax demo: three regions of different D (2D)", "regions": result["regions"], "simulate_s": result["simulate_s"]}
+        extra = {
+            "title": "fluojax demo: three regions of different D (2D)",
+            "regions": result["regions"],
+            "simulate_s": result["simulate_s"],
+        }
         _write_fcs_outputs(folder, result["maps"], result["settings"], extra)
     print(f"{'region':<8}{'true D':>10}{'median fit D':>15}{'rel. error':>12}   (um^2/s)")
     for r in result["regions"]:
         print(f"{r['name']:<8}{r['true_d_um2_s']:>10.3g}{r['median_d_um2_s']:>15.3g}{r['relative_error']:>+12.1%}")
     t = result["maps"].timings_s
-    print(f"simulate {result['simulate_s']:.1f} s, correlate {t['correlate']:.1f} s, fit {t['fit']:.1f} s, "
-          f"total {time.perf_counter() - t0:.1f} s -> {out}/ (D.tif, N.tif, Ginf.tif, chi2.tif, status.tif, maps.png, summary.json)")
+    print(
+        f"simulate {result['simulate_s']:.1f} s, correlate {t['correlate']:.1f} s, fit {t['fit']:.1f} s, "
+        f"total {time.perf_counter() - t0:.1f} s -> {out}/ (D.tif, N.tif, Ginf.tif, chi2.tif, status.tif, maps.png, summary.json)"
+    )
     return 0
 
 
-HANDLERS = {"fit": fit_command, "simulate": simulate_command, "train": train_command, "predict": predict_command,
-            "compare": compare_command}
+HANDLERS = {
+    "fit": fit_command,
+    "simulate": simulate_command,
+    "train": train_command,
+    "predict": predict_command,
+    "compare": compare_command,
+}
 """``fluojax fcs COMMAND`` -> its handler."""

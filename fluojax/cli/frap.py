@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fluojax.cli.common import add_overwrite, destination, non_negative, positive, resume_refusal
 
-__all__ = ["add_parsers", "HANDLERS"]
+__all__ = ["HANDLERS", "add_parsers"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -21,51 +21,120 @@ __all__ = ["add_parsers", "HANDLERS"]
 
 def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> None:
     p.add_argument("stack", help="TIFF stack (frames, Y, X): prebleach frames, then postbleach frames")
-    p.add_argument("--roi", required=True, metavar="circle:X,Y,R",
-                   help="bleach region = ROI, in pixels: x = column, y = row, pixel j spans [j, j+1]")
+    p.add_argument(
+        "--roi",
+        required=True,
+        metavar="circle:X,Y,R",
+        help="bleach region = ROI, in pixels: x = column, y = row, pixel j spans [j, j+1]",
+    )
     hint = "" if frame_defaults else " (default: the network's)"
-    p.add_argument("--prebleach", type=positive(int), default=10 if frame_defaults else None, metavar="N",
-                   help=f"recorded frames before the bleach{' (default 10)' if frame_defaults else hint}; the rest are postbleach")
-    p.add_argument("--bleach", type=positive(int), default=4 if frame_defaults else None, metavar="N",
-                   help=f"bleach frames, not recorded, each lasting dt{' (default 4)' if frame_defaults else hint}")
-    p.add_argument("--dt", type=positive(float), default=None, metavar="S",
-                   help="frame interval in s (default: the TIFF's ImageJ finterval)")
-    p.add_argument("--pixel-size", type=positive(float), default=None, metavar="UM",
-                   help="pixel side in um (default: the TIFF's ImageJ calibration)")
-    p.add_argument("--pad", type=non_negative(int), default=None, metavar="PX",
-                   help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
-                        "at most 4x its side, and the grid side + 2 pad at most 2048)")
+    p.add_argument(
+        "--prebleach",
+        type=positive(int),
+        default=10 if frame_defaults else None,
+        metavar="N",
+        help=f"recorded frames before the bleach{' (default 10)' if frame_defaults else hint}; the rest are postbleach",
+    )
+    p.add_argument(
+        "--bleach",
+        type=positive(int),
+        default=4 if frame_defaults else None,
+        metavar="N",
+        help=f"bleach frames, not recorded, each lasting dt{' (default 4)' if frame_defaults else hint}",
+    )
+    p.add_argument(
+        "--dt",
+        type=positive(float),
+        default=None,
+        metavar="S",
+        help="frame interval in s (default: the TIFF's ImageJ finterval)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=positive(float),
+        default=None,
+        metavar="UM",
+        help="pixel side in um (default: the TIFF's ImageJ calibration)",
+    )
+    p.add_argument(
+        "--pad",
+        type=non_negative(int),
+        default=None,
+        metavar="PX",
+        help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
+        "at most 4x its side, and the grid side + 2 pad at most 2048)",
+    )
 
 
 def _add_fit(f: argparse.ArgumentParser) -> None:
     _add_data_args(f)
     f.add_argument("--starts", type=positive(int), default=30, help="random starts of the LM fit (default 30)")
     f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
-    f.add_argument("--d-range", type=positive(float), nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)")
+    f.add_argument(
+        "--d-range",
+        type=positive(float),
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)",
+    )
     f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frap)")
     add_overwrite(f)
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
-    from fluojax.frap.models import DEEPFRAP_DT_S, DEEPFRAP_PIXEL_UM, DEEPFRAP_RADIUS_PX  # jax: only for `frap simulate`
+    from fluojax.frap.models import (
+        DEEPFRAP_DT_S,
+        DEEPFRAP_PIXEL_UM,
+        DEEPFRAP_RADIUS_PX,
+    )  # jax: only for `frap simulate`
 
-    s.add_argument("--d", type=positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)")
+    s.add_argument(
+        "--d", type=positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)"
+    )
     s.add_argument("--c0", type=positive(float), default=0.75, help="prebleach intensity (default 0.75)")
-    s.add_argument("--alpha", type=positive(float), default=0.7, help="fraction left per bleach frame, in (0, 1] (default 0.7)")
-    s.add_argument("--noise-a", type=non_negative(float), default=0.0, metavar="A",
-                   help="per-pixel noise variance, intensity^2 (default 0)")
+    s.add_argument(
+        "--alpha", type=positive(float), default=0.7, help="fraction left per bleach frame, in (0, 1] (default 0.7)"
+    )
+    s.add_argument(
+        "--noise-a",
+        type=non_negative(float),
+        default=0.0,
+        metavar="A",
+        help="per-pixel noise variance, intensity^2 (default 0)",
+    )
     s.add_argument("--prebleach", type=positive(int), default=10, metavar="N")
     s.add_argument("--bleach", type=positive(int), default=4, metavar="N")
     s.add_argument("--postbleach", type=positive(int), default=100, metavar="N")
     s.add_argument("--size", type=positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
-    s.add_argument("--pad", type=non_negative(int), default=None, metavar="PX",
-                   help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)")
-    s.add_argument("--radius", type=positive(float), default=DEEPFRAP_RADIUS_PX, metavar="PX",
-                   help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})")
-    s.add_argument("--dt", type=positive(float), default=DEEPFRAP_DT_S, metavar="S", help=f"frame interval in s (default {DEEPFRAP_DT_S})")
-    s.add_argument("--pixel-size", type=positive(float), default=DEEPFRAP_PIXEL_UM, metavar="UM",
-                   help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})")
+    s.add_argument(
+        "--pad",
+        type=non_negative(int),
+        default=None,
+        metavar="PX",
+        help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)",
+    )
+    s.add_argument(
+        "--radius",
+        type=positive(float),
+        default=DEEPFRAP_RADIUS_PX,
+        metavar="PX",
+        help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})",
+    )
+    s.add_argument(
+        "--dt",
+        type=positive(float),
+        default=DEEPFRAP_DT_S,
+        metavar="S",
+        help=f"frame interval in s (default {DEEPFRAP_DT_S})",
+    )
+    s.add_argument(
+        "--pixel-size",
+        type=positive(float),
+        default=DEEPFRAP_PIXEL_UM,
+        metavar="UM",
+        help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
     add_overwrite(s, file=True)
@@ -100,16 +169,28 @@ def _add_predict(pr: argparse.ArgumentParser) -> None:
 def add_parsers(p: argparse.ArgumentParser) -> None:
     """The ``frap`` subcommands of ``fluojax`` (each one's options added when it is chosen)."""
     frap = p.add_subparsers(dest="frap_command", required=True, metavar="COMMAND")
-    frap.add_parser("fit", help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs", build=_add_fit,
-                    epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
-                           "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
-                           "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
-                           "A non-square stack is cropped to the largest square around the ROI.")
-    frap.add_parser("simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)", build=_add_simulate)
-    frap.add_parser("train", help="train a DeepFRAP network on simulated recovery curves (resumes a run folder)", build=_add_train)
-    frap.add_parser("predict", help="a network's (D, c0, alpha) for a ROI, refined by LM, with a physics check", build=_add_predict,
-                    epilog="Outputs in OUT: summary.json (network prediction, refined fit with 95 % CIs, residual_ratio), "
-                           "fit.png, curve.csv. Exit codes as for 'frap fit'.")
+    frap.add_parser(
+        "fit",
+        help="recovery curve of a circular ROI -> least-squares D, c0, alpha with 95 %% CIs",
+        build=_add_fit,
+        epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
+        "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
+        "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
+        "A non-square stack is cropped to the largest square around the ROI.",
+    )
+    frap.add_parser(
+        "simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)", build=_add_simulate
+    )
+    frap.add_parser(
+        "train", help="train a DeepFRAP network on simulated recovery curves (resumes a run folder)", build=_add_train
+    )
+    frap.add_parser(
+        "predict",
+        help="a network's (D, c0, alpha) for a ROI, refined by LM, with a physics check",
+        build=_add_predict,
+        epilog="Outputs in OUT: summary.json (network prediction, refined fit with 95 % CIs, residual_ratio), "
+        "fit.png, curve.csv. Exit codes as for 'frap fit'.",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +205,9 @@ def _learned():
     except ModuleNotFoundError as err:
         if err.name != "fluojax.frap.learned":
             raise
-        raise InputError("FRAP networks are not available: fluojax.frap.learned is missing from this installation") from None
+        raise InputError(
+            "FRAP networks are not available: fluojax.frap.learned is missing from this installation"
+        ) from None
     return learned
 
 
@@ -170,7 +253,9 @@ def _d_title(name: str, fit_summary: dict) -> str:
         return f"{name}: fit failed ({fit_summary['status']})"
     lo, hi = d["ci95"]
     ci = f" (95 % CI {lo:.3g}–{hi:.3g})" if lo is not None and hi is not None else ""
-    return f"{name}: D = {d['value']:.3g} µm²/s{ci}, alpha = {fit_summary['alpha']['value']:.3g} [{fit_summary['status']}]"
+    return (
+        f"{name}: D = {d['value']:.3g} µm²/s{ci}, alpha = {fit_summary['alpha']['value']:.3g} [{fit_summary['status']}]"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,27 +289,44 @@ def fit_command(args) -> int:
     settings.update({"n_starts": args.starts, "seed": args.seed})
     warnings = []
     if fit_summary["status"] == "AT_BOUND":
-        warnings.append("a parameter is at its bound (D at the edge of the fitted range, or alpha/c0 at a limit): "
-                        "its interval is not meaningful; try --d-range")
+        warnings.append(
+            "a parameter is at its bound (D at the edge of the fitted range, or alpha/c0 at a limit): "
+            "its interval is not meaningful; try --d-range"
+        )
     timings = {"read": t_read, "table": t_table, "fit": t_fit, "total": time.perf_counter() - t0}
-    summary = {"settings": settings, "fit": fit_summary, "warnings": warnings, "timings_s": timings,
-               "model": "DeepFRAP pure diffusion (mobile fraction 1, no imaging bleach), fast tabulated curve"}
+    summary = {
+        "settings": settings,
+        "fit": fit_summary,
+        "warnings": warnings,
+        "timings_s": timings,
+        "model": "DeepFRAP pure diffusion (mobile fraction 1, no imaging bleach), fast tabulated curve",
+    }
     times = prepared.settings.frame_times_s()
     with io.result_folder(out, "frap-fit", args.overwrite, label) as folder:
         io.write_json(folder / "summary.json", summary)
         _write_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model})
-        plot_recovery(folder / "fit.png", prepared.settings, times, prepared.curve, {"least squares": model},
-                      _d_title(Path(args.stack).name, fit_summary))
+        plot_recovery(
+            folder / "fit.png",
+            prepared.settings,
+            times,
+            prepared.curve,
+            {"least squares": model},
+            _d_title(Path(args.stack).name, fit_summary),
+        )
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
-              file=sys.stderr)
+        print(
+            f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
+            file=sys.stderr,
+        )
         return 3
     d = fit_summary["D_um2_s"]
-    print(f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
-          f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} "
-          f"[{fit_summary['status']}] in {timings['total']:.1f} s -> {out}/")
+    print(
+        f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
+        f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} "
+        f"[{fit_summary['status']}] in {timings['total']:.1f} s -> {out}/"
+    )
     return 0
 
 
@@ -246,8 +348,14 @@ def simulate_command(args) -> int:
         raise InputError(f"--postbleach {args.postbleach}: at least {pipeline.MIN_POSTBLEACH} postbleach frames")
     if 2 * args.radius > args.size:
         raise InputError(f"--radius {args.radius:g}: the bleach disk does not fit in a {args.size} px image")
-    settings = FrapSettings(n_pixels=args.size, pad=pipeline.check_pad(args.size, args.pad), n_prebleach=args.prebleach,
-                            n_bleach=args.bleach, n_postbleach=args.postbleach, dt_s=args.dt)
+    settings = FrapSettings(
+        n_pixels=args.size,
+        pad=pipeline.check_pad(args.size, args.pad),
+        n_prebleach=args.prebleach,
+        n_bleach=args.bleach,
+        n_postbleach=args.postbleach,
+        dt_s=args.dt,
+    )
     geometry = circular_region(settings, args.radius)
     params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
     t0 = time.perf_counter()
@@ -257,10 +365,12 @@ def simulate_command(args) -> int:
     with io.result_file(out, args.overwrite) as tmp:
         io.write_stack(tmp, images, args.dt, args.pixel_size)
     c = 0.5 * args.size
-    print(f"simulated {images.shape[0]} x {images.shape[1]} x {images.shape[2]} (D = {args.d:g} um^2/s = {params.d_px2_s:.4g} px^2/s, "
-          f"c0 {args.c0:g}, alpha {args.alpha:g}, noise a {args.noise_a:g}) in {time.perf_counter() - t0:.1f} s -> {out}\n"
-          f"fit it with: fluojax frap fit {out} --roi circle:{c:g},{c:g},{args.radius:g} "
-          f"--prebleach {args.prebleach} --bleach {args.bleach}")
+    print(
+        f"simulated {images.shape[0]} x {images.shape[1]} x {images.shape[2]} (D = {args.d:g} um^2/s = {params.d_px2_s:.4g} px^2/s, "
+        f"c0 {args.c0:g}, alpha {args.alpha:g}, noise a {args.noise_a:g}) in {time.perf_counter() - t0:.1f} s -> {out}\n"
+        f"fit it with: fluojax frap fit {out} --roi circle:{c:g},{c:g},{args.radius:g} "
+        f"--prebleach {args.prebleach} --bleach {args.bleach}"
+    )
     return 0
 
 
@@ -284,8 +394,10 @@ def train_command(args) -> int:
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
-    print(f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
-          f"{time.perf_counter() - t0:.0f} s -> {out}/")
+    print(
+        f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+        f"{time.perf_counter() - t0:.0f} s -> {out}/"
+    )
     return 0
 
 
@@ -308,13 +420,17 @@ def predict_command(args) -> int:
     n_pre = args.prebleach or int(trained["n_prebleach"])
     n_bleach = args.bleach or int(trained["n_bleach"])
     if (n_pre, n_bleach) != (int(trained["n_prebleach"]), int(trained["n_bleach"])):
-        raise InputError(f"--net {args.net}: trained for {trained['n_prebleach']} prebleach and {trained['n_bleach']} bleach frames, "
-                         f"not {n_pre} and {n_bleach}")
+        raise InputError(
+            f"--net {args.net}: trained for {trained['n_prebleach']} prebleach and {trained['n_bleach']} bleach frames, "
+            f"not {n_pre} and {n_bleach}"
+        )
     stack, roi, dt, pixel_um = _read(args)
     n_frames = int(trained["n_prebleach"]) + int(trained["n_postbleach"])
     if stack.shape[0] != n_frames:
-        raise InputError(f"{args.stack}: {stack.shape[0]} frames; the network takes {n_frames} "
-                         f"({trained['n_prebleach']} prebleach + {trained['n_postbleach']} postbleach)")
+        raise InputError(
+            f"{args.stack}: {stack.shape[0]} frames; the network takes {n_frames} "
+            f"({trained['n_prebleach']} prebleach + {trained['n_postbleach']} postbleach)"
+        )
     prepared = pipeline.prepare_stack(stack, roi, n_pre, n_bleach, dt, args.pad)
     t_read = time.perf_counter() - t0
     try:
@@ -328,11 +444,15 @@ def predict_command(args) -> int:
     ratio = refinement.residual_ratio
     warnings = []
     if abs(network.radius_factor - 1) > 1e-6:
-        warnings.append(f"the ROI radius {roi.r:g} px differs from the network's {network.net_radius_px:g} px: "
-                        f"its D was rescaled by (R/R_net)^2 = {network.radius_factor:.3g}")
+        warnings.append(
+            f"the ROI radius {roi.r:g} px differs from the network's {network.net_radius_px:g} px: "
+            f"its D was rescaled by (R/R_net)^2 = {network.radius_factor:.3g}"
+        )
     if not refinement.trusted:
-        warnings.append(f"physics check: the residual sum of squares at the network's prediction is {ratio:.3g} times that of the "
-                        f"refined fit (> {pipeline.RESIDUAL_RATIO_LIMIT:g}): distrust the network's values, use the refined ones")
+        warnings.append(
+            f"physics check: the residual sum of squares at the network's prediction is {ratio:.3g} times that of the "
+            f"refined fit (> {pipeline.RESIDUAL_RATIO_LIMIT:g}): distrust the network's values, use the refined ones"
+        )
     scale = prepared.scale
     summary = {
         "settings": pipeline.settings_summary(prepared, table, pixel_um, args.stack),
@@ -353,26 +473,44 @@ def predict_command(args) -> int:
         "residual_ratio": pipeline.finite_or_none(ratio),
         "residual_ratio_what": "RSS at the network's prediction / RSS of the LM fit started there; ~1 when the network is right",
         "warnings": warnings,
-        "timings_s": {"read": t_read, "network": t_net, "table": t_table, "refine": t_fit, "total": time.perf_counter() - t0},
+        "timings_s": {
+            "read": t_read,
+            "network": t_net,
+            "table": t_table,
+            "refine": t_fit,
+            "total": time.perf_counter() - t0,
+        },
     }
     times = prepared.settings.frame_times_s()
     with io.result_folder(out, "frap-predict", args.overwrite, label) as folder:
         io.write_json(folder / "summary.json", summary)
-        _write_curve(folder / "curve.csv", times, {"data": prepared.curve, "model": model, "network": refinement.start_curve})
-        plot_recovery(folder / "fit.png", prepared.settings, times, prepared.curve,
-                      {"refined (LM)": model, "network": refinement.start_curve},
-                      _d_title(Path(args.stack).name, fit_summary) + f"\nnetwork: D = {prediction[0] * pixel_um**2:.3g} µm²/s, "
-                      f"residual ratio {ratio:.3g}")
+        _write_curve(
+            folder / "curve.csv", times, {"data": prepared.curve, "model": model, "network": refinement.start_curve}
+        )
+        plot_recovery(
+            folder / "fit.png",
+            prepared.settings,
+            times,
+            prepared.curve,
+            {"refined (LM)": model, "network": refinement.start_curve},
+            _d_title(Path(args.stack).name, fit_summary) + f"\nnetwork: D = {prediction[0] * pixel_um**2:.3g} µm²/s, "
+            f"residual ratio {ratio:.3g}",
+        )
     for w in warnings:
         print(f"fluojax: warning: {w}", file=sys.stderr)
     if not fit_summary["ok"]:
-        print(f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
-              f"(exit code 3)", file=sys.stderr)
+        print(
+            f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
+            f"(exit code 3)",
+            file=sys.stderr,
+        )
         return 3
     p = summary["network"]["prediction"]
     d = fit_summary["D_um2_s"]
-    print(f"network D = {p['D_um2_s']:.4g} um^2/s, refined D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to "
-          f"{d['ci95'][1]:.4g}), residual ratio {ratio:.3g} in {summary['timings_s']['total']:.1f} s -> {out}/")
+    print(
+        f"network D = {p['D_um2_s']:.4g} um^2/s, refined D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to "
+        f"{d['ci95'][1]:.4g}), residual ratio {ratio:.3g} in {summary['timings_s']['total']:.1f} s -> {out}/"
+    )
     return 0
 
 

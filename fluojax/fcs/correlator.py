@@ -37,19 +37,19 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "LagGrid",
     "ACFResult",
-    "GroupLayout",
-    "LagSums",
     "BlockingPlan",
-    "blocking_plan",
-    "lag_grid",
-    "min_frames",
-    "check_frame_count",
-    "group_layouts",
-    "lag_sums",
+    "GroupLayout",
+    "LagGrid",
+    "LagSums",
     "acf_from_lag_sums",
+    "blocking_plan",
+    "check_frame_count",
     "correlate",
+    "group_layouts",
+    "lag_grid",
+    "lag_sums",
+    "min_frames",
 ]
 
 
@@ -224,7 +224,9 @@ def _block_lag_sums(y, delays, counts, m1, m2, block, n_blocks, fine_levels=0):
     rows = (n_blocks + halo_blocks) * block
     y_pad = jnp.pad(y, ((0, max(rows - y.shape[0], 0)), (0, 0)))[:rows]
     lead = y_pad[: n_blocks * block].reshape(n_blocks, block, -1)
-    ahead = [y_pad[(i + 1) * block : (n_blocks + i + 1) * block].reshape(n_blocks, block, -1) for i in range(halo_blocks)]
+    ahead = [
+        y_pad[(i + 1) * block : (n_blocks + i + 1) * block].reshape(n_blocks, block, -1) for i in range(halo_blocks)
+    ]
     halo = jnp.concatenate(ahead, axis=1)[:, :d_max]
 
     def step(_, xs):
@@ -404,7 +406,9 @@ def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
         total = jnp.sum(binned, axis=0)
         m1 = jnp.stack([total - jnp.sum(binned[c:], axis=0) for c in lay.counts]) / counts_f
         m2 = jnp.stack([total - jnp.sum(binned[:d], axis=0) for d in lay.delays]) / counts_f
-        sums, fine = _block_lag_sums(binned, lay.delays, lay.counts, m1, m2, lay.block, lay.n_blocks, plan.fine if g == 0 else 0)
+        sums, fine = _block_lag_sums(
+            binned, lay.delays, lay.counts, m1, m2, lay.block, lay.n_blocks, plan.fine if g == 0 else 0
+        )
         if g == 0:
             curve = _lag1_curve_moments(fine, sums[:, 0], lay.counts[0], lay.block, plan.levels)
         m1s.append(m1)

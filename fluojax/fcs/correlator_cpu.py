@@ -199,7 +199,9 @@ if njit is not None:
         lv = 0
         while True:
             if lv < n_curve:
-                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares((prod if lv % 2 == 0 else spare)[: cnt >> lv], np.float32(0.0))
+                curve[lv, 0, pix], curve[lv, 1, pix] = sum_and_squares(
+                    (prod if lv % 2 == 0 else spare)[: cnt >> lv], np.float32(0.0)
+                )
             if n == n_blk:
                 break
             n //= 2
@@ -245,7 +247,27 @@ if njit is not None:
             row[t] = row[t] / ratio + f0 * (np.float32(1.0) - ratio)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _lag_sums_kernel(frames, do_detrend, stride, fit_matrix, scaled_index, delays, counts, group_start, group_size, blocks, n_blocks, n_fine, min_blocks, mean_out, m1_out, m2_out, total_out, moments_out, curve_out):
+    def _lag_sums_kernel(
+        frames,
+        do_detrend,
+        stride,
+        fit_matrix,
+        scaled_index,
+        delays,
+        counts,
+        group_start,
+        group_size,
+        blocks,
+        n_blocks,
+        n_fine,
+        min_blocks,
+        mean_out,
+        m1_out,
+        m2_out,
+        total_out,
+        moments_out,
+        curve_out,
+    ):
         n_frames, n_pix = frames.shape
         n_groups = group_start.shape[0]
         n_levels = curve_out.shape[0]
@@ -307,14 +329,30 @@ if njit is not None:
                         m1_out[c, pix] = m1[jj]
                         m2_out[c, pix] = m2[jj]
                     if blk > _PAIR_SUM_MAX_BLOCK:  # blocks long enough for vector loops
-                        block_sums_by_dots(row, delays[c0 : c0 + nl], counts[c0 : c0 + nl], blk, n_blocks[g], m1, m2, bases, dot_sums)
+                        block_sums_by_dots(
+                            row, delays[c0 : c0 + nl], counts[c0 : c0 + nl], blk, n_blocks[g], m1, m2, bases, dot_sums
+                        )
                     # short blocks by pair sums; lag 1 too, whose pair-sum levels are the blocking
                     # curve's fine levels (its base sums, computed again there, replace the dot
                     # pass's: dropping lag 1 from that pass would still cost two eight-lag passes)
                     for jj in range(nl):
                         c = c0 + jj
                         if blk <= _PAIR_SUM_MAX_BLOCK or c == 0:
-                            block_sums_by_pairs(row, delays[c], counts[c], blk, n_blocks[g], m1[jj], m2[jj], prod, spare, bases[jj], curve_out, pix, n_fine if c == 0 else 0)
+                            block_sums_by_pairs(
+                                row,
+                                delays[c],
+                                counts[c],
+                                blk,
+                                n_blocks[g],
+                                m1[jj],
+                                m2[jj],
+                                prod,
+                                spare,
+                                bases[jj],
+                                curve_out,
+                                pix,
+                                n_fine if c == 0 else 0,
+                            )
                     for jj in range(nl):
                         c = c0 + jj
                         cnt = counts[c]
@@ -341,7 +379,9 @@ if njit is not None:
                                     nb = cnt // 2**lv
                                     next_level(level_means, level_spare, lv - n_fine, nb)
                                 even = (lv - n_fine) % 2 == 0
-                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares((level_means if even else level_spare)[:nb], 0.0)
+                                curve_out[lv, 0, pix], curve_out[lv, 1, pix] = sum_and_squares(
+                                    (level_means if even else level_spare)[:nb], 0.0
+                                )
 
 
 @functools.lru_cache(maxsize=4)
@@ -364,10 +404,19 @@ def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
     if n_coef > _TREND_COEFS:
         raise ValueError(f"bleach trend of degree {n_coef - 1}: the CPU kernel supports degree <= {_TREND_COEFS - 1}")
     scaled = _scaled_frame_index(n_frames)
-    nodes = np.unique(np.round((np.cos(np.pi * (np.arange(4 * n_coef) + 0.5) / (4 * n_coef)) + 1) * (n_frames - 1) / 2).astype(int))
-    to_power = np.linalg.lstsq(np.vander(scaled[nodes].astype(np.float64), n_coef, increasing=True), vander[nodes], rcond=None)[0]
+    nodes = np.unique(
+        np.round((np.cos(np.pi * (np.arange(4 * n_coef) + 0.5) / (4 * n_coef)) + 1) * (n_frames - 1) / 2).astype(int)
+    )
+    to_power = np.linalg.lstsq(
+        np.vander(scaled[nodes].astype(np.float64), n_coef, increasing=True), vander[nodes], rcond=None
+    )[0]
     check = np.linspace(0, n_frames - 1, 64).astype(int)
-    if not np.allclose(np.vander(scaled[check].astype(np.float64), n_coef, increasing=True) @ to_power, vander[check], rtol=1e-4, atol=1e-4):
+    if not np.allclose(
+        np.vander(scaled[check].astype(np.float64), n_coef, increasing=True) @ to_power,
+        vander[check],
+        rtol=1e-4,
+        atol=1e-4,
+    ):
         raise ValueError("the bleach trend's basis is not a polynomial in the scaled frame index")
     out = np.zeros((_TREND_COEFS, fit_matrix.shape[1]), np.float32)
     out[:n_coef] = to_power @ fit_matrix
@@ -427,8 +476,25 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
     moments = np.empty((len(plan.min_blocks), 2, n_ch, n_pix), np.float64)
     curve = np.empty((plan.levels, 2, n_pix), np.float64)
     _lag_sums_kernel(
-        frames, trend is not None, int(stride), power_fit, scaled_index, delays, counts, group_start, group_size,
-        blocks, n_blocks, plan.fine, np.asarray(plan.min_blocks, np.int64), mean, m1, m2, total_sums, moments, curve,
+        frames,
+        trend is not None,
+        int(stride),
+        power_fit,
+        scaled_index,
+        delays,
+        counts,
+        group_start,
+        group_size,
+        blocks,
+        n_blocks,
+        plan.fine,
+        np.asarray(plan.min_blocks, np.int64),
+        mean,
+        m1,
+        m2,
+        total_sums,
+        moments,
+        curve,
     )
     f32 = lambda a: a.astype(np.float32)  # noqa: E731
     return correlator.LagSums(f32(mean), m1, m2, f32(total_sums), f32(moments), f32(curve))

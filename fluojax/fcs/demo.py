@@ -58,5 +58,7 @@ def run_demo(frames: int = 20000, seed: int = 0, progress: bool | None = None) -
     for i, (name, d) in enumerate(DEMO_REGIONS):
         fitted = maps.d_um2_s[:, i * _REGION_PX : (i + 1) * _REGION_PX]
         median = float(np.nanmedian(fitted))
-        regions.append({"name": name, "true_d_um2_s": float(d), "median_d_um2_s": median, "relative_error": median / d - 1.0})
+        regions.append(
+            {"name": name, "true_d_um2_s": float(d), "median_d_um2_s": median, "relative_error": median / d - 1.0}
+        )
     return {"maps": maps, "settings": settings, "regions": regions, "simulate_s": simulate_s}

@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from fluojax.fcs.pipeline import AnalysisSettings
 
 __all__ = [
-    "FCS_SOLVER",
     "FCS_BOUNDS",
+    "FCS_SOLVER",
     "acf_model_2d",
     "acf_model_3d",
+    "fit_acfs",
     "model_and_shape",
     "start_values",
-    "fit_acfs",
 ]
 
 

@@ -24,24 +24,25 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from fluojax import networks
 from fluojax import train as training
 from fluojax.fcs import correlator, estimate, models, nets, pipeline, simulate
 
 __all__ = [
-    "Recipe",
-    "RECIPES",
     "BUILDERS",
+    "RECIPES",
+    "Recipe",
+    "comparison_estimators",
+    "comparison_simulator",
+    "imfcsnet_windows",
+    "load_network",
+    "physics_check_chi2",
+    "predict_imfcsnet_map",
+    "predict_ln_d",
+    "predict_stack",
     "simulate_acf_batch",
     "train_recipe",
-    "load_network",
-    "predict_ln_d",
-    "imfcsnet_windows",
-    "predict_imfcsnet_map",
-    "predict_stack",
-    "physics_check_chi2",
-    "comparison_simulator",
-    "comparison_estimators",
 ]
 
 
@@ -95,49 +96,133 @@ class Recipe(networks.Recipe):
 
 def _paper_imfcsnet():
     # fcs.md §1.5: Adam, batch 128, lr 1e-3 -> 1e-5 staircase every 32 batches, 48,000 batches per round
-    return training.TrainConfig(steps=48_000, batch_size=128, learning_rate=1e-3, final_learning_rate=1e-5,
-                                decay_every=32, eval_every=500, eval_batches=8, checkpoint_every=2_000)
+    return training.TrainConfig(
+        steps=48_000,
+        batch_size=128,
+        learning_rate=1e-3,
+        final_learning_rate=1e-5,
+        decay_every=32,
+        eval_every=500,
+        eval_batches=8,
+        checkpoint_every=2_000,
+    )
 
 
 def _paper_fcsnet():
     # fcs.md §1.5: Adam, batch 1,152 ACFs (128 stacks x 9 px), 3,000 epochs x 352 batches,
     # lr 1e-3 -> 1e-5; ~479k ACFs (53,248 stacks of 50,000 frames) reshuffled every epoch
-    return training.TrainConfig(steps=3_000 * 352, batch_size=1_152, learning_rate=1e-3, final_learning_rate=1e-5,
-                                decay_every=352, eval_every=3_520, eval_batches=8, checkpoint_every=35_200)
+    return training.TrainConfig(
+        steps=3_000 * 352,
+        batch_size=1_152,
+        learning_rate=1e-3,
+        final_learning_rate=1e-5,
+        decay_every=352,
+        eval_every=3_520,
+        eval_batches=8,
+        checkpoint_every=35_200,
+    )
 
 
 # CPU-sized prior: fewer particles (density <= 0.5 / px^2, <= 112 in the box) -> ~4x less work
 _SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
 
 RECIPES: dict[str, Recipe] = {
-    "imfcsnet-2d": Recipe("imfcsnet-2d", nets.ImFCSNetConfig.paper(), _paper_imfcsnet(),
-                          prior=simulate.TrainingPrior.itir_2d(2_500), stacks_per_batch=128),
-    "imfcsnet-3d": Recipe("imfcsnet-3d", nets.ImFCSNetConfig.paper(), _paper_imfcsnet(),
-                          prior=simulate.TrainingPrior.spim_3d(2_500), stacks_per_batch=128),
-    "fcsnet-2d": Recipe("fcsnet-2d", nets.FCSNetConfig.paper(), _paper_fcsnet(), prior=simulate.TrainingPrior.itir_2d(50_000),
-                        stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
-    "fcsnet-3d": Recipe("fcsnet-3d", nets.FCSNetConfig.paper(), _paper_fcsnet(), prior=simulate.TrainingPrior.spim_3d(50_000),
-                        stacks_per_batch=128, pool_stacks=53_248, held_out_stacks=1_024),
+    "imfcsnet-2d": Recipe(
+        "imfcsnet-2d",
+        nets.ImFCSNetConfig.paper(),
+        _paper_imfcsnet(),
+        prior=simulate.TrainingPrior.itir_2d(2_500),
+        stacks_per_batch=128,
+    ),
+    "imfcsnet-3d": Recipe(
+        "imfcsnet-3d",
+        nets.ImFCSNetConfig.paper(),
+        _paper_imfcsnet(),
+        prior=simulate.TrainingPrior.spim_3d(2_500),
+        stacks_per_batch=128,
+    ),
+    "fcsnet-2d": Recipe(
+        "fcsnet-2d",
+        nets.FCSNetConfig.paper(),
+        _paper_fcsnet(),
+        prior=simulate.TrainingPrior.itir_2d(50_000),
+        stacks_per_batch=128,
+        pool_stacks=53_248,
+        held_out_stacks=1_024,
+    ),
+    "fcsnet-3d": Recipe(
+        "fcsnet-3d",
+        nets.FCSNetConfig.paper(),
+        _paper_fcsnet(),
+        prior=simulate.TrainingPrior.spim_3d(50_000),
+        stacks_per_batch=128,
+        pool_stacks=53_248,
+        held_out_stacks=1_024,
+    ),
     "imfcsnet-2d-small": Recipe(
-        "imfcsnet-2d-small", nets.ImFCSNetConfig.small(), prior=simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
-                             eval_every=25, eval_batches=2, checkpoint_every=50),
-        stacks_per_batch=16),
+        "imfcsnet-2d-small",
+        nets.ImFCSNetConfig.small(),
+        prior=simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(
+            steps=200,
+            batch_size=16,
+            learning_rate=3e-3,
+            final_learning_rate=3e-4,
+            eval_every=25,
+            eval_batches=2,
+            checkpoint_every=50,
+        ),
+        stacks_per_batch=16,
+    ),
     "imfcsnet-3d-small": Recipe(
-        "imfcsnet-3d-small", nets.ImFCSNetConfig.small(), prior=simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(steps=200, batch_size=16, learning_rate=3e-3, final_learning_rate=3e-4,
-                             eval_every=25, eval_batches=2, checkpoint_every=50),
-        stacks_per_batch=16),
+        "imfcsnet-3d-small",
+        nets.ImFCSNetConfig.small(),
+        prior=simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(
+            steps=200,
+            batch_size=16,
+            learning_rate=3e-3,
+            final_learning_rate=3e-4,
+            eval_every=25,
+            eval_batches=2,
+            checkpoint_every=50,
+        ),
+        stacks_per_batch=16,
+    ),
     "fcsnet-2d-small": Recipe(
-        "fcsnet-2d-small", nets.FCSNetConfig.small(), prior=simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
-                             eval_every=50, eval_batches=1, checkpoint_every=100),
-        stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
+        "fcsnet-2d-small",
+        nets.FCSNetConfig.small(),
+        prior=simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(
+            steps=400,
+            batch_size=72,
+            learning_rate=3e-3,
+            final_learning_rate=3e-4,
+            eval_every=50,
+            eval_batches=1,
+            checkpoint_every=100,
+        ),
+        stacks_per_batch=8,
+        pool_stacks=64,
+        held_out_stacks=16,
+    ),
     "fcsnet-3d-small": Recipe(
-        "fcsnet-3d-small", nets.FCSNetConfig.small(), prior=simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(steps=400, batch_size=72, learning_rate=3e-3, final_learning_rate=3e-4,
-                             eval_every=50, eval_batches=1, checkpoint_every=100),
-        stacks_per_batch=8, pool_stacks=64, held_out_stacks=16),
+        "fcsnet-3d-small",
+        nets.FCSNetConfig.small(),
+        prior=simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
+        train=training.TrainConfig(
+            steps=400,
+            batch_size=72,
+            learning_rate=3e-3,
+            final_learning_rate=3e-4,
+            eval_every=50,
+            eval_batches=1,
+            checkpoint_every=100,
+        ),
+        stacks_per_batch=8,
+        pool_stacks=64,
+        held_out_stacks=16,
+    ),
 }
 
 
@@ -176,7 +261,9 @@ def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, ja
     parts = []
     with progress_counter(chunks, "simulate ACF pool", "batches", enabled=progress) as bar:
         for i in range(chunks):
-            parts.append(jax.device_get(simulate_acf_batch(jax.random.fold_in(key, i), recipe.prior, recipe.stacks_per_batch)))
+            parts.append(
+                jax.device_get(simulate_acf_batch(jax.random.fold_in(key, i), recipe.prior, recipe.stacks_per_batch))
+            )
             bar.update(1)
     return jnp.asarray(np.concatenate([p[0] for p in parts])), jnp.asarray(np.concatenate([p[1] for p in parts]))
 
@@ -184,12 +271,14 @@ def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, ja
 def _sampler(recipe: Recipe):
     """``sample_batch`` for ``fluojax.train.train``: key (, pool) -> (inputs, ln D)."""
     if recipe.network == "imfcsnet":
+
         def sample_stacks(key):
             stacks, params = simulate.simulate_training_batch(key, recipe.prior, recipe.stacks_per_batch)
             return stacks, jnp.log(params.d_um2_s)
 
         return sample_stacks
     if recipe.pool_stacks:
+
         def sample_pool(key, pool):
             acf, ln_d = pool
             idx = jax.random.randint(key, (recipe.train.batch_size,), 0, acf.shape[0])
@@ -236,7 +325,11 @@ def train_recipe(
     if pool_stacks:
         if recipe.network != "fcsnet":
             raise ValueError("a simulated pool is an FCSNet setting; ImFCSNet trains on fresh batches")
-        recipe = dataclasses.replace(recipe, pool_stacks=pool_stacks, held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)))
+        recipe = dataclasses.replace(
+            recipe,
+            pool_stacks=pool_stacks,
+            held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)),
+        )
     return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
 
 
@@ -293,7 +386,9 @@ def imfcsnet_windows(height: int, width: int, overlap: bool) -> tuple[np.ndarray
     return rows.ravel(), cols.ravel()
 
 
-def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, batch: int = 64, progress: bool | None = None) -> dict:
+def predict_imfcsnet_map(
+    net, stack, window_frames: int, overlap: bool = True, batch: int = 64, progress: bool | None = None
+) -> dict:
     """ImFCSNet over a whole (T, H, W) stack: 3 x 3 windows in space, non-overlapping chunks in time.
 
     Each window is evaluated on ``floor(T / window_frames)`` consecutive chunks of
@@ -347,8 +442,13 @@ def predict_imfcsnet_map(net, stack, window_frames: int, overlap: bool = True, b
             else:
                 ln_d[c, rows // 3, cols // 3] = values
     edge = np.isnan(ln_d[0])
-    return {"d_um2_s": np.exp(np.mean(ln_d, axis=0)), "d_first_um2_s": np.exp(ln_d[0]), "ln_d_chunks": ln_d,
-            "edge": edge, "chunks": chunks}
+    return {
+        "d_um2_s": np.exp(np.mean(ln_d, axis=0)),
+        "d_first_um2_s": np.exp(ln_d[0]),
+        "ln_d_chunks": ln_d,
+        "edge": edge,
+        "chunks": chunks,
+    }
 
 
 def physics_check_chi2(
@@ -395,13 +495,28 @@ def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     """Analysis settings matching a network's training prior (its optics and geometry)."""
     prior = simulate.TrainingPrior(**meta["prior"])
     sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
-    optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm, sigma0,
-                           prior.sigmaz if prior.three_d else 1.0e6, prior.refractive_index, binning)
+    optics = models.Optics(
+        prior.camera_pixel_um,
+        prior.magnification,
+        prior.na,
+        prior.wavelength_nm,
+        sigma0,
+        prior.sigmaz if prior.three_d else 1.0e6,
+        prior.refractive_index,
+        binning,
+    )
     return pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
 
 
-def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = True, bleach_order: int | str = "auto",
-                  progress: bool | None = None):
+def predict_stack(
+    net,
+    meta: dict,
+    stack,
+    frame_time_s: float,
+    overlap: bool = True,
+    bleach_order: int | str = "auto",
+    progress: bool | None = None,
+):
     """A network's D map of a whole (T, H, W) stack, with the physics check per pixel.
 
     FCSNet: every pixel's ACF (bleach-corrected, P=16, Q=8) -> ln D. ImFCSNet: 3 x 3 windows
@@ -437,11 +552,13 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
     if not (np.isfinite(frame_time_s) and frame_time_s > 0):
         raise ValueError(f"the frame time must be a positive number of seconds (got {frame_time_s})")
     if abs(frame_time_s / prior.frame_time_s - 1.0) > 0.01:
-        raise ValueError(f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
-                         "(D from a network is only valid at its training frame time and pixel size)")
+        raise ValueError(
+            f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
+            "(D from a network is only valid at its training frame time and pixel size)"
+        )
     models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.three_d)
     t0 = time.perf_counter()
-    t, h, w = stack.shape
+    _t, h, w = stack.shape
     if kind == "fcsnet":
         settings = _settings_for(meta, frame_time_s, 1, False)
         settings = dataclasses.replace(settings, bleach_order=bleach_order)
@@ -471,14 +588,23 @@ def predict_stack(net, meta: dict, stack, frame_time_s: float, overlap: bool = T
         data_status[:] = pipeline.signal_status(corr).reshape(out_shape)
     _, _, shape_fn = estimate.model_and_shape(settings)
     d = np.exp(ln_d)
-    chi2, n, g_inf = physics_check_chi2(acf.reshape(-1, acf.shape[-1]), sem.reshape(-1, sem.shape[-1]), corr.lag_s, d.ravel(), shape_fn)
+    chi2, n, g_inf = physics_check_chi2(
+        acf.reshape(-1, acf.shape[-1]), sem.reshape(-1, sem.shape[-1]), corr.lag_s, d.ravel(), shape_fn
+    )
     status = np.where(edge, pipeline.PixelStatus.NO_WINDOW, data_status).astype(np.uint8)
     d = np.where(status == 0, d, np.nan).astype(np.float32)
     chi2, n, g_inf = (np.where(status.ravel() == 0, v, np.nan) for v in (chi2, n, g_inf))
     return pipeline.FCSMaps(
-        d_um2_s=d, n_particles=n.reshape(out_shape).astype(np.float32), g_inf=g_inf.reshape(out_shape).astype(np.float32),
-        chi2_reduced=chi2.reshape(out_shape).astype(np.float32), status=status, mean_intensity=mean, acf=acf, sem=sem,
-        lag_s=corr.lag_s, timings_s={"predict_and_correlate": time.perf_counter() - t0, "network": t_pred},
+        d_um2_s=d,
+        n_particles=n.reshape(out_shape).astype(np.float32),
+        g_inf=g_inf.reshape(out_shape).astype(np.float32),
+        chi2_reduced=chi2.reshape(out_shape).astype(np.float32),
+        status=status,
+        mean_intensity=mean,
+        acf=acf,
+        sem=sem,
+        lag_s=corr.lag_s,
+        timings_s={"predict_and_correlate": time.perf_counter() - t0, "network": t_pred},
         bleach=corr.bleach.as_dict(),
     ), dataclasses.replace(settings, bleach_order=corr.bleach.order)
 
@@ -503,17 +629,21 @@ def comparison_simulator(prior: simulate.TrainingPrior, density_per_px2: float, 
         (simulate_grid_point, prior actually used).
     """
     n_particles = int(np.floor(density_per_px2 * prior.box_side_px**2))
-    prior = dataclasses.replace(prior, max_particles=n_particles, density_max_per_px2=density_per_px2,
-                                density_min_per_px2=density_per_px2)
+    prior = dataclasses.replace(
+        prior, max_particles=n_particles, density_max_per_px2=density_per_px2, density_min_per_px2=density_per_px2
+    )
     sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
     noise = 0.5 * (prior.noise_sd_min + prior.noise_sd_max)
 
     def simulate_grid_point(key, theta):
         n = theta.shape[0]
         params = simulate.TrainingParams(
-            d_um2_s=jnp.asarray(theta[:, 0], jnp.float32), n_particles=jnp.full((n,), n_particles, jnp.int32),
-            brightness=jnp.full((n,), brightness, jnp.float32), sigma0=jnp.full((n,), sigma0, jnp.float32),
-            noise_sd=jnp.full((n,), noise, jnp.float32))
+            d_um2_s=jnp.asarray(theta[:, 0], jnp.float32),
+            n_particles=jnp.full((n,), n_particles, jnp.int32),
+            brightness=jnp.full((n,), brightness, jnp.float32),
+            sigma0=jnp.full((n,), sigma0, jnp.float32),
+            noise_sd=jnp.full((n,), noise, jnp.float32),
+        )
         stacks, _ = simulate.simulate_training_batch(key, prior, n, params)
         return np.asarray(stacks)
 
@@ -534,9 +664,16 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
         t_short: int, frames of the short record (>= 2,304 for the correlator).
         fcsnet, imfcsnet: networks in eval mode, or None.
     """
-    optics = models.Optics(prior.camera_pixel_um, prior.magnification, prior.na, prior.wavelength_nm,
-                           0.5 * (prior.sigma0_min + prior.sigma0_max), prior.sigmaz if prior.three_d else 1.0e6,
-                           prior.refractive_index, 1)
+    optics = models.Optics(
+        prior.camera_pixel_um,
+        prior.magnification,
+        prior.na,
+        prior.wavelength_nm,
+        0.5 * (prior.sigma0_min + prior.sigma0_max),
+        prior.sigmaz if prior.three_d else 1.0e6,
+        prior.refractive_index,
+        1,
+    )
     model = "3d" if prior.three_d else "2d"
     one = pipeline.AnalysisSettings(prior.frame_time_s, optics, model=model, bleach_order=0)
     three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), model=model, bleach_order=0)
@@ -586,6 +723,11 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
         estimators["FCSNet 1x1 @ long"] = fcsnet_long
     estimators["NLS 3x3 @ short"] = nls_short
     if imfcsnet is not None:
-        estimators.update({"ImFCSNet @ short": imfcsnet_short, "ImFCSNet avg @ long": imfcsnet_avg,
-                           "hybrid (ImFCSNet start) @ short": hybrid_short})
+        estimators.update(
+            {
+                "ImFCSNet @ short": imfcsnet_short,
+                "ImFCSNet avg @ long": imfcsnet_avg,
+                "hybrid (ImFCSNet start) @ short": hybrid_short,
+            }
+        )
     return estimators

@@ -38,22 +38,22 @@ import numpy as np
 from jax.scipy.special import erf
 
 __all__ = [
-    "Optics",
-    "check_optics",
     "ACFParams",
+    "Optics",
     "SpimShapeTable",
+    "acf_2d_itir",
+    "acf_3d_spim",
+    "acf_3d_spim_tabulated",
+    "check_optics",
+    "pixel_overlap_factor",
     "pixel_side_um",
     "psf_radius_um",
     "sheet_radius_um",
-    "tan_half_angle",
-    "pixel_overlap_factor",
-    "acf_2d_itir",
     "spim_shape",
-    "spim_shape_plugin_rectangle",
-    "acf_3d_spim",
-    "spim_shape_table",
     "spim_shape_interpolated",
-    "acf_3d_spim_tabulated",
+    "spim_shape_plugin_rectangle",
+    "spim_shape_table",
+    "tan_half_angle",
 ]
 
 _SQRT_PI = float(np.sqrt(np.pi))
@@ -121,9 +121,13 @@ def check_optics(optics: Optics, three_d: bool) -> None:
         raise ValueError(f"binning must be a whole number of pixels (got {optics.binning})")
     na, n_imm, n_sample = float(optics.na), float(optics.immersion_index), float(optics.refractive_index)
     if three_d and na >= n_sample:
-        raise ValueError(f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)")
+        raise ValueError(
+            f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)"
+        )
     if na > n_imm:
-        raise ValueError(f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)")
+        raise ValueError(
+            f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)"
+        )
 
 
 class ACFParams(NamedTuple):

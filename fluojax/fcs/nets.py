@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["FCSNetConfig", "ImFCSNetConfig", "FCSNet", "ImFCSNet", "build_network"]
+__all__ = ["FCSNet", "FCSNetConfig", "ImFCSNet", "ImFCSNetConfig", "build_network"]
 
 _BN = dict(momentum=0.9, epsilon=1e-3)
 _CONV_INIT = jax.nn.initializers.he_normal()
@@ -62,12 +62,12 @@ class FCSNetConfig:
     name: str = "fcsnet"
 
     @classmethod
-    def paper(cls) -> "FCSNetConfig":
+    def paper(cls) -> FCSNetConfig:
         """The published network: 70,849 parameters (Keras count)."""
         return cls()
 
     @classmethod
-    def small(cls) -> "FCSNetConfig":
+    def small(cls) -> FCSNetConfig:
         """A CPU-sized network (16 filters, 2 pointwise stages) for tests and quick runs."""
         return cls(filters=16, pointwise_stages=2)
 
@@ -100,12 +100,12 @@ class ImFCSNetConfig:
     name: str = "imfcsnet"
 
     @classmethod
-    def paper(cls, stride: int = 8) -> "ImFCSNetConfig":
+    def paper(cls, stride: int = 8) -> ImFCSNetConfig:
         """The published network: 716,896 parameters (Keras count) for either stride."""
         return cls(stride=stride)
 
     @classmethod
-    def small(cls) -> "ImFCSNetConfig":
+    def small(cls) -> ImFCSNetConfig:
         """A CPU-sized network (16 filters, shorter kernels) that still reads 1,000+ frames."""
         return cls(filters=16, first_kernel=50, strided_kernel=25, stride=8, kernel=12, pointwise_stages=2)
 
@@ -134,7 +134,9 @@ class _ConvBNReLU(nnx.Module):
     """Conv1D ("valid") -> BatchNorm -> ReLU on (batch, length, channels)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, rngs: nnx.Rngs, stride: int = 1):
-        self.conv = nnx.Conv(c_in, c_out, (kernel,), strides=(stride,), padding="VALID", kernel_init=_CONV_INIT, rngs=rngs)
+        self.conv = nnx.Conv(
+            c_in, c_out, (kernel,), strides=(stride,), padding="VALID", kernel_init=_CONV_INIT, rngs=rngs
+        )
         self.norm = nnx.BatchNorm(c_out, **_BN, rngs=rngs)
 
     def __call__(self, x):
@@ -182,10 +184,14 @@ class FCSNet(nnx.Module):
 
     def __init__(self, config: FCSNetConfig, *, rngs: nnx.Rngs):
         if config.output_length < 1:
-            raise ValueError(f"FCSNet: {config.acf_points} ACF points are too few for {config.residual_stages} stages of kernel {config.kernel}")
+            raise ValueError(
+                f"FCSNet: {config.acf_points} ACF points are too few for {config.residual_stages} stages of kernel {config.kernel}"
+            )
         self.config = config
         f = config.filters
-        self.residual = nnx.List([_ResidualStage(1 if i == 0 else f, f, config.kernel, rngs) for i in range(config.residual_stages)])
+        self.residual = nnx.List(
+            [_ResidualStage(1 if i == 0 else f, f, config.kernel, rngs) for i in range(config.residual_stages)]
+        )
         self.pointwise = _PointwiseStages(f, config.pointwise_stages, rngs)
         self.head = nnx.Linear(config.output_length * f, 1, kernel_init=_DENSE_INIT, rngs=rngs)
 
@@ -233,7 +239,9 @@ class ImFCSNet(nnx.Module):
         if stack.ndim != 4 or stack.shape[2:] != (3, 3):
             raise ValueError(f"ImFCSNet expects stacks of shape (batch, frames, 3, 3), got {stack.shape}")
         if stack.shape[1] < self.config.min_frames:
-            raise ValueError(f"ImFCSNet needs at least {self.config.min_frames} frames per window, got {stack.shape[1]}")
+            raise ValueError(
+                f"ImFCSNet needs at least {self.config.min_frames} frames per window, got {stack.shape[1]}"
+            )
         x = _zscore(stack.astype(jnp.float32), (1, 2, 3)).reshape(stack.shape[0], stack.shape[1], 9)
         x = self.strided(self.first(x))
         for stage in self.residual:

@@ -35,38 +35,38 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.fcs import correlator, models
-from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values  # noqa: F401  (re-exported)
+from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values
 
 __all__ = [
-    "PixelStatus",
-    "FCS_SOLVER",
-    "AnalysisSettings",
-    "FCSMaps",
-    "bin_pixels",
-    "bleach_design",
-    "bleach_correct",
-    "BleachChoice",
-    "mean_trace",
-    "choose_bleach_correction",
-    "resolve_bleach",
-    "correlate_band",
-    "acf_model_2d",
-    "acf_model_3d",
-    "start_values",
-    "fit_acfs",
-    "intensity_scale",
-    "correlate_stack",
-    "varies_in_time",
-    "check_signal",
     "CORRELATION_LAGS",
     "CORRELATION_Z",
-    "correlation_z",
-    "signal_status",
-    "analyse_stack",
     "DEFAULT_OPTICS_2D",
     "DEFAULT_OPTICS_3D",
+    "FCS_SOLVER",
+    "AnalysisSettings",
+    "BleachChoice",
+    "FCSMaps",
+    "PixelStatus",
+    "acf_model_2d",
+    "acf_model_3d",
+    "analyse_stack",
+    "bin_pixels",
+    "bleach_correct",
+    "bleach_design",
+    "check_signal",
+    "choose_bleach_correction",
+    "correlate_band",
+    "correlate_stack",
+    "correlation_z",
     "default_optics",
+    "fit_acfs",
+    "intensity_scale",
     "maps_summary",
+    "mean_trace",
+    "resolve_bleach",
+    "signal_status",
+    "start_values",
+    "varies_in_time",
 ]
 
 
@@ -90,7 +90,7 @@ class PixelStatus:
     NON_POSITIVE_MEAN = 9  # fluctuates, but its mean intensity is <= 0: G cannot be normalised
     NO_CORRELATION = 10  # fluctuates, but G at the first lags is within noise of 0 (shot noise only)
 
-    DESCRIPTION = {
+    DESCRIPTION = {  # noqa: RUF012
         0: "converged",
         1: "max iterations",
         2: "non-finite",
@@ -362,12 +362,26 @@ def choose_bleach_correction(
     sig = float(abs(delta) / scatter) if scatter > 0 else float("inf")
     sig_out = round(sig, 3) if np.isfinite(sig) else None
     if abs(delta) < min_decay or sig < threshold:
-        why = f"|decay| {abs(delta):.3g} < {min_decay:g}" if abs(delta) < min_decay else f"significance {sig:.3g} < {threshold:g}"
-        return BleachChoice("auto", 0, round(delta, 5), sig_out, f"no significant trend in the mean trace ({why}): not corrected")
+        why = (
+            f"|decay| {abs(delta):.3g} < {min_decay:g}"
+            if abs(delta) < min_decay
+            else f"significance {sig:.3g} < {threshold:g}"
+        )
+        return BleachChoice(
+            "auto", 0, round(delta, 5), sig_out, f"no significant trend in the mean trace ({why}): not corrected"
+        )
     a = abs(np.log(max(1.0 - abs(delta), 1e-6)))  # decay constant over the record (a rise: the same size)
-    order = next((k for k in range(1, max_order + 1) if (a / 2) ** (k + 1) / (math.factorial(k + 1) * 2**k) <= residual), max_order)
-    return BleachChoice("auto", order, round(delta, 5), sig_out,
-                        f"mean trace changes by {delta:.3g} ({sig:.3g} x its slow scatter): polynomial of order {order}")
+    order = next(
+        (k for k in range(1, max_order + 1) if (a / 2) ** (k + 1) / (math.factorial(k + 1) * 2**k) <= residual),
+        max_order,
+    )
+    return BleachChoice(
+        "auto",
+        order,
+        round(delta, 5),
+        sig_out,
+        f"mean trace changes by {delta:.3g} ({sig:.3g} x its slow scatter): polynomial of order {order}",
+    )
 
 
 def resolve_bleach(stack, bleach_order: int | str) -> BleachChoice:
@@ -529,8 +543,10 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     settings = dataclasses.replace(settings, bleach_order=bleach.order)
     bands = list(range(0, out_h, rows_per_band))
     # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader, \
-            progress_counter(len(bands), "correlate", "bands", enabled=progress) as bar:
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader,
+        progress_counter(len(bands), "correlate", "bands", enabled=progress) as bar,
+    ):
         pending = reader.submit(read_band, bands[0])
         for i in range(len(bands)):
             out_row = bands[i]
@@ -548,7 +564,17 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
             mean[sl] = np.asarray(res.mean, np.float64)[: valid_rows * out_w] / scale
             bar.update(1)
     check_signal(fluctuates, mean)
-    return StackACFs(acf, sem, mean, saturated, fluctuates, (out_h, out_w), grid.lags * settings.frame_time_s, time.perf_counter() - t0, bleach)
+    return StackACFs(
+        acf,
+        sem,
+        mean,
+        saturated,
+        fluctuates,
+        (out_h, out_w),
+        grid.lags * settings.frame_time_s,
+        time.perf_counter() - t0,
+        bleach,
+    )
 
 
 def varies_in_time(band: np.ndarray, stride: int = 16) -> np.ndarray:
@@ -585,7 +611,9 @@ def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
             those that do has a positive mean (G = <dI dI> / <I>^2 needs <I> > 0).
     """
     if not np.any(fluctuates):
-        raise ValueError("no pixel of the stack fluctuates in time (every pixel is constant, e.g. all zero): nothing to correlate")
+        raise ValueError(
+            "no pixel of the stack fluctuates in time (every pixel is constant, e.g. all zero): nothing to correlate"
+        )
     if not np.any(fluctuates & (mean > 0)):
         raise ValueError(
             f"no fluctuating pixel has a positive mean intensity (highest {float(np.max(mean[fluctuates])):.4g}): "
@@ -685,7 +713,9 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
             result = fit_acfs(acf[usable], sem[usable], lag_s, settings, progress=bar.update)
             params[usable], chi2[usable] = result.params, result.chi2_reduced
             fitted = result.status.astype(np.uint8)
-            status[usable] = np.where(saturated[usable] & (fitted <= fit.Status.AT_BOUND), PixelStatus.SATURATED, fitted)
+            status[usable] = np.where(
+                saturated[usable] & (fitted <= fit.Status.AT_BOUND), PixelStatus.SATURATED, fitted
+            )
     t_fit = time.perf_counter() - t1
 
     shape2 = (out_h, out_w)
@@ -707,12 +737,24 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
 # ------------------------------------------------------------------------------------------------
 # Defaults and summaries (what `fluojax fcs fit`/`predict` and `fluojax demo` report)
 
-DEFAULT_OPTICS_2D = {"magnification": 100.0, "na": 1.45, "wavelength_nm": 583.0, "sigma0": 0.8, "refractive_index": 1.518}
+DEFAULT_OPTICS_2D = {
+    "magnification": 100.0,
+    "na": 1.45,
+    "wavelength_nm": 583.0,
+    "sigma0": 0.8,
+    "refractive_index": 1.518,
+}
 """Default optics of a 2D (ITIR/TIRF) measurement: 100x, NA 1.45 oil objective (``refractive_index``
 is the immersion medium's, which bounds the NA), 583 nm emission, PSF factor 0.8 (as the Imaging
 FCS plugin's defaults)."""
-DEFAULT_OPTICS_3D = {"magnification": 60.0, "na": 1.0, "wavelength_nm": 515.0, "sigma0": 1.1, "refractive_index": 1.333,
-                     "sigmaz": 2.2}
+DEFAULT_OPTICS_3D = {
+    "magnification": 60.0,
+    "na": 1.0,
+    "wavelength_nm": 515.0,
+    "sigma0": 1.1,
+    "refractive_index": 1.333,
+    "sigmaz": 2.2,
+}
 """Default optics of a 3D (SPIM) measurement: 60x, NA 1.0 water-dipping objective in water (the
 sample's and the immersion index, 1.333), 515 nm emission, PSF factor 1.1, light-sheet factor 2.2."""
 
@@ -741,7 +783,9 @@ def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int
     unknown = set(overrides) - set(DEFAULT_OPTICS_3D)
     if unknown:
         raise ValueError(f"unknown optics: {', '.join(sorted(unknown))}")
-    pick = {k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()}
+    pick = {
+        k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()
+    }
     index = pick["refractive_index"]
     optics = models.Optics(
         camera_pixel_um=camera_pixel_um,

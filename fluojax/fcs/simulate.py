@@ -43,13 +43,13 @@ from fluojax.fcs.models import Optics, pixel_side_um, psf_radius_um, sheet_radiu
 from fluojax.noise import Camera, camera_counts
 
 __all__ = [
-    "StackGeometry",
     "DiffusionSample",
-    "particles_for_density",
-    "simulate_stack",
-    "TrainingPrior",
+    "StackGeometry",
     "TrainingParams",
+    "TrainingPrior",
+    "particles_for_density",
     "sample_training_params",
+    "simulate_stack",
     "simulate_training_batch",
 ]
 
@@ -98,7 +98,7 @@ class DiffusionSample(NamedTuple):
 def particles_for_density(density_per_um2: float, size_px: int, optics: Optics, margin_px: int = 6) -> int:
     """Number of particles giving a surface density (per um^2 of the x-y box) in the box."""
     side = (size_px + 2 * margin_px) * float(pixel_side_um(optics))
-    return max(1, int(round(density_per_um2 * side**2)))
+    return max(1, round(density_per_um2 * side**2))
 
 
 def _axis_probabilities(pos_um, inv_scale, edges_um):
@@ -299,10 +299,12 @@ class TrainingPrior:
             raise ValueError("TrainingPrior: log-uniform bounds (D, density) must be > 0")
         needed = int(np.floor(self.density_max_per_px2 * self.box_side_px**2))
         if self.max_particles < needed:
-            raise ValueError(f"TrainingPrior: max_particles = {self.max_particles} < {needed} particles at the highest density")
+            raise ValueError(
+                f"TrainingPrior: max_particles = {self.max_particles} < {needed} particles at the highest density"
+            )
 
     @classmethod
-    def itir_2d(cls, frames: int = 2500, **overrides) -> "TrainingPrior":
+    def itir_2d(cls, frames: int = 2500, **overrides) -> TrainingPrior:
         """The ImFCSNet 2D (ITIR/TIRF, DOPC-like) training distribution (fcs.md §1.2-1.3).
 
         From ``waihoh/ImFCS_FCSNet_ImFCSNet: imfcsnet/Configurations/fd1t_cfg_2d.py`` and its
@@ -328,7 +330,7 @@ class TrainingPrior:
         return cls(frames=frames, **overrides)
 
     @classmethod
-    def spim_3d(cls, frames: int = 2500, **overrides) -> "TrainingPrior":
+    def spim_3d(cls, frames: int = 2500, **overrides) -> TrainingPrior:
         """The ImFCSNet 3D (SPIM, dextran-like) training distribution (fcs.md §1.2-1.3).
 
         From ``imfcsnet/Configurations/fd1t_cfg_3d.py`` and ``simulator/fd1t_3d_datagen.py``,
@@ -347,9 +349,17 @@ class TrainingPrior:
           3 x 3 detector, 6 px margin, 10 sub-steps.
         """
         values = dict(
-            brightness_min=11.22 - 9.18, brightness_max=11.22 + 9.18, sigma0_min=1.05, sigma0_max=1.15,
-            magnification=60.0, na=1.0, wavelength_nm=515.0, sigmaz=2.2, refractive_index=1.333,
-            frame_time_s=2.04e-3, three_d=True,
+            brightness_min=11.22 - 9.18,
+            brightness_max=11.22 + 9.18,
+            sigma0_min=1.05,
+            sigma0_max=1.15,
+            magnification=60.0,
+            na=1.0,
+            wavelength_nm=515.0,
+            sigmaz=2.2,
+            refractive_index=1.333,
+            frame_time_s=2.04e-3,
+            three_d=True,
         )
         values.update(overrides)
         return cls(frames=frames, **values)
@@ -363,14 +373,29 @@ class TrainingPrior:
     def geometry(self) -> StackGeometry:
         """The ``StackGeometry`` of one sample (``max_particles`` particles)."""
         return StackGeometry(
-            frames=self.frames, size_px=self.size_px, frame_time_s=self.frame_time_s,
-            n_particles=self.max_particles, margin_px=self.margin_px, substeps=self.substeps,
-            three_d=self.three_d, depth_factor=self.depth_factor, frames_per_step=self.frames_per_step,
+            frames=self.frames,
+            size_px=self.size_px,
+            frame_time_s=self.frame_time_s,
+            n_particles=self.max_particles,
+            margin_px=self.margin_px,
+            substeps=self.substeps,
+            three_d=self.three_d,
+            depth_factor=self.depth_factor,
+            frames_per_step=self.frames_per_step,
         )
 
     def optics(self, sigma0: jax.Array | float) -> Optics:
         """``Optics`` of a sample with PSF factor ``sigma0`` (may be traced)."""
-        return Optics(self.camera_pixel_um, self.magnification, self.na, self.wavelength_nm, sigma0, self.sigmaz, self.refractive_index, 1)
+        return Optics(
+            self.camera_pixel_um,
+            self.magnification,
+            self.na,
+            self.wavelength_nm,
+            sigma0,
+            self.sigmaz,
+            self.refractive_index,
+            1,
+        )
 
 
 class TrainingParams(NamedTuple):
@@ -447,7 +472,9 @@ def simulate_training_batch(
     def one(k, p):
         k_sim, k_noise = jax.random.split(k)
         active = jnp.arange(prior.max_particles) < p.n_particles
-        stack = _simulate(k_sim, DiffusionSample(p.d_um2_s, p.brightness), prior.optics(p.sigma0), geometry, Camera(), active)
+        stack = _simulate(
+            k_sim, DiffusionSample(p.d_um2_s, p.brightness), prior.optics(p.sigma0), geometry, Camera(), active
+        )
         return stack + p.noise_sd * jax.random.normal(k_noise, stack.shape, jnp.float32)
 
     stacks = jax.vmap(one)(jax.random.split(k_stacks, batch), params)

@@ -33,7 +33,15 @@ from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
 from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
 
-__all__ = ["FrapFit", "frap_curve_model", "frap_bounds", "start_in_bounds", "frap_starts", "fit_recovery_curves", "recovery_curve_crlb"]
+__all__ = [
+    "FrapFit",
+    "fit_recovery_curves",
+    "frap_bounds",
+    "frap_curve_model",
+    "frap_starts",
+    "recovery_curve_crlb",
+    "start_in_bounds",
+]
 
 _LOG_SCALE = (True, False, False)
 
@@ -97,7 +105,10 @@ def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
         prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds.
     """
     lower, upper = frap_bounds(table, prior)
-    return np.clip(np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]])
+    return np.clip(
+        np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]]
+    )
+
 
 def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> np.ndarray:
     """``n_starts`` start vectors (D, c0, alpha) drawn from the prior, D clipped into the table range.
@@ -134,7 +145,9 @@ def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effecti
     """
 
     def one(t, a, a_prime):
-        variance = curve_noise_variance(frap_curve_model(t, table), PixelNoise(a, a_prime), effective_pixels, table.roi_sum)
+        variance = curve_noise_variance(
+            frap_curve_model(t, table), PixelNoise(a, a_prime), effective_pixels, table.roi_sum
+        )
         return fit.crlb(frap_curve_model, t, jnp.sqrt(variance), table)
 
     a = jnp.asarray(noise.a)
@@ -243,7 +256,13 @@ def fit_recovery_curves(
     chi2 = np.asarray(res.chi2_reduced)
     residual_variance = np.ones_like(chi2) if noise_variance is not None else chi2
     ci_lo, ci_hi, sd = jax.device_get(
-        _intervals(jnp.asarray(res.params), jnp.asarray(sigma), table, jnp.asarray(np.nan_to_num(residual_variance, nan=1.0)), float(level))
+        _intervals(
+            jnp.asarray(res.params),
+            jnp.asarray(sigma),
+            table,
+            jnp.asarray(np.nan_to_num(residual_variance, nan=1.0)),
+            float(level),
+        )
     )
     if noise_variance is None:
         noise_est = chi2

@@ -55,25 +55,23 @@ from fluojax.frap import estimate, nets
 from fluojax.frap.models import (
     DEEPFRAP_RADIUS_PX,
     FastCurveTable,
-    FrapParams,
     FrapSettings,
     build_fast_curve_table,
     circular_region,
-    recovery_curve_fast,
 )
 from fluojax.frap.simulate import FrapPrior, roi_effective_pixels, sample_frap_params, simulate_curves
 
 __all__ = [
-    "Recipe",
-    "RECIPES",
     "BUILDERS",
+    "RECIPES",
+    "Recipe",
+    "Refined",
+    "comparison_estimators",
     "deepfrap_table",
-    "train_recipe",
     "load_network",
     "predict_curves",
-    "Refined",
     "refine",
-    "comparison_estimators",
+    "train_recipe",
 ]
 
 NETWORK_KIND = "deepfrap"
@@ -104,15 +102,21 @@ class Recipe(networks.Recipe):
 
     network = NETWORK_KIND
 
-    def with_steps(self, steps: int) -> "Recipe":
+    def with_steps(self, steps: int) -> Recipe:
         """The same recipe with ``steps`` optimizer steps (schedule compressed or stretched)."""
         config = dataclasses.replace(self.train, steps=int(steps))
         if self.stairs:
-            config = dataclasses.replace(config, decay_every=max(1, (config.steps - config.warmup_steps) // self.stairs))
+            config = dataclasses.replace(
+                config, decay_every=max(1, (config.steps - config.warmup_steps) // self.stairs)
+            )
         return dataclasses.replace(self, train=config)
 
     def meta_fields(self) -> dict:
-        return {"settings": dataclasses.asdict(self.settings), "radius_px": self.radius_px, "prior": dataclasses.asdict(self.prior)}
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "radius_px": self.radius_px,
+            "prior": dataclasses.asdict(self.prior),
+        }
 
     def build(self, seed: int):
         return nets.build_network(self.net, seed=seed)
@@ -126,14 +130,25 @@ class Recipe(networks.Recipe):
 def _paper_schedule(steps: int) -> training.TrainConfig:
     """The seed's batch (1024) with Adam, 1e-3 -> 1e-5 in six stairs (see the module docstring)."""
     return training.TrainConfig(
-        steps=steps, batch_size=1024, optimizer="adam", learning_rate=1e-3, final_learning_rate=1e-5,
-        eval_every=5000, eval_batches=16, checkpoint_every=50_000,
+        steps=steps,
+        batch_size=1024,
+        optimizer="adam",
+        learning_rate=1e-3,
+        final_learning_rate=1e-5,
+        eval_every=5000,
+        eval_batches=16,
+        checkpoint_every=50_000,
     )
 
 
 def _paper_recipe(name: str, per_parameter: bool) -> Recipe:
-    return Recipe(name, nets.DeepFrapConfig.paper(per_parameter=per_parameter), _paper_schedule(400_000), stairs=6,
-                  description="seed network and batch, Adam, 4e5 steps (GPU)").with_steps(400_000)
+    return Recipe(
+        name,
+        nets.DeepFrapConfig.paper(per_parameter=per_parameter),
+        _paper_schedule(400_000),
+        stairs=6,
+        description="seed network and batch, Adam, 4e5 steps (GPU)",
+    ).with_steps(400_000)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -142,8 +157,15 @@ RECIPES: dict[str, Recipe] = {
     "deepfrap-small": Recipe(
         "deepfrap-small",
         nets.DeepFrapConfig.small(),
-        training.TrainConfig(steps=3000, batch_size=256, optimizer="adam", learning_rate=3e-3, final_learning_rate=1e-4,
-                             eval_every=250, eval_batches=8),
+        training.TrainConfig(
+            steps=3000,
+            batch_size=256,
+            optimizer="adam",
+            learning_rate=3e-3,
+            final_learning_rate=1e-4,
+            eval_every=250,
+            eval_batches=8,
+        ),
         description="3 x 64 ELU, Adam; about a minute on a 2-core CPU",
     ),
 }
@@ -155,7 +177,9 @@ RECIPES: dict[str, Recipe] = {
 
 
 @lru_cache(maxsize=4)
-def deepfrap_table(settings: FrapSettings = FrapSettings(), radius_px: float = DEEPFRAP_RADIUS_PX) -> tuple[FastCurveTable, float]:
+def deepfrap_table(
+    settings: FrapSettings = FrapSettings(), radius_px: float = DEEPFRAP_RADIUS_PX
+) -> tuple[FastCurveTable, float]:
     """The fast-curve table of a centred bleach disk, and its effective ROI pixel count n_eff.
 
     D range 1-3000 px^2/s (covers the DeepFRAP prior, 1.73-1732 px^2/s). Cached per process:
@@ -253,7 +277,9 @@ def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: in
     curves = np.atleast_2d(np.asarray(curves, np.float32))
     n_values = int(meta["settings"]["n_prebleach"]) + int(meta["settings"]["n_postbleach"])
     if curves.shape[1] != n_values:
-        raise ValueError(f"the network reads curves of {n_values} values (its training settings); got {curves.shape[1]}")
+        raise ValueError(
+            f"the network reads curves of {n_values} values (its training settings); got {curves.shape[1]}"
+        )
     out = networks.predict(net, curves, min(int(batch), max(curves.shape[0], 1))).astype(np.float64)
     scale = 1.0 if dt_s is None else float(meta["settings"]["dt_s"]) / float(dt_s)
     return np.stack([10.0 ** out[:, 0] * scale, out[:, 1], out[:, 2]], axis=1)
@@ -278,7 +304,9 @@ def _rss(params, curves, table):
     return jnp.sum(jnp.square(model - curves), axis=1)
 
 
-def refine(curves, table: FastCurveTable, start, noise_variance=None, level: float = 0.95, prior: FrapPrior | None = None) -> Refined:
+def refine(
+    curves, table: FastCurveTable, start, noise_variance=None, level: float = 0.95, prior: FrapPrior | None = None
+) -> Refined:
     """The hybrid estimator: one Levenberg-Marquardt fit per curve, started at ``start``.
 
     Arguments:
@@ -297,11 +325,15 @@ def refine(curves, table: FastCurveTable, start, noise_variance=None, level: flo
     curves = np.atleast_2d(np.asarray(curves))
     start = np.broadcast_to(np.asarray(start, np.float64), (curves.shape[0], 3))
     prior = FrapPrior() if prior is None else prior
-    result = estimate.fit_recovery_curves(curves, table, starts=start[:, None, :], noise_variance=noise_variance, level=level, prior=prior)
+    result = estimate.fit_recovery_curves(
+        curves, table, starts=start[:, None, :], noise_variance=noise_variance, level=level, prior=prior
+    )
     clipped = estimate.start_in_bounds(start, table, prior)
     dtype = jnp.zeros(()).dtype
     at_start = np.asarray(_rss(jnp.asarray(clipped, dtype), jnp.asarray(curves, dtype), table), np.float64)
-    at_fit = np.asarray(_rss(jnp.asarray(np.nan_to_num(result.params, nan=1.0), dtype), jnp.asarray(curves, dtype), table), np.float64)
+    at_fit = np.asarray(
+        _rss(jnp.asarray(np.nan_to_num(result.params, nan=1.0), dtype), jnp.asarray(curves, dtype), table), np.float64
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.all(np.isfinite(result.params), axis=1), at_start / at_fit, np.nan)
     return Refined(result, ratio)
@@ -312,8 +344,15 @@ def refine(curves, table: FastCurveTable, start, noise_variance=None, level: flo
 # ----------------------------------------------------------------------------------------------
 
 
-def comparison_estimators(table: FastCurveTable, *, net=None, meta: dict | None = None, n_starts: int = 30,
-                          seed: int = 0, chunk: int | None = None) -> dict:
+def comparison_estimators(
+    table: FastCurveTable,
+    *,
+    net=None,
+    meta: dict | None = None,
+    n_starts: int = 30,
+    seed: int = 0,
+    chunk: int | None = None,
+) -> dict:
     """Estimators of (D px^2/s, c0, alpha) from curves, for ``fluojax.compare``.
 
     ``ls-{n_starts}start``: multistart least squares (the seed's baseline, 30 starts);
@@ -336,6 +375,7 @@ def comparison_estimators(table: FastCurveTable, *, net=None, meta: dict | None 
 
     estimators = {f"ls-{n_starts}start": least_squares}
     if net is not None:
+
         def network(curves):
             return predict_curves(net, meta, np.asarray(curves))
 

@@ -68,23 +68,23 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "DEEPFRAP_PIXEL_UM",
     "DEEPFRAP_DT_S",
+    "DEEPFRAP_PIXEL_UM",
     "DEEPFRAP_RADIUS_PX",
-    "d_um2_s_to_px2_s",
-    "d_px2_s_to_um2_s",
-    "FrapSettings",
-    "FrapParams",
     "BleachGeometry",
-    "circular_region",
-    "rectangular_region",
-    "custom_region",
-    "simulate_images",
-    "recovery_curve",
-    "recovery_curve_spectral",
     "FastCurveTable",
+    "FrapParams",
+    "FrapSettings",
     "build_fast_curve_table",
+    "circular_region",
+    "custom_region",
+    "d_px2_s_to_um2_s",
+    "d_um2_s_to_px2_s",
+    "recovery_curve",
     "recovery_curve_fast",
+    "recovery_curve_spectral",
+    "rectangular_region",
+    "simulate_images",
 ]
 
 DEEPFRAP_PIXEL_UM = 0.7598
@@ -259,8 +259,8 @@ def circular_region(
     r = float(radius_px)
     s = int(supersample)
     frac = np.zeros((n, n))
-    i0, i1 = max(int(math.floor(yc - r)) - 1, 0), min(int(math.ceil(yc + r)) + 1, n)
-    j0, j1 = max(int(math.floor(xc - r)) - 1, 0), min(int(math.ceil(xc + r)) + 1, n)
+    i0, i1 = max(math.floor(yc - r) - 1, 0), min(math.ceil(yc + r) + 1, n)
+    j0, j1 = max(math.floor(xc - r) - 1, 0), min(math.ceil(xc + r) + 1, n)
     if i1 > i0 and j1 > j0:
         sub = (np.arange(s) + 0.5) / s
         ys = (np.arange(i0, i1)[:, None] + sub[None, :]).ravel()
@@ -415,7 +415,7 @@ def _concrete_or_none(x):
     """NumPy value of ``x`` if it is concrete (not a tracer), else None."""
     try:
         return np.asarray(x)
-    except Exception:  # noqa: BLE001 - any tracer conversion error means "not concrete"
+    except Exception:
         return None
 
 
@@ -579,9 +579,7 @@ def _recovery_curve_spectral(params, geometry, settings):
     return jnp.concatenate([pre, post])
 
 
-def recovery_curve_spectral(
-    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
-):
+def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
     """Exact recovery curve for ``beta = 1`` with no FFT per postbleach frame.
 
     ``F_pre = c0 sum w`` and, for postbleach frame j (time ``j dt`` after the last bleach frame),

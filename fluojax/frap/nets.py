@@ -34,7 +34,7 @@ which it equals for constant weights). ``train.py`` calls ``loss(prediction, tar
 (B, 4) = ``(D*, c0, alpha, a)`` as made by ``network_targets``.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001
 
 import dataclasses
 
@@ -45,18 +45,19 @@ from flax import nnx
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
 from fluojax.networks import parameter_count  # re-exported: experiments/bench_frap.py uses nets.parameter_count
+import itertools
 
 __all__ = [
+    "TARGET_NAMES",
     "DeepFrapConfig",
     "DeepFrapNet",
     "build_network",
-    "parameter_count",
     "expected_parameter_count",
+    "inverse_noise_weighted_mse",
     "network_targets",
+    "parameter_count",
     "params_from_prediction",
     "weighted_mse",
-    "inverse_noise_weighted_mse",
-    "TARGET_NAMES",
 ]
 
 TARGET_NAMES = ("log10_d_px2_s", "c0", "alpha")
@@ -89,12 +90,12 @@ class DeepFrapConfig:
             raise ValueError("inputs, width, hidden_layers and outputs must be >= 1")
 
     @classmethod
-    def paper(cls, per_parameter: bool = False) -> "DeepFrapConfig":
+    def paper(cls, per_parameter: bool = False) -> DeepFrapConfig:
         """The seed's network: joint (130,179 weights) or per-parameter/merged (389,763)."""
         return cls(per_parameter=per_parameter, name="deepfrap_merged" if per_parameter else "deepfrap")
 
     @classmethod
-    def small(cls, per_parameter: bool = False) -> "DeepFrapConfig":
+    def small(cls, per_parameter: bool = False) -> DeepFrapConfig:
         """A CPU-sized network for tests and quick runs: 3 hidden layers of 64."""
         return cls(width=64, hidden_layers=3, per_parameter=per_parameter, name="deepfrap_small")
 
@@ -158,7 +159,7 @@ class DeepFrapNet(nnx.Module):
         self.config = config
         g, w = config.blocks, config.width
         sizes = [config.inputs] + [w] * config.hidden_layers
-        self.hidden = nnx.List([_BlockDense(g, n_in, n_out, rngs) for n_in, n_out in zip(sizes[:-1], sizes[1:])])
+        self.hidden = nnx.List([_BlockDense(g, n_in, n_out, rngs) for n_in, n_out in itertools.pairwise(sizes)])
         self.head = _BlockDense(g, w, config.outputs_per_block, rngs)
 
     def __call__(self, curves: jax.Array) -> jax.Array:

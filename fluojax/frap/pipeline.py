@@ -68,38 +68,38 @@ from fluojax.frap.models import (
 from fluojax.io import InputError
 
 __all__ = [
-    "finite_or_none",
-    "MIN_POSTBLEACH",
-    "MAX_SATURATED_FRACTION",
-    "NORMALISED_LEVEL",
-    "CircleROI",
-    "PreparedStack",
-    "parse_roi",
-    "square_window",
-    "check_stack",
-    "roi_curve",
-    "normalise_curve",
-    "prepare_stack",
-    "default_d_range_px2_s",
-    "fit_prior",
-    "build_table",
-    "fit_prepared",
-    "fit_ok",
-    "FrapStatus",
     "MAX_D_CI_RATIO",
-    "fit_status",
-    "status_reason",
-    "MAX_PAD_FACTOR",
     "MAX_GRID_PX",
-    "check_pad",
-    "model_curve",
-    "fit_summary",
-    "settings_summary",
+    "MAX_PAD_FACTOR",
+    "MAX_SATURATED_FRACTION",
+    "MIN_POSTBLEACH",
+    "NORMALISED_LEVEL",
     "RESIDUAL_RATIO_LIMIT",
+    "CircleROI",
+    "FrapStatus",
     "NetworkPrediction",
-    "predict_prepared",
     "NetworkRefinement",
+    "PreparedStack",
+    "build_table",
+    "check_pad",
+    "check_stack",
+    "default_d_range_px2_s",
+    "finite_or_none",
+    "fit_ok",
+    "fit_prepared",
+    "fit_prior",
+    "fit_status",
+    "fit_summary",
+    "model_curve",
+    "normalise_curve",
+    "parse_roi",
+    "predict_prepared",
+    "prepare_stack",
     "refine_prepared",
+    "roi_curve",
+    "settings_summary",
+    "square_window",
+    "status_reason",
 ]
 
 MIN_POSTBLEACH = 3
@@ -182,7 +182,9 @@ def parse_roi(text: str) -> CircleROI:
     """
     m = _CIRCLE.match(str(text).strip())
     if not m:
-        raise InputError(f"--roi {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7")
+        raise InputError(
+            f"--roi {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7"
+        )
     x, y, r = (float(v) for v in m.groups())
     if not r > 0:
         raise InputError(f"--roi {text!r}: the radius must be positive")
@@ -211,7 +213,9 @@ def square_window(shape_yx: tuple[int, int], roi: CircleROI) -> tuple[int, int, 
 
     x0, y0 = origin(roi.x, nx), origin(roi.y, ny)
     if not (roi.x - roi.r >= x0 and roi.x + roi.r <= x0 + n and roi.y - roi.r >= y0 and roi.y + roi.r <= y0 + n):
-        raise InputError(f"--roi {roi.text()}: does not fit in a {n} x {n} square window of the {nx} x {ny} (X x Y) image")
+        raise InputError(
+            f"--roi {roi.text()}: does not fit in a {n} x {n} square window of the {nx} x {ny} (X x Y) image"
+        )
     return x0, y0, n
 
 
@@ -231,27 +235,35 @@ def check_pad(n: int, pad: int | None) -> int:
     """
     n = int(n)
     if n > MAX_GRID_PX:
-        raise InputError(f"the analysed square is {n} px wide; the solver grid is at most {MAX_GRID_PX} px per side "
-                         f"(its cost grows as its area): crop the stack around the ROI")
+        raise InputError(
+            f"the analysed square is {n} px wide; the solver grid is at most {MAX_GRID_PX} px per side "
+            f"(its cost grows as its area): crop the stack around the ROI"
+        )
     if pad is None:
         return max(0, min(n // 2, (MAX_GRID_PX - n) // 2))
     pad = int(pad)
     if pad < 0:
         raise InputError(f"--pad {pad}: must be >= 0")
     if pad > MAX_PAD_FACTOR * n:
-        raise InputError(f"--pad {pad}: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
-                         f"a wider periodic domain changes nothing but the run time")
+        raise InputError(
+            f"--pad {pad}: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
+            f"a wider periodic domain changes nothing but the run time"
+        )
     if n + 2 * pad > MAX_GRID_PX:
-        raise InputError(f"--pad {pad}: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px allowed "
-                         f"(use --pad {(MAX_GRID_PX - n) // 2} or less; the table's cost grows as the grid's area)")
+        raise InputError(
+            f"--pad {pad}: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px allowed "
+            f"(use --pad {(MAX_GRID_PX - n) // 2} or less; the table's cost grows as the grid's area)"
+        )
     return pad
 
 
 def _roi_inside(shape_yx, roi: CircleROI) -> None:
     ny, nx = shape_yx
     if not (roi.x - roi.r >= 0 and roi.y - roi.r >= 0 and roi.x + roi.r <= nx and roi.y + roi.r <= ny):
-        raise InputError(f"--roi {roi.text()}: the circle is not fully inside the {nx} x {ny} (X x Y) image "
-                         f"(needs R <= X <= {nx} - R and R <= Y <= {ny} - R)")
+        raise InputError(
+            f"--roi {roi.text()}: the circle is not fully inside the {nx} x {ny} (X x Y) image "
+            f"(needs R <= X <= {nx} - R and R <= Y <= {ny} - R)"
+        )
 
 
 def check_stack(stack, roi: CircleROI, n_prebleach: int) -> None:
@@ -271,8 +283,10 @@ def check_stack(stack, roi: CircleROI, n_prebleach: int) -> None:
     if n_prebleach < 1:
         raise InputError(f"--prebleach {n_prebleach}: at least one prebleach frame is needed (it sets c0)")
     if frames - n_prebleach < MIN_POSTBLEACH:
-        raise InputError(f"{frames} frames but --prebleach {n_prebleach}: needs at least {n_prebleach + MIN_POSTBLEACH} "
-                         f"frames ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)")
+        raise InputError(
+            f"{frames} frames but --prebleach {n_prebleach}: needs at least {n_prebleach + MIN_POSTBLEACH} "
+            f"frames ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)"
+        )
     _roi_inside(stack.shape[1:], roi)
 
 
@@ -287,8 +301,10 @@ def _check_values(stack, window_data: np.ndarray, inside: np.ndarray, n_prebleac
         saturated = np.any(roi_pixels >= top, axis=0)
         fraction = float(saturated.mean())
         if fraction > MAX_SATURATED_FRACTION:
-            raise InputError(f"saturated stack: {fraction:.1%} of the ROI pixels reach the {stack.dtype} maximum {top} "
-                             f"(at most {MAX_SATURATED_FRACTION:.0%} allowed)")
+            raise InputError(
+                f"saturated stack: {fraction:.1%} of the ROI pixels reach the {stack.dtype} maximum {top} "
+                f"(at most {MAX_SATURATED_FRACTION:.0%} allowed)"
+            )
     if float(np.ptp(roi_pixels)) == 0.0:
         raise InputError(f"constant stack: every ROI pixel has the value {roi_pixels.flat[0]:g} in every frame")
 
@@ -318,11 +334,15 @@ def normalise_curve(curve: np.ndarray, n_prebleach: int) -> tuple[np.ndarray, fl
     """
     pre = float(np.mean(curve[:n_prebleach]))
     if not pre > 0:
-        raise InputError(f"the prebleach ROI mean is {pre:g}: FRAP needs positive intensities (subtract less background?)")
+        raise InputError(
+            f"the prebleach ROI mean is {pre:g}: FRAP needs positive intensities (subtract less background?)"
+        )
     return curve * (NORMALISED_LEVEL / pre), pre
 
 
-def prepare_stack(stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: float, pad: int | None = None) -> PreparedStack:
+def prepare_stack(
+    stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: float, pad: int | None = None
+) -> PreparedStack:
     """Check a (T, Y, X) stack and reduce it to its normalised ROI recovery curve.
 
     Arguments:
@@ -345,10 +365,16 @@ def prepare_stack(stack, roi: CircleROI, n_prebleach: int, n_bleach: int, dt_s: 
         raise InputError(f"--bleach {n_bleach}: at least one bleach frame is needed")
     check_stack(stack, roi, n_prebleach)
     x0, y0, n = square_window(stack.shape[1:], roi)
-    settings = FrapSettings(n_pixels=n, pad=check_pad(n, pad), n_prebleach=int(n_prebleach),
-                            n_bleach=int(n_bleach), n_postbleach=int(stack.shape[0]) - int(n_prebleach), dt_s=float(dt_s))
+    settings = FrapSettings(
+        n_pixels=n,
+        pad=check_pad(n, pad),
+        n_prebleach=int(n_prebleach),
+        n_bleach=int(n_bleach),
+        n_postbleach=int(stack.shape[0]) - int(n_prebleach),
+        dt_s=float(dt_s),
+    )
     geometry = circular_region(settings, roi.r, (roi.x - x0, roi.y - y0))
-    data = np.asarray(stack[:, y0:y0 + n, x0:x0 + n])
+    data = np.asarray(stack[:, y0 : y0 + n, x0 : x0 + n])
     _check_values(stack, data, np.asarray(geometry.indicator) > 0, n_prebleach)
     curve = roi_curve(data, geometry)
     normalised, pre = normalise_curve(curve, n_prebleach)
@@ -388,7 +414,9 @@ def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | No
     """``FastCurveTable`` of the prepared stack's geometry and settings (default D range from
     :func:`default_d_range_px2_s`)."""
     rng = d_range_px2_s or default_d_range_px2_s(prepared.settings.dt_s, prepared.roi.r)
-    return build_fast_curve_table(prepared.geometry, prepared.settings, tuple(float(v) for v in rng), n_nodes=TABLE_NODES)
+    return build_fast_curve_table(
+        prepared.geometry, prepared.settings, tuple(float(v) for v in rng), n_nodes=TABLE_NODES
+    )
 
 
 def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: int = 30, seed: int = 0):
@@ -421,7 +449,7 @@ class FrapStatus:
     NO_BLEACH = 6  # the bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1
     UNDETERMINED = 7  # D's 95 % interval spans more than MAX_D_CI_RATIO, or has an open end
 
-    NAMES = {**{int(s): s.name for s in fitlib.Status}, 6: "NO_BLEACH", 7: "UNDETERMINED"}
+    NAMES = {**{int(s): s.name for s in fitlib.Status}, 6: "NO_BLEACH", 7: "UNDETERMINED"}  # noqa: RUF012
 
 
 def fit_status(result) -> np.ndarray:
@@ -469,9 +497,11 @@ def status_reason(status: int, params, ci_lower, ci_upper) -> str:
     if status in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and np.all(np.isfinite(params)):
         return ""
     if status == FrapStatus.NO_BLEACH:
-        return (f"no bleach in the data: the fraction left per bleach frame, alpha = {params[2]:.4g} "
-                f"(95 % CI up to {ci_upper[2]:.4g}), is indistinguishable from 1, so D is not measurable "
-                f"(check --prebleach, --bleach and the ROI)")
+        return (
+            f"no bleach in the data: the fraction left per bleach frame, alpha = {params[2]:.4g} "
+            f"(95 % CI up to {ci_upper[2]:.4g}), is indistinguishable from 1, so D is not measurable "
+            f"(check --prebleach, --bleach and the ROI)"
+        )
     if status == FrapStatus.UNDETERMINED:
         lo, hi = float(ci_lower[0]), float(ci_upper[0])
         if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
@@ -485,7 +515,9 @@ def model_curve(params, table: FastCurveTable) -> np.ndarray:
     params = np.asarray(params, np.float64)
     if not np.all(np.isfinite(params)):
         return np.full(table.settings.n_frames, np.nan)
-    return np.asarray(recovery_curve_fast(FrapParams(float(params[0]), float(params[1]), float(params[2])), table), np.float64)
+    return np.asarray(
+        recovery_curve_fast(FrapParams(float(params[0]), float(params[1]), float(params[2])), table), np.float64
+    )
 
 
 def timed(fn, *args, **kwargs):
@@ -525,7 +557,9 @@ def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um
     from fluojax.frap.simulate import roi_effective_pixels
 
     num = finite_or_none
-    p, lo, hi, sd = (np.asarray(a, np.float64)[0] for a in (result.params, result.ci_lower, result.ci_upper, result.stderr))
+    p, lo, hi, sd = (
+        np.asarray(a, np.float64)[0] for a in (result.params, result.ci_lower, result.ci_upper, result.stderr)
+    )
     scale = prepared.scale
     um = lambda v: d_px2_s_to_um2_s(v, pixel_um)  # noqa: E731
 
@@ -551,7 +585,7 @@ def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um
             "pixel_equivalent": num(noise * roi_effective_pixels(prepared.geometry)),
             "unit": "stack intensity^2",
             "what": "residual variance of one ROI-curve value, RSS/(n - 3); pixel_equivalent = curve x effective ROI pixels "
-                    "(the per-pixel variance a if pixel noise is independent and constant)",
+            "(the per-pixel variance a if pixel noise is independent and constant)",
         },
         "chi2_reduced": num(result.chi2_reduced[0]),
         "rss": num(np.sum((prepared.curve - model) ** 2)),
@@ -638,7 +672,9 @@ def predict_prepared(net, meta: dict, prepared: PreparedStack) -> NetworkPredict
     """
     from fluojax.frap import learned
 
-    raw = np.asarray(learned.predict_curves(net, meta, prepared.normalised[None], dt_s=prepared.settings.dt_s), np.float64)[0]
+    raw = np.asarray(
+        learned.predict_curves(net, meta, prepared.normalised[None], dt_s=prepared.settings.dt_s), np.float64
+    )[0]
     net_radius = float(meta.get("radius_px", prepared.roi.r))
     radius_factor = (prepared.roi.r / net_radius) ** 2
     return NetworkPrediction(raw * np.array([radius_factor, 1.0, 1.0]), radius_factor, net_radius)
@@ -680,4 +716,6 @@ def refine_prepared(prepared: PreparedStack, table: FastCurveTable, prediction) 
     refined = learned.refine(prepared.normalised[None], table, np.asarray(prediction)[None], prior=prior)
     start = estimate.start_in_bounds(prediction, table, prior)  # where refine's fit began
     ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
-    return NetworkRefinement(refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT)
+    return NetworkRefinement(
+        refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT
+    )

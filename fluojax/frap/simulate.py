@@ -65,20 +65,20 @@ from fluojax.frap.models import (
 )
 
 __all__ = [
-    "PixelNoise",
-    "FrapSample",
     "FrapPrior",
-    "sample_frap_params",
-    "sample_d_um2_s",
-    "roi_effective_pixels",
-    "squared_weight_geometry",
-    "pixel_noise_variance",
-    "curve_noise_variance",
-    "add_pixel_noise",
+    "FrapSample",
+    "PixelNoise",
     "add_curve_noise",
+    "add_pixel_noise",
+    "curve_noise_variance",
+    "pixel_noise_variance",
+    "recovery_curve_from_images",
+    "roi_effective_pixels",
+    "sample_d_um2_s",
+    "sample_frap_params",
     "simulate_curves",
     "simulate_image_sequences",
-    "recovery_curve_from_images",
+    "squared_weight_geometry",
 ]
 
 
@@ -141,7 +141,7 @@ class FrapPrior:
             raise ValueError("a' must be non-negative")
 
     @classmethod
-    def deepfrap(cls) -> "FrapPrior":
+    def deepfrap(cls) -> FrapPrior:
         """Seed Table 1: D log-uniform in [1e-12, 1e-9] m^2/s (= [1, 1000] um^2/s), c0 uniform in
         [0.5, 1], alpha uniform in [0.45, 0.95], a log-uniform in [1e-4, 1e-2]; a' = 0 (seed §2.2,
         §3); 0.7598 um pixels. (The predecessor generator, frap.md §1.3, used alpha in
@@ -303,7 +303,9 @@ def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
     return images + sd * jax.random.normal(key, images.shape, images.dtype)
 
 
-def add_curve_noise(key: jax.Array, curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None):
+def add_curve_noise(
+    key: jax.Array, curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
+):
     """Noisy ROI curve ``F + sqrt(var F) z`` with ``var F`` from ``curve_noise_variance``.
 
     Arguments:
@@ -341,7 +343,7 @@ def _require_table_compatible(params: FrapParams, table: FastCurveTable) -> None
     for value, expected, name in ((params.beta, 1.0, "beta"), (params.gamma_px, table.gamma_px, "gamma_px")):
         try:
             concrete = np.asarray(value)
-        except Exception:  # noqa: BLE001 - a tracer: cannot check here
+        except Exception:
             continue
         if not np.allclose(concrete, expected, rtol=0.0, atol=1e-6):
             raise ValueError(f"simulate_curves: the fast table needs {name} = {expected}")
@@ -378,7 +380,9 @@ def simulate_curves(
     """
     _require_table_compatible(params, table)
     clean = _map_over_batch(lambda p: recovery_curve_fast(p, table), params)
-    weighted = None if variance_table is None else _map_over_batch(lambda p: recovery_curve_fast(p, variance_table), params)
+    weighted = (
+        None if variance_table is None else _map_over_batch(lambda p: recovery_curve_fast(p, variance_table), params)
+    )
     roi_sum = jnp.asarray(table.roi_sum, clean.dtype)
     return add_curve_noise(key, clean, noise, effective_pixels, roi_sum, weighted)
 
