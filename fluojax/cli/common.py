@@ -1,4 +1,10 @@
-"""Option types and output helpers shared by the ``fluojax`` subcommands.
+"""Option types, shared options and the steps every technique's subcommands share.
+
+A technique's command-line module (``cli/fcs.py``, ``cli/frap.py``) parses its own options and
+calls its library; what two of them would otherwise write twice lives here: the number types,
+the ``-o``/``--overwrite`` and training options, the checked output folder, reading a stack with
+its frame interval, loading a network, the ``train`` command and the closing lines (warnings,
+exit code 3).
 
 Nothing here imports jax or numpy at import time: building the parser stays fast.
 """
@@ -7,59 +13,114 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "add_numbers",
+    "add_output",
     "add_overwrite",
+    "add_training_options",
     "check_run_folder",
     "destination",
+    "failed",
     "fmt",
+    "load_network",
     "non_negative",
     "positive",
+    "read_timed_stack",
     "resume_refusal",
+    "run_training",
+    "warn",
 ]
 
 
-def positive(kind):
+# ------------------------------------------------------------------------------------------------
+# Option types and shared options
+
+
+def _number(kind: Callable[[str], Any], ok: Callable[[float], bool], rule: str) -> Callable[[str], Any]:
+    """argparse type: a finite number of ``kind`` (int or float) for which ``ok`` holds, else ``rule``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"{rule} (got {text})")
+        return value
+
+    return parse
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse type: a finite number of ``kind`` (int or float) above 0."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive (got {text})")
-        return value
-
-    return parse
+    return _number(kind, lambda v: v > 0, "must be positive")
 
 
-def non_negative(kind):
+def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse type: a finite number of ``kind`` (int or float) >= 0."""
+    return _number(kind, lambda v: v >= 0, "must be >= 0")
 
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
-        return value
 
-    return parse
+def add_numbers(p: argparse.ArgumentParser, *rows: tuple) -> None:
+    """Numeric options, one ``(option, type, default, metavar, help)`` row each (``type``:
+    :func:`positive` or :func:`non_negative` of int or float; ``metavar`` may be None)."""
+    for option, kind, default, metavar, text in rows:
+        p.add_argument(option, type=kind, default=default, metavar=metavar, help=text)
 
 
 def add_overwrite(p: argparse.ArgumentParser, file: bool = False) -> None:
     """``--overwrite``: for a .tif file (``file``) or for an earlier result folder of the command."""
-    if file:
-        p.add_argument("--overwrite", action="store_true", help="replace an existing .tif file at -o")
-    else:
-        p.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace an earlier result of this command at OUT (nothing else is ever replaced)",
-        )
+    what = (
+        "an existing .tif file at -o"
+        if file
+        else "an earlier result of this command at OUT (nothing else is ever replaced)"
+    )
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def add_output(
+    p: argparse.ArgumentParser,
+    metavar: str = "OUT",
+    help: str | None = None,
+    *,
+    default: str | None = None,
+    required: bool = False,
+    overwrite: str | None = "folder",
+) -> None:
+    """``-o/--output`` and its ``--overwrite``.
+
+    Arguments:
+        p: the subcommand's parser.
+        metavar: the value's name in the help (``OUT``, ``STACK.tif``, ``CKPT``, ...).
+        help: the option's help.
+        default: the default value (None: ``-o`` absent, the command chooses, e.g. STACK_fcs).
+        required: whether ``-o`` must be given.
+        overwrite: ``"folder"`` (an earlier result folder of the command may be replaced),
+            ``"file"`` (an existing .tif) or None (no ``--overwrite``: a training run folder is
+            resumed instead).
+    """
+    p.add_argument("-o", "--output", required=required, default=default, metavar=metavar, help=help)
+    if overwrite is not None:
+        add_overwrite(p, file=overwrite == "file")
+
+
+def add_training_options(t: argparse.ArgumentParser, recipes: Iterable[str] | None) -> None:
+    """``--config`` (one of ``recipes``), ``--steps``, ``--seed`` and ``-o CKPT`` of a ``train`` subcommand."""
+    t.add_argument("--config", required=True, choices=recipes, help="network and scale (-small: CPU-sized)")
+    t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the initialisation and the simulations")
+    add_output(t, "CKPT", "run folder: checkpoints, metrics, loss.png", required=True, overwrite=None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs and outputs
 
 
 def destination(args, kind: str, default_suffix: str | None = None) -> tuple[Path, str]:
@@ -71,12 +132,56 @@ def destination(args, kind: str, default_suffix: str | None = None) -> tuple[Pat
     from fluojax import io
 
     if args.output is None:
-        out = Path(Path(args.stack).with_suffix("").as_posix() + default_suffix)
+        out = Path(Path(args.stack).with_suffix("").as_posix() + str(default_suffix))
         label = f"output folder {out} (the default; choose another with -o)"
     else:
         out, label = Path(args.output), f"-o {args.output}"
     io.check_output_folder(out, kind, args.overwrite, label)
     return out, label
+
+
+def read_timed_stack(path: str, frame_interval: float | None, option: str):
+    """Read the TIFF stack at ``path`` and its frame interval (``frame_interval`` from ``option``,
+    else the TIFF's ImageJ metadata; :func:`fluojax.io.frame_interval_s`).
+
+    Returns:
+        (stack (T, Y, X), frame interval in s).
+    """
+    from fluojax import io
+
+    stack, meta = io.read_stack(path)
+    return stack, io.frame_interval_s(frame_interval, meta, option, path)
+
+
+def load_network(learned, path: str, option: str = "--net", **kwargs):
+    """``learned.load_network(path, **kwargs)``, its refusals (ValueError) as one-line InputErrors."""
+    from fluojax.io import InputError
+
+    try:
+        return learned.load_network(path, **kwargs)
+    except ValueError as err:
+        raise InputError(f"{option} {path}: {err}") from None
+
+
+def warn(warnings: Iterable[str]) -> None:
+    """One ``fluojax: warning:`` line on stderr per warning."""
+    for w in warnings:
+        print(f"fluojax: warning: {w}", file=sys.stderr)
+
+
+def failed(stack: str, reason: str, out: Path) -> int:
+    """The line on stderr for a run whose results are written but whose fit failed; returns exit code 3."""
+    print(f"fluojax: error: {stack}: {reason}; details in {out}/summary.json (exit code 3)", file=sys.stderr)
+    return 3
+
+
+def fmt(value, spec: str = ".4g") -> str:
+    """A number for a summary line, or "n/a" for None (nothing fitted)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
 
 
 def check_run_folder(out: Path) -> None:
@@ -108,6 +213,43 @@ def resume_refusal(out: Path, err, recipes) -> str:
     return f"-o {out} holds a {recipe} run (step {step}) trained with another training config ({', '.join(fields)}); use another folder"
 
 
-def fmt(value, spec: str = ".4g") -> str:
-    """A number for a summary line, or "n/a" for None (nothing fitted)."""
-    return "n/a" if value is None else format(value, spec)
+def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
+    """``fluojax TECHNIQUE train``: train (or resume) ``learned.RECIPES[args.config]`` in ``-o``.
+
+    Writes the run folder (checkpoints and metrics, by ``learned.train_recipe``) and ``loss.png``,
+    and prints one line.
+
+    Arguments:
+        args: the parsed ``config``, ``steps``, ``seed`` and ``output``.
+        learned: the technique's ``learned`` module (``RECIPES``, ``train_recipe``).
+        loss: what the held-out loss is, for the printed line (e.g. ``"MSE of ln D"``).
+        ylabel: the loss axis of ``loss.png``.
+        **kwargs: further arguments of ``learned.train_recipe`` (e.g. ``pool_stacks``).
+
+    Returns:
+        exit code 0; bad input raises InputError.
+    """
+    import numpy as np
+
+    from fluojax import train as training
+    from fluojax.io import InputError
+    from fluojax.plotting import plot_training
+
+    if args.config not in learned.RECIPES:
+        raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
+    out = Path(args.output)
+    check_run_folder(out)
+    t0 = time.perf_counter()
+    try:
+        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, **kwargs)
+    except training.RunMismatch as err:  # checked before anything is built
+        raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
+    except ValueError as err:  # e.g. a checkpoint that does not fit the network
+        raise InputError(str(err)) from None
+    plot_training(out / "loss.png", history, ylabel=ylabel)
+    rate = [r for r in history.samples_per_s if r == r]
+    print(
+        f"{args.config}: {history.step[-1]} steps, held-out {loss} {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
+        f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/"
+    )
+    return 0

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-from fluojax.cli.common import add_overwrite, destination, fmt, positive, resume_refusal
+from fluojax.cli import common
+from fluojax.cli.common import add_output, destination, fmt, positive
 
 __all__ = ["HANDLERS", "add_demo_arguments", "add_parsers", "demo_command"]
 
@@ -21,50 +21,30 @@ __all__ = ["HANDLERS", "add_demo_arguments", "add_parsers", "demo_command"]
 # Parsers
 
 
+_OPTICS_OPTIONS = (
+    # option, keyword of fcs.pipeline.default_optics, metavar, default, help
+    ("--pixel-size", "camera_pixel_um", "UM", 24.0, "camera pixel pitch in um (default 24)"),
+    ("--magnification", "magnification", "M", None, "total magnification (default 100 in 2D, 60 in 3D)"),
+    ("--na", "na", None, None, "numerical aperture (default 1.45 in 2D, 1.0 in 3D)"),
+    ("--wavelength", "wavelength_nm", "NM", None, "emission wavelength in nm (default 583 in 2D, 515 in 3D)"),
+    ("--sigma0", "sigma0", "S0", None, "PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)"),
+    ("--sigmaz", "sigmaz", "SZ", 2.2, "light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)"),
+    (
+        "--refractive-index",
+        "refractive_index",
+        "N",
+        None,
+        "3D: sample (and water-dipping immersion) refractive index, NA must stay below it (default 1.333); "
+        "2D: the objective's immersion medium index, NA cannot exceed it (default 1.518, oil)",
+    ),
+)
+"""The optics options, as the Imaging FCS plugin takes them."""
+
+
 def _add_optics(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optics (as the Imaging FCS plugin takes them)")
-    g.add_argument(
-        "--pixel-size", type=positive(float), default=24.0, metavar="UM", help="camera pixel pitch in um (default 24)"
-    )
-    g.add_argument(
-        "--magnification",
-        type=positive(float),
-        default=None,
-        metavar="M",
-        help="total magnification (default 100 in 2D, 60 in 3D)",
-    )
-    g.add_argument(
-        "--na", type=positive(float), default=None, help="numerical aperture (default 1.45 in 2D, 1.0 in 3D)"
-    )
-    g.add_argument(
-        "--wavelength",
-        type=positive(float),
-        default=None,
-        metavar="NM",
-        help="emission wavelength in nm (default 583 in 2D, 515 in 3D)",
-    )
-    g.add_argument(
-        "--sigma0",
-        type=positive(float),
-        default=None,
-        metavar="S0",
-        help="PSF factor, w = sigma0*lambda/NA (default 0.8 in 2D, 1.1 in 3D)",
-    )
-    g.add_argument(
-        "--sigmaz",
-        type=positive(float),
-        default=2.2,
-        metavar="SZ",
-        help="light-sheet factor, w_z = sigmaz*lambda/NA (3D; default 2.2)",
-    )
-    g.add_argument(
-        "--refractive-index",
-        type=positive(float),
-        default=None,
-        metavar="N",
-        help="3D: sample (and water-dipping immersion) refractive index, NA must stay below it (default 1.333); "
-        "2D: the objective's immersion medium index, NA cannot exceed it (default 1.518, oil)",
-    )
+    for option, _, metavar, default, text in _OPTICS_OPTIONS:
+        g.add_argument(option, type=positive(float), default=default, metavar=metavar, help=text)
 
 
 def _add_fit(f: argparse.ArgumentParser) -> None:
@@ -91,47 +71,32 @@ def _add_fit(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend"
     )
-    f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_fcs)")
-    add_overwrite(f)
+    add_output(f, help="output folder (default STACK_fcs)")
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", choices=["2d", "3d"], default="2d")
-    s.add_argument("--frames", type=positive(int), default=20000)
-    s.add_argument("--size", type=positive(int), default=16, metavar="PX", help="image side in pixels")
-    s.add_argument("--frame-time", type=positive(float), default=1.06e-3, metavar="S")
-    s.add_argument("--d", type=positive(float), default=1.0, metavar="UM2_S", help="diffusion coefficient in um^2/s")
-    s.add_argument(
-        "--density",
-        type=positive(float),
-        default=0.5,
-        metavar="PER_PX2",
-        help="particles per pixel area (object space)",
+    common.add_numbers(
+        s,
+        ("--frames", positive(int), 20000, None, None),
+        ("--size", positive(int), 16, "PX", "image side in pixels"),
+        ("--frame-time", positive(float), 1.06e-3, "S", None),
+        ("--d", positive(float), 1.0, "UM2_S", "diffusion coefficient in um^2/s"),
+        ("--density", positive(float), 0.5, "PER_PX2", "particles per pixel area (object space)"),
+        ("--brightness", positive(float), 6.0, None, "photo-electrons per particle per frame"),
     )
-    s.add_argument("--brightness", type=positive(float), default=6.0, help="photo-electrons per particle per frame")
     s.add_argument("--read-noise", type=float, default=0.0, metavar="E", help="Gaussian read noise s.d. in electrons")
     s.add_argument("--seed", type=int, default=0)
     _add_optics(s)
-    s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
-    add_overwrite(s, file=True)
+    add_output(s, "STACK.tif", required=True, overwrite="file")
 
 
 def _add_train(t: argparse.ArgumentParser) -> None:
     from fluojax.fcs.learned import RECIPES  # imports jax and flax: only when `fcs train` is parsed
 
-    t.add_argument("--config", required=True, choices=sorted(RECIPES), help="network and scale (-small: CPU-sized)")
-    t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument(
-        "--pool-stacks",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="FCSNet: simulated stacks reused every epoch (default: the config's)",
-    )
-    t.add_argument(
-        "-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics.csv, loss.png"
-    )
+    common.add_training_options(t, sorted(RECIPES))
+    pool = "FCSNet: simulated stacks reused every epoch (default: the config's)"
+    common.add_numbers(t, ("--pool-stacks", positive(int), None, "N", pool))
 
 
 def _add_predict(pr: argparse.ArgumentParser) -> None:
@@ -146,8 +111,7 @@ def _add_predict(pr: argparse.ArgumentParser) -> None:
         help="ImFCSNet: one value per pixel from overlapping 3x3 windows (border marked)",
     )
     pr.add_argument("--bleach", default="auto", help="bleach correction of the ACFs: auto (default), polyK or none")
-    pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_net)")
-    add_overwrite(pr)
+    add_output(pr, help="output folder (default STACK_net)")
 
 
 def _add_compare(c: argparse.ArgumentParser) -> None:
@@ -168,8 +132,7 @@ def _add_compare(c: argparse.ArgumentParser) -> None:
     c.add_argument("--density", type=positive(float), default=0.3, metavar="PER_PX2")
     c.add_argument("--brightness", type=positive(float), default=5.0)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("-o", "--output", required=True, metavar="REPORT", help="folder: report.md, report.csv, report.png")
-    add_overwrite(c)
+    add_output(c, "REPORT", "folder: report.md, report.csv, report.png", required=True)
 
 
 def add_parsers(p: argparse.ArgumentParser) -> None:
@@ -187,8 +150,7 @@ def add_parsers(p: argparse.ArgumentParser) -> None:
 def add_demo_arguments(d: argparse.ArgumentParser) -> None:
     """The options of ``fluojax demo``."""
     d.add_argument("--frames", type=positive(int), default=20000)
-    d.add_argument("-o", "--output", default="demo_out", metavar="OUT", help="output folder (default demo_out)")
-    add_overwrite(d)
+    add_output(d, help="output folder (default demo_out)", default="demo_out")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,17 +162,12 @@ def _optics(args, binning: int = 1):
     from fluojax.fcs.pipeline import default_optics
     from fluojax.io import InputError
 
+    given = {keyword: getattr(args, option[2:].replace("-", "_")) for option, keyword, *_ in _OPTICS_OPTIONS}
     try:
         return default_optics(
             args.model == "3d",
-            camera_pixel_um=args.pixel_size,
             binning=binning,
-            magnification=args.magnification,
-            na=args.na,
-            wavelength_nm=args.wavelength,
-            sigma0=args.sigma0,
-            sigmaz=args.sigmaz,
-            refractive_index=args.refractive_index,
+            **given,
         )
     except ValueError as err:
         raise InputError(f"optics: {err}") from None
@@ -259,8 +216,7 @@ def fit_command(args) -> int:
     from fluojax.io import InputError
 
     out, label = destination(args, "fcs-fit", "_fcs")
-    stack, meta = io.read_stack(args.stack)
-    frame_time = io.frame_interval_s(args.frame_time, meta, "--frame-time", args.stack)
+    stack, frame_time = common.read_timed_stack(args.stack, args.frame_time, "--frame-time")
     settings = AnalysisSettings(
         frame_time_s=frame_time,
         optics=_optics(args, args.binning),
@@ -284,13 +240,7 @@ def fit_command(args) -> int:
         f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s "
         f"in {maps.timings_s['total']:.1f} s -> {out}/"
     )
-    if summary["fitted"] == 0:
-        print(
-            f"fluojax: error: {args.stack}: no pixel could be fitted; statuses in {out}/summary.json (exit code 3)",
-            file=sys.stderr,
-        )
-        return 3
-    return 0
+    return common.failed(args.stack, "no pixel could be fitted", out) if summary["fitted"] == 0 else 0
 
 
 def simulate_command(args) -> int:
@@ -334,32 +284,9 @@ def simulate_command(args) -> int:
 
 def train_command(args) -> int:
     """``fluojax fcs train``."""
-    import numpy as np
-
-    from fluojax import train as training
-    from fluojax.cli.common import check_run_folder
     from fluojax.fcs import learned
-    from fluojax.io import InputError
-    from fluojax.plotting import plot_training
 
-    out = Path(args.output)
-    check_run_folder(out)
-    t0 = time.perf_counter()
-    try:
-        _, history = learned.train_recipe(
-            args.config, out, steps=args.steps, seed=args.seed, pool_stacks=args.pool_stacks
-        )
-    except training.RunMismatch as err:  # checked before anything is built
-        raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
-    except ValueError as err:  # e.g. a checkpoint that does not fit the network
-        raise InputError(str(err)) from None
-    plot_training(out / "loss.png", history)
-    rate = [r for r in history.samples_per_s if r == r]
-    print(
-        f"{args.config}: {history.step[-1]} steps, held-out MSE of ln D {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
-        f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/"
-    )
-    return 0
+    return common.run_training(args, learned, "MSE of ln D", "MSE of ln D", pool_stacks=args.pool_stacks)
 
 
 def predict_command(args) -> int:
@@ -371,12 +298,8 @@ def predict_command(args) -> int:
     from fluojax.io import InputError
 
     out, label = destination(args, "fcs-predict", "_net")
-    try:
-        net, meta = learned.load_network(args.net)
-    except ValueError as err:
-        raise InputError(f"--net {args.net}: {err}") from None
-    stack, tiff_meta = io.read_stack(args.stack)
-    frame_time = io.frame_interval_s(args.frame_time, tiff_meta, "--frame-time", args.stack)
+    net, meta = common.load_network(learned, args.net)
+    stack, frame_time = common.read_timed_stack(args.stack, args.frame_time, "--frame-time")
     t0 = time.perf_counter()
     try:
         maps, settings = learned.predict_stack(net, meta, stack, frame_time, args.overlap, _bleach_order(args.bleach))
@@ -420,10 +343,7 @@ def compare_command(args) -> int:
     for kind, path in (("fcsnet", args.fcsnet), ("imfcsnet", args.imfcsnet)):
         if path is None:
             continue
-        try:
-            loaded[kind], meta = learned.load_network(path, expect=kind)
-        except ValueError as err:
-            raise InputError(f"--{kind} {path}: {err}") from None
+        loaded[kind], meta = common.load_network(learned, path, f"--{kind}", expect=kind)
         names[kind] = meta["recipe"]
         if meta["prior"]["three_d"] != (args.model == "3d"):
             raise InputError(

@@ -6,11 +6,11 @@ Only the standard library is imported with this module; each subcommand imports 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from fluojax.cli.common import add_overwrite, destination, non_negative, positive, resume_refusal
+from fluojax.cli import common
+from fluojax.cli.common import add_output, destination, non_negative, positive
 
 __all__ = ["HANDLERS", "add_parsers"]
 
@@ -27,42 +27,32 @@ def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> N
         metavar="circle:X,Y,R",
         help="bleach region = ROI, in pixels: x = column, y = row, pixel j spans [j, j+1]",
     )
-    hint = "" if frame_defaults else " (default: the network's)"
-    p.add_argument(
-        "--prebleach",
-        type=positive(int),
-        default=10 if frame_defaults else None,
-        metavar="N",
-        help=f"recorded frames before the bleach{' (default 10)' if frame_defaults else hint}; the rest are postbleach",
-    )
-    p.add_argument(
-        "--bleach",
-        type=positive(int),
-        default=4 if frame_defaults else None,
-        metavar="N",
-        help=f"bleach frames, not recorded, each lasting dt{' (default 4)' if frame_defaults else hint}",
-    )
-    p.add_argument(
-        "--dt",
-        type=positive(float),
-        default=None,
-        metavar="S",
-        help="frame interval in s (default: the TIFF's ImageJ finterval)",
-    )
-    p.add_argument(
-        "--pixel-size",
-        type=positive(float),
-        default=None,
-        metavar="UM",
-        help="pixel side in um (default: the TIFF's ImageJ calibration)",
-    )
-    p.add_argument(
-        "--pad",
-        type=non_negative(int),
-        default=None,
-        metavar="PX",
-        help="padding of the periodic solver grid, pixels per side (default: half the analysed square; "
-        "at most 4x its side, and the grid side + 2 pad at most 2048)",
+    pre, bleach = ("10", "4") if frame_defaults else ("the network's", "the network's")
+    common.add_numbers(
+        p,
+        (
+            "--prebleach",
+            positive(int),
+            10 if frame_defaults else None,
+            "N",
+            f"recorded frames before the bleach (default {pre}); the rest are postbleach",
+        ),
+        (
+            "--bleach",
+            positive(int),
+            4 if frame_defaults else None,
+            "N",
+            f"bleach frames, not recorded, each lasting dt (default {bleach})",
+        ),
+        ("--dt", positive(float), None, "S", "frame interval in s (default: the TIFF's ImageJ finterval)"),
+        ("--pixel-size", positive(float), None, "UM", "pixel side in um (default: the TIFF's ImageJ calibration)"),
+        (
+            "--pad",
+            non_negative(int),
+            None,
+            "PX",
+            "padding of the periodic solver grid, pixels per side (default: half the analysed square; at most 4x its side, and the grid side + 2 pad at most 2048)",
+        ),
     )
 
 
@@ -78,8 +68,7 @@ def _add_fit(f: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)",
     )
-    f.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frap)")
-    add_overwrite(f)
+    add_output(f, help="output folder (default STACK_frap)")
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
@@ -89,55 +78,34 @@ def _add_simulate(s: argparse.ArgumentParser) -> None:
         DEEPFRAP_RADIUS_PX,
     )  # jax: only for `frap simulate`
 
-    s.add_argument(
-        "--d", type=positive(float), default=10.0, metavar="UM2_S", help="diffusion coefficient in um^2/s (default 10)"
+    common.add_numbers(
+        s,
+        ("--d", positive(float), 10.0, "UM2_S", "diffusion coefficient in um^2/s (default 10)"),
+        ("--c0", positive(float), 0.75, None, "prebleach intensity (default 0.75)"),
+        ("--alpha", positive(float), 0.7, None, "fraction left per bleach frame, in (0, 1] (default 0.7)"),
+        ("--noise-a", non_negative(float), 0.0, "A", "per-pixel noise variance, intensity^2 (default 0)"),
+        ("--prebleach", positive(int), 10, "N", None),
+        ("--bleach", positive(int), 4, "N", None),
+        ("--postbleach", positive(int), 100, "N", None),
+        ("--size", positive(int), 256, "PX", "image side in pixels (default 256)"),
+        (
+            "--pad",
+            non_negative(int),
+            None,
+            "PX",
+            "solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)",
+        ),
     )
-    s.add_argument("--c0", type=positive(float), default=0.75, help="prebleach intensity (default 0.75)")
-    s.add_argument(
-        "--alpha", type=positive(float), default=0.7, help="fraction left per bleach frame, in (0, 1] (default 0.7)"
-    )
-    s.add_argument(
-        "--noise-a",
-        type=non_negative(float),
-        default=0.0,
-        metavar="A",
-        help="per-pixel noise variance, intensity^2 (default 0)",
-    )
-    s.add_argument("--prebleach", type=positive(int), default=10, metavar="N")
-    s.add_argument("--bleach", type=positive(int), default=4, metavar="N")
-    s.add_argument("--postbleach", type=positive(int), default=100, metavar="N")
-    s.add_argument("--size", type=positive(int), default=256, metavar="PX", help="image side in pixels (default 256)")
-    s.add_argument(
-        "--pad",
-        type=non_negative(int),
-        default=None,
-        metavar="PX",
-        help="solver padding per side (default size // 2; at most 4 x size, and size + 2 pad at most 2048)",
-    )
-    s.add_argument(
-        "--radius",
-        type=positive(float),
-        default=DEEPFRAP_RADIUS_PX,
-        metavar="PX",
-        help=f"bleach radius in pixels, centred in the image (default {DEEPFRAP_RADIUS_PX:.3f})",
-    )
-    s.add_argument(
-        "--dt",
-        type=positive(float),
-        default=DEEPFRAP_DT_S,
-        metavar="S",
-        help=f"frame interval in s (default {DEEPFRAP_DT_S})",
-    )
-    s.add_argument(
-        "--pixel-size",
-        type=positive(float),
-        default=DEEPFRAP_PIXEL_UM,
-        metavar="UM",
-        help=f"pixel side in um (default {DEEPFRAP_PIXEL_UM})",
-    )
+    for option, default, metavar, what in (
+        ("--radius", DEEPFRAP_RADIUS_PX, "PX", "bleach radius in pixels, centred in the image"),
+        ("--dt", DEEPFRAP_DT_S, "S", "frame interval in s"),
+        ("--pixel-size", DEEPFRAP_PIXEL_UM, "UM", "pixel side in um"),
+    ):  # DeepFRAP's geometry by default
+        s.add_argument(
+            option, type=positive(float), default=default, metavar=metavar, help=f"{what} (default {default:.4g})"
+        )
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("-o", "--output", required=True, metavar="STACK.tif")
-    add_overwrite(s, file=True)
+    add_output(s, "STACK.tif", required=True, overwrite="file")
 
 
 def _recipe_names() -> list[str] | None:
@@ -153,17 +121,13 @@ def _recipe_names() -> list[str] | None:
 
 
 def _add_train(t: argparse.ArgumentParser) -> None:
-    t.add_argument("--config", required=True, choices=_recipe_names(), help="network and scale (-small: CPU-sized)")
-    t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("-o", "--output", required=True, metavar="CKPT", help="run folder: checkpoints, metrics, loss.png")
+    common.add_training_options(t, _recipe_names())
 
 
 def _add_predict(pr: argparse.ArgumentParser) -> None:
     _add_data_args(pr, frame_defaults=False)
     pr.add_argument("--net", required=True, metavar="CKPT", help="run folder or checkpoint from 'fluojax frap train'")
-    pr.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default STACK_frapnet)")
-    add_overwrite(pr)
+    add_output(pr, help="output folder (default STACK_frapnet)")
 
 
 def add_parsers(p: argparse.ArgumentParser) -> None:
@@ -218,8 +182,7 @@ def _read(args):
     from fluojax.io import InputError
 
     roi = pipeline.parse_roi(args.roi)
-    stack, meta = io.read_stack(args.stack)
-    dt = io.frame_interval_s(args.dt, meta, "--dt", args.stack)
+    stack, dt = common.read_timed_stack(args.stack, args.dt, "--dt")
     pixel_um = args.pixel_size or io.read_pixel_size_um(args.stack)
     if not pixel_um:
         raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")
@@ -313,14 +276,9 @@ def fit_command(args) -> int:
             {"least squares": model},
             _d_title(Path(args.stack).name, fit_summary),
         )
-    for w in warnings:
-        print(f"fluojax: warning: {w}", file=sys.stderr)
+    common.warn(warnings)
     if not fit_summary["ok"]:
-        print(
-            f"fluojax: error: {args.stack}: {fit_summary['status_reason']}; details in {out}/summary.json (exit code 3)",
-            file=sys.stderr,
-        )
-        return 3
+        return common.failed(args.stack, fit_summary["status_reason"], out)
     d = fit_summary["D_um2_s"]
     print(
         f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
@@ -376,29 +334,7 @@ def simulate_command(args) -> int:
 
 def train_command(args) -> int:
     """``fluojax frap train``."""
-    from fluojax import train as training
-    from fluojax.cli.common import check_run_folder
-    from fluojax.io import InputError
-    from fluojax.plotting import plot_training
-
-    learned = _learned()
-    if args.config not in learned.RECIPES:
-        raise InputError(f"--config {args.config}: unknown; choose from {', '.join(sorted(learned.RECIPES))}")
-    out = Path(args.output)
-    check_run_folder(out)
-    t0 = time.perf_counter()
-    try:
-        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed)
-    except training.RunMismatch as err:  # checked before anything is built
-        raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
-    except ValueError as err:  # e.g. a checkpoint that does not fit the network
-        raise InputError(str(err)) from None
-    plot_training(out / "loss.png", history, ylabel="loss (held out: MSE of D*, c0, alpha)")
-    print(
-        f"{args.config}: {history.step[-1]} steps, held-out loss {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
-        f"{time.perf_counter() - t0:.0f} s -> {out}/"
-    )
-    return 0
+    return common.run_training(args, _learned(), "loss", "loss (held out: MSE of D*, c0, alpha)")
 
 
 def predict_command(args) -> int:
@@ -412,10 +348,7 @@ def predict_command(args) -> int:
     out, label = destination(args, "frap-predict", "_frapnet")
     learned = _learned()
     t0 = time.perf_counter()
-    try:
-        net, meta = learned.load_network(args.net)
-    except ValueError as err:
-        raise InputError(f"--net {args.net}: {err}") from None
+    net, meta = common.load_network(learned, args.net)
     trained = dict(meta["settings"])
     n_pre = args.prebleach or int(trained["n_prebleach"])
     n_bleach = args.bleach or int(trained["n_bleach"])
@@ -496,15 +429,9 @@ def predict_command(args) -> int:
             _d_title(Path(args.stack).name, fit_summary) + f"\nnetwork: D = {prediction[0] * pixel_um**2:.3g} µm²/s, "
             f"residual ratio {ratio:.3g}",
         )
-    for w in warnings:
-        print(f"fluojax: warning: {w}", file=sys.stderr)
+    common.warn(warnings)
     if not fit_summary["ok"]:
-        print(
-            f"fluojax: error: {args.stack}: refined fit: {fit_summary['status_reason']}; details in {out}/summary.json "
-            f"(exit code 3)",
-            file=sys.stderr,
-        )
-        return 3
+        return common.failed(args.stack, f"refined fit: {fit_summary['status_reason']}", out)
     p = summary["network"]["prediction"]
     d = fit_summary["D_um2_s"]
     print(
