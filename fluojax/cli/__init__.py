@@ -82,6 +82,19 @@ class _LazySubcommands(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+class _Version(argparse.Action):
+    """``--version``: print ``fluojax VERSION`` and exit 0 (the version is read only when asked for)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import fluojax
+
+        print(f"fluojax {fluojax.__version__}")
+        parser.exit(0)
+
+
 def _build_fcs(p: argparse.ArgumentParser) -> None:
     from fluojax.cli import fcs
 
@@ -103,6 +116,7 @@ def _build_demo(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     """The ``fluojax`` parser; each subcommand's options are added when it is chosen."""
     top = _Parser(prog="fluojax", description="Differentiable fluorescence-microscopy analysis in JAX.")
+    top.add_argument("--version", action=_Version, help="print the installed version and exit")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("fcs", help="Imaging FCS", build=_build_fcs)
     sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)", build=_build_frap)
