@@ -266,3 +266,41 @@ def test_the_figures_are_written_as_png_files_even_without_a_fitted_pixel(tmp_pa
         tmp_path / "fit.png", settings, times, data, {"model": data, "failed": np.full(6, np.nan)}, "t"
     )
     assert all(_is_png(tmp_path / name) for name in ("maps.png", "loss.png", "fit.png"))
+
+
+# ------------------------------------------------------------------------------------------------
+# fcs.demo: each region's median with its standard error
+
+
+def test_median_standard_error_matches_the_spread_of_medians_over_repeated_draws():
+    from fluojax.fcs.demo import median_standard_error
+
+    # independent reference: the standard deviation of the medians of 4,000 repeated regions of
+    # 144 pixels (a 12 x 12 demo region). With 4,000 repeats that s.d. is known to ~1.1 % (1 s.d.),
+    # the asymptotic sqrt(pi/2) factor is ~1 % high at n = 144 and the reported error varies by
+    # ~6 % between draws, so the mean reported error must match to 5 %
+    rng = np.random.default_rng(0)
+    draws = rng.normal(1.0, 0.2, size=(4000, 12, 12))
+    spread_of_medians = np.std(np.median(draws.reshape(4000, -1), axis=1), ddof=1)
+    reported = np.mean([median_standard_error(d) for d in draws])
+    assert reported == pytest.approx(spread_of_medians, rel=0.05)
+
+
+def test_region_summaries_leave_unfitted_pixels_out_and_scale_the_deviation():
+    import statistics
+
+    from fluojax.fcs.demo import region_summaries
+
+    rng = np.random.default_rng(1)
+    d_map = np.concatenate([rng.normal(0.3, 0.05, (4, 3)), rng.normal(2.0, 0.4, (4, 3))], axis=1)
+    d_map[0, 0] = d_map[2, 4] = np.nan  # two unfitted pixels, one per region
+    regions = region_summaries(d_map, (("a", 0.3), ("b", 2.0)), region_px=3)
+    for r, block in zip(regions, (d_map[:, :3], d_map[:, 3:]), strict=True):
+        finite = [float(v) for v in block.ravel() if np.isfinite(v)]
+        expected = (np.pi / 2) ** 0.5 * statistics.stdev(finite) / len(finite) ** 0.5
+        assert r["fitted_pixels"] == 11
+        assert r["median_d_um2_s"] == pytest.approx(statistics.median(finite))
+        assert r["median_standard_error_um2_s"] == pytest.approx(expected, rel=1e-12)
+        deviation = (r["median_d_um2_s"] - r["true_d_um2_s"]) / expected
+        assert r["deviation_in_standard_errors"] == pytest.approx(deviation, rel=1e-9)
+    assert np.isnan(region_summaries(np.full((2, 2), np.nan), (("none", 1.0),), region_px=2)[0]["median_d_um2_s"])

@@ -399,9 +399,17 @@ def demo_command(args) -> int:
             "simulate_s": result["simulate_s"],
         }
         _write_fcs_outputs(folder, result["maps"], result["settings"], extra)
-    print(f"{'region':<8}{'true D':>10}{'median fit D':>15}{'rel. error':>12}   (um^2/s)")
+    print(f"{'region':<8}{'true D':>10}{'median fit D':>15}{'rel. error':>12}{'s.e.':>9}{'dev./s.e.':>11}   (um^2/s)")
     for r in result["regions"]:
-        print(f"{r['name']:<8}{r['true_d_um2_s']:>10.3g}{r['median_d_um2_s']:>15.3g}{r['relative_error']:>+12.1%}")
+        print(
+            f"{r['name']:<8}{r['true_d_um2_s']:>10.3g}{r['median_d_um2_s']:>15.3g}{r['relative_error']:>+12.1%}"
+            f"{r['median_standard_error_um2_s']:>9.2g}{r['deviation_in_standard_errors']:>+11.1f}"
+        )
+    print(
+        "s.e.: standard error of the median from the pixel-to-pixel spread, 1.2533 sd / sqrt(n). A deviation within\n"
+        "~2 s.e. is a statistical draw; a larger one is shared by the region's pixels: noise common to them (the\n"
+        "long-lag tail of a short record) or a bias of model or estimator (docs/fcs.md, 'Accuracy of short records')"
+    )
     t = result["maps"].timings_s
     print(
         f"simulate {result['simulate_s']:.1f} s, correlate {t['correlate']:.1f} s, fit {t['fit']:.1f} s, "
