@@ -30,10 +30,15 @@ import signal
 import socket
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
+
+if TYPE_CHECKING:  # annotations only: importing jaxtyping costs ~0.1 s that the command need not pay
+    from jaxtyping import Real
 
 __all__ = [
     "FRAME_INTERVAL_RANGE_S",
@@ -63,7 +68,7 @@ class InputError(ValueError):
     """Bad user input (file, option, data); its message is one line meant for the user."""
 
 
-def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+def read_stack(path: str | os.PathLike) -> tuple[Real[np.ndarray, "t y x"], dict]:
     """Open a TIFF image stack as a (T, Y, X) array.
 
     The axes come from tifffile's ``series.axes``: Y and X are the last two (spatial) axes, the
@@ -112,6 +117,7 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
             raise InputError(f"{path}: pixel type {dtype} is not a numeric intensity type")
         target = _stack_shape(path, shape, axes)
+        data: np.ndarray
         try:
             data = tifffile.memmap(path, mode="r")
         except Exception:  # compressed or non-contiguous: read it whole
@@ -126,7 +132,7 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
 
 
 @contextlib.contextmanager
-def _tifffile_warnings():
+def _tifffile_warnings() -> Iterator[list[str]]:
     """Collect the messages tifffile logs (logger ``tifffile``, WARNING and above) instead of
     printing them; yields the list they are appended to. The logger is restored on exit."""
     import logging
@@ -237,7 +243,10 @@ def read_pixel_size_um(path: str | os.PathLike) -> float | None:
     try:
         with tifffile.TiffFile(path) as tif:
             unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
-            tags = tif.pages[0].tags
+            page = tif.pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                return None
+            tags = page.tags
             xres, yres = tags.get("XResolution"), tags.get("YResolution")
             if unit not in ("micron", "um", "µm") or xres is None or yres is None:
                 return None
@@ -251,7 +260,7 @@ def read_pixel_size_um(path: str | os.PathLike) -> float | None:
 
 
 def write_map(
-    path: str | os.PathLike, image: np.ndarray, quantity: str, unit: str, pixel_um: float | None = None
+    path: str | os.PathLike, image: Real[np.ndarray, "y x"], quantity: str, unit: str, pixel_um: float | None = None
 ) -> None:
     """Write a 2D map as a float32 ImageJ TIFF, with its quantity and unit in the metadata.
 
@@ -265,21 +274,23 @@ def write_map(
     image = np.asarray(image)
     dtype = np.uint8 if image.dtype == np.uint8 else np.float32
     meta = {"axes": "YX", "Info": f"quantity={quantity}\nunit={unit or 'dimensionless'}\n"}
-    kwargs = {}
-    if pixel_um:
-        meta["unit"] = "micron"
-        kwargs["resolution"] = (1.0 / pixel_um, 1.0 / pixel_um)
-    tifffile.imwrite(path, image.astype(dtype), imagej=True, metadata=meta, **kwargs)
+    tifffile.imwrite(path, image.astype(dtype), imagej=True, **_calibration(meta, pixel_um))
 
 
-def write_stack(path: str | os.PathLike, stack: np.ndarray, frame_time_s: float, pixel_um: float | None = None) -> None:
-    """Write a (T, Y, X) stack as an ImageJ TIFF with its frame interval (s)."""
+def write_stack(
+    path: str | os.PathLike, stack: Real[np.ndarray, "t y x"], frame_time_s: float, pixel_um: float | None = None
+) -> None:
+    """Write a (T, Y, X) stack as an ImageJ TIFF with its frame interval (s) and pixel size (um)."""
     meta = {"axes": "TYX", "finterval": float(frame_time_s)}
-    kwargs = {}
-    if pixel_um:
-        meta["unit"] = "micron"
-        kwargs["resolution"] = (1.0 / pixel_um, 1.0 / pixel_um)
-    tifffile.imwrite(path, np.asarray(stack), imagej=True, metadata=meta, **kwargs)
+    tifffile.imwrite(path, np.asarray(stack), imagej=True, **_calibration(meta, pixel_um))
+
+
+def _calibration(meta: dict, pixel_um: float | None) -> dict:
+    """``imwrite`` keywords: the ImageJ ``metadata`` and, when ``pixel_um`` is set, the unit
+    (micron) and the ``resolution`` (pixels per um)."""
+    if not pixel_um:
+        return {"metadata": meta}
+    return {"metadata": {**meta, "unit": "micron"}, "resolution": (1.0 / pixel_um, 1.0 / pixel_um)}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -1,5 +1,5 @@
 """Nothing at the output path is lost: ``-o`` only creates a new result, fills an empty folder, or
-replaces an earlier fluojax result of the same kind when ``--overwrite`` is given (issue 17, §1).
+replaces an earlier fluojax result of the same kind when ``--overwrite`` is given (docs/refusals.md, "The output path").
 
 Every refusal is checked the same way: exit code 2, one line on stderr, and every file that
 existed before byte-identical afterwards (and no file added). The output checks run before the
@@ -79,7 +79,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------
-# the cases of issue 17 §1
+# the cases of docs/refusals.md, "The output path"
 
 
 def test_output_that_is_the_input_stack_is_refused(fcs_stack, tmp_path, capsys):

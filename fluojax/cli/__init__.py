@@ -5,7 +5,9 @@
     fluojax fcs train --config NAME [--steps N] -o CKPT          train FCSNet/ImFCSNet on simulations
     fluojax fcs predict STACK.tif --net CKPT [--overlap] -o OUT  a network's D map + physics check
     fluojax fcs compare [--fcsnet CKPT] [--imfcsnet CKPT] -o REP networks vs least squares on simulations
-    fluojax demo [-o OUT]                                        the main job on a built-in stack
+    fluojax demo [-o OUT]                                        the main job on a built-in stack, each
+                                                                 region's median D with its standard error
+    fluojax --version                                            the installed version
 
     fluojax frap fit STACK.tif --roi circle:X,Y,R [--prebleach 10 --bleach 4] [--dt S]
                      [--pixel-size UM] [--starts 30] [-o OUT]    ROI recovery curve -> D, c0, alpha

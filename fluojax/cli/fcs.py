@@ -231,6 +231,7 @@ def fit_command(args) -> int:
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
+    assert maps.bleach is not None  # analyse_stack records the bleach correction it applied
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(
@@ -271,12 +272,12 @@ def simulate_command(args) -> int:
     stack = simulate.simulate_stack(
         jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera
     )
-    stack = np.asarray(stack)
+    frames = np.asarray(stack)
     out = Path(args.output)
     with io.result_file(out, args.overwrite) as tmp:
-        io.write_stack(tmp, stack, args.frame_time, a)
+        io.write_stack(tmp, frames, args.frame_time, a)
     print(
-        f"simulated {stack.shape[0]} x {stack.shape[1]} x {stack.shape[2]} ({args.model}, D = {args.d} um^2/s, "
+        f"simulated {frames.shape[0]} x {frames.shape[1]} x {frames.shape[2]} ({args.model}, D = {args.d} um^2/s, "
         f"{geometry.n_particles} particles) in {time.perf_counter() - t0:.1f} s -> {out}"
     )
     return 0

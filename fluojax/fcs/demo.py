@@ -54,7 +54,9 @@ def median_standard_error(values: Float[np.ndarray, " *dims"]) -> float:
     return float(math.sqrt(math.pi / 2) * np.std(finite, ddof=1) / math.sqrt(finite.size))
 
 
-def region_summaries(d_map: Float[np.ndarray, " *dims"], regions=DEMO_REGIONS, region_px: int = _REGION_PX) -> list[dict]:
+def region_summaries(
+    d_map: Float[np.ndarray, " *dims"], regions=DEMO_REGIONS, region_px: int = _REGION_PX
+) -> list[dict]:
     """Median fitted D of each region (side by side along x), its standard error and the truth.
 
     Arguments:
