@@ -68,6 +68,7 @@ __all__ = [
     "parameter_covariance",
     "poisson_crlb",
     "poisson_fisher_information",
+    "succeeded",
     "wald_intervals",
 ]
 
@@ -357,9 +358,32 @@ def _finish(model, layout: _Layout, u, code, steps, problem: _Problem, args) -> 
     return FitResult(theta, code, steps, chi2)
 
 
+def succeeded(status, theta, xp=jnp, *, chi2=None):
+    """Whether each fit succeeded: the one definition of a usable fit.
+
+    A fit succeeded when its status is :attr:`Status.CONVERGED` or :attr:`Status.AT_BOUND` and
+    every parameter on the last axis of ``theta`` is finite (and, when ``chi2`` is given, its
+    chi^2 is finite). Any other status (including a technique's own codes beyond
+    :class:`Status`) is a failure.
+
+    Arguments:
+        status: (...) int status codes (array or Python int).
+        theta: (..., P) parameters of each fit.
+        xp: the array module, ``jnp`` (traceable) or ``np``.
+        chi2: optional (...) chi^2 (e.g. ``FitResult.chi2_reduced``) that must be finite too.
+
+    Returns:
+        (...) bool mask (a bool scalar for one fit).
+    """
+    good = ((status == Status.CONVERGED) | (status == Status.AT_BOUND)) & xp.all(xp.isfinite(theta), axis=-1)
+    if chi2 is not None:
+        good = good & xp.isfinite(chi2)
+    return good
+
+
 def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
-    """NaN parameters and chi^2 for every fit that neither converged nor stopped at a bound."""
-    good = (result.status == Status.CONVERGED) | (result.status == Status.AT_BOUND)
+    """NaN parameters and chi^2 for every fit that did not succeed (:func:`succeeded`)."""
+    good = succeeded(result.status, result.params, xp)
     return result._replace(
         params=xp.where(good[..., None], result.params, np.nan),
         chi2_reduced=xp.where(good, result.chi2_reduced, np.nan),
@@ -738,7 +762,7 @@ def _best_start(fits: FitResult, xp) -> FitResult:
     """The fit of lowest chi^2 among the successful ones of K starts (the last axis of ``status``
     and ``chi2_reduced``, the one before the parameters' axis in ``params``; the first start if
     none succeeded), with ``num_steps`` summed over the starts. ``xp``: jnp or np."""
-    good = ((fits.status == Status.CONVERGED) | (fits.status == Status.AT_BOUND)) & xp.isfinite(fits.chi2_reduced)
+    good = succeeded(fits.status, fits.params, xp, chi2=fits.chi2_reduced)
     best = xp.argmin(xp.where(good, fits.chi2_reduced, xp.inf), axis=-1)
     best = xp.where(xp.any(good, axis=-1), best, 0)
 

@@ -218,3 +218,13 @@ def test_batch_fits_stop_at_max_steps_and_report_each_dataset_once(optics_2d):
     assert sum(seen) == 8
     assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 4)
     assert np.all(np.isnan(res.params)) and np.all(np.isnan(res.chi2_reduced))
+
+
+def test_succeeded_needs_a_good_status_and_finite_parameters_and_chi2():
+    status = np.array([fit.Status.CONVERGED, fit.Status.AT_BOUND, fit.Status.MAX_STEPS, fit.Status.CONVERGED, 0, 7])
+    theta = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, np.nan], [1.0, 2.0], [1.0, 2.0]])
+    chi2 = np.array([1.0, 1.0, 1.0, 1.0, np.inf, 1.0])
+    np.testing.assert_array_equal(fit.succeeded(status, theta, np), [1, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(fit.succeeded(status, theta, np, chi2=chi2), [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(fit.succeeded(jnp.asarray(status), jnp.asarray(theta), chi2=chi2), [1, 1, 0, 0, 0, 0])
+    assert fit.succeeded(3, [0.5, 1.0], np) and not fit.succeeded(7, [0.5, 1.0], np)  # one fit: a bool
