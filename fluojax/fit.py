@@ -52,6 +52,8 @@ import lineax as lx
 import numpy as np
 import optimistix as optx
 
+from fluojax.batching import map_padded
+
 __all__ = [
     "FitResult",
     "LevenbergMarquardt",
@@ -566,24 +568,16 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
-    """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk`` (the last one
-    padded by repeating its final dataset, so every chunk has one shape and compiles once; the
-    chunk function also gets the number of real datasets, ``count``); NumPy results.
+    """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk``
+    (:func:`fluojax.batching.map_padded`: the last chunk padded, so every chunk compiles once;
+    the chunk function also gets the number of real datasets, ``count``); NumPy results.
     ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
-    n = data.shape[0]
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
-    parts = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        pad = chunk - (stop - start)
-        d, s, i = (
-            np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts)
-        )
-        out = jax.device_get(chunk_fn(model, d, s, i, args, static, count=np.int32(stop - start)))
-        parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))  # noqa: B023
-        if on_chunk is not None:
-            on_chunk(parts[-1])
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+    def run(part, count):
+        return chunk_fn(model, *part, args, static, count=np.int32(count))
+
+    return map_padded(run, (data, sigma, starts), chunk, on_batch=on_chunk)
 
 
 def _hashable(value):

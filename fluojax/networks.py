@@ -12,8 +12,7 @@ its training data (:meth:`Recipe.training_data`) and what else its checkpoints m
   :func:`save_network` writes a checkpoint, :func:`load_network` rebuilds a network from one
   with the builder the technique registers for that network kind;
 - :func:`predict` runs a network over any number of samples in batches of one fixed size (the
-  last one padded), so one compilation serves them all; :func:`map_padded` is that batching for
-  any compiled function of several arrays;
+  last one padded, :func:`fluojax.batching.map_padded`), so one compilation serves them all;
 - :func:`parameter_count` (trainable weights) and :func:`keras_parameter_count` (with the
   BatchNorm running statistics, the "total params" papers quote from Keras);
 - :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors.
@@ -35,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fluojax.batching import map_padded
+
 if TYPE_CHECKING:  # pragma: no cover
     from flax import nnx
 
@@ -47,7 +48,6 @@ __all__ = [
     "keras_parameter_count",
     "load_network",
     "log_uniform",
-    "map_padded",
     "network_meta",
     "parameter_count",
     "predict",
@@ -258,54 +258,6 @@ def eval_view(net: nnx.Module) -> nnx.Module:
 # ----------------------------------------------------------------------------------------------
 # batched prediction with one compilation
 # ----------------------------------------------------------------------------------------------
-
-
-def map_padded(
-    fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_batch: Callable[[Any], None] | None = None
-) -> Any:
-    """Apply ``fn`` to ``inputs`` in batches of exactly ``batch`` rows, the last padded.
-
-    Every call sees arrays of the same shape, so a compiled ``fn`` compiles once however many
-    rows there are. The last batch is padded by repeating its final row (a real sample: padding
-    cannot produce NaNs or failures that a zero row might), and the padding rows are dropped
-    from the results.
-
-    Arguments:
-        fn: ``fn(chunk, count) -> outputs``: ``chunk`` is ``inputs`` (a pytree of arrays) cut to
-            ``batch`` rows, ``count`` the number of real rows in it (int); ``outputs`` a pytree
-            of arrays whose leading axis has ``batch`` rows.
-        inputs: pytree of arrays sharing their leading axis (n rows, n >= 1).
-        batch: int >= 1, rows per call.
-        on_batch: optional ``on_batch(outputs)`` with each batch's results (NumPy, padding
-            removed) as it finishes, e.g. to report progress.
-
-    Returns:
-        pytree like ``fn``'s outputs of NumPy arrays with n rows.
-
-    Raises:
-        ValueError: no rows, rows of different counts, or ``batch`` < 1.
-    """
-    counts = {int(np.shape(x)[0]) for x in jax.tree.leaves(inputs)}
-    if len(counts) != 1:
-        raise ValueError(f"the inputs must share their first axis, got lengths {sorted(counts)}")
-    (n,) = counts
-    if n < 1:
-        raise ValueError("nothing to compute: 0 samples")
-    if batch < 1:
-        raise ValueError(f"the batch size must be >= 1, got {batch}")
-    parts = []
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        pad = batch - (stop - start)
-        chunk = jax.tree.map(
-            lambda x: np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1), mode="edge"),  # noqa: B023
-            inputs,
-        )
-        out = jax.device_get(fn(chunk, stop - start))
-        parts.append(jax.tree.map(lambda x: np.asarray(x)[: stop - start], out))  # noqa: B023
-        if on_batch is not None:
-            on_batch(parts[-1])
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
 @functools.cache
