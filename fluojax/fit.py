@@ -27,10 +27,10 @@ is ``lo + (hi - lo)(sin u + 1)/2``, on one side ``lo - 1 + sqrt(u^2 + 1)``; opti
 bounded quantity is ``log(theta)`` (``log_scale``), which suits positive scale parameters such
 as D. Data points with non-finite value or non-positive/non-finite sigma get zero weight.
 
-Backends: ``optimistix.LevenbergMarquardt`` (default; maintained) and
-``jaxopt.LevenbergMarquardt`` (unmaintained upstream; its DeprecationWarning is silenced here).
-From a vmapped solve only values, status and step counts are returned, with ``throw=False``
-(optimistix#63, #66).
+Backends (:class:`LeastSquaresBackend`, chosen in :class:`LevenbergMarquardt`, by name in
+:data:`BACKENDS`): :class:`OptimistixBackend` (``optimistix.LevenbergMarquardt``, default;
+maintained; steppable, so batches refill slots) and :class:`JaxoptBackend`
+(``jaxopt.LevenbergMarquardt``, unmaintained upstream). A new backend is a new subclass.
 
 Per-dataset status (:class:`Status`): converged, max steps, non-finite, at a bound, solver
 failure, invalid data. Anything but converged/at-bound returns NaN parameters.
@@ -38,12 +38,13 @@ failure, invalid data. Anything but converged/at-bound returns NaN parameters.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -55,8 +56,12 @@ import optimistix as optx
 from fluojax.batching import map_padded
 
 __all__ = [
+    "BACKENDS",
     "FitResult",
+    "JaxoptBackend",
+    "LeastSquaresBackend",
     "LevenbergMarquardt",
+    "OptimistixBackend",
     "Status",
     "confidence_intervals",
     "covariance_from_fisher",
@@ -86,6 +91,96 @@ class Status(enum.IntEnum):
     INVALID_DATA = 5
 
 
+class LeastSquaresBackend(abc.ABC):
+    """A Levenberg-Marquardt implementation the engine can run (a frozen dataclass, so settings
+    holding it stay hashable static arguments of jitted functions).
+
+    A backend solves one problem (:meth:`solve`); one that can also be driven step by step
+    returns its stepping solver from :meth:`stepper`, and batches are then solved by slot
+    refilling (see :func:`least_squares_batch`); otherwise they are solved as vmapped chunks of
+    :meth:`solve`.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def solve(
+        self, residual: Callable[[jax.Array, Any], jax.Array], u0: jax.Array, args: Any, settings: LevenbergMarquardt
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Minimise ``sum(residual(u, args)^2)`` from ``u0``.
+
+        Arguments:
+            residual: ``residual(u, args) -> (M,)`` weighted residuals of the free internal
+                parameters u.
+            u0: (F,) start.
+            args: passed to ``residual``.
+            settings: tolerances and step limit.
+
+        Returns:
+            ``(u (F,), status code (int32 :class:`Status`), number of steps (int32))``.
+        """
+
+    def stepper(self, settings: LevenbergMarquardt) -> optx.AbstractLeastSquaresSolver | None:
+        """The optimistix solver whose ``init/step/terminate`` the slot-refilling loop drives, or
+        None when this backend cannot be stepped (batches then run as vmapped chunks)."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimistixBackend(LeastSquaresBackend):
+    """``optimistix.LevenbergMarquardt`` (maintained; steppable, so batches refill slots).
+
+    From a vmapped solve only values, status and step counts are returned, with ``throw=False``
+    (optimistix issues #63 and #66)."""
+
+    name: ClassVar[str] = "optimistix"
+
+    def stepper(self, settings: LevenbergMarquardt) -> optx.AbstractLeastSquaresSolver:
+        """optimistix's solver for these settings (QR or Cholesky linear solves)."""
+        linear = lx.QR() if settings.linear_solver == "qr" else lx.Normal(lx.Cholesky())
+        return optx.LevenbergMarquardt(rtol=settings.rtol, atol=settings.atol, linear_solver=linear)
+
+    def solve(self, residual, u0, args, settings):
+        lm = self.stepper(settings)
+        sol = optx.least_squares(residual, lm, u0, args, max_steps=settings.max_steps, throw=False)
+        ok = sol.result == optx.RESULTS.successful
+        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (
+            sol.result == optx.RESULTS.max_steps_reached
+        )
+        code = jnp.where(ok, Status.CONVERGED, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
+        return sol.value, code.astype(jnp.int32), sol.stats["num_steps"].astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxoptBackend(LeastSquaresBackend):
+    """``jaxopt.LevenbergMarquardt`` (unmaintained upstream; its DeprecationWarning is silenced
+    here): Madsen-Nielsen stopping with ``xtol = rtol``, ``gtol = atol``, Cholesky steps."""
+
+    name: ClassVar[str] = "jaxopt"
+
+    def solve(self, residual, u0, args, settings):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import jaxopt
+        lm = jaxopt.LevenbergMarquardt(
+            residual_fun=residual,
+            maxiter=settings.max_steps,
+            stop_criterion="madsen-nielsen",
+            xtol=settings.rtol,
+            gtol=settings.atol,
+            solver="cholesky",
+            materialize_jac=True,
+        )
+        value, state = lm.run(u0, args)
+        steps = state.iter_num.astype(jnp.int32)
+        code = jnp.where(steps < settings.max_steps, Status.CONVERGED, Status.MAX_STEPS)
+        return value, code.astype(jnp.int32), steps
+
+
+#: The backends by the name the command line gives (``--backend``).
+BACKENDS: dict[str, LeastSquaresBackend] = {b.name: b for b in (OptimistixBackend(), JaxoptBackend())}
+
+
 @dataclasses.dataclass(frozen=True)
 class LevenbergMarquardt:
     """Settings of the Levenberg-Marquardt solve (immutable).
@@ -94,7 +189,8 @@ class LevenbergMarquardt:
         rtol, atol: float, relative/absolute tolerances on the step and on chi^2 changes
             (optimistix's Cauchy termination; for jaxopt, ``atol`` is its gradient tolerance).
         max_steps: int, iteration limit per dataset.
-        backend: ``"optimistix"`` (default) or ``"jaxopt"``.
+        backend: the :class:`LeastSquaresBackend` that runs the solve (default
+            :class:`OptimistixBackend`; by name: :data:`BACKENDS`).
         linear_solver: how the optimistix backend solves each damped step
             ``[J; sqrt(lambda) I] delta = [r; 0]`` in the least-squares sense: ``"qr"`` (default,
             QR of the stacked matrix) or ``"cholesky"`` (Cholesky of the normal equations
@@ -105,12 +201,15 @@ class LevenbergMarquardt:
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 100
-    backend: str = "optimistix"
+    backend: LeastSquaresBackend = OptimistixBackend()
     linear_solver: str = "qr"
 
     def __post_init__(self):
-        if self.backend not in ("optimistix", "jaxopt"):
-            raise ValueError(f"unknown LM backend {self.backend!r}; use 'optimistix' or 'jaxopt'")
+        if not isinstance(self.backend, LeastSquaresBackend):
+            raise ValueError(
+                f"unknown LM backend {self.backend!r}; give a LeastSquaresBackend, e.g. BACKENDS[name] "
+                f"for a name in {sorted(BACKENDS)}"
+            )
         if self.linear_solver not in ("qr", "cholesky"):
             raise ValueError(f"unknown linear solver {self.linear_solver!r}; use 'qr' or 'cholesky'")
         if self.max_steps < 1:
@@ -183,41 +282,6 @@ def _at_bound(u, box: _Box):
     return jnp.where(lo_f & hi_f, near_both, jnp.where(lo_f | hi_f, near_one, False))
 
 
-def _optimistix_lm(solver: LevenbergMarquardt) -> optx.LevenbergMarquardt:
-    """optimistix's solver for these settings."""
-    linear = lx.QR() if solver.linear_solver == "qr" else lx.Normal(lx.Cholesky())
-    return optx.LevenbergMarquardt(rtol=solver.rtol, atol=solver.atol, linear_solver=linear)
-
-
-def _solve(residual, u0, args, solver: LevenbergMarquardt):
-    """Run the chosen backend on a residual of the free internal parameters."""
-    if solver.backend == "optimistix":
-        lm = _optimistix_lm(solver)
-        sol = optx.least_squares(residual, lm, u0, args, max_steps=solver.max_steps, throw=False)
-        ok = sol.result == optx.RESULTS.successful
-        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (
-            sol.result == optx.RESULTS.max_steps_reached
-        )
-        code = jnp.where(ok, Status.CONVERGED, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
-        return sol.value, code.astype(jnp.int32), sol.stats["num_steps"].astype(jnp.int32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import jaxopt
-    lm = jaxopt.LevenbergMarquardt(
-        residual_fun=residual,
-        maxiter=solver.max_steps,
-        stop_criterion="madsen-nielsen",
-        xtol=solver.rtol,
-        gtol=solver.atol,
-        solver="cholesky",
-        materialize_jac=True,
-    )
-    value, state = lm.run(u0, args)
-    steps = state.iter_num.astype(jnp.int32)
-    code = jnp.where(steps < solver.max_steps, Status.CONVERGED, Status.MAX_STEPS)
-    return value, code.astype(jnp.int32), steps
-
-
 def least_squares(
     model: Callable[[jax.Array, Any], jax.Array],
     data: jax.Array,
@@ -276,7 +340,9 @@ def _least_squares_unmasked(
     """:func:`least_squares` without the NaN masking of failed fits."""
     layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
     problem = _prepare(model, data, sigma, init, args, layout)
-    u, code, steps = _solve(lambda u, a: _residual(model, layout, u, problem, a), problem.u0, args, solver)
+    u, code, steps = solver.backend.solve(
+        lambda u, a: _residual(model, layout, u, problem, a), problem.u0, args, solver
+    )
     return _finish(model, layout, u, code, steps, problem, args)
 
 
@@ -442,7 +508,7 @@ def least_squares_batch(
         chunk = _default_slots()
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
-    if solver.backend == "jaxopt":
+    if solver.backend.stepper(solver) is None:
         chunk_fn, per_call = _fit_chunk, max(1, min(chunk, n))
     else:
         # slots and segment sizes from a few powers of two, so datasets of other counts reuse the
@@ -488,7 +554,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     problems = jax.vmap(lambda d, s, i: _prepare(model, d, s, i, args, layout))(data, sigma, init)
     n = data.shape[0]
 
-    lm = _optimistix_lm(solver)
+    lm = solver.backend.stepper(solver)
     tags = frozenset()
     f_struct = jax.ShapeDtypeStruct(problems.target.shape[1:], problems.target.dtype)
 

@@ -267,7 +267,9 @@ def fit_command(args) -> int:
         model=args.model,
         overlap=args.overlap,
         bleach_order=_bleach_order(args.bleach),
-        solver=FCS_SOLVER if args.backend == "optimistix" else fitlib.LevenbergMarquardt(backend=args.backend),
+        solver=FCS_SOLVER
+        if args.backend == "optimistix"
+        else fitlib.LevenbergMarquardt(backend=fitlib.BACKENDS[args.backend]),
     )
     t0 = time.perf_counter()
     try:
