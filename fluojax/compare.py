@@ -31,18 +31,17 @@ CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.
 :func:`crlb_from_fisher` from any Fisher matrix (inverted on the host in float64).
 
 Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
-:func:`plot_report` render it. This module is an engine: it imports no technique package.
+:func:`fluojax.plotting.plot_report` render it. This module is an engine: it imports no technique package.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +57,6 @@ __all__ = [
     "compare_on_draws",
     "crlb_from_fisher",
     "gaussian_crlb_fn",
-    "plot_report",
     "poisson_crlb_fn",
     "spearman",
     "to_csv",
@@ -95,9 +93,8 @@ CSV_COLUMNS = (
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ComparisonReport:
-    """Everything :func:`compare_estimators` measured (immutable; NumPy arrays, float64).
+class ComparisonReport(NamedTuple):
+    """Everything :func:`compare_estimators` measured (a result: NumPy arrays, float64).
 
     Shapes use E estimators, G grid points, N samples per point, P parameters. "Compared
     coordinate": ln(theta) for log-scale parameters, theta otherwise.
@@ -575,9 +572,8 @@ def compare_estimators(
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DrawsReport:
-    """What :func:`compare_on_draws` measured (immutable; NumPy float64).
+class DrawsReport(NamedTuple):
+    """What :func:`compare_on_draws` measured (a result: NumPy float64).
 
     Shapes: E estimators, N draws, P parameters. Compared coordinate as in
     :class:`ComparisonReport` (ln theta for log-scale parameters). ``w_i`` are the per-draw
@@ -810,61 +806,4 @@ def to_csv(report: ComparisonReport, path) -> Path:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(report.rows())
-    return path
-
-
-def plot_report(report: ComparisonReport, path, *, dpi: int = 120) -> Path:
-    """PNG figure: per parameter, estimate vs truth and RMSE vs truth.
-
-    Left panel: median estimate against the true value for each estimator, with its 16-84 %
-    band and the identity line. Right panel: RMSE (compared coordinate, i.e. of ln theta for
-    log-scale parameters) against the truth, with the CRLB as a dashed line where available.
-    Log-scale parameters get log axes. Grid points are ordered by that parameter's true value;
-    on a multi-parameter grid, points sharing a value are drawn at the same abscissa. Uses a
-    bare Agg canvas, so the pyplot backend of the caller is untouched.
-
-    Arguments:
-        report: from :func:`compare_estimators`.
-        path: output PNG file (parent folders are created).
-        dpi: resolution.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_params = len(report.param_names)
-    fig = Figure(figsize=(10.0, 3.8 * n_params), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(n_params, 2, squeeze=False)
-    colors = [f"C{i % 10}" for i in range(len(report.estimator_names))]
-    for p, pname in enumerate(report.param_names):
-        ax_est, ax_err = axes[p]
-        order = np.argsort(report.grid[:, p], kind="stable")
-        x = report.grid[order, p]
-        for e, name in enumerate(report.estimator_names):
-            c = colors[e]
-            ax_est.fill_between(x, report.q16[e, order, p], report.q84[e, order, p], color=c, alpha=0.2, linewidth=0)
-            ax_est.plot(x, report.median[e, order, p], "o-", color=c, label=name, markersize=4)
-            ax_err.plot(x, report.rmse[e, order, p], "o-", color=c, label=name, markersize=4)
-        lo, hi = float(np.min(x)), float(np.max(x))
-        ax_est.plot([lo, hi], [lo, hi], ":", color="0.3", label="identity")
-        if np.any(np.isfinite(report.crlb[:, p])):
-            ax_err.plot(x, report.crlb[order, p], "--", color="k", label="CRLB")
-        coord = f"ln {pname}" if report.log_scale[p] else pname
-        ax_est.set(xlabel=f"true {pname}", ylabel=f"estimated {pname}", title=f"{pname}: median and 16–84 %")
-        ax_err.set(xlabel=f"true {pname}", ylabel=f"RMSE of {coord}", title=f"{pname}: RMSE")
-        if report.log_scale[p]:
-            ax_est.set_xscale("log")
-            ax_est.set_yscale("log")
-            ax_err.set_xscale("log")
-        finite = report.rmse[:, :, p][np.isfinite(report.rmse[:, :, p])]
-        if finite.size and np.all(finite > 0):
-            ax_err.set_yscale("log")
-        ax_est.legend(fontsize="small")
-        ax_err.legend(fontsize="small")
-    fig.savefig(path, dpi=dpi)
     return path

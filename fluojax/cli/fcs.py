@@ -409,7 +409,7 @@ def compare_command(args) -> int:
     import jax
     import numpy as np
 
-    from fluojax import compare, io
+    from fluojax import compare, io, plotting
     from fluojax.fcs import learned, simulate
     from fluojax.io import InputError
 
@@ -453,7 +453,7 @@ def compare_command(args) -> int:
     with io.result_folder(out, "fcs-compare", args.overwrite, label) as folder:
         (folder / "report.md").write_text(compare.to_markdown(report))
         compare.to_csv(report, folder / "report.csv")
-        compare.plot_report(report, folder / "report.png")
+        plotting.plot_report(report, folder / "report.png")
         io.write_json(
             folder / "settings.json",
             {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names},
