@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax import fit
 
@@ -129,25 +130,25 @@ class ComparisonReport(NamedTuple):
     estimator_names: tuple[str, ...]
     param_names: tuple[str, ...]
     log_scale: tuple[bool, ...]
-    grid: np.ndarray
+    grid: Float[np.ndarray, "g p"]
     n_samples: int
-    estimates: np.ndarray
-    valid: np.ndarray
-    n_valid: np.ndarray
-    failed_fraction: np.ndarray
-    bias: np.ndarray
-    std: np.ndarray
-    rmse: np.ndarray
-    mape: np.ndarray
-    median: np.ndarray
-    q16: np.ndarray
-    q84: np.ndarray
-    crlb: np.ndarray
-    efficiency: np.ndarray
-    spearman: np.ndarray
-    seconds: np.ndarray
-    samples_per_s: np.ndarray
-    overall_samples_per_s: np.ndarray
+    estimates: Float[np.ndarray, "e g n p"]
+    valid: Bool[np.ndarray, "e g n"]
+    n_valid: Int[np.ndarray, "e g"]
+    failed_fraction: Float[np.ndarray, "e g"]
+    bias: Float[np.ndarray, "e g p"]
+    std: Float[np.ndarray, "e g p"]
+    rmse: Float[np.ndarray, "e g p"]
+    mape: Float[np.ndarray, "e g p"]
+    median: Float[np.ndarray, "e g p"]
+    q16: Float[np.ndarray, "e g p"]
+    q84: Float[np.ndarray, "e g p"]
+    crlb: Float[np.ndarray, "g p"]
+    efficiency: Float[np.ndarray, "e g p"]
+    spearman: Float[np.ndarray, "e p"]
+    seconds: Float[np.ndarray, "e g"]
+    samples_per_s: Float[np.ndarray, "e g"]
+    overall_samples_per_s: Float[np.ndarray, " e"]
 
     @property
     def has_crlb(self) -> bool:
@@ -202,7 +203,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return (last - (counts - 1) / 2.0)[inverse.ravel()]
 
 
-def spearman(x, y) -> float:
+def spearman(x: Float[ArrayLike, " n"], y: Float[ArrayLike, " n"]) -> float:
     """Spearman rank correlation: the Pearson correlation of the (tie-averaged) ranks.
 
         rho = cov(R(x), R(y)) / (sd(R(x)) sd(R(y)))
@@ -261,7 +262,9 @@ def _point_stats(est: np.ndarray, truth: np.ndarray, log: np.ndarray) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
+def crlb_from_fisher(
+    fisher_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, "p p"]],
+) -> Callable[[Float[np.ndarray, " p"]], Float[np.ndarray, " p"]]:
     """Turn ``fisher_fn(theta) -> (P, P)`` Fisher information into ``crlb_fn(theta) -> (P,)``.
 
     Arguments:
@@ -279,10 +282,10 @@ def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[n
 
 
 def gaussian_crlb_fn(
-    model: Callable[[jax.Array, Any], jax.Array],
-    sigma_fn: Callable[[jax.Array], jax.Array] | jax.Array,
+    model: fit.Model,
+    sigma_fn: Callable[[Float[Array, " p"]], Float[ArrayLike, "*shape"]] | Float[ArrayLike, "*shape"],
     args: Any = None,
-) -> Callable[[np.ndarray], np.ndarray]:
+) -> Callable[[Float[ArrayLike, " p"]], Float[np.ndarray, " p"]]:
     """``crlb_fn`` for one dataset ``y ~ Normal(model(theta, args), sigma^2)`` via :func:`fluojax.fit.crlb`.
 
     The bound is ``sqrt(diag((J^T diag(1/sigma^2) J)^-1))``. ``sigma`` is evaluated at theta but
@@ -309,9 +312,7 @@ def gaussian_crlb_fn(
     return crlb_fn
 
 
-def poisson_crlb_fn(
-    model: Callable[[jax.Array, Any], jax.Array], args: Any = None
-) -> Callable[[np.ndarray], np.ndarray]:
+def poisson_crlb_fn(model: fit.Model, args: Any = None) -> Callable[[Float[ArrayLike, " p"]], Float[np.ndarray, " p"]]:
     """``crlb_fn`` for one dataset of independent Poisson counts of mean ``model(theta, args)``.
 
     Arguments:
@@ -427,15 +428,15 @@ def _rank_correlations(estimates: np.ndarray, truth: np.ndarray, valid: np.ndarr
 
 def compare_estimators(
     estimators: Mapping[str, Callable[[Any], Any]],
-    simulate: Callable[[jax.Array, jax.Array], Any],
-    grid,
+    simulate: Callable[[jax.Array, Float[Array, "n p"]], Any],
+    grid: Float[ArrayLike, "g p"] | Float[ArrayLike, " g"],
     n_samples: int,
     key: jax.Array,
     *,
     param_names: Sequence[str],
     log_scale: Sequence[bool] | Sequence[str] | bool = (),
-    crlb_fn: Callable[[np.ndarray], Any] | None = None,
-    fisher_fn: Callable[[np.ndarray], Any] | None = None,
+    crlb_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, " p"]] | None = None,
+    fisher_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, "p p"]] | None = None,
     timing_repeats: int = 1,
     progress: bool | None = None,
 ) -> ComparisonReport:
@@ -591,7 +592,7 @@ class DrawsReport(NamedTuple):
             ``sqrt(sum_i w_i^2 (e_i^2 - mse)^2)`` (the linearised s.e. of a ratio estimator; for
             uniform weights ``sd(e^2) / sqrt(N)``). Use it before reading meaning into a
             difference of MSEs: a few large errors make the MSE of a finite draw noisy.
-        mse_joint: (E,) mean of ``mse`` over the parameters (the DeepFRAP seed's "All", eq. 9).
+        mse_joint: (E,) mean of ``mse`` over the parameters (the "All" of Wåhlstrand Skärström et al. 2021, eq. 9).
         bias: (E, P) weighted mean error, compared coordinate.
         mape: (E, P) unweighted mean absolute percentage error, %, natural units.
         spearman: (E, P) rank correlation of estimate with truth.
@@ -602,19 +603,19 @@ class DrawsReport(NamedTuple):
     estimator_names: tuple[str, ...]
     param_names: tuple[str, ...]
     log_scale: tuple[bool, ...]
-    truth: np.ndarray
-    weights: np.ndarray
-    estimates: np.ndarray
-    valid: np.ndarray
-    failed_fraction: np.ndarray
-    mse: np.ndarray
-    mse_joint: np.ndarray
-    bias: np.ndarray
-    mape: np.ndarray
-    spearman: np.ndarray
-    seconds: np.ndarray
-    samples_per_s: np.ndarray
-    mse_sem: np.ndarray
+    truth: Float[np.ndarray, "n p"]
+    weights: Float[np.ndarray, " n"]
+    estimates: Float[np.ndarray, "e n p"]
+    valid: Bool[np.ndarray, "e n"]
+    failed_fraction: Float[np.ndarray, " e"]
+    mse: Float[np.ndarray, "e p"]
+    mse_joint: Float[np.ndarray, " e"]
+    bias: Float[np.ndarray, "e p"]
+    mape: Float[np.ndarray, "e p"]
+    spearman: Float[np.ndarray, "e p"]
+    seconds: Float[np.ndarray, " e"]
+    samples_per_s: Float[np.ndarray, " e"]
+    mse_sem: Float[np.ndarray, "e p"]
 
 
 def _head(data, k: int):
@@ -639,7 +640,8 @@ def compare_on_draws(
     ``(theta (N, P), data, weights (N,) or None)``, every estimator gets the same ``data``, and
     the errors are pooled over the draws with the weights ``w_i`` (normalised over the valid
     draws): ``MSE_p = sum_i w_i (u(theta_hat_ip) - u(theta_ip))^2``. With ``w_i ~ 1 / a_i`` (the
-    noise variance of draw i) this is the DeepFRAP seed's weighted MSE (eq. 9, Tables 2-4).
+    noise variance of draw i) this is the weighted MSE of Wåhlstrand Skärström et al. 2021 (eq. 9,
+    Tables 2-4).
 
     Timing: each estimator is called once untimed on the first ``warmup_samples`` draws (None:
     on all of them) to compile, then timed on all N, ``timing_repeats`` times (median).
@@ -790,7 +792,7 @@ def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(report: ComparisonReport, path) -> Path:
+def to_csv(report: ComparisonReport, path: str | Path) -> Path:
     """Write :meth:`ComparisonReport.rows` as CSV with header :data:`CSV_COLUMNS`.
 
     Arguments:

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax.batching import map_padded
 
@@ -61,6 +62,7 @@ __all__ = [
     "JaxoptBackend",
     "LeastSquaresBackend",
     "LevenbergMarquardt",
+    "Model",
     "OptimistixBackend",
     "Status",
     "confidence_intervals",
@@ -78,6 +80,10 @@ __all__ = [
     "succeeded",
     "wald_intervals",
 ]
+
+
+Model = Callable[[Float[Array, " p"], Any], Float[Array, "*shape"]]
+"""A model ``model(theta (P,), args) -> prediction`` shaped like the data."""
 
 
 class Status(enum.IntEnum):
@@ -105,8 +111,12 @@ class LeastSquaresBackend(abc.ABC):
 
     @abc.abstractmethod
     def solve(
-        self, residual: Callable[[jax.Array, Any], jax.Array], u0: jax.Array, args: Any, settings: LevenbergMarquardt
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        self,
+        residual: Callable[[Float[Array, " f"], Any], Float[Array, "*shape"]],
+        u0: Float[Array, " f"],
+        args: Any,
+        settings: LevenbergMarquardt,
+    ) -> tuple[Float[Array, " f"], Int[Array, ""], Int[Array, ""]]:
         """Minimise ``sum(residual(u, args)^2)`` from ``u0``.
 
         Arguments:
@@ -226,10 +236,10 @@ class FitResult(NamedTuple):
         chi2_reduced: (...) chi^2 / (valid points - free parameters).
     """
 
-    params: jax.Array
-    status: jax.Array
-    num_steps: jax.Array
-    chi2_reduced: jax.Array
+    params: Float[Array, "*batch p"]
+    status: Int[Array, "*batch"]
+    num_steps: Int[Array, "*batch"]
+    chi2_reduced: Float[Array, "*batch"]
 
 
 class _Box(NamedTuple):
@@ -283,16 +293,16 @@ def _at_bound(u, box: _Box):
 
 
 def least_squares(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: jax.Array,
-    sigma: jax.Array,
-    init: jax.Array,
+    model: Model,
+    data: Float[ArrayLike, "*shape"],
+    sigma: Float[ArrayLike, "*shape"],
+    init: Float[ArrayLike, " p"],
     args: Any = None,
     *,
     free: tuple[bool, ...] | None = None,
-    lower=None,
-    upper=None,
-    log_scale=None,
+    lower: Float[ArrayLike, " p"] | None = None,
+    upper: Float[ArrayLike, " p"] | None = None,
+    log_scale: Bool[ArrayLike, " p"] | None = None,
     solver: LevenbergMarquardt = LevenbergMarquardt(),
 ) -> FitResult:
     """Weighted, bounded Levenberg-Marquardt fit of one dataset.
@@ -426,7 +436,13 @@ def _finish(model, layout: _Layout, u, code, steps, problem: _Problem, args) -> 
     return FitResult(theta, code, steps, chi2)
 
 
-def succeeded(status, theta, xp=jnp, *, chi2=None):
+def succeeded(
+    status: Int[ArrayLike, "*batch"],
+    theta: Float[ArrayLike, "*batch p"],
+    xp: Any = jnp,
+    *,
+    chi2: Float[ArrayLike, "*batch"] | None = None,
+) -> Bool[Array | np.ndarray, "*batch"]:
     """Whether each fit succeeded: the one definition of a usable fit.
 
     A fit succeeded when its status is :attr:`Status.CONVERGED` or :attr:`Status.AT_BOUND` and
@@ -459,10 +475,10 @@ def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
 
 
 def least_squares_batch(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: np.ndarray,
-    sigma: np.ndarray,
-    init: np.ndarray,
+    model: Model,
+    data: Float[ArrayLike, "b m"],
+    sigma: Float[ArrayLike, "b m"],
+    init: Float[ArrayLike, "b p"] | Float[ArrayLike, " p"],
     args: Any = None,
     *,
     chunk: int | None = None,
@@ -481,10 +497,11 @@ def least_squares_batch(
     together (one vmapped Levenberg-Marquardt step per loop turn), and each slot whose fit has
     stopped is refilled at once with the next dataset, so the batch costs the *total* of the
     iterations its fits need rather than ``chunk`` times its slowest fit's, as a plain vmapped
-    solve would (16,384 2D FCS fits at the engine's tolerances: a median of 18 iterations, but a
-    mean maximum of 53 within groups of 256). The solver state (iterate, trust region) of a
-    running fit is never reset: each fit runs optimistix's iterations as in :func:`least_squares`.
-    With jaxopt the datasets are solved in vmapped chunks of ``chunk``.
+    solve would (iteration counts vary widely between datasets; see docs/benchmarks.md). The
+    solver state (iterate, trust region) of a running fit is never reset: each fit runs
+    optimistix's iterations as in :func:`least_squares`. A backend that cannot be stepped
+    (:meth:`LeastSquaresBackend.stepper` is None, e.g. jaxopt) solves the datasets in vmapped
+    chunks of ``chunk``.
 
     Arguments:
         model, args, options: as for :func:`least_squares` (``free``, ``lower``, ``upper``,
@@ -509,7 +526,8 @@ def least_squares_batch(
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
     if solver.backend.stepper(solver) is None:
-        chunk_fn, per_call = _fit_chunk, max(1, min(chunk, n))
+        chunk_fn: Callable[..., Any] = _fit_chunk
+        per_call = max(1, min(chunk, n))
     else:
         # slots and segment sizes from a few powers of two, so datasets of other counts reuse the
         # compiled loop; padding rows of a segment are never loaded into a slot
@@ -533,7 +551,7 @@ class _Slots(NamedTuple):
     """State of :func:`_fit_streaming`'s slot-refilling loop (the ``while_loop`` carry); S slots,
     B datasets, F free parameters. A slot holding index B is empty."""
 
-    index: jax.Array  # (S,) dataset in each slot
+    dataset: jax.Array  # (S,) dataset in each slot
     u: jax.Array  # (S, F) current iterate of each slot
     steps: jax.Array  # (S,) iterations taken by each slot's fit
     solver_state: Any  # array leaves of each slot's optimistix state (trust region, ...)
@@ -581,7 +599,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     loaded = gather(first)
     dynamic0, static = eqx.partition(eqx.filter_vmap(init_one)(loaded.u0, loaded), eqx.is_array)
     carry0 = _Slots(
-        index=first,
+        dataset=first,
         u=loaded.u0,
         steps=jnp.zeros(slots, jnp.int32),
         solver_state=dynamic0,
@@ -592,18 +610,18 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     )
 
     def running(carry: _Slots):
-        return jnp.any(carry.index < n)
+        return jnp.any(carry.dataset < n)
 
     def turn(carry: _Slots) -> _Slots:
-        index, u, steps, dynamic, next_index = carry.index, carry.u, carry.steps, carry.solver_state, carry.next_index
+        index, u, steps, dynamic, next_index = carry.dataset, carry.u, carry.steps, carry.solver_state, carry.next_index
         out_u, out_code, out_steps = carry.out_u, carry.out_code, carry.out_steps
         active = index < n
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
         steps = steps + 1
         # optimistix's own loop also stops on a non-finite iterate; here u is always finite (it
-        # starts finite and the trust region never accepts a step with a non-finite loss), and
-        # the check cost 5 % of the 16,384 2D FCS fits
+        # starts finite and the trust region never accepts a step with a non-finite loss), so
+        # the check is left out (it costs time at every turn; see docs/benchmarks.md)
         ok = result == optx.RESULTS.successful
         done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
         code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(
@@ -661,8 +679,8 @@ def _fit_chunk(model, data, sigma, init, args, options, count=None):
 
 
 def fisher_information(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
-) -> jax.Array:
+    model: Model, theta: Float[ArrayLike, " p"], sigma: Float[ArrayLike, "*shape"], args: Any = None
+) -> Float[Array, "p p"]:
     """Fisher information ``J^T diag(1/sigma^2) J`` for independent Gaussian errors of known s.d.
 
     ``J_ij = d model_i / d theta_j`` by forward-mode autodiff. This is also the weighted
@@ -683,9 +701,7 @@ def fisher_information(
     return jac.T @ (w[:, None] * jac)
 
 
-def poisson_fisher_information(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None
-) -> jax.Array:
+def poisson_fisher_information(model: Model, theta: Float[ArrayLike, " p"], args: Any = None) -> Float[Array, "p p"]:
     """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
 
         I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
@@ -709,11 +725,11 @@ def poisson_fisher_information(
 
 
 def covariance_from_fisher(
-    info: jax.Array,
-    residual_variance: jax.Array | float | None = None,
+    info: Float[Array, "p p"],
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     free: tuple[bool, ...] | None = None,
-) -> jax.Array:
+) -> Float[Array, "p p"]:
     """The inverse of a Fisher information matrix: the one path to every covariance and CRLB here.
 
     ``Cov = s^2 I^{-1}`` over the free block; rows and columns of fixed parameters are zero. The
@@ -741,8 +757,8 @@ def covariance_from_fisher(
 
 
 def crlb(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
-) -> jax.Array:
+    model: Model, theta: Float[ArrayLike, " p"], sigma: Float[ArrayLike, "*shape"], args: Any = None
+) -> Float[Array, " p"]:
     """Cramer-Rao lower bound on the standard deviation of each parameter (Gaussian errors).
 
     ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`fisher_information`: the square root of the
@@ -757,7 +773,7 @@ def crlb(
     return jnp.sqrt(jnp.diag(parameter_covariance(model, theta, sigma, args)))
 
 
-def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+def poisson_crlb(model: Model, theta: Float[ArrayLike, " p"], args: Any = None) -> Float[Array, " p"]:
     """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
 
     ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information` (inverted by
@@ -778,10 +794,10 @@ def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array,
 
 
 def least_squares_multistart(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: jax.Array,
-    sigma: jax.Array,
-    starts: jax.Array,
+    model: Model,
+    data: Float[ArrayLike, "*shape"],
+    sigma: Float[ArrayLike, "*shape"],
+    starts: Float[ArrayLike, "k p"],
     args: Any = None,
     **options,
 ) -> FitResult:
@@ -789,7 +805,7 @@ def least_squares_multistart(
 
     A nonlinear chi^2 surface can have several local minima; Levenberg-Marquardt finds the one
     whose basin holds the start. With starts ``theta_0^(1..K)`` (e.g. drawn from a prior or
-    uniformly in the bounds, as in frap_matlab's ``fit_d.m``), each is refined by
+    uniformly in the bounds, as Röding et al. 2019's FRAP code does), each is refined by
     :func:`least_squares` (vmapped, so all K solves run together) and the result
 
         k* = argmin_k { chi^2(theta_hat^(k)) : status_k in (CONVERGED, AT_BOUND) }
@@ -836,10 +852,10 @@ def _best_start(fits: FitResult, xp) -> FitResult:
 
 
 def least_squares_multistart_batch(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: np.ndarray,
-    sigma: np.ndarray,
-    starts: np.ndarray,
+    model: Model,
+    data: Float[ArrayLike, "b m"],
+    sigma: Float[ArrayLike, "b m"],
+    starts: Float[ArrayLike, "k p"] | Float[ArrayLike, "b k p"],
     args: Any = None,
     *,
     chunk: int | None = None,
@@ -886,14 +902,14 @@ def least_squares_multistart_batch(
 
 
 def parameter_covariance(
-    model: Callable[[jax.Array, Any], jax.Array],
-    theta: jax.Array,
-    sigma: jax.Array,
+    model: Model,
+    theta: Float[ArrayLike, " p"],
+    sigma: Float[ArrayLike, "*shape"],
     args: Any = None,
-    residual_variance: jax.Array | float | None = None,
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     free: tuple[bool, ...] | None = None,
-) -> jax.Array:
+) -> Float[Array, "p p"]:
     """Asymptotic covariance of the weighted least-squares estimate (linearised at ``theta``).
 
     With ``J = d model / d theta`` and ``W = diag(1 / sigma^2)``,
@@ -949,8 +965,12 @@ def normal_quantile(level: float) -> float:
 
 
 def wald_intervals(
-    theta: jax.Array, cov: jax.Array, *, level: float = 0.95, log_scale=None
-) -> tuple[jax.Array, jax.Array]:
+    theta: Float[ArrayLike, " p"],
+    cov: Float[ArrayLike, "p p"],
+    *,
+    level: float = 0.95,
+    log_scale: Bool[ArrayLike, " p"] | None = None,
+) -> tuple[Float[Array, " p"], Float[Array, " p"]]:
     """Wald confidence intervals ``theta_j +- z sd_j`` from a covariance matrix.
 
     ``sd_j = sqrt(Cov_jj)`` and ``z`` = :func:`normal_quantile` (level). For ``log_scale``
@@ -980,16 +1000,16 @@ def wald_intervals(
 
 
 def confidence_intervals(
-    model: Callable[[jax.Array, Any], jax.Array],
-    theta: jax.Array,
-    sigma: jax.Array,
+    model: Model,
+    theta: Float[ArrayLike, " p"],
+    sigma: Float[ArrayLike, "*shape"],
     args: Any = None,
-    residual_variance: jax.Array | float | None = None,
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     level: float = 0.95,
     free: tuple[bool, ...] | None = None,
-    log_scale=None,
-) -> tuple[jax.Array, jax.Array]:
+    log_scale: Bool[ArrayLike, " p"] | None = None,
+) -> tuple[Float[Array, " p"], Float[Array, " p"]]:
     """Wald confidence intervals (:func:`wald_intervals`) from :func:`parameter_covariance`.
 
     These are asymptotic (normal, linearised) intervals: with an estimated ``residual_variance``

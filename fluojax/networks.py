@@ -13,8 +13,9 @@ its training data (:meth:`Recipe.training_data`) and what else its checkpoints m
   with the builder the technique registers for that network kind;
 - :func:`predict` runs a network over any number of samples in batches of one fixed size (the
   last one padded, :func:`fluojax.batching.map_padded`), so one compilation serves them all;
-- :func:`parameter_count` (trainable weights) and :func:`keras_parameter_count` (with the
-  BatchNorm running statistics, the "total params" papers quote from Keras);
+- :func:`parameter_count` (trainable weights, the one parameter count) and
+  :func:`keras_parameter_count` (plus the BatchNorm running statistics: Keras's "Total params",
+  to compare with papers that quote it);
 - :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors.
 
 Nothing here names a technique. Flax and the training engine are imported when first needed, so
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from fluojax.batching import map_padded
 
@@ -236,7 +238,7 @@ def load_network(
     from fluojax import train as training
 
     ckpt, meta = training.read_checkpoint_meta(path)
-    kind = meta.get("fluojax_network")
+    kind: str = meta.get("fluojax_network") or ""
     if kind not in builders:
         raise ValueError(f"{path} holds a {kind or 'non-network'} checkpoint, not a {accepted}")
     if expect is not None and kind != expect:
@@ -271,7 +273,9 @@ def _compiled_forward() -> Callable:
     return forward
 
 
-def predict(net: nnx.Module, inputs: Any, batch: int, dtype: Any = np.float32) -> np.ndarray:
+def predict(
+    net: nnx.Module, inputs: Float[ArrayLike, "n ..."], batch: int, dtype: Any = np.float32
+) -> Float[np.ndarray, "n ..."]:
     """A network's outputs for many samples, in calls of exactly ``batch`` samples (one compilation).
 
     Arguments:
@@ -297,7 +301,11 @@ def predict(net: nnx.Module, inputs: Any, batch: int, dtype: Any = np.float32) -
 def parameter_count(model: nnx.Module) -> int:
     """Number of trainable weights: all ``nnx.Param`` leaves (kernels, biases, BatchNorm scale and offset).
 
+    The one parameter count of a network; :func:`keras_parameter_count` adds what is not trained.
     Works on an abstract model (``nnx.eval_shape``) too.
+
+    Arguments:
+        model: a flax network.
     """
     from flax import nnx
 
@@ -305,17 +313,22 @@ def parameter_count(model: nnx.Module) -> int:
 
 
 def keras_parameter_count(model: nnx.Module) -> int:
-    """Keras's "total params": the trainable weights plus the BatchNorm running means and
-    variances (``nnx.BatchStat``), the count papers written with Keras quote.
+    """Keras's "Total params": :func:`parameter_count` plus the BatchNorm running means and
+    variances (``nnx.BatchStat`` leaves, 2 numbers per normalised feature, updated by averaging,
+    not by gradients). Only this sum can be compared with counts that papers written with Keras
+    quote; for a network without BatchNorm it equals :func:`parameter_count`.
 
     Works on an abstract model (``nnx.eval_shape``) too.
+
+    Arguments:
+        model: a flax network.
     """
     from flax import nnx
 
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))))
 
 
-def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) -> jax.Array:
+def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) -> Float[Array, "*shape"]:
     """Draws whose logarithm is uniform: ``exp(U[ln lo, ln hi])``, clipped to ``[lo, hi]``.
 
     The clip only returns draws that float32 rounding of exp/log pushed a hair outside the range.
