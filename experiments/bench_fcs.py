@@ -337,7 +337,7 @@ def main():
                 "optimistix, the engine's default tolerances (1e-4, 1e-6)",
                 fit.LevenbergMarquardt(),
             ),
-            ("jaxopt", "jaxopt (its default tolerances)", fit.LevenbergMarquardt(backend="jaxopt")),
+            ("jaxopt", "jaxopt (its default tolerances)", fit.LevenbergMarquardt(backend=fit.JaxoptBackend())),
         )
         for key, label, solver in variants:
             st = pipeline.AnalysisSettings(FRAME_TIME_2D, OPTICS_2D, model="2d", solver=solver)

@@ -325,7 +325,7 @@ def bench_fits(rows, geometry, table, n_eff, args):
 
     n = curves.shape[0]
     for n_starts, (first, med, res) in fl.items():
-        conv = float(np.mean(np.isin(res.status, (fit.Status.CONVERGED, fit.Status.AT_BOUND))))
+        conv = float(np.mean(fit.succeeded(res.status, res.params, np)))
         same = ln_d_error(res.d_px2_s[:ns], d_true[:ns])
         note = (
             f"{n_starts} start(s)/curve; {conv:.1%} converged; median abs(dln D) {ln_d_error(res.d_px2_s, d_true):.4f} "

@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fluojax import compare
+from fluojax import compare, plotting
 from fluojax.fcs import learned, simulate
 
 
@@ -83,7 +83,7 @@ def main():
     timings["compare s"] = time.perf_counter() - t0
     (out / "report.md").write_text(compare.to_markdown(report))
     compare.to_csv(report, out / "report.csv")
-    compare.plot_report(report, out / "report.png")
+    plotting.plot_report(report, out / "report.png")
     settings = {k: v for k, v in vars(args).items()}
     settings.update(
         nets={k: v for k, v in nets.items() if k.endswith("_meta")}, timings=timings, jax_backend=jax.default_backend()

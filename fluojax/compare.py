@@ -31,22 +31,22 @@ CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.
 :func:`crlb_from_fisher` from any Fisher matrix (inverted on the host in float64).
 
 Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
-:func:`plot_report` render it. This module is an engine: it imports no technique package.
+:func:`fluojax.plotting.plot_report` render it. This module is an engine: it imports no technique package.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax import fit
 
@@ -58,7 +58,6 @@ __all__ = [
     "compare_on_draws",
     "crlb_from_fisher",
     "gaussian_crlb_fn",
-    "plot_report",
     "poisson_crlb_fn",
     "spearman",
     "to_csv",
@@ -95,9 +94,8 @@ CSV_COLUMNS = (
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ComparisonReport:
-    """Everything :func:`compare_estimators` measured (immutable; NumPy arrays, float64).
+class ComparisonReport(NamedTuple):
+    """Everything :func:`compare_estimators` measured (a result: NumPy arrays, float64).
 
     Shapes use E estimators, G grid points, N samples per point, P parameters. "Compared
     coordinate": ln(theta) for log-scale parameters, theta otherwise.
@@ -132,25 +130,25 @@ class ComparisonReport:
     estimator_names: tuple[str, ...]
     param_names: tuple[str, ...]
     log_scale: tuple[bool, ...]
-    grid: np.ndarray
+    grid: Float[np.ndarray, "g p"]
     n_samples: int
-    estimates: np.ndarray
-    valid: np.ndarray
-    n_valid: np.ndarray
-    failed_fraction: np.ndarray
-    bias: np.ndarray
-    std: np.ndarray
-    rmse: np.ndarray
-    mape: np.ndarray
-    median: np.ndarray
-    q16: np.ndarray
-    q84: np.ndarray
-    crlb: np.ndarray
-    efficiency: np.ndarray
-    spearman: np.ndarray
-    seconds: np.ndarray
-    samples_per_s: np.ndarray
-    overall_samples_per_s: np.ndarray
+    estimates: Float[np.ndarray, "e g n p"]
+    valid: Bool[np.ndarray, "e g n"]
+    n_valid: Int[np.ndarray, "e g"]
+    failed_fraction: Float[np.ndarray, "e g"]
+    bias: Float[np.ndarray, "e g p"]
+    std: Float[np.ndarray, "e g p"]
+    rmse: Float[np.ndarray, "e g p"]
+    mape: Float[np.ndarray, "e g p"]
+    median: Float[np.ndarray, "e g p"]
+    q16: Float[np.ndarray, "e g p"]
+    q84: Float[np.ndarray, "e g p"]
+    crlb: Float[np.ndarray, "g p"]
+    efficiency: Float[np.ndarray, "e g p"]
+    spearman: Float[np.ndarray, "e p"]
+    seconds: Float[np.ndarray, "e g"]
+    samples_per_s: Float[np.ndarray, "e g"]
+    overall_samples_per_s: Float[np.ndarray, " e"]
 
     @property
     def has_crlb(self) -> bool:
@@ -205,7 +203,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return (last - (counts - 1) / 2.0)[inverse.ravel()]
 
 
-def spearman(x, y) -> float:
+def spearman(x: Float[ArrayLike, " n"], y: Float[ArrayLike, " n"]) -> float:
     """Spearman rank correlation: the Pearson correlation of the (tie-averaged) ranks.
 
         rho = cov(R(x), R(y)) / (sd(R(x)) sd(R(y)))
@@ -264,7 +262,9 @@ def _point_stats(est: np.ndarray, truth: np.ndarray, log: np.ndarray) -> dict[st
 # --------------------------------------------------------------------------------------------
 
 
-def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[np.ndarray], np.ndarray]:
+def crlb_from_fisher(
+    fisher_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, "p p"]],
+) -> Callable[[Float[np.ndarray, " p"]], Float[np.ndarray, " p"]]:
     """Turn ``fisher_fn(theta) -> (P, P)`` Fisher information into ``crlb_fn(theta) -> (P,)``.
 
     Arguments:
@@ -282,10 +282,10 @@ def crlb_from_fisher(fisher_fn: Callable[[jax.Array], jax.Array]) -> Callable[[n
 
 
 def gaussian_crlb_fn(
-    model: Callable[[jax.Array, Any], jax.Array],
-    sigma_fn: Callable[[jax.Array], jax.Array] | jax.Array,
+    model: fit.Model,
+    sigma_fn: Callable[[Float[Array, " p"]], Float[ArrayLike, "*shape"]] | Float[ArrayLike, "*shape"],
     args: Any = None,
-) -> Callable[[np.ndarray], np.ndarray]:
+) -> Callable[[Float[ArrayLike, " p"]], Float[np.ndarray, " p"]]:
     """``crlb_fn`` for one dataset ``y ~ Normal(model(theta, args), sigma^2)`` via :func:`fluojax.fit.crlb`.
 
     The bound is ``sqrt(diag((J^T diag(1/sigma^2) J)^-1))``. ``sigma`` is evaluated at theta but
@@ -312,9 +312,7 @@ def gaussian_crlb_fn(
     return crlb_fn
 
 
-def poisson_crlb_fn(
-    model: Callable[[jax.Array, Any], jax.Array], args: Any = None
-) -> Callable[[np.ndarray], np.ndarray]:
+def poisson_crlb_fn(model: fit.Model, args: Any = None) -> Callable[[Float[ArrayLike, " p"]], Float[np.ndarray, " p"]]:
     """``crlb_fn`` for one dataset of independent Poisson counts of mean ``model(theta, args)``.
 
     Arguments:
@@ -430,15 +428,15 @@ def _rank_correlations(estimates: np.ndarray, truth: np.ndarray, valid: np.ndarr
 
 def compare_estimators(
     estimators: Mapping[str, Callable[[Any], Any]],
-    simulate: Callable[[jax.Array, jax.Array], Any],
-    grid,
+    simulate: Callable[[jax.Array, Float[Array, "n p"]], Any],
+    grid: Float[ArrayLike, "g p"] | Float[ArrayLike, " g"],
     n_samples: int,
     key: jax.Array,
     *,
     param_names: Sequence[str],
     log_scale: Sequence[bool] | Sequence[str] | bool = (),
-    crlb_fn: Callable[[np.ndarray], Any] | None = None,
-    fisher_fn: Callable[[np.ndarray], Any] | None = None,
+    crlb_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, " p"]] | None = None,
+    fisher_fn: Callable[[Float[np.ndarray, " p"]], Float[ArrayLike, "p p"]] | None = None,
     timing_repeats: int = 1,
     progress: bool | None = None,
 ) -> ComparisonReport:
@@ -575,9 +573,8 @@ def compare_estimators(
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DrawsReport:
-    """What :func:`compare_on_draws` measured (immutable; NumPy float64).
+class DrawsReport(NamedTuple):
+    """What :func:`compare_on_draws` measured (a result: NumPy float64).
 
     Shapes: E estimators, N draws, P parameters. Compared coordinate as in
     :class:`ComparisonReport` (ln theta for log-scale parameters). ``w_i`` are the per-draw
@@ -595,7 +592,7 @@ class DrawsReport:
             ``sqrt(sum_i w_i^2 (e_i^2 - mse)^2)`` (the linearised s.e. of a ratio estimator; for
             uniform weights ``sd(e^2) / sqrt(N)``). Use it before reading meaning into a
             difference of MSEs: a few large errors make the MSE of a finite draw noisy.
-        mse_joint: (E,) mean of ``mse`` over the parameters (the DeepFRAP seed's "All", eq. 9).
+        mse_joint: (E,) mean of ``mse`` over the parameters (the "All" of Wåhlstrand Skärström et al. 2021, eq. 9).
         bias: (E, P) weighted mean error, compared coordinate.
         mape: (E, P) unweighted mean absolute percentage error, %, natural units.
         spearman: (E, P) rank correlation of estimate with truth.
@@ -606,19 +603,19 @@ class DrawsReport:
     estimator_names: tuple[str, ...]
     param_names: tuple[str, ...]
     log_scale: tuple[bool, ...]
-    truth: np.ndarray
-    weights: np.ndarray
-    estimates: np.ndarray
-    valid: np.ndarray
-    failed_fraction: np.ndarray
-    mse: np.ndarray
-    mse_joint: np.ndarray
-    bias: np.ndarray
-    mape: np.ndarray
-    spearman: np.ndarray
-    seconds: np.ndarray
-    samples_per_s: np.ndarray
-    mse_sem: np.ndarray
+    truth: Float[np.ndarray, "n p"]
+    weights: Float[np.ndarray, " n"]
+    estimates: Float[np.ndarray, "e n p"]
+    valid: Bool[np.ndarray, "e n"]
+    failed_fraction: Float[np.ndarray, " e"]
+    mse: Float[np.ndarray, "e p"]
+    mse_joint: Float[np.ndarray, " e"]
+    bias: Float[np.ndarray, "e p"]
+    mape: Float[np.ndarray, "e p"]
+    spearman: Float[np.ndarray, "e p"]
+    seconds: Float[np.ndarray, " e"]
+    samples_per_s: Float[np.ndarray, " e"]
+    mse_sem: Float[np.ndarray, "e p"]
 
 
 def _head(data, k: int):
@@ -643,7 +640,8 @@ def compare_on_draws(
     ``(theta (N, P), data, weights (N,) or None)``, every estimator gets the same ``data``, and
     the errors are pooled over the draws with the weights ``w_i`` (normalised over the valid
     draws): ``MSE_p = sum_i w_i (u(theta_hat_ip) - u(theta_ip))^2``. With ``w_i ~ 1 / a_i`` (the
-    noise variance of draw i) this is the DeepFRAP seed's weighted MSE (eq. 9, Tables 2-4).
+    noise variance of draw i) this is the weighted MSE of Wåhlstrand Skärström et al. 2021 (eq. 9,
+    Tables 2-4).
 
     Timing: each estimator is called once untimed on the first ``warmup_samples`` draws (None:
     on all of them) to compile, then timed on all N, ``timing_repeats`` times (median).
@@ -794,7 +792,7 @@ def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(report: ComparisonReport, path) -> Path:
+def to_csv(report: ComparisonReport, path: str | Path) -> Path:
     """Write :meth:`ComparisonReport.rows` as CSV with header :data:`CSV_COLUMNS`.
 
     Arguments:
@@ -810,61 +808,4 @@ def to_csv(report: ComparisonReport, path) -> Path:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(report.rows())
-    return path
-
-
-def plot_report(report: ComparisonReport, path, *, dpi: int = 120) -> Path:
-    """PNG figure: per parameter, estimate vs truth and RMSE vs truth.
-
-    Left panel: median estimate against the true value for each estimator, with its 16-84 %
-    band and the identity line. Right panel: RMSE (compared coordinate, i.e. of ln theta for
-    log-scale parameters) against the truth, with the CRLB as a dashed line where available.
-    Log-scale parameters get log axes. Grid points are ordered by that parameter's true value;
-    on a multi-parameter grid, points sharing a value are drawn at the same abscissa. Uses a
-    bare Agg canvas, so the pyplot backend of the caller is untouched.
-
-    Arguments:
-        report: from :func:`compare_estimators`.
-        path: output PNG file (parent folders are created).
-        dpi: resolution.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n_params = len(report.param_names)
-    fig = Figure(figsize=(10.0, 3.8 * n_params), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(n_params, 2, squeeze=False)
-    colors = [f"C{i % 10}" for i in range(len(report.estimator_names))]
-    for p, pname in enumerate(report.param_names):
-        ax_est, ax_err = axes[p]
-        order = np.argsort(report.grid[:, p], kind="stable")
-        x = report.grid[order, p]
-        for e, name in enumerate(report.estimator_names):
-            c = colors[e]
-            ax_est.fill_between(x, report.q16[e, order, p], report.q84[e, order, p], color=c, alpha=0.2, linewidth=0)
-            ax_est.plot(x, report.median[e, order, p], "o-", color=c, label=name, markersize=4)
-            ax_err.plot(x, report.rmse[e, order, p], "o-", color=c, label=name, markersize=4)
-        lo, hi = float(np.min(x)), float(np.max(x))
-        ax_est.plot([lo, hi], [lo, hi], ":", color="0.3", label="identity")
-        if np.any(np.isfinite(report.crlb[:, p])):
-            ax_err.plot(x, report.crlb[order, p], "--", color="k", label="CRLB")
-        coord = f"ln {pname}" if report.log_scale[p] else pname
-        ax_est.set(xlabel=f"true {pname}", ylabel=f"estimated {pname}", title=f"{pname}: median and 16–84 %")
-        ax_err.set(xlabel=f"true {pname}", ylabel=f"RMSE of {coord}", title=f"{pname}: RMSE")
-        if report.log_scale[p]:
-            ax_est.set_xscale("log")
-            ax_est.set_yscale("log")
-            ax_err.set_xscale("log")
-        finite = report.rmse[:, :, p][np.isfinite(report.rmse[:, :, p])]
-        if finite.size and np.all(finite > 0):
-            ax_err.set_yscale("log")
-        ax_est.legend(fontsize="small")
-        ax_err.legend(fontsize="small")
-    fig.savefig(path, dpi=dpi)
     return path

@@ -27,10 +27,10 @@ is ``lo + (hi - lo)(sin u + 1)/2``, on one side ``lo - 1 + sqrt(u^2 + 1)``; opti
 bounded quantity is ``log(theta)`` (``log_scale``), which suits positive scale parameters such
 as D. Data points with non-finite value or non-positive/non-finite sigma get zero weight.
 
-Backends: ``optimistix.LevenbergMarquardt`` (default; maintained) and
-``jaxopt.LevenbergMarquardt`` (unmaintained upstream; its DeprecationWarning is silenced here).
-From a vmapped solve only values, status and step counts are returned, with ``throw=False``
-(optimistix#63, #66).
+Backends (:class:`LeastSquaresBackend`, chosen in :class:`LevenbergMarquardt`, by name in
+:data:`BACKENDS`): :class:`OptimistixBackend` (``optimistix.LevenbergMarquardt``, default;
+maintained; steppable, so batches refill slots) and :class:`JaxoptBackend`
+(``jaxopt.LevenbergMarquardt``, unmaintained upstream). A new backend is a new subclass.
 
 Per-dataset status (:class:`Status`): converged, max steps, non-finite, at a bound, solver
 failure, invalid data. Anything but converged/at-bound returns NaN parameters.
@@ -38,12 +38,13 @@ failure, invalid data. Anything but converged/at-bound returns NaN parameters.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -51,10 +52,18 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from fluojax.batching import map_padded
 
 __all__ = [
+    "BACKENDS",
     "FitResult",
+    "JaxoptBackend",
+    "LeastSquaresBackend",
     "LevenbergMarquardt",
+    "Model",
+    "OptimistixBackend",
     "Status",
     "confidence_intervals",
     "covariance_from_fisher",
@@ -68,8 +77,13 @@ __all__ = [
     "parameter_covariance",
     "poisson_crlb",
     "poisson_fisher_information",
+    "succeeded",
     "wald_intervals",
 ]
+
+
+Model = Callable[[Float[Array, " p"], Any], Float[Array, "*shape"]]
+"""A model ``model(theta (P,), args) -> prediction`` shaped like the data."""
 
 
 class Status(enum.IntEnum):
@@ -83,6 +97,100 @@ class Status(enum.IntEnum):
     INVALID_DATA = 5
 
 
+class LeastSquaresBackend(abc.ABC):
+    """A Levenberg-Marquardt implementation the engine can run (a frozen dataclass, so settings
+    holding it stay hashable static arguments of jitted functions).
+
+    A backend solves one problem (:meth:`solve`); one that can also be driven step by step
+    returns its stepping solver from :meth:`stepper`, and batches are then solved by slot
+    refilling (see :func:`least_squares_batch`); otherwise they are solved as vmapped chunks of
+    :meth:`solve`.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        residual: Callable[[Float[Array, " f"], Any], Float[Array, "*shape"]],
+        u0: Float[Array, " f"],
+        args: Any,
+        settings: LevenbergMarquardt,
+    ) -> tuple[Float[Array, " f"], Int[Array, ""], Int[Array, ""]]:
+        """Minimise ``sum(residual(u, args)^2)`` from ``u0``.
+
+        Arguments:
+            residual: ``residual(u, args) -> (M,)`` weighted residuals of the free internal
+                parameters u.
+            u0: (F,) start.
+            args: passed to ``residual``.
+            settings: tolerances and step limit.
+
+        Returns:
+            ``(u (F,), status code (int32 :class:`Status`), number of steps (int32))``.
+        """
+
+    def stepper(self, settings: LevenbergMarquardt) -> optx.AbstractLeastSquaresSolver | None:
+        """The optimistix solver whose ``init/step/terminate`` the slot-refilling loop drives, or
+        None when this backend cannot be stepped (batches then run as vmapped chunks)."""
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimistixBackend(LeastSquaresBackend):
+    """``optimistix.LevenbergMarquardt`` (maintained; steppable, so batches refill slots).
+
+    From a vmapped solve only values, status and step counts are returned, with ``throw=False``
+    (optimistix issues #63 and #66)."""
+
+    name: ClassVar[str] = "optimistix"
+
+    def stepper(self, settings: LevenbergMarquardt) -> optx.AbstractLeastSquaresSolver:
+        """optimistix's solver for these settings (QR or Cholesky linear solves)."""
+        linear = lx.QR() if settings.linear_solver == "qr" else lx.Normal(lx.Cholesky())
+        return optx.LevenbergMarquardt(rtol=settings.rtol, atol=settings.atol, linear_solver=linear)
+
+    def solve(self, residual, u0, args, settings):
+        lm = self.stepper(settings)
+        sol = optx.least_squares(residual, lm, u0, args, max_steps=settings.max_steps, throw=False)
+        ok = sol.result == optx.RESULTS.successful
+        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (
+            sol.result == optx.RESULTS.max_steps_reached
+        )
+        code = jnp.where(ok, Status.CONVERGED, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
+        return sol.value, code.astype(jnp.int32), sol.stats["num_steps"].astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxoptBackend(LeastSquaresBackend):
+    """``jaxopt.LevenbergMarquardt`` (unmaintained upstream; its DeprecationWarning is silenced
+    here): Madsen-Nielsen stopping with ``xtol = rtol``, ``gtol = atol``, Cholesky steps."""
+
+    name: ClassVar[str] = "jaxopt"
+
+    def solve(self, residual, u0, args, settings):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import jaxopt
+        lm = jaxopt.LevenbergMarquardt(
+            residual_fun=residual,
+            maxiter=settings.max_steps,
+            stop_criterion="madsen-nielsen",
+            xtol=settings.rtol,
+            gtol=settings.atol,
+            solver="cholesky",
+            materialize_jac=True,
+        )
+        value, state = lm.run(u0, args)
+        steps = state.iter_num.astype(jnp.int32)
+        code = jnp.where(steps < settings.max_steps, Status.CONVERGED, Status.MAX_STEPS)
+        return value, code.astype(jnp.int32), steps
+
+
+#: The backends by the name the command line gives (``--backend``).
+BACKENDS: dict[str, LeastSquaresBackend] = {b.name: b for b in (OptimistixBackend(), JaxoptBackend())}
+
+
 @dataclasses.dataclass(frozen=True)
 class LevenbergMarquardt:
     """Settings of the Levenberg-Marquardt solve (immutable).
@@ -91,7 +199,8 @@ class LevenbergMarquardt:
         rtol, atol: float, relative/absolute tolerances on the step and on chi^2 changes
             (optimistix's Cauchy termination; for jaxopt, ``atol`` is its gradient tolerance).
         max_steps: int, iteration limit per dataset.
-        backend: ``"optimistix"`` (default) or ``"jaxopt"``.
+        backend: the :class:`LeastSquaresBackend` that runs the solve (default
+            :class:`OptimistixBackend`; by name: :data:`BACKENDS`).
         linear_solver: how the optimistix backend solves each damped step
             ``[J; sqrt(lambda) I] delta = [r; 0]`` in the least-squares sense: ``"qr"`` (default,
             QR of the stacked matrix) or ``"cholesky"`` (Cholesky of the normal equations
@@ -102,12 +211,15 @@ class LevenbergMarquardt:
     rtol: float = 1e-4
     atol: float = 1e-6
     max_steps: int = 100
-    backend: str = "optimistix"
+    backend: LeastSquaresBackend = OptimistixBackend()
     linear_solver: str = "qr"
 
     def __post_init__(self):
-        if self.backend not in ("optimistix", "jaxopt"):
-            raise ValueError(f"unknown LM backend {self.backend!r}; use 'optimistix' or 'jaxopt'")
+        if not isinstance(self.backend, LeastSquaresBackend):
+            raise ValueError(
+                f"unknown LM backend {self.backend!r}; give a LeastSquaresBackend, e.g. BACKENDS[name] "
+                f"for a name in {sorted(BACKENDS)}"
+            )
         if self.linear_solver not in ("qr", "cholesky"):
             raise ValueError(f"unknown linear solver {self.linear_solver!r}; use 'qr' or 'cholesky'")
         if self.max_steps < 1:
@@ -124,10 +236,10 @@ class FitResult(NamedTuple):
         chi2_reduced: (...) chi^2 / (valid points - free parameters).
     """
 
-    params: jax.Array
-    status: jax.Array
-    num_steps: jax.Array
-    chi2_reduced: jax.Array
+    params: Float[Array, "*batch p"]
+    status: Int[Array, "*batch"]
+    num_steps: Int[Array, "*batch"]
+    chi2_reduced: Float[Array, "*batch"]
 
 
 class _Box(NamedTuple):
@@ -180,52 +292,17 @@ def _at_bound(u, box: _Box):
     return jnp.where(lo_f & hi_f, near_both, jnp.where(lo_f | hi_f, near_one, False))
 
 
-def _optimistix_lm(solver: LevenbergMarquardt) -> optx.LevenbergMarquardt:
-    """optimistix's solver for these settings."""
-    linear = lx.QR() if solver.linear_solver == "qr" else lx.Normal(lx.Cholesky())
-    return optx.LevenbergMarquardt(rtol=solver.rtol, atol=solver.atol, linear_solver=linear)
-
-
-def _solve(residual, u0, args, solver: LevenbergMarquardt):
-    """Run the chosen backend on a residual of the free internal parameters."""
-    if solver.backend == "optimistix":
-        lm = _optimistix_lm(solver)
-        sol = optx.least_squares(residual, lm, u0, args, max_steps=solver.max_steps, throw=False)
-        ok = sol.result == optx.RESULTS.successful
-        max_steps = (sol.result == optx.RESULTS.nonlinear_max_steps_reached) | (
-            sol.result == optx.RESULTS.max_steps_reached
-        )
-        code = jnp.where(ok, Status.CONVERGED, jnp.where(max_steps, Status.MAX_STEPS, Status.SOLVER_FAILED))
-        return sol.value, code.astype(jnp.int32), sol.stats["num_steps"].astype(jnp.int32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import jaxopt
-    lm = jaxopt.LevenbergMarquardt(
-        residual_fun=residual,
-        maxiter=solver.max_steps,
-        stop_criterion="madsen-nielsen",
-        xtol=solver.rtol,
-        gtol=solver.atol,
-        solver="cholesky",
-        materialize_jac=True,
-    )
-    value, state = lm.run(u0, args)
-    steps = state.iter_num.astype(jnp.int32)
-    code = jnp.where(steps < solver.max_steps, Status.CONVERGED, Status.MAX_STEPS)
-    return value, code.astype(jnp.int32), steps
-
-
 def least_squares(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: jax.Array,
-    sigma: jax.Array,
-    init: jax.Array,
+    model: Model,
+    data: Float[ArrayLike, "*shape"],
+    sigma: Float[ArrayLike, "*shape"],
+    init: Float[ArrayLike, " p"],
     args: Any = None,
     *,
     free: tuple[bool, ...] | None = None,
-    lower=None,
-    upper=None,
-    log_scale=None,
+    lower: Float[ArrayLike, " p"] | None = None,
+    upper: Float[ArrayLike, " p"] | None = None,
+    log_scale: Bool[ArrayLike, " p"] | None = None,
     solver: LevenbergMarquardt = LevenbergMarquardt(),
 ) -> FitResult:
     """Weighted, bounded Levenberg-Marquardt fit of one dataset.
@@ -273,7 +350,9 @@ def _least_squares_unmasked(
     """:func:`least_squares` without the NaN masking of failed fits."""
     layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
     problem = _prepare(model, data, sigma, init, args, layout)
-    u, code, steps = _solve(lambda u, a: _residual(model, layout, u, problem, a), problem.u0, args, solver)
+    u, code, steps = solver.backend.solve(
+        lambda u, a: _residual(model, layout, u, problem, a), problem.u0, args, solver
+    )
     return _finish(model, layout, u, code, steps, problem, args)
 
 
@@ -357,9 +436,38 @@ def _finish(model, layout: _Layout, u, code, steps, problem: _Problem, args) -> 
     return FitResult(theta, code, steps, chi2)
 
 
+def succeeded(
+    status: Int[ArrayLike, "*batch"],
+    theta: Float[ArrayLike, "*batch p"],
+    xp: Any = jnp,
+    *,
+    chi2: Float[ArrayLike, "*batch"] | None = None,
+) -> Bool[Array | np.ndarray, "*batch"]:
+    """Whether each fit succeeded: the one definition of a usable fit.
+
+    A fit succeeded when its status is :attr:`Status.CONVERGED` or :attr:`Status.AT_BOUND` and
+    every parameter on the last axis of ``theta`` is finite (and, when ``chi2`` is given, its
+    chi^2 is finite). Any other status (including a technique's own codes beyond
+    :class:`Status`) is a failure.
+
+    Arguments:
+        status: (...) int status codes (array or Python int).
+        theta: (..., P) parameters of each fit.
+        xp: the array module, ``jnp`` (traceable) or ``np``.
+        chi2: optional (...) chi^2 (e.g. ``FitResult.chi2_reduced``) that must be finite too.
+
+    Returns:
+        (...) bool mask (a bool scalar for one fit).
+    """
+    good = ((status == Status.CONVERGED) | (status == Status.AT_BOUND)) & xp.all(xp.isfinite(theta), axis=-1)
+    if chi2 is not None:
+        good = good & xp.isfinite(chi2)
+    return good
+
+
 def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
-    """NaN parameters and chi^2 for every fit that neither converged nor stopped at a bound."""
-    good = (result.status == Status.CONVERGED) | (result.status == Status.AT_BOUND)
+    """NaN parameters and chi^2 for every fit that did not succeed (:func:`succeeded`)."""
+    good = succeeded(result.status, result.params, xp)
     return result._replace(
         params=xp.where(good[..., None], result.params, np.nan),
         chi2_reduced=xp.where(good, result.chi2_reduced, np.nan),
@@ -367,10 +475,10 @@ def _mask_failed(result: FitResult, xp=jnp) -> FitResult:
 
 
 def least_squares_batch(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: np.ndarray,
-    sigma: np.ndarray,
-    init: np.ndarray,
+    model: Model,
+    data: Float[ArrayLike, "b m"],
+    sigma: Float[ArrayLike, "b m"],
+    init: Float[ArrayLike, "b p"] | Float[ArrayLike, " p"],
     args: Any = None,
     *,
     chunk: int | None = None,
@@ -389,10 +497,11 @@ def least_squares_batch(
     together (one vmapped Levenberg-Marquardt step per loop turn), and each slot whose fit has
     stopped is refilled at once with the next dataset, so the batch costs the *total* of the
     iterations its fits need rather than ``chunk`` times its slowest fit's, as a plain vmapped
-    solve would (16,384 2D FCS fits at the engine's tolerances: a median of 18 iterations, but a
-    mean maximum of 53 within groups of 256). The solver state (iterate, trust region) of a
-    running fit is never reset: each fit runs optimistix's iterations as in :func:`least_squares`.
-    With jaxopt the datasets are solved in vmapped chunks of ``chunk``.
+    solve would (iteration counts vary widely between datasets; see docs/benchmarks.md). The
+    solver state (iterate, trust region) of a running fit is never reset: each fit runs
+    optimistix's iterations as in :func:`least_squares`. A backend that cannot be stepped
+    (:meth:`LeastSquaresBackend.stepper` is None, e.g. jaxopt) solves the datasets in vmapped
+    chunks of ``chunk``.
 
     Arguments:
         model, args, options: as for :func:`least_squares` (``free``, ``lower``, ``upper``,
@@ -416,8 +525,9 @@ def least_squares_batch(
         chunk = _default_slots()
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
-    if solver.backend == "jaxopt":
-        chunk_fn, per_call = _fit_chunk, max(1, min(chunk, n))
+    if solver.backend.stepper(solver) is None:
+        chunk_fn: Callable[..., Any] = _fit_chunk
+        per_call = max(1, min(chunk, n))
     else:
         # slots and segment sizes from a few powers of two, so datasets of other counts reuse the
         # compiled loop; padding rows of a segment are never loaded into a slot
@@ -441,7 +551,7 @@ class _Slots(NamedTuple):
     """State of :func:`_fit_streaming`'s slot-refilling loop (the ``while_loop`` carry); S slots,
     B datasets, F free parameters. A slot holding index B is empty."""
 
-    index: jax.Array  # (S,) dataset in each slot
+    dataset: jax.Array  # (S,) dataset in each slot
     u: jax.Array  # (S, F) current iterate of each slot
     steps: jax.Array  # (S,) iterations taken by each slot's fit
     solver_state: Any  # array leaves of each slot's optimistix state (trust region, ...)
@@ -462,7 +572,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     problems = jax.vmap(lambda d, s, i: _prepare(model, d, s, i, args, layout))(data, sigma, init)
     n = data.shape[0]
 
-    lm = _optimistix_lm(solver)
+    lm = solver.backend.stepper(solver)
     tags = frozenset()
     f_struct = jax.ShapeDtypeStruct(problems.target.shape[1:], problems.target.dtype)
 
@@ -489,7 +599,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     loaded = gather(first)
     dynamic0, static = eqx.partition(eqx.filter_vmap(init_one)(loaded.u0, loaded), eqx.is_array)
     carry0 = _Slots(
-        index=first,
+        dataset=first,
         u=loaded.u0,
         steps=jnp.zeros(slots, jnp.int32),
         solver_state=dynamic0,
@@ -500,18 +610,18 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     )
 
     def running(carry: _Slots):
-        return jnp.any(carry.index < n)
+        return jnp.any(carry.dataset < n)
 
     def turn(carry: _Slots) -> _Slots:
-        index, u, steps, dynamic, next_index = carry.index, carry.u, carry.steps, carry.solver_state, carry.next_index
+        index, u, steps, dynamic, next_index = carry.dataset, carry.u, carry.steps, carry.solver_state, carry.next_index
         out_u, out_code, out_steps = carry.out_u, carry.out_code, carry.out_steps
         active = index < n
         state = eqx.combine(dynamic, static)
         u, state, stop, result = eqx.filter_vmap(step_one)(u, state, gather(index))
         steps = steps + 1
         # optimistix's own loop also stops on a non-finite iterate; here u is always finite (it
-        # starts finite and the trust region never accepts a step with a non-finite loss), and
-        # the check cost 5 % of the 16,384 2D FCS fits
+        # starts finite and the trust region never accepts a step with a non-finite loss), so
+        # the check is left out (it costs time at every turn; see docs/benchmarks.md)
         ok = result == optx.RESULTS.successful
         done = active & ((stop & ok) | ~ok | (steps >= solver.max_steps))
         code = jnp.where(stop & ok, Status.CONVERGED, jnp.where(ok, Status.MAX_STEPS, Status.SOLVER_FAILED)).astype(
@@ -542,24 +652,16 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
 
 
 def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
-    """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk`` (the last one
-    padded by repeating its final dataset, so every chunk has one shape and compiles once; the
-    chunk function also gets the number of real datasets, ``count``); NumPy results.
+    """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk``
+    (:func:`fluojax.batching.map_padded`: the last chunk padded, so every chunk compiles once;
+    the chunk function also gets the number of real datasets, ``count``); NumPy results.
     ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
-    n = data.shape[0]
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
-    parts = []
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        pad = chunk - (stop - start)
-        d, s, i = (
-            np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (x.ndim - 1), mode="edge") for x in (data, sigma, starts)
-        )
-        out = jax.device_get(chunk_fn(model, d, s, i, args, static, count=np.int32(stop - start)))
-        parts.append(jax.tree.map(lambda x: np.array(x[: stop - start]), out))  # noqa: B023
-        if on_chunk is not None:
-            on_chunk(parts[-1])
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+    def run(part, count):
+        return chunk_fn(model, *part, args, static, count=np.int32(count))
+
+    return map_padded(run, (data, sigma, starts), chunk, on_batch=on_chunk)
 
 
 def _hashable(value):
@@ -577,8 +679,8 @@ def _fit_chunk(model, data, sigma, init, args, options, count=None):
 
 
 def fisher_information(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
-) -> jax.Array:
+    model: Model, theta: Float[ArrayLike, " p"], sigma: Float[ArrayLike, "*shape"], args: Any = None
+) -> Float[Array, "p p"]:
     """Fisher information ``J^T diag(1/sigma^2) J`` for independent Gaussian errors of known s.d.
 
     ``J_ij = d model_i / d theta_j`` by forward-mode autodiff. This is also the weighted
@@ -599,9 +701,7 @@ def fisher_information(
     return jac.T @ (w[:, None] * jac)
 
 
-def poisson_fisher_information(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None
-) -> jax.Array:
+def poisson_fisher_information(model: Model, theta: Float[ArrayLike, " p"], args: Any = None) -> Float[Array, "p p"]:
     """Fisher information of independent Poisson counts with means ``mu = model(theta, args)``.
 
         I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
@@ -625,11 +725,11 @@ def poisson_fisher_information(
 
 
 def covariance_from_fisher(
-    info: jax.Array,
-    residual_variance: jax.Array | float | None = None,
+    info: Float[Array, "p p"],
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     free: tuple[bool, ...] | None = None,
-) -> jax.Array:
+) -> Float[Array, "p p"]:
     """The inverse of a Fisher information matrix: the one path to every covariance and CRLB here.
 
     ``Cov = s^2 I^{-1}`` over the free block; rows and columns of fixed parameters are zero. The
@@ -657,8 +757,8 @@ def covariance_from_fisher(
 
 
 def crlb(
-    model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, sigma: jax.Array, args: Any = None
-) -> jax.Array:
+    model: Model, theta: Float[ArrayLike, " p"], sigma: Float[ArrayLike, "*shape"], args: Any = None
+) -> Float[Array, " p"]:
     """Cramer-Rao lower bound on the standard deviation of each parameter (Gaussian errors).
 
     ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`fisher_information`: the square root of the
@@ -673,7 +773,7 @@ def crlb(
     return jnp.sqrt(jnp.diag(parameter_covariance(model, theta, sigma, args)))
 
 
-def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array, args: Any = None) -> jax.Array:
+def poisson_crlb(model: Model, theta: Float[ArrayLike, " p"], args: Any = None) -> Float[Array, " p"]:
     """Cramer-Rao bound on the s.d. of each parameter for Poisson counts.
 
     ``sqrt(diag(I(theta)^-1))`` with ``I`` from :func:`poisson_fisher_information` (inverted by
@@ -694,10 +794,10 @@ def poisson_crlb(model: Callable[[jax.Array, Any], jax.Array], theta: jax.Array,
 
 
 def least_squares_multistart(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: jax.Array,
-    sigma: jax.Array,
-    starts: jax.Array,
+    model: Model,
+    data: Float[ArrayLike, "*shape"],
+    sigma: Float[ArrayLike, "*shape"],
+    starts: Float[ArrayLike, "k p"],
     args: Any = None,
     **options,
 ) -> FitResult:
@@ -705,7 +805,7 @@ def least_squares_multistart(
 
     A nonlinear chi^2 surface can have several local minima; Levenberg-Marquardt finds the one
     whose basin holds the start. With starts ``theta_0^(1..K)`` (e.g. drawn from a prior or
-    uniformly in the bounds, as in frap_matlab's ``fit_d.m``), each is refined by
+    uniformly in the bounds, as Röding et al. 2019's FRAP code does), each is refined by
     :func:`least_squares` (vmapped, so all K solves run together) and the result
 
         k* = argmin_k { chi^2(theta_hat^(k)) : status_k in (CONVERGED, AT_BOUND) }
@@ -738,7 +838,7 @@ def _best_start(fits: FitResult, xp) -> FitResult:
     """The fit of lowest chi^2 among the successful ones of K starts (the last axis of ``status``
     and ``chi2_reduced``, the one before the parameters' axis in ``params``; the first start if
     none succeeded), with ``num_steps`` summed over the starts. ``xp``: jnp or np."""
-    good = ((fits.status == Status.CONVERGED) | (fits.status == Status.AT_BOUND)) & xp.isfinite(fits.chi2_reduced)
+    good = succeeded(fits.status, fits.params, xp, chi2=fits.chi2_reduced)
     best = xp.argmin(xp.where(good, fits.chi2_reduced, xp.inf), axis=-1)
     best = xp.where(xp.any(good, axis=-1), best, 0)
 
@@ -752,10 +852,10 @@ def _best_start(fits: FitResult, xp) -> FitResult:
 
 
 def least_squares_multistart_batch(
-    model: Callable[[jax.Array, Any], jax.Array],
-    data: np.ndarray,
-    sigma: np.ndarray,
-    starts: np.ndarray,
+    model: Model,
+    data: Float[ArrayLike, "b m"],
+    sigma: Float[ArrayLike, "b m"],
+    starts: Float[ArrayLike, "k p"] | Float[ArrayLike, "b k p"],
     args: Any = None,
     *,
     chunk: int | None = None,
@@ -802,14 +902,14 @@ def least_squares_multistart_batch(
 
 
 def parameter_covariance(
-    model: Callable[[jax.Array, Any], jax.Array],
-    theta: jax.Array,
-    sigma: jax.Array,
+    model: Model,
+    theta: Float[ArrayLike, " p"],
+    sigma: Float[ArrayLike, "*shape"],
     args: Any = None,
-    residual_variance: jax.Array | float | None = None,
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     free: tuple[bool, ...] | None = None,
-) -> jax.Array:
+) -> Float[Array, "p p"]:
     """Asymptotic covariance of the weighted least-squares estimate (linearised at ``theta``).
 
     With ``J = d model / d theta`` and ``W = diag(1 / sigma^2)``,
@@ -865,8 +965,12 @@ def normal_quantile(level: float) -> float:
 
 
 def wald_intervals(
-    theta: jax.Array, cov: jax.Array, *, level: float = 0.95, log_scale=None
-) -> tuple[jax.Array, jax.Array]:
+    theta: Float[ArrayLike, " p"],
+    cov: Float[ArrayLike, "p p"],
+    *,
+    level: float = 0.95,
+    log_scale: Bool[ArrayLike, " p"] | None = None,
+) -> tuple[Float[Array, " p"], Float[Array, " p"]]:
     """Wald confidence intervals ``theta_j +- z sd_j`` from a covariance matrix.
 
     ``sd_j = sqrt(Cov_jj)`` and ``z`` = :func:`normal_quantile` (level). For ``log_scale``
@@ -896,16 +1000,16 @@ def wald_intervals(
 
 
 def confidence_intervals(
-    model: Callable[[jax.Array, Any], jax.Array],
-    theta: jax.Array,
-    sigma: jax.Array,
+    model: Model,
+    theta: Float[ArrayLike, " p"],
+    sigma: Float[ArrayLike, "*shape"],
     args: Any = None,
-    residual_variance: jax.Array | float | None = None,
+    residual_variance: Float[ArrayLike, ""] | None = None,
     *,
     level: float = 0.95,
     free: tuple[bool, ...] | None = None,
-    log_scale=None,
-) -> tuple[jax.Array, jax.Array]:
+    log_scale: Bool[ArrayLike, " p"] | None = None,
+) -> tuple[Float[Array, " p"], Float[Array, " p"]]:
     """Wald confidence intervals (:func:`wald_intervals`) from :func:`parameter_covariance`.
 
     These are asymptotic (normal, linearised) intervals: with an estimated ``residual_variance``

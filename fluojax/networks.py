@@ -12,10 +12,10 @@ its training data (:meth:`Recipe.training_data`) and what else its checkpoints m
   :func:`save_network` writes a checkpoint, :func:`load_network` rebuilds a network from one
   with the builder the technique registers for that network kind;
 - :func:`predict` runs a network over any number of samples in batches of one fixed size (the
-  last one padded), so one compilation serves them all; :func:`map_padded` is that batching for
-  any compiled function of several arrays;
-- :func:`parameter_count` (trainable weights) and :func:`keras_parameter_count` (with the
-  BatchNorm running statistics, the "total params" papers quote from Keras);
+  last one padded, :func:`fluojax.batching.map_padded`), so one compilation serves them all;
+- :func:`parameter_count` (trainable weights, the one parameter count) and
+  :func:`keras_parameter_count` (plus the BatchNorm running statistics: Keras's "Total params",
+  to compare with papers that quote it);
 - :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors.
 
 Nothing here names a technique. Flax and the training engine are imported when first needed, so
@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from fluojax.batching import map_padded
 
 if TYPE_CHECKING:  # pragma: no cover
     from flax import nnx
@@ -47,7 +50,6 @@ __all__ = [
     "keras_parameter_count",
     "load_network",
     "log_uniform",
-    "map_padded",
     "network_meta",
     "parameter_count",
     "predict",
@@ -236,7 +238,7 @@ def load_network(
     from fluojax import train as training
 
     ckpt, meta = training.read_checkpoint_meta(path)
-    kind = meta.get("fluojax_network")
+    kind: str = meta.get("fluojax_network") or ""
     if kind not in builders:
         raise ValueError(f"{path} holds a {kind or 'non-network'} checkpoint, not a {accepted}")
     if expect is not None and kind != expect:
@@ -260,54 +262,6 @@ def eval_view(net: nnx.Module) -> nnx.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-def map_padded(
-    fn: Callable[[Any, int], Any], inputs: Any, batch: int, *, on_batch: Callable[[Any], None] | None = None
-) -> Any:
-    """Apply ``fn`` to ``inputs`` in batches of exactly ``batch`` rows, the last padded.
-
-    Every call sees arrays of the same shape, so a compiled ``fn`` compiles once however many
-    rows there are. The last batch is padded by repeating its final row (a real sample: padding
-    cannot produce NaNs or failures that a zero row might), and the padding rows are dropped
-    from the results.
-
-    Arguments:
-        fn: ``fn(chunk, count) -> outputs``: ``chunk`` is ``inputs`` (a pytree of arrays) cut to
-            ``batch`` rows, ``count`` the number of real rows in it (int); ``outputs`` a pytree
-            of arrays whose leading axis has ``batch`` rows.
-        inputs: pytree of arrays sharing their leading axis (n rows, n >= 1).
-        batch: int >= 1, rows per call.
-        on_batch: optional ``on_batch(outputs)`` with each batch's results (NumPy, padding
-            removed) as it finishes, e.g. to report progress.
-
-    Returns:
-        pytree like ``fn``'s outputs of NumPy arrays with n rows.
-
-    Raises:
-        ValueError: no rows, rows of different counts, or ``batch`` < 1.
-    """
-    counts = {int(np.shape(x)[0]) for x in jax.tree.leaves(inputs)}
-    if len(counts) != 1:
-        raise ValueError(f"the inputs must share their first axis, got lengths {sorted(counts)}")
-    (n,) = counts
-    if n < 1:
-        raise ValueError("nothing to compute: 0 samples")
-    if batch < 1:
-        raise ValueError(f"the batch size must be >= 1, got {batch}")
-    parts = []
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        pad = batch - (stop - start)
-        chunk = jax.tree.map(
-            lambda x: np.pad(x[start:stop], ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1), mode="edge"),  # noqa: B023
-            inputs,
-        )
-        out = jax.device_get(fn(chunk, stop - start))
-        parts.append(jax.tree.map(lambda x: np.asarray(x)[: stop - start], out))  # noqa: B023
-        if on_batch is not None:
-            on_batch(parts[-1])
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-
-
 @functools.cache
 def _compiled_forward() -> Callable:
     from flax import nnx
@@ -319,7 +273,9 @@ def _compiled_forward() -> Callable:
     return forward
 
 
-def predict(net: nnx.Module, inputs: Any, batch: int, dtype: Any = np.float32) -> np.ndarray:
+def predict(
+    net: nnx.Module, inputs: Float[ArrayLike, "n ..."], batch: int, dtype: Any = np.float32
+) -> Float[np.ndarray, "n ..."]:
     """A network's outputs for many samples, in calls of exactly ``batch`` samples (one compilation).
 
     Arguments:
@@ -345,7 +301,11 @@ def predict(net: nnx.Module, inputs: Any, batch: int, dtype: Any = np.float32) -
 def parameter_count(model: nnx.Module) -> int:
     """Number of trainable weights: all ``nnx.Param`` leaves (kernels, biases, BatchNorm scale and offset).
 
+    The one parameter count of a network; :func:`keras_parameter_count` adds what is not trained.
     Works on an abstract model (``nnx.eval_shape``) too.
+
+    Arguments:
+        model: a flax network.
     """
     from flax import nnx
 
@@ -353,17 +313,22 @@ def parameter_count(model: nnx.Module) -> int:
 
 
 def keras_parameter_count(model: nnx.Module) -> int:
-    """Keras's "total params": the trainable weights plus the BatchNorm running means and
-    variances (``nnx.BatchStat``), the count papers written with Keras quote.
+    """Keras's "Total params": :func:`parameter_count` plus the BatchNorm running means and
+    variances (``nnx.BatchStat`` leaves, 2 numbers per normalised feature, updated by averaging,
+    not by gradients). Only this sum can be compared with counts that papers written with Keras
+    quote; for a network without BatchNorm it equals :func:`parameter_count`.
 
     Works on an abstract model (``nnx.eval_shape``) too.
+
+    Arguments:
+        model: a flax network.
     """
     from flax import nnx
 
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))))
 
 
-def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) -> jax.Array:
+def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) -> Float[Array, "*shape"]:
     """Draws whose logarithm is uniform: ``exp(U[ln lo, ln hi])``, clipped to ``[lo, hi]``.
 
     The clip only returns draws that float32 rounding of exp/log pushed a hair outside the range.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fluojax import compare, fit
+from fluojax import compare, fit, plotting
 
 KEY = jax.random.key(0)
 N_DRAWS = 16  # Gaussian draws per sample
@@ -238,7 +238,7 @@ def test_markdown_csv_and_plot_have_expected_columns(tmp_path):
     assert len(rows) == 2 * 2 * 2  # estimators x grid points x parameters
     assert {r["scale"] for r in rows if r["parameter"] == "D"} == {"ln"}
 
-    png = compare.plot_report(rep, tmp_path / "report.png")
+    png = plotting.plot_report(rep, tmp_path / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

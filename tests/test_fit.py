@@ -53,7 +53,13 @@ def test_optimistix_and_jaxopt_backends_give_the_same_parameters(optics_2d):
     args = (LAG, optics_2d)
     a = fit.least_squares_batch(acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, **FCS_BOUNDS)
     b = fit.least_squares_batch(
-        acf_model_2d, data, sigma, [1.0, 1.0, 0.0], args, solver=fit.LevenbergMarquardt(backend="jaxopt"), **FCS_BOUNDS
+        acf_model_2d,
+        data,
+        sigma,
+        [1.0, 1.0, 0.0],
+        args,
+        solver=fit.LevenbergMarquardt(backend=fit.JaxoptBackend()),
+        **FCS_BOUNDS,
     )
     ok = (a.status == 0) & (b.status == 0)
     assert ok.mean() > 0.98
@@ -218,3 +224,23 @@ def test_batch_fits_stop_at_max_steps_and_report_each_dataset_once(optics_2d):
     assert sum(seen) == 8
     assert np.all(res.status == fit.Status.MAX_STEPS) and np.all(res.num_steps == 4)
     assert np.all(np.isnan(res.params)) and np.all(np.isnan(res.chi2_reduced))
+
+
+def test_succeeded_needs_a_good_status_and_finite_parameters_and_chi2():
+    status = np.array([fit.Status.CONVERGED, fit.Status.AT_BOUND, fit.Status.MAX_STEPS, fit.Status.CONVERGED, 0, 7])
+    theta = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, np.nan], [1.0, 2.0], [1.0, 2.0]])
+    chi2 = np.array([1.0, 1.0, 1.0, 1.0, np.inf, 1.0])
+    np.testing.assert_array_equal(fit.succeeded(status, theta, np), [1, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(fit.succeeded(status, theta, np, chi2=chi2), [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(fit.succeeded(jnp.asarray(status), jnp.asarray(theta), chi2=chi2), [1, 1, 0, 0, 0, 0])
+    assert fit.succeeded(3, [0.5, 1.0], np) and not fit.succeeded(7, [0.5, 1.0], np)  # one fit: a bool
+
+
+def test_backend_registry_maps_command_line_names_to_backends():
+    assert set(fit.BACKENDS) == {"optimistix", "jaxopt"}
+    assert isinstance(fit.BACKENDS["jaxopt"], fit.JaxoptBackend) and fit.BACKENDS["jaxopt"].name == "jaxopt"
+    assert fit.LevenbergMarquardt().backend == fit.BACKENDS["optimistix"]
+    # settings stay hashable (they are static arguments of the jitted batch solves)
+    assert hash(fit.LevenbergMarquardt(backend=fit.JaxoptBackend())) == hash(
+        fit.LevenbergMarquardt(backend=fit.BACKENDS["jaxopt"])
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fluojax import networks
+from fluojax import batching, networks
 from fluojax.train import TrainConfig
 
 TRACES = []  # one entry per trace of TinyNet.__call__ (a Python side effect runs only while tracing)
@@ -74,7 +74,7 @@ def test_map_padded_pads_with_the_last_row_and_drops_the_padding():
 
     a = np.arange(10.0).reshape(5, 2)
     b = np.ones(5)[:, None]
-    out = networks.map_padded(fn, (a, b), 3)
+    out = batching.map_padded(fn, (a, b), 3)
     np.testing.assert_array_equal(out["sum"], a + 1)
     np.testing.assert_array_equal(out["count"], [3, 3, 3, 2, 2])
     assert [s[:2] for s in seen] == [(3, 3), (3, 2)]
@@ -83,9 +83,9 @@ def test_map_padded_pads_with_the_last_row_and_drops_the_padding():
 
 def test_map_padded_refuses_inputs_of_different_lengths_and_no_input():
     with pytest.raises(ValueError, match="share their first axis"):
-        networks.map_padded(lambda c, n: c, (np.zeros(3), np.zeros(4)), 2)
+        batching.map_padded(lambda c, n: c, (np.zeros(3), np.zeros(4)), 2)
     with pytest.raises(ValueError, match="0 samples"):
-        networks.map_padded(lambda c, n: c, np.zeros((0, 2)), 2)
+        batching.map_padded(lambda c, n: c, np.zeros((0, 2)), 2)
 
 
 def test_save_and_load_round_trip_restores_identical_outputs(tmp_path):

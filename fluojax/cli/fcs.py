@@ -223,7 +223,9 @@ def fit_command(args) -> int:
         model=args.model,
         overlap=args.overlap,
         bleach_order=_bleach_order(args.bleach),
-        solver=FCS_SOLVER if args.backend == "optimistix" else fitlib.LevenbergMarquardt(backend=args.backend),
+        solver=FCS_SOLVER
+        if args.backend == "optimistix"
+        else fitlib.LevenbergMarquardt(backend=fitlib.BACKENDS[args.backend]),
     )
     t0 = time.perf_counter()
     try:
@@ -331,7 +333,7 @@ def compare_command(args) -> int:
     import jax
     import numpy as np
 
-    from fluojax import compare, io
+    from fluojax import compare, io, plotting
     from fluojax.fcs import learned, simulate
     from fluojax.io import InputError
 
@@ -372,7 +374,7 @@ def compare_command(args) -> int:
     with io.result_folder(out, "fcs-compare", args.overwrite, label) as folder:
         (folder / "report.md").write_text(compare.to_markdown(report))
         compare.to_csv(report, folder / "report.csv")
-        compare.plot_report(report, folder / "report.png")
+        plotting.plot_report(report, folder / "report.png")
         io.write_json(
             folder / "settings.json",
             {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names},

@@ -825,7 +825,7 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
             "bleach_order": settings.bleach_order,  # applied (0 = none); "bleach" says what was asked and why
             "bleach": maps.bleach,
             "correlator": {"P": settings.p, "Q": settings.q},
-            "backend": settings.solver.backend,
+            "backend": settings.solver.backend.name,
         },
         "timings_s": maps.timings_s,
         "pixels": int(maps.status.size),

@@ -435,7 +435,7 @@ def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: in
 def fit_ok(status: int, params) -> bool:
     """True when a fit's status (:class:`FrapStatus` code) is CONVERGED or AT_BOUND and its
     parameters are finite (NO_BLEACH and UNDETERMINED fits are not ok)."""
-    return int(status) in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and bool(np.all(np.isfinite(params)))
+    return bool(fitlib.succeeded(int(status), np.asarray(params), np))
 
 
 MAX_D_CI_RATIO = 10.0
@@ -476,7 +476,7 @@ def fit_status(result) -> np.ndarray:
     """
     status = np.asarray(result.status, np.int64).copy()
     params, lower, upper = (np.asarray(a, np.float64) for a in (result.params, result.ci_lower, result.ci_upper))
-    good = np.isin(status, (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND)) & np.all(np.isfinite(params), axis=1)
+    good = fitlib.succeeded(status, params, np)
     with np.errstate(invalid="ignore", divide="ignore"):
         no_bleach = ~(upper[:, 2] < 1.0)  # NaN counts as reaching 1
         open_end = ~(np.isfinite(lower[:, 0]) & np.isfinite(upper[:, 0]) & (lower[:, 0] > 0))
@@ -494,7 +494,7 @@ def status_reason(status: int, params, ci_lower, ci_upper) -> str:
         params, ci_lower, ci_upper: (3,) (D px^2/s, c0, alpha) and their 95 % limits.
     """
     status = int(status)
-    if status in (fitlib.Status.CONVERGED, fitlib.Status.AT_BOUND) and np.all(np.isfinite(params)):
+    if fitlib.succeeded(status, np.asarray(params), np):
         return ""
     if status == FrapStatus.NO_BLEACH:
         return (
