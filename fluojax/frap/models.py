@@ -69,6 +69,7 @@ import numpy as np
 
 __all__ = [
     "DEEPFRAP_DT_S",
+    "DEEPFRAP_D_UM2_S",
     "DEEPFRAP_PIXEL_UM",
     "DEEPFRAP_RADIUS_PX",
     "BleachGeometry",
@@ -89,6 +90,8 @@ __all__ = [
 
 DEEPFRAP_PIXEL_UM = 0.7598
 """Pixel size of the DeepFRAP data, um (seed §3: 0.7598 um, 194.5 um field of view)."""
+DEEPFRAP_D_UM2_S = (1.0, 1000.0)
+"""DeepFRAP's prior range of D, um^2/s (1e-12 to 1e-9 m^2/s; Wåhlstrand Skärström et al. 2021, Table 1)."""
 DEEPFRAP_DT_S = 0.265
 """Frame interval of the DeepFRAP data, s."""
 DEEPFRAP_RADIUS_PX = 15.0 / DEEPFRAP_PIXEL_UM

@@ -393,7 +393,7 @@ def default_d_range_px2_s(dt_s: float, radius_px: float) -> tuple[float, float]:
 
 
 def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float]):
-    """``FrapPrior`` for the starts and c0/alpha bounds, with D in px^2/s (pixel size 1).
+    """``FrapPrior`` for the starts and c0/alpha bounds, with D in px^2/s (no pixel size needed).
 
     D starts: DeepFRAP's prior (1.73-1732 px^2/s) rescaled like :func:`default_d_range_px2_s`,
     clipped into ``d_range_px2_s``; c0 in [0.5, 1] (bounds [0.25, 2]) around the normalised
@@ -407,7 +407,7 @@ def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float])
     lo, hi = max(lo, d_range_px2_s[0]), min(hi, d_range_px2_s[1])
     if not lo < hi:
         lo, hi = d_range_px2_s
-    return FrapPrior(d_um2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=1.0)
+    return FrapPrior(d_px2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=None)
 
 
 def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | None = None) -> FastCurveTable:

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fluojax.frap.models import (
+    DEEPFRAP_D_UM2_S,
     DEEPFRAP_PIXEL_UM,
     BleachGeometry,
     FastCurveTable,
@@ -63,6 +64,7 @@ from fluojax.frap.models import (
     recovery_curve_fast,
     simulate_images,
 )
+from fluojax.io import InputError
 
 __all__ = [
     "FrapPrior",
@@ -110,55 +112,101 @@ class FrapSample(NamedTuple):
 class FrapPrior:
     """Distribution of the simulated parameters (immutable, hashable: a static argument).
 
-    D and the ranges are stated at the interface in um^2/s; samples carry D in px^2/s.
-    Distributions: D log-uniform, c0 uniform, alpha uniform, a log-uniform, a' log-uniform when
-    its lower bound is positive, uniform when it is 0 (a constant when both bounds are equal).
+    D is held in px^2/s, the unit of the solver and of the samples; :meth:`from_um2_s` builds a
+    prior stated in um^2/s (as DeepFRAP's Table 1) from a pixel size. Distributions: D
+    log-uniform, c0 uniform, alpha uniform, a log-uniform, a' log-uniform when its lower bound is
+    positive, uniform when it is 0 (a constant when both bounds are equal).
 
     Attributes:
-        d_um2_s_range: (D_min, D_max) in um^2/s.
+        d_px2_s_range: (D_min, D_max) in px^2/s (default DeepFRAP's 1-1000 um^2/s at 0.7598 um
+            pixels: 1.7322-1732.2 px^2/s).
         c0_range: (min, max) of the prebleach intensity c0.
         alpha_range: (min, max) of the per-bleach-frame remaining fraction alpha.
         noise_a_range: (min, max) of the per-pixel constant variance a.
         noise_a_prime_range: (min, max) of the per-pixel proportional variance a'.
-        pixel_size_um: pixel side in um used to convert D to px^2/s.
+        pixel_size_um: pixel side in um that relates px^2/s to um^2/s (:attr:`d_um2_s_range`,
+            :func:`sample_d_um2_s`); None when the prior is not tied to a pixel size.
     """
 
-    d_um2_s_range: tuple[float, float] = (1.0, 1000.0)
+    d_px2_s_range: tuple[float, float] = (
+        d_um2_s_to_px2_s(DEEPFRAP_D_UM2_S[0], DEEPFRAP_PIXEL_UM),
+        d_um2_s_to_px2_s(DEEPFRAP_D_UM2_S[1], DEEPFRAP_PIXEL_UM),
+    )
     c0_range: tuple[float, float] = (0.5, 1.0)
     alpha_range: tuple[float, float] = (0.45, 0.95)
     noise_a_range: tuple[float, float] = (1e-4, 1e-2)
     noise_a_prime_range: tuple[float, float] = (0.0, 0.0)
-    pixel_size_um: float = DEEPFRAP_PIXEL_UM
+    pixel_size_um: float | None = DEEPFRAP_PIXEL_UM
 
-    def __post_init__(self):
-        for name in ("d_um2_s_range", "c0_range", "alpha_range", "noise_a_range", "noise_a_prime_range"):
-            lo, hi = getattr(self, name)
+    def __post_init__(self) -> None:
+        ranges = (
+            ("D", self.d_px2_s_range, "px^2/s"),
+            ("c0", self.c0_range, "intensity"),
+            ("alpha", self.alpha_range, ""),
+            ("a", self.noise_a_range, "intensity^2"),
+            ("a'", self.noise_a_prime_range, "intensity"),
+        )
+        for name, (lo, hi), unit in ranges:
             if not lo <= hi:
-                raise ValueError(f"{name} must be (min, max) with min <= max, got {(lo, hi)}")
-        if self.d_um2_s_range[0] <= 0 or self.noise_a_range[0] <= 0:
-            raise ValueError("D and a are log-uniform: their lower bounds must be positive")
+                raise InputError(
+                    f"prior range of {name} [{lo:g}, {hi:g}] {unit}: the minimum must not exceed the maximum"
+                )
+        if self.d_px2_s_range[0] <= 0 or self.noise_a_range[0] <= 0:
+            raise InputError(
+                f"prior lower bounds D {self.d_px2_s_range[0]:g} px^2/s, a {self.noise_a_range[0]:g} intensity^2: "
+                "must be positive (both are log-uniform)"
+            )
         if self.noise_a_prime_range[0] < 0:
-            raise ValueError("a' must be non-negative")
+            raise InputError(f"prior lower bound a' {self.noise_a_prime_range[0]:g} intensity: must be >= 0")
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise InputError(f"pixel size {self.pixel_size_um:g} um: must be > 0")
+
+    @classmethod
+    def from_um2_s(
+        cls, d_um2_s_range: tuple[float, float], pixel_size_um: float = DEEPFRAP_PIXEL_UM, **ranges
+    ) -> FrapPrior:
+        """A prior whose D range is stated in um^2/s: ``D_px = D_um / dx^2`` with dx = ``pixel_size_um``.
+
+        Arguments:
+            d_um2_s_range: (D_min, D_max) in um^2/s.
+            pixel_size_um: pixel side dx in um (default DeepFRAP's 0.7598 um).
+            **ranges: the other fields (``c0_range``, ``alpha_range``, ...).
+        """
+        lo, hi = d_um2_s_range
+        d_px2_s = (d_um2_s_to_px2_s(lo, pixel_size_um), d_um2_s_to_px2_s(hi, pixel_size_um))
+        return cls(d_px2_s_range=d_px2_s, pixel_size_um=pixel_size_um, **ranges)
 
     @classmethod
     def deepfrap(cls) -> FrapPrior:
-        """Seed Table 1: D log-uniform in [1e-12, 1e-9] m^2/s (= [1, 1000] um^2/s), c0 uniform in
-        [0.5, 1], alpha uniform in [0.45, 0.95], a log-uniform in [1e-4, 1e-2]; a' = 0 (seed §2.2,
-        §3); 0.7598 um pixels. (The predecessor generator, frap.md §1.3, used alpha in
-        [0.5, 0.95] and a + a'c noise; the paper's values are used here.)"""
-        return cls()
+        """DeepFRAP's prior (Wåhlstrand Skärström et al. 2021, Table 1): D log-uniform in
+        [1e-12, 1e-9] m^2/s (= [1, 1000] um^2/s, 1.7322-1732.2 px^2/s at 0.7598 um pixels), c0
+        uniform in [0.5, 1], alpha uniform in [0.45, 0.95], a log-uniform in [1e-4, 1e-2];
+        a' = 0. (Röding et al. 2019's generator used alpha in [0.5, 0.95] and a + a'c noise;
+        the DeepFRAP values are used here.)"""
+        return cls.from_um2_s(DEEPFRAP_D_UM2_S)
 
     @property
-    def d_px2_s_range(self) -> tuple[float, float]:
-        """(D_min, D_max) in px^2/s: (1.7322, 1732.2) for DeepFRAP."""
-        lo, hi = self.d_um2_s_range
-        return d_um2_s_to_px2_s(lo, self.pixel_size_um), d_um2_s_to_px2_s(hi, self.pixel_size_um)
+    def d_um2_s_range(self) -> tuple[float, float]:
+        """(D_min, D_max) in um^2/s: (1, 1000) for DeepFRAP.
+
+        Raises:
+            InputError: the prior has no pixel size.
+        """
+        pixel = _pixel_size(self)
+        lo, hi = self.d_px2_s_range
+        return d_px2_s_to_um2_s(lo, pixel), d_px2_s_to_um2_s(hi, pixel)
 
     @property
     def log10_d_px2_s_range(self) -> tuple[float, float]:
         """Range of the network target ``D* = log10(D / (px^2/s))``: (0.2386, 3.2386) for DeepFRAP."""
         lo, hi = self.d_px2_s_range
         return math.log10(lo), math.log10(hi)
+
+
+def _pixel_size(prior: FrapPrior) -> float:
+    if prior.pixel_size_um is None:
+        raise InputError("this prior has no pixel size: D is known in px^2/s only")
+    return prior.pixel_size_um
 
 
 def _uniform(key, batch: int, lo: float, hi: float):
@@ -206,7 +254,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
 
 def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> jax.Array:
     """D of a sample in um^2/s (``D_um = D_px dx^2``, dx the prior's pixel size)."""
-    return d_px2_s_to_um2_s(sample.params.d_px2_s, prior.pixel_size_um)
+    return d_px2_s_to_um2_s(sample.params.d_px2_s, _pixel_size(prior))
 
 
 # ----------------------------------------------------------------------------------------------
