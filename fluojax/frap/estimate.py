@@ -217,8 +217,8 @@ def fit_recovery_curves(
     if curves.ndim == 1:
         curves = curves[None]
     n_curves, n_values = curves.shape
-    if n_values != table.settings.n_frames:
-        raise ValueError(f"curves have {n_values} values; the table's settings give {table.settings.n_frames}")
+    if n_values != table.n_frames:
+        raise ValueError(f"curves have {n_values} values; the table's settings give {table.n_frames}")
     dtype = jnp.zeros(()).dtype
     curves = curves.astype(dtype)
     if noise_variance is None:

@@ -66,6 +66,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 __all__ = [
     "DEEPFRAP_DT_S",
@@ -422,9 +423,10 @@ def _concrete_or_none(x):
         return None
 
 
-def _require_value(x, expected: float, name: str, where: str) -> None:
-    value = _concrete_or_none(x)
-    if value is not None and not np.allclose(value, expected, rtol=0.0, atol=1e-12):
+def _require_value(x, expected, name: str, where: str) -> None:
+    """Refuse ``x != expected`` when both are concrete (under a trace nothing is checked)."""
+    value, target = _concrete_or_none(x), _concrete_or_none(expected)
+    if value is not None and target is not None and not np.allclose(value, target, rtol=0.0, atol=1e-12):
         raise ValueError(f"{where} requires {name} = {expected}, got {value}")
 
 
@@ -612,14 +614,13 @@ def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settin
 # ----------------------------------------------------------------------------------------------
 
 
-@partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["coeffs", "immobile", "roi_sum"],
-    meta_fields=["settings", "log_d_min", "log_d_max", "gamma_px", "tail"],
-)
-@dataclass(frozen=True)
-class FastCurveTable:
-    """Precomputed recovery-curve model for one geometry, settings and gamma (a pytree).
+class FastCurveTable(NamedTuple):
+    """Precomputed recovery-curve model for one geometry, settings and gamma (a pytree of arrays).
+
+    Every field is an array or a number, so a table passes through ``jax.jit`` and ``vmap`` as an
+    ordinary argument (no static part): the frame counts are the shapes of ``coeffs`` and
+    ``prebleach``, and the map from D to the Chebyshev variable uses the float64 constants
+    ``inv_d_mid`` and ``x_per_log_d`` computed when the table is built.
 
     Attributes:
         coeffs: (K, n_bleach + 1, n_postbleach) Chebyshev coefficients, in
@@ -627,26 +628,36 @@ class FastCurveTable:
             alpha-polynomial curves ``G_p(j; D)`` (c0 = 1).
         immobile: (n_bleach + 1,) immobile alpha-polynomial coefficients ``H_p``.
         roi_sum: scalar ``sum w`` (1 for normalised weights): the prebleach value per unit c0.
-        settings: the ``FrapSettings`` it was built for (static).
-        log_d_min, log_d_max: natural logs of the D range (px^2/s) covered (static).
-        gamma_px: the bleach blur baked into the table (static).
+        prebleach: (n_prebleach,) prebleach curve per unit c0 (``roi_sum`` in every frame).
+        log_d_min, log_d_max: natural logs of the D range covered, ln(D / (px^2/s)).
+        inv_d_mid: ``1 / D_mid`` in s/px^2, ``D_mid = sqrt(D_min D_max)``, so that
+            ``x = ln(D / D_mid) x_per_log_d``.
+        x_per_log_d: ``2 / (ln D_max - ln D_min)``.
+        gamma_px: the bleach blur (std, px) baked into the table.
         tail: max |coefficient| over the last 4 orders, an estimate of the interpolation error
-            in absolute intensity per unit c0 (static).
+            in absolute intensity per unit c0.
     """
 
-    coeffs: jax.Array | np.ndarray
-    immobile: jax.Array | np.ndarray
-    roi_sum: jax.Array | np.ndarray
-    settings: FrapSettings
-    log_d_min: float
-    log_d_max: float
-    gamma_px: float
-    tail: float
+    coeffs: Float[Array, "k p t"] | np.ndarray
+    immobile: Float[Array, " p"] | np.ndarray
+    roi_sum: Float[Array, ""] | np.ndarray | float
+    prebleach: Float[Array, " n_pre"] | np.ndarray
+    log_d_min: Float[Array, ""] | float
+    log_d_max: Float[Array, ""] | float
+    inv_d_mid: Float[Array, ""] | float
+    x_per_log_d: Float[Array, ""] | float
+    gamma_px: Float[Array, ""] | float
+    tail: Float[Array, ""] | float
 
     @property
     def d_range_px2_s(self) -> tuple[float, float]:
-        """The D range (px^2/s) inside which the table is accurate."""
+        """The D range (px^2/s) inside which the table is accurate (host tables only)."""
         return math.exp(self.log_d_min), math.exp(self.log_d_max)
+
+    @property
+    def n_frames(self) -> int:
+        """Recorded frames of a curve, ``n_prebleach + n_postbleach`` (from the array shapes)."""
+        return int(np.shape(self.prebleach)[0] + np.shape(self.coeffs)[2])
 
 
 def build_fast_curve_table(
@@ -693,7 +704,18 @@ def build_fast_curve_table(
     basis[0] *= 0.5
     coeffs = np.tensordot(basis, values, axes=(1, 0))
     tail = float(np.max(np.abs(coeffs[-4:]))) if k >= 4 else float("nan")
-    return FastCurveTable(coeffs, immobile, roi_sum, settings, lo, hi, float(gamma_px), tail)
+    return FastCurveTable(
+        coeffs=coeffs,
+        immobile=immobile,
+        roi_sum=roi_sum,
+        prebleach=np.full(settings.n_prebleach, roi_sum),
+        log_d_min=lo,
+        log_d_max=hi,
+        inv_d_mid=math.exp(-0.5 * (lo + hi)),
+        x_per_log_d=2.0 / (hi - lo),
+        gamma_px=float(gamma_px),
+        tail=tail,
+    )
 
 
 def _clenshaw(x, coeffs):
@@ -708,16 +730,13 @@ def _clenshaw(x, coeffs):
 
 @jax.jit
 def _recovery_curve_fast(params, table):
-    settings = table.settings
-    d = params.d_px2_s
     # ln(D / D_mid) rather than ln D - ln D_mid: no cancellation of two O(8) logs in float32
-    d_mid_inv = math.exp(-0.5 * (table.log_d_min + table.log_d_max))
-    x = jnp.log(d * d_mid_inv) * (2.0 / (table.log_d_max - table.log_d_min))
+    x = jnp.log(params.d_px2_s * table.inv_d_mid) * table.x_per_log_d
     mobile = _clenshaw(x, table.coeffs)  # (n_bleach + 1, n_post)
-    powers = _alpha_powers(params.alpha, settings.n_bleach)
+    powers = _alpha_powers(params.alpha, table.coeffs.shape[1] - 1)
     phi = params.mobile_fraction
     post = params.c0 * (phi * (powers @ mobile) + (1.0 - phi) * (powers @ table.immobile))
-    pre = jnp.full((settings.n_prebleach,), params.c0 * table.roi_sum, dtype=post.dtype)
+    pre = params.c0 * table.prebleach
     return jnp.concatenate([pre, post])
 
 

@@ -44,6 +44,7 @@ Timings, in s, are collected in a dict (``read``, ``table``, ``fit``) by the cal
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 import time
@@ -99,6 +100,7 @@ __all__ = [
     "roi_curve",
     "settings_summary",
     "square_window",
+    "status_name",
     "status_reason",
 ]
 
@@ -442,14 +444,28 @@ MAX_D_CI_RATIO = 10.0
 """Widest accepted 95 % interval of D, upper / lower: beyond a decade D is not determined."""
 
 
-class FrapStatus:
-    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`; FRAP adds two for fits that
-    converged but are not meaningful (see :func:`fit_status`)."""
+class FrapStatus(enum.IntEnum):
+    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`'s (same names and codes);
+    FRAP adds two for fits that converged but are not meaningful (see :func:`fit_status`)."""
 
-    NO_BLEACH = 6  # the bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1
-    UNDETERMINED = 7  # D's 95 % interval spans more than MAX_D_CI_RATIO, or has an open end
+    CONVERGED = fitlib.Status.CONVERGED
+    MAX_STEPS = fitlib.Status.MAX_STEPS
+    NON_FINITE = fitlib.Status.NON_FINITE
+    AT_BOUND = fitlib.Status.AT_BOUND
+    SOLVER_FAILED = fitlib.Status.SOLVER_FAILED
+    INVALID_DATA = fitlib.Status.INVALID_DATA
+    NO_BLEACH = 6
+    """The bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1."""
+    UNDETERMINED = 7
+    """D's 95 % interval spans more than :data:`MAX_D_CI_RATIO`, or has an open end."""
 
-    NAMES = {**{int(s): s.name for s in fitlib.Status}, 6: "NO_BLEACH", 7: "UNDETERMINED"}  # noqa: RUF012
+
+def status_name(code: int) -> str:
+    """The :class:`FrapStatus` name of a code (the code as text when it has none)."""
+    try:
+        return FrapStatus(int(code)).name
+    except ValueError:
+        return str(int(code))
 
 
 def fit_status(result) -> np.ndarray:
@@ -507,14 +523,14 @@ def status_reason(status: int, params, ci_lower, ci_upper) -> str:
         if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
             return f"D is not determined: its 95 % CI spans a factor {hi / lo:.3g} (more than {MAX_D_CI_RATIO:g})"
         return "D is not determined: its 95 % CI has an open end"
-    return f"the fit did not converge (status {FrapStatus.NAMES.get(status, status)})"
+    return f"the fit did not converge (status {status_name(status)})"
 
 
 def model_curve(params, table: FastCurveTable) -> np.ndarray:
     """The fast model curve at (D px^2/s, c0, alpha) (normalised units), NaN for NaN params."""
     params = np.asarray(params, np.float64)
     if not np.all(np.isfinite(params)):
-        return np.full(table.settings.n_frames, np.nan)
+        return np.full(table.n_frames, np.nan)
     return np.asarray(
         recovery_curve_fast(FrapParams(float(params[0]), float(params[1]), float(params[2])), table), np.float64
     )
@@ -570,11 +586,11 @@ def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um
     noise = float(result.noise_variance[0]) * scale**2
     model = model_curve(p, table) * scale
     return {
-        "status": FrapStatus.NAMES.get(status, str(status)),
+        "status": status_name(status),
         "status_code": status,
         "ok": fit_ok(status, p),
         "status_reason": status_reason(status, p, lo, hi) or None,
-        "engine_status": FrapStatus.NAMES.get(int(result.status[0])),
+        "engine_status": status_name(result.status[0]),
         "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
         "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
         "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),

@@ -390,11 +390,11 @@ def _require_table_compatible(params: FrapParams, table: FastCurveTable) -> None
     """Refuse (when the values are concrete) beta != 1 or gamma != table.gamma_px."""
     for value, expected, name in ((params.beta, 1.0, "beta"), (params.gamma_px, table.gamma_px, "gamma_px")):
         try:
-            concrete = np.asarray(value)
-        except Exception:
+            concrete, target = np.asarray(value), np.asarray(expected)
+        except Exception:  # a tracer: nothing to check
             continue
-        if not np.allclose(concrete, expected, rtol=0.0, atol=1e-6):
-            raise ValueError(f"simulate_curves: the fast table needs {name} = {expected}")
+        if not np.allclose(concrete, target, rtol=0.0, atol=1e-6):
+            raise InputError(f"{name} {concrete}: the fast-curve table was built for {name} = {target}")
 
 
 def simulate_curves(
