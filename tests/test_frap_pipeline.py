@@ -201,7 +201,7 @@ def test_default_pad_is_half_the_square_up_to_the_grid_limit():
     ("n", "pad", "message"),
     [
         (32, 129, "at most 4 x the 32-px square's side (128 px)"),
-        (1024, 600, "--pad 512 or less"),
+        (1024, 600, "a padding of 512 px or less"),
         (3000, None, "crop the stack"),
     ],
 )
@@ -212,5 +212,5 @@ def test_pads_beyond_the_bounds_are_refused_with_what_is_allowed(n, pad, message
 
 
 def test_prepare_stack_refuses_a_huge_pad_before_any_work():
-    with pytest.raises(InputError, match="--pad 3000"):
+    with pytest.raises(InputError, match="padding 3000 px"):
         pipeline.prepare_stack(_stack(), pipeline.CircleROI(16, 16, 6), 5, 2, 0.1, pad=3000)

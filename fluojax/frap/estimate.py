@@ -32,6 +32,7 @@ import numpy as np
 from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
 from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
+from fluojax.io import InputError
 
 __all__ = [
     "FrapFit",
@@ -218,7 +219,7 @@ def fit_recovery_curves(
         curves = curves[None]
     n_curves, n_values = curves.shape
     if n_values != table.n_frames:
-        raise ValueError(f"curves have {n_values} values; the table's settings give {table.n_frames}")
+        raise InputError(f"curves of {n_values} values: the table's settings give {table.n_frames} frames per curve")
     dtype = jnp.zeros(()).dtype
     curves = curves.astype(dtype)
     if noise_variance is None:
@@ -230,12 +231,12 @@ def fit_recovery_curves(
     lower, upper = frap_bounds(table, prior)
     if starts is None:
         if key is None:
-            raise ValueError("give a PRNG key for random starts, or explicit starts")
+            raise InputError("no PRNG key and no starts: random starts need a key (or give explicit starts)")
         starts = frap_starts(key, n_starts, table, prior).astype(dtype)
     else:
         starts = np.asarray(starts, np.float64)
         if starts.ndim not in (2, 3) or starts.shape[-1] != 3 or (starts.ndim == 3 and starts.shape[0] != n_curves):
-            raise ValueError(f"starts must be (K, 3) or ({n_curves}, K, 3), got {starts.shape}")
+            raise InputError(f"starts of shape {starts.shape}: expected (K, 3) or ({n_curves}, K, 3)")
         finite = np.isfinite(starts)
         starts = np.where(finite, starts, 0.5 * (lower + upper))
         inner_lo = np.array([lower[0] * 1.001, *(lower[1:] + 1e-6 * (upper[1:] - lower[1:]))])

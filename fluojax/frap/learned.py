@@ -60,6 +60,7 @@ from fluojax.frap.models import (
     circular_region,
 )
 from fluojax.frap.simulate import FrapPrior, roi_effective_pixels, sample_frap_params, simulate_curves
+from fluojax.io import InputError
 
 __all__ = [
     "BUILDERS",
@@ -277,8 +278,8 @@ def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: in
     curves = np.atleast_2d(np.asarray(curves, np.float32))
     n_values = int(meta["settings"]["n_prebleach"]) + int(meta["settings"]["n_postbleach"])
     if curves.shape[1] != n_values:
-        raise ValueError(
-            f"the network reads curves of {n_values} values (its training settings); got {curves.shape[1]}"
+        raise InputError(
+            f"curves of {curves.shape[1]} values: the network reads curves of {n_values} values (its training settings)"
         )
     out = networks.predict(net, curves, min(int(batch), max(curves.shape[0], 1))).astype(np.float64)
     scale = 1.0 if dt_s is None else float(meta["settings"]["dt_s"]) / float(dt_s)

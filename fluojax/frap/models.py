@@ -68,6 +68,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from fluojax.io import InputError
+
 __all__ = [
     "DEEPFRAP_DT_S",
     "DEEPFRAP_D_UM2_S",
@@ -220,9 +222,9 @@ class BleachGeometry(NamedTuple):
 def _normalised_weights(roi, shape) -> np.ndarray:
     w = np.asarray(roi, dtype=np.float64)
     if w.shape != shape:
-        raise ValueError(f"ROI weights have shape {w.shape}, expected {shape}")
+        raise InputError(f"ROI weights of shape {w.shape}: expected the image shape {shape} (pixels)")
     if np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("ROI weights must be non-negative with a positive sum")
+        raise InputError(f"ROI weights with minimum {w.min():g} and sum {w.sum():g}: must be >= 0 with a positive sum")
     return w / w.sum()
 
 
@@ -329,9 +331,11 @@ def custom_region(indicator, supersample: int = 1, roi=None) -> BleachGeometry:
     ind = np.asarray(indicator, dtype=np.float64)
     s = int(supersample)
     if ind.ndim != 2 or ind.shape[0] != ind.shape[1] or ind.shape[0] % s:
-        raise ValueError(f"indicator must be square with a side divisible by {s}, got {ind.shape}")
+        raise InputError(
+            f"bleach indicator of shape {ind.shape}: must be square with a side divisible by the supersampling {s}"
+        )
     if np.any(ind < 0) or np.any(ind > 1):
-        raise ValueError("indicator values must lie in [0, 1]")
+        raise InputError(f"bleach indicator values in [{ind.min():g}, {ind.max():g}]: must lie in [0, 1]")
     n = ind.shape[0] // s
     frac = ind.reshape(n, s, n, s).mean(axis=(1, 3))
     weights = _normalised_weights(frac if roi is None else roi, frac.shape)
@@ -427,7 +431,7 @@ def _require_value(x, expected, name: str, where: str) -> None:
     """Refuse ``x != expected`` when both are concrete (under a trace nothing is checked)."""
     value, target = _concrete_or_none(x), _concrete_or_none(expected)
     if value is not None and target is not None and not np.allclose(value, target, rtol=0.0, atol=1e-12):
-        raise ValueError(f"{where} requires {name} = {expected}, got {value}")
+        raise InputError(f"{name} {value}: {where} requires {name} = {target}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -686,9 +690,10 @@ def build_fast_curve_table(
     Returns:
         ``FastCurveTable`` (NumPy float64 leaves; cast to JAX's default float type when used).
     """
-    lo, hi = (math.log(float(v)) for v in d_range_px2_s)
-    if not hi > lo:
-        raise ValueError("d_range_px2_s must be increasing and positive")
+    d_min, d_max = (float(v) for v in d_range_px2_s)
+    if not 0 < d_min < d_max < math.inf:
+        raise InputError(f"D range [{d_min:g}, {d_max:g}] px^2/s: must be positive, finite and increasing")
+    lo, hi = math.log(d_min), math.log(d_max)
     k = int(n_nodes)
     theta = np.pi * (np.arange(k) + 0.5) / k
     d_nodes = np.exp(0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(theta))

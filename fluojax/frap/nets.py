@@ -44,6 +44,7 @@ from flax import nnx
 
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
+from fluojax.io import InputError
 from fluojax.networks import parameter_count  # re-exported: experiments/bench_frap.py uses nets.parameter_count
 import itertools
 
@@ -87,7 +88,8 @@ class DeepFrapConfig:
 
     def __post_init__(self):
         if min(self.inputs, self.width, self.hidden_layers, self.outputs) < 1:
-            raise ValueError("inputs, width, hidden_layers and outputs must be >= 1")
+            sizes = (self.inputs, self.width, self.hidden_layers, self.outputs)
+            raise InputError(f"network sizes (inputs, width, hidden layers, outputs) = {sizes}: each must be >= 1")
 
     @classmethod
     def paper(cls, per_parameter: bool = False) -> DeepFrapConfig:
@@ -164,7 +166,7 @@ class DeepFrapNet(nnx.Module):
 
     def __call__(self, curves: jax.Array) -> jax.Array:
         if curves.ndim != 2 or curves.shape[1] != self.config.inputs:
-            raise ValueError(f"DeepFrapNet expects curves of shape (batch, {self.config.inputs}), got {curves.shape}")
+            raise InputError(f"curves of shape {curves.shape}: DeepFrapNet reads (batch, {self.config.inputs})")
         h = curves.astype(jnp.float32)
         for layer in self.hidden:
             h = jax.nn.elu(layer(h))
@@ -246,5 +248,5 @@ def inverse_noise_weighted_mse(prediction: jax.Array, target: jax.Array) -> jax.
     """
     n_out = prediction.shape[-1]
     if target.shape[-1] != n_out + 1:
-        raise ValueError(f"targets must be (batch, {n_out} + 1) with the noise variance a last, got {target.shape}")
+        raise InputError(f"targets of shape {target.shape}: expected (batch, {n_out} + 1), the noise variance a last")
     return weighted_mse(prediction, target[:, :n_out], 1.0 / target[:, n_out])

@@ -185,11 +185,11 @@ def parse_roi(text: str) -> CircleROI:
     m = _CIRCLE.match(str(text).strip())
     if not m:
         raise InputError(
-            f"--roi {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7"
+            f"ROI {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7"
         )
     x, y, r = (float(v) for v in m.groups())
     if not r > 0:
-        raise InputError(f"--roi {text!r}: the radius must be positive")
+        raise InputError(f"ROI {text!r}: radius {r:g} px, must be > 0")
     return CircleROI(x, y, r)
 
 
@@ -216,7 +216,8 @@ def square_window(shape_yx: tuple[int, int], roi: CircleROI) -> tuple[int, int, 
     x0, y0 = origin(roi.x, nx), origin(roi.y, ny)
     if not (roi.x - roi.r >= x0 and roi.x + roi.r <= x0 + n and roi.y - roi.r >= y0 and roi.y + roi.r <= y0 + n):
         raise InputError(
-            f"--roi {roi.text()}: does not fit in a {n} x {n} square window of the {nx} x {ny} (X x Y) image"
+            f"ROI {roi.text()}: a disk of radius {roi.r:g} px does not fit in a {n} x {n} px square window "
+            f"of the {nx} x {ny} px (X x Y) image"
         )
     return x0, y0, n
 
@@ -245,16 +246,16 @@ def check_pad(n: int, pad: int | None) -> int:
         return max(0, min(n // 2, (MAX_GRID_PX - n) // 2))
     pad = int(pad)
     if pad < 0:
-        raise InputError(f"--pad {pad}: must be >= 0")
+        raise InputError(f"solver padding {pad} px: must be >= 0")
     if pad > MAX_PAD_FACTOR * n:
         raise InputError(
-            f"--pad {pad}: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
+            f"solver padding {pad} px: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
             f"a wider periodic domain changes nothing but the run time"
         )
     if n + 2 * pad > MAX_GRID_PX:
         raise InputError(
-            f"--pad {pad}: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px allowed "
-            f"(use --pad {(MAX_GRID_PX - n) // 2} or less; the table's cost grows as the grid's area)"
+            f"solver padding {pad} px: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px "
+            f"allowed (a padding of {(MAX_GRID_PX - n) // 2} px or less; the table's cost grows as the grid's area)"
         )
     return pad
 
@@ -263,7 +264,7 @@ def _roi_inside(shape_yx, roi: CircleROI) -> None:
     ny, nx = shape_yx
     if not (roi.x - roi.r >= 0 and roi.y - roi.r >= 0 and roi.x + roi.r <= nx and roi.y + roi.r <= ny):
         raise InputError(
-            f"--roi {roi.text()}: the circle is not fully inside the {nx} x {ny} (X x Y) image "
+            f"ROI {roi.text()}: the circle is not fully inside the {nx} x {ny} px (X x Y) image "
             f"(needs R <= X <= {nx} - R and R <= Y <= {ny} - R)"
         )
 
@@ -283,11 +284,11 @@ def check_stack(stack, roi: CircleROI, n_prebleach: int) -> None:
         raise InputError(f"expected a (frames, Y, X) stack, got shape {stack.shape}")
     frames = int(stack.shape[0])
     if n_prebleach < 1:
-        raise InputError(f"--prebleach {n_prebleach}: at least one prebleach frame is needed (it sets c0)")
+        raise InputError(f"{n_prebleach} prebleach frames: at least one is needed (it sets c0)")
     if frames - n_prebleach < MIN_POSTBLEACH:
         raise InputError(
-            f"{frames} frames but --prebleach {n_prebleach}: needs at least {n_prebleach + MIN_POSTBLEACH} "
-            f"frames ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)"
+            f"{frames} frames with {n_prebleach} prebleach frames: at least {n_prebleach + MIN_POSTBLEACH} "
+            f"frames are needed ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)"
         )
     _roi_inside(stack.shape[1:], roi)
 
@@ -362,9 +363,9 @@ def prepare_stack(
         InputError: see :func:`check_stack` and the module docstring.
     """
     if not (math.isfinite(dt_s) and dt_s > 0):
-        raise InputError(f"the frame interval must be positive (got {dt_s} s)")
+        raise InputError(f"frame interval {dt_s:g} s: must be > 0")
     if n_bleach < 1:
-        raise InputError(f"--bleach {n_bleach}: at least one bleach frame is needed")
+        raise InputError(f"{n_bleach} bleach frames: at least one is needed")
     check_stack(stack, roi, n_prebleach)
     x0, y0, n = square_window(stack.shape[1:], roi)
     settings = FrapSettings(
@@ -516,7 +517,7 @@ def status_reason(status: int, params, ci_lower, ci_upper) -> str:
         return (
             f"no bleach in the data: the fraction left per bleach frame, alpha = {params[2]:.4g} "
             f"(95 % CI up to {ci_upper[2]:.4g}), is indistinguishable from 1, so D is not measurable "
-            f"(check --prebleach, --bleach and the ROI)"
+            f"(check the numbers of prebleach and bleach frames and the ROI)"
         )
     if status == FrapStatus.UNDETERMINED:
         lo, hi = float(ci_lower[0]), float(ci_upper[0])
@@ -684,7 +685,7 @@ def predict_prepared(net, meta: dict, prepared: PreparedStack) -> NetworkPredict
         :class:`NetworkPrediction`.
 
     Raises:
-        ValueError: a curve of another length than the network reads.
+        InputError: a curve of another length than the network reads.
     """
     from fluojax.frap import learned
 
