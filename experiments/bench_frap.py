@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fluojax import fit
+from fluojax import fit, networks
 from fluojax.frap import estimate, models, nets, simulate
 
 SETTINGS = models.FrapSettings()  # DeepFRAP: N 256, M 128, 10/4/100 frames, dt 0.265 s
@@ -373,7 +373,7 @@ def bench_networks(rows, args):
             med,
             args.net_batch / med,
             None,
-            f"{nets.parameter_count(model):,} weights, untrained, float32",
+            f"{networks.parameter_count(model):,} weights, untrained, float32",
         )
 
 

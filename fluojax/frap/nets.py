@@ -34,9 +34,10 @@ which it equals for constant weights). ``train.py`` calls ``loss(prediction, tar
 (B, 4) = ``(D*, c0, alpha, a)`` as made by ``network_targets``.
 """
 
-from __future__ import annotations  # noqa: I001
+from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,6 @@ from flax import nnx
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
 from fluojax.io import InputError
-from fluojax.networks import parameter_count  # re-exported: experiments/bench_frap.py uses nets.parameter_count
-import itertools
 
 __all__ = [
     "TARGET_NAMES",
@@ -56,7 +55,6 @@ __all__ = [
     "expected_parameter_count",
     "inverse_noise_weighted_mse",
     "network_targets",
-    "parameter_count",
     "params_from_prediction",
     "weighted_mse",
 ]

@@ -65,6 +65,7 @@ from fluojax.frap.models import (
     simulate_images,
 )
 from fluojax.io import InputError
+from fluojax.networks import log_uniform
 
 __all__ = [
     "FrapPrior",
@@ -214,11 +215,6 @@ def _uniform(key, batch: int, lo: float, hi: float):
     return jax.random.uniform(key, (batch,), minval=lo, maxval=hi)
 
 
-def _log_uniform(key, batch: int, lo: float, hi: float):
-    """``exp(U[ln lo, ln hi])`` draws: ``log10`` of the result is uniform."""
-    return jnp.exp(_uniform(key, batch, math.log(lo), math.log(hi)))
-
-
 @partial(jax.jit, static_argnames=("batch", "prior"))
 def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior()) -> FrapSample:
     """Draw ``batch`` independent parameter sets from a prior (seed Table 1 by default).
@@ -239,7 +235,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
     log10_lo, log10_hi = prior.log10_d_px2_s_range
     d_px2_s = 10.0 ** _uniform(k_d, batch, log10_lo, log10_hi)
     ap_lo, ap_hi = prior.noise_a_prime_range
-    a_prime = _log_uniform(k_ap, batch, ap_lo, ap_hi) if ap_lo > 0 else _uniform(k_ap, batch, ap_lo, ap_hi)
+    a_prime = log_uniform(k_ap, (batch,), ap_lo, ap_hi) if ap_lo > 0 else _uniform(k_ap, batch, ap_lo, ap_hi)
     ones = jnp.ones((batch,))
     params = FrapParams(
         d_px2_s=d_px2_s,
@@ -249,7 +245,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
         beta=ones,
         gamma_px=jnp.zeros((batch,)),
     )
-    return FrapSample(params, PixelNoise(_log_uniform(k_a, batch, *prior.noise_a_range), a_prime))
+    return FrapSample(params, PixelNoise(log_uniform(k_a, (batch,), *prior.noise_a_range), a_prime))
 
 
 def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> jax.Array:
