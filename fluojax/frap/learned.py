@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,13 +81,11 @@ NETWORK_KIND = "deepfrap"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe(networks.Recipe):
-    """Everything needed to train one DeepFRAP network (immutable; a ``fluojax.networks.Recipe``).
+    """Everything needed to train one DeepFRAP network (immutable; a ``fluojax.networks.Recipe``
+    whose ``net`` is a ``nets.DeepFrapConfig``).
 
-    Attributes:
-        name: str, e.g. ``"deepfrap"``.
-        net: ``nets.DeepFrapConfig``.
-        train: ``fluojax.train.TrainConfig``.
-        prior: ``FrapPrior`` of the training curves (default seed Table 1).
+    Attributes, besides the base's ``name``, ``net`` and ``train``:
+        prior: ``FrapPrior`` of the training curves (default DeepFRAP's Table 1).
         settings: ``FrapSettings`` of the experiment (frame counts, dt in s, grid).
         radius_px: float, bleach-disk radius in pixels (centred in the image).
         stairs: int, number of equal learning-rate stairs after the warm-up (0: the config's
@@ -205,35 +203,32 @@ def _curve_sampler(recipe: Recipe, table: FastCurveTable, n_eff: float):
     return sample_curves
 
 
-def train_recipe(
-    recipe: Recipe | str,
-    run_dir: str | Path | None = None,
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-    progress: bool | None = None,
-    stop_after: int | None = None,
-):
+def train_recipe(recipe: Recipe | str, run_dir: str | Path | None = None, **options: Any):
     """Train a recipe's network on noisy recovery curves generated on the fly.
 
     Every step draws ``batch_size`` parameter sets from the prior and makes their noisy curves
     inside the compiled step (nothing is stored or reused); the loss is the 1/a-weighted MSE of
     (D*, c0, alpha) (``nets.inverse_noise_weighted_mse``); the held-out loss, on a fixed set of
-    ``eval_batches`` batches, is the seed's weighted "All" MSE (Tables 2-4).
+    ``eval_batches`` batches, is DeepFRAP's weighted "All" MSE (Wåhlstrand Skärström et al. 2021,
+    Tables 2-4).
 
     Arguments:
         recipe: ``Recipe`` or a name in ``RECIPES``.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
-        steps: override the number of steps (the schedule is compressed to fit).
-        seed: random seed of the training curves and the initial weights.
-        progress: progress bar (None: only on a terminal).
-        stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, as for
+            :func:`fluojax.networks.train_recipe`.
 
     Returns:
         (network, ``TrainHistory``).
+
+    Raises:
+        InputError: a name that is not in ``RECIPES``.
     """
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
+        recipe = RECIPES[recipe]
+    return networks.train_recipe(recipe, run_dir, **options)
 
 
 BUILDERS = {NETWORK_KIND: lambda meta: nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))}
@@ -293,10 +288,13 @@ class Refined(NamedTuple):
         fit: ``estimate.FrapFit`` of the LM fit started at the network's answer.
         residual_ratio: (B,) RSS at the network's answer / RSS of the refined fit (>= 1 up to
             rounding; ~1 when the network's answer is already the best fit; NaN if the fit failed).
+        start: (B, 3) the network's answer moved into the fit's bounds
+            (``estimate.start_in_bounds``): where the RSS of the numerator is taken.
     """
 
     fit: estimate.FrapFit
     residual_ratio: np.ndarray
+    start: np.ndarray
 
 
 @jax.jit
@@ -337,7 +335,7 @@ def refine(
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.all(np.isfinite(result.params), axis=1), at_start / at_fit, np.nan)
-    return Refined(result, ratio)
+    return Refined(result, ratio, clipped)
 
 
 # ----------------------------------------------------------------------------------------------

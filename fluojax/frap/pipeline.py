@@ -413,6 +413,11 @@ def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float])
     return FrapPrior(d_px2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=None)
 
 
+def _prior_of(prepared: PreparedStack, table: FastCurveTable):
+    """:func:`fit_prior` of a prepared stack and its table (the starts and bounds of every fit)."""
+    return fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
+
+
 def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | None = None) -> FastCurveTable:
     """``FastCurveTable`` of the prepared stack's geometry and settings (default D range from
     :func:`default_d_range_px2_s`)."""
@@ -429,10 +434,10 @@ def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: in
         ``fluojax.frap.estimate.FrapFit`` for one curve, **in normalised units** (c0 and the noise
         variance scale with ``prepared.scale`` and its square).
     """
-    from fluojax.frap.estimate import fit_recovery_curves
-
-    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
-    return fit_recovery_curves(prepared.normalised, table, key=jax.random.key(seed), n_starts=n_starts, prior=prior)
+    prior = _prior_of(prepared, table)
+    return estimate.fit_recovery_curves(
+        prepared.normalised, table, key=jax.random.key(seed), n_starts=n_starts, prior=prior
+    )
 
 
 def fit_ok(status: int, params) -> bool:
@@ -729,10 +734,10 @@ def refine_prepared(prepared: PreparedStack, table: FastCurveTable, prediction) 
     """
     from fluojax.frap import learned
 
-    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
-    refined = learned.refine(prepared.normalised[None], table, np.asarray(prediction)[None], prior=prior)
-    start = estimate.start_in_bounds(prediction, table, prior)  # where refine's fit began
+    refined = learned.refine(
+        prepared.normalised[None], table, np.asarray(prediction)[None], prior=_prior_of(prepared, table)
+    )
     ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
     return NetworkRefinement(
-        refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT
+        refined.fit, model_curve(refined.start[0], table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT
     )
