@@ -441,7 +441,7 @@ def main():
         "",
         f"DeepFRAP settings: {SETTINGS.n_pixels}^2 image, pad {SETTINGS.pad} (grid {SETTINGS.grid_size}^2), "
         f"{SETTINGS.n_prebleach}/{SETTINGS.n_bleach}/{SETTINGS.n_postbleach} frames, dt {SETTINGS.dt_s} s, "
-        f"disk r = {models.DEEPFRAP_RADIUS_PX:.3f} px; prior: seed Table 1.",
+        f"disk r = {models.DEEPFRAP_RADIUS_PX:.3f} px; prior: Wåhlstrand Skärström et al. 2021, Table 1.",
     ]
     print("\n".join(header), flush=True)
 

@@ -3,9 +3,10 @@
 The model is the fast tabulated curve ``recovery_curve_fast`` (mobile fraction 1, beta 1, the
 table's gamma), parameter vector ``theta = (D px^2/s, c0, alpha)``. Each curve is fitted by the
 generic engine (:func:`fluojax.fit.least_squares_multistart`) from ``n_starts`` random starts
-drawn from the prior (the paper's LS baseline: 30 random starts, best sum of squares kept;
-frap.md §1.2 — frap_matlab draws them uniformly in the bounds, here they come from the prior,
-which for D is log-uniform), vmapped over curves in jitted chunks.
+drawn from the prior (DeepFRAP's LS baseline, Wåhlstrand Skärström et al. 2021: 30 random
+starts, best sum of squares kept; ``frap_matlab`` draws them uniformly in the bounds, here they
+come from the prior, which for D is log-uniform; docs/frap.md, "5. Where we differ from the
+paper, and why"), vmapped over curves in jitted chunks.
 
 Bounds: D within the table's range (``table.d_range_px2_s``; outside it the Chebyshev sum is
 meaningless), fitted in log space; c0 in ``[c0_min / 2, 2 c0_max]`` and alpha in
@@ -128,8 +129,9 @@ def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effecti
     """Cramer-Rao bound on (D, c0, alpha) from one noisy recovery curve, for B curves at once.
 
     The curve values are independent Gaussians, ``F_t ~ N(mu_t(theta), v_t)`` with ``mu`` the
-    fast curve (seed eq. 6) and ``v_t = (a + a' c~_t) / n_eff`` (:func:`curve_noise_variance`,
-    normalised ROI weights). The Fisher information is ``I = J^T diag(1/v) J`` with
+    fast curve (Wåhlstrand Skärström et al. 2021, eq. 6) and ``v_t = (a + a' c~_t) / n_eff``
+    (:func:`curve_noise_variance`, normalised ROI weights). The Fisher information is
+    ``I = J^T diag(1/v) J`` with
     ``J = d mu / d theta`` by forward-mode autodiff (:func:`fluojax.fit.crlb`), and the bound is
     ``sqrt(diag I^-1)``. Exact for a' = 0 (DeepFRAP's Table 1 noise); for a' > 0 it leaves out the
     information in the variance's dependence on theta (a lower bound on I, so a looser bound).

@@ -1,31 +1,31 @@
 """DeepFRAP as users run it: training recipes, predictions on recovery curves, the hybrid, a check.
 
+DeepFRAP is Wåhlstrand Skärström et al. 2021 (J. Microsc. 282:146); "the paper" below.
+
 A *recipe* names a network size (``fluojax.frap.nets``), the prior its training curves are drawn
-from (``FrapPrior``, seed Table 1), the experiment it is trained for (``FrapSettings`` and the
-bleach radius: the network only understands curves of that geometry and length) and the training
-schedule. :func:`train_recipe` trains it with :func:`fluojax.train.train` on noisy recovery
-curves generated inside every compiled step from the fast tabulated solver
+from (``FrapPrior``, Wåhlstrand Skärström et al. 2021, Table 1), the experiment it is trained for
+(``FrapSettings`` and the bleach radius: the network only understands curves of that geometry and
+length) and the training schedule. :func:`train_recipe` trains it with :func:`fluojax.train.train`
+on noisy recovery curves generated inside every compiled step from the fast tabulated solver
 (``recovery_curve_fast`` + curve-level noise, the exact distribution of the image pipeline's ROI
-curve, ``fluojax.frap.simulate``), with DeepFRAP's loss weighted by 1/a (seed eq. 9).
+curve, ``fluojax.frap.simulate``), with DeepFRAP's loss weighted by 1/a
+(Wåhlstrand Skärström et al. 2021, eq. 9).
 
 Recipes:
 
 ``deepfrap`` / ``deepfrap-merged``
-    The seed's joint network (130,179 weights) and its merged per-parameter variant (389,763),
-    batch 1024, trained with Adam, learning rate 1e-3 -> 1e-5 in six log-linear stairs. The seed
-    used SGD with momentum 0.99, a warm-up 1e-3 -> 1e-1 over 50 epochs and stairs of
-    log10 lr = -1, -1.25, ... (§3.2). With our loss, whose 1/a weights are normalised to mean 1
-    per batch (the scale of a plain MSE), that optimizer diverges: with the warm-up compressed
-    to 8 steps the loss was NaN before step 100, with an 800-step ramp before step 200 (lr
-    <= 0.025). The seed's weights, normalised to sum 1 over the 2^20 curves, may have scaled
-    its loss, and so its effective rate, far down; Adam is insensitive to that scale (and
+    The paper's joint network (130,179 weights) and its merged per-parameter variant (389,763),
+    batch 1024, trained with Adam, learning rate 1e-3 -> 1e-5 in six log-linear stairs, 4e5 steps
+    (~4e8 fresh curves). The paper used SGD with momentum 0.99, a warm-up 1e-3 -> 1e-1 over 50
+    epochs and stairs of log10 lr = -1, -1.25, ..., for 48,000 epochs of 2^20 curves. With our
+    loss, whose 1/a weights are normalised to mean 1 per batch (the scale of a plain MSE), that
+    optimizer diverges (docs/frap.md, "2. Estimators"; the runs are in docs/benchmarks.md). The
+    paper's weights, normalised to sum 1 over the 2^20 curves, may have scaled its loss, and so
+    its effective rate, far down; Adam is insensitive to that scale (and
     ``TrainConfig(optimizer="sgd", momentum=0.99, warmup_fraction=...)`` remains available).
-    The seed's run was 48,000 epochs of 2^20 curves (~4.9e7 steps); the default here is 4e5
-    steps (~4e8 fresh curves, ~390 epochs' worth), a GPU budget of minutes. ``--steps``
-    compresses the schedule (six equal stairs).
+    A shorter run (``steps``) compresses the schedule (six equal stairs).
 ``deepfrap-small``
-    3 hidden layers of 64, Adam 3e-3 -> 1e-4, batch 256, 3,000 steps: trains on a 2-core CPU in
-    about a minute (tests, quick looks).
+    3 hidden layers of 64, Adam 3e-3 -> 1e-4, batch 256, 3,000 steps, for tests and quick looks.
 
 Units: the network reads the 110 ROI values in the intensity units of the training data (c0 in
 [0.5, 1]) and returns ``D* = log10(D / (px^2/s))``, c0 and alpha; :func:`predict_curves` gives
@@ -127,7 +127,7 @@ class Recipe(networks.Recipe):
 
 
 def _paper_schedule(steps: int) -> training.TrainConfig:
-    """The seed's batch (1024) with Adam, 1e-3 -> 1e-5 in six stairs (see the module docstring)."""
+    """The paper's batch (1024) with Adam, 1e-3 -> 1e-5 in six stairs (see the module docstring)."""
     return training.TrainConfig(
         steps=steps,
         batch_size=1024,
@@ -146,7 +146,7 @@ def _paper_recipe(name: str, per_parameter: bool) -> Recipe:
         nets.DeepFrapConfig.paper(per_parameter=per_parameter),
         _paper_schedule(400_000),
         stairs=6,
-        description="seed network and batch, Adam, 4e5 steps (GPU)",
+        description="DeepFRAP's network and batch, Adam, 4e5 steps (GPU)",
     ).with_steps(400_000)
 
 
@@ -182,7 +182,7 @@ def deepfrap_table(
     """The fast-curve table of a centred bleach disk, and its effective ROI pixel count n_eff.
 
     D range 1-3000 px^2/s (covers the DeepFRAP prior, 1.73-1732 px^2/s). Cached per process:
-    building costs ~10 s on a 2-core CPU at DeepFRAP settings.
+    building costs K = 64 spectral solves on the (N + 2M)^2 grid.
 
     Returns:
         (``FastCurveTable``, n_eff).
@@ -354,14 +354,14 @@ def comparison_estimators(
 ) -> dict:
     """Estimators of (D px^2/s, c0, alpha) from curves, for ``fluojax.compare``.
 
-    ``ls-{n_starts}start``: multistart least squares (the seed's baseline, 30 starts);
+    ``ls-{n_starts}start``: multistart least squares (the paper's baseline, 30 starts);
     with a network, ``deepfrap``: its prediction, and ``hybrid``: one LM fit started there.
 
     Arguments:
         table: ``FastCurveTable`` of the simulated experiment.
         net, meta: optional network and its checkpoint meta (from :func:`load_network`).
         n_starts: random starts of the LS baseline.
-        seed: seed of the LS starts.
+        seed: random seed of the LS starts.
         chunk: curves per compiled LS call (default: the fitting engine's).
 
     Returns:

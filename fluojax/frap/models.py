@@ -1,18 +1,22 @@
 """FRAP forward models: a spectral solver of the 2D diffusion equation with bleach frames.
 
-The model is the numerical FRAP model of DeepFRAP (seed 001, Methods §2.1; originally Röding et al.,
-Biophys J 2019, code ``roding/frap_matlab``; details in ``frap.md`` §1.2):
+The model is the numerical FRAP model of DeepFRAP (Wåhlstrand Skärström et al. 2021, J. Microsc.
+282:146; originally Röding et al. 2019, Biophys. J. 116:1348, code ``roding/frap_matlab``; the
+units and conventions are summarised in docs/frap.md, "1. Model and units"):
 
 * Concentration ``c(x, y, t)`` of fluorescent molecules (dimensionless intensity units; c0 before
-  bleaching) obeys ``dc/dt = D (d^2/dx^2 + d^2/dy^2) c`` (seed eq. 2) on a periodic square of
+  bleaching) obeys ``dc/dt = D (d^2/dx^2 + d^2/dy^2) c`` (Wåhlstrand Skärström et al. 2021, eq. 2)
+  on a periodic square of
   ``L = N + 2M`` pixels: the ``N x N`` image plus a padding of ``M`` pixels on each side.
 * In Fourier space every mode is an independent ODE, ``d c^(xi, eta)/dt = -(xi^2 + eta^2) D c^``
-  (seed eq. 3), solved exactly over one frame interval ``dt``:
-  ``c^(t + dt) = exp(-(xi^2 + eta^2) D dt) c^(t)`` (seed eq. 4), with ``xi = 2 pi k / L`` for the
-  integer ``k`` of the FFT (the continuous Laplacian symbol, not a finite-difference stencil).
-  D is in pixel^2/s internally; ``d_um2_s_to_px2_s`` / ``d_px2_s_to_um2_s`` convert.
+  (Wåhlstrand Skärström et al. 2021, eq. 3), solved exactly over one frame interval ``dt``:
+  ``c^(t + dt) = exp(-(xi^2 + eta^2) D dt) c^(t)`` (Wåhlstrand Skärström et al. 2021, eq. 4), with
+  ``xi = 2 pi k / L`` for the integer ``k`` of the FFT (the continuous Laplacian symbol, not a
+  finite-difference stencil). D is in pixel^2/s internally; ``d_um2_s_to_px2_s`` /
+  ``d_px2_s_to_um2_s`` convert.
 * Bleaching is a pointwise multiplication in real space by ``m = 1 - (1 - alpha) B``: ``alpha``
-  (the fraction left after one bleach frame) inside the bleach region, 1 outside (seed eq. 1).
+  (the fraction left after one bleach frame) inside the bleach region, 1 outside
+  (Wåhlstrand Skärström et al. 2021, eq. 1).
   ``B`` is the area-fraction indicator of the region (anti-aliased), optionally blurred by a
   Gaussian of standard deviation ``gamma`` pixels (finite bleach resolution).
 * Frame order (as in ``frap_matlab/signal_d.m``): every frame — prebleach, bleach or postbleach —
@@ -25,10 +29,10 @@ Biophys J 2019, code ``roding/frap_matlab``; details in ``frap.md`` §1.2):
   D).
 * Mobile fraction ``phi``: the field starts as ``phi c0`` (mobile, diffusing) plus
   ``(1 - phi) c0`` (immobile, only bleached).
-* Recovery curve (seed eq. 6): ``F(t) = sum_xy w(x, y) c(x, y, t)`` with ``w`` the area-fraction
-  indicator of the *unblurred* bleach region over the ``N x N`` image, normalised to sum 1 (or any
-  user ROI weights). Prebleach and postbleach values are returned together (``n_prebleach +
-  n_postbleach`` values; 10 + 100 = 110 in DeepFRAP).
+* Recovery curve (Wåhlstrand Skärström et al. 2021, eq. 6): ``F(t) = sum_xy w(x, y) c(x, y, t)``
+  with ``w`` the area-fraction indicator of the *unblurred* bleach region over the ``N x N`` image,
+  normalised to sum 1 (or any user ROI weights). Prebleach and postbleach values are returned
+  together (``n_prebleach + n_postbleach`` values; 10 + 100 = 110 in DeepFRAP).
 
 Three evaluators of the same model:
 
@@ -49,7 +53,8 @@ All evaluators are pure JAX functions of pytrees: jit-, vmap- and grad-able in D
 beta (full solver) and gamma (full and spectral solvers). Static settings (grid, frame counts, dt)
 live in the hashable ``FrapSettings``; region shapes are host-side (NumPy) constructions.
 
-Measurement noise (variance ``a + a' c`` per pixel, seed eq. 5) is not part of these models.
+Measurement noise (variance ``a + a' c`` per pixel, Wåhlstrand Skärström et al. 2021, eq. 5) is not
+part of these models.
 
 Pixel coordinates: image pixel ``(row i, column j)`` covers ``[j, j + 1] x [i, i + 1]``, so the
 default centre ``(N/2, N/2)`` lies on the corner shared by the four central pixels (as in
@@ -92,9 +97,11 @@ __all__ = [
 ]
 
 DEEPFRAP_PIXEL_UM = 0.7598
-"""Pixel size of the DeepFRAP data, um (seed §3: 0.7598 um, 194.5 um field of view)."""
+"""Pixel size of the DeepFRAP data, um (0.7598 um, 194.5 um field of view;
+Wåhlstrand Skärström et al. 2021)."""
 DEEPFRAP_D_UM2_S = (1.0, 1000.0)
-"""DeepFRAP's prior range of D, um^2/s (1e-12 to 1e-9 m^2/s; Wåhlstrand Skärström et al. 2021, Table 1)."""
+"""DeepFRAP's prior range of D, um^2/s (1e-12 to 1e-9 m^2/s; Wåhlstrand Skärström et al. 2021,
+Table 1)."""
 DEEPFRAP_DT_S = 0.265
 """Frame interval of the DeepFRAP data, s."""
 DEEPFRAP_RADIUS_PX = 15.0 / DEEPFRAP_PIXEL_UM
@@ -136,8 +143,8 @@ def d_px2_s_to_um2_s(d_px2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
 class FrapSettings:
     """Static settings of the solver (hashable; pass as a static argument under jit).
 
-    Defaults are DeepFRAP's (seed §3): 256 x 256 images, padding 128, 10 prebleach, 4 bleach and
-    100 postbleach frames, 0.265 s between frames.
+    Defaults are DeepFRAP's (Wåhlstrand Skärström et al. 2021): 256 x 256 images, padding 128, 10
+    prebleach, 4 bleach and 100 postbleach frames, 0.265 s between frames.
 
     Attributes:
         n_pixels: int, image side N in pixels.
@@ -188,7 +195,8 @@ class FrapParams(NamedTuple):
         d_px2_s: D, diffusion coefficient in pixel^2/s (``d_um2_s_to_px2_s`` converts).
         c0: initial (prebleach) concentration, dimensionless intensity units.
         alpha: bleach parameter, fraction of the concentration left inside the bleach region after
-            one bleach frame (seed eq. 1); applied once per bleach frame. In (0, 1].
+            one bleach frame (Wåhlstrand Skärström et al. 2021, eq. 1); applied once per bleach
+            frame. In (0, 1].
         mobile_fraction: phi in [0, 1]; the immobile part ``(1 - phi) c0`` never diffuses but is
             bleached by the same masks. Default 1 (DeepFRAP).
         beta: fraction left per recorded or bleach frame by imaging bleach, applied inside the
@@ -211,8 +219,9 @@ class BleachGeometry(NamedTuple):
     Attributes:
         indicator: (N, N) array in [0, 1], area fraction of each pixel inside the bleach region
             (the bleach mask is ``1 - (1 - alpha) * blur_gamma(indicator)``, zero-padded by M).
-        roi_weights: (N, N) array, weights ``w`` of the recovery curve ``F = sum w c`` (seed eq. 6);
-            by default the unblurred indicator normalised to sum 1.
+        roi_weights: (N, N) array, weights ``w`` of the recovery curve ``F = sum w c``
+            (Wåhlstrand Skärström et al. 2021, eq. 6); by default the unblurred indicator normalised
+            to sum 1.
     """
 
     indicator: jax.Array | np.ndarray
@@ -401,7 +410,8 @@ def _pad(image, settings: FrapSettings):
 
 
 def _fft_diffuse(field, decay, size: int):
-    """One exact diffusion step (seed eq. 4) of a real field via real FFTs."""
+    """One exact diffusion step of a real field via real FFTs (Wåhlstrand Skärström et al. 2021,
+    eq. 4)."""
     return jnp.fft.irfft2(jnp.fft.rfft2(field) * decay, s=(size, size))
 
 
@@ -410,8 +420,9 @@ def _blurred_indicator(indicator, gamma_px, settings: FrapSettings):
 
     Spectral multiplier ``exp(-gamma^2 |xi|^2 / 2)``: the same as letting the indicator diffuse
     for ``D t = gamma^2 / 2``, which is why a blurred single bleach equals a sharp one observed
-    ``gamma^2 / (2 D)`` later (frap.md §4.5). ``frap_matlab`` blurs a 15x supersampled mask with a
-    truncated kernel before box downsampling instead; the two differ at the sub-pixel level.
+    ``gamma^2 / (2 D)`` later (tests/test_frap_models.py checks this). ``frap_matlab`` blurs a 15x
+    supersampled mask with a truncated kernel before box downsampling instead; the two differ at the
+    sub-pixel level.
     """
     size = settings.grid_size
     lam = _const(_spectral_grid(size)[0])
@@ -477,12 +488,14 @@ def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: Frap
     """Simulated FRAP image sequence: the recorded prebleach and postbleach frames.
 
     Starting from ``c = c0`` (``phi c0`` mobile, ``(1 - phi) c0`` immobile) on the ``L x L``
-    periodic grid, each frame applies ``c^ <- exp(-D |xi|^2 dt) c^`` to the mobile field (seed
-    eqs. 3-4; real FFTs, so the field stays real — ``frap_matlab`` takes ``abs`` of a complex
-    inverse FFT instead) and then multiplies both fields by the frame's mask: the imaging mask
+    periodic grid, each frame applies ``c^ <- exp(-D |xi|^2 dt) c^`` to the mobile field
+    (Wåhlstrand Skärström et al. 2021, eqs. 3-4; real FFTs, so the field stays real —
+    ``frap_matlab`` takes ``abs`` of a complex inverse FFT instead) and then multiplies both fields
+    by the frame's mask: the imaging mask
     ``1 + (beta - 1) 1_window`` for recorded frames, and additionally the bleach mask
-    ``1 - (1 - alpha) B_gamma`` (seed eq. 1) for the ``n_bleach`` unrecorded bleach frames. The
-    output is ``mobile + immobile`` cropped to the central ``N x N`` window.
+    ``1 - (1 - alpha) B_gamma`` (Wåhlstrand Skärström et al. 2021, eq. 1) for the ``n_bleach``
+    unrecorded bleach frames. The output is ``mobile + immobile`` cropped to the central ``N x N``
+    window.
 
     Arguments:
         params: ``FrapParams`` (D in px^2/s, c0, alpha, phi, beta, gamma in px); scalar leaves.
@@ -496,7 +509,8 @@ def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: Frap
 
 
 def recovery_curve(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
-    """Recovery curve ``F(t) = sum_xy w(x, y) c(x, y, t)`` (seed eq. 6) from the full solver.
+    """Recovery curve ``F(t) = sum_xy w(x, y) c(x, y, t)`` (Wåhlstrand Skärström et al. 2021, eq. 6)
+    from the full solver.
 
     Same time stepping as ``simulate_images`` (one FFT pair per frame), reduced to the ROI mean
     per recorded frame instead of storing the images.
@@ -595,8 +609,9 @@ def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settin
     ``F_j = c0 sum_p alpha^p [phi G_p(j; D, gamma) + (1 - phi) H_p(gamma)]``, p = 0..n_bleach,
     where ``G_p(j) = sum_lambda W_p(lambda) exp(-D lambda j dt)`` is a sum of decaying
     exponentials over the distinct ``lambda = |xi|^2`` (weights from the spectrum of the
-    alpha^p coefficient field after the last bleach frame times the ROI spectrum, seed eqs. 4 and
-    6) and ``H_p = C(n, p) sum w B^p (1 - B)^(n - p)`` is the immobile part. Costs about
+    alpha^p coefficient field after the last bleach frame times the ROI spectrum,
+    Wåhlstrand Skärström et al. 2021, eqs. 4 and 6) and ``H_p = C(n, p) sum w B^p (1 - B)^(n - p)``
+    is the immobile part. Costs about
     ``(n_bleach + 1)(n_bleach + 2)`` real FFTs of the ``L x L`` grid, versus two per frame for
     ``recovery_curve``; agrees with it to rounding (about 1e-13 in float64).
 
@@ -677,7 +692,7 @@ def build_fast_curve_table(
     of ``ln D``; they are evaluated in float64 at the K Chebyshev points of the first kind
     ``x_k = cos(pi (k + 1/2) / K)`` of the interval and converted to Chebyshev coefficients. The
     default (1 to 3000 px^2/s, K = 64) covers DeepFRAP's prior (1.73 to 1732 px^2/s) with margin.
-    Building at DeepFRAP settings takes of order 10 s on a 2-core CPU (K spectral solves).
+    Building costs K spectral solves (``recovery_curve_spectral`` without the alpha sum).
 
     Arguments:
         geometry: ``BleachGeometry``.
@@ -752,8 +767,8 @@ def recovery_curve_fast(params: FrapParams, table: FastCurveTable):
     ``F_j = c0 sum_p alpha^p [phi sum_n a_{n,p,j} T_n(x(D)) + (1 - phi) H_p]``. Exact in c0,
     alpha and phi; in D it interpolates the exact (spectral) solution, with an error of order
     ``table.tail`` inside ``table.d_range_px2_s``. Per curve this is about
-    ``3 K (n_bleach + 1) n_postbleach`` flops (about 1e5 at DeepFRAP settings with K = 64); under
-    ``jax.jit(jax.vmap(...))`` a 2-core CPU evaluates of order 1e5 curves/s (batch 4096, float32).
+    ``3 K (n_bleach + 1) n_postbleach`` flops (about 1e5 at DeepFRAP settings with K = 64); batch
+    it under ``jax.jit(jax.vmap(...))`` (rates in docs/benchmarks.md).
 
     Accuracy at DeepFRAP settings (default table) against the float64 image solver: about 1e-13
     relative when evaluated in float64 (x64), and below 1e-6 relative in float32 (worst case

@@ -5,7 +5,8 @@ The steps behind ``fluojax frap fit`` (and the data side of ``fluojax frap predi
 1. **ROI** ``circle:X,Y,R`` (:func:`parse_roi`) in pixel coordinates of the stack: x = column,
    y = row, pixel j spans ``[j, j + 1]`` (so pixel centres are at ``j + 1/2``, as in ImageJ and in
    :mod:`fluojax.frap.models`); R in pixels. The circle must lie fully inside the image. It is
-   both the bleach region of the model and the ROI of the recovery curve (DeepFRAP, seed eq. 6).
+   both the bleach region of the model and the ROI of the recovery curve (DeepFRAP:
+   Wåhlstrand Skärström et al. 2021, eq. 6).
 2. **Square window.** The solver works on an ``N x N`` image (plus ``pad`` pixels on each side,
    periodic). A square stack is used whole (``N`` = its side). A non-square ``Y x X`` stack is
    cropped to the ``N x N`` square, ``N = min(Y, X)``, that contains the ROI and is centred on it
@@ -121,12 +122,12 @@ MAX_PAD_FACTOR = 4
 apart, far beyond the region the data describe; a wider domain changes nothing but the cost."""
 MAX_GRID_PX = 2048
 """Largest solver grid side ``N + 2 pad``. Building the table costs K spectral solves on the
-grid, ~ L^2 log L: about 10 s at DeepFRAP's 512 px on a 2-core CPU, so minutes at 2048 px and
-most of an hour at 6000 px."""
+grid, each ~ L^2 log L: ~20 times the cost of DeepFRAP's 512 px grid at 2048 px, ~190 times at
+6000 px (timings in docs/benchmarks.md)."""
 TABLE_NODES = 48
 """Chebyshev nodes of the fit's table: over the default 5.5 decades of D its error estimate is
-~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve, and the
-LM compiles ~25 % faster than with 64."""
+~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve; fewer
+nodes make a smaller Levenberg-Marquardt program to compile."""
 
 
 class CircleROI(NamedTuple):
@@ -313,7 +314,8 @@ def _check_values(stack, window_data: np.ndarray, inside: np.ndarray, n_prebleac
 
 
 def roi_curve(window_data: np.ndarray, geometry: BleachGeometry) -> np.ndarray:
-    """Weighted ROI mean of every frame, ``F(t) = sum_xy w(x, y) I(x, y, t)`` (seed eq. 6).
+    """Weighted ROI mean of every frame, ``F(t) = sum_xy w(x, y) I(x, y, t)``
+    (Wåhlstrand Skärström et al. 2021, eq. 6).
 
     Arguments:
         window_data: (T, N, N) intensities (any units).

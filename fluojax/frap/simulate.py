@@ -1,20 +1,21 @@
 """Noisy FRAP data: DeepFRAP's parameter prior, per-pixel noise, image- and curve-level simulation.
 
-DeepFRAP (seed 001, §3.1) trains on recovery curves made in three steps: draw (D, c0, alpha, a)
-from the distributions of its Table 1, simulate the image sequence with the spectral solver
-(``fluojax.frap.models``), add independent Gaussian noise to every pixel of every recorded frame,
-and take the ROI mean (seed eq. 6) of each frame. This module provides those steps and a much
-cheaper equivalent that never forms an image.
+DeepFRAP (Wåhlstrand Skärström et al. 2021, J. Microsc. 282:146) trains on recovery curves made in
+three steps: draw (D, c0, alpha, a) from the distributions of its Table 1, simulate the image
+sequence with the spectral solver (``fluojax.frap.models``), add independent Gaussian noise to every
+pixel of every recorded frame, and take the ROI mean (Wåhlstrand Skärström et al. 2021, eq. 6) of
+each frame. This module provides those steps and a much cheaper equivalent that never forms an
+image.
 
-Noise model (seed eq. 5). Pixel (x, y) of a recorded frame at time t is
+Noise model (Wåhlstrand Skärström et al. 2021, eq. 5). Pixel (x, y) of a recorded frame at time t is
 
     I(x, y, t) = c(x, y, t) + sqrt(a + a' c(x, y, t)) z,    z ~ N(0, 1) independent,
 
 with ``a`` a constant variance and ``a'`` a variance per unit intensity (Poisson-like), both in
 the dimensionless intensity units of c (c0 in [0.5, 1]). DeepFRAP sets ``a' = 0`` and draws ``a``
-per sample; ``a`` is a *per-pixel* variance (frap.md §1.3: only then is the paper's least-squares
-MSE for c0, Table 2, reachable — noise of variance ``a`` on the 110 curve values would give an MSE
-three orders of magnitude larger).
+per sample; ``a`` is a *per-pixel* variance (docs/frap.md, "1. Model and units": only then is the
+paper's least-squares MSE for c0, its Table 2, reachable — noise of variance ``a`` on the 110 curve
+values would give an MSE three orders of magnitude larger).
 
 Curve-level noise. The ROI curve ``F(t) = sum_xy w c`` (weights w, ``S = sum w``, 1 by default) of
 the noisy images is ``F(t) + e(t)`` with independent Gaussian ``e(t)`` of variance
@@ -30,12 +31,13 @@ exactly (a second ``FastCurveTable`` built on the squared weights, see
 uniform ROI, and at DeepFRAP settings within 8 % (slow D, alpha = 0.45) to 0.03 % (fast D)
 of the exact ``c~`` after the bleach (the a'-term only). Because the image noise is Gaussian
 and independent, curve-level simulation with this variance has exactly the distribution of the
-image-level pipeline (same mean and covariance, Gaussian), at about a millionth of its cost
-(DeepFRAP settings, 2 CPU cores: ~1.3 s per image sequence, ~2e5 curves/s).
+image-level pipeline (same mean and covariance, Gaussian), at a tiny fraction of its cost (no
+FFT per frame; rates in docs/benchmarks.md).
 
 Units: the prior is stated in um^2/s (SI 1e-12 m^2/s = 1 um^2/s); ``FrapParams.d_px2_s`` is in
 pixel^2/s (``d_um2_s_to_px2_s`` with the prior's pixel size); network targets use
-``D* = log10(D / (px^2/s))``, uniform on [0.2386, 3.2386] for DeepFRAP (seed §3.1).
+``D* = log10(D / (px^2/s))``, uniform on [0.2386, 3.2386] for DeepFRAP
+(Wåhlstrand Skärström et al. 2021).
 
 Every function is pure and deterministic for a (typed, ``jax.random.key``) PRNG key; leaves of
 ``FrapParams`` / ``PixelNoise`` may carry any common batch shape (the solvers are vmapped over it).
@@ -217,11 +219,13 @@ def _uniform(key, batch: int, lo: float, hi: float):
 
 @partial(jax.jit, static_argnames=("batch", "prior"))
 def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior()) -> FrapSample:
-    """Draw ``batch`` independent parameter sets from a prior (seed Table 1 by default).
+    """Draw ``batch`` independent parameter sets from a prior (Wåhlstrand Skärström et al. 2021,
+    Table 1 by default).
 
     ``log10 D`` is drawn uniformly (D in px^2/s: ``D* = log10 D`` uniform on the prior's
     ``log10_d_px2_s_range``), c0 and alpha uniformly, ``ln a`` uniformly, a' as documented on
-    ``FrapPrior``. The mobile fraction and beta are 1 and gamma 0 (DeepFRAP, seed §3).
+    ``FrapPrior``. The mobile fraction and beta are 1 and gamma 0 (DeepFRAP:
+    Wåhlstrand Skärström et al. 2021).
 
     Arguments:
         key: typed PRNG key (``jax.random.key``); the draws depend on nothing else.
@@ -403,11 +407,12 @@ def simulate_curves(
 ):
     """Noisy recovery curves without images: ``recovery_curve_fast`` plus the curve-level noise.
 
-    Each curve is ``F(t) + sqrt(var F(t)) z(t)`` with F from the fast table (seed eq. 6) and
+    Each curve is ``F(t) + sqrt(var F(t)) z(t)`` with F from the fast table
+    (Wåhlstrand Skärström et al. 2021, eq. 6) and
     ``var F = (S^2 / n_eff)(a + a' c~)`` (``curve_noise_variance``), which is the exact
     distribution of the ROI curve of ``simulate_image_sequences`` when ``c~`` is exact (always for
     a' = 0; otherwise give ``variance_table``). This is DeepFRAP's network input: 110 values,
-    10 prebleach then 100 postbleach (seed §3.1).
+    10 prebleach then 100 postbleach (Wåhlstrand Skärström et al. 2021).
 
     Arguments:
         key: typed PRNG key.
@@ -438,13 +443,14 @@ def simulate_image_sequences(
     settings: FrapSettings = FrapSettings(),
     noise: PixelNoise = PixelNoise(0.0),
 ):
-    """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c`` (seed eq. 5).
+    """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c``
+    (Wåhlstrand Skärström et al. 2021, eq. 5).
 
-    The DeepFRAP data pipeline (seed §3.1): the full spectral solver gives the recorded frames
-    (prebleach then postbleach; bleach frames are not recorded), then every pixel of every frame
-    gets independent Gaussian noise. ``recovery_curve_from_images`` turns the result into the
-    network input. One FFT pair per frame on the (N + 2M)^2 grid: about 1 s per sample at DeepFRAP
-    settings on a CPU (use ``simulate_curves`` for training data).
+    The DeepFRAP data pipeline (Wåhlstrand Skärström et al. 2021): the full spectral solver gives
+    the recorded frames (prebleach then postbleach; bleach frames are not recorded), then every
+    pixel of every frame gets independent Gaussian noise. ``recovery_curve_from_images`` turns the
+    result into the network input. One FFT pair per frame on the (N + 2M)^2 grid per sample
+    (use ``simulate_curves`` for training data).
 
     Arguments:
         key: typed PRNG key.
@@ -461,7 +467,8 @@ def simulate_image_sequences(
 
 
 def recovery_curve_from_images(images, geometry: BleachGeometry):
-    """ROI curve ``F(t) = sum_xy w(x, y) I(x, y, t)`` of image sequences (seed eq. 6).
+    """ROI curve ``F(t) = sum_xy w(x, y) I(x, y, t)`` of image sequences
+    (Wåhlstrand Skärström et al. 2021, eq. 6).
 
     Arguments:
         images: (..., T, N, N) images.
