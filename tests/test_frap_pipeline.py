@@ -214,3 +214,13 @@ def test_pads_beyond_the_bounds_are_refused_with_what_is_allowed(n, pad, message
 def test_prepare_stack_refuses_a_huge_pad_before_any_work():
     with pytest.raises(InputError, match="padding 3000 px"):
         pipeline.prepare_stack(_stack(), pipeline.CircleROI(16, 16, 6), 5, 2, 0.1, pad=3000)
+
+
+def test_frap_package_exports_the_public_api_and_a_version():
+    import fluojax.frap as frap
+    from fluojax.frap import learned, models
+
+    # the re-exports are the modules' own objects, not copies
+    assert frap.recovery_curve is models.recovery_curve and frap.RECIPES is learned.RECIPES
+    assert frap.prepare_stack is pipeline.prepare_stack and frap.FrapStatus is pipeline.FrapStatus
+    assert isinstance(frap.__version__, str) and frap.__version__.count(".") >= 2
