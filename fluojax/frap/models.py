@@ -66,12 +66,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Shaped
 
 from fluojax.io import InputError
 
@@ -108,7 +109,7 @@ DEEPFRAP_RADIUS_PX = 15.0 / DEEPFRAP_PIXEL_UM
 """Bleach radius of the DeepFRAP data in pixels (30 um diameter): 19.742 px."""
 
 
-def d_um2_s_to_px2_s(d_um2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
+def d_um2_s_to_px2_s(d_um2_s: Float[ArrayLike, "*b"], pixel_size_um: float = DEEPFRAP_PIXEL_UM) -> Any:
     """Convert a diffusion coefficient from um^2/s to pixel^2/s: ``D_px = D_um / dx^2``.
 
     Arguments:
@@ -121,7 +122,7 @@ def d_um2_s_to_px2_s(d_um2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
     return d_um2_s / pixel_size_um**2
 
 
-def d_px2_s_to_um2_s(d_px2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
+def d_px2_s_to_um2_s(d_px2_s: Float[ArrayLike, "*b"], pixel_size_um: float = DEEPFRAP_PIXEL_UM) -> Any:
     """Convert a diffusion coefficient from pixel^2/s to um^2/s: ``D_um = D_px dx^2``.
 
     Arguments:
@@ -173,7 +174,7 @@ class FrapSettings:
         """Number of recorded frames, ``n_prebleach + n_postbleach``."""
         return self.n_prebleach + self.n_postbleach
 
-    def frame_times_s(self) -> np.ndarray:
+    def frame_times_s(self) -> Float[np.ndarray, " t"]:
         """Times of the recorded frames in s, counted from the start (uniform state at t = 0).
 
         Prebleach frame i (1-based) is at ``i dt``; the last bleach frame ends at
@@ -183,7 +184,7 @@ class FrapSettings:
         post = self.n_prebleach + self.n_bleach + np.arange(1, self.n_postbleach + 1)
         return np.concatenate([pre, post]).astype(np.float64) * self.dt_s
 
-    def postbleach_times_s(self) -> np.ndarray:
+    def postbleach_times_s(self) -> Float[np.ndarray, " t_post"]:
         """Times of the postbleach frames in s after the end of the last bleach frame: ``j dt``."""
         return np.arange(1, self.n_postbleach + 1, dtype=np.float64) * self.dt_s
 
@@ -249,7 +250,7 @@ def circular_region(
     radius_px: float = DEEPFRAP_RADIUS_PX,
     center_px: tuple[float, float] | None = None,
     supersample: int = 15,
-    roi=None,
+    roi: Float[ArrayLike, "n n"] | None = None,
 ) -> BleachGeometry:
     """Disk of radius r, anti-aliased by area fraction (as ``frap_matlab/create_bleach_mask.m``).
 
@@ -291,7 +292,7 @@ def rectangular_region(
     lx_px: float,
     ly_px: float,
     center_px: tuple[float, float] | None = None,
-    roi=None,
+    roi: Float[ArrayLike, "n n"] | None = None,
 ) -> BleachGeometry:
     """Axis-aligned rectangle ``l_x x l_y``, anti-aliased by exact area fraction.
 
@@ -321,7 +322,9 @@ def rectangular_region(
     return BleachGeometry(frac, weights)
 
 
-def custom_region(indicator, supersample: int = 1, roi=None) -> BleachGeometry:
+def custom_region(
+    indicator: Shaped[ArrayLike, "ns ns"], supersample: int = 1, roi: Float[ArrayLike, "n n"] | None = None
+) -> BleachGeometry:
     """Any bleach region given as an indicator image, optionally at a finer resolution.
 
     With ``supersample = s > 1`` the indicator is given on an ``(N s) x (N s)`` grid (e.g. a
@@ -484,7 +487,9 @@ def _time_stepping(params: FrapParams, geometry: BleachGeometry, settings: FrapS
 _time_stepping_jit = jax.jit(_time_stepping, static_argnames=("settings", "images"))
 
 
-def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
+def simulate_images(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, "t n n"]:
     """Simulated FRAP image sequence: the recorded prebleach and postbleach frames.
 
     Starting from ``c = c0`` (``phi c0`` mobile, ``(1 - phi) c0`` immobile) on the ``L x L``
@@ -508,7 +513,9 @@ def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: Frap
     return _time_stepping_jit(_floats(params), _floats(geometry), settings, images=True)
 
 
-def recovery_curve(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
+def recovery_curve(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, " t"]:
     """Recovery curve ``F(t) = sum_xy w(x, y) c(x, y, t)`` (Wåhlstrand Skärström et al. 2021, eq. 6)
     from the full solver.
 
@@ -549,7 +556,7 @@ def _mobile_alpha_polynomial(d, blurred, weights_hat, settings: FrapSettings):
     lam, inverse, lam_unique, herm = _spectral_grid(size)
     decay = jnp.exp(-(d * settings.dt_s) * _const(lam))
     keep = 1.0 - blurred
-    fields = [jnp.ones_like(blurred)]
+    fields: list[jax.Array | float] = [jnp.ones_like(blurred)]  # every entry is an array in fact
     for frame in range(settings.n_bleach):
         if frame == 0:
             diffused = fields  # a uniform field does not change under diffusion
@@ -602,7 +609,9 @@ def _recovery_curve_spectral(params, geometry, settings):
     return jnp.concatenate([pre, post])
 
 
-def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
+def recovery_curve_spectral(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, " t"]:
     """Exact recovery curve for ``beta = 1`` with no FFT per postbleach frame.
 
     ``F_pre = c0 sum w`` and, for postbleach frame j (time ``j dt`` after the last bleach frame),
@@ -760,7 +769,7 @@ def _recovery_curve_fast(params, table):
     return jnp.concatenate([pre, post])
 
 
-def recovery_curve_fast(params: FrapParams, table: FastCurveTable):
+def recovery_curve_fast(params: FrapParams, table: FastCurveTable) -> Float[Array, " t"]:
     """Recovery curve from a ``FastCurveTable``: a Chebyshev sum in ln D plus a polynomial in alpha.
 
     ``F_pre = c0 sum w``; postbleach frame j:

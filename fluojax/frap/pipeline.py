@@ -425,7 +425,7 @@ def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | No
     :func:`default_d_range_px2_s`)."""
     rng = d_range_px2_s or default_d_range_px2_s(prepared.settings.dt_s, prepared.roi.r)
     return build_fast_curve_table(
-        prepared.geometry, prepared.settings, tuple(float(v) for v in rng), n_nodes=TABLE_NODES
+        prepared.geometry, prepared.settings, (float(rng[0]), float(rng[1])), n_nodes=TABLE_NODES
     )
 
 

@@ -53,6 +53,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 from fluojax.frap.models import (
     DEEPFRAP_D_UM2_S,
@@ -252,7 +254,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
     return FrapSample(params, PixelNoise(log_uniform(k_a, (batch,), *prior.noise_a_range), a_prime))
 
 
-def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> jax.Array:
+def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> Float[Array, "*b"]:
     """D of a sample in um^2/s (``D_um = D_px dx^2``, dx the prior's pixel size)."""
     return d_px2_s_to_um2_s(sample.params.d_px2_s, _pixel_size(prior))
 
@@ -309,7 +311,13 @@ def pixel_noise_variance(intensity, noise: PixelNoise):
     return jnp.maximum(noise.a + noise.a_prime * intensity, 0.0)
 
 
-def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None):
+def curve_noise_variance(
+    curve: Float[ArrayLike, "*b t"],
+    noise: PixelNoise,
+    effective_pixels: float,
+    roi_sum: Float[ArrayLike, ""] = 1.0,
+    weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
+) -> Float[Array, "*b t"]:
     """Noise variance of each ROI-curve value, ``var F = (S^2 / n_eff)(a + a' c~)``.
 
     From ``F = sum w I`` with independent pixels of variance ``a + a' c``:
@@ -331,7 +339,7 @@ def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_
     a = jnp.asarray(noise.a)[..., None]
     a_prime = jnp.asarray(noise.a_prime)[..., None]
     c_tilde = curve / roi_sum if weighted_intensity is None else weighted_intensity
-    return (roi_sum * roi_sum / effective_pixels) * jnp.maximum(a + a_prime * c_tilde, 0.0)
+    return jnp.maximum(a + a_prime * c_tilde, 0.0) * (roi_sum * roi_sum / effective_pixels)
 
 
 def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
@@ -352,8 +360,13 @@ def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
 
 
 def add_curve_noise(
-    key: jax.Array, curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
-):
+    key: jax.Array,
+    curve: Float[Array, "*b t"],
+    noise: PixelNoise,
+    effective_pixels: float,
+    roi_sum: Float[ArrayLike, ""] = 1.0,
+    weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
+) -> Float[Array, "*b t"]:
     """Noisy ROI curve ``F + sqrt(var F) z`` with ``var F`` from ``curve_noise_variance``.
 
     Arguments:
@@ -404,7 +417,7 @@ def simulate_curves(
     noise: PixelNoise,
     effective_pixels: float,
     variance_table: FastCurveTable | None = None,
-):
+) -> Float[Array, "*b t"]:
     """Noisy recovery curves without images: ``recovery_curve_fast`` plus the curve-level noise.
 
     Each curve is ``F(t) + sqrt(var F(t)) z(t)`` with F from the fast table
@@ -442,7 +455,7 @@ def simulate_image_sequences(
     geometry: BleachGeometry,
     settings: FrapSettings = FrapSettings(),
     noise: PixelNoise = PixelNoise(0.0),
-):
+) -> Float[Array, "*b t n n"]:
     """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c``
     (Wåhlstrand Skärström et al. 2021, eq. 5).
 
@@ -466,7 +479,9 @@ def simulate_image_sequences(
     return add_pixel_noise(key, clean, noise)
 
 
-def recovery_curve_from_images(images, geometry: BleachGeometry):
+def recovery_curve_from_images(
+    images: Float[Array, "*b t n n"] | Float[np.ndarray, "*b t n n"], geometry: BleachGeometry
+) -> Float[Array, "*b t"]:
     """ROI curve ``F(t) = sum_xy w(x, y) I(x, y, t)`` of image sequences
     (Wåhlstrand Skärström et al. 2021, eq. 6).
 
