@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fluojax import fit
+from fluojax import fit, networks
 from fluojax.frap import estimate, models, nets, simulate
 
 SETTINGS = models.FrapSettings()  # DeepFRAP: N 256, M 128, 10/4/100 frames, dt 0.265 s
@@ -373,7 +373,7 @@ def bench_networks(rows, args):
             med,
             args.net_batch / med,
             None,
-            f"{nets.parameter_count(model):,} weights, untrained, float32",
+            f"{networks.parameter_count(model):,} weights, untrained, float32",
         )
 
 
@@ -441,7 +441,7 @@ def main():
         "",
         f"DeepFRAP settings: {SETTINGS.n_pixels}^2 image, pad {SETTINGS.pad} (grid {SETTINGS.grid_size}^2), "
         f"{SETTINGS.n_prebleach}/{SETTINGS.n_bleach}/{SETTINGS.n_postbleach} frames, dt {SETTINGS.dt_s} s, "
-        f"disk r = {models.DEEPFRAP_RADIUS_PX:.3f} px; prior: seed Table 1.",
+        f"disk r = {models.DEEPFRAP_RADIUS_PX:.3f} px; prior: Wåhlstrand Skärström et al. 2021, Table 1.",
     ]
     print("\n".join(header), flush=True)
 

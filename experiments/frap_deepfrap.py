@@ -1,13 +1,13 @@
-"""Reproduce DeepFRAP's benchmark (seed 001, Tables 2-3, Figure 6) with fluojax's engines.
+"""Reproduce DeepFRAP's benchmark (Wåhlstrand Skärström et al. 2021, Tables 2-3, Figure 6) with fluojax's engines.
 
-Three comparisons of least squares (30 random starts, the seed's baseline), a trained DeepFRAP
+Three comparisons of least squares (30 random starts, the paper's baseline), a trained DeepFRAP
 network and the hybrid (one LM fit started at the network's answer), all on the same simulated
 curves (DeepFRAP settings: 256 px, 10/4/100 frames, dt 0.265 s, r = 15 um, per-pixel noise a):
 
-1. **Table 2/3**: N curves drawn from the seed's Table 1 prior; MSE of ``D* = log10(D px^2/s)``,
-   c0 and alpha weighted by 1/a (seed eq. 9), and their mean ("All"), through
-   ``fluojax.compare.compare_on_draws``; against the seed's LS (Table 2) and network (Table 3, test).
-2. **Figure 6**: MAPE of D and alpha on the seed's grid (D in 10^{-11.5..-9.5} m^2/s, alpha in
+1. **Table 2/3**: N curves drawn from the paper's Table 1 prior; MSE of ``D* = log10(D px^2/s)``,
+   c0 and alpha weighted by 1/a (Wåhlstrand Skärström et al. 2021, eq. 9), and their mean ("All"), through
+   ``fluojax.compare.compare_on_draws``; against the paper's LS (Table 2) and network (Table 3, test).
+2. **Figure 6**: MAPE of D and alpha on the paper's grid (D in 10^{-11.5..-9.5} m^2/s, alpha in
    0.5..0.9, a in 10^{-4..-2}, c0 = 0.75; 256 curves per point), through
    ``fluojax.compare.compare_estimators``: the three panels, MAPE ranges over the 125 points, the
    correlation of network and LS MAPEs, and the points where the network beats LS.
@@ -56,9 +56,9 @@ def _args():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--net", default=None, help="DeepFRAP run folder (fluojax frap train); LS only without it")
-    p.add_argument("--table2-curves", type=int, default=4096, help="curves drawn from the prior (seed: 65,536)")
-    p.add_argument("--fig6-curves", type=int, default=256, help="curves per Figure-6 grid point (seed: 256)")
-    p.add_argument("--starts", type=int, default=30, help="random LS starts (seed: 30)")
+    p.add_argument("--table2-curves", type=int, default=4096, help="curves drawn from the prior (paper: 65,536)")
+    p.add_argument("--fig6-curves", type=int, default=256, help="curves per Figure-6 grid point (paper: 256)")
+    p.add_argument("--starts", type=int, default=30, help="random LS starts (paper: 30)")
     p.add_argument("--quick", action="store_true", help="1,024 prior curves, 32 per grid point")
     p.add_argument("--skip-fig6", action="store_true")
     p.add_argument(
@@ -128,8 +128,8 @@ def table2(args, table, n_eff, estimators):
     mse = report.mse.copy()
     mse[:, 0] /= LN10_SQ  # ln D -> D* = log10 D
     rows = [
-        ("seed LS (Table 2)", PAPER_LS, float("nan"), float("nan")),
-        ("seed network (Table 3, test)", PAPER_NN, float("nan"), float("nan")),
+        ("paper LS (Table 2)", PAPER_LS, float("nan"), float("nan")),
+        ("paper network (Table 3, test)", PAPER_NN, float("nan"), float("nan")),
     ]
     for e, name in enumerate(report.estimator_names):
         values = {
@@ -140,7 +140,7 @@ def table2(args, table, n_eff, estimators):
         }
         rows.append((f"fluojax {name}", values, float(report.samples_per_s[e]), float(report.failed_fraction[e])))
     lines = [
-        f"N = {args.table2_curves} curves from the Table 1 prior; MSE weighted by 1/a (seed eq. 9), D in D* = log10(D px^2/s).",
+        f"N = {args.table2_curves} curves from the Table 1 prior; MSE weighted by 1/a (Wåhlstrand Skärström et al. 2021, eq. 9), D in D* = log10(D px^2/s).",
         "",
         "| estimator | All | D* | c0 | alpha | curves/s | failed |",
         "|---|---|---|---|---|---|---|",
@@ -157,7 +157,7 @@ def table2(args, table, n_eff, estimators):
 # 1b. The Cramer-Rao floor of the weighted MSE
 # ----------------------------------------------------------------------------------------------
 
-FLOOR_DRAWS = 65_536  # the size of the seed's test set
+FLOOR_DRAWS = 65_536  # the size of the paper's test set
 
 
 def _crlb_compared(theta, a, table, n_eff, chunk: int = 8192) -> np.ndarray:
@@ -195,7 +195,7 @@ def crlb_floor(args, table, n_eff, report, mse) -> str:
         "",
         "| | D* | c0 | alpha |",
         "|---|---|---|---|",
-        f"| seed LS (Table 2) | {PAPER_LS['D*']:.3e} | {PAPER_LS['c0']:.3e} | {PAPER_LS['alpha']:.3e} |",
+        f"| paper LS (Table 2) | {PAPER_LS['D*']:.3e} | {PAPER_LS['c0']:.3e} | {PAPER_LS['alpha']:.3e} |",
         f"| CRLB floor, {FLOOR_DRAWS:,} fresh prior draws | {fresh[0]:.3e} | {fresh[1]:.3e} | {fresh[2]:.3e} |",
         f"| CRLB floor, the table's {report.truth.shape[0]:,} draws | {floor[0]:.3e} | {floor[1]:.3e} | {floor[2]:.3e} |",
     ]
@@ -227,7 +227,7 @@ def crlb_floor(args, table, n_eff, report, mse) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Figure 6: MAPE on the seed's grid
+# 2. Figure 6: MAPE on the paper's grid
 # ----------------------------------------------------------------------------------------------
 
 
@@ -266,8 +266,8 @@ def figure6_summary(grid, mape, names) -> str:
         "| estimator | MAPE D: min–max | MAPE alpha: min–max | MAPE c0: max |",
         "|---|---|---|---|",
     ]
-    lines.append("| seed LS | 0.05–22.57 | 0.005–5.07 | < 0.11 |")
-    lines.append("| seed network | 0.05–24.02 | 0.006–4.41 | < 0.11 |")
+    lines.append("| paper LS | 0.05–22.57 | 0.005–5.07 | < 0.11 |")
+    lines.append("| paper network | 0.05–24.02 | 0.006–4.41 | < 0.11 |")
     for e, name in enumerate(names):
         m = mape[e]
         lines.append(
@@ -276,12 +276,12 @@ def figure6_summary(grid, mape, names) -> str:
         )
     if len(names) > 1:
         ls, nn = mape[0], mape[1]
-        for p, label, seed_rho, seed_wins in ((0, "D", 0.999, 4), (2, "alpha", 0.997, 7)):
+        for p, label, paper_rho, paper_wins in ((0, "D", 0.999, 4), (2, "alpha", 0.997, 7)):
             rho = np.corrcoef(ls[..., p].ravel(), nn[..., p].ravel())[0, 1]
             wins = int(np.sum(nn[..., p] < ls[..., p]))
             lines.append(
-                f"\nCorrelation of network and LS MAPE of {label}: rho = {rho:.4f} (seed {seed_rho}); "
-                f"network below LS at {wins} of {ls[..., p].size} points (seed {seed_wins})."
+                f"\nCorrelation of network and LS MAPE of {label}: rho = {rho:.4f} (paper {paper_rho}); "
+                f"network below LS at {wins} of {ls[..., p].size} points (paper {paper_wins})."
             )
     return "\n".join(lines)
 
@@ -355,7 +355,7 @@ def plot_training(run: Path, ls_all: float, path: Path, device: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.loglog(t[1:], metrics["eval_loss"][1:], label="network, held-out weighted MSE (All)")
     ax.axhline(ls_all, color="tab:blue", ls="--", label="fluojax LS, 30 starts")
-    ax.axhline(PAPER_LS["All"], color="grey", ls=":", label="seed LS (Table 2)")
+    ax.axhline(PAPER_LS["All"], color="grey", ls=":", label="paper LS (Table 2)")
     ax.set_xlabel(f"training time (h, {device})")
     ax.set_ylabel("weighted MSE, All")
     ax.legend()
@@ -415,7 +415,7 @@ def main() -> int:
                             f"{name},{a:.4g},{d:.6g},{alpha},{mape[e, i, g, 0]:.5g},{mape[e, i, g, 1]:.5g},{mape[e, i, g, 2]:.5g}\n"
                         )
         text += [
-            f"## Figure 6: MAPE on the seed's grid ({args.fig6_curves} curves per point)",
+            f"## Figure 6: MAPE on the paper's grid ({args.fig6_curves} curves per point)",
             summary,
             f"![figure 6]({out.name}_fig6.png)",
         ]

@@ -27,7 +27,7 @@ from fluojax.frap import simulate as fs
 pytestmark = pytest.mark.xdist_group("frap_estimate")
 
 SETTINGS = fm.FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbleach=40)
-PRIOR = fs.FrapPrior(d_um2_s_range=(1.0, 100.0))
+PRIOR = fs.FrapPrior.from_um2_s((1.0, 100.0))
 A = 1e-2  # per-pixel variance (top of Table 1's range)
 B = 160
 

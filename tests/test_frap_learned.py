@@ -21,7 +21,7 @@ from fluojax.frap.simulate import FrapPrior, PixelNoise, sample_frap_params, sim
 pytestmark = pytest.mark.xdist_group("frap_learned")
 
 SETTINGS = FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbleach=30)
-PRIOR = FrapPrior(d_um2_s_range=(1.0, 100.0))
+PRIOR = FrapPrior.from_um2_s((1.0, 100.0))
 SMALL = learned.RECIPES["deepfrap-small"]
 TINY = dataclasses.replace(
     SMALL,

@@ -1,5 +1,6 @@
-"""FRAP spectral solver against exact solutions (frap.md §4), its conventions, gradients, vmap,
-and the fast tabulated recovery curves against the full image solver."""
+"""FRAP spectral solver against exact solutions (Soumpasis 1983 for a uniform disk, a Gaussian bleach,
+the Fourier series of a periodic disk), its conventions, gradients, vmap, and the fast tabulated
+recovery curves against the full image solver."""
 
 import math
 
@@ -18,13 +19,13 @@ SMALL = fm.FrapSettings(n_pixels=48, pad=24, n_prebleach=2, n_bleach=3, n_postbl
 
 
 def soumpasis(t, d, alpha, r=R):
-    """frap.md §4.1: RC = alpha + (1 - alpha) exp(-2 tau/t)[I0(2 tau/t) + I1(2 tau/t)], tau = r^2/(4D)."""
+    """Soumpasis 1983 (Biophys. J. 41:95): RC = alpha + (1 - alpha) exp(-2 tau/t)[I0(2 tau/t) + I1(2 tau/t)], tau = r^2/(4D)."""
     z = 2.0 * (r * r / (4.0 * d)) / np.asarray(t)
     return alpha + (1.0 - alpha) * (ive(0, z) + ive(1, z))
 
 
 def periodic_disk_rc(t, d, alpha, size, r=R, n_max=64):
-    """frap.md §4.7: exact ROI mean of a uniform disk on a periodic square of side L,
+    """Exact ROI mean of a uniform disk on a periodic square of side L (its Fourier series),
     RC = 1 - (1 - alpha) / (pi r^2 L^2) sum_k |2 pi r J1(|k| r) / |k||^2 exp(-D |k|^2 t)."""
     n = np.arange(-n_max, n_max + 1)
     k = 2.0 * np.pi * np.hypot(n[:, None], n[None, :]) / size
@@ -45,7 +46,7 @@ def disk():
 
 
 def test_disk_area_fraction_matches_frap_matlab_numbers(disk):
-    # frap.md §1.2: 15x supersampled disk r = 19.742 px centred on the corner (128, 128) sums to
+    # frap_matlab's create_bleach_mask.m (Röding et al. 2019): 15x supersampled disk r = 19.742 px centred on the corner (128, 128) sums to
     # 1224.48 with 1148 full and 148 partial pixels; sum(ind^2)/sum(ind) = 0.98194
     ind = np.asarray(disk.indicator)
     assert ind.sum() == pytest.approx(1224.48, abs=5e-3)
@@ -72,20 +73,21 @@ def test_diffusion_unit_conversions_round_trip():
     d_px = fm.d_um2_s_to_px2_s(10.0)
     assert d_px == pytest.approx(10.0 / 0.7598**2)
     assert fm.d_px2_s_to_um2_s(d_px) == pytest.approx(10.0)
-    # DeepFRAP prior 1e-12..1e-9 m^2/s = 1..1000 um^2/s -> 1.7322..1732.2 px^2/s (frap.md §1.3)
+    # DeepFRAP prior 1e-12..1e-9 m^2/s = 1..1000 um^2/s -> 1.7322..1732.2 px^2/s
+    # (Wåhlstrand Skärström et al. 2021, Table 1; 0.7598 um pixels)
     assert fm.d_um2_s_to_px2_s(1.0) == pytest.approx(1.7322, abs=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------
-# Exact solutions (frap.md §4), float64
+# Exact solutions, float64
 # ----------------------------------------------------------------------------------------------
 
 
 def test_uniform_disk_matches_soumpasis(disk):
-    # Tolerance 2e-3 absolute (frap.md §0/§4): the solver is exact for its pixelated (area-fraction)
+    # Tolerance 2e-3 absolute: the solver is exact for its pixelated (area-fraction)
     # disk, so the only difference from Soumpasis' continuous disk is edge pixelation, measured as
     # +1.9e-3 at D t = 0.46 px^2 (alpha = 0.5) and shrinking as D t grows. D = 1732 is left out:
-    # there periodic wrap-around adds -1.3e-3 at late times (tested against §4.7 below).
+    # there periodic wrap-around adds -1.3e-3 at late times (tested against the periodic series below).
     t = ONE_BLEACH.postbleach_times_s()
     with jax.enable_x64(True):
         for d in (1.7322, 17.322, 173.22):
@@ -94,11 +96,11 @@ def test_uniform_disk_matches_soumpasis(disk):
             err = np.abs(rc[2:] / 0.8 - soumpasis(t, d, 0.5))
             print(f"D={d}: max |solver - Soumpasis| = {err.max():.2e} (tol 2e-3)")
             assert err.max() < 2e-3
-            assert err[-1] < 2e-4  # late frames: pixelation has diffused away (frap.md table)
+            assert err[-1] < 2e-4  # late frames: pixelation has diffused away (measured)
 
 
 def test_disk_matches_periodic_image_reference_at_high_d(disk):
-    # Tolerance 1e-6 absolute (frap.md §0/§4.7): the FFT solver is exact for the periodic problem;
+    # Tolerance 1e-6 absolute: the FFT solver is exact for the periodic problem;
     # once D t >= 4600 px^2 (t >= 2.65 s at D = 1732 px^2/s) the pixelation error is below 3e-7
     # (measured -2.4e-7), so the solver must match the periodic-image sum to 1e-6, while the
     # infinite-plane Soumpasis curve is off by ~1.3e-3 from wrap-around at t = 26.5 s.
@@ -119,10 +121,10 @@ def test_disk_matches_periodic_image_reference_at_high_d(disk):
 
 
 def test_gaussian_linear_depth_bleach_closed_form_pointwise():
-    # frap.md §4.6(a): c(rho, 0) = c0 [1 - A exp(-2 rho^2 / w^2)] diffuses to
+    # A Gaussian stays Gaussian under diffusion: c(rho, 0) = c0 [1 - A exp(-2 rho^2 / w^2)] diffuses to
     # c0 [1 - A w^2/(w^2 + 8 D t) exp(-2 rho^2 / (w^2 + 8 D t))]. The sampled Gaussian (w = 8 px)
     # is band-limited and decayed far before the period (L = 256), so the spectral step is exact
-    # to rounding: frap.md reports 4.4e-16; tolerance 1e-12 allows FFT rounding over 100 steps.
+    # to rounding (observed 4.4e-16); tolerance 1e-12 allows FFT rounding over 100 steps.
     s = fm.FrapSettings(n_pixels=128, pad=64, n_prebleach=1, n_bleach=1, n_postbleach=100, dt_s=0.5)
     w, d, alpha, c0 = 8.0, 2.0, 0.3, 0.8
     x = np.arange(s.n_pixels) + 0.5 - s.n_pixels / 2  # pixel centres, centre at (N/2, N/2)
@@ -139,10 +141,10 @@ def test_gaussian_linear_depth_bleach_closed_form_pointwise():
 
 
 def test_blurred_disk_is_soumpasis_at_shifted_time(disk):
-    # frap.md §4.5: blurring the bleach mask by a Gaussian of std gamma equals letting the sharp
+    # Blurring the bleach mask by a Gaussian of std gamma equals letting the sharp
     # mask diffuse for D t = gamma^2 / 2, so RC_gamma(t) = Soumpasis(t + gamma^2 / (2 D)). The
-    # residual is again edge pixelation at the shifted time (<= 6.2e-4 for D t >= 4.6 px^2 by the
-    # frap.md table); the same 2e-3 tolerance as the sharp disk applies.
+    # residual is again edge pixelation at the shifted time (<= 6.2e-4 for D t >= 4.6 px^2,
+    # measured); the same 2e-3 tolerance as the sharp disk applies.
     d, gamma = 17.322, 3.0
     t = ONE_BLEACH.postbleach_times_s()
     with jax.enable_x64(True):
@@ -168,7 +170,8 @@ def test_blurred_disk_is_soumpasis_at_shifted_time(disk):
 
 
 def _reference_frames(p, indicator, s):
-    """Independent NumPy transcription of the documented sequence (frap.md §1.2): every frame
+    """Independent NumPy transcription of the documented sequence (fluojax.frap.models' docstring, after frap_matlab's
+    signal_d.m): every frame
     diffuses the mobile field for dt (complex FFT, real part), then multiplies mobile and immobile
     fields by the frame's mask; bleach frames are not recorded."""
     n, m, size = s.n_pixels, s.pad, s.grid_size
@@ -220,7 +223,7 @@ def test_alpha_applies_once_per_bleach_frame_and_beta_once_per_frame():
 
 
 def test_immobile_fraction_term():
-    # frap.md §4.8 with area-fraction weights: RC(phi) - phi RC(1) = (1 - phi) c0 sum_w m^n_bleach,
+    # With area-fraction weights: RC(phi) - phi RC(1) = (1 - phi) c0 sum_w m^n_bleach,
     # the immobile pool bleached by every bleach frame and never diffusing (exact, 1e-12)
     geom = fm.circular_region(SMALL, 8.0)
     with jax.enable_x64(True):

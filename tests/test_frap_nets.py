@@ -1,5 +1,6 @@
-"""DeepFRAP networks: the seed's weight counts, shapes, block independence of the merged network,
-the 1/a-weighted MSE, and a short training run on curves simulated on the fly."""
+"""DeepFRAP networks: the paper's weight counts (Wåhlstrand Skärström et al. 2021), shapes, block
+independence of the merged network, the 1/a-weighted MSE, and a short training run on curves
+simulated on the fly."""
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +15,11 @@ from fluojax.networks import parameter_count
 from fluojax.train import TrainConfig, mse_loss, train
 
 
-def test_paper_networks_have_the_seeds_weight_counts():
+def test_paper_networks_have_the_papers_weight_counts():
     joint = fn.build_network(fn.DeepFrapConfig.paper())
     merged = fn.build_network(fn.DeepFrapConfig.paper(per_parameter=True))
-    assert parameter_count(joint) == 130_179  # seed §3.2
-    assert parameter_count(merged) == 389_763  # seed §3.2, merged network of Table 4
+    assert parameter_count(joint) == 130_179  # Wåhlstrand Skärström et al. 2021
+    assert parameter_count(merged) == 389_763  # Wåhlstrand Skärström et al. 2021, merged network of Table 4
     # 129,792 of the joint network's weights are shared by the three outputs (all but the last layer)
     assert parameter_count(joint.hidden) == 129_792
     assert parameter_count(merged) == 3 * (129_792 + 128 + 1)
@@ -73,7 +74,7 @@ def test_merged_blocks_are_independent():
             assert norms[j] > 0 and np.all(np.delete(norms, j) == 0)
 
 
-def test_weighted_mse_is_seed_eq_9():
+def test_weighted_mse_is_the_papers_eq_9():
     key1, key2 = jax.random.split(jax.random.key(0))
     pred, target = jax.random.normal(key1, (6, 3)), jax.random.normal(key2, (6, 3))
     # constant weights: the plain MSE, whatever the constant

@@ -174,11 +174,21 @@ def _fit(alpha=0.7, alpha_hi=0.72, d_lo=8.0, d_hi=12.0, status=0):
 )
 def test_fit_status_flags_fits_without_bleach_or_without_a_determined_d(fit_kwargs, expected):
     code = int(pipeline.fit_status(_fit(**fit_kwargs))[0])
-    assert pipeline.FrapStatus.NAMES[code] == expected
+    assert pipeline.FrapStatus(code).name == expected
     assert pipeline.fit_ok(code, [10.0, 0.75, 0.7]) == (expected in ("CONVERGED", "AT_BOUND"))
     assert (pipeline.status_reason(code, [10.0, 0.75, 0.7], [1, 0, 0], [10.5, 1, 1]) == "") == (
         expected in ("CONVERGED", "AT_BOUND")
     )
+
+
+def test_frap_status_extends_the_engine_status_with_the_written_codes():
+    from fluojax.fit import Status
+
+    # summary.json writes these integers and names: they must not move
+    assert {s.name: int(s) for s in Status}.items() <= {s.name: int(s) for s in pipeline.FrapStatus}.items()
+    assert (int(pipeline.FrapStatus.NO_BLEACH), int(pipeline.FrapStatus.UNDETERMINED)) == (6, 7)
+    assert len(pipeline.FrapStatus) == len(Status) + 2
+    assert pipeline.status_name(7) == "UNDETERMINED" and pipeline.status_name(42) == "42"
 
 
 def test_default_pad_is_half_the_square_up_to_the_grid_limit():
@@ -191,7 +201,7 @@ def test_default_pad_is_half_the_square_up_to_the_grid_limit():
     ("n", "pad", "message"),
     [
         (32, 129, "at most 4 x the 32-px square's side (128 px)"),
-        (1024, 600, "--pad 512 or less"),
+        (1024, 600, "a padding of 512 px or less"),
         (3000, None, "crop the stack"),
     ],
 )
@@ -202,5 +212,15 @@ def test_pads_beyond_the_bounds_are_refused_with_what_is_allowed(n, pad, message
 
 
 def test_prepare_stack_refuses_a_huge_pad_before_any_work():
-    with pytest.raises(InputError, match="--pad 3000"):
+    with pytest.raises(InputError, match="padding 3000 px"):
         pipeline.prepare_stack(_stack(), pipeline.CircleROI(16, 16, 6), 5, 2, 0.1, pad=3000)
+
+
+def test_frap_package_exports_the_public_api_and_a_version():
+    import fluojax.frap as frap
+    from fluojax.frap import learned, models
+
+    # the re-exports are the modules' own objects, not copies
+    assert frap.recovery_curve is models.recovery_curve and frap.RECIPES is learned.RECIPES
+    assert frap.prepare_stack is pipeline.prepare_stack and frap.FrapStatus is pipeline.FrapStatus
+    assert isinstance(frap.__version__, str) and frap.__version__.count(".") >= 2

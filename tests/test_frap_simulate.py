@@ -38,7 +38,7 @@ def _batch(params: fm.FrapParams, n: int) -> fm.FrapParams:
 
 
 def _exact_curve_variance(geometry, settings, params, noise):
-    """sum_xy w^2 (a + a' c(x, y, t)) from float64 noise-free images (seed eqs. 5-6)."""
+    """sum_xy w^2 (a + a' c(x, y, t)) from float64 noise-free images (Wåhlstrand Skärström et al. 2021, eqs. 5-6)."""
     with jax.enable_x64(True):
         images = np.asarray(fm.simulate_images(params, geometry, settings))
     w = np.asarray(geometry.roi_weights)
@@ -55,10 +55,12 @@ def test_deepfrap_prior_is_table_1():
     prior = fs.FrapPrior.deepfrap()
     assert prior.d_um2_s_range == (1.0, 1000.0)  # 1e-12 .. 1e-9 m^2/s
     assert (prior.c0_range, prior.alpha_range, prior.noise_a_range) == ((0.5, 1.0), (0.45, 0.95), (1e-4, 1e-2))
-    assert prior.noise_a_prime_range == (0.0, 0.0)  # seed §2.2: a' = 0
+    assert prior.noise_a_prime_range == (0.0, 0.0)  # Wåhlstrand Skärström et al. 2021: a' = 0
     lo, hi = prior.d_px2_s_range
     assert lo == pytest.approx(1.7322, rel=1e-4) and hi == pytest.approx(1732.2, rel=1e-4)
-    np.testing.assert_allclose(prior.log10_d_px2_s_range, (0.2386, 3.2386), atol=1e-4)  # seed §3.1 D*
+    np.testing.assert_allclose(
+        prior.log10_d_px2_s_range, (0.2386, 3.2386), atol=1e-4
+    )  # D*, Wåhlstrand Skärström et al. 2021
     hash(prior)  # usable as a static argument
 
 
@@ -107,7 +109,7 @@ def test_positive_a_prime_range_is_log_uniform():
 
 
 def test_deepfrap_roi_has_1247_effective_pixels():
-    # frap.md §1.3: curve noise s.d. sqrt(a / 1247) for DeepFRAP's area-fraction disk
+    # curve noise s.d. sqrt(a / 1247) for DeepFRAP's area-fraction disk (docs/frap.md, "1. Model and units")
     geometry = fm.circular_region(fm.FrapSettings())
     assert fs.roi_effective_pixels(geometry) == pytest.approx(1247.0, abs=0.05)
 

@@ -3,9 +3,10 @@
 The model is the fast tabulated curve ``recovery_curve_fast`` (mobile fraction 1, beta 1, the
 table's gamma), parameter vector ``theta = (D px^2/s, c0, alpha)``. Each curve is fitted by the
 generic engine (:func:`fluojax.fit.least_squares_multistart`) from ``n_starts`` random starts
-drawn from the prior (the paper's LS baseline: 30 random starts, best sum of squares kept;
-frap.md §1.2 — frap_matlab draws them uniformly in the bounds, here they come from the prior,
-which for D is log-uniform), vmapped over curves in jitted chunks.
+drawn from the prior (DeepFRAP's LS baseline, Wåhlstrand Skärström et al. 2021: 30 random
+starts, best sum of squares kept; ``frap_matlab`` draws them uniformly in the bounds, here they
+come from the prior, which for D is log-uniform; docs/frap.md, "5. Where we differ from the
+paper, and why"), vmapped over curves in jitted chunks.
 
 Bounds: D within the table's range (``table.d_range_px2_s``; outside it the Chebyshev sum is
 meaningless), fitted in log space; c0 in ``[c0_min / 2, 2 c0_max]`` and alpha in
@@ -28,10 +29,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
 
 from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
 from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
+from fluojax.io import InputError
 
 __all__ = [
     "FrapFit",
@@ -60,33 +64,38 @@ class FrapFit(NamedTuple):
             noise variance was not given).
     """
 
-    params: np.ndarray
-    ci_lower: np.ndarray
-    ci_upper: np.ndarray
-    stderr: np.ndarray
-    status: np.ndarray
-    noise_variance: np.ndarray
-    chi2_reduced: np.ndarray
+    params: Float[np.ndarray, "b 3"]
+    ci_lower: Float[np.ndarray, "b 3"]
+    ci_upper: Float[np.ndarray, "b 3"]
+    stderr: Float[np.ndarray, "b 3"]
+    status: Int[np.ndarray, " b"]
+    noise_variance: Float[np.ndarray, " b"]
+    chi2_reduced: Float[np.ndarray, " b"]
 
     @property
-    def d_px2_s(self) -> np.ndarray:
+    def d_px2_s(self) -> Float[np.ndarray, " b"]:
+        """Fitted D in px^2/s."""
         return self.params[:, 0]
 
     @property
-    def c0(self) -> np.ndarray:
+    def c0(self) -> Float[np.ndarray, " b"]:
+        """Fitted prebleach intensity c0."""
         return self.params[:, 1]
 
     @property
-    def alpha(self) -> np.ndarray:
+    def alpha(self) -> Float[np.ndarray, " b"]:
+        """Fitted fraction left per bleach frame."""
         return self.params[:, 2]
 
 
-def frap_curve_model(theta: jax.Array, table: FastCurveTable) -> jax.Array:
+def frap_curve_model(theta: Float[Array, " 3"], table: FastCurveTable) -> Float[Array, " t"]:
     """``recovery_curve_fast`` as a fitting model: theta = (D px^2/s, c0, alpha), args = table."""
     return recovery_curve_fast(FrapParams(theta[0], theta[1], theta[2]), table)
 
 
-def frap_bounds(table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> tuple[np.ndarray, np.ndarray]:
+def frap_bounds(
+    table: FastCurveTable, prior: FrapPrior = FrapPrior()
+) -> tuple[Float[np.ndarray, " 3"], Float[np.ndarray, " 3"]]:
     """(lower, upper) bounds of (D, c0, alpha): D in the table's range, c0 in
     ``[c0_min / 2, 2 c0_max]``, alpha in ``[alpha_min / 2, 1]``."""
     d_lo, d_hi = table.d_range_px2_s
@@ -95,7 +104,9 @@ def frap_bounds(table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> tuple[
     return np.array([d_lo, 0.5 * c_lo, 0.5 * a_lo]), np.array([d_hi, 2.0 * c_hi, 1.0])
 
 
-def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
+def start_in_bounds(
+    start: Float[ArrayLike, "*b 3"], table: FastCurveTable, prior: FrapPrior
+) -> Float[np.ndarray, "*b 3"]:
     """Starts (D px^2/s, c0, alpha) moved into the fit's bounds (:func:`frap_bounds`), D just
     inside the table's range, NaN replaced by 1: where a least-squares fit from ``start`` begins.
 
@@ -105,12 +116,18 @@ def start_in_bounds(start, table: FastCurveTable, prior) -> np.ndarray:
         prior: ``FrapPrior`` whose c0 and alpha ranges set the bounds.
     """
     lower, upper = frap_bounds(table, prior)
-    return np.clip(
-        np.nan_to_num(start, nan=1.0), [lower[0] * 1.001, lower[1], lower[2]], [upper[0] / 1.001, upper[1], upper[2]]
+    return np.asarray(
+        np.clip(
+            np.nan_to_num(start, nan=1.0),
+            [lower[0] * 1.001, lower[1], lower[2]],
+            [upper[0] / 1.001, upper[1], upper[2]],
+        )
     )
 
 
-def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: FrapPrior = FrapPrior()) -> np.ndarray:
+def frap_starts(
+    key: jax.Array, n_starts: int, table: FastCurveTable, prior: FrapPrior = FrapPrior()
+) -> Float[np.ndarray, "k 3"]:
     """``n_starts`` start vectors (D, c0, alpha) drawn from the prior, D clipped into the table range.
 
     Returns:
@@ -123,12 +140,15 @@ def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: Fra
 
 
 @jax.jit
-def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effective_pixels) -> jax.Array:
+def recovery_curve_crlb(
+    theta: Float[ArrayLike, "b 3"], table: FastCurveTable, noise: PixelNoise, effective_pixels: float
+) -> Float[Array, "b 3"]:
     """Cramer-Rao bound on (D, c0, alpha) from one noisy recovery curve, for B curves at once.
 
     The curve values are independent Gaussians, ``F_t ~ N(mu_t(theta), v_t)`` with ``mu`` the
-    fast curve (seed eq. 6) and ``v_t = (a + a' c~_t) / n_eff`` (:func:`curve_noise_variance`,
-    normalised ROI weights). The Fisher information is ``I = J^T diag(1/v) J`` with
+    fast curve (Wåhlstrand Skärström et al. 2021, eq. 6) and ``v_t = (a + a' c~_t) / n_eff``
+    (:func:`curve_noise_variance`, normalised ROI weights). The Fisher information is
+    ``I = J^T diag(1/v) J`` with
     ``J = d mu / d theta`` by forward-mode autodiff (:func:`fluojax.fit.crlb`), and the bound is
     ``sqrt(diag I^-1)``. Exact for a' = 0 (DeepFRAP's Table 1 noise); for a' > 0 it leaves out the
     information in the variance's dependence on theta (a lower bound on I, so a looser bound).
@@ -172,13 +192,13 @@ def _intervals(params, sigma, table, residual_variance, level):
 
 
 def fit_recovery_curves(
-    curves,
+    curves: Float[ArrayLike, "b t"] | Float[ArrayLike, " t"],
     table: FastCurveTable,
     *,
     key: jax.Array | None = None,
     n_starts: int = 30,
-    starts=None,
-    noise_variance=None,
+    starts: Float[ArrayLike, "k 3"] | Float[ArrayLike, "b k 3"] | None = None,
+    noise_variance: Float[ArrayLike, "*b"] | Float[ArrayLike, "b t"] | None = None,
     prior: FrapPrior = FrapPrior(),
     level: float = 0.95,
     solver: fit.LevenbergMarquardt = fit.LevenbergMarquardt(),
@@ -217,8 +237,8 @@ def fit_recovery_curves(
     if curves.ndim == 1:
         curves = curves[None]
     n_curves, n_values = curves.shape
-    if n_values != table.settings.n_frames:
-        raise ValueError(f"curves have {n_values} values; the table's settings give {table.settings.n_frames}")
+    if n_values != table.n_frames:
+        raise InputError(f"curves of {n_values} values: the table's settings give {table.n_frames} frames per curve")
     dtype = jnp.zeros(()).dtype
     curves = curves.astype(dtype)
     if noise_variance is None:
@@ -230,12 +250,12 @@ def fit_recovery_curves(
     lower, upper = frap_bounds(table, prior)
     if starts is None:
         if key is None:
-            raise ValueError("give a PRNG key for random starts, or explicit starts")
+            raise InputError("no PRNG key and no starts: random starts need a key (or give explicit starts)")
         starts = frap_starts(key, n_starts, table, prior).astype(dtype)
     else:
         starts = np.asarray(starts, np.float64)
         if starts.ndim not in (2, 3) or starts.shape[-1] != 3 or (starts.ndim == 3 and starts.shape[0] != n_curves):
-            raise ValueError(f"starts must be (K, 3) or ({n_curves}, K, 3), got {starts.shape}")
+            raise InputError(f"starts of shape {starts.shape}: expected (K, 3) or ({n_curves}, K, 3)")
         finite = np.isfinite(starts)
         starts = np.where(finite, starts, 0.5 * (lower + upper))
         inner_lo = np.array([lower[0] * 1.001, *(lower[1:] + 1e-6 * (upper[1:] - lower[1:]))])

@@ -1,31 +1,31 @@
 """DeepFRAP as users run it: training recipes, predictions on recovery curves, the hybrid, a check.
 
+DeepFRAP is Wåhlstrand Skärström et al. 2021 (J. Microsc. 282:146); "the paper" below.
+
 A *recipe* names a network size (``fluojax.frap.nets``), the prior its training curves are drawn
-from (``FrapPrior``, seed Table 1), the experiment it is trained for (``FrapSettings`` and the
-bleach radius: the network only understands curves of that geometry and length) and the training
-schedule. :func:`train_recipe` trains it with :func:`fluojax.train.train` on noisy recovery
-curves generated inside every compiled step from the fast tabulated solver
+from (``FrapPrior``, Wåhlstrand Skärström et al. 2021, Table 1), the experiment it is trained for
+(``FrapSettings`` and the bleach radius: the network only understands curves of that geometry and
+length) and the training schedule. :func:`train_recipe` trains it with :func:`fluojax.train.train`
+on noisy recovery curves generated inside every compiled step from the fast tabulated solver
 (``recovery_curve_fast`` + curve-level noise, the exact distribution of the image pipeline's ROI
-curve, ``fluojax.frap.simulate``), with DeepFRAP's loss weighted by 1/a (seed eq. 9).
+curve, ``fluojax.frap.simulate``), with DeepFRAP's loss weighted by 1/a
+(Wåhlstrand Skärström et al. 2021, eq. 9).
 
 Recipes:
 
 ``deepfrap`` / ``deepfrap-merged``
-    The seed's joint network (130,179 weights) and its merged per-parameter variant (389,763),
-    batch 1024, trained with Adam, learning rate 1e-3 -> 1e-5 in six log-linear stairs. The seed
-    used SGD with momentum 0.99, a warm-up 1e-3 -> 1e-1 over 50 epochs and stairs of
-    log10 lr = -1, -1.25, ... (§3.2). With our loss, whose 1/a weights are normalised to mean 1
-    per batch (the scale of a plain MSE), that optimizer diverges: with the warm-up compressed
-    to 8 steps the loss was NaN before step 100, with an 800-step ramp before step 200 (lr
-    <= 0.025). The seed's weights, normalised to sum 1 over the 2^20 curves, may have scaled
-    its loss, and so its effective rate, far down; Adam is insensitive to that scale (and
+    The paper's joint network (130,179 weights) and its merged per-parameter variant (389,763),
+    batch 1024, trained with Adam, learning rate 1e-3 -> 1e-5 in six log-linear stairs, 4e5 steps
+    (~4e8 fresh curves). The paper used SGD with momentum 0.99, a warm-up 1e-3 -> 1e-1 over 50
+    epochs and stairs of log10 lr = -1, -1.25, ..., for 48,000 epochs of 2^20 curves. With our
+    loss, whose 1/a weights are normalised to mean 1 per batch (the scale of a plain MSE), that
+    optimizer diverges (docs/frap.md, "2. Estimators"; the runs are in docs/benchmarks.md). The
+    paper's weights, normalised to sum 1 over the 2^20 curves, may have scaled its loss, and so
+    its effective rate, far down; Adam is insensitive to that scale (and
     ``TrainConfig(optimizer="sgd", momentum=0.99, warmup_fraction=...)`` remains available).
-    The seed's run was 48,000 epochs of 2^20 curves (~4.9e7 steps); the default here is 4e5
-    steps (~4e8 fresh curves, ~390 epochs' worth), a GPU budget of minutes. ``--steps``
-    compresses the schedule (six equal stairs).
+    A shorter run (``steps``) compresses the schedule (six equal stairs).
 ``deepfrap-small``
-    3 hidden layers of 64, Adam 3e-3 -> 1e-4, batch 256, 3,000 steps: trains on a 2-core CPU in
-    about a minute (tests, quick looks).
+    3 hidden layers of 64, Adam 3e-3 -> 1e-4, batch 256, 3,000 steps, for tests and quick looks.
 
 Units: the network reads the 110 ROI values in the intensity units of the training data (c0 in
 [0.5, 1]) and returns ``D* = log10(D / (px^2/s))``, c0 and alpha; :func:`predict_curves` gives
@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,7 @@ from fluojax.frap.models import (
     circular_region,
 )
 from fluojax.frap.simulate import FrapPrior, roi_effective_pixels, sample_frap_params, simulate_curves
+from fluojax.io import InputError
 
 __all__ = [
     "BUILDERS",
@@ -80,13 +81,11 @@ NETWORK_KIND = "deepfrap"
 
 @dataclasses.dataclass(frozen=True)
 class Recipe(networks.Recipe):
-    """Everything needed to train one DeepFRAP network (immutable; a ``fluojax.networks.Recipe``).
+    """Everything needed to train one DeepFRAP network (immutable; a ``fluojax.networks.Recipe``
+    whose ``net`` is a ``nets.DeepFrapConfig``).
 
-    Attributes:
-        name: str, e.g. ``"deepfrap"``.
-        net: ``nets.DeepFrapConfig``.
-        train: ``fluojax.train.TrainConfig``.
-        prior: ``FrapPrior`` of the training curves (default seed Table 1).
+    Attributes, besides the base's ``name``, ``net`` and ``train``:
+        prior: ``FrapPrior`` of the training curves (default DeepFRAP's Table 1).
         settings: ``FrapSettings`` of the experiment (frame counts, dt in s, grid).
         radius_px: float, bleach-disk radius in pixels (centred in the image).
         stairs: int, number of equal learning-rate stairs after the warm-up (0: the config's
@@ -128,7 +127,7 @@ class Recipe(networks.Recipe):
 
 
 def _paper_schedule(steps: int) -> training.TrainConfig:
-    """The seed's batch (1024) with Adam, 1e-3 -> 1e-5 in six stairs (see the module docstring)."""
+    """The paper's batch (1024) with Adam, 1e-3 -> 1e-5 in six stairs (see the module docstring)."""
     return training.TrainConfig(
         steps=steps,
         batch_size=1024,
@@ -147,7 +146,7 @@ def _paper_recipe(name: str, per_parameter: bool) -> Recipe:
         nets.DeepFrapConfig.paper(per_parameter=per_parameter),
         _paper_schedule(400_000),
         stairs=6,
-        description="seed network and batch, Adam, 4e5 steps (GPU)",
+        description="DeepFRAP's network and batch, Adam, 4e5 steps (GPU)",
     ).with_steps(400_000)
 
 
@@ -183,7 +182,7 @@ def deepfrap_table(
     """The fast-curve table of a centred bleach disk, and its effective ROI pixel count n_eff.
 
     D range 1-3000 px^2/s (covers the DeepFRAP prior, 1.73-1732 px^2/s). Cached per process:
-    building costs ~10 s on a 2-core CPU at DeepFRAP settings.
+    building costs K = 64 spectral solves on the (N + 2M)^2 grid.
 
     Returns:
         (``FastCurveTable``, n_eff).
@@ -204,35 +203,32 @@ def _curve_sampler(recipe: Recipe, table: FastCurveTable, n_eff: float):
     return sample_curves
 
 
-def train_recipe(
-    recipe: Recipe | str,
-    run_dir: str | Path | None = None,
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-    progress: bool | None = None,
-    stop_after: int | None = None,
-):
+def train_recipe(recipe: Recipe | str, run_dir: str | Path | None = None, **options: Any):
     """Train a recipe's network on noisy recovery curves generated on the fly.
 
     Every step draws ``batch_size`` parameter sets from the prior and makes their noisy curves
     inside the compiled step (nothing is stored or reused); the loss is the 1/a-weighted MSE of
     (D*, c0, alpha) (``nets.inverse_noise_weighted_mse``); the held-out loss, on a fixed set of
-    ``eval_batches`` batches, is the seed's weighted "All" MSE (Tables 2-4).
+    ``eval_batches`` batches, is DeepFRAP's weighted "All" MSE (Wåhlstrand Skärström et al. 2021,
+    Tables 2-4).
 
     Arguments:
         recipe: ``Recipe`` or a name in ``RECIPES``.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
-        steps: override the number of steps (the schedule is compressed to fit).
-        seed: random seed of the training curves and the initial weights.
-        progress: progress bar (None: only on a terminal).
-        stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, as for
+            :func:`fluojax.networks.train_recipe`.
 
     Returns:
         (network, ``TrainHistory``).
+
+    Raises:
+        InputError: a name that is not in ``RECIPES``.
     """
-    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
-    return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
+        recipe = RECIPES[recipe]
+    return networks.train_recipe(recipe, run_dir, **options)
 
 
 BUILDERS = {NETWORK_KIND: lambda meta: nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))}
@@ -277,8 +273,8 @@ def predict_curves(net, meta: dict, curves, dt_s: float | None = None, batch: in
     curves = np.atleast_2d(np.asarray(curves, np.float32))
     n_values = int(meta["settings"]["n_prebleach"]) + int(meta["settings"]["n_postbleach"])
     if curves.shape[1] != n_values:
-        raise ValueError(
-            f"the network reads curves of {n_values} values (its training settings); got {curves.shape[1]}"
+        raise InputError(
+            f"curves of {curves.shape[1]} values: the network reads curves of {n_values} values (its training settings)"
         )
     out = networks.predict(net, curves, min(int(batch), max(curves.shape[0], 1))).astype(np.float64)
     scale = 1.0 if dt_s is None else float(meta["settings"]["dt_s"]) / float(dt_s)
@@ -292,10 +288,13 @@ class Refined(NamedTuple):
         fit: ``estimate.FrapFit`` of the LM fit started at the network's answer.
         residual_ratio: (B,) RSS at the network's answer / RSS of the refined fit (>= 1 up to
             rounding; ~1 when the network's answer is already the best fit; NaN if the fit failed).
+        start: (B, 3) the network's answer moved into the fit's bounds
+            (``estimate.start_in_bounds``): where the RSS of the numerator is taken.
     """
 
     fit: estimate.FrapFit
     residual_ratio: np.ndarray
+    start: np.ndarray
 
 
 @jax.jit
@@ -336,7 +335,7 @@ def refine(
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.all(np.isfinite(result.params), axis=1), at_start / at_fit, np.nan)
-    return Refined(result, ratio)
+    return Refined(result, ratio, clipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,14 +354,14 @@ def comparison_estimators(
 ) -> dict:
     """Estimators of (D px^2/s, c0, alpha) from curves, for ``fluojax.compare``.
 
-    ``ls-{n_starts}start``: multistart least squares (the seed's baseline, 30 starts);
+    ``ls-{n_starts}start``: multistart least squares (the paper's baseline, 30 starts);
     with a network, ``deepfrap``: its prediction, and ``hybrid``: one LM fit started there.
 
     Arguments:
         table: ``FastCurveTable`` of the simulated experiment.
         net, meta: optional network and its checkpoint meta (from :func:`load_network`).
         n_starts: random starts of the LS baseline.
-        seed: seed of the LS starts.
+        seed: random seed of the LS starts.
         chunk: curves per compiled LS call (default: the fitting engine's).
 
     Returns:

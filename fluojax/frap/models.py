@@ -1,18 +1,22 @@
 """FRAP forward models: a spectral solver of the 2D diffusion equation with bleach frames.
 
-The model is the numerical FRAP model of DeepFRAP (seed 001, Methods §2.1; originally Röding et al.,
-Biophys J 2019, code ``roding/frap_matlab``; details in ``frap.md`` §1.2):
+The model is the numerical FRAP model of DeepFRAP (Wåhlstrand Skärström et al. 2021, J. Microsc.
+282:146; originally Röding et al. 2019, Biophys. J. 116:1348, code ``roding/frap_matlab``; the
+units and conventions are summarised in docs/frap.md, "1. Model and units"):
 
 * Concentration ``c(x, y, t)`` of fluorescent molecules (dimensionless intensity units; c0 before
-  bleaching) obeys ``dc/dt = D (d^2/dx^2 + d^2/dy^2) c`` (seed eq. 2) on a periodic square of
+  bleaching) obeys ``dc/dt = D (d^2/dx^2 + d^2/dy^2) c`` (Wåhlstrand Skärström et al. 2021, eq. 2)
+  on a periodic square of
   ``L = N + 2M`` pixels: the ``N x N`` image plus a padding of ``M`` pixels on each side.
 * In Fourier space every mode is an independent ODE, ``d c^(xi, eta)/dt = -(xi^2 + eta^2) D c^``
-  (seed eq. 3), solved exactly over one frame interval ``dt``:
-  ``c^(t + dt) = exp(-(xi^2 + eta^2) D dt) c^(t)`` (seed eq. 4), with ``xi = 2 pi k / L`` for the
-  integer ``k`` of the FFT (the continuous Laplacian symbol, not a finite-difference stencil).
-  D is in pixel^2/s internally; ``d_um2_s_to_px2_s`` / ``d_px2_s_to_um2_s`` convert.
+  (Wåhlstrand Skärström et al. 2021, eq. 3), solved exactly over one frame interval ``dt``:
+  ``c^(t + dt) = exp(-(xi^2 + eta^2) D dt) c^(t)`` (Wåhlstrand Skärström et al. 2021, eq. 4), with
+  ``xi = 2 pi k / L`` for the integer ``k`` of the FFT (the continuous Laplacian symbol, not a
+  finite-difference stencil). D is in pixel^2/s internally; ``d_um2_s_to_px2_s`` /
+  ``d_px2_s_to_um2_s`` convert.
 * Bleaching is a pointwise multiplication in real space by ``m = 1 - (1 - alpha) B``: ``alpha``
-  (the fraction left after one bleach frame) inside the bleach region, 1 outside (seed eq. 1).
+  (the fraction left after one bleach frame) inside the bleach region, 1 outside
+  (Wåhlstrand Skärström et al. 2021, eq. 1).
   ``B`` is the area-fraction indicator of the region (anti-aliased), optionally blurred by a
   Gaussian of standard deviation ``gamma`` pixels (finite bleach resolution).
 * Frame order (as in ``frap_matlab/signal_d.m``): every frame — prebleach, bleach or postbleach —
@@ -25,10 +29,10 @@ Biophys J 2019, code ``roding/frap_matlab``; details in ``frap.md`` §1.2):
   D).
 * Mobile fraction ``phi``: the field starts as ``phi c0`` (mobile, diffusing) plus
   ``(1 - phi) c0`` (immobile, only bleached).
-* Recovery curve (seed eq. 6): ``F(t) = sum_xy w(x, y) c(x, y, t)`` with ``w`` the area-fraction
-  indicator of the *unblurred* bleach region over the ``N x N`` image, normalised to sum 1 (or any
-  user ROI weights). Prebleach and postbleach values are returned together (``n_prebleach +
-  n_postbleach`` values; 10 + 100 = 110 in DeepFRAP).
+* Recovery curve (Wåhlstrand Skärström et al. 2021, eq. 6): ``F(t) = sum_xy w(x, y) c(x, y, t)``
+  with ``w`` the area-fraction indicator of the *unblurred* bleach region over the ``N x N`` image,
+  normalised to sum 1 (or any user ROI weights). Prebleach and postbleach values are returned
+  together (``n_prebleach + n_postbleach`` values; 10 + 100 = 110 in DeepFRAP).
 
 Three evaluators of the same model:
 
@@ -49,7 +53,8 @@ All evaluators are pure JAX functions of pytrees: jit-, vmap- and grad-able in D
 beta (full solver) and gamma (full and spectral solvers). Static settings (grid, frame counts, dt)
 live in the hashable ``FrapSettings``; region shapes are host-side (NumPy) constructions.
 
-Measurement noise (variance ``a + a' c`` per pixel, seed eq. 5) is not part of these models.
+Measurement noise (variance ``a + a' c`` per pixel, Wåhlstrand Skärström et al. 2021, eq. 5) is not
+part of these models.
 
 Pixel coordinates: image pixel ``(row i, column j)`` covers ``[j, j + 1] x [i, i + 1]``, so the
 default centre ``(N/2, N/2)`` lies on the corner shared by the four central pixels (as in
@@ -61,14 +66,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Shaped
+
+from fluojax.io import InputError
 
 __all__ = [
     "DEEPFRAP_DT_S",
+    "DEEPFRAP_D_UM2_S",
     "DEEPFRAP_PIXEL_UM",
     "DEEPFRAP_RADIUS_PX",
     "BleachGeometry",
@@ -88,14 +98,18 @@ __all__ = [
 ]
 
 DEEPFRAP_PIXEL_UM = 0.7598
-"""Pixel size of the DeepFRAP data, um (seed §3: 0.7598 um, 194.5 um field of view)."""
+"""Pixel size of the DeepFRAP data, um (0.7598 um, 194.5 um field of view;
+Wåhlstrand Skärström et al. 2021)."""
+DEEPFRAP_D_UM2_S = (1.0, 1000.0)
+"""DeepFRAP's prior range of D, um^2/s (1e-12 to 1e-9 m^2/s; Wåhlstrand Skärström et al. 2021,
+Table 1)."""
 DEEPFRAP_DT_S = 0.265
 """Frame interval of the DeepFRAP data, s."""
 DEEPFRAP_RADIUS_PX = 15.0 / DEEPFRAP_PIXEL_UM
 """Bleach radius of the DeepFRAP data in pixels (30 um diameter): 19.742 px."""
 
 
-def d_um2_s_to_px2_s(d_um2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
+def d_um2_s_to_px2_s(d_um2_s: Float[ArrayLike, "*b"], pixel_size_um: float = DEEPFRAP_PIXEL_UM) -> Any:
     """Convert a diffusion coefficient from um^2/s to pixel^2/s: ``D_px = D_um / dx^2``.
 
     Arguments:
@@ -108,7 +122,7 @@ def d_um2_s_to_px2_s(d_um2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
     return d_um2_s / pixel_size_um**2
 
 
-def d_px2_s_to_um2_s(d_px2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
+def d_px2_s_to_um2_s(d_px2_s: Float[ArrayLike, "*b"], pixel_size_um: float = DEEPFRAP_PIXEL_UM) -> Any:
     """Convert a diffusion coefficient from pixel^2/s to um^2/s: ``D_um = D_px dx^2``.
 
     Arguments:
@@ -130,8 +144,8 @@ def d_px2_s_to_um2_s(d_px2_s, pixel_size_um: float = DEEPFRAP_PIXEL_UM):
 class FrapSettings:
     """Static settings of the solver (hashable; pass as a static argument under jit).
 
-    Defaults are DeepFRAP's (seed §3): 256 x 256 images, padding 128, 10 prebleach, 4 bleach and
-    100 postbleach frames, 0.265 s between frames.
+    Defaults are DeepFRAP's (Wåhlstrand Skärström et al. 2021): 256 x 256 images, padding 128, 10
+    prebleach, 4 bleach and 100 postbleach frames, 0.265 s between frames.
 
     Attributes:
         n_pixels: int, image side N in pixels.
@@ -160,7 +174,7 @@ class FrapSettings:
         """Number of recorded frames, ``n_prebleach + n_postbleach``."""
         return self.n_prebleach + self.n_postbleach
 
-    def frame_times_s(self) -> np.ndarray:
+    def frame_times_s(self) -> Float[np.ndarray, " t"]:
         """Times of the recorded frames in s, counted from the start (uniform state at t = 0).
 
         Prebleach frame i (1-based) is at ``i dt``; the last bleach frame ends at
@@ -170,7 +184,7 @@ class FrapSettings:
         post = self.n_prebleach + self.n_bleach + np.arange(1, self.n_postbleach + 1)
         return np.concatenate([pre, post]).astype(np.float64) * self.dt_s
 
-    def postbleach_times_s(self) -> np.ndarray:
+    def postbleach_times_s(self) -> Float[np.ndarray, " t_post"]:
         """Times of the postbleach frames in s after the end of the last bleach frame: ``j dt``."""
         return np.arange(1, self.n_postbleach + 1, dtype=np.float64) * self.dt_s
 
@@ -182,7 +196,8 @@ class FrapParams(NamedTuple):
         d_px2_s: D, diffusion coefficient in pixel^2/s (``d_um2_s_to_px2_s`` converts).
         c0: initial (prebleach) concentration, dimensionless intensity units.
         alpha: bleach parameter, fraction of the concentration left inside the bleach region after
-            one bleach frame (seed eq. 1); applied once per bleach frame. In (0, 1].
+            one bleach frame (Wåhlstrand Skärström et al. 2021, eq. 1); applied once per bleach
+            frame. In (0, 1].
         mobile_fraction: phi in [0, 1]; the immobile part ``(1 - phi) c0`` never diffuses but is
             bleached by the same masks. Default 1 (DeepFRAP).
         beta: fraction left per recorded or bleach frame by imaging bleach, applied inside the
@@ -205,8 +220,9 @@ class BleachGeometry(NamedTuple):
     Attributes:
         indicator: (N, N) array in [0, 1], area fraction of each pixel inside the bleach region
             (the bleach mask is ``1 - (1 - alpha) * blur_gamma(indicator)``, zero-padded by M).
-        roi_weights: (N, N) array, weights ``w`` of the recovery curve ``F = sum w c`` (seed eq. 6);
-            by default the unblurred indicator normalised to sum 1.
+        roi_weights: (N, N) array, weights ``w`` of the recovery curve ``F = sum w c``
+            (Wåhlstrand Skärström et al. 2021, eq. 6); by default the unblurred indicator normalised
+            to sum 1.
     """
 
     indicator: jax.Array | np.ndarray
@@ -216,9 +232,9 @@ class BleachGeometry(NamedTuple):
 def _normalised_weights(roi, shape) -> np.ndarray:
     w = np.asarray(roi, dtype=np.float64)
     if w.shape != shape:
-        raise ValueError(f"ROI weights have shape {w.shape}, expected {shape}")
+        raise InputError(f"ROI weights of shape {w.shape}: expected the image shape {shape} (pixels)")
     if np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("ROI weights must be non-negative with a positive sum")
+        raise InputError(f"ROI weights with minimum {w.min():g} and sum {w.sum():g}: must be >= 0 with a positive sum")
     return w / w.sum()
 
 
@@ -234,7 +250,7 @@ def circular_region(
     radius_px: float = DEEPFRAP_RADIUS_PX,
     center_px: tuple[float, float] | None = None,
     supersample: int = 15,
-    roi=None,
+    roi: Float[ArrayLike, "n n"] | None = None,
 ) -> BleachGeometry:
     """Disk of radius r, anti-aliased by area fraction (as ``frap_matlab/create_bleach_mask.m``).
 
@@ -276,7 +292,7 @@ def rectangular_region(
     lx_px: float,
     ly_px: float,
     center_px: tuple[float, float] | None = None,
-    roi=None,
+    roi: Float[ArrayLike, "n n"] | None = None,
 ) -> BleachGeometry:
     """Axis-aligned rectangle ``l_x x l_y``, anti-aliased by exact area fraction.
 
@@ -306,7 +322,9 @@ def rectangular_region(
     return BleachGeometry(frac, weights)
 
 
-def custom_region(indicator, supersample: int = 1, roi=None) -> BleachGeometry:
+def custom_region(
+    indicator: Shaped[ArrayLike, "ns ns"], supersample: int = 1, roi: Float[ArrayLike, "n n"] | None = None
+) -> BleachGeometry:
     """Any bleach region given as an indicator image, optionally at a finer resolution.
 
     With ``supersample = s > 1`` the indicator is given on an ``(N s) x (N s)`` grid (e.g. a
@@ -325,9 +343,11 @@ def custom_region(indicator, supersample: int = 1, roi=None) -> BleachGeometry:
     ind = np.asarray(indicator, dtype=np.float64)
     s = int(supersample)
     if ind.ndim != 2 or ind.shape[0] != ind.shape[1] or ind.shape[0] % s:
-        raise ValueError(f"indicator must be square with a side divisible by {s}, got {ind.shape}")
+        raise InputError(
+            f"bleach indicator of shape {ind.shape}: must be square with a side divisible by the supersampling {s}"
+        )
     if np.any(ind < 0) or np.any(ind > 1):
-        raise ValueError("indicator values must lie in [0, 1]")
+        raise InputError(f"bleach indicator values in [{ind.min():g}, {ind.max():g}]: must lie in [0, 1]")
     n = ind.shape[0] // s
     frac = ind.reshape(n, s, n, s).mean(axis=(1, 3))
     weights = _normalised_weights(frac if roi is None else roi, frac.shape)
@@ -393,7 +413,8 @@ def _pad(image, settings: FrapSettings):
 
 
 def _fft_diffuse(field, decay, size: int):
-    """One exact diffusion step (seed eq. 4) of a real field via real FFTs."""
+    """One exact diffusion step of a real field via real FFTs (Wåhlstrand Skärström et al. 2021,
+    eq. 4)."""
     return jnp.fft.irfft2(jnp.fft.rfft2(field) * decay, s=(size, size))
 
 
@@ -402,8 +423,9 @@ def _blurred_indicator(indicator, gamma_px, settings: FrapSettings):
 
     Spectral multiplier ``exp(-gamma^2 |xi|^2 / 2)``: the same as letting the indicator diffuse
     for ``D t = gamma^2 / 2``, which is why a blurred single bleach equals a sharp one observed
-    ``gamma^2 / (2 D)`` later (frap.md §4.5). ``frap_matlab`` blurs a 15x supersampled mask with a
-    truncated kernel before box downsampling instead; the two differ at the sub-pixel level.
+    ``gamma^2 / (2 D)`` later (tests/test_frap_models.py checks this). ``frap_matlab`` blurs a 15x
+    supersampled mask with a truncated kernel before box downsampling instead; the two differ at the
+    sub-pixel level.
     """
     size = settings.grid_size
     lam = _const(_spectral_grid(size)[0])
@@ -419,10 +441,11 @@ def _concrete_or_none(x):
         return None
 
 
-def _require_value(x, expected: float, name: str, where: str) -> None:
-    value = _concrete_or_none(x)
-    if value is not None and not np.allclose(value, expected, rtol=0.0, atol=1e-12):
-        raise ValueError(f"{where} requires {name} = {expected}, got {value}")
+def _require_value(x, expected, name: str, where: str) -> None:
+    """Refuse ``x != expected`` when both are concrete (under a trace nothing is checked)."""
+    value, target = _concrete_or_none(x), _concrete_or_none(expected)
+    if value is not None and target is not None and not np.allclose(value, target, rtol=0.0, atol=1e-12):
+        raise InputError(f"{name} {value}: {where} requires {name} = {target}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,16 +487,20 @@ def _time_stepping(params: FrapParams, geometry: BleachGeometry, settings: FrapS
 _time_stepping_jit = jax.jit(_time_stepping, static_argnames=("settings", "images"))
 
 
-def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
+def simulate_images(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, "t n n"]:
     """Simulated FRAP image sequence: the recorded prebleach and postbleach frames.
 
     Starting from ``c = c0`` (``phi c0`` mobile, ``(1 - phi) c0`` immobile) on the ``L x L``
-    periodic grid, each frame applies ``c^ <- exp(-D |xi|^2 dt) c^`` to the mobile field (seed
-    eqs. 3-4; real FFTs, so the field stays real — ``frap_matlab`` takes ``abs`` of a complex
-    inverse FFT instead) and then multiplies both fields by the frame's mask: the imaging mask
+    periodic grid, each frame applies ``c^ <- exp(-D |xi|^2 dt) c^`` to the mobile field
+    (Wåhlstrand Skärström et al. 2021, eqs. 3-4; real FFTs, so the field stays real —
+    ``frap_matlab`` takes ``abs`` of a complex inverse FFT instead) and then multiplies both fields
+    by the frame's mask: the imaging mask
     ``1 + (beta - 1) 1_window`` for recorded frames, and additionally the bleach mask
-    ``1 - (1 - alpha) B_gamma`` (seed eq. 1) for the ``n_bleach`` unrecorded bleach frames. The
-    output is ``mobile + immobile`` cropped to the central ``N x N`` window.
+    ``1 - (1 - alpha) B_gamma`` (Wåhlstrand Skärström et al. 2021, eq. 1) for the ``n_bleach``
+    unrecorded bleach frames. The output is ``mobile + immobile`` cropped to the central ``N x N``
+    window.
 
     Arguments:
         params: ``FrapParams`` (D in px^2/s, c0, alpha, phi, beta, gamma in px); scalar leaves.
@@ -486,8 +513,11 @@ def simulate_images(params: FrapParams, geometry: BleachGeometry, settings: Frap
     return _time_stepping_jit(_floats(params), _floats(geometry), settings, images=True)
 
 
-def recovery_curve(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
-    """Recovery curve ``F(t) = sum_xy w(x, y) c(x, y, t)`` (seed eq. 6) from the full solver.
+def recovery_curve(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, " t"]:
+    """Recovery curve ``F(t) = sum_xy w(x, y) c(x, y, t)`` (Wåhlstrand Skärström et al. 2021, eq. 6)
+    from the full solver.
 
     Same time stepping as ``simulate_images`` (one FFT pair per frame), reduced to the ROI mean
     per recorded frame instead of storing the images.
@@ -526,7 +556,7 @@ def _mobile_alpha_polynomial(d, blurred, weights_hat, settings: FrapSettings):
     lam, inverse, lam_unique, herm = _spectral_grid(size)
     decay = jnp.exp(-(d * settings.dt_s) * _const(lam))
     keep = 1.0 - blurred
-    fields = [jnp.ones_like(blurred)]
+    fields: list[jax.Array | float] = [jnp.ones_like(blurred)]  # every entry is an array in fact
     for frame in range(settings.n_bleach):
         if frame == 0:
             diffused = fields  # a uniform field does not change under diffusion
@@ -579,15 +609,18 @@ def _recovery_curve_spectral(params, geometry, settings):
     return jnp.concatenate([pre, post])
 
 
-def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()):
+def recovery_curve_spectral(
+    params: FrapParams, geometry: BleachGeometry, settings: FrapSettings = FrapSettings()
+) -> Float[Array, " t"]:
     """Exact recovery curve for ``beta = 1`` with no FFT per postbleach frame.
 
     ``F_pre = c0 sum w`` and, for postbleach frame j (time ``j dt`` after the last bleach frame),
     ``F_j = c0 sum_p alpha^p [phi G_p(j; D, gamma) + (1 - phi) H_p(gamma)]``, p = 0..n_bleach,
     where ``G_p(j) = sum_lambda W_p(lambda) exp(-D lambda j dt)`` is a sum of decaying
     exponentials over the distinct ``lambda = |xi|^2`` (weights from the spectrum of the
-    alpha^p coefficient field after the last bleach frame times the ROI spectrum, seed eqs. 4 and
-    6) and ``H_p = C(n, p) sum w B^p (1 - B)^(n - p)`` is the immobile part. Costs about
+    alpha^p coefficient field after the last bleach frame times the ROI spectrum,
+    Wåhlstrand Skärström et al. 2021, eqs. 4 and 6) and ``H_p = C(n, p) sum w B^p (1 - B)^(n - p)``
+    is the immobile part. Costs about
     ``(n_bleach + 1)(n_bleach + 2)`` real FFTs of the ``L x L`` grid, versus two per frame for
     ``recovery_curve``; agrees with it to rounding (about 1e-13 in float64).
 
@@ -609,14 +642,13 @@ def recovery_curve_spectral(params: FrapParams, geometry: BleachGeometry, settin
 # ----------------------------------------------------------------------------------------------
 
 
-@partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["coeffs", "immobile", "roi_sum"],
-    meta_fields=["settings", "log_d_min", "log_d_max", "gamma_px", "tail"],
-)
-@dataclass(frozen=True)
-class FastCurveTable:
-    """Precomputed recovery-curve model for one geometry, settings and gamma (a pytree).
+class FastCurveTable(NamedTuple):
+    """Precomputed recovery-curve model for one geometry, settings and gamma (a pytree of arrays).
+
+    Every field is an array or a number, so a table passes through ``jax.jit`` and ``vmap`` as an
+    ordinary argument (no static part): the frame counts are the shapes of ``coeffs`` and
+    ``prebleach``, and the map from D to the Chebyshev variable uses the float64 constants
+    ``inv_d_mid`` and ``x_per_log_d`` computed when the table is built.
 
     Attributes:
         coeffs: (K, n_bleach + 1, n_postbleach) Chebyshev coefficients, in
@@ -624,26 +656,36 @@ class FastCurveTable:
             alpha-polynomial curves ``G_p(j; D)`` (c0 = 1).
         immobile: (n_bleach + 1,) immobile alpha-polynomial coefficients ``H_p``.
         roi_sum: scalar ``sum w`` (1 for normalised weights): the prebleach value per unit c0.
-        settings: the ``FrapSettings`` it was built for (static).
-        log_d_min, log_d_max: natural logs of the D range (px^2/s) covered (static).
-        gamma_px: the bleach blur baked into the table (static).
+        prebleach: (n_prebleach,) prebleach curve per unit c0 (``roi_sum`` in every frame).
+        log_d_min, log_d_max: natural logs of the D range covered, ln(D / (px^2/s)).
+        inv_d_mid: ``1 / D_mid`` in s/px^2, ``D_mid = sqrt(D_min D_max)``, so that
+            ``x = ln(D / D_mid) x_per_log_d``.
+        x_per_log_d: ``2 / (ln D_max - ln D_min)``.
+        gamma_px: the bleach blur (std, px) baked into the table.
         tail: max |coefficient| over the last 4 orders, an estimate of the interpolation error
-            in absolute intensity per unit c0 (static).
+            in absolute intensity per unit c0.
     """
 
-    coeffs: jax.Array | np.ndarray
-    immobile: jax.Array | np.ndarray
-    roi_sum: jax.Array | np.ndarray
-    settings: FrapSettings
-    log_d_min: float
-    log_d_max: float
-    gamma_px: float
-    tail: float
+    coeffs: Float[Array, "k p t"] | np.ndarray
+    immobile: Float[Array, " p"] | np.ndarray
+    roi_sum: Float[Array, ""] | np.ndarray | float
+    prebleach: Float[Array, " n_pre"] | np.ndarray
+    log_d_min: Float[Array, ""] | float
+    log_d_max: Float[Array, ""] | float
+    inv_d_mid: Float[Array, ""] | float
+    x_per_log_d: Float[Array, ""] | float
+    gamma_px: Float[Array, ""] | float
+    tail: Float[Array, ""] | float
 
     @property
     def d_range_px2_s(self) -> tuple[float, float]:
-        """The D range (px^2/s) inside which the table is accurate."""
+        """The D range (px^2/s) inside which the table is accurate (host tables only)."""
         return math.exp(self.log_d_min), math.exp(self.log_d_max)
+
+    @property
+    def n_frames(self) -> int:
+        """Recorded frames of a curve, ``n_prebleach + n_postbleach`` (from the array shapes)."""
+        return int(np.shape(self.prebleach)[0] + np.shape(self.coeffs)[2])
 
 
 def build_fast_curve_table(
@@ -659,7 +701,7 @@ def build_fast_curve_table(
     of ``ln D``; they are evaluated in float64 at the K Chebyshev points of the first kind
     ``x_k = cos(pi (k + 1/2) / K)`` of the interval and converted to Chebyshev coefficients. The
     default (1 to 3000 px^2/s, K = 64) covers DeepFRAP's prior (1.73 to 1732 px^2/s) with margin.
-    Building at DeepFRAP settings takes of order 10 s on a 2-core CPU (K spectral solves).
+    Building costs K spectral solves (``recovery_curve_spectral`` without the alpha sum).
 
     Arguments:
         geometry: ``BleachGeometry``.
@@ -672,9 +714,10 @@ def build_fast_curve_table(
     Returns:
         ``FastCurveTable`` (NumPy float64 leaves; cast to JAX's default float type when used).
     """
-    lo, hi = (math.log(float(v)) for v in d_range_px2_s)
-    if not hi > lo:
-        raise ValueError("d_range_px2_s must be increasing and positive")
+    d_min, d_max = (float(v) for v in d_range_px2_s)
+    if not 0 < d_min < d_max < math.inf:
+        raise InputError(f"D range [{d_min:g}, {d_max:g}] px^2/s: must be positive, finite and increasing")
+    lo, hi = math.log(d_min), math.log(d_max)
     k = int(n_nodes)
     theta = np.pi * (np.arange(k) + 0.5) / k
     d_nodes = np.exp(0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(theta))
@@ -690,7 +733,18 @@ def build_fast_curve_table(
     basis[0] *= 0.5
     coeffs = np.tensordot(basis, values, axes=(1, 0))
     tail = float(np.max(np.abs(coeffs[-4:]))) if k >= 4 else float("nan")
-    return FastCurveTable(coeffs, immobile, roi_sum, settings, lo, hi, float(gamma_px), tail)
+    return FastCurveTable(
+        coeffs=coeffs,
+        immobile=immobile,
+        roi_sum=roi_sum,
+        prebleach=np.full(settings.n_prebleach, roi_sum),
+        log_d_min=lo,
+        log_d_max=hi,
+        inv_d_mid=math.exp(-0.5 * (lo + hi)),
+        x_per_log_d=2.0 / (hi - lo),
+        gamma_px=float(gamma_px),
+        tail=tail,
+    )
 
 
 def _clenshaw(x, coeffs):
@@ -705,28 +759,25 @@ def _clenshaw(x, coeffs):
 
 @jax.jit
 def _recovery_curve_fast(params, table):
-    settings = table.settings
-    d = params.d_px2_s
     # ln(D / D_mid) rather than ln D - ln D_mid: no cancellation of two O(8) logs in float32
-    d_mid_inv = math.exp(-0.5 * (table.log_d_min + table.log_d_max))
-    x = jnp.log(d * d_mid_inv) * (2.0 / (table.log_d_max - table.log_d_min))
+    x = jnp.log(params.d_px2_s * table.inv_d_mid) * table.x_per_log_d
     mobile = _clenshaw(x, table.coeffs)  # (n_bleach + 1, n_post)
-    powers = _alpha_powers(params.alpha, settings.n_bleach)
+    powers = _alpha_powers(params.alpha, table.coeffs.shape[1] - 1)
     phi = params.mobile_fraction
     post = params.c0 * (phi * (powers @ mobile) + (1.0 - phi) * (powers @ table.immobile))
-    pre = jnp.full((settings.n_prebleach,), params.c0 * table.roi_sum, dtype=post.dtype)
+    pre = params.c0 * table.prebleach
     return jnp.concatenate([pre, post])
 
 
-def recovery_curve_fast(params: FrapParams, table: FastCurveTable):
+def recovery_curve_fast(params: FrapParams, table: FastCurveTable) -> Float[Array, " t"]:
     """Recovery curve from a ``FastCurveTable``: a Chebyshev sum in ln D plus a polynomial in alpha.
 
     ``F_pre = c0 sum w``; postbleach frame j:
     ``F_j = c0 sum_p alpha^p [phi sum_n a_{n,p,j} T_n(x(D)) + (1 - phi) H_p]``. Exact in c0,
     alpha and phi; in D it interpolates the exact (spectral) solution, with an error of order
     ``table.tail`` inside ``table.d_range_px2_s``. Per curve this is about
-    ``3 K (n_bleach + 1) n_postbleach`` flops (about 1e5 at DeepFRAP settings with K = 64); under
-    ``jax.jit(jax.vmap(...))`` a 2-core CPU evaluates of order 1e5 curves/s (batch 4096, float32).
+    ``3 K (n_bleach + 1) n_postbleach`` flops (about 1e5 at DeepFRAP settings with K = 64); batch
+    it under ``jax.jit(jax.vmap(...))`` (rates in docs/benchmarks.md).
 
     Accuracy at DeepFRAP settings (default table) against the float64 image solver: about 1e-13
     relative when evaluated in float64 (x64), and below 1e-6 relative in float32 (worst case

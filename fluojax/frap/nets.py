@@ -1,42 +1,46 @@
-"""DeepFRAP's networks (seed 001, §3.2) in Flax NNX, their targets and the noise-weighted loss.
+"""DeepFRAP's networks in Flax NNX, their targets and the noise-weighted loss.
+
+DeepFRAP is Wåhlstrand Skärström et al. 2021 (J. Microsc. 282:146); "the paper" below.
 
 **Joint network.** A fully connected network from the 110-point recovery curve (10 prebleach +
-100 postbleach ROI means, seed §3.1) to the three targets ``y = (D*, c0, alpha)``, with
-``D* = log10(D / (px^2/s))``: 8 hidden Dense(128) layers with ELU (seed eq. 16, gamma = 1) and a
-linear Dense(3) output; Glorot-uniform kernels, zero biases (TensorFlow defaults, seed §3.2).
+100 postbleach ROI means) to the three targets ``y = (D*, c0, alpha)``, with
+``D* = log10(D / (px^2/s))``: 8 hidden Dense(128) layers with ELU
+(Wåhlstrand Skärström et al. 2021, eq. 16, gamma = 1) and a linear Dense(3) output;
+Glorot-uniform kernels, zero biases (TensorFlow defaults, as in the paper).
 Weights: ``110*128 + 128 + 7 (128*128 + 128) + 128*3 + 3 = 14,208 + 115,584 + 387 = 130,179``,
 of which all but the output layer's 387, i.e. 129,792, are shared between the three parameters
-(both numbers quoted in the seed, §3.2).
+(both numbers are quoted in the paper).
 
 **Per-parameter ("merged") network.** Three such blocks, each ending in Dense(1), side by side,
 one per parameter, sharing nothing: ``3 (129,792 + 128 + 1) = 3 x 129,921 = 389,763`` weights,
-the seed's number for the merged network of Table 4. The blocks are stored as stacked (3, in,
+the paper's number for the merged network of its Table 4. The blocks are stored as stacked (3, in,
 out) kernels and evaluated as one batched product per layer — the "three fully connected blocks
-executed in parallel" the seed merges for speed. Trained with the joint loss below, block j
+executed in parallel" the paper merges for speed. Trained with the joint loss below, block j
 receives gradient only from parameter j's term, so one training run of the merged network is
-three separate trainings with the per-parameter loss (seed eq. 10), the 1/3 of eq. 9 aside.
-(The seed's final network further swaps the joint network's D* part in for block 0; that is a
-choice of trained weights, not another architecture.)
+three separate trainings with the per-parameter loss (Wåhlstrand Skärström et al. 2021, eq. 10),
+the 1/3 of eq. 9 aside. (The paper's final network further swaps the joint network's D* part in
+for block 0; that is a choice of trained weights, not another architecture.)
 
-**Input normalisation.** None, as in the seed: the network reads the raw ROI means, which are
-already O(1) (c0 in [0.5, 1] in the dimensionless intensity units; experimental data are rescaled
-from 16 bit to [0, 1] before background subtraction, seed §3.4). The seed lists rescaling of
-inputs and outputs as unexplored (§4), keeps c0 as a target rather than dividing it out (§3.1:
-the postbleach values carry information about c0), and does not standardise the targets (§3.2).
+**Input normalisation.** None, as in the paper: the network reads the raw ROI means, which are
+already O(1) (c0 in [0.5, 1] in the dimensionless intensity units; the paper rescales experimental
+data from 16 bit to [0, 1] before background subtraction). The paper lists rescaling of inputs
+and outputs as unexplored, keeps c0 as a target rather than dividing it out (the postbleach
+values carry information about c0), and does not standardise the targets.
 
-**Loss.** Weighted MSE (seed eq. 9), ``(1/3) sum_i zeta_i |y_i - f(x_i)|^2`` with
-``zeta_i proportional to 1 / a_i`` (a_i the per-pixel noise variance of sample i), so that
-low-noise samples, whose estimates are far more precise, are not drowned by high-noise ones
-(seed §3.2). Here ``zeta`` is normalised to sum 1 over each batch (the seed normalises over the
-data set and also writes a 1/N; normalising per batch keeps the loss on the scale of a plain MSE,
-which it equals for constant weights). ``train.py`` calls ``loss(prediction, target)``, so
-``inverse_noise_weighted_mse`` takes the weights from an extra target column: targets are
-(B, 4) = ``(D*, c0, alpha, a)`` as made by ``network_targets``.
+**Loss.** Weighted MSE (Wåhlstrand Skärström et al. 2021, eq. 9),
+``(1/3) sum_i zeta_i |y_i - f(x_i)|^2`` with ``zeta_i proportional to 1 / a_i`` (a_i the
+per-pixel noise variance of sample i), so that low-noise samples, whose estimates are far more
+precise, are not drowned by high-noise ones. Here ``zeta`` is normalised to sum 1 over each batch
+(the paper normalises over the data set and also writes a 1/N; normalising per batch keeps the
+loss on the scale of a plain MSE, which it equals for constant weights). ``train.py`` calls
+``loss(prediction, target)``, so ``inverse_noise_weighted_mse`` takes the weights from an extra
+target column: targets are (B, 4) = ``(D*, c0, alpha, a)`` as made by ``network_targets``.
 """
 
-from __future__ import annotations  # noqa: I001
+from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -44,8 +48,7 @@ from flax import nnx
 
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
-from fluojax.networks import parameter_count  # re-exported: experiments/bench_frap.py uses nets.parameter_count
-import itertools
+from fluojax.io import InputError
 
 __all__ = [
     "TARGET_NAMES",
@@ -55,13 +58,13 @@ __all__ = [
     "expected_parameter_count",
     "inverse_noise_weighted_mse",
     "network_targets",
-    "parameter_count",
     "params_from_prediction",
     "weighted_mse",
 ]
 
 TARGET_NAMES = ("log10_d_px2_s", "c0", "alpha")
-"""Network outputs, in order: D* = log10(D / (px^2/s)), c0, alpha (seed §3.1)."""
+"""Network outputs, in order: D* = log10(D / (px^2/s)), c0, alpha
+(Wåhlstrand Skärström et al. 2021)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +73,8 @@ class DeepFrapConfig:
 
     Attributes:
         inputs: int, curve length (10 prebleach + 100 postbleach = 110).
-        width: int, units of every hidden layer (seed 128).
-        hidden_layers: int, hidden Dense + ELU layers (seed 8).
+        width: int, units of every hidden layer (the paper: 128).
+        hidden_layers: int, hidden Dense + ELU layers (the paper: 8).
         outputs: int, number of targets (3: D*, c0, alpha).
         per_parameter: bool, one independent block per target (the merged network, 389,763
             weights) instead of one block with ``outputs`` outputs (130,179 weights).
@@ -87,11 +90,12 @@ class DeepFrapConfig:
 
     def __post_init__(self):
         if min(self.inputs, self.width, self.hidden_layers, self.outputs) < 1:
-            raise ValueError("inputs, width, hidden_layers and outputs must be >= 1")
+            sizes = (self.inputs, self.width, self.hidden_layers, self.outputs)
+            raise InputError(f"network sizes (inputs, width, hidden layers, outputs) = {sizes}: each must be >= 1")
 
     @classmethod
     def paper(cls, per_parameter: bool = False) -> DeepFrapConfig:
-        """The seed's network: joint (130,179 weights) or per-parameter/merged (389,763)."""
+        """DeepFRAP's network: joint (130,179 weights) or per-parameter/merged (389,763)."""
         return cls(per_parameter=per_parameter, name="deepfrap_merged" if per_parameter else "deepfrap")
 
     @classmethod
@@ -140,7 +144,7 @@ class _BlockDense(nnx.Module):
 
 
 class DeepFrapNet(nnx.Module):
-    """DeepFRAP MLP (seed §3.2): curve -> (D*, c0, alpha).
+    """DeepFRAP MLP (Wåhlstrand Skärström et al. 2021): curve -> (D*, c0, alpha).
 
     Layers per block: Dense(width) -> ELU, ``hidden_layers`` times, then a linear Dense to the
     block's outputs; blocks (1 for the joint network, 3 for the per-parameter one) run in parallel
@@ -164,7 +168,7 @@ class DeepFrapNet(nnx.Module):
 
     def __call__(self, curves: jax.Array) -> jax.Array:
         if curves.ndim != 2 or curves.shape[1] != self.config.inputs:
-            raise ValueError(f"DeepFrapNet expects curves of shape (batch, {self.config.inputs}), got {curves.shape}")
+            raise InputError(f"curves of shape {curves.shape}: DeepFrapNet reads (batch, {self.config.inputs})")
         h = curves.astype(jnp.float32)
         for layer in self.hidden:
             h = jax.nn.elu(layer(h))
@@ -185,7 +189,8 @@ def build_network(config: DeepFrapConfig, seed: int = 0) -> DeepFrapNet:
 def network_targets(sample: FrapSample) -> jax.Array:
     """Training targets with the loss weights' noise level: (..., 4) = ``(D*, c0, alpha, a)``.
 
-    ``D* = log10(D / (px^2/s))`` (seed §3.1); the last column, the per-pixel noise variance a,
+    ``D* = log10(D / (px^2/s))`` (Wåhlstrand Skärström et al. 2021); the last column, the per-pixel
+    noise variance a,
     is not predicted: ``inverse_noise_weighted_mse`` uses it for the weights ``zeta = 1/a``.
 
     Arguments:
@@ -212,10 +217,12 @@ def params_from_prediction(prediction: jax.Array) -> FrapParams:
 
 
 def weighted_mse(prediction: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
-    """Weighted mean squared error, seed eq. 9: ``(1/P) sum_i zeta_i sum_j (f_ij - y_ij)^2``.
+    """Weighted mean squared error ``(1/P) sum_i zeta_i sum_j (f_ij - y_ij)^2``
+    (Wåhlstrand Skärström et al. 2021, eq. 9).
 
     ``zeta_i = weights_i / sum_k weights_k`` (normalised over the batch), P = number of targets per
-    sample. Equals the plain MSE for constant weights; for one target (P = 1) it is seed eq. 10.
+    sample. Equals the plain MSE for constant weights; for one target (P = 1) it is the
+    per-parameter loss (Wåhlstrand Skärström et al. 2021, eq. 10).
 
     Arguments:
         prediction: (B, P) network outputs f(x_i).
@@ -235,7 +242,7 @@ def inverse_noise_weighted_mse(prediction: jax.Array, target: jax.Array) -> jax.
 
     ``weighted_mse(prediction, target[:, :P], 1 / target[:, P])``: the target carries the
     per-pixel noise variance a of each sample as its last column (``network_targets``), and the
-    weights are ``zeta_i proportional to 1 / a_i`` (seed §3.2).
+    weights are ``zeta_i proportional to 1 / a_i`` (Wåhlstrand Skärström et al. 2021).
 
     Arguments:
         prediction: (B, P) network outputs.
@@ -246,5 +253,5 @@ def inverse_noise_weighted_mse(prediction: jax.Array, target: jax.Array) -> jax.
     """
     n_out = prediction.shape[-1]
     if target.shape[-1] != n_out + 1:
-        raise ValueError(f"targets must be (batch, {n_out} + 1) with the noise variance a last, got {target.shape}")
+        raise InputError(f"targets of shape {target.shape}: expected (batch, {n_out} + 1), the noise variance a last")
     return weighted_mse(prediction, target[:, :n_out], 1.0 / target[:, n_out])

@@ -5,7 +5,8 @@ The steps behind ``fluojax frap fit`` (and the data side of ``fluojax frap predi
 1. **ROI** ``circle:X,Y,R`` (:func:`parse_roi`) in pixel coordinates of the stack: x = column,
    y = row, pixel j spans ``[j, j + 1]`` (so pixel centres are at ``j + 1/2``, as in ImageJ and in
    :mod:`fluojax.frap.models`); R in pixels. The circle must lie fully inside the image. It is
-   both the bleach region of the model and the ROI of the recovery curve (DeepFRAP, seed eq. 6).
+   both the bleach region of the model and the ROI of the recovery curve (DeepFRAP:
+   Wåhlstrand Skärström et al. 2021, eq. 6).
 2. **Square window.** The solver works on an ``N x N`` image (plus ``pad`` pixels on each side,
    periodic). A square stack is used whole (``N`` = its side). A non-square ``Y x X`` stack is
    cropped to the ``N x N`` square, ``N = min(Y, X)``, that contains the ROI and is centred on it
@@ -44,6 +45,7 @@ Timings, in s, are collected in a dict (``read``, ``table``, ``fit``) by the cal
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 import time
@@ -99,6 +101,7 @@ __all__ = [
     "roi_curve",
     "settings_summary",
     "square_window",
+    "status_name",
     "status_reason",
 ]
 
@@ -119,12 +122,12 @@ MAX_PAD_FACTOR = 4
 apart, far beyond the region the data describe; a wider domain changes nothing but the cost."""
 MAX_GRID_PX = 2048
 """Largest solver grid side ``N + 2 pad``. Building the table costs K spectral solves on the
-grid, ~ L^2 log L: about 10 s at DeepFRAP's 512 px on a 2-core CPU, so minutes at 2048 px and
-most of an hour at 6000 px."""
+grid, each ~ L^2 log L: ~20 times the cost of DeepFRAP's 512 px grid at 2048 px, ~190 times at
+6000 px (timings in docs/benchmarks.md)."""
 TABLE_NODES = 48
 """Chebyshev nodes of the fit's table: over the default 5.5 decades of D its error estimate is
-~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve, and the
-LM compiles ~25 % faster than with 64."""
+~2e-7 to 5e-7 of c0 (64 nodes: ~3e-9), below the ~1e-6 float32 rounding of the fast curve; fewer
+nodes make a smaller Levenberg-Marquardt program to compile."""
 
 
 class CircleROI(NamedTuple):
@@ -183,11 +186,11 @@ def parse_roi(text: str) -> CircleROI:
     m = _CIRCLE.match(str(text).strip())
     if not m:
         raise InputError(
-            f"--roi {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7"
+            f"ROI {text!r}: expected circle:X,Y,R in pixels (x = column, y = row), e.g. circle:128,128,19.7"
         )
     x, y, r = (float(v) for v in m.groups())
     if not r > 0:
-        raise InputError(f"--roi {text!r}: the radius must be positive")
+        raise InputError(f"ROI {text!r}: radius {r:g} px, must be > 0")
     return CircleROI(x, y, r)
 
 
@@ -214,7 +217,8 @@ def square_window(shape_yx: tuple[int, int], roi: CircleROI) -> tuple[int, int, 
     x0, y0 = origin(roi.x, nx), origin(roi.y, ny)
     if not (roi.x - roi.r >= x0 and roi.x + roi.r <= x0 + n and roi.y - roi.r >= y0 and roi.y + roi.r <= y0 + n):
         raise InputError(
-            f"--roi {roi.text()}: does not fit in a {n} x {n} square window of the {nx} x {ny} (X x Y) image"
+            f"ROI {roi.text()}: a disk of radius {roi.r:g} px does not fit in a {n} x {n} px square window "
+            f"of the {nx} x {ny} px (X x Y) image"
         )
     return x0, y0, n
 
@@ -243,16 +247,16 @@ def check_pad(n: int, pad: int | None) -> int:
         return max(0, min(n // 2, (MAX_GRID_PX - n) // 2))
     pad = int(pad)
     if pad < 0:
-        raise InputError(f"--pad {pad}: must be >= 0")
+        raise InputError(f"solver padding {pad} px: must be >= 0")
     if pad > MAX_PAD_FACTOR * n:
         raise InputError(
-            f"--pad {pad}: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
+            f"solver padding {pad} px: at most {MAX_PAD_FACTOR} x the {n}-px square's side ({MAX_PAD_FACTOR * n} px); "
             f"a wider periodic domain changes nothing but the run time"
         )
     if n + 2 * pad > MAX_GRID_PX:
         raise InputError(
-            f"--pad {pad}: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px allowed "
-            f"(use --pad {(MAX_GRID_PX - n) // 2} or less; the table's cost grows as the grid's area)"
+            f"solver padding {pad} px: the solver grid would be {n + 2 * pad} px per side, above the {MAX_GRID_PX} px "
+            f"allowed (a padding of {(MAX_GRID_PX - n) // 2} px or less; the table's cost grows as the grid's area)"
         )
     return pad
 
@@ -261,7 +265,7 @@ def _roi_inside(shape_yx, roi: CircleROI) -> None:
     ny, nx = shape_yx
     if not (roi.x - roi.r >= 0 and roi.y - roi.r >= 0 and roi.x + roi.r <= nx and roi.y + roi.r <= ny):
         raise InputError(
-            f"--roi {roi.text()}: the circle is not fully inside the {nx} x {ny} (X x Y) image "
+            f"ROI {roi.text()}: the circle is not fully inside the {nx} x {ny} px (X x Y) image "
             f"(needs R <= X <= {nx} - R and R <= Y <= {ny} - R)"
         )
 
@@ -281,11 +285,11 @@ def check_stack(stack, roi: CircleROI, n_prebleach: int) -> None:
         raise InputError(f"expected a (frames, Y, X) stack, got shape {stack.shape}")
     frames = int(stack.shape[0])
     if n_prebleach < 1:
-        raise InputError(f"--prebleach {n_prebleach}: at least one prebleach frame is needed (it sets c0)")
+        raise InputError(f"{n_prebleach} prebleach frames: at least one is needed (it sets c0)")
     if frames - n_prebleach < MIN_POSTBLEACH:
         raise InputError(
-            f"{frames} frames but --prebleach {n_prebleach}: needs at least {n_prebleach + MIN_POSTBLEACH} "
-            f"frames ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)"
+            f"{frames} frames with {n_prebleach} prebleach frames: at least {n_prebleach + MIN_POSTBLEACH} "
+            f"frames are needed ({MIN_POSTBLEACH} postbleach frames after the prebleach ones)"
         )
     _roi_inside(stack.shape[1:], roi)
 
@@ -310,7 +314,8 @@ def _check_values(stack, window_data: np.ndarray, inside: np.ndarray, n_prebleac
 
 
 def roi_curve(window_data: np.ndarray, geometry: BleachGeometry) -> np.ndarray:
-    """Weighted ROI mean of every frame, ``F(t) = sum_xy w(x, y) I(x, y, t)`` (seed eq. 6).
+    """Weighted ROI mean of every frame, ``F(t) = sum_xy w(x, y) I(x, y, t)``
+    (Wåhlstrand Skärström et al. 2021, eq. 6).
 
     Arguments:
         window_data: (T, N, N) intensities (any units).
@@ -360,9 +365,9 @@ def prepare_stack(
         InputError: see :func:`check_stack` and the module docstring.
     """
     if not (math.isfinite(dt_s) and dt_s > 0):
-        raise InputError(f"the frame interval must be positive (got {dt_s} s)")
+        raise InputError(f"frame interval {dt_s:g} s: must be > 0")
     if n_bleach < 1:
-        raise InputError(f"--bleach {n_bleach}: at least one bleach frame is needed")
+        raise InputError(f"{n_bleach} bleach frames: at least one is needed")
     check_stack(stack, roi, n_prebleach)
     x0, y0, n = square_window(stack.shape[1:], roi)
     settings = FrapSettings(
@@ -393,7 +398,7 @@ def default_d_range_px2_s(dt_s: float, radius_px: float) -> tuple[float, float]:
 
 
 def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float]):
-    """``FrapPrior`` for the starts and c0/alpha bounds, with D in px^2/s (pixel size 1).
+    """``FrapPrior`` for the starts and c0/alpha bounds, with D in px^2/s (no pixel size needed).
 
     D starts: DeepFRAP's prior (1.73-1732 px^2/s) rescaled like :func:`default_d_range_px2_s`,
     clipped into ``d_range_px2_s``; c0 in [0.5, 1] (bounds [0.25, 2]) around the normalised
@@ -407,7 +412,12 @@ def fit_prior(dt_s: float, radius_px: float, d_range_px2_s: tuple[float, float])
     lo, hi = max(lo, d_range_px2_s[0]), min(hi, d_range_px2_s[1])
     if not lo < hi:
         lo, hi = d_range_px2_s
-    return FrapPrior(d_um2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=1.0)
+    return FrapPrior(d_px2_s_range=(lo, hi), c0_range=(0.5, 1.0), alpha_range=(0.1, 0.95), pixel_size_um=None)
+
+
+def _prior_of(prepared: PreparedStack, table: FastCurveTable):
+    """:func:`fit_prior` of a prepared stack and its table (the starts and bounds of every fit)."""
+    return fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
 
 
 def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | None = None) -> FastCurveTable:
@@ -415,7 +425,7 @@ def build_table(prepared: PreparedStack, d_range_px2_s: tuple[float, float] | No
     :func:`default_d_range_px2_s`)."""
     rng = d_range_px2_s or default_d_range_px2_s(prepared.settings.dt_s, prepared.roi.r)
     return build_fast_curve_table(
-        prepared.geometry, prepared.settings, tuple(float(v) for v in rng), n_nodes=TABLE_NODES
+        prepared.geometry, prepared.settings, (float(rng[0]), float(rng[1])), n_nodes=TABLE_NODES
     )
 
 
@@ -426,10 +436,10 @@ def fit_prepared(prepared: PreparedStack, table: FastCurveTable, *, n_starts: in
         ``fluojax.frap.estimate.FrapFit`` for one curve, **in normalised units** (c0 and the noise
         variance scale with ``prepared.scale`` and its square).
     """
-    from fluojax.frap.estimate import fit_recovery_curves
-
-    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
-    return fit_recovery_curves(prepared.normalised, table, key=jax.random.key(seed), n_starts=n_starts, prior=prior)
+    prior = _prior_of(prepared, table)
+    return estimate.fit_recovery_curves(
+        prepared.normalised, table, key=jax.random.key(seed), n_starts=n_starts, prior=prior
+    )
 
 
 def fit_ok(status: int, params) -> bool:
@@ -442,14 +452,28 @@ MAX_D_CI_RATIO = 10.0
 """Widest accepted 95 % interval of D, upper / lower: beyond a decade D is not determined."""
 
 
-class FrapStatus:
-    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`; FRAP adds two for fits that
-    converged but are not meaningful (see :func:`fit_status`)."""
+class FrapStatus(enum.IntEnum):
+    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`'s (same names and codes);
+    FRAP adds two for fits that converged but are not meaningful (see :func:`fit_status`)."""
 
-    NO_BLEACH = 6  # the bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1
-    UNDETERMINED = 7  # D's 95 % interval spans more than MAX_D_CI_RATIO, or has an open end
+    CONVERGED = fitlib.Status.CONVERGED
+    MAX_STEPS = fitlib.Status.MAX_STEPS
+    NON_FINITE = fitlib.Status.NON_FINITE
+    AT_BOUND = fitlib.Status.AT_BOUND
+    SOLVER_FAILED = fitlib.Status.SOLVER_FAILED
+    INVALID_DATA = fitlib.Status.INVALID_DATA
+    NO_BLEACH = 6
+    """The bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1."""
+    UNDETERMINED = 7
+    """D's 95 % interval spans more than :data:`MAX_D_CI_RATIO`, or has an open end."""
 
-    NAMES = {**{int(s): s.name for s in fitlib.Status}, 6: "NO_BLEACH", 7: "UNDETERMINED"}  # noqa: RUF012
+
+def status_name(code: int) -> str:
+    """The :class:`FrapStatus` name of a code (the code as text when it has none)."""
+    try:
+        return FrapStatus(int(code)).name
+    except ValueError:
+        return str(int(code))
 
 
 def fit_status(result) -> np.ndarray:
@@ -500,21 +524,21 @@ def status_reason(status: int, params, ci_lower, ci_upper) -> str:
         return (
             f"no bleach in the data: the fraction left per bleach frame, alpha = {params[2]:.4g} "
             f"(95 % CI up to {ci_upper[2]:.4g}), is indistinguishable from 1, so D is not measurable "
-            f"(check --prebleach, --bleach and the ROI)"
+            f"(check the numbers of prebleach and bleach frames and the ROI)"
         )
     if status == FrapStatus.UNDETERMINED:
         lo, hi = float(ci_lower[0]), float(ci_upper[0])
         if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
             return f"D is not determined: its 95 % CI spans a factor {hi / lo:.3g} (more than {MAX_D_CI_RATIO:g})"
         return "D is not determined: its 95 % CI has an open end"
-    return f"the fit did not converge (status {FrapStatus.NAMES.get(status, status)})"
+    return f"the fit did not converge (status {status_name(status)})"
 
 
 def model_curve(params, table: FastCurveTable) -> np.ndarray:
     """The fast model curve at (D px^2/s, c0, alpha) (normalised units), NaN for NaN params."""
     params = np.asarray(params, np.float64)
     if not np.all(np.isfinite(params)):
-        return np.full(table.settings.n_frames, np.nan)
+        return np.full(table.n_frames, np.nan)
     return np.asarray(
         recovery_curve_fast(FrapParams(float(params[0]), float(params[1]), float(params[2])), table), np.float64
     )
@@ -570,11 +594,11 @@ def fit_summary(prepared: PreparedStack, table: FastCurveTable, result, pixel_um
     noise = float(result.noise_variance[0]) * scale**2
     model = model_curve(p, table) * scale
     return {
-        "status": FrapStatus.NAMES.get(status, str(status)),
+        "status": status_name(status),
         "status_code": status,
         "ok": fit_ok(status, p),
         "status_reason": status_reason(status, p, lo, hi) or None,
-        "engine_status": FrapStatus.NAMES.get(int(result.status[0])),
+        "engine_status": status_name(result.status[0]),
         "D_um2_s": est(um(p[0]), um(lo[0]), um(hi[0]), um(sd[0]), "um^2/s"),
         "D_px2_s": est(p[0], lo[0], hi[0], sd[0], "px^2/s"),
         "c0": est(p[1] * scale, lo[1] * scale, hi[1] * scale, sd[1] * scale, "stack intensity"),
@@ -668,7 +692,7 @@ def predict_prepared(net, meta: dict, prepared: PreparedStack) -> NetworkPredict
         :class:`NetworkPrediction`.
 
     Raises:
-        ValueError: a curve of another length than the network reads.
+        InputError: a curve of another length than the network reads.
     """
     from fluojax.frap import learned
 
@@ -712,10 +736,10 @@ def refine_prepared(prepared: PreparedStack, table: FastCurveTable, prediction) 
     """
     from fluojax.frap import learned
 
-    prior = fit_prior(prepared.settings.dt_s, prepared.roi.r, table.d_range_px2_s)
-    refined = learned.refine(prepared.normalised[None], table, np.asarray(prediction)[None], prior=prior)
-    start = estimate.start_in_bounds(prediction, table, prior)  # where refine's fit began
+    refined = learned.refine(
+        prepared.normalised[None], table, np.asarray(prediction)[None], prior=_prior_of(prepared, table)
+    )
     ratio = float(np.asarray(refined.residual_ratio).ravel()[0])
     return NetworkRefinement(
-        refined.fit, model_curve(start, table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT
+        refined.fit, model_curve(refined.start[0], table) * prepared.scale, ratio, not ratio > RESIDUAL_RATIO_LIMIT
     )

@@ -1,20 +1,21 @@
 """Noisy FRAP data: DeepFRAP's parameter prior, per-pixel noise, image- and curve-level simulation.
 
-DeepFRAP (seed 001, §3.1) trains on recovery curves made in three steps: draw (D, c0, alpha, a)
-from the distributions of its Table 1, simulate the image sequence with the spectral solver
-(``fluojax.frap.models``), add independent Gaussian noise to every pixel of every recorded frame,
-and take the ROI mean (seed eq. 6) of each frame. This module provides those steps and a much
-cheaper equivalent that never forms an image.
+DeepFRAP (Wåhlstrand Skärström et al. 2021, J. Microsc. 282:146) trains on recovery curves made in
+three steps: draw (D, c0, alpha, a) from the distributions of its Table 1, simulate the image
+sequence with the spectral solver (``fluojax.frap.models``), add independent Gaussian noise to every
+pixel of every recorded frame, and take the ROI mean (Wåhlstrand Skärström et al. 2021, eq. 6) of
+each frame. This module provides those steps and a much cheaper equivalent that never forms an
+image.
 
-Noise model (seed eq. 5). Pixel (x, y) of a recorded frame at time t is
+Noise model (Wåhlstrand Skärström et al. 2021, eq. 5). Pixel (x, y) of a recorded frame at time t is
 
     I(x, y, t) = c(x, y, t) + sqrt(a + a' c(x, y, t)) z,    z ~ N(0, 1) independent,
 
 with ``a`` a constant variance and ``a'`` a variance per unit intensity (Poisson-like), both in
 the dimensionless intensity units of c (c0 in [0.5, 1]). DeepFRAP sets ``a' = 0`` and draws ``a``
-per sample; ``a`` is a *per-pixel* variance (frap.md §1.3: only then is the paper's least-squares
-MSE for c0, Table 2, reachable — noise of variance ``a`` on the 110 curve values would give an MSE
-three orders of magnitude larger).
+per sample; ``a`` is a *per-pixel* variance (docs/frap.md, "1. Model and units": only then is the
+paper's least-squares MSE for c0, its Table 2, reachable — noise of variance ``a`` on the 110 curve
+values would give an MSE three orders of magnitude larger).
 
 Curve-level noise. The ROI curve ``F(t) = sum_xy w c`` (weights w, ``S = sum w``, 1 by default) of
 the noisy images is ``F(t) + e(t)`` with independent Gaussian ``e(t)`` of variance
@@ -30,12 +31,13 @@ exactly (a second ``FastCurveTable`` built on the squared weights, see
 uniform ROI, and at DeepFRAP settings within 8 % (slow D, alpha = 0.45) to 0.03 % (fast D)
 of the exact ``c~`` after the bleach (the a'-term only). Because the image noise is Gaussian
 and independent, curve-level simulation with this variance has exactly the distribution of the
-image-level pipeline (same mean and covariance, Gaussian), at about a millionth of its cost
-(DeepFRAP settings, 2 CPU cores: ~1.3 s per image sequence, ~2e5 curves/s).
+image-level pipeline (same mean and covariance, Gaussian), at a tiny fraction of its cost (no
+FFT per frame; rates in docs/benchmarks.md).
 
 Units: the prior is stated in um^2/s (SI 1e-12 m^2/s = 1 um^2/s); ``FrapParams.d_px2_s`` is in
 pixel^2/s (``d_um2_s_to_px2_s`` with the prior's pixel size); network targets use
-``D* = log10(D / (px^2/s))``, uniform on [0.2386, 3.2386] for DeepFRAP (seed §3.1).
+``D* = log10(D / (px^2/s))``, uniform on [0.2386, 3.2386] for DeepFRAP
+(Wåhlstrand Skärström et al. 2021).
 
 Every function is pure and deterministic for a (typed, ``jax.random.key``) PRNG key; leaves of
 ``FrapParams`` / ``PixelNoise`` may carry any common batch shape (the solvers are vmapped over it).
@@ -51,8 +53,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 from fluojax.frap.models import (
+    DEEPFRAP_D_UM2_S,
     DEEPFRAP_PIXEL_UM,
     BleachGeometry,
     FastCurveTable,
@@ -63,6 +68,8 @@ from fluojax.frap.models import (
     recovery_curve_fast,
     simulate_images,
 )
+from fluojax.io import InputError
+from fluojax.networks import log_uniform
 
 __all__ = [
     "FrapPrior",
@@ -110,49 +117,89 @@ class FrapSample(NamedTuple):
 class FrapPrior:
     """Distribution of the simulated parameters (immutable, hashable: a static argument).
 
-    D and the ranges are stated at the interface in um^2/s; samples carry D in px^2/s.
-    Distributions: D log-uniform, c0 uniform, alpha uniform, a log-uniform, a' log-uniform when
-    its lower bound is positive, uniform when it is 0 (a constant when both bounds are equal).
+    D is held in px^2/s, the unit of the solver and of the samples; :meth:`from_um2_s` builds a
+    prior stated in um^2/s (as DeepFRAP's Table 1) from a pixel size. Distributions: D
+    log-uniform, c0 uniform, alpha uniform, a log-uniform, a' log-uniform when its lower bound is
+    positive, uniform when it is 0 (a constant when both bounds are equal).
 
     Attributes:
-        d_um2_s_range: (D_min, D_max) in um^2/s.
+        d_px2_s_range: (D_min, D_max) in px^2/s (default DeepFRAP's 1-1000 um^2/s at 0.7598 um
+            pixels: 1.7322-1732.2 px^2/s).
         c0_range: (min, max) of the prebleach intensity c0.
         alpha_range: (min, max) of the per-bleach-frame remaining fraction alpha.
         noise_a_range: (min, max) of the per-pixel constant variance a.
         noise_a_prime_range: (min, max) of the per-pixel proportional variance a'.
-        pixel_size_um: pixel side in um used to convert D to px^2/s.
+        pixel_size_um: pixel side in um that relates px^2/s to um^2/s (:attr:`d_um2_s_range`,
+            :func:`sample_d_um2_s`); None when the prior is not tied to a pixel size.
     """
 
-    d_um2_s_range: tuple[float, float] = (1.0, 1000.0)
+    d_px2_s_range: tuple[float, float] = (
+        d_um2_s_to_px2_s(DEEPFRAP_D_UM2_S[0], DEEPFRAP_PIXEL_UM),
+        d_um2_s_to_px2_s(DEEPFRAP_D_UM2_S[1], DEEPFRAP_PIXEL_UM),
+    )
     c0_range: tuple[float, float] = (0.5, 1.0)
     alpha_range: tuple[float, float] = (0.45, 0.95)
     noise_a_range: tuple[float, float] = (1e-4, 1e-2)
     noise_a_prime_range: tuple[float, float] = (0.0, 0.0)
-    pixel_size_um: float = DEEPFRAP_PIXEL_UM
+    pixel_size_um: float | None = DEEPFRAP_PIXEL_UM
 
-    def __post_init__(self):
-        for name in ("d_um2_s_range", "c0_range", "alpha_range", "noise_a_range", "noise_a_prime_range"):
-            lo, hi = getattr(self, name)
+    def __post_init__(self) -> None:
+        ranges = (
+            ("D", self.d_px2_s_range, "px^2/s"),
+            ("c0", self.c0_range, "intensity"),
+            ("alpha", self.alpha_range, ""),
+            ("a", self.noise_a_range, "intensity^2"),
+            ("a'", self.noise_a_prime_range, "intensity"),
+        )
+        for name, (lo, hi), unit in ranges:
             if not lo <= hi:
-                raise ValueError(f"{name} must be (min, max) with min <= max, got {(lo, hi)}")
-        if self.d_um2_s_range[0] <= 0 or self.noise_a_range[0] <= 0:
-            raise ValueError("D and a are log-uniform: their lower bounds must be positive")
+                raise InputError(
+                    f"prior range of {name} [{lo:g}, {hi:g}] {unit}: the minimum must not exceed the maximum"
+                )
+        if self.d_px2_s_range[0] <= 0 or self.noise_a_range[0] <= 0:
+            raise InputError(
+                f"prior lower bounds D {self.d_px2_s_range[0]:g} px^2/s, a {self.noise_a_range[0]:g} intensity^2: "
+                "must be positive (both are log-uniform)"
+            )
         if self.noise_a_prime_range[0] < 0:
-            raise ValueError("a' must be non-negative")
+            raise InputError(f"prior lower bound a' {self.noise_a_prime_range[0]:g} intensity: must be >= 0")
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise InputError(f"pixel size {self.pixel_size_um:g} um: must be > 0")
+
+    @classmethod
+    def from_um2_s(
+        cls, d_um2_s_range: tuple[float, float], pixel_size_um: float = DEEPFRAP_PIXEL_UM, **ranges
+    ) -> FrapPrior:
+        """A prior whose D range is stated in um^2/s: ``D_px = D_um / dx^2`` with dx = ``pixel_size_um``.
+
+        Arguments:
+            d_um2_s_range: (D_min, D_max) in um^2/s.
+            pixel_size_um: pixel side dx in um (default DeepFRAP's 0.7598 um).
+            **ranges: the other fields (``c0_range``, ``alpha_range``, ...).
+        """
+        lo, hi = d_um2_s_range
+        d_px2_s = (d_um2_s_to_px2_s(lo, pixel_size_um), d_um2_s_to_px2_s(hi, pixel_size_um))
+        return cls(d_px2_s_range=d_px2_s, pixel_size_um=pixel_size_um, **ranges)
 
     @classmethod
     def deepfrap(cls) -> FrapPrior:
-        """Seed Table 1: D log-uniform in [1e-12, 1e-9] m^2/s (= [1, 1000] um^2/s), c0 uniform in
-        [0.5, 1], alpha uniform in [0.45, 0.95], a log-uniform in [1e-4, 1e-2]; a' = 0 (seed §2.2,
-        §3); 0.7598 um pixels. (The predecessor generator, frap.md §1.3, used alpha in
-        [0.5, 0.95] and a + a'c noise; the paper's values are used here.)"""
-        return cls()
+        """DeepFRAP's prior (Wåhlstrand Skärström et al. 2021, Table 1): D log-uniform in
+        [1e-12, 1e-9] m^2/s (= [1, 1000] um^2/s, 1.7322-1732.2 px^2/s at 0.7598 um pixels), c0
+        uniform in [0.5, 1], alpha uniform in [0.45, 0.95], a log-uniform in [1e-4, 1e-2];
+        a' = 0. (Röding et al. 2019's generator used alpha in [0.5, 0.95] and a + a'c noise;
+        the DeepFRAP values are used here.)"""
+        return cls.from_um2_s(DEEPFRAP_D_UM2_S)
 
     @property
-    def d_px2_s_range(self) -> tuple[float, float]:
-        """(D_min, D_max) in px^2/s: (1.7322, 1732.2) for DeepFRAP."""
-        lo, hi = self.d_um2_s_range
-        return d_um2_s_to_px2_s(lo, self.pixel_size_um), d_um2_s_to_px2_s(hi, self.pixel_size_um)
+    def d_um2_s_range(self) -> tuple[float, float]:
+        """(D_min, D_max) in um^2/s: (1, 1000) for DeepFRAP.
+
+        Raises:
+            InputError: the prior has no pixel size.
+        """
+        pixel = _pixel_size(self)
+        lo, hi = self.d_px2_s_range
+        return d_px2_s_to_um2_s(lo, pixel), d_px2_s_to_um2_s(hi, pixel)
 
     @property
     def log10_d_px2_s_range(self) -> tuple[float, float]:
@@ -161,23 +208,26 @@ class FrapPrior:
         return math.log10(lo), math.log10(hi)
 
 
+def _pixel_size(prior: FrapPrior) -> float:
+    if prior.pixel_size_um is None:
+        raise InputError("this prior has no pixel size: D is known in px^2/s only")
+    return prior.pixel_size_um
+
+
 def _uniform(key, batch: int, lo: float, hi: float):
     """``U[lo, hi]`` draws (a constant when lo == hi)."""
     return jax.random.uniform(key, (batch,), minval=lo, maxval=hi)
 
 
-def _log_uniform(key, batch: int, lo: float, hi: float):
-    """``exp(U[ln lo, ln hi])`` draws: ``log10`` of the result is uniform."""
-    return jnp.exp(_uniform(key, batch, math.log(lo), math.log(hi)))
-
-
 @partial(jax.jit, static_argnames=("batch", "prior"))
 def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior()) -> FrapSample:
-    """Draw ``batch`` independent parameter sets from a prior (seed Table 1 by default).
+    """Draw ``batch`` independent parameter sets from a prior (Wåhlstrand Skärström et al. 2021,
+    Table 1 by default).
 
     ``log10 D`` is drawn uniformly (D in px^2/s: ``D* = log10 D`` uniform on the prior's
     ``log10_d_px2_s_range``), c0 and alpha uniformly, ``ln a`` uniformly, a' as documented on
-    ``FrapPrior``. The mobile fraction and beta are 1 and gamma 0 (DeepFRAP, seed §3).
+    ``FrapPrior``. The mobile fraction and beta are 1 and gamma 0 (DeepFRAP:
+    Wåhlstrand Skärström et al. 2021).
 
     Arguments:
         key: typed PRNG key (``jax.random.key``); the draws depend on nothing else.
@@ -191,7 +241,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
     log10_lo, log10_hi = prior.log10_d_px2_s_range
     d_px2_s = 10.0 ** _uniform(k_d, batch, log10_lo, log10_hi)
     ap_lo, ap_hi = prior.noise_a_prime_range
-    a_prime = _log_uniform(k_ap, batch, ap_lo, ap_hi) if ap_lo > 0 else _uniform(k_ap, batch, ap_lo, ap_hi)
+    a_prime = log_uniform(k_ap, (batch,), ap_lo, ap_hi) if ap_lo > 0 else _uniform(k_ap, batch, ap_lo, ap_hi)
     ones = jnp.ones((batch,))
     params = FrapParams(
         d_px2_s=d_px2_s,
@@ -201,12 +251,12 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
         beta=ones,
         gamma_px=jnp.zeros((batch,)),
     )
-    return FrapSample(params, PixelNoise(_log_uniform(k_a, batch, *prior.noise_a_range), a_prime))
+    return FrapSample(params, PixelNoise(log_uniform(k_a, (batch,), *prior.noise_a_range), a_prime))
 
 
-def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> jax.Array:
+def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> Float[Array, "*b"]:
     """D of a sample in um^2/s (``D_um = D_px dx^2``, dx the prior's pixel size)."""
-    return d_px2_s_to_um2_s(sample.params.d_px2_s, prior.pixel_size_um)
+    return d_px2_s_to_um2_s(sample.params.d_px2_s, _pixel_size(prior))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +311,13 @@ def pixel_noise_variance(intensity, noise: PixelNoise):
     return jnp.maximum(noise.a + noise.a_prime * intensity, 0.0)
 
 
-def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None):
+def curve_noise_variance(
+    curve: Float[ArrayLike, "*b t"],
+    noise: PixelNoise,
+    effective_pixels: float,
+    roi_sum: Float[ArrayLike, ""] = 1.0,
+    weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
+) -> Float[Array, "*b t"]:
     """Noise variance of each ROI-curve value, ``var F = (S^2 / n_eff)(a + a' c~)``.
 
     From ``F = sum w I`` with independent pixels of variance ``a + a' c``:
@@ -283,7 +339,7 @@ def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_
     a = jnp.asarray(noise.a)[..., None]
     a_prime = jnp.asarray(noise.a_prime)[..., None]
     c_tilde = curve / roi_sum if weighted_intensity is None else weighted_intensity
-    return (roi_sum * roi_sum / effective_pixels) * jnp.maximum(a + a_prime * c_tilde, 0.0)
+    return jnp.maximum(a + a_prime * c_tilde, 0.0) * (roi_sum * roi_sum / effective_pixels)
 
 
 def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
@@ -304,8 +360,13 @@ def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
 
 
 def add_curve_noise(
-    key: jax.Array, curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
-):
+    key: jax.Array,
+    curve: Float[Array, "*b t"],
+    noise: PixelNoise,
+    effective_pixels: float,
+    roi_sum: Float[ArrayLike, ""] = 1.0,
+    weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
+) -> Float[Array, "*b t"]:
     """Noisy ROI curve ``F + sqrt(var F) z`` with ``var F`` from ``curve_noise_variance``.
 
     Arguments:
@@ -342,11 +403,11 @@ def _require_table_compatible(params: FrapParams, table: FastCurveTable) -> None
     """Refuse (when the values are concrete) beta != 1 or gamma != table.gamma_px."""
     for value, expected, name in ((params.beta, 1.0, "beta"), (params.gamma_px, table.gamma_px, "gamma_px")):
         try:
-            concrete = np.asarray(value)
-        except Exception:
+            concrete, target = np.asarray(value), np.asarray(expected)
+        except Exception:  # a tracer: nothing to check
             continue
-        if not np.allclose(concrete, expected, rtol=0.0, atol=1e-6):
-            raise ValueError(f"simulate_curves: the fast table needs {name} = {expected}")
+        if not np.allclose(concrete, target, rtol=0.0, atol=1e-6):
+            raise InputError(f"{name} {concrete}: the fast-curve table was built for {name} = {target}")
 
 
 def simulate_curves(
@@ -356,14 +417,15 @@ def simulate_curves(
     noise: PixelNoise,
     effective_pixels: float,
     variance_table: FastCurveTable | None = None,
-):
+) -> Float[Array, "*b t"]:
     """Noisy recovery curves without images: ``recovery_curve_fast`` plus the curve-level noise.
 
-    Each curve is ``F(t) + sqrt(var F(t)) z(t)`` with F from the fast table (seed eq. 6) and
+    Each curve is ``F(t) + sqrt(var F(t)) z(t)`` with F from the fast table
+    (Wåhlstrand Skärström et al. 2021, eq. 6) and
     ``var F = (S^2 / n_eff)(a + a' c~)`` (``curve_noise_variance``), which is the exact
     distribution of the ROI curve of ``simulate_image_sequences`` when ``c~`` is exact (always for
     a' = 0; otherwise give ``variance_table``). This is DeepFRAP's network input: 110 values,
-    10 prebleach then 100 postbleach (seed §3.1).
+    10 prebleach then 100 postbleach (Wåhlstrand Skärström et al. 2021).
 
     Arguments:
         key: typed PRNG key.
@@ -393,14 +455,15 @@ def simulate_image_sequences(
     geometry: BleachGeometry,
     settings: FrapSettings = FrapSettings(),
     noise: PixelNoise = PixelNoise(0.0),
-):
-    """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c`` (seed eq. 5).
+) -> Float[Array, "*b t n n"]:
+    """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c``
+    (Wåhlstrand Skärström et al. 2021, eq. 5).
 
-    The DeepFRAP data pipeline (seed §3.1): the full spectral solver gives the recorded frames
-    (prebleach then postbleach; bleach frames are not recorded), then every pixel of every frame
-    gets independent Gaussian noise. ``recovery_curve_from_images`` turns the result into the
-    network input. One FFT pair per frame on the (N + 2M)^2 grid: about 1 s per sample at DeepFRAP
-    settings on a CPU (use ``simulate_curves`` for training data).
+    The DeepFRAP data pipeline (Wåhlstrand Skärström et al. 2021): the full spectral solver gives
+    the recorded frames (prebleach then postbleach; bleach frames are not recorded), then every
+    pixel of every frame gets independent Gaussian noise. ``recovery_curve_from_images`` turns the
+    result into the network input. One FFT pair per frame on the (N + 2M)^2 grid per sample
+    (use ``simulate_curves`` for training data).
 
     Arguments:
         key: typed PRNG key.
@@ -416,8 +479,11 @@ def simulate_image_sequences(
     return add_pixel_noise(key, clean, noise)
 
 
-def recovery_curve_from_images(images, geometry: BleachGeometry):
-    """ROI curve ``F(t) = sum_xy w(x, y) I(x, y, t)`` of image sequences (seed eq. 6).
+def recovery_curve_from_images(
+    images: Float[Array, "*b t n n"] | Float[np.ndarray, "*b t n n"], geometry: BleachGeometry
+) -> Float[Array, "*b t"]:
+    """ROI curve ``F(t) = sum_xy w(x, y) I(x, y, t)`` of image sequences
+    (Wåhlstrand Skärström et al. 2021, eq. 6).
 
     Arguments:
         images: (..., T, N, N) images.
