@@ -19,7 +19,7 @@ Recipes:
     to 8 steps the loss was NaN before step 100, with an 800-step ramp before step 200 (lr
     <= 0.025). The seed's weights, normalised to sum 1 over the 2^20 curves, may have scaled
     its loss, and so its effective rate, far down; Adam is insensitive to that scale (and
-    ``TrainConfig(optimizer="sgd", momentum=0.99, warmup_fraction=...)`` remains available).
+    ``TrainConfig(optimizer=Sgd(momentum=0.99), warmup_fraction=...)`` remains available).
     The seed's run was 48,000 epochs of 2^20 curves (~4.9e7 steps); the default here is 4e5
     steps (~4e8 fresh curves, ~390 epochs' worth), a GPU budget of minutes. ``--steps``
     compresses the schedule (six equal stairs).
@@ -132,7 +132,7 @@ def _paper_schedule(steps: int) -> training.TrainConfig:
     return training.TrainConfig(
         steps=steps,
         batch_size=1024,
-        optimizer="adam",
+        optimizer=training.Adam(),
         learning_rate=1e-3,
         final_learning_rate=1e-5,
         eval_every=5000,
@@ -160,7 +160,7 @@ RECIPES: dict[str, Recipe] = {
         training.TrainConfig(
             steps=3000,
             batch_size=256,
-            optimizer="adam",
+            optimizer=training.Adam(),
             learning_rate=3e-3,
             final_learning_rate=1e-4,
             eval_every=250,
