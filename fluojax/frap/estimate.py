@@ -31,7 +31,8 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
-from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
+from fluojax.frap.simulate import FrapPrior, curve_noise_variance, sample_frap_params
+from fluojax.noise import AffineGaussianNoise
 
 __all__ = [
     "FrapFit",
@@ -123,7 +124,7 @@ def frap_starts(key: jax.Array, n_starts: int, table: FastCurveTable, prior: Fra
 
 
 @jax.jit
-def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effective_pixels) -> jax.Array:
+def recovery_curve_crlb(theta, table: FastCurveTable, noise: AffineGaussianNoise, effective_pixels) -> jax.Array:
     """Cramer-Rao bound on (D, c0, alpha) from one noisy recovery curve, for B curves at once.
 
     The curve values are independent Gaussians, ``F_t ~ N(mu_t(theta), v_t)`` with ``mu`` the
@@ -137,7 +138,7 @@ def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effecti
     Arguments:
         theta: (B, 3) (D px^2/s, c0, alpha).
         table: ``FastCurveTable`` of the ROI (``build_fast_curve_table``).
-        noise: ``PixelNoise`` with (B,) leaves (a, a' per pixel).
+        noise: ``AffineGaussianNoise`` with (B,) leaves (a, a' per pixel).
         effective_pixels: float, n_eff of the ROI weights (``roi_effective_pixels``).
 
     Returns:
@@ -146,7 +147,7 @@ def recovery_curve_crlb(theta, table: FastCurveTable, noise: PixelNoise, effecti
 
     def one(t, a, a_prime):
         variance = curve_noise_variance(
-            frap_curve_model(t, table), PixelNoise(a, a_prime), effective_pixels, table.roi_sum
+            frap_curve_model(t, table), AffineGaussianNoise(a, a_prime), effective_pixels, table.roi_sum
         )
         return fit.crlb(frap_curve_model, t, jnp.sqrt(variance), table)
 

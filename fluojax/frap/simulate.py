@@ -38,7 +38,7 @@ pixel^2/s (``d_um2_s_to_px2_s`` with the prior's pixel size); network targets us
 ``D* = log10(D / (px^2/s))``, uniform on [0.2386, 3.2386] for DeepFRAP (seed §3.1).
 
 Every function is pure and deterministic for a (typed, ``jax.random.key``) PRNG key; leaves of
-``FrapParams`` / ``PixelNoise`` may carry any common batch shape (the solvers are vmapped over it).
+``FrapParams`` / ``AffineGaussianNoise`` may carry any common batch shape (the solvers are vmapped over it).
 """
 
 from __future__ import annotations
@@ -63,15 +63,13 @@ from fluojax.frap.models import (
     recovery_curve_fast,
     simulate_images,
 )
+from fluojax.noise import AffineGaussianNoise
 
 __all__ = [
     "FrapPrior",
     "FrapSample",
-    "PixelNoise",
     "add_curve_noise",
-    "add_pixel_noise",
     "curve_noise_variance",
-    "pixel_noise_variance",
     "recovery_curve_from_images",
     "roi_effective_pixels",
     "sample_d_um2_s",
@@ -82,16 +80,9 @@ __all__ = [
 ]
 
 
-class PixelNoise(NamedTuple):
-    """Per-pixel Gaussian noise of variance ``a + a' c`` (seed eq. 5).
-
-    Attributes:
-        a: constant variance per pixel, intensity^2 (DeepFRAP: log-uniform in [1e-4, 1e-2]).
-        a_prime: variance per unit intensity, ``a'`` (intensity units); 0 in DeepFRAP.
-    """
-
-    a: jax.Array | float
-    a_prime: jax.Array | float = 0.0
+PixelNoise = AffineGaussianNoise
+"""Former name of ``fluojax.noise.AffineGaussianNoise`` (per-pixel variance ``a + a' c``, seed eq. 5),
+kept for experiments/frap_deepfrap.py."""
 
 
 class FrapSample(NamedTuple):
@@ -99,11 +90,11 @@ class FrapSample(NamedTuple):
 
     Attributes:
         params: ``FrapParams`` (D in px^2/s, c0, alpha; phi = beta = 1, gamma = 0).
-        noise: ``PixelNoise`` (a, a').
+        noise: ``fluojax.noise.AffineGaussianNoise`` (a, a'; DeepFRAP: a log-uniform in [1e-4, 1e-2], a' = 0).
     """
 
     params: FrapParams
-    noise: PixelNoise
+    noise: AffineGaussianNoise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +192,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
         beta=ones,
         gamma_px=jnp.zeros((batch,)),
     )
-    return FrapSample(params, PixelNoise(_log_uniform(k_a, batch, *prior.noise_a_range), a_prime))
+    return FrapSample(params, AffineGaussianNoise(_log_uniform(k_a, batch, *prior.noise_a_range), a_prime))
 
 
 def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> jax.Array:
@@ -248,20 +239,9 @@ def squared_weight_geometry(geometry: BleachGeometry) -> BleachGeometry:
     return BleachGeometry(np.asarray(geometry.indicator, dtype=np.float64), w * w / np.sum(w * w))
 
 
-def pixel_noise_variance(intensity, noise: PixelNoise):
-    """Per-pixel noise variance ``sigma^2 = a + a' c`` (seed eq. 5), clipped at 0.
-
-    Arguments:
-        intensity: array, noise-free intensity c (any shape).
-        noise: ``PixelNoise``; leaves broadcast against ``intensity``.
-
-    Returns:
-        array of variances, shape of the broadcast.
-    """
-    return jnp.maximum(noise.a + noise.a_prime * intensity, 0.0)
-
-
-def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None):
+def curve_noise_variance(
+    curve, noise: AffineGaussianNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
+):
     """Noise variance of each ROI-curve value, ``var F = (S^2 / n_eff)(a + a' c~)``.
 
     From ``F = sum w I`` with independent pixels of variance ``a + a' c``:
@@ -272,7 +252,7 @@ def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_
 
     Arguments:
         curve: (..., T) noise-free ROI curve F(t).
-        noise: ``PixelNoise`` with leaves of the batch shape ``...`` (or scalars).
+        noise: ``AffineGaussianNoise`` with leaves of the batch shape ``...`` (or scalars).
         effective_pixels: n_eff (``roi_effective_pixels``).
         roi_sum: S = sum w (``table.roi_sum``; 1 for normalised weights).
         weighted_intensity: optional (..., T) exact ``c~(t)``.
@@ -280,31 +260,12 @@ def curve_noise_variance(curve, noise: PixelNoise, effective_pixels: float, roi_
     Returns:
         (..., T) variances.
     """
-    a = jnp.asarray(noise.a)[..., None]
-    a_prime = jnp.asarray(noise.a_prime)[..., None]
     c_tilde = curve / roi_sum if weighted_intensity is None else weighted_intensity
-    return (roi_sum * roi_sum / effective_pixels) * jnp.maximum(a + a_prime * c_tilde, 0.0)
-
-
-def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
-    """Noisy images ``I = c + sqrt(a + a' c) z``, z standard normal per pixel and frame (seed eq. 5).
-
-    Arguments:
-        key: typed PRNG key.
-        images: (..., T, N, N) noise-free intensities c.
-        noise: ``PixelNoise`` with leaves of the batch shape ``...`` (or scalars).
-
-    Returns:
-        (..., T, N, N) noisy images, dtype of ``images``.
-    """
-    a = jnp.asarray(noise.a)[..., None, None, None]
-    a_prime = jnp.asarray(noise.a_prime)[..., None, None, None]
-    sd = jnp.sqrt(pixel_noise_variance(images, PixelNoise(a, a_prime)))
-    return images + sd * jax.random.normal(key, images.shape, images.dtype)
+    return (roi_sum * roi_sum / effective_pixels) * noise.variance(c_tilde)
 
 
 def add_curve_noise(
-    key: jax.Array, curve, noise: PixelNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
+    key: jax.Array, curve, noise: AffineGaussianNoise, effective_pixels: float, roi_sum=1.0, weighted_intensity=None
 ):
     """Noisy ROI curve ``F + sqrt(var F) z`` with ``var F`` from ``curve_noise_variance``.
 
@@ -353,7 +314,7 @@ def simulate_curves(
     key: jax.Array,
     params: FrapParams,
     table: FastCurveTable,
-    noise: PixelNoise,
+    noise: AffineGaussianNoise,
     effective_pixels: float,
     variance_table: FastCurveTable | None = None,
 ):
@@ -370,7 +331,7 @@ def simulate_curves(
         params: ``FrapParams`` with leaves of any common batch shape (B,) (or scalars); D in px^2/s
             inside the table's range; beta = 1, gamma = ``table.gamma_px``.
         table: ``FastCurveTable`` of the ROI weights w (``build_fast_curve_table``).
-        noise: ``PixelNoise`` with leaves of the same batch shape (or scalars).
+        noise: ``AffineGaussianNoise`` with leaves of the same batch shape (or scalars).
         effective_pixels: n_eff of the ROI weights (``roi_effective_pixels(geometry)``).
         variance_table: optional ``FastCurveTable`` built on ``squared_weight_geometry(geometry)``
             for the exact a'-term; if None, ``c~ = F / S``.
@@ -392,7 +353,7 @@ def simulate_image_sequences(
     params: FrapParams,
     geometry: BleachGeometry,
     settings: FrapSettings = FrapSettings(),
-    noise: PixelNoise = PixelNoise(0.0),
+    noise: AffineGaussianNoise = AffineGaussianNoise(0.0),
 ):
     """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c`` (seed eq. 5).
 
@@ -407,13 +368,13 @@ def simulate_image_sequences(
         params: ``FrapParams`` with leaves of any common batch shape (or scalars); D in px^2/s.
         geometry: ``BleachGeometry``.
         settings: ``FrapSettings`` (static).
-        noise: ``PixelNoise`` with leaves of the same batch shape (or scalars); default no noise.
+        noise: ``AffineGaussianNoise`` with leaves of the same batch shape (or scalars); default no noise.
 
     Returns:
         (B..., n_prebleach + n_postbleach, N, N) noisy images.
     """
     clean = _map_over_batch(lambda p: simulate_images(p, geometry, settings), params)
-    return add_pixel_noise(key, clean, noise)
+    return noise.sample(key, clean)
 
 
 def recovery_curve_from_images(images, geometry: BleachGeometry):
