@@ -414,8 +414,7 @@ def save_checkpoint(
     path = Path(path).absolute()
     if path.exists():
         shutil.rmtree(path)
-    with _quiet_orbax():
-        checkpointer = ocp.StandardCheckpointer()
+    with _quiet_orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
         checkpointer.save(path / "model", nnx.state(model))
         if optimizer is not None:
             checkpointer.save(path / "optimizer", nnx.state(optimizer))
@@ -495,8 +494,7 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
     parts: list[tuple[str, nnx.Module | nnx.Optimizer]] = [("model", model)]
     if optimizer is not None:
         parts.append(("optimizer", optimizer))
-    with _quiet_orbax():
-        checkpointer = ocp.StandardCheckpointer()
+    with _quiet_orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
         _restore_parts(path, parts, lambda name, abstract: checkpointer.restore(path / name, abstract))
     return json.loads((path / META).read_text())
 
@@ -521,7 +519,8 @@ def _restore_error(path: Path, abstract, err: Exception) -> str:
     if not path.exists():
         return "this part was not saved"
     try:
-        metadata = ocp.StandardCheckpointer().metadata(path)
+        with contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+            metadata = checkpointer.metadata(path)
         difference = _tree_difference(
             _leaf_shapes(getattr(metadata, "item_metadata", metadata)), _leaf_shapes(abstract)
         )
