@@ -20,8 +20,9 @@ arguments of a compiled simulation (sCMOS maps are compared by identity).
 
 Intensity-domain noise, noisy image out of a noise-free one: :class:`AffineGaussianNoise`,
 independent Gaussian noise of variance ``a + a' I`` per pixel (a read-noise floor plus a
-Poisson-like term; Mazza et al. 2012, DeepFRAP's training noise). Its parameters are a
-NamedTuple because they are drawn per sample: leaves carry a batch shape that leads the images'.
+Poisson-like term), for simulations in intensity units rather than photo-electrons. Its
+parameters are a NamedTuple because they may be drawn per sample: leaves carry a batch shape
+that leads the images'.
 
 Units: ``read_noise_e`` in electrons (s.d.), ``gain_adu_per_e`` in ADU per electron,
 ``offset_adu`` in ADU, ``em_gain`` dimensionless; ``a`` in intensity^2, ``a'`` in intensity.
@@ -185,8 +186,8 @@ class AffineGaussianNoise(NamedTuple):
     """Independent Gaussian noise per pixel of variance ``a + a' I`` (I the noise-free intensity).
 
     ``a`` is the intensity-independent floor (read noise), ``a'`` the variance per unit intensity
-    (shot noise in intensity units: ``a' = 1 / photons per unit intensity``); Mazza et al. 2012
-    use this form for confocal FRAP images, DeepFRAP (2023) with ``a' = 0``.
+    (shot noise in intensity units: ``a' = 1 / photons per unit intensity``); ``a' = 0`` is
+    intensity-independent Gaussian noise.
 
     Leaves may be scalars or carry a batch shape ``B...`` that *leads* the arrays they apply to
     (one noise level per sample of a batch of images or curves).
