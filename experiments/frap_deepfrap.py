@@ -40,7 +40,8 @@ from fluojax import compare
 from fluojax.frap import learned
 from fluojax.frap.estimate import recovery_curve_crlb
 from fluojax.frap.models import FrapParams, FrapSettings, build_fast_curve_table, circular_region, d_um2_s_to_px2_s
-from fluojax.frap.simulate import FrapPrior, PixelNoise, sample_frap_params, simulate_curves
+from fluojax.frap.simulate import FrapPrior, sample_frap_params, simulate_curves
+from fluojax.noise import AffineGaussianNoise
 
 PAPER_LS = {"All": 4.0011e-5, "D*": 1.0429e-4, "c0": 2.0511e-8, "alpha": 1.5723e-5}  # Table 2
 PAPER_NN = {"All": 3.8842e-5, "D*": 1.0038e-4, "c0": 6.4995e-8, "alpha": 1.6081e-5}  # Table 3, test set
@@ -167,7 +168,7 @@ def _crlb_compared(theta, a, table, n_eff, chunk: int = 8192) -> np.ndarray:
         t = jnp.asarray(theta[start : start + chunk], jnp.float32)
         parts.append(
             np.asarray(
-                recovery_curve_crlb(t, table, PixelNoise(jnp.asarray(a[start : start + chunk], jnp.float32)), n_eff),
+                recovery_curve_crlb(t, table, AffineGaussianNoise(jnp.asarray(a[start : start + chunk], jnp.float32)), n_eff),
                 np.float64,
             )
         )
@@ -241,7 +242,7 @@ def figure6(args, table, n_eff, estimators):
 
         def simulate(key, theta, a=a):
             params = FrapParams(theta[:, 0], theta[:, 1], theta[:, 2])
-            return simulate_curves(key, params, table, PixelNoise(jnp.full(theta.shape[0], a)), n_eff)
+            return simulate_curves(key, params, table, AffineGaussianNoise(jnp.full(theta.shape[0], a)), n_eff)
 
         report = compare.compare_estimators(
             estimators,

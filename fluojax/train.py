@@ -12,15 +12,26 @@ never leave the device. Because the batch of step ``s`` depends only on ``(seed,
 resumed from a checkpoint sees exactly the batches an uninterrupted run would have seen, and
 ends with the same weights. A fixed held-out set (drawn once from a separate key) measures
 progress; BatchNorm statistics are updated in training and used frozen in evaluation
-(``nnx.view(model, use_running_average=...)``). Checkpoints (model state, optimizer state,
-step, metric history) are written with orbax's ``StandardCheckpointer``; metrics go to
-``metrics.csv`` and ``metrics.json`` in the run folder.
+(``nnx.view(model, use_running_average=...)``).
 
-Nothing here knows about FCS, FRAP, SMLM or SOFI.
+Run folder: ``metrics.csv`` and ``metrics.json`` (one row per evaluation) and ``checkpoints/``,
+kept by orbax's ``CheckpointManager``: one folder per saved step, ``checkpoints/step_<9 digits>/``
+holding ``model/`` and ``optimizer/`` (orbax ``StandardSave`` items) and ``meta.json`` (the
+network's description, the training config, the metric history and ``step``), written once orbax
+has committed the step, so its presence marks a complete checkpoint. The newest complete
+checkpoint is the run's network (what :func:`read_checkpoint_meta` and :func:`restore_checkpoint`
+read); :func:`save_checkpoint` writes the same layout (``model/`` and ``meta.json``) for one
+network outside a run.
+
+The optimizer is one of the :class:`Optimizer` classes (:class:`Adam`, :class:`AdamW`,
+:class:`Sgd`), each a frozen dataclass that makes its optax transformation from the learning-rate
+schedule. Nothing here knows about a technique.
 """
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import csv
 import dataclasses
 import json
@@ -28,18 +39,28 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jaxtyping import Array, Float
+
+from fluojax.io import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import orbax.checkpoint as ocp
 
 __all__ = [
+    "Adam",
+    "AdamW",
+    "Optimizer",
     "RunMismatch",
+    "Sgd",
     "TrainConfig",
     "TrainHistory",
     "check_resume",
@@ -47,6 +68,7 @@ __all__ = [
     "evaluate",
     "is_run_folder",
     "latest_checkpoint",
+    "learning_rate_schedule",
     "make_optimizer",
     "mse_loss",
     "read_checkpoint_meta",
@@ -56,9 +78,70 @@ __all__ = [
 ]
 
 
+# ----------------------------------------------------------------------------------------------
+# optimizers and config
+# ----------------------------------------------------------------------------------------------
+
+
+class Optimizer(abc.ABC):
+    """An optimizer: turns a learning-rate schedule into an optax gradient transformation.
+
+    Subclasses are frozen dataclasses of their hyper-parameters (hashable, stored in the run's
+    meta by :meth:`TrainConfig.record`); a new optimizer is a new subclass.
+    """
+
+    @abc.abstractmethod
+    def transformation(self, schedule: optax.Schedule) -> optax.GradientTransformation:
+        """The optax transformation with learning rate ``schedule(step)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015).
+
+    Attributes:
+        eps: float, added to the root of the second-moment estimate (Keras' default 1e-7).
+    """
+
+    eps: float = 1e-7
+
+    def transformation(self, schedule: optax.Schedule) -> optax.GradientTransformation:
+        return optax.adam(schedule, eps=self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+    Attributes:
+        eps: float, as :class:`Adam`.
+        weight_decay: float, decay rate per step, multiplied by the learning rate (optax's default).
+    """
+
+    eps: float = 1e-7
+    weight_decay: float = 1e-4
+
+    def transformation(self, schedule: optax.Schedule) -> optax.GradientTransformation:
+        return optax.adamw(schedule, eps=self.eps, weight_decay=self.weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sgd(Optimizer):
+    """Stochastic gradient descent with heavy-ball momentum.
+
+    Attributes:
+        momentum: float in [0, 1), decay of the velocity (0: plain SGD).
+    """
+
+    momentum: float = 0.9
+
+    def transformation(self, schedule: optax.Schedule) -> optax.GradientTransformation:
+        return optax.sgd(schedule, momentum=self.momentum)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How to train (immutable; stored with every checkpoint).
+    """How to train (immutable; stored with every checkpoint by :meth:`record`).
 
     Attributes:
         steps: int, total optimizer steps (batches).
@@ -67,21 +150,18 @@ class TrainConfig:
         learning_rate: float, initial learning rate.
         final_learning_rate: float, learning rate reached at ``steps`` by exponential decay
             (equal to ``learning_rate`` for a constant rate).
-        decay_every: int, staircase interval of the decay in steps (1 = smooth). The seed's
-            ImFCSNet schedule: 1e-3 -> 1e-5, factor applied every 32 batches (fcs.md §1.5).
+        decay_every: int, staircase interval of the decay in steps (1 = smooth).
         warmup_fraction: float in [0, 1), fraction of ``steps`` spent first on a linear ramp
-            from ``warmup_learning_rate`` up to ``learning_rate`` (the DeepFRAP seed ramps
-            1e-3 -> 1e-1 before its step decay); the decay then runs over the remaining steps.
+            from ``warmup_learning_rate`` up to ``learning_rate``; the decay then runs over the
+            remaining steps.
         warmup_learning_rate: float, learning rate at step 0 of the ramp.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with ``momentum``; the DeepFRAP seed
-            used SGD with momentum 0.99).
-        weight_decay: float, AdamW weight decay (ignored by the others).
-        momentum: float, SGD momentum (ignored by Adam/AdamW).
-        adam_eps: float, epsilon of Adam (Keras default 1e-7).
+        optimizer: an :class:`Optimizer` (``Adam()``, ``AdamW(weight_decay=...)``,
+            ``Sgd(momentum=...)``).
         eval_every: int, steps between held-out evaluations (and log rows).
         eval_batches: int, batches in the fixed held-out set.
         checkpoint_every: int, steps between checkpoints (0: only at the end).
-        seed: int, seeds data, held-out set and nothing else (model init has its own rngs).
+        seed: int, random seed of the data and the held-out set and nothing else (model
+            initialisation has its own rngs).
     """
 
     steps: int
@@ -91,27 +171,38 @@ class TrainConfig:
     decay_every: int = 1
     warmup_fraction: float = 0.0
     warmup_learning_rate: float = 0.0
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    adam_eps: float = 1e-7
+    optimizer: Optimizer = Adam()
     eval_every: int = 100
     eval_batches: int = 4
     checkpoint_every: int = 0
     seed: int = 0
 
     def __post_init__(self):
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use 'adam', 'adamw' or 'sgd'")
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_batches < 1:
-            raise ValueError("steps, batch_size, eval_every and eval_batches must be >= 1")
+        if not isinstance(self.optimizer, Optimizer):
+            raise InputError(f"unknown optimizer {self.optimizer!r}: use an Optimizer such as Adam(), AdamW() or Sgd()")
+        counts = {
+            "steps": self.steps,
+            "batch size": self.batch_size,
+            "evaluation interval": self.eval_every,
+            "held-out batches": self.eval_batches,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise InputError(f"{name} {value}: must be >= 1")
         if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError("warmup_fraction must be in [0, 1)")
+            raise InputError(f"warm-up fraction {self.warmup_fraction}: must be in [0, 1)")
 
     @property
     def warmup_steps(self) -> int:
         """Steps of the linear warm-up ramp, ``round(warmup_fraction * steps)``."""
         return round(self.warmup_fraction * self.steps)
+
+    def record(self) -> dict:
+        """The config as stored in a run's meta (JSON): its fields, the optimizer as
+        ``{"name": <class name>, <its fields>}``, so runs with different optimizers differ."""
+        fields = dataclasses.asdict(self)
+        fields["optimizer"] = {"name": type(self.optimizer).__name__, **vars(self.optimizer)}
+        return fields
 
 
 class TrainHistory(NamedTuple):
@@ -168,21 +259,16 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """The optax transformation of a config (Adam, AdamW or SGD with momentum, and its schedule)."""
-    schedule = learning_rate_schedule(config)
-    if config.optimizer == "sgd":
-        return optax.sgd(schedule, momentum=config.momentum)
-    if config.optimizer == "adamw":
-        return optax.adamw(schedule, eps=config.adam_eps, weight_decay=config.weight_decay)
-    return optax.adam(schedule, eps=config.adam_eps)
+    """The optax transformation of a config: its optimizer driven by :func:`learning_rate_schedule`."""
+    return config.optimizer.transformation(learning_rate_schedule(config))
 
 
-def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error (the seed networks' loss, on ln D)."""
+def mse_loss(prediction: Float[Array, " batch *out"], target: Float[Array, " batch *out"]) -> Float[Array, ""]:
+    """Mean squared error over all elements (``target`` is reshaped to ``prediction``'s shape)."""
     return jnp.mean((prediction - jnp.reshape(target, prediction.shape)) ** 2)
 
 
-def evaluate(model: nnx.Module, batches, loss: Callable = mse_loss) -> float:
+def evaluate(model: nnx.Module, batches: Iterable[tuple[Any, Array]], loss: Callable = mse_loss) -> float:
     """Mean loss of ``model`` in eval mode (BatchNorm running statistics) over ``(x, y)`` batches."""
     frozen = nnx.view(model, use_running_average=True, raise_if_not_found=False)
     values = [float(_eval_loss(frozen, x, y, loss)) for x, y in batches]
@@ -198,18 +284,70 @@ def _eval_loss(model, x, y, loss):
 # checkpoints
 # ----------------------------------------------------------------------------------------------
 
+CHECKPOINTS = "checkpoints"
+"""The run folder's subfolder of checkpoints (managed by orbax's ``CheckpointManager``)."""
 
-def _checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{step:09d}"
+META = "meta.json"
+"""The file of a checkpoint's description; its presence marks the checkpoint complete."""
+
+
+def _step_names() -> Any:
+    """Orbax's naming of step folders in ``checkpoints/``: ``step_000000037``."""
+    import orbax.checkpoint as ocp
+
+    return ocp.path.step.standard_name_format(step_prefix="step", step_format_fixed_length=9)
+
+
+def _saved_steps(run_dir: Path) -> list[tuple[int, Path, bool]]:
+    """``(step, folder, complete)`` of the steps orbax committed in a run folder, oldest first."""
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.step), Path(str(m.path))) for m in _step_names().find_all(folder)]
+    return [(step, path, (path / META).is_file()) for step, path in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    done = sorted(p for p in folder.glob("step_*") if (p / "meta.json").is_file())
+    done = [path for _, path, complete in _saved_steps(Path(run_dir)) if complete]
     return done[-1] if done else None
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Keep orbax's progress messages (absl INFO and WARNING lines) off stderr while inside; errors
+    still show. The absl verbosity is restored on leaving."""
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)
+
+
+def _checkpoint_manager(run_dir: Path, keep: int | None) -> ocp.CheckpointManager:
+    """Orbax's manager of ``run_dir/checkpoints`` (synchronous saves: a step is on disk when ``save`` returns)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, step_name_format=_step_names(), enable_async_checkpointing=False, create=True
+    )
+    return ocp.CheckpointManager(run_dir.absolute() / CHECKPOINTS, options=options, item_names=("model", "optimizer"))
+
+
+def _save_step(manager: ocp.CheckpointManager, step: int, model: nnx.Module, optimizer: nnx.Optimizer, meta: dict):
+    """One training checkpoint: model and optimizer state through the manager, then ``meta.json``."""
+    import orbax.checkpoint as ocp
+
+    state = ocp.args.Composite(
+        model=ocp.args.StandardSave(nnx.state(model)), optimizer=ocp.args.StandardSave(nnx.state(optimizer))
+    )
+    manager.save(step, args=state, force=True)
+    manager.wait_until_finished()
+    path = Path(str(manager.directory)) / _step_names().build_name(step)
+    (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -252,7 +390,7 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     """
     path = Path(path)
     ckpt = latest_checkpoint(path) or path
-    meta_file = ckpt / "meta.json"
+    meta_file = ckpt / META
     if not meta_file.is_file():
         raise ValueError(f"{path} is not a fluojax network checkpoint (no meta.json)")
     return ckpt, json.loads(meta_file.read_text())
@@ -261,8 +399,8 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
 def save_checkpoint(
     path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None, step: int, meta: dict
 ) -> Path:
-    """Write model (and optimizer) state with orbax, plus ``meta.json`` (written last: its presence
-    marks the checkpoint complete).
+    """Write one network outside a run: model (and optimizer) state with orbax, plus ``meta.json``
+    (written last: its presence marks the checkpoint complete). Same layout as a run's step folder.
 
     Arguments:
         path: folder to create (replaced if it exists).
@@ -276,12 +414,12 @@ def save_checkpoint(
     path = Path(path).absolute()
     if path.exists():
         shutil.rmtree(path)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / "model", nnx.state(model))
-    if optimizer is not None:
-        checkpointer.save(path / "optimizer", nnx.state(optimizer))
-    checkpointer.wait_until_finished()
-    (path / "meta.json").write_text(json.dumps({**meta, "step": int(step)}, indent=1))
+    with _quiet_orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+        checkpointer.save(path / "model", nnx.state(model))
+        if optimizer is not None:
+            checkpointer.save(path / "optimizer", nnx.state(optimizer))
+        checkpointer.wait_until_finished()
+    (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
     return path
 
 
@@ -319,8 +457,27 @@ def _tree_difference(saved: dict, wanted: dict) -> str:
     return "; ".join(parts)
 
 
+def _restore_parts(path: Path, parts: list[tuple[str, nnx.Module | nnx.Optimizer]], read: Callable) -> None:
+    """Restore each ``(name, node)`` from the item ``path/name`` with ``read(name, abstract_state)``.
+
+    Raises:
+        ValueError: one line naming the folder, the part and what differs.
+    """
+    import orbax.checkpoint as ocp
+
+    for name, node in parts:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(node))
+        try:
+            restored = read(name, abstract)
+        except Exception as err:  # orbax raises several types for missing parts and structure mismatches
+            why = _restore_error(path / name, abstract, err)
+            raise ValueError(f"checkpoint {path} does not match this network ({name}): {why}") from None
+        nnx.update(node, restored)
+
+
 def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optimizer | None = None) -> dict:
-    """Load a checkpoint into an already built ``model`` (and ``optimizer``) of the same structure.
+    """Load a checkpoint (a run's step folder or a :func:`save_checkpoint` folder) into an already
+    built ``model`` (and ``optimizer``) of the same structure.
 
     Returns:
         the checkpoint's ``meta.json`` dict (includes ``step``).
@@ -332,27 +489,38 @@ def restore_checkpoint(path: str | Path, model: nnx.Module, optimizer: nnx.Optim
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    if not (path / "meta.json").is_file():
+    if not (path / META).is_file():
         raise ValueError(f"{path} is not a complete fluojax checkpoint (no meta.json)")
-    checkpointer = ocp.StandardCheckpointer()
-    parts = [("model", model)] + ([("optimizer", optimizer)] if optimizer is not None else [])
-    for name, node in parts:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(node))
-        try:
-            restored = checkpointer.restore(path / name, abstract)
-        except Exception as err:  # orbax raises several types for missing parts and structure mismatches
-            why = _restore_error(checkpointer, path / name, abstract, err)
-            raise ValueError(f"checkpoint {path} does not match this network ({name}): {why}") from None
-        nnx.update(node, restored)
-    return json.loads((path / "meta.json").read_text())
+    parts: list[tuple[str, nnx.Module | nnx.Optimizer]] = [("model", model)]
+    if optimizer is not None:
+        parts.append(("optimizer", optimizer))
+    with _quiet_orbax(), contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+        _restore_parts(path, parts, lambda name, abstract: checkpointer.restore(path / name, abstract))
+    return json.loads((path / META).read_text())
 
 
-def _restore_error(checkpointer, path: Path, abstract, err: Exception) -> str:
+def _restore_step(manager: ocp.CheckpointManager, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> dict:
+    """Resume: model and optimizer state of ``step`` through the manager; returns its meta."""
+    import orbax.checkpoint as ocp
+
+    path = Path(str(manager.directory)) / _step_names().build_name(step)
+
+    def read(name, abstract):
+        return manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
+
+    _restore_parts(path, [("model", model), ("optimizer", optimizer)], read)
+    return json.loads((path / META).read_text())
+
+
+def _restore_error(path: Path, abstract, err: Exception) -> str:
     """Why a restore failed, in one line: the arrays that differ, else the error's non-empty text."""
+    import orbax.checkpoint as ocp
+
     if not path.exists():
         return "this part was not saved"
     try:
-        metadata = checkpointer.metadata(path)
+        with contextlib.closing(ocp.StandardCheckpointer()) as checkpointer:
+            metadata = checkpointer.metadata(path)
         difference = _tree_difference(
             _leaf_shapes(getattr(metadata, "item_metadata", metadata)), _leaf_shapes(abstract)
         )
@@ -398,7 +566,7 @@ def check_resume(run_dir: str | Path | None, meta: dict, config: TrainConfig | N
         run_dir: run folder, or None (nothing to resume).
         meta: the network's meta as passed to :func:`train` (entries present in both metas are compared;
             ``step`` and ``history`` are not).
-        config: the ``TrainConfig`` to resume with (compared field by field), or None.
+        config: the ``TrainConfig`` to resume with (compared field by field, as :meth:`TrainConfig.record`), or None.
 
     Returns:
         steps completed in the newest checkpoint (0 when there is none).
@@ -414,7 +582,7 @@ def check_resume(run_dir: str | Path | None, meta: dict, config: TrainConfig | N
         k for k in meta if k not in ("step", "history", "train_config") and k in saved and not _same(meta[k], saved[k])
     ]
     if config is not None and "train_config" in saved:
-        wanted = dataclasses.asdict(config)
+        wanted = config.record()
         differs += [f"train_config.{k}" for k in wanted if not _same(wanted[k], saved["train_config"].get(k))]
     if differs:
         raise RunMismatch(Path(run_dir), step, saved, differs)
@@ -442,16 +610,17 @@ def _write_metrics(run_dir: Path, history: TrainHistory) -> None:
 
 def train(
     model: nnx.Module,
-    sample_batch: Callable[[jax.Array], tuple[Any, jax.Array]],
+    sample_batch: Callable[..., tuple[Any, Array]],
     config: TrainConfig,
     *,
-    loss: Callable[[jax.Array, jax.Array], jax.Array] = mse_loss,
+    loss: Callable[[Array, Array], Array] = mse_loss,
     run_dir: str | Path | None = None,
     meta: dict | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
     data: Any = None,
     held_out: list | None = None,
+    keep_checkpoints: int | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on batches simulated on the fly.
 
@@ -472,10 +641,12 @@ def train(
             (simulates an interruption; for tests and for splitting long runs).
         data: optional pytree of arrays passed to every ``sample_batch`` call as an argument of
             the compiled step (not baked in as a constant): a fixed pool of simulated samples to
-            draw from, for networks trained on reused data (the seed's FCSNet).
+            draw from, for networks trained on reused data.
         held_out: optional list of ``(inputs, targets)`` batches to evaluate on instead of
             batches drawn from ``sample_batch`` with the held-out key (needed when
             ``sample_batch`` draws from a training pool).
+        keep_checkpoints: int, the newest checkpoints orbax keeps in ``run_dir`` (older ones
+            are deleted); None: all.
 
     Returns:
         ``TrainHistory`` (the whole run's, including rows restored from a checkpoint).
@@ -488,70 +659,75 @@ def train(
 
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     data_key, eval_key = jax.random.split(jax.random.key(config.seed))
-    meta = dict(meta or {}, train_config=dataclasses.asdict(config))
+    meta = dict(meta or {}, train_config=config.record())
     history = TrainHistory.empty()
     start = 0
     run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None:
-        check_run_folder(run_path)
-        run_path.mkdir(parents=True, exist_ok=True)
-        check_resume(run_path, meta, config)
-        last = latest_checkpoint(run_path)
-        if last is not None:
-            saved = restore_checkpoint(last, model, optimizer)
-            start = int(saved["step"])
-            history = TrainHistory(**saved["history"])
+    manager = None
+    with contextlib.ExitStack() as stack:
+        if run_path is not None:
+            check_run_folder(run_path)
+            run_path.mkdir(parents=True, exist_ok=True)
+            check_resume(run_path, meta, config)
+            stack.enter_context(_quiet_orbax())
+            manager = _checkpoint_manager(run_path, keep_checkpoints)
+            stack.callback(manager.close)
+            saved = _saved_steps(run_path)
+            done = [step for step, _, complete in saved if complete]
+            if done:
+                restored = _restore_step(manager, done[-1], model, optimizer)
+                start = int(restored["step"])
+                history = TrainHistory(**restored["history"])
+            for step, _, _ in saved:  # steps interrupted before their meta.json: redone from `start`
+                if step > start:
+                    manager.delete(step)
+        if held_out is None:
+            sample = jax.jit(sample_batch)
+            held_out = [
+                sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,)))
+                for i in range(config.eval_batches)
+            ]
+        schedule = learning_rate_schedule(config)
+        trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
 
-    if held_out is None:
-        sample = jax.jit(sample_batch)
-        held_out = [
-            sample(jax.random.fold_in(eval_key, i), *(() if data is None else (data,)))
-            for i in range(config.eval_batches)
-        ]
-    schedule = learning_rate_schedule(config)
-    trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
+        @nnx.jit
+        def train_step(net, opt, key, pool):
+            x, y = sample_batch(key) if pool is None else sample_batch(key, pool)
+            value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(net)
+            opt.update(net, grads)
+            return value
 
-    @nnx.jit
-    def train_step(net, opt, key, pool):
-        x, y = sample_batch(key) if pool is None else sample_batch(key, pool)
-        value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(net)
-        opt.update(net, grads)
-        return value
-
-    if start == 0:  # row 0: the untrained network on the held-out set
-        for column, value in zip(
-            history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)
-        ):
-            column.append(value)
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
-    bar = progress_counter(config.steps, "train", "steps", enabled=progress, start=start)
-    elapsed_before = float(history.elapsed_s[-1]) if history.elapsed_s else 0.0  # a resumed run's time so far
-    t_run = t_row = time.perf_counter()
-    losses = []
-    step = start
-    with bar:
-        while step < end:
-            losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step), data))
-            step += 1
-            bar.update(1)
-            if step % config.eval_every == 0 or step == end:
-                train_loss = float(np.mean(jax.device_get(losses)))
-                now = time.perf_counter()
-                rate = len(losses) * config.batch_size / (now - t_row)
-                eval_loss = evaluate(model, held_out, loss)
-                for column, value in zip(
-                    history, (step, train_loss, eval_loss, float(schedule(step)), rate, elapsed_before + now - t_run)
-                ):
-                    column.append(value)
-                bar.set_postfix(loss=f"{train_loss:.4g}", held_out=f"{eval_loss:.4g}", samples_s=f"{rate:.0f}")
-                losses, t_row = [], time.perf_counter()
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"training loss became {train_loss} at step {step}")
-                if run_path is not None:
-                    _write_metrics(run_path, history)
-            due = config.checkpoint_every and step % config.checkpoint_every == 0
-            if run_path is not None and (due or step == end):
-                save_checkpoint(
-                    _checkpoint_dir(run_path, step), model, optimizer, step, {**meta, "history": history.to_dict()}
-                )
-    return history
+        if start == 0:  # row 0: the untrained network on the held-out set
+            for column, value in zip(
+                history, (0, float("nan"), evaluate(model, held_out, loss), float(schedule(0)), float("nan"), 0.0)
+            ):
+                column.append(value)
+        end = config.steps if stop_after is None else min(config.steps, stop_after)
+        bar = progress_counter(config.steps, "train", "steps", enabled=progress, start=start)
+        elapsed_before = float(history.elapsed_s[-1]) if history.elapsed_s else 0.0  # a resumed run's time so far
+        t_run = t_row = time.perf_counter()
+        losses = []
+        step = start
+        with bar:
+            while step < end:
+                losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step), data))
+                step += 1
+                bar.update(1)
+                if step % config.eval_every == 0 or step == end:
+                    train_loss = float(np.mean(jax.device_get(losses)))
+                    now = time.perf_counter()
+                    rate = len(losses) * config.batch_size / (now - t_row)
+                    eval_loss = evaluate(model, held_out, loss)
+                    row = (step, train_loss, eval_loss, float(schedule(step)), rate, elapsed_before + now - t_run)
+                    for column, value in zip(history, row):
+                        column.append(value)
+                    bar.set_postfix(loss=f"{train_loss:.4g}", held_out=f"{eval_loss:.4g}", samples_s=f"{rate:.0f}")
+                    losses, t_row = [], time.perf_counter()
+                    if not math.isfinite(train_loss):
+                        raise FloatingPointError(f"training loss became {train_loss} at step {step}")
+                    if run_path is not None:
+                        _write_metrics(run_path, history)
+                due = config.checkpoint_every and step % config.checkpoint_every == 0
+                if manager is not None and (due or step == end):
+                    _save_step(manager, step, model, optimizer, {**meta, "history": history.to_dict()})
+        return history

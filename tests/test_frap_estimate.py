@@ -21,6 +21,7 @@ from fluojax import fit
 from fluojax.frap import estimate as fe
 from fluojax.frap import models as fm
 from fluojax.frap import simulate as fs
+from fluojax.noise import AffineGaussianNoise
 
 # every test here shares one expensive module fixture: one xdist worker runs them all, so the
 # fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
@@ -38,7 +39,7 @@ def fitted():
     table = fm.build_fast_curve_table(geometry, SETTINGS, n_nodes=32)
     n_eff = fs.roi_effective_pixels(geometry)
     sample = fs.sample_frap_params(jax.random.key(11), B, PRIOR)
-    curves = fs.simulate_curves(jax.random.key(12), sample.params, table, fs.PixelNoise(jnp.full((B,), A)), n_eff)
+    curves = fs.simulate_curves(jax.random.key(12), sample.params, table, AffineGaussianNoise(jnp.full((B,), A)), n_eff)
     truth = np.stack(
         [np.asarray(sample.params.d_px2_s), np.asarray(sample.params.c0), np.asarray(sample.params.alpha)], 1
     )
@@ -96,7 +97,9 @@ def test_crlb_fisher_matches_finite_difference_jacobian(fitted):
     table, _, truth, true_var, _ = fitted
     theta = jnp.asarray(truth[:4])
     bound = np.asarray(
-        fe.recovery_curve_crlb(theta, table, fs.PixelNoise(jnp.full((4,), A)), float(table.roi_sum) ** 2 * A / true_var)
+        fe.recovery_curve_crlb(
+            theta, table, AffineGaussianNoise(jnp.full((4,), A)), float(table.roi_sum) ** 2 * A / true_var
+        )
     )
     for i in range(4):
         # central differences, relative step 1e-3: truncation ~1e-6, float32 rounding ~1e-7 / 1e-3
@@ -125,7 +128,7 @@ def test_least_squares_errors_are_about_one_crlb(fitted):
     ok = res.status == fit.Status.CONVERGED
     n_eff = float(table.roi_sum) ** 2 * A / true_var
     bound = np.asarray(
-        fe.recovery_curve_crlb(jnp.asarray(truth[ok]), table, fs.PixelNoise(jnp.full((ok.sum(),), A)), n_eff)
+        fe.recovery_curve_crlb(jnp.asarray(truth[ok]), table, AffineGaussianNoise(jnp.full((ok.sum(),), A)), n_eff)
     )
     z = (res.params[ok] - truth[ok]) / bound
     np.testing.assert_allclose(np.std(z, axis=0), 1.0, atol=0.25)

@@ -14,7 +14,8 @@ import pytest
 from fluojax.compare import spearman
 from fluojax.frap import learned
 from fluojax.frap.models import FrapParams, FrapSettings, recovery_curve_fast
-from fluojax.frap.simulate import FrapPrior, PixelNoise, sample_frap_params, simulate_curves
+from fluojax.frap.simulate import FrapPrior, sample_frap_params, simulate_curves
+from fluojax.noise import AffineGaussianNoise
 
 # every test here shares one expensive module fixture: one xdist worker runs them all, so the
 # fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
@@ -45,7 +46,7 @@ def _fresh_curves(n, key=7, a=1e-3):
     table, n_eff = learned.deepfrap_table(SETTINGS, 8.0)
     sample = sample_frap_params(jax.random.key(key), n, PRIOR)
     curves = simulate_curves(
-        jax.random.key(key + 1), sample.params, table, PixelNoise(np.full(n, a, np.float32)), n_eff
+        jax.random.key(key + 1), sample.params, table, AffineGaussianNoise(np.full(n, a, np.float32)), n_eff
     )
     return table, sample.params, np.asarray(curves)
 

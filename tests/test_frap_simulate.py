@@ -18,10 +18,11 @@ from scipy import stats
 
 from fluojax.frap import models as fm
 from fluojax.frap import simulate as fs
+from fluojax.noise import AffineGaussianNoise
 
 SMALL = fm.FrapSettings(n_pixels=32, pad=16, n_prebleach=3, n_bleach=2, n_postbleach=10)
 RADIUS = 6.0
-NOISE = fs.PixelNoise(a=2e-3, a_prime=1e-2)  # a'-term 40 % of the prebleach variance at c0 = 0.8
+NOISE = AffineGaussianNoise(a=2e-3, a_prime=1e-2)  # a'-term 40 % of the prebleach variance at c0 = 0.8
 PARAMS = fm.FrapParams(d_px2_s=20.0, c0=0.8, alpha=0.6)
 
 
@@ -144,8 +145,8 @@ def test_simulated_curve_noise_variance_is_sum_w2_times_a_plus_a_prime_c(small_s
     np.testing.assert_allclose(variance[: SMALL.n_prebleach], (NOISE.a + NOISE.a_prime * 0.8) / n_eff, rtol=1e-6)
 
 
-def _batch_noise(noise: fs.PixelNoise, n: int) -> fs.PixelNoise:
-    return fs.PixelNoise(jnp.full((n,), noise.a), jnp.full((n,), noise.a_prime))
+def _batch_noise(noise: AffineGaussianNoise, n: int) -> AffineGaussianNoise:
+    return AffineGaussianNoise(jnp.full((n,), noise.a), jnp.full((n,), noise.a_prime))
 
 
 def test_approximate_a_prime_term_is_exact_before_the_bleach_and_unused_when_a_prime_is_0(small_setup):
@@ -160,7 +161,7 @@ def test_approximate_a_prime_term_is_exact_before_the_bleach_and_unused_when_a_p
     k = 1224.5
     scaled = fs.curve_noise_variance(jnp.asarray(k * clean, jnp.float32), NOISE, n_eff, roi_sum=k)
     np.testing.assert_allclose(scaled, k * k * approx, rtol=1e-5)
-    key, params, noise = jax.random.key(2), _batch(PARAMS, 8), fs.PixelNoise(jnp.full((8,), 1e-3))
+    key, params, noise = jax.random.key(2), _batch(PARAMS, 8), AffineGaussianNoise(jnp.full((8,), 1e-3))
     np.testing.assert_array_equal(
         fs.simulate_curves(key, params, table, noise, n_eff),
         fs.simulate_curves(key, params, table, noise, n_eff, variance_table),

@@ -4,9 +4,12 @@ The toy: y = <w_true, x> + 0.5 with x ~ N(0, 1)^4, learned by a small MLP with B
 the BatchNorm-state paths (train view updates statistics, eval uses them) are exercised.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -129,7 +132,7 @@ def test_resuming_with_another_config_is_refused(tmp_path):
 def test_sgd_with_momentum_also_trains():
     model = ToyNet(nnx.Rngs(0))
     history = tr.train(
-        model, toy_batch, config(steps=200, optimizer="sgd", momentum=0.9, learning_rate=1e-2), progress=False
+        model, toy_batch, config(steps=200, optimizer=tr.Sgd(momentum=0.9), learning_rate=1e-2), progress=False
     )
     assert history.eval_loss[-1] < 0.1 * history.eval_loss[1]  # row 1: after the first 20 steps
 
@@ -142,7 +145,7 @@ def test_unknown_optimizer_is_refused():
 def test_elapsed_time_continues_across_a_resume(tmp_path):
     cfg = config(steps=40, eval_every=10)
     tr.train(ToyNet(nnx.Rngs(0)), toy_batch, cfg, run_dir=tmp_path, progress=False, stop_after=20)
-    before = tr.TrainHistory(**__import__("json").loads((tmp_path / "metrics.json").read_text())).elapsed_s
+    before = tr.TrainHistory(**json.loads((tmp_path / "metrics.json").read_text())).elapsed_s
     history = tr.train(ToyNet(nnx.Rngs(0)), toy_batch, cfg, run_dir=tmp_path, progress=False)
     rows = np.genfromtxt(tmp_path / "metrics.csv", delimiter=",", names=True)
     assert list(rows["step"]) == [0, 10, 20, 30, 40]
@@ -180,3 +183,81 @@ def test_a_structure_mismatch_is_one_line_naming_the_folder_and_the_arrays(tmp_p
     text = str(err.value)
     assert "\n" not in text and str(tmp_path / "ck") in text and not text.rstrip().endswith(":")
     assert "hidden.kernel.value: (4, 16) saved, (8, 16) here" in text
+
+
+def test_checkpoints_are_orbax_steps_and_only_the_newest_are_kept(tmp_path):
+    tr.train(
+        ToyNet(nnx.Rngs(0)),
+        toy_batch,
+        config(checkpoint_every=10),
+        run_dir=tmp_path,
+        progress=False,
+        keep_checkpoints=2,
+    )
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert steps == ["step_000000050", "step_000000060"]  # 10, 20, ... 60 saved; orbax deleted all but two
+    newest = tmp_path / "checkpoints" / "step_000000060"
+    assert {"model", "optimizer", "meta.json"} <= {p.name for p in newest.iterdir()}
+    assert tr.latest_checkpoint(tmp_path) == newest and tr.read_checkpoint_meta(tmp_path)[1]["step"] == 60
+
+
+def test_a_step_interrupted_before_its_meta_is_redone_from_the_previous_checkpoint(tmp_path):
+    cfg = config(checkpoint_every=20)
+    whole = ToyNet(nnx.Rngs(0))
+    tr.train(whole, toy_batch, cfg, progress=False)
+    tr.train(ToyNet(nnx.Rngs(0)), toy_batch, cfg, run_dir=tmp_path, progress=False, stop_after=40)
+    (tmp_path / "checkpoints" / "step_000000040" / "meta.json").unlink()  # killed after orbax's commit
+    assert tr.latest_checkpoint(tmp_path).name == "step_000000020"
+    resumed = ToyNet(nnx.Rngs(1))
+    history = tr.train(resumed, toy_batch, cfg, run_dir=tmp_path, progress=False)
+    assert history.step == [0, 20, 40, 60]  # rows after step 20 come from the resumed run, none twice
+    x, _ = toy_batch(jax.random.PRNGKey(9))
+    # same batches from step 20 on -> same weights (tolerance as in the resume test above)
+    np.testing.assert_allclose(
+        np.asarray(nnx.view(resumed, use_running_average=True)(x)),
+        np.asarray(nnx.view(whole, use_running_average=True)(x)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+OPTIMIZERS = [
+    (tr.Adam(eps=1e-3), lambda lr: optax.adam(lr, eps=1e-3)),
+    (tr.AdamW(eps=1e-6, weight_decay=0.1), lambda lr: optax.adamw(lr, eps=1e-6, weight_decay=0.1)),
+    (tr.Sgd(momentum=0.5), lambda lr: optax.sgd(lr, momentum=0.5)),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(("ours", "reference"), OPTIMIZERS, ids=["adam", "adamw", "sgd"])
+def test_an_optimizer_class_updates_like_the_optax_transformation_it_wraps(ours, reference, jit):
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    grads = {"w": jnp.array([0.1, 0.2, -0.3]), "b": jnp.array(-1.0)}
+
+    def two_steps(transformation):
+        state = transformation.init(params)
+        p = params
+        for _ in range(2):  # the second step sees the moments/momentum of the first
+            updates, state = transformation.update(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        return p
+
+    run = jax.jit(two_steps, static_argnums=0) if jit else two_steps
+    got = run(ours.transformation(optax.constant_schedule(0.01)))
+    want = two_steps(reference(0.01))
+    # the same optax code on the same inputs: equal up to float32 reassociation under jit
+    for name in params:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
+
+
+def test_the_recorded_config_names_the_optimizer_and_refuses_a_resume_with_another(tmp_path):
+    record = config(optimizer=tr.Sgd(momentum=0.8)).record()
+    assert record["optimizer"] == {"name": "Sgd", "momentum": 0.8}
+    assert json.loads(json.dumps(record)) == record  # stored as JSON in every checkpoint's meta
+    assert (
+        config(optimizer=tr.AdamW(eps=1e-7, weight_decay=0.0)).record()["optimizer"] != config().record()["optimizer"]
+    )
+    tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20), run_dir=tmp_path, progress=False)
+    with pytest.raises(tr.RunMismatch) as err:
+        tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(steps=20, optimizer=tr.Sgd()), run_dir=tmp_path, progress=False)
+    assert err.value.differs == ["train_config.optimizer"]

@@ -255,7 +255,7 @@ def simulate_command(args) -> int:
     from fluojax.fcs import simulate
     from fluojax.fcs.models import pixel_side_um
     from fluojax.io import InputError
-    from fluojax.noise import Camera
+    from fluojax.noise import GaussianReadNoise, IdealCamera
 
     io.check_output_file(args.output, args.overwrite)
     if args.read_noise < 0:
@@ -269,7 +269,7 @@ def simulate_command(args) -> int:
         n_particles=simulate.particles_for_density(args.density / a**2, args.size, optics),
         three_d=args.model == "3d",
     )
-    camera = Camera("gaussian", read_noise_e=args.read_noise) if args.read_noise > 0 else Camera()
+    camera = GaussianReadNoise(read_noise_e=args.read_noise) if args.read_noise > 0 else IdealCamera()
     t0 = time.perf_counter()
     stack = simulate.simulate_stack(
         jax.random.key(args.seed), simulate.DiffusionSample(args.d, args.brightness), optics, geometry, camera

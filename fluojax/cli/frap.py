@@ -296,8 +296,9 @@ def simulate_command(args) -> int:
     from fluojax import io
     from fluojax.frap import pipeline
     from fluojax.frap.models import FrapParams, FrapSettings, circular_region, d_um2_s_to_px2_s
-    from fluojax.frap.simulate import PixelNoise, simulate_image_sequences
+    from fluojax.frap.simulate import simulate_image_sequences
     from fluojax.io import InputError
+    from fluojax.noise import AffineGaussianNoise
 
     io.check_output_file(args.output, args.overwrite)
     if args.alpha > 1:
@@ -317,7 +318,9 @@ def simulate_command(args) -> int:
     geometry = circular_region(settings, args.radius)
     params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
     t0 = time.perf_counter()
-    images = simulate_image_sequences(jax.random.key(args.seed), params, geometry, settings, PixelNoise(args.noise_a))
+    images = simulate_image_sequences(
+        jax.random.key(args.seed), params, geometry, settings, AffineGaussianNoise(args.noise_a)
+    )
     images = np.asarray(images, np.float32)
     out = Path(args.output)
     with io.result_file(out, args.overwrite) as tmp:

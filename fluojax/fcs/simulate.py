@@ -40,7 +40,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from fluojax.fcs.models import Optics, pixel_side_um, psf_radius_um, sheet_radius_um, tan_half_angle
-from fluojax.noise import Camera, camera_counts
+from fluojax.noise import Camera, IdealCamera
 
 __all__ = [
     "DiffusionSample",
@@ -118,7 +118,7 @@ def simulate_stack(
     sample: DiffusionSample,
     optics: Optics,
     geometry: StackGeometry,
-    camera: Camera = Camera(),
+    camera: Camera = IdealCamera(),
 ) -> jax.Array:
     """Simulate an Imaging FCS image stack.
 
@@ -200,7 +200,7 @@ def _simulate(key, sample, optics, geometry: StackGeometry, camera: Camera, acti
         p = _axis_probabilities(path_xy, inv_scale, edges).reshape(-1, f, s, n, 2)  # (size, f, s, n, [x, y])
         # expected[frame, row, col] = sum over sub-steps, particles of weight P(y in row) P(x in col)
         expected = jnp.einsum("ifsn,jfsn->fij", p[..., 1] * weight.reshape(f, s, n), p[..., 0])
-        counts = jax.vmap(lambda k, e: camera_counts(k, e, camera))(k_cam, expected)
+        counts = jax.vmap(camera.counts)(k_cam, expected)
         return (path_xy[-1], path_z[-1]), counts
 
     keys = jax.random.split(k_run, geometry.frames)
@@ -473,7 +473,7 @@ def simulate_training_batch(
         k_sim, k_noise = jax.random.split(k)
         active = jnp.arange(prior.max_particles) < p.n_particles
         stack = _simulate(
-            k_sim, DiffusionSample(p.d_um2_s, p.brightness), prior.optics(p.sigma0), geometry, Camera(), active
+            k_sim, DiffusionSample(p.d_um2_s, p.brightness), prior.optics(p.sigma0), geometry, IdealCamera(), active
         )
         return stack + p.noise_sd * jax.random.normal(k_noise, stack.shape, jnp.float32)
 

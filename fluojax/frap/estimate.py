@@ -34,8 +34,9 @@ from jaxtyping import Array, Float, Int
 
 from fluojax import fit
 from fluojax.frap.models import FastCurveTable, FrapParams, recovery_curve_fast
-from fluojax.frap.simulate import FrapPrior, PixelNoise, curve_noise_variance, sample_frap_params
+from fluojax.frap.simulate import FrapPrior, curve_noise_variance, sample_frap_params
 from fluojax.io import InputError
+from fluojax.noise import AffineGaussianNoise
 
 __all__ = [
     "FrapFit",
@@ -141,7 +142,7 @@ def frap_starts(
 
 @jax.jit
 def recovery_curve_crlb(
-    theta: Float[ArrayLike, "b 3"], table: FastCurveTable, noise: PixelNoise, effective_pixels: float
+    theta: Float[ArrayLike, "b 3"], table: FastCurveTable, noise: AffineGaussianNoise, effective_pixels: float
 ) -> Float[Array, "b 3"]:
     """Cramer-Rao bound on (D, c0, alpha) from one noisy recovery curve, for B curves at once.
 
@@ -157,7 +158,7 @@ def recovery_curve_crlb(
     Arguments:
         theta: (B, 3) (D px^2/s, c0, alpha).
         table: ``FastCurveTable`` of the ROI (``build_fast_curve_table``).
-        noise: ``PixelNoise`` with (B,) leaves (a, a' per pixel).
+        noise: ``AffineGaussianNoise`` with (B,) leaves (a, a' per pixel).
         effective_pixels: float, n_eff of the ROI weights (``roi_effective_pixels``).
 
     Returns:
@@ -166,7 +167,7 @@ def recovery_curve_crlb(
 
     def one(t, a, a_prime):
         variance = curve_noise_variance(
-            frap_curve_model(t, table), PixelNoise(a, a_prime), effective_pixels, table.roi_sum
+            frap_curve_model(t, table), AffineGaussianNoise(a, a_prime), effective_pixels, table.roi_sum
         )
         return fit.crlb(frap_curve_model, t, jnp.sqrt(variance), table)
 

@@ -22,7 +22,7 @@ Recipes:
     optimizer diverges (docs/frap.md, "2. Estimators"; the runs are in docs/benchmarks.md). The
     paper's weights, normalised to sum 1 over the 2^20 curves, may have scaled its loss, and so
     its effective rate, far down; Adam is insensitive to that scale (and
-    ``TrainConfig(optimizer="sgd", momentum=0.99, warmup_fraction=...)`` remains available).
+    ``TrainConfig(optimizer=Sgd(momentum=0.99), warmup_fraction=...)`` remains available).
     A shorter run (``steps``) compresses the schedule (six equal stairs).
 ``deepfrap-small``
     3 hidden layers of 64, Adam 3e-3 -> 1e-4, batch 256, 3,000 steps, for tests and quick looks.
@@ -131,7 +131,7 @@ def _paper_schedule(steps: int) -> training.TrainConfig:
     return training.TrainConfig(
         steps=steps,
         batch_size=1024,
-        optimizer="adam",
+        optimizer=training.Adam(),
         learning_rate=1e-3,
         final_learning_rate=1e-5,
         eval_every=5000,
@@ -159,7 +159,7 @@ RECIPES: dict[str, Recipe] = {
         training.TrainConfig(
             steps=3000,
             batch_size=256,
-            optimizer="adam",
+            optimizer=training.Adam(),
             learning_rate=3e-3,
             final_learning_rate=1e-4,
             eval_every=250,

@@ -40,7 +40,7 @@ pixel^2/s (``d_um2_s_to_px2_s`` with the prior's pixel size); network targets us
 (Wåhlstrand Skärström et al. 2021).
 
 Every function is pure and deterministic for a (typed, ``jax.random.key``) PRNG key; leaves of
-``FrapParams`` / ``PixelNoise`` may carry any common batch shape (the solvers are vmapped over it).
+``FrapParams`` / ``AffineGaussianNoise`` may carry any common batch shape (the solvers are vmapped over it).
 """
 
 from __future__ import annotations
@@ -70,15 +70,13 @@ from fluojax.frap.models import (
 )
 from fluojax.io import InputError
 from fluojax.networks import log_uniform
+from fluojax.noise import AffineGaussianNoise
 
 __all__ = [
     "FrapPrior",
     "FrapSample",
-    "PixelNoise",
     "add_curve_noise",
-    "add_pixel_noise",
     "curve_noise_variance",
-    "pixel_noise_variance",
     "recovery_curve_from_images",
     "roi_effective_pixels",
     "sample_d_um2_s",
@@ -89,28 +87,16 @@ __all__ = [
 ]
 
 
-class PixelNoise(NamedTuple):
-    """Per-pixel Gaussian noise of variance ``a + a' c`` (seed eq. 5).
-
-    Attributes:
-        a: constant variance per pixel, intensity^2 (DeepFRAP: log-uniform in [1e-4, 1e-2]).
-        a_prime: variance per unit intensity, ``a'`` (intensity units); 0 in DeepFRAP.
-    """
-
-    a: jax.Array | float
-    a_prime: jax.Array | float = 0.0
-
-
 class FrapSample(NamedTuple):
     """One draw (or a batch of draws) from a ``FrapPrior``.
 
     Attributes:
         params: ``FrapParams`` (D in px^2/s, c0, alpha; phi = beta = 1, gamma = 0).
-        noise: ``PixelNoise`` (a, a').
+        noise: ``fluojax.noise.AffineGaussianNoise`` (a, a'; DeepFRAP: a log-uniform in [1e-4, 1e-2], a' = 0).
     """
 
     params: FrapParams
-    noise: PixelNoise
+    noise: AffineGaussianNoise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +237,7 @@ def sample_frap_params(key: jax.Array, batch: int, prior: FrapPrior = FrapPrior(
         beta=ones,
         gamma_px=jnp.zeros((batch,)),
     )
-    return FrapSample(params, PixelNoise(log_uniform(k_a, (batch,), *prior.noise_a_range), a_prime))
+    return FrapSample(params, AffineGaussianNoise(log_uniform(k_a, (batch,), *prior.noise_a_range), a_prime))
 
 
 def sample_d_um2_s(sample: FrapSample, prior: FrapPrior = FrapPrior()) -> Float[Array, "*b"]:
@@ -298,22 +284,9 @@ def squared_weight_geometry(geometry: BleachGeometry) -> BleachGeometry:
     return BleachGeometry(np.asarray(geometry.indicator, dtype=np.float64), w * w / np.sum(w * w))
 
 
-def pixel_noise_variance(intensity, noise: PixelNoise):
-    """Per-pixel noise variance ``sigma^2 = a + a' c`` (seed eq. 5), clipped at 0.
-
-    Arguments:
-        intensity: array, noise-free intensity c (any shape).
-        noise: ``PixelNoise``; leaves broadcast against ``intensity``.
-
-    Returns:
-        array of variances, shape of the broadcast.
-    """
-    return jnp.maximum(noise.a + noise.a_prime * intensity, 0.0)
-
-
 def curve_noise_variance(
     curve: Float[ArrayLike, "*b t"],
-    noise: PixelNoise,
+    noise: AffineGaussianNoise,
     effective_pixels: float,
     roi_sum: Float[ArrayLike, ""] = 1.0,
     weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
@@ -328,7 +301,7 @@ def curve_noise_variance(
 
     Arguments:
         curve: (..., T) noise-free ROI curve F(t).
-        noise: ``PixelNoise`` with leaves of the batch shape ``...`` (or scalars).
+        noise: ``AffineGaussianNoise`` with leaves of the batch shape ``...`` (or scalars).
         effective_pixels: n_eff (``roi_effective_pixels``).
         roi_sum: S = sum w (``table.roi_sum``; 1 for normalised weights).
         weighted_intensity: optional (..., T) exact ``c~(t)``.
@@ -336,33 +309,14 @@ def curve_noise_variance(
     Returns:
         (..., T) variances.
     """
-    a = jnp.asarray(noise.a)[..., None]
-    a_prime = jnp.asarray(noise.a_prime)[..., None]
     c_tilde = curve / roi_sum if weighted_intensity is None else weighted_intensity
-    return jnp.maximum(a + a_prime * c_tilde, 0.0) * (roi_sum * roi_sum / effective_pixels)
-
-
-def add_pixel_noise(key: jax.Array, images, noise: PixelNoise):
-    """Noisy images ``I = c + sqrt(a + a' c) z``, z standard normal per pixel and frame (seed eq. 5).
-
-    Arguments:
-        key: typed PRNG key.
-        images: (..., T, N, N) noise-free intensities c.
-        noise: ``PixelNoise`` with leaves of the batch shape ``...`` (or scalars).
-
-    Returns:
-        (..., T, N, N) noisy images, dtype of ``images``.
-    """
-    a = jnp.asarray(noise.a)[..., None, None, None]
-    a_prime = jnp.asarray(noise.a_prime)[..., None, None, None]
-    sd = jnp.sqrt(pixel_noise_variance(images, PixelNoise(a, a_prime)))
-    return images + sd * jax.random.normal(key, images.shape, images.dtype)
+    return (roi_sum * roi_sum / effective_pixels) * noise.variance(c_tilde)
 
 
 def add_curve_noise(
     key: jax.Array,
     curve: Float[Array, "*b t"],
-    noise: PixelNoise,
+    noise: AffineGaussianNoise,
     effective_pixels: float,
     roi_sum: Float[ArrayLike, ""] = 1.0,
     weighted_intensity: Float[ArrayLike, "*b t"] | None = None,
@@ -414,7 +368,7 @@ def simulate_curves(
     key: jax.Array,
     params: FrapParams,
     table: FastCurveTable,
-    noise: PixelNoise,
+    noise: AffineGaussianNoise,
     effective_pixels: float,
     variance_table: FastCurveTable | None = None,
 ) -> Float[Array, "*b t"]:
@@ -432,7 +386,7 @@ def simulate_curves(
         params: ``FrapParams`` with leaves of any common batch shape (B,) (or scalars); D in px^2/s
             inside the table's range; beta = 1, gamma = ``table.gamma_px``.
         table: ``FastCurveTable`` of the ROI weights w (``build_fast_curve_table``).
-        noise: ``PixelNoise`` with leaves of the same batch shape (or scalars).
+        noise: ``AffineGaussianNoise`` with leaves of the same batch shape (or scalars).
         effective_pixels: n_eff of the ROI weights (``roi_effective_pixels(geometry)``).
         variance_table: optional ``FastCurveTable`` built on ``squared_weight_geometry(geometry)``
             for the exact a'-term; if None, ``c~ = F / S``.
@@ -454,7 +408,7 @@ def simulate_image_sequences(
     params: FrapParams,
     geometry: BleachGeometry,
     settings: FrapSettings = FrapSettings(),
-    noise: PixelNoise = PixelNoise(0.0),
+    noise: AffineGaussianNoise = AffineGaussianNoise(0.0),
 ) -> Float[Array, "*b t n n"]:
     """Noisy FRAP image sequences: ``simulate_images`` plus per-pixel noise ``a + a' c``
     (Wåhlstrand Skärström et al. 2021, eq. 5).
@@ -470,13 +424,13 @@ def simulate_image_sequences(
         params: ``FrapParams`` with leaves of any common batch shape (or scalars); D in px^2/s.
         geometry: ``BleachGeometry``.
         settings: ``FrapSettings`` (static).
-        noise: ``PixelNoise`` with leaves of the same batch shape (or scalars); default no noise.
+        noise: ``AffineGaussianNoise`` with leaves of the same batch shape (or scalars); default no noise.
 
     Returns:
         (B..., n_prebleach + n_postbleach, N, N) noisy images.
     """
     clean = _map_over_batch(lambda p: simulate_images(p, geometry, settings), params)
-    return add_pixel_noise(key, clean, noise)
+    return noise.sample(key, clean)
 
 
 def recovery_curve_from_images(
