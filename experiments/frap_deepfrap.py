@@ -168,7 +168,9 @@ def _crlb_compared(theta, a, table, n_eff, chunk: int = 8192) -> np.ndarray:
         t = jnp.asarray(theta[start : start + chunk], jnp.float32)
         parts.append(
             np.asarray(
-                recovery_curve_crlb(t, table, AffineGaussianNoise(jnp.asarray(a[start : start + chunk], jnp.float32)), n_eff),
+                recovery_curve_crlb(
+                    t, table, AffineGaussianNoise(jnp.asarray(a[start : start + chunk], jnp.float32)), n_eff
+                ),
                 np.float64,
             )
         )

@@ -171,7 +171,6 @@ def train_recipe(
     training.check_resume(run_dir, meta, config)  # before anything is built or simulated
     net = recipe.build(seed)
     data = recipe.training_data(seed, progress)
-    loss = {} if data.loss is None else {"loss": data.loss}
     history = training.train(
         net,
         data.sample_batch,
@@ -182,7 +181,7 @@ def train_recipe(
         stop_after=stop_after,
         data=data.data,
         held_out=data.held_out,
-        **loss,
+        loss=training.mse_loss if data.loss is None else data.loss,
     )
     return net, history
 

@@ -318,10 +318,12 @@ def simulate_command(args) -> int:
     geometry = circular_region(settings, args.radius)
     params = FrapParams(d_um2_s_to_px2_s(args.d, args.pixel_size), args.c0, args.alpha)
     t0 = time.perf_counter()
-    images = simulate_image_sequences(
-        jax.random.key(args.seed), params, geometry, settings, AffineGaussianNoise(args.noise_a)
+    images = np.asarray(
+        simulate_image_sequences(
+            jax.random.key(args.seed), params, geometry, settings, AffineGaussianNoise(args.noise_a)
+        ),
+        np.float32,
     )
-    images = np.asarray(images, np.float32)
     out = Path(args.output)
     with io.result_file(out, args.overwrite) as tmp:
         io.write_stack(tmp, images, args.dt, args.pixel_size)

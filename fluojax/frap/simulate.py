@@ -310,7 +310,7 @@ def curve_noise_variance(
         (..., T) variances.
     """
     c_tilde = curve / roi_sum if weighted_intensity is None else weighted_intensity
-    return (roi_sum * roi_sum / effective_pixels) * noise.variance(c_tilde)
+    return jnp.asarray((roi_sum * roi_sum / effective_pixels) * noise.variance(c_tilde))
 
 
 def add_curve_noise(
