@@ -202,7 +202,7 @@ def _optics(args, binning: int = 1):
 
     try:
         return default_optics(
-            args.model == "3d",
+            args.model,
             camera_pixel_um=args.pixel_size,
             binning=binning,
             magnification=args.magnification,

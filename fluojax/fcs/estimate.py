@@ -9,12 +9,13 @@ network + fit estimator). :mod:`fluojax.fcs.pipeline` calls :func:`fit_acfs` on 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from fluojax import fit
 from fluojax.fcs import models
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FCS_BOUNDS",
     "FCS_SOLVER",
+    "GeometryModel",
     "acf_model_2d",
     "acf_model_3d",
     "fit_acfs",
@@ -53,18 +55,6 @@ at 1e-3 moved D by up to 18 %.
 """
 
 
-def acf_model_2d(theta: jax.Array, args) -> jax.Array:
-    """2D ITIR model on a flat vector ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, optics)``."""
-    lag_s, optics = args
-    return models.acf_2d_itir(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), optics)
-
-
-def acf_model_3d(theta: jax.Array, args) -> jax.Array:
-    """3D SPIM model on ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, SpimShapeTable)``."""
-    lag_s, table = args
-    return models.acf_3d_spim_tabulated(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), table)
-
-
 FCS_BOUNDS = dict(
     lower=(0.0, 0.0, -1.0),
     upper=(float("inf"), float("inf"), 1.0),
@@ -75,33 +65,43 @@ through a plain log transform (a wide two-sided box in log space makes the first
 and strands them on the flat G = G_inf plateau); |G_inf| <= 1."""
 
 
+@dataclasses.dataclass(frozen=True)
+class GeometryModel:
+    """A geometry's ACF as a fitting model on ``theta = (N, D um^2/s, G_inf)``, ``args = (lag_s, model_args)``.
+
+    Hashable (a static argument of the fitting engine's compiled functions). Called as
+    ``model(theta, args)``, it evaluates ``geometry.acf`` with the constants of
+    ``geometry.model_args`` (the optics in 2D, the shape table in 3D).
+    """
+
+    geometry: models.Geometry
+
+    def __call__(self, theta: Float[Array, " 3"], args: tuple) -> Float[Array, " c"]:
+        lag_s, model_args = args
+        return self.geometry.acf(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), model_args)
+
+
+acf_model_2d = GeometryModel(models.ITIR_2D)
+"""2D ITIR model on a flat vector ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, optics)``."""
+acf_model_3d = GeometryModel(models.SPIM_3D)
+"""3D SPIM model on ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, SpimShapeTable)``."""
+
+
 def model_and_shape(settings: AnalysisSettings):
-    """The fitting model of the chosen geometry, its args factory and its ACF shape.
+    """The fitting model of the settings' geometry, its args factory and its ACF shape.
 
     Arguments:
-        settings: ``AnalysisSettings`` (only ``model``, ``"2d"`` or ``"3d"``, and ``optics`` are read).
+        settings: ``AnalysisSettings`` (only ``model``, a ``models.Geometry``, and ``optics`` are read).
 
     Returns:
-        ``(model, make_args, shape)``: ``model(theta, args)`` (:func:`acf_model_2d` or
-        :func:`acf_model_3d`), ``make_args(lag_s) -> args``, and ``shape(D tau) -> S``, the
-        normalised correlation shape as a vectorised NumPy function of D tau (um^2).
+        ``(model, make_args, shape)``: ``model(theta, args)`` (a :class:`GeometryModel`),
+        ``make_args(lag_s) -> args``, and ``shape(D tau) -> S``, the normalised correlation shape
+        as a vectorised NumPy function of D tau (um^2).
     """
+    geometry = models.as_geometry(settings.model)
     optics = settings.optics
-    if settings.model == "2d":
-        a, w = float(models.pixel_side_um(optics)), float(models.psf_radius_um(optics))
-
-        def shape(dtau):
-            return np.asarray(models.pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
-
-        return acf_model_2d, (lambda lag: (lag, optics)), shape
-    if settings.model == "3d":
-        table = jax.jit(models.spim_shape_table)(optics)
-
-        def shape(dtau):
-            return np.asarray(models.spim_shape_interpolated(jnp.asarray(dtau), table))
-
-        return acf_model_3d, (lambda lag: (lag, table)), shape
-    raise ValueError(f"unknown model {settings.model!r}; use '2d' or '3d'")
+    model_args = geometry.model_args(optics)
+    return GeometryModel(geometry), (lambda lag: (lag, model_args)), geometry.shape_function(optics)
 
 
 def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

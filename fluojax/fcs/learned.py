@@ -494,18 +494,8 @@ def physics_check_chi2(
 def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     """Analysis settings matching a network's training prior (its optics and geometry)."""
     prior = simulate.TrainingPrior(**meta["prior"])
-    sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
-    optics = models.Optics(
-        prior.camera_pixel_um,
-        prior.magnification,
-        prior.na,
-        prior.wavelength_nm,
-        sigma0,
-        prior.sigmaz if prior.three_d else 1.0e6,
-        prior.refractive_index,
-        binning,
-    )
-    return pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
+    optics = prior.optics(0.5 * (prior.sigma0_min + prior.sigma0_max), binning)
+    return pipeline.AnalysisSettings(frame_time_s, optics, model=prior.acf_geometry, overlap=overlap)
 
 
 def predict_stack(
@@ -556,7 +546,7 @@ def predict_stack(
             f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
             "(D from a network is only valid at its training frame time and pixel size)"
         )
-    models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.three_d)
+    models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.acf_geometry)
     t0 = time.perf_counter()
     _t, h, w = stack.shape
     if kind == "fcsnet":
@@ -664,17 +654,8 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
         t_short: int, frames of the short record (>= 2,304 for the correlator).
         fcsnet, imfcsnet: networks in eval mode, or None.
     """
-    optics = models.Optics(
-        prior.camera_pixel_um,
-        prior.magnification,
-        prior.na,
-        prior.wavelength_nm,
-        0.5 * (prior.sigma0_min + prior.sigma0_max),
-        prior.sigmaz if prior.three_d else 1.0e6,
-        prior.refractive_index,
-        1,
-    )
-    model = "3d" if prior.three_d else "2d"
+    optics = prior.optics(0.5 * (prior.sigma0_min + prior.sigma0_max))
+    model = prior.acf_geometry
     one = pipeline.AnalysisSettings(prior.frame_time_s, optics, model=model, bleach_order=0)
     three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), model=model, bleach_order=0)
     lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s

@@ -30,20 +30,31 @@ makes a 3D fit cost about the same as a 2D fit.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+from jaxtyping import Array, Float
 
 __all__ = [
+    "GEOMETRIES",
+    "ITIR_2D",
+    "SPIM_3D",
     "ACFParams",
+    "Geometry",
+    "Itir2D",
     "Optics",
+    "Spim3D",
     "SpimShapeTable",
     "acf_2d_itir",
     "acf_3d_spim",
     "acf_3d_spim_tabulated",
+    "as_geometry",
     "check_optics",
     "pixel_overlap_factor",
     "pixel_side_um",
@@ -68,7 +79,9 @@ class Optics(NamedTuple):
         na: float, numerical aperture of the detection objective.
         wavelength_nm: float, emission wavelength in nm.
         sigma0: float, PSF factor; the PSF 1/e^2 radius is ``sigma0 * lambda / NA``.
-        sigmaz: float, light-sheet factor; sheet 1/e^2 radius ``sigmaz * lambda / NA`` (3D only).
+        sigmaz: float or None, light-sheet factor; sheet 1/e^2 radius ``sigmaz * lambda / NA``.
+            None (the default): no light sheet, as in 2D ITIR-FCS/TIRF (the 3D SPIM geometry
+            :class:`Spim3D` needs a value).
         refractive_index: float, refractive index of the sample medium (3D defocus only; the 2D
             model does not use it).
         binning: int, n for n x n pixel binning (1 = none).
@@ -81,53 +94,168 @@ class Optics(NamedTuple):
     na: float = 1.45
     wavelength_nm: float = 583.0
     sigma0: float = 0.8
-    sigmaz: float = 1.0e6
+    sigmaz: float | None = None
     refractive_index: float = 1.333
     binning: int = 1
     immersion_index: float = 1.518
 
 
-def check_optics(optics: Optics, three_d: bool) -> None:
-    """Refuse optics that cannot exist, with a one-line ``ValueError``.
+def check_optics(optics: Optics, geometry: Geometry) -> None:
+    """Refuse optics that cannot exist, with a one-line ``fluojax.io.InputError``.
 
     Every length and factor must be positive and finite and the binning a positive integer. The
     numerical aperture ``NA = n sin(theta)`` cannot exceed the index ``n`` of the immersion medium
-    (``immersion_index``); in 3D it must also stay below the sample's ``refractive_index``, since
-    the detection cone ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (seed eq. 5) needs ``NA < n``.
+    (``immersion_index``); the geometry adds its own conditions (:meth:`Geometry.check`: in 3D a
+    light sheet and ``NA`` below the sample's ``refractive_index``).
 
     Arguments:
         optics: ``Optics`` with concrete (host) values.
-        three_d: bool, the 3D SPIM geometry (else 2D ITIR).
+        geometry: ``Geometry`` of the measurement (:class:`Itir2D` or :class:`Spim3D`).
 
     Raises:
-        ValueError: the first impossible value, named.
+        fluojax.io.InputError: the first impossible value, named with its unit.
     """
+    from fluojax.io import InputError
+
     names = {
-        "camera_pixel_um": "camera pixel size (um)",
-        "magnification": "magnification",
-        "na": "numerical aperture",
-        "wavelength_nm": "wavelength (nm)",
-        "sigma0": "PSF factor sigma0",
-        "sigmaz": "light-sheet factor sigmaz",
-        "refractive_index": "sample refractive index",
-        "immersion_index": "immersion refractive index",
-        "binning": "binning",
+        "camera_pixel_um": "camera pixel size {:g} um",
+        "magnification": "magnification {:g}",
+        "na": "numerical aperture {:g}",
+        "wavelength_nm": "wavelength {:g} nm",
+        "sigma0": "PSF factor sigma0 {:g}",
+        "sigmaz": "light-sheet factor sigmaz {:g}",
+        "refractive_index": "sample refractive index {:g}",
+        "immersion_index": "immersion refractive index {:g}",
+        "binning": "binning {:g} pixels",
     }
     for field, name in names.items():
-        value = float(getattr(optics, field))
+        raw = getattr(optics, field)
+        if raw is None and field == "sigmaz":
+            continue  # no light sheet (2D)
+        value = float(raw)
         if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be positive and finite (got {value:g})")
+            raise InputError(f"{name.format(value)}: must be positive and finite")
     if float(optics.binning) != int(optics.binning):
-        raise ValueError(f"binning must be a whole number of pixels (got {optics.binning})")
-    na, n_imm, n_sample = float(optics.na), float(optics.immersion_index), float(optics.refractive_index)
-    if three_d and na >= n_sample:
-        raise ValueError(
-            f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)"
+        raise InputError(f"binning {optics.binning} pixels: must be a whole number")
+    geometry.check(optics)
+    if float(optics.na) > float(optics.immersion_index):
+        raise InputError(
+            f"NA {float(optics.na):g}: exceeds the immersion medium's refractive index "
+            f"{float(optics.immersion_index):g} (NA = n sin(theta) <= n)"
         )
-    if na > n_imm:
-        raise ValueError(
-            f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)"
-        )
+
+
+class Geometry(abc.ABC):
+    """An observation geometry of Imaging FCS: what the fitter needs to know of its ACF model.
+
+    Both geometries read ``G(tau) = S(D tau) / N + G_inf`` (Wohland et al. 2010; Sankaranarayanan
+    et al. 2008) with a shape ``S`` fixed by the optics. A geometry supplies the per-optics
+    constants of its fitting model (:meth:`model_args`: the optics themselves in 2D, the
+    tabulated 3D shape in 3D), the model ACF on those constants (:meth:`acf`), the shape as a
+    NumPy function (:meth:`shape_function`, for start values and the networks' physics check)
+    and its conditions on the optics (:meth:`check`). Subclasses are frozen dataclasses
+    (hashable: a geometry is a static argument, never traced); :data:`GEOMETRIES` names them
+    for the command line's ``--model``.
+    """
+
+    name: ClassVar[str]
+    """Registry name (``"2d"``, ``"3d"``), also written to summary.json as ``settings.model``."""
+
+    @abc.abstractmethod
+    def check(self, optics: Optics) -> None:
+        """Raise ``fluojax.io.InputError`` when the optics do not fit this geometry."""
+
+    @abc.abstractmethod
+    def model_args(self, optics: Optics) -> Any:
+        """The per-optics constants of :meth:`acf` (a pytree; computed once per fit)."""
+
+    @abc.abstractmethod
+    def acf(self, lag_s: Float[Array, " c"], params: ACFParams, model_args: Any) -> Float[Array, " c"]:
+        """The model ``G(tau)`` at lag times ``lag_s`` (s) on the constants of :meth:`model_args`."""
+
+    @abc.abstractmethod
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        """``S(D tau)`` as a vectorised NumPy function of D tau (um^2), the normalised ACF shape."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Itir2D(Geometry):
+    """2D ITIR-FCS (TIRF): pixel and Gaussian PSF, closed form (:func:`acf_2d_itir`); no light sheet."""
+
+    name: ClassVar[str] = "2d"
+
+    def check(self, optics: Optics) -> None:
+        """Nothing beyond :func:`check_optics`: the 2D model uses neither sigmaz nor the sample index."""
+
+    def model_args(self, optics: Optics) -> Optics:
+        return optics
+
+    def acf(self, lag_s, params: ACFParams, model_args: Any):
+        return acf_2d_itir(lag_s, params, model_args)
+
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        a, w = float(pixel_side_um(optics)), float(psf_radius_um(optics))
+
+        def shape(dtau):
+            return np.asarray(pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
+
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Spim3D(Geometry):
+    """3D SPIM-FCS: pixel, light sheet and defocus, tabulated quadrature (:func:`acf_3d_spim_tabulated`)."""
+
+    name: ClassVar[str] = "3d"
+
+    def check(self, optics: Optics) -> None:
+        """A light sheet (``sigmaz`` set) and ``NA`` below the sample index: the detection cone
+        ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (Tang et al. 2023, Methods eq. 5) needs ``NA < n``."""
+        from fluojax.io import InputError
+
+        if optics.sigmaz is None:
+            raise InputError("light-sheet factor sigmaz: none given, but the 3D SPIM geometry needs a light sheet")
+        na, n_sample = float(optics.na), float(optics.refractive_index)
+        if na >= n_sample:
+            raise InputError(
+                f"NA {na:g}: must be below the sample refractive index {n_sample:g} "
+                "(3D: the detection cone needs NA < n)"
+            )
+
+    def model_args(self, optics: Optics) -> SpimShapeTable:
+        return jax.jit(spim_shape_table)(optics)
+
+    def acf(self, lag_s, params: ACFParams, model_args: Any):
+        return acf_3d_spim_tabulated(lag_s, params, model_args)
+
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        table = self.model_args(optics)
+
+        def shape(dtau):
+            return np.asarray(spim_shape_interpolated(jnp.asarray(dtau), table))
+
+        return shape
+
+
+ITIR_2D = Itir2D()
+SPIM_3D = Spim3D()
+GEOMETRIES: dict[str, Geometry] = {g.name: g for g in (ITIR_2D, SPIM_3D)}
+"""The geometries by name, as the command line's ``--model`` gives them."""
+
+
+def as_geometry(geometry: Geometry | str) -> Geometry:
+    """A ``Geometry`` as it is, or the one a name gives in :data:`GEOMETRIES`.
+
+    Raises:
+        fluojax.io.InputError: an unknown name.
+    """
+    if isinstance(geometry, Geometry):
+        return geometry
+    if geometry in GEOMETRIES:
+        return GEOMETRIES[geometry]
+    from fluojax.io import InputError
+
+    raise InputError(f"unknown model geometry {geometry!r}: known are {', '.join(GEOMETRIES)}")
 
 
 class ACFParams(NamedTuple):
@@ -155,7 +283,11 @@ def psf_radius_um(optics: Optics) -> jax.Array:
 
 
 def sheet_radius_um(optics: Optics) -> jax.Array:
-    """Light-sheet 1/e^2 radius ``w_z = sigmaz * lambda / NA`` in um."""
+    """Light-sheet 1/e^2 radius ``w_z = sigmaz * lambda / NA`` in um (optics with a light sheet only)."""
+    if optics.sigmaz is None:
+        from fluojax.io import InputError
+
+        raise InputError("light-sheet factor sigmaz: none given (2D optics have no light sheet)")
     return optics.sigmaz * optics.wavelength_nm * 1e-3 / optics.na
 
 

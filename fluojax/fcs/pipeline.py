@@ -112,7 +112,9 @@ class AnalysisSettings:
     Attributes:
         frame_time_s: float, time between frames in s.
         optics: ``models.Optics`` (its ``binning`` is the n of n x n binning).
-        model: ``"2d"`` (ITIR, closed form) or ``"3d"`` (SPIM, numerical).
+        model: ``models.Geometry``: ``models.ITIR_2D`` (2D ITIR, closed form; default) or
+            ``models.SPIM_3D`` (3D SPIM, numerical), or its name in ``models.GEOMETRIES``
+            (``"2d"``, ``"3d"``), which is replaced by the geometry.
         overlap: bool, overlapping (sliding) binning instead of non-overlapping.
         bleach_order: int, polynomial order of the bleach correction (0 = none), or ``"auto"``
             (default): decided per stack by :func:`choose_bleach_correction`.
@@ -126,7 +128,7 @@ class AnalysisSettings:
 
     frame_time_s: float
     optics: models.Optics = models.Optics()
-    model: str = "2d"
+    model: models.Geometry | str = models.ITIR_2D
     overlap: bool = False
     bleach_order: int | str = "auto"
     p: int = 16
@@ -136,10 +138,16 @@ class AnalysisSettings:
     correlator_kernel: str = "auto"
 
     def __post_init__(self):
+        object.__setattr__(self, "model", models.as_geometry(self.model))
         if not (self.bleach_order == "auto" or (isinstance(self.bleach_order, int) and self.bleach_order >= 0)):
             raise ValueError(f"bleach_order must be 'auto' or an int >= 0 (got {self.bleach_order!r})")
         if self.correlator_kernel not in ("auto", "xla", "cpu"):
             raise ValueError(f"correlator_kernel must be 'auto', 'xla' or 'cpu' (got {self.correlator_kernel!r})")
+
+    @property
+    def geometry(self) -> models.Geometry:
+        """The ``models.Geometry`` of ``model`` (typed: ``__post_init__`` has resolved a name)."""
+        return models.as_geometry(self.model)
 
     def uses_cpu_kernel(self) -> bool:
         """Whether bands are correlated by the numba kernel rather than XLA."""
@@ -695,7 +703,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     """
     from fluojax.progress import progress as progress_counter
 
-    models.check_optics(settings.optics, settings.model == "3d")
+    models.check_optics(settings.optics, settings.geometry)
     corr = correlate_stack(stack, settings, progress)
     acf, sem, mean, saturated = corr.acf, corr.sem, corr.mean_intensity, corr.saturated
     out_h, out_w = corr.shape
@@ -757,9 +765,13 @@ DEFAULT_OPTICS_3D = {
 }
 """Default optics of a 3D (SPIM) measurement: 60x, NA 1.0 water-dipping objective in water (the
 sample's and the immersion index, 1.333), 515 nm emission, PSF factor 1.1, light-sheet factor 2.2."""
+DEFAULT_OPTICS = {models.ITIR_2D.name: DEFAULT_OPTICS_2D, models.SPIM_3D.name: DEFAULT_OPTICS_3D}
+"""The default optics of each geometry, by its name; a light sheet (``sigmaz``) only where it has one."""
 
 
-def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int = 1, **overrides) -> models.Optics:
+def default_optics(
+    geometry: models.Geometry | str, *, camera_pixel_um: float = 24.0, binning: int = 1, **overrides
+) -> models.Optics:
     """``models.Optics`` from the 2D or 3D defaults (:data:`DEFAULT_OPTICS_2D`/:data:`DEFAULT_OPTICS_3D`)
     with the given values replacing them, checked by ``models.check_optics``.
 
@@ -767,22 +779,29 @@ def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int
     index too) and the immersion medium's in 2D, where the model does not use the sample's.
 
     Arguments:
-        three_d: the 3D SPIM geometry (else 2D ITIR).
+        geometry: ``models.Geometry`` or its name (``"2d"``, ``"3d"``): whose defaults
+            (:data:`DEFAULT_OPTICS`).
         camera_pixel_um: camera pixel pitch in um.
         binning: n of n x n binning.
         overrides: any of ``magnification``, ``na``, ``wavelength_nm`` (nm), ``sigma0``,
-            ``sigmaz`` (3D only; ignored in 2D), ``refractive_index``; None keeps the default.
+            ``sigmaz`` (3D only; ignored in 2D, which has no light sheet), ``refractive_index``;
+            None keeps the default.
 
     Returns:
-        ``models.Optics``.
+        ``models.Optics`` (``sigmaz`` None in 2D).
 
     Raises:
-        ValueError: an unknown override, or optics that cannot exist (``models.check_optics``).
+        fluojax.io.InputError: an unknown geometry or override, or optics that cannot exist
+            (``models.check_optics``).
     """
-    defaults = DEFAULT_OPTICS_3D if three_d else DEFAULT_OPTICS_2D
+    from fluojax.io import InputError
+
+    geometry = models.as_geometry(geometry)
+    defaults = DEFAULT_OPTICS[geometry.name]
+    light_sheet = "sigmaz" in defaults
     unknown = set(overrides) - set(DEFAULT_OPTICS_3D)
     if unknown:
-        raise ValueError(f"unknown optics: {', '.join(sorted(unknown))}")
+        raise InputError(f"unknown optics: {', '.join(sorted(unknown))}")
     pick = {
         k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()
     }
@@ -793,12 +812,12 @@ def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int
         na=pick["na"],
         wavelength_nm=pick["wavelength_nm"],
         sigma0=pick["sigma0"],
-        sigmaz=pick["sigmaz"] if three_d else models.Optics._field_defaults["sigmaz"],  # no light sheet in 2D
-        refractive_index=index if three_d else models.Optics._field_defaults["refractive_index"],  # unused in 2D
+        sigmaz=pick["sigmaz"] if light_sheet else None,  # no light sheet in 2D
+        refractive_index=index if light_sheet else models.Optics._field_defaults["refractive_index"],  # unused in 2D
         binning=binning,
         immersion_index=index,
     )
-    models.check_optics(optics, three_d)
+    models.check_optics(optics, geometry)
     return optics
 
 
@@ -817,7 +836,7 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
     ok = np.isfinite(maps.d_um2_s)
     return {
         "settings": {
-            "model": settings.model,
+            "model": settings.geometry.name,
             "frame_time_s": settings.frame_time_s,
             "optics": settings.optics._asdict(),
             "object_pixel_um": pixel_um,

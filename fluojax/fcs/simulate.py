@@ -39,7 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
 
-from fluojax.fcs.models import Optics, pixel_side_um, psf_radius_um, sheet_radius_um, tan_half_angle
+from fluojax.fcs.models import (
+    ITIR_2D,
+    SPIM_3D,
+    Geometry,
+    Optics,
+    pixel_side_um,
+    psf_radius_um,
+    sheet_radius_um,
+    tan_half_angle,
+)
+from fluojax.networks import log_uniform
 from fluojax.noise import Camera, camera_counts
 
 __all__ = [
@@ -384,17 +394,23 @@ class TrainingPrior:
             frames_per_step=self.frames_per_step,
         )
 
-    def optics(self, sigma0: jax.Array | float) -> Optics:
-        """``Optics`` of a sample with PSF factor ``sigma0`` (may be traced)."""
+    @property
+    def acf_geometry(self) -> Geometry:
+        """The ACF model's ``models.Geometry`` of this prior's data: SPIM 3D or ITIR 2D."""
+        return SPIM_3D if self.three_d else ITIR_2D
+
+    def optics(self, sigma0: jax.Array | float, binning: int = 1) -> Optics:
+        """``Optics`` of a sample with PSF factor ``sigma0`` (may be traced) and n x n ``binning``;
+        a light sheet (``sigmaz``) only in 3D."""
         return Optics(
             self.camera_pixel_um,
             self.magnification,
             self.na,
             self.wavelength_nm,
             sigma0,
-            self.sigmaz,
+            self.sigmaz if self.three_d else None,
             self.refractive_index,
-            1,
+            binning,
         )
 
 
@@ -416,11 +432,6 @@ class TrainingParams(NamedTuple):
     noise_sd: jax.Array
 
 
-def _log_uniform(key, shape, lo, hi):
-    x = jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
-    return jnp.clip(x, lo, hi)  # float32 exp/log rounding must not leave [lo, hi]
-
-
 def sample_training_params(key: jax.Array, prior: TrainingPrior, batch: int) -> TrainingParams:
     """Draw ``batch`` parameter sets from ``prior`` (deterministic for ``key``; jit with
     ``prior`` and ``batch`` static).
@@ -429,11 +440,11 @@ def sample_training_params(key: jax.Array, prior: TrainingPrior, batch: int) -> 
         ``TrainingParams`` of (batch,) arrays.
     """
     k_d, k_n, k_b, k_s, k_noise = jax.random.split(key, 5)
-    density = _log_uniform(k_n, (batch,), prior.density_min_per_px2, prior.density_max_per_px2)
+    density = log_uniform(k_n, (batch,), prior.density_min_per_px2, prior.density_max_per_px2)
     n = jnp.clip(jnp.floor(density * prior.box_side_px**2), 0, prior.max_particles).astype(jnp.int32)
     uniform = lambda k, lo, hi: jax.random.uniform(k, (batch,), minval=lo, maxval=hi)  # noqa: E731
     return TrainingParams(
-        d_um2_s=_log_uniform(k_d, (batch,), prior.d_min_um2_s, prior.d_max_um2_s),
+        d_um2_s=log_uniform(k_d, (batch,), prior.d_min_um2_s, prior.d_max_um2_s),
         n_particles=n,
         brightness=uniform(k_b, prior.brightness_min, prior.brightness_max),
         sigma0=uniform(k_s, prior.sigma0_min, prior.sigma0_max),
