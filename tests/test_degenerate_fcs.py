@@ -138,7 +138,7 @@ def test_pixels_with_a_negative_mean_get_their_own_status(counts, tmp_path):
     d, status = _fit_maps(tmp_path, _write(tmp_path, data), "--bleach", "none")
     assert np.all(status[3] == NON_POSITIVE) and np.all(np.isnan(d[3]))
     assert np.all(np.isin(status[:3], USABLE)) and np.all(np.isfinite(d[:3][status[:3] == 0]))
-    assert "offset" in pipeline.PixelStatus.DESCRIPTION[NON_POSITIVE]
+    assert "offset" in NON_POSITIVE.description
 
 
 # ------------------------------------------------------------------------------------------------

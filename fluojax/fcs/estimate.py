@@ -38,20 +38,19 @@ __all__ = [
 FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3, linear_solver="cholesky")
 """The default Levenberg-Marquardt settings of the FCS fits.
 
-Damped steps by Cholesky of the normal equations rather than QR: three parameters, and on a
-CPU one small LAPACK QR per pixel and step made the 16,384 2D fits 25-35 % slower (0.37 s against
-0.28 s in alternating runs). The fits still end on scipy's float64 minimum (tests/test_fit.py).
+Damped steps by Cholesky of the normal equations rather than QR: three parameters, so the normal
+equations are well conditioned, and the fits still end on scipy's float64 minimum
+(tests/test_fit.py).
 
 Tolerances on the noise scale rather than the engine's defaults (1e-4, 1e-6): the residuals are
 in units of the SEM, and optimistix stops when every residual changes by less than
 ``atol + rtol |r_i|``. With ``atol = 1e-6`` that is below float32 rounding of ``model/SEM``
-(~50 x 6e-8), so a converged fit kept shrinking its trust region for 8-16 more iterations. At
-1e-3 the 2D fits of 16,384 ACFs need a median of 7 iterations instead of 18 (2.2x faster in
-docs/benchmarks.md), and D stays within 1.3e-4 (relative; 99th percentile 1e-5) of a solve at
-tolerances 1e-6/1e-8 (where that converged: 93 % of fits), 1/300 of its ~4 % standard error.
-LM converges quadratically near the minimum, so the last step is much smaller than the
-tolerance. For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance and
-at 1e-3 moved D by up to 18 %.
+(~50 x 6e-8), so a converged fit would keep shrinking its trust region without moving. At 1e-3,
+D stays within a small fraction of its standard error of a solve at tolerances 1e-6/1e-8: LM
+converges quadratically near the minimum, so the last step is much smaller than the tolerance.
+For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance. The measured
+iteration counts, timings and D differences are in docs/benchmarks.md, "Moved from docstrings
+(FCS)".
 """
 
 

@@ -1,6 +1,6 @@
 """Imaging FCS forward models: lag times and physical parameters -> expected autocorrelation.
 
-Two geometries, as in Tang et al. (seed 000, Methods eqs. 2-5):
+Two geometries, as in Tang et al. 2024 (Methods eqs. 2-5; after Sankaranarayanan et al. 2008 and Wohland et al. 2010):
 
 * **2D ITIR-FCS** (TIRF): a square camera pixel of side ``a`` observed through a Gaussian
   PSF of 1/e^2 radius ``w``; closed form (eqs. 2-3).
@@ -210,7 +210,7 @@ class Spim3D(Geometry):
 
     def check(self, optics: Optics) -> None:
         """A light sheet (``sigmaz`` set) and ``NA`` below the sample index: the detection cone
-        ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (Tang et al. 2023, Methods eq. 5) needs ``NA < n``."""
+        ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (Tang et al. 2024, eq. 5) needs ``NA < n``."""
         from fluojax.io import InputError
 
         if optics.sigmaz is None:
@@ -292,7 +292,7 @@ def sheet_radius_um(optics: Optics) -> jax.Array:
 
 
 def tan_half_angle(optics: Optics) -> jax.Array:
-    """``tan(alpha)`` of the detection cone, ``NA / sqrt(n^2 - NA^2)`` (seed eq. 5)."""
+    """``tan(alpha)`` of the detection cone, ``NA / sqrt(n^2 - NA^2)`` (Tang et al. 2024, eq. 5)."""
     return optics.na / jnp.sqrt(optics.refractive_index**2 - optics.na**2)
 
 
@@ -300,7 +300,7 @@ def pixel_overlap_factor(p: jax.Array) -> jax.Array:
     """Per-axis overlap of a square pixel with itself after Gaussian blurring.
 
     ``b(p) = erf(p) + (exp(-p^2) - 1) / (sqrt(pi) p)``, with ``p = a / s`` the pixel side over the
-    1/e^2 radius ``s`` of the combined PSF-and-diffusion kernel (seed eq. 2, the bracket).
+    1/e^2 radius ``s`` of the combined PSF-and-diffusion kernel (Tang et al. 2024, eq. 2, the bracket).
     ``b -> 1`` as ``p -> inf`` (PSF much smaller than the pixel) and ``b ~ p / sqrt(pi)`` as
     ``p -> 0``. ``expm1`` and a series below ``p = 1e-3`` keep it accurate and its gradient finite
     in float32 at both ends.
@@ -320,7 +320,7 @@ def pixel_overlap_factor(p: jax.Array) -> jax.Array:
 
 
 def acf_2d_itir(lag_s: jax.Array, params: ACFParams, optics: Optics) -> jax.Array:
-    """2D ITIR-FCS autocorrelation of one pixel (seed eqs. 2-3).
+    """2D ITIR-FCS autocorrelation of one pixel (Tang et al. 2024, eqs. 2-3).
 
     ``G(tau) = b(p(tau))^2 / N + G_inf`` with ``p(tau) = a / sqrt(w^2 + 4 D tau)``; ``a`` the
     object-space pixel side (um), ``w`` the PSF 1/e^2 radius (um), D in um^2/s, tau in s.
@@ -347,7 +347,7 @@ def acf_2d_itir(lag_s: jax.Array, params: ACFParams, optics: Optics) -> jax.Arra
 
 
 def _spim_integrand(z1, z2, dtau, a, w, tan_a, wz):
-    """Integrand of seed eq. 4 without the diffusion kernel, normalised so that the shape ``S``
+    """Integrand of Tang et al. 2024, eq. 4, without the diffusion kernel, normalised so that the shape ``S``
     of a thin 2D sheet reduces to the 2D bracket: ``exp(-2(z1^2+z2^2)/w_z^2) * b(a / A)^2``
     with ``A^2 = (8 D tau + w(z1)^2 + w(z2)^2) / 2`` (eq. 5)."""
     wz1 = w + jnp.abs(z1) * tan_a
@@ -364,10 +364,10 @@ def _gauss_legendre_unit(order: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: float = 6.5) -> jax.Array:
-    """Shape ``S(D tau)`` of the 3D SPIM-FCS ACF, ``G = S / N + G_inf`` (seed eqs. 4-5).
+    """Shape ``S(D tau)`` of the 3D SPIM-FCS ACF, ``G = S / N + G_inf`` (Tang et al. 2024, eqs. 4-5).
 
     ``S = 2 / (sqrt(pi) w_z) * int int K(z - z') exp(-2 (z^2 + z'^2) / w_z^2) b(a / A(z, z'))^2 dz dz'``
-    with the diffusion kernel ``K(s) = exp(-s^2 / (4 D tau)) / sqrt(4 pi D tau)``. (Seed eq. 4
+    with the diffusion kernel ``K(s) = exp(-s^2 / (4 D tau)) / sqrt(4 pi D tau)``. (Tang et al. 2024, eq. 4,
     divided by ``N = <C> a^2 sqrt(pi) w_z``; for ``tan(alpha) = 0`` this is the familiar
     ``b^2 / sqrt(1 + 4 D tau / w_z^2)``.)
 
@@ -435,7 +435,7 @@ def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: floa
 
 def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Array:
     """The Imaging FCS plugin's 3D rule, for comparison: an 80 x 80 rectangle-rule sum over
-    ``z, z'`` in ``[-2 w_z, 1.95 w_z]`` with step ``w_z / 20`` (fcs.md §2.4), same integrand and
+    ``z, z'`` in ``[-2 w_z, 1.95 w_z]`` with step ``w_z / 20`` (docs/fcs.md, 'Models'), same integrand and
     normalisation as :func:`spim_shape`.
 
     Arguments:
@@ -462,7 +462,7 @@ def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Arra
 
 
 def acf_3d_spim(lag_s: jax.Array, params: ACFParams, optics: Optics, order: int = 12) -> jax.Array:
-    """3D SPIM-FCS autocorrelation of one pixel by direct quadrature (seed eqs. 4-5).
+    """3D SPIM-FCS autocorrelation of one pixel by direct quadrature (Tang et al. 2024, eqs. 4-5).
 
     ``G(tau) = S(D tau) / N + G_inf``, S from :func:`spim_shape`.
 

@@ -1,6 +1,6 @@
 """Imaging FCS of a whole stack: frames in, per-pixel diffusion maps out.
 
-The steps, as the Imaging FCS plugin does them (fcs.md §2.2-2.7), each vectorised over pixels:
+The steps, as the Imaging FCS plugin does them (docs/fcs.md, 'Correlator' and 'Bleach correction: why the default is `auto`'), each vectorised over pixels:
 
 1. **Binning** n x n (sums), overlapping (a sliding window: (H-n+1) x (W-n+1) pixels) or not
    (H//n x W//n).
@@ -11,8 +11,8 @@ The steps, as the Imaging FCS plugin does them (fcs.md §2.2-2.7), each vectoris
    (:func:`choose_bleach_correction`): a per-pixel polynomial also removes the slow diffusion
    fluctuations that carry the ACF's long-lag tail, and on short records that biases D upwards.
 3. **Correlation** with blocking SEM (:mod:`fluojax.fcs.correlator`). On a CPU, steps 2-3 run
-   in the compiled kernel of :mod:`fluojax.fcs.correlator_cpu` (the same arithmetic, 3-5x faster
-   than XLA there); elsewhere in XLA.
+   in the compiled kernel of :mod:`fluojax.fcs.correlator_cpu` (the same arithmetic, faster than
+   XLA there: docs/benchmarks.md); elsewhere in XLA.
 4. **Fit** of the 2D (closed-form) or 3D (tabulated quadrature) model with the shared LM engine
    (:mod:`fluojax.fit`), weights 1/SEM^2, parameters N, D (um^2/s), G_inf.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import enum
 import functools
 import math
 import time
@@ -36,6 +37,7 @@ import numpy as np
 from fluojax import fit
 from fluojax.fcs import correlator, models
 from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values
+from fluojax.io import InputError
 
 __all__ = [
     "CORRELATION_LAGS",
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_OPTICS_2D",
     "DEFAULT_OPTICS_3D",
     "FCS_SOLVER",
+    "PIXEL_STATUS_DESCRIPTION",
     "AnalysisSettings",
     "BleachChoice",
     "FCSMaps",
@@ -70,9 +73,9 @@ __all__ = [
 ]
 
 
-class PixelStatus:
+class PixelStatus(enum.IntEnum):
     """Codes of the status map: 0-5 are :class:`fluojax.fit.Status` (5, invalid data: an ACF or
-    SEM that is not finite); FCS adds four.
+    SEM that is not finite); FCS adds five. Written as uint8; :attr:`description` says each in words.
 
     NO_SIGNAL and NON_POSITIVE_MEAN are decided from the raw data before any bleach correction:
     a pixel is without signal when every raw pixel in its bin is constant over time (all zero,
@@ -84,25 +87,38 @@ class PixelStatus:
     noise; its maps are NaN.
     """
 
+    CONVERGED = fit.Status.CONVERGED
+    MAX_STEPS = fit.Status.MAX_STEPS
+    NON_FINITE = fit.Status.NON_FINITE
+    AT_BOUND = fit.Status.AT_BOUND
+    SOLVER_FAILED = fit.Status.SOLVER_FAILED
+    INVALID_DATA = fit.Status.INVALID_DATA
     SATURATED = 6  # fitted, but some frame hit the detector's maximum value
     NO_SIGNAL = 7  # no fluctuation: every raw pixel of the bin is constant in time (e.g. all zero)
     NO_WINDOW = 8  # border pixel: no 3 x 3 window centred on it (ImFCSNet, overlapping mode)
     NON_POSITIVE_MEAN = 9  # fluctuates, but its mean intensity is <= 0: G cannot be normalised
     NO_CORRELATION = 10  # fluctuates, but G at the first lags is within noise of 0 (shot noise only)
 
-    DESCRIPTION = {  # noqa: RUF012
-        0: "converged",
-        1: "max iterations",
-        2: "non-finite",
-        3: "at a bound",
-        4: "solver failed",
-        5: "invalid ACF",
-        6: "saturated (fitted)",
-        7: "no signal (constant/zero)",
-        8: "border (no 3x3 window)",
-        9: "mean intensity <= 0 (offset/background?)",
-        10: "no correlation (G within noise of 0)",
-    }
+    @property
+    def description(self) -> str:
+        """The code in words, as summary.json's ``status_codes`` lists it."""
+        return PIXEL_STATUS_DESCRIPTION[self]
+
+
+PIXEL_STATUS_DESCRIPTION: dict[PixelStatus, str] = {
+    PixelStatus.CONVERGED: "converged",
+    PixelStatus.MAX_STEPS: "max iterations",
+    PixelStatus.NON_FINITE: "non-finite",
+    PixelStatus.AT_BOUND: "at a bound",
+    PixelStatus.SOLVER_FAILED: "solver failed",
+    PixelStatus.INVALID_DATA: "invalid ACF",
+    PixelStatus.SATURATED: "saturated (fitted)",
+    PixelStatus.NO_SIGNAL: "no signal (constant/zero)",
+    PixelStatus.NO_WINDOW: "border (no 3x3 window)",
+    PixelStatus.NON_POSITIVE_MEAN: "mean intensity <= 0 (offset/background?)",
+    PixelStatus.NO_CORRELATION: "no correlation (G within noise of 0)",
+}
+"""Each :class:`PixelStatus` in words (summary.json ``status_codes``, keyed by the integer code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +156,9 @@ class AnalysisSettings:
     def __post_init__(self):
         object.__setattr__(self, "model", models.as_geometry(self.model))
         if not (self.bleach_order == "auto" or (isinstance(self.bleach_order, int) and self.bleach_order >= 0)):
-            raise ValueError(f"bleach_order must be 'auto' or an int >= 0 (got {self.bleach_order!r})")
+            raise InputError(f"bleach correction order {self.bleach_order!r}: must be 'auto' or an integer >= 0")
         if self.correlator_kernel not in ("auto", "xla", "cpu"):
-            raise ValueError(f"correlator_kernel must be 'auto', 'xla' or 'cpu' (got {self.correlator_kernel!r})")
+            raise InputError(f"correlator kernel {self.correlator_kernel!r}: must be 'auto', 'xla' or 'cpu'")
 
     @property
     def geometry(self) -> models.Geometry:
@@ -159,8 +175,7 @@ class AnalysisSettings:
 
     def band_pixels(self) -> int:
         """Pixels per correlation band: ``tile_pixels``, else 256 for the CPU kernel (a 50,000-frame
-        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it: 10-20 % faster than
-        1,024 on the 2-core CPU) and 1,024 for XLA."""
+        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it) and 1,024 for XLA."""
         if self.tile_pixels is not None:
             return self.tile_pixels
         return 256 if self.uses_cpu_kernel() else 1024
@@ -244,7 +259,7 @@ def bleach_correct(frames: jax.Array, order: int, points: int = 1000) -> jax.Arr
     """Polynomial bleach correction of (T, pixels) traces, preserving mean and variance.
 
     The decay ``f(t)`` is the Legendre fit of :func:`bleach_design`; then
-    ``I'(t) = I(t) / sqrt(f(t)/f(0)) + f(0) (1 - sqrt(f(t)/f(0)))`` (fcs.md §2.7).
+    ``I'(t) = I(t) / sqrt(f(t)/f(0)) + f(0) (1 - sqrt(f(t)/f(0)))`` (docs/fcs.md, 'Bleach correction: why the default is `auto`').
 
     Arguments:
         frames: (T, pixels) array.
@@ -296,8 +311,6 @@ class BleachChoice(NamedTuple):
 
 def mean_trace(stack, chunk_frames: int = 1024) -> np.ndarray:
     """The image-averaged intensity of every frame, read in chunks of frames (one pass).
-
-    128 x 128 uint16 memory map in the page cache: 0.2 s per 10,000 frames on 2 cores (~1 s for 50,000).
 
     Arguments:
         stack: (T, H, W) array-like (array or memory map).
@@ -498,7 +511,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     correlating; ``mean_intensity`` is in the original units.
 
     Raises:
-        ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
+        fluojax.io.InputError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
             pixel that fluctuates in time, or no fluctuating pixel with a positive mean.
     """
     from fluojax.progress import progress as progress_counter
@@ -507,12 +520,12 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     n = int(settings.optics.binning)
     grid = correlator.lag_grid(settings.p, settings.q)
     if t < correlator.min_frames(grid):
-        raise ValueError(
+        raise InputError(
             f"the stack has {t} frames; the correlator (P={settings.p}, Q={settings.q}) needs at least "
             f"{correlator.min_frames(grid)} (its largest lag is {int(grid.lags[-1])} frames)"
         )
     if n < 1 or n > min(h, w):
-        raise ValueError(f"binning {n} does not fit a {h} x {w} image")
+        raise InputError(f"binning {n} x {n} pixels: does not fit a {h} x {w} pixel image")
     out_h = h - n + 1 if settings.overlap else h // n
     out_w = w - n + 1 if settings.overlap else w // n
     rows_per_band = max(1, min(out_h, settings.band_pixels() // out_w))
@@ -532,7 +545,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         start = out_row * (1 if settings.overlap else n)
         band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
-            raise ValueError("the stack contains NaN or Inf values")
+            raise InputError("the stack contains NaN or Inf intensities")
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
         high = band.max(axis=0)
@@ -615,15 +628,15 @@ def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
         mean: (pixels,) mean intensities.
 
     Raises:
-        ValueError: no pixel fluctuates (a blank recording: all zero or constant), or none of
+        fluojax.io.InputError: no pixel fluctuates (a blank recording: all zero or constant), or none of
             those that do has a positive mean (G = <dI dI> / <I>^2 needs <I> > 0).
     """
     if not np.any(fluctuates):
-        raise ValueError(
+        raise InputError(
             "no pixel of the stack fluctuates in time (every pixel is constant, e.g. all zero): nothing to correlate"
         )
     if not np.any(fluctuates & (mean > 0)):
-        raise ValueError(
+        raise InputError(
             f"no fluctuating pixel has a positive mean intensity (highest {float(np.max(mean[fluctuates])):.4g}): "
             "G = <dI dI>/<I>^2 needs intensities above zero; was a camera offset or background subtracted too much?"
         )
@@ -699,7 +712,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
         ``FCSMaps``.
 
     Raises:
-        ValueError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
+        fluojax.io.InputError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
     """
     from fluojax.progress import progress as progress_counter
 
@@ -794,8 +807,6 @@ def default_optics(
         fluojax.io.InputError: an unknown geometry or override, or optics that cannot exist
             (``models.check_optics``).
     """
-    from fluojax.io import InputError
-
     geometry = models.as_geometry(geometry)
     defaults = DEFAULT_OPTICS[geometry.name]
     light_sheet = "sigmaz" in defaults
@@ -832,7 +843,7 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         dict (keys settings, timings_s, pixels, fitted, status_counts, status_codes, medians, units).
     """
     pixel_um = float(models.pixel_side_um(settings.optics))
-    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus.DESCRIPTION))
+    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus))
     ok = np.isfinite(maps.d_um2_s)
     return {
         "settings": {
@@ -849,8 +860,8 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         "timings_s": maps.timings_s,
         "pixels": int(maps.status.size),
         "fitted": int(ok.sum()),
-        "status_counts": {PixelStatus.DESCRIPTION[k]: int(c) for k, c in enumerate(counts) if c},
-        "status_codes": PixelStatus.DESCRIPTION,
+        "status_counts": {PixelStatus(k).description: int(c) for k, c in enumerate(counts) if c},
+        "status_codes": {int(k): v for k, v in PIXEL_STATUS_DESCRIPTION.items()},
         "medians": {
             "D_um2_s": float(np.nanmedian(maps.d_um2_s)) if ok.any() else None,
             "N": float(np.nanmedian(maps.n_particles)) if ok.any() else None,
