@@ -418,6 +418,7 @@ def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
         totals.append(jnp.sum(sums, axis=0))
         moments.append(_block_moments(sums, lay.block, plan))
     cat = lambda parts, axis=0: jnp.concatenate(parts, axis=axis)  # noqa: E731
+    assert curve is not None  # group 0 always exists (q >= 1)
     return LagSums(mean, cat(m1s), cat(m2s), cat(totals), cat(moments, axis=2), curve)
 
 

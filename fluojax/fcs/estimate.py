@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +54,7 @@ iteration counts, timings and D differences are in docs/benchmarks.md, "Moved fr
 """
 
 
-FCS_BOUNDS = dict(
+FCS_BOUNDS: dict[str, Any] = dict(
     lower=(0.0, 0.0, -1.0),
     upper=(float("inf"), float("inf"), 1.0),
     log_scale=(True, True, False),

@@ -478,12 +478,12 @@ def predict_imfcsnet_map(
         for c in range(chunks):
             frames = np.asarray(stack[c * window_frames : (c + 1) * window_frames], np.float32)
             windows = np.lib.stride_tricks.sliding_window_view(frames, (3, 3), axis=(1, 2))  # (T, h-2, w-2, 3, 3)
-            values = []
+            parts = []
             for start in range(0, rows.size, batch):
                 r, q = rows[start : start + batch], cols[start : start + batch]
-                values.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
+                parts.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
                 bar.update(r.size)
-            values = np.concatenate(values)
+            values = np.concatenate(parts)
             if overlap:
                 ln_d[c, rows + 1, cols + 1] = values
             else:
@@ -535,7 +535,7 @@ def physics_check_chi2(
         chi2 = (w * (g - amp[:, None] * s - offset[:, None]) ** 2).sum(1) / (good.sum(1) - 3)
         n = 1.0 / amp
     bad = ~ok_d | (good.sum(1) <= 3) | ~(det > 0)
-    return tuple(np.where(bad, np.nan, v) for v in (chi2, n, offset))
+    return np.where(bad, np.nan, chi2), np.where(bad, np.nan, n), np.where(bad, np.nan, offset)
 
 
 def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
@@ -706,7 +706,7 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
     one = pipeline.AnalysisSettings(prior.frame_time_s, optics, model=model, bleach_order=0)
     three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), model=model, bleach_order=0)
     lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s
-    cache = {}
+    cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def acf_centre(stacks):
         key = ("centre", id(stacks))

@@ -93,7 +93,7 @@ class Optics(NamedTuple):
     magnification: float = 100.0
     na: float = 1.45
     wavelength_nm: float = 583.0
-    sigma0: float = 0.8
+    sigma0: float | jax.Array = 0.8
     sigmaz: float | None = None
     refractive_index: float = 1.333
     binning: int = 1
@@ -272,17 +272,17 @@ class ACFParams(NamedTuple):
     g_inf: jax.Array | float = 0.0
 
 
-def pixel_side_um(optics: Optics) -> jax.Array:
+def pixel_side_um(optics: Optics) -> jax.Array | float:
     """Object-space side ``a`` of a (binned) pixel in um: camera pixel / magnification * binning."""
     return optics.camera_pixel_um / optics.magnification * optics.binning
 
 
-def psf_radius_um(optics: Optics) -> jax.Array:
+def psf_radius_um(optics: Optics) -> jax.Array | float:
     """Lateral PSF 1/e^2 radius ``w = sigma0 * lambda / NA`` in um."""
     return optics.sigma0 * optics.wavelength_nm * 1e-3 / optics.na
 
 
-def sheet_radius_um(optics: Optics) -> jax.Array:
+def sheet_radius_um(optics: Optics) -> jax.Array | float:
     """Light-sheet 1/e^2 radius ``w_z = sigmaz * lambda / NA`` in um (optics with a light sheet only)."""
     if optics.sigmaz is None:
         from fluojax.io import InputError
@@ -291,7 +291,7 @@ def sheet_radius_um(optics: Optics) -> jax.Array:
     return optics.sigmaz * optics.wavelength_nm * 1e-3 / optics.na
 
 
-def tan_half_angle(optics: Optics) -> jax.Array:
+def tan_half_angle(optics: Optics) -> jax.Array | float:
     """``tan(alpha)`` of the detection cone, ``NA / sqrt(n^2 - NA^2)`` (Tang et al. 2024, eq. 5)."""
     return optics.na / jnp.sqrt(optics.refractive_index**2 - optics.na**2)
 

@@ -29,6 +29,7 @@ stride.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ from flax import nnx
 
 __all__ = ["FCSNet", "FCSNetConfig", "ImFCSNet", "ImFCSNetConfig", "build_network"]
 
-_BN = dict(momentum=0.9, epsilon=1e-3)
+_BN: dict[str, Any] = dict(momentum=0.9, epsilon=1e-3)
 _CONV_INIT = jax.nn.initializers.he_normal()
 _DENSE_INIT = jax.nn.initializers.glorot_uniform()
 
@@ -261,5 +262,6 @@ def build_network(config: FCSNetConfig | ImFCSNetConfig, seed: int = 0) -> FCSNe
         the network, in training mode; ``nnx.view(net, use_running_average=True)`` is its
         evaluation view (running BatchNorm statistics, samples independent of each other).
     """
-    cls = FCSNet if isinstance(config, FCSNetConfig) else ImFCSNet
-    return cls(config, rngs=nnx.Rngs(seed))
+    if isinstance(config, FCSNetConfig):
+        return FCSNet(config, rngs=nnx.Rngs(seed))
+    return ImFCSNet(config, rngs=nnx.Rngs(seed))

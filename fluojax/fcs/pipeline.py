@@ -28,7 +28,7 @@ import enum
 import functools
 import math
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -432,7 +432,7 @@ def _band_acf_cpu(band: np.ndarray, n: int, overlap: bool, bleach_order: int, p:
     from fluojax.fcs import correlator_cpu
 
     t = band.shape[0]
-    traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(band, n, overlap)).reshape(t, -1)
+    traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(jnp.asarray(band), n, overlap)).reshape(t, -1)
     trend = bleach_design(t, bleach_order) if bleach_order > 0 else None
     return _acf_from_lag_sums(correlator_cpu.lag_sums_cpu(traces, p, q, trend), t, p, q)
 
@@ -471,7 +471,7 @@ class StackACFs(NamedTuple):
     shape: tuple
     lag_s: np.ndarray
     seconds: float
-    bleach: BleachChoice | None = None
+    bleach: BleachChoice
 
 
 def intensity_scale(band: np.ndarray, low: float = 1e-6, high: float = 1e8) -> float:
@@ -813,7 +813,7 @@ def default_optics(
     unknown = set(overrides) - set(DEFAULT_OPTICS_3D)
     if unknown:
         raise InputError(f"unknown optics: {', '.join(sorted(unknown))}")
-    pick = {
+    pick: dict[str, Any] = {
         k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()
     }
     index = pick["refractive_index"]

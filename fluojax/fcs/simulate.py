@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+from jax.typing import ArrayLike
 
 from fluojax.fcs.models import (
     ITIR_2D,
@@ -102,8 +103,8 @@ class DiffusionSample(NamedTuple):
         brightness: float, expected photo-electrons per particle per frame (in focus).
     """
 
-    d_um2_s: jax.Array | float
-    brightness: jax.Array | float
+    d_um2_s: ArrayLike
+    brightness: ArrayLike
 
 
 def particles_for_density(density_per_um2: float, size_px: int, optics: Optics, margin_px: int = 6) -> int:
@@ -361,7 +362,7 @@ class TrainingPrior:
         * 24 um pixel, 60x (a = 400 nm), NA 1.0, 515 nm, frame time 2.04 ms, 2500 frames,
           3 x 3 detector, 6 px margin, 10 sub-steps.
         """
-        values = dict(
+        values: dict[str, Any] = dict(
             brightness_min=11.22 - 9.18,
             brightness_max=11.22 + 9.18,
             sigma0_min=1.05,
