@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from fluojax.io import InputError
 
@@ -379,7 +380,7 @@ def _block_moments(sums: jax.Array, block: int, plan: BlockingPlan) -> jax.Array
     return jnp.stack(out)
 
 
-def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
+def lag_sums(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8) -> LagSums:
     """The correlator's data reduction in XLA (any backend; jit/vmap-able).
 
     The trace is cut into base blocks and scanned (:func:`_block_lag_sums`); per-block sums
@@ -457,7 +458,7 @@ def acf_from_lag_sums(reduced: LagSums, n_frames: int, p: int = 16, q: int = 8) 
 
 
 @functools.partial(jax.jit, static_argnames=("p", "q"))
-def correlate(frames: jax.Array, p: int = 16, q: int = 8) -> ACFResult:
+def correlate(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8) -> ACFResult:
     """Autocorrelation and blocking SEM of every pixel of a (T, pixels) block of frames.
 
     The XLA path: :func:`lag_sums` then :func:`acf_from_lag_sums` (jit/vmap-able, CPU or GPU).

@@ -103,7 +103,9 @@ def model_and_shape(settings: AnalysisSettings):
     return GeometryModel(geometry), (lambda lag: (lag, model_args)), geometry.shape_function(optics)
 
 
-def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def start_values(
+    acf: Float[np.ndarray, "b c"], lag_s: Float[np.ndarray, " c"], shape: Callable[[np.ndarray], np.ndarray]
+) -> Float[np.ndarray, "b 3"]:
     """Data-driven start values (N, D, G_inf) for each ACF.
 
     ``G_inf = 0``; the amplitude from the first two lags gives ``N = S(0) / G(tau_1)``; the first
@@ -131,12 +133,12 @@ def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray
 
 
 def fit_acfs(
-    acf: np.ndarray,
-    sem: np.ndarray,
-    lag_s: np.ndarray,
+    acf: Float[np.ndarray, "b c"],
+    sem: Float[np.ndarray, "b c"],
+    lag_s: Float[np.ndarray, " c"],
     settings: AnalysisSettings,
     progress: Callable[[int], None] | None = None,
-    start_d_um2_s: np.ndarray | None = None,
+    start_d_um2_s: Float[np.ndarray, " b"] | None = None,
 ) -> fit.FitResult:
     """Fit the chosen model to many ACFs, weights 1/SEM^2.
 

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
 __all__ = [
@@ -296,7 +297,7 @@ def tan_half_angle(optics: Optics) -> jax.Array | float:
     return optics.na / jnp.sqrt(optics.refractive_index**2 - optics.na**2)
 
 
-def pixel_overlap_factor(p: jax.Array) -> jax.Array:
+def pixel_overlap_factor(p: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """Per-axis overlap of a square pixel with itself after Gaussian blurring.
 
     ``b(p) = erf(p) + (exp(-p^2) - 1) / (sqrt(pi) p)``, with ``p = a / s`` the pixel side over the
@@ -319,7 +320,7 @@ def pixel_overlap_factor(p: jax.Array) -> jax.Array:
     return jnp.where(small, series, exact)
 
 
-def acf_2d_itir(lag_s: jax.Array, params: ACFParams, optics: Optics) -> jax.Array:
+def acf_2d_itir(lag_s: Float[ArrayLike, "*c"], params: ACFParams, optics: Optics) -> Float[Array, "*c"]:
     """2D ITIR-FCS autocorrelation of one pixel (Tang et al. 2024, eqs. 2-3).
 
     ``G(tau) = b(p(tau))^2 / N + G_inf`` with ``p(tau) = a / sqrt(w^2 + 4 D tau)``; ``a`` the
@@ -363,7 +364,9 @@ def _gauss_legendre_unit(order: int) -> tuple[np.ndarray, np.ndarray]:
     return 0.5 * (x + 1.0), 0.5 * w
 
 
-def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: float = 6.5) -> jax.Array:
+def spim_shape(
+    dtau_um2: Float[ArrayLike, "*s"], optics: Optics, order: int = 12, width: float = 6.5
+) -> Float[Array, "*s"]:
     """Shape ``S(D tau)`` of the 3D SPIM-FCS ACF, ``G = S / N + G_inf`` (Tang et al. 2024, eqs. 4-5).
 
     ``S = 2 / (sqrt(pi) w_z) * int int K(z - z') exp(-2 (z^2 + z'^2) / w_z^2) b(a / A(z, z'))^2 dz dz'``
@@ -433,7 +436,7 @@ def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: floa
     return jax.vmap(one)(dtau_um2.reshape(-1)).reshape(dtau_um2.shape)
 
 
-def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Array:
+def spim_shape_plugin_rectangle(dtau_um2: Float[ArrayLike, "*s"], optics: Optics) -> Float[Array, "*s"]:
     """The Imaging FCS plugin's 3D rule, for comparison: an 80 x 80 rectangle-rule sum over
     ``z, z'`` in ``[-2 w_z, 1.95 w_z]`` with step ``w_z / 20`` (docs/fcs.md, 'Models'), same integrand and
     normalisation as :func:`spim_shape`.
@@ -461,7 +464,9 @@ def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Arra
     return jax.vmap(one)(dtau_um2.reshape(-1)).reshape(dtau_um2.shape)
 
 
-def acf_3d_spim(lag_s: jax.Array, params: ACFParams, optics: Optics, order: int = 12) -> jax.Array:
+def acf_3d_spim(
+    lag_s: Float[ArrayLike, "*c"], params: ACFParams, optics: Optics, order: int = 12
+) -> Float[Array, "*c"]:
     """3D SPIM-FCS autocorrelation of one pixel by direct quadrature (Tang et al. 2024, eqs. 4-5).
 
     ``G(tau) = S(D tau) / N + G_inf``, S from :func:`spim_shape`.
@@ -528,7 +533,7 @@ def spim_shape_table(
     return SpimShapeTable(jnp.asarray(start), jnp.asarray(step), values, slopes)
 
 
-def spim_shape_interpolated(dtau_um2: jax.Array, table: SpimShapeTable) -> jax.Array:
+def spim_shape_interpolated(dtau_um2: Float[ArrayLike, "*s"], table: SpimShapeTable) -> Float[Array, "*s"]:
     """S(D tau) by cubic Hermite interpolation of ``ln S`` in ``ln(D tau)``.
 
     Arguments:
@@ -553,7 +558,9 @@ def spim_shape_interpolated(dtau_um2: jax.Array, table: SpimShapeTable) -> jax.A
     return jnp.exp(log_s)
 
 
-def acf_3d_spim_tabulated(lag_s: jax.Array, params: ACFParams, table: SpimShapeTable) -> jax.Array:
+def acf_3d_spim_tabulated(
+    lag_s: Float[ArrayLike, "*c"], params: ACFParams, table: SpimShapeTable
+) -> Float[Array, "*c"]:
     """3D SPIM-FCS autocorrelation through a precomputed shape table; the fitting model.
 
     ``G(tau) = S(D tau) / N + G_inf`` with S from :func:`spim_shape_interpolated`.
