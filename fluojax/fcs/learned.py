@@ -203,104 +203,79 @@ def _paper_fcsnet():
 # CPU-sized prior: fewer particles (density <= 0.5 / px^2, <= 112 in the box) -> ~4x less work
 _SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
 
-RECIPES: dict[str, Recipe] = {
-    "imfcsnet-2d": ImFCSNetRecipe(
-        "imfcsnet-2d",
-        nets.ImFCSNetConfig.paper(),
-        _paper_imfcsnet(),
-        prior=simulate.TrainingPrior.itir_2d(2_500),
-        stacks_per_batch=128,
-    ),
-    "imfcsnet-3d": ImFCSNetRecipe(
-        "imfcsnet-3d",
-        nets.ImFCSNetConfig.paper(),
-        _paper_imfcsnet(),
-        prior=simulate.TrainingPrior.spim_3d(2_500),
-        stacks_per_batch=128,
-    ),
-    "fcsnet-2d": FCSNetRecipe(
-        "fcsnet-2d",
-        nets.FCSNetConfig.paper(),
-        _paper_fcsnet(),
-        prior=simulate.TrainingPrior.itir_2d(50_000),
-        stacks_per_batch=128,
-        pool_stacks=53_248,
-        held_out_stacks=1_024,
-    ),
-    "fcsnet-3d": FCSNetRecipe(
-        "fcsnet-3d",
-        nets.FCSNetConfig.paper(),
-        _paper_fcsnet(),
-        prior=simulate.TrainingPrior.spim_3d(50_000),
-        stacks_per_batch=128,
-        pool_stacks=53_248,
-        held_out_stacks=1_024,
-    ),
-    "imfcsnet-2d-small": ImFCSNetRecipe(
-        "imfcsnet-2d-small",
-        nets.ImFCSNetConfig.small(),
-        prior=simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=200,
-            batch_size=16,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=25,
-            eval_batches=2,
-            checkpoint_every=50,
+
+def _small_schedule(steps: int, batch_size: int, eval_every: int, eval_batches: int) -> training.TrainConfig:
+    """A CPU-sized schedule: learning rate 3e-3 -> 3e-4, a checkpoint every 2 evaluations."""
+    return training.TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=3e-3,
+        final_learning_rate=3e-4,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=2 * eval_every,
+    )
+
+
+_PRIORS = {"2d": simulate.TrainingPrior.itir_2d, "3d": simulate.TrainingPrior.spim_3d}
+"""The training prior of each geometry (by its ``--model`` name), called with the frame count."""
+
+
+def _recipes() -> dict[str, Recipe]:
+    """The named recipes: paper-sized ImFCSNet and FCSNet, then CPU-sized ("-small") ones, 2D and 3D."""
+    paper: list[Recipe] = [
+        *(
+            ImFCSNetRecipe(
+                f"imfcsnet-{g}",
+                nets.ImFCSNetConfig.paper(),
+                _paper_imfcsnet(),
+                prior=prior(2_500),
+                stacks_per_batch=128,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=16,
-    ),
-    "imfcsnet-3d-small": ImFCSNetRecipe(
-        "imfcsnet-3d-small",
-        nets.ImFCSNetConfig.small(),
-        prior=simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=200,
-            batch_size=16,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=25,
-            eval_batches=2,
-            checkpoint_every=50,
+        *(
+            FCSNetRecipe(
+                f"fcsnet-{g}",
+                nets.FCSNetConfig.paper(),
+                _paper_fcsnet(),
+                prior=prior(50_000),
+                stacks_per_batch=128,
+                pool_stacks=53_248,
+                held_out_stacks=1_024,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=16,
-    ),
-    "fcsnet-2d-small": FCSNetRecipe(
-        "fcsnet-2d-small",
-        nets.FCSNetConfig.small(),
-        prior=simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=400,
-            batch_size=72,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=50,
-            eval_batches=1,
-            checkpoint_every=100,
+    ]
+    small: list[Recipe] = [
+        *(
+            ImFCSNetRecipe(
+                f"imfcsnet-{g}-small",
+                nets.ImFCSNetConfig.small(),
+                prior=prior(1_000, **_SMALL_DENSITY),
+                train=_small_schedule(200, 16, 25, 2),
+                stacks_per_batch=16,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=8,
-        pool_stacks=64,
-        held_out_stacks=16,
-    ),
-    "fcsnet-3d-small": FCSNetRecipe(
-        "fcsnet-3d-small",
-        nets.FCSNetConfig.small(),
-        prior=simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=400,
-            batch_size=72,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=50,
-            eval_batches=1,
-            checkpoint_every=100,
+        *(
+            FCSNetRecipe(
+                f"fcsnet-{g}-small",
+                nets.FCSNetConfig.small(),
+                prior=prior(5_000, **_SMALL_DENSITY),
+                train=_small_schedule(400, 72, 50, 1),
+                stacks_per_batch=8,
+                pool_stacks=64,
+                held_out_stacks=16,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=8,
-        pool_stacks=64,
-        held_out_stacks=16,
-    ),
-}
+    ]
+    return {r.name: r for r in paper + small}
+
+
+RECIPES: dict[str, Recipe] = _recipes()
+"""The named recipes (``fluojax fcs train --config NAME``)."""
 
 
 # ----------------------------------------------------------------------------------------------
