@@ -358,6 +358,11 @@ def _spim_integrand(z1, z2, dtau, a, w, tan_a, wz):
     return sheet * pixel_overlap_factor(a / big_a) ** 2
 
 
+def _spim_lengths(optics: Optics) -> tuple:
+    """``(a, w, w_z, tan alpha)`` of the 3D integrand: pixel side, PSF and sheet radii (um), cone."""
+    return pixel_side_um(optics), psf_radius_um(optics), sheet_radius_um(optics), tan_half_angle(optics)
+
+
 def _gauss_legendre_unit(order: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes and weights mapped to [0, 1] (host constants)."""
     x, w = np.polynomial.legendre.leggauss(order)
@@ -392,10 +397,7 @@ def spim_shape(
     Returns:
         array of S, shape of ``dtau_um2``.
     """
-    a = pixel_side_um(optics)
-    w = psf_radius_um(optics)
-    wz = sheet_radius_um(optics)
-    tan_a = tan_half_angle(optics)
+    a, w, wz, tan_a = _spim_lengths(optics)
     t, wt = _gauss_legendre_unit(order)
 
     def one(dtau):
@@ -448,10 +450,7 @@ def spim_shape_plugin_rectangle(dtau_um2: Float[ArrayLike, "*s"], optics: Optics
     Returns:
         array of S, shape of ``dtau_um2``.
     """
-    a = pixel_side_um(optics)
-    w = psf_radius_um(optics)
-    wz = sheet_radius_um(optics)
-    tan_a = tan_half_angle(optics)
+    a, w, wz, tan_a = _spim_lengths(optics)
     z = wz * (jnp.arange(80) - 40) / 20.0
     z1, z2 = z[:, None], z[None, :]
 
