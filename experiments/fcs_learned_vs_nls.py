@@ -1,4 +1,4 @@
-"""The seed's comparison on our simulator: NLS vs FCSNet at many frames, NLS vs ImFCSNet at few.
+"""The comparison of Tang et al. 2024 on our simulator: NLS vs FCSNet at many frames, NLS vs ImFCSNet at few.
 
 Seed 000 (Tang et al. 2024) claims that FCSNet on 50,000-frame ACFs estimates D as well as
 least squares (NLS) on the same ACFs, and that ImFCSNet on 2,500 frames of a 3 x 3 window does

@@ -1,4 +1,4 @@
-"""Shared fixtures: the seed paper's 2D (TIRF) and 3D (SPIM) optics (fcs.md §1.2)."""
+"""Shared fixtures: the 2D (TIRF) and 3D (SPIM) optics of Tang et al. 2024 (Methods)."""
 
 import pytest
 

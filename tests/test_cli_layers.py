@@ -165,19 +165,19 @@ def test_default_optics_are_the_imaging_fcs_plugins_2d_and_3d_settings(optics_2d
 
     # the plugin's ITIR-FCS defaults (conftest: 240 nm pixels, NA 1.45 oil, 583 nm, sigma0 0.8) and
     # its SPIM-FCS ones (400 nm pixels, NA 1.0 water, 515 nm, sigma0 1.1, sigmaz 2.2, n 1.333)
-    assert default_optics(False) == optics_2d
-    assert default_optics(True) == optics_3d._replace(immersion_index=1.333)
+    assert default_optics("2d") == optics_2d
+    assert default_optics("3d") == optics_3d._replace(immersion_index=1.333)
 
 
 def test_default_optics_take_overrides_and_refuse_impossible_optics():
     from fluojax.fcs.pipeline import default_optics
 
-    optics = default_optics(True, camera_pixel_um=16.0, binning=2, na=1.1, magnification=None)
+    optics = default_optics("3d", camera_pixel_um=16.0, binning=2, na=1.1, magnification=None)
     assert (optics.camera_pixel_um, optics.binning, optics.na, optics.magnification) == (16.0, 2, 1.1, 60.0)
-    with pytest.raises(ValueError, match="NA 1.4 must be below"):  # noqa: RUF043
-        default_optics(True, na=1.4)  # NA above the water index 1.333: no such objective
+    with pytest.raises(ValueError, match="NA 1.4: must be below"):  # noqa: RUF043
+        default_optics("3d", na=1.4)  # NA above the water index 1.333: no such objective
     with pytest.raises(ValueError, match="unknown optics"):
-        default_optics(False, wavelength=500.0)
+        default_optics("2d", wavelength=500.0)
 
 
 def test_maps_summary_counts_statuses_and_takes_medians_of_fitted_pixels():
@@ -187,7 +187,7 @@ def test_maps_summary_counts_statuses_and_takes_medians_of_fitted_pixels():
     ones = np.ones((2, 2), np.float32)
     status = np.array([[0, 3], [PixelStatus.NO_SIGNAL, 0]], np.uint8)
     maps = FCSMaps(d, 2 * ones, 0 * ones, ones, status, ones, None, None, None, {"fit": 1.0}, {"order": 0})
-    settings = AnalysisSettings(frame_time_s=1e-3, optics=default_optics(False), bleach_order=0)
+    settings = AnalysisSettings(frame_time_s=1e-3, optics=default_optics("2d"), bleach_order=0)
     summary = maps_summary(maps, settings)
     json.dumps(summary)  # JSON-ready
     assert (summary["pixels"], summary["fitted"]) == (4, 3)

@@ -21,7 +21,7 @@ def _correlate(frames, path, trend=None):
 
 @pytest.mark.parametrize("p,frames", [(16, 2500), (32, 5000)])
 def test_correlator_lags_match_multipletau(p, frames):
-    # multipletau(m=P) on these lengths has exactly Q = 8 levels (fcs.md §3.1)
+    # multipletau(m=P) on these lengths has exactly Q = 8 levels (docs/fcs.md, 'Correlator')
     grid = c.lag_grid(p, 8)
     ref = multipletau.autocorrelate(np.random.default_rng(0).random(frames) + 1, m=p, deltat=1, normalize=True)
     np.testing.assert_array_equal(grid.lags, ref[1:, 0].astype(int))

@@ -138,7 +138,7 @@ def test_pixels_with_a_negative_mean_get_their_own_status(counts, tmp_path):
     d, status = _fit_maps(tmp_path, _write(tmp_path, data), "--bleach", "none")
     assert np.all(status[3] == NON_POSITIVE) and np.all(np.isnan(d[3]))
     assert np.all(np.isin(status[:3], USABLE)) and np.all(np.isfinite(d[:3][status[:3] == 0]))
-    assert "offset" in pipeline.PixelStatus.DESCRIPTION[NON_POSITIVE]
+    assert "offset" in NON_POSITIVE.description
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,24 +301,25 @@ def test_impossible_optics_are_refused_by_fit_and_simulate(counts, tmp_path, cap
 
 
 @pytest.mark.parametrize(
-    "optics, three_d",
+    "optics, geometry",
     [
-        (models.Optics(na=1.6), False),
-        (models.Optics(camera_pixel_um=float("nan")), False),
-        (models.Optics(magnification=0.0), False),
-        (models.Optics(binning=0), False),
-        (models.Optics(24.0, 60.0, 1.34, 515.0, 1.1, 2.2, 1.333, 1), True),
+        (models.Optics(na=1.6), models.ITIR_2D),
+        (models.Optics(camera_pixel_um=float("nan")), models.ITIR_2D),
+        (models.Optics(magnification=0.0), models.ITIR_2D),
+        (models.Optics(binning=0), models.ITIR_2D),
+        (models.Optics(24.0, 60.0, 1.34, 515.0, 1.1, 2.2, 1.333, 1), models.SPIM_3D),
+        (models.Optics(24.0, 60.0, 1.0, 515.0, 1.1, None, 1.333, 1), models.SPIM_3D),  # 3D without a light sheet
     ],
 )
-def test_check_optics_refuses_what_cannot_exist(optics, three_d):
-    with pytest.raises(ValueError):
-        models.check_optics(optics, three_d)
+def test_check_optics_refuses_what_cannot_exist(optics, geometry):
+    with pytest.raises(io.InputError):
+        models.check_optics(optics, geometry)
 
 
 def test_check_optics_accepts_the_defaults_of_both_geometries(optics_2d, optics_3d):
-    models.check_optics(models.Optics(), three_d=False)  # NA 1.45 through oil (1.518)
-    models.check_optics(optics_2d, three_d=False)
-    models.check_optics(optics_3d, three_d=True)  # NA 1.0 in water (1.333)
+    models.check_optics(models.Optics(), models.ITIR_2D)  # NA 1.45 through oil (1.518)
+    models.check_optics(optics_2d, models.ITIR_2D)
+    models.check_optics(optics_3d, models.SPIM_3D)  # NA 1.0 in water (1.333)
 
 
 def test_analyse_stack_checks_the_optics_for_library_users(counts):

@@ -156,7 +156,7 @@ def test_imfcsnet_map_refuses_a_stack_shorter_than_one_chunk():
 
 def test_training_batches_for_imfcsnet_come_from_the_simulator():
     recipe = learned.RECIPES["imfcsnet-2d-small"]
-    x, y = learned._sampler(recipe)(jax.random.key(1))
+    x, y = recipe.sampler()(jax.random.key(1))
     stacks, params = simulate.simulate_training_batch(jax.random.key(1), recipe.prior, recipe.stacks_per_batch)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(stacks))
     np.testing.assert_allclose(np.asarray(y), np.log(np.asarray(params.d_um2_s)), rtol=1e-6)

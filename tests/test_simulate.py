@@ -71,7 +71,7 @@ def test_training_priors_carry_the_imfcsnet_settings():
     hash(p2), hash(p3)  # static arguments of jit
     assert (p2.frames, p2.size_px, p2.margin_px, p2.substeps, p2.box_side_px) == (2500, 3, 6, 10, 15)
     assert not p2.three_d and p3.three_d
-    # fcs.md §1.2: a = 24 um / 100x = 240 nm (2D), 24 um / 60x = 400 nm (3D); brightness ranges;
+    # Tang et al. 2024, Methods: a = 24 um / 100x = 240 nm (2D), 24 um / 60x = 400 nm (3D); brightness ranges;
     # density 0.48374 x/÷ 4.47214 px^-2 -> 24-486 particles in 15 x 15 px
     assert p2.camera_pixel_um / p2.magnification == pytest.approx(0.24)
     assert p3.camera_pixel_um / p3.magnification == pytest.approx(0.4)

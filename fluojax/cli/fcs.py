@@ -165,7 +165,7 @@ def _optics(args, binning: int = 1):
     given = {keyword: getattr(args, option[2:].replace("-", "_")) for option, keyword, *_ in _OPTICS_OPTIONS}
     try:
         return default_optics(
-            args.model == "3d",
+            args.model,
             binning=binning,
             **given,
         )

@@ -1,6 +1,6 @@
 """Multi-tau autocorrelation of every pixel at once, with blocking standard errors.
 
-This is the Imaging FCS plugin's correlator (fcs.md §2.2-2.3), vectorised over pixels:
+This is the Imaging FCS plugin's correlator (multiple tau with blocking errors, Wohland et al. 2001; docs/fcs.md, 'Correlator'), vectorised over pixels:
 
 * **Lag grid** (P, Q): lags 1..P at bin width 1, then Q-1 groups of P/2 lags with bin widths
   2, 4, ..., 2^(Q-1). For P=16, Q=8: 1..16, 18..32/2, 36..64/4, ..., 1152..2048/128 frames, 72
@@ -35,6 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
+
+from fluojax.io import InputError
 
 __all__ = [
     "ACFResult",
@@ -98,9 +101,9 @@ def lag_grid(p: int = 16, q: int = 8) -> LagGrid:
         ``LagGrid`` with ``p + (q - 1) * p // 2`` lags.
     """
     if p < 4 or p % 4:
-        raise ValueError(f"correlator P must be a multiple of 4 (got {p})")
+        raise InputError(f"correlator P = {p} lags per group: must be a positive multiple of 4")
     if q < 1:
-        raise ValueError(f"correlator Q must be >= 1 (got {q})")
+        raise InputError(f"correlator Q = {q} groups: must be >= 1")
     lags = list(range(1, p + 1))
     widths = [1] * p
     for g in range(2, q + 1):
@@ -348,9 +351,9 @@ class LagSums(NamedTuple):
 
 
 def check_frame_count(grid: LagGrid, n_frames: int) -> None:
-    """Raise ValueError when ``n_frames`` is below :func:`min_frames` of the grid."""
+    """Raise ``fluojax.io.InputError`` when ``n_frames`` is below :func:`min_frames` of the grid."""
     if n_frames < min_frames(grid):
-        raise ValueError(
+        raise InputError(
             f"{n_frames} frames is too few for the correlator (P={grid.p}, Q={grid.q}): "
             f"its largest lag is {int(grid.lags[-1])} frames and it needs at least {min_frames(grid)}"
         )
@@ -377,7 +380,7 @@ def _block_moments(sums: jax.Array, block: int, plan: BlockingPlan) -> jax.Array
     return jnp.stack(out)
 
 
-def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
+def lag_sums(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8) -> LagSums:
     """The correlator's data reduction in XLA (any backend; jit/vmap-able).
 
     The trace is cut into base blocks and scanned (:func:`_block_lag_sums`); per-block sums
@@ -416,6 +419,7 @@ def lag_sums(frames: jax.Array, p: int = 16, q: int = 8) -> LagSums:
         totals.append(jnp.sum(sums, axis=0))
         moments.append(_block_moments(sums, lay.block, plan))
     cat = lambda parts, axis=0: jnp.concatenate(parts, axis=axis)  # noqa: E731
+    assert curve is not None  # group 0 always exists (q >= 1)
     return LagSums(mean, cat(m1s), cat(m2s), cat(totals), cat(moments, axis=2), curve)
 
 
@@ -454,7 +458,7 @@ def acf_from_lag_sums(reduced: LagSums, n_frames: int, p: int = 16, q: int = 8) 
 
 
 @functools.partial(jax.jit, static_argnames=("p", "q"))
-def correlate(frames: jax.Array, p: int = 16, q: int = 8) -> ACFResult:
+def correlate(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8) -> ACFResult:
     """Autocorrelation and blocking SEM of every pixel of a (T, pixels) block of frames.
 
     The XLA path: :func:`lag_sums` then :func:`acf_from_lag_sums` (jit/vmap-able, CPU or GPU).

@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:  # the kernel needs numba; without it the pipeline uses the XLA reduction
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a runtime dependency
-    njit = None
+    njit = None  # type: ignore[assignment]  # (numba absent: available() says so)
 
 
 def available() -> bool:
@@ -497,4 +497,5 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
         curve,
     )
     f32 = lambda a: a.astype(np.float32)  # noqa: E731
-    return correlator.LagSums(f32(mean), m1, m2, f32(total_sums), f32(moments), f32(curve))
+    # NumPy arrays where the XLA path has jax arrays: acf_from_lag_sums takes either
+    return correlator.LagSums(f32(mean), m1, m2, f32(total_sums), f32(moments), f32(curve))  # type: ignore[arg-type]

@@ -9,12 +9,13 @@ network + fit estimator). :mod:`fluojax.fcs.pipeline` calls :func:`fit_acfs` on 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from fluojax import fit
 from fluojax.fcs import models
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FCS_BOUNDS",
     "FCS_SOLVER",
+    "GeometryModel",
     "acf_model_2d",
     "acf_model_3d",
     "fit_acfs",
@@ -36,36 +38,23 @@ __all__ = [
 FCS_SOLVER = fit.LevenbergMarquardt(rtol=1e-3, atol=1e-3, linear_solver="cholesky")
 """The default Levenberg-Marquardt settings of the FCS fits.
 
-Damped steps by Cholesky of the normal equations rather than QR: three parameters, and on a
-CPU one small LAPACK QR per pixel and step made the 16,384 2D fits 25-35 % slower (0.37 s against
-0.28 s in alternating runs). The fits still end on scipy's float64 minimum (tests/test_fit.py).
+Damped steps by Cholesky of the normal equations rather than QR: three parameters, so the normal
+equations are well conditioned, and the fits still end on scipy's float64 minimum
+(tests/test_fit.py).
 
 Tolerances on the noise scale rather than the engine's defaults (1e-4, 1e-6): the residuals are
 in units of the SEM, and optimistix stops when every residual changes by less than
 ``atol + rtol |r_i|``. With ``atol = 1e-6`` that is below float32 rounding of ``model/SEM``
-(~50 x 6e-8), so a converged fit kept shrinking its trust region for 8-16 more iterations. At
-1e-3 the 2D fits of 16,384 ACFs need a median of 7 iterations instead of 18 (2.2x faster in
-docs/benchmarks.md), and D stays within 1.3e-4 (relative; 99th percentile 1e-5) of a solve at
-tolerances 1e-6/1e-8 (where that converged: 93 % of fits), 1/300 of its ~4 % standard error.
-LM converges quadratically near the minimum, so the last step is much smaller than the
-tolerance. For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance and
-at 1e-3 moved D by up to 18 %.
+(~50 x 6e-8), so a converged fit would keep shrinking its trust region without moving. At 1e-3,
+D stays within a small fraction of its standard error of a solve at tolerances 1e-6/1e-8: LM
+converges quadratically near the minimum, so the last step is much smaller than the tolerance.
+For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance. The measured
+iteration counts, timings and D differences are in docs/benchmarks.md, "Moved from docstrings
+(FCS)".
 """
 
 
-def acf_model_2d(theta: jax.Array, args) -> jax.Array:
-    """2D ITIR model on a flat vector ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, optics)``."""
-    lag_s, optics = args
-    return models.acf_2d_itir(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), optics)
-
-
-def acf_model_3d(theta: jax.Array, args) -> jax.Array:
-    """3D SPIM model on ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, SpimShapeTable)``."""
-    lag_s, table = args
-    return models.acf_3d_spim_tabulated(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), table)
-
-
-FCS_BOUNDS = dict(
+FCS_BOUNDS: dict[str, Any] = dict(
     lower=(0.0, 0.0, -1.0),
     upper=(float("inf"), float("inf"), 1.0),
     log_scale=(True, True, False),
@@ -75,36 +64,48 @@ through a plain log transform (a wide two-sided box in log space makes the first
 and strands them on the flat G = G_inf plateau); |G_inf| <= 1."""
 
 
+@dataclasses.dataclass(frozen=True)
+class GeometryModel:
+    """A geometry's ACF as a fitting model on ``theta = (N, D um^2/s, G_inf)``, ``args = (lag_s, model_args)``.
+
+    Hashable (a static argument of the fitting engine's compiled functions). Called as
+    ``model(theta, args)``, it evaluates ``geometry.acf`` with the constants of
+    ``geometry.model_args`` (the optics in 2D, the shape table in 3D).
+    """
+
+    geometry: models.Geometry
+
+    def __call__(self, theta: Float[Array, " 3"], args: tuple) -> Float[Array, " c"]:
+        lag_s, model_args = args
+        return self.geometry.acf(lag_s, models.ACFParams(theta[0], theta[1], theta[2]), model_args)
+
+
+acf_model_2d = GeometryModel(models.ITIR_2D)
+"""2D ITIR model on a flat vector ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, optics)``."""
+acf_model_3d = GeometryModel(models.SPIM_3D)
+"""3D SPIM model on ``theta = (N, D um^2/s, G_inf)``; ``args = (lag_s, SpimShapeTable)``."""
+
+
 def model_and_shape(settings: AnalysisSettings):
-    """The fitting model of the chosen geometry, its args factory and its ACF shape.
+    """The fitting model of the settings' geometry, its args factory and its ACF shape.
 
     Arguments:
-        settings: ``AnalysisSettings`` (only ``model``, ``"2d"`` or ``"3d"``, and ``optics`` are read).
+        settings: ``AnalysisSettings`` (only ``model``, a ``models.Geometry``, and ``optics`` are read).
 
     Returns:
-        ``(model, make_args, shape)``: ``model(theta, args)`` (:func:`acf_model_2d` or
-        :func:`acf_model_3d`), ``make_args(lag_s) -> args``, and ``shape(D tau) -> S``, the
-        normalised correlation shape as a vectorised NumPy function of D tau (um^2).
+        ``(model, make_args, shape)``: ``model(theta, args)`` (a :class:`GeometryModel`),
+        ``make_args(lag_s) -> args``, and ``shape(D tau) -> S``, the normalised correlation shape
+        as a vectorised NumPy function of D tau (um^2).
     """
+    geometry = models.as_geometry(settings.model)
     optics = settings.optics
-    if settings.model == "2d":
-        a, w = float(models.pixel_side_um(optics)), float(models.psf_radius_um(optics))
-
-        def shape(dtau):
-            return np.asarray(models.pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
-
-        return acf_model_2d, (lambda lag: (lag, optics)), shape
-    if settings.model == "3d":
-        table = jax.jit(models.spim_shape_table)(optics)
-
-        def shape(dtau):
-            return np.asarray(models.spim_shape_interpolated(jnp.asarray(dtau), table))
-
-        return acf_model_3d, (lambda lag: (lag, table)), shape
-    raise ValueError(f"unknown model {settings.model!r}; use '2d' or '3d'")
+    model_args = geometry.model_args(optics)
+    return GeometryModel(geometry), (lambda lag: (lag, model_args)), geometry.shape_function(optics)
 
 
-def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def start_values(
+    acf: Float[np.ndarray, "b c"], lag_s: Float[np.ndarray, " c"], shape: Callable[[np.ndarray], np.ndarray]
+) -> Float[np.ndarray, "b 3"]:
     """Data-driven start values (N, D, G_inf) for each ACF.
 
     ``G_inf = 0``; the amplitude from the first two lags gives ``N = S(0) / G(tau_1)``; the first
@@ -132,12 +133,12 @@ def start_values(acf: np.ndarray, lag_s: np.ndarray, shape: Callable[[np.ndarray
 
 
 def fit_acfs(
-    acf: np.ndarray,
-    sem: np.ndarray,
-    lag_s: np.ndarray,
+    acf: Float[np.ndarray, "b c"],
+    sem: Float[np.ndarray, "b c"],
+    lag_s: Float[np.ndarray, " c"],
     settings: AnalysisSettings,
     progress: Callable[[int], None] | None = None,
-    start_d_um2_s: np.ndarray | None = None,
+    start_d_um2_s: Float[np.ndarray, " b"] | None = None,
 ) -> fit.FitResult:
     """Fit the chosen model to many ACFs, weights 1/SEM^2.
 

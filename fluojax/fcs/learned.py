@@ -8,7 +8,7 @@ another kind. :func:`predict_imfcsnet_map` slides the 3 x 3-pixel network over a
 :func:`predict_ln_d` runs either network on a batch (for FCSNet, the correlator's 72-point ACFs);
 :func:`predict_stack` makes a whole map with the physics check.
 
-Every prediction on measured data comes with a physics check (the review seed warns that a
+Every prediction on measured data comes with a physics check (Tang et al. 2024 warn that a
 network answers in range for input outside its training range): with D fixed at the prediction,
 the model ACF ``G(tau) = S(D tau) / N + G_inf`` is linear in ``1/N`` and ``G_inf``, so its best
 weighted fit to the measured ACF is a 2 x 2 linear solve, and the reduced chi^2 of that fit
@@ -17,6 +17,7 @@ weighted fit to the measured ACF is a 2 x 2 linear solve, and the reduced chi^2 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,13 @@ import numpy as np
 from fluojax import networks
 from fluojax import train as training
 from fluojax.fcs import correlator, estimate, models, nets, pipeline, simulate
+from fluojax.io import InputError
 
 __all__ = [
     "BUILDERS",
     "RECIPES",
+    "FCSNetRecipe",
+    "ImFCSNetRecipe",
     "Recipe",
     "comparison_estimators",
     "comparison_simulator",
@@ -55,6 +59,9 @@ __all__ = [
 class Recipe(networks.Recipe):
     """Everything needed to train one learned FCS estimator (immutable; a ``fluojax.networks.Recipe``).
 
+    The base of :class:`ImFCSNetRecipe` and :class:`FCSNetRecipe`, which say how their network's
+    training batches are made (:meth:`sampler`, :meth:`training_data`).
+
     Attributes:
         name: str, e.g. ``"imfcsnet-2d-small"``.
         net: ``nets.FCSNetConfig`` or ``nets.ImFCSNetConfig``.
@@ -63,15 +70,10 @@ class Recipe(networks.Recipe):
             parameter ranges).
         stacks_per_batch: int, simulated 3 x 3 stacks per batch (ImFCSNet: the batch; FCSNet:
             batch / 9, one ACF per pixel).
-        pool_stacks: int, FCSNet only: stacks simulated once and reused for every epoch, as the
-            seed did (0: simulate every batch afresh).
-        held_out_stacks: int, FCSNet with a pool: stacks of the separate held-out pool.
     """
 
     prior: simulate.TrainingPrior
     stacks_per_batch: int
-    pool_stacks: int = 0
-    held_out_stacks: int = 0
 
     @property
     def network(self) -> str:
@@ -84,18 +86,92 @@ class Recipe(networks.Recipe):
     def build(self, seed: int):
         return nets.build_network(self.net, seed=seed)
 
+    @abc.abstractmethod
+    def sampler(self) -> Callable:
+        """``sample_batch`` for ``fluojax.train.train``: key (, pool) -> (inputs, ln D)."""
+
     def training_data(self, seed: int, progress: bool | None) -> networks.TrainingData:
-        """Fresh simulated batches, or (FCSNet with ``pool_stacks``) a pool simulated once and a held-out pool."""
-        if self.network == "fcsnet" and self.pool_stacks:
-            key = jax.random.fold_in(jax.random.key(seed), 10_007)
-            pool = _acf_pool(jax.random.fold_in(key, 0), self, self.pool_stacks, progress)
-            held_out = _acf_pool(jax.random.fold_in(key, 1), self, max(self.held_out_stacks, 1), progress)
-            return networks.TrainingData(_sampler(self), data=pool, held_out=[held_out])
-        return networks.TrainingData(_sampler(self))
+        """Fresh simulated batches from :meth:`sampler`."""
+        return networks.TrainingData(self.sampler())
+
+    def with_pool(self, pool_stacks: int) -> Recipe:
+        """The recipe trained on a pool of ``pool_stacks`` stacks simulated once (FCSNet only).
+
+        Raises:
+            fluojax.io.InputError: this network trains on fresh batches.
+        """
+        raise InputError(
+            f"pool of {pool_stacks} stacks: a simulated pool is an FCSNet setting; {self.network} trains on fresh batches"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImFCSNetRecipe(Recipe):
+    """An ImFCSNet recipe: every batch is ``stacks_per_batch`` fresh 3 x 3 stacks of the prior.
+
+    The paper-sized recipes (``imfcsnet-2d``, ``imfcsnet-3d``) train on the schedule of Tang et al.
+    2024 (Methods, training): Adam, batch 128, learning rate 1e-3 -> 1e-5 in a staircase decay
+    applied every 32 batches, 48,000 batches per round.
+    """
+
+    def sampler(self) -> Callable:
+        def sample_stacks(key):
+            stacks, params = simulate.simulate_training_batch(key, self.prior, self.stacks_per_batch)
+            return stacks, jnp.log(params.d_um2_s)
+
+        return sample_stacks
+
+
+@dataclasses.dataclass(frozen=True)
+class FCSNetRecipe(Recipe):
+    """An FCSNet recipe: ACFs of every pixel of simulated 3 x 3 stacks, fresh or from a pool.
+
+    Attributes:
+        pool_stacks: int, stacks simulated once and reused for every epoch, as the paper did
+            (Tang et al. 2024; 0: simulate every batch afresh).
+        held_out_stacks: int, with a pool: stacks of the separate held-out pool.
+    """
+
+    pool_stacks: int = 0
+    held_out_stacks: int = 0
+
+    def sampler(self) -> Callable:
+        if self.pool_stacks:
+
+            def sample_pool(key, pool):
+                acf, ln_d = pool
+                idx = jax.random.randint(key, (self.train.batch_size,), 0, acf.shape[0])
+                return acf[idx], ln_d[idx]
+
+            return sample_pool
+
+        def sample_acfs(key):
+            return simulate_acf_batch(key, self.prior, self.stacks_per_batch)
+
+        return sample_acfs
+
+    def training_data(self, seed: int, progress: bool | None) -> networks.TrainingData:
+        """Fresh simulated batches, or (with ``pool_stacks``) a pool simulated once and a held-out pool."""
+        if not self.pool_stacks:
+            return super().training_data(seed, progress)
+        key = jax.random.fold_in(jax.random.key(seed), 10_007)
+        pool = _acf_pool(jax.random.fold_in(key, 0), self, self.pool_stacks, progress)
+        held_out = _acf_pool(jax.random.fold_in(key, 1), self, max(self.held_out_stacks, 1), progress)
+        return networks.TrainingData(self.sampler(), data=pool, held_out=[held_out])
+
+    def with_pool(self, pool_stacks: int) -> FCSNetRecipe:
+        """The recipe on a pool of ``pool_stacks`` stacks, its held-out pool at most 1/8 of that."""
+        return dataclasses.replace(
+            self,
+            pool_stacks=pool_stacks,
+            held_out_stacks=min(self.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)),
+        )
 
 
 def _paper_imfcsnet():
-    # fcs.md §1.5: Adam, batch 128, lr 1e-3 -> 1e-5 staircase every 32 batches, 48,000 batches per round
+    """The ImFCSNet training schedule of Tang et al. 2024 (Methods, training): Adam, batch 128, 48,000
+    batches per round, learning rate 1e-3 -> 1e-5 in a staircase decay applied every 32 batches
+    (``TrainConfig.decay_every``)."""
     return training.TrainConfig(
         steps=48_000,
         batch_size=128,
@@ -109,8 +185,9 @@ def _paper_imfcsnet():
 
 
 def _paper_fcsnet():
-    # fcs.md §1.5: Adam, batch 1,152 ACFs (128 stacks x 9 px), 3,000 epochs x 352 batches,
-    # lr 1e-3 -> 1e-5; ~479k ACFs (53,248 stacks of 50,000 frames) reshuffled every epoch
+    """The FCSNet training schedule of Tang et al. 2024 (Methods, training): Adam, batch 1,152 ACFs
+    (128 stacks x 9 px), 3,000 epochs x 352 batches, learning rate 1e-3 -> 1e-5 stepped every epoch;
+    ~479k ACFs (53,248 stacks of 50,000 frames) reshuffled every epoch."""
     return training.TrainConfig(
         steps=3_000 * 352,
         batch_size=1_152,
@@ -126,104 +203,79 @@ def _paper_fcsnet():
 # CPU-sized prior: fewer particles (density <= 0.5 / px^2, <= 112 in the box) -> ~4x less work
 _SMALL_DENSITY = dict(density_max_per_px2=0.5, max_particles=112)
 
-RECIPES: dict[str, Recipe] = {
-    "imfcsnet-2d": Recipe(
-        "imfcsnet-2d",
-        nets.ImFCSNetConfig.paper(),
-        _paper_imfcsnet(),
-        prior=simulate.TrainingPrior.itir_2d(2_500),
-        stacks_per_batch=128,
-    ),
-    "imfcsnet-3d": Recipe(
-        "imfcsnet-3d",
-        nets.ImFCSNetConfig.paper(),
-        _paper_imfcsnet(),
-        prior=simulate.TrainingPrior.spim_3d(2_500),
-        stacks_per_batch=128,
-    ),
-    "fcsnet-2d": Recipe(
-        "fcsnet-2d",
-        nets.FCSNetConfig.paper(),
-        _paper_fcsnet(),
-        prior=simulate.TrainingPrior.itir_2d(50_000),
-        stacks_per_batch=128,
-        pool_stacks=53_248,
-        held_out_stacks=1_024,
-    ),
-    "fcsnet-3d": Recipe(
-        "fcsnet-3d",
-        nets.FCSNetConfig.paper(),
-        _paper_fcsnet(),
-        prior=simulate.TrainingPrior.spim_3d(50_000),
-        stacks_per_batch=128,
-        pool_stacks=53_248,
-        held_out_stacks=1_024,
-    ),
-    "imfcsnet-2d-small": Recipe(
-        "imfcsnet-2d-small",
-        nets.ImFCSNetConfig.small(),
-        prior=simulate.TrainingPrior.itir_2d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=200,
-            batch_size=16,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=25,
-            eval_batches=2,
-            checkpoint_every=50,
+
+def _small_schedule(steps: int, batch_size: int, eval_every: int, eval_batches: int) -> training.TrainConfig:
+    """A CPU-sized schedule: learning rate 3e-3 -> 3e-4, a checkpoint every 2 evaluations."""
+    return training.TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=3e-3,
+        final_learning_rate=3e-4,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=2 * eval_every,
+    )
+
+
+_PRIORS = {"2d": simulate.TrainingPrior.itir_2d, "3d": simulate.TrainingPrior.spim_3d}
+"""The training prior of each geometry (by its ``--model`` name), called with the frame count."""
+
+
+def _recipes() -> dict[str, Recipe]:
+    """The named recipes: paper-sized ImFCSNet and FCSNet, then CPU-sized ("-small") ones, 2D and 3D."""
+    paper: list[Recipe] = [
+        *(
+            ImFCSNetRecipe(
+                f"imfcsnet-{g}",
+                nets.ImFCSNetConfig.paper(),
+                _paper_imfcsnet(),
+                prior=prior(2_500),
+                stacks_per_batch=128,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=16,
-    ),
-    "imfcsnet-3d-small": Recipe(
-        "imfcsnet-3d-small",
-        nets.ImFCSNetConfig.small(),
-        prior=simulate.TrainingPrior.spim_3d(1_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=200,
-            batch_size=16,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=25,
-            eval_batches=2,
-            checkpoint_every=50,
+        *(
+            FCSNetRecipe(
+                f"fcsnet-{g}",
+                nets.FCSNetConfig.paper(),
+                _paper_fcsnet(),
+                prior=prior(50_000),
+                stacks_per_batch=128,
+                pool_stacks=53_248,
+                held_out_stacks=1_024,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=16,
-    ),
-    "fcsnet-2d-small": Recipe(
-        "fcsnet-2d-small",
-        nets.FCSNetConfig.small(),
-        prior=simulate.TrainingPrior.itir_2d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=400,
-            batch_size=72,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=50,
-            eval_batches=1,
-            checkpoint_every=100,
+    ]
+    small: list[Recipe] = [
+        *(
+            ImFCSNetRecipe(
+                f"imfcsnet-{g}-small",
+                nets.ImFCSNetConfig.small(),
+                prior=prior(1_000, **_SMALL_DENSITY),
+                train=_small_schedule(200, 16, 25, 2),
+                stacks_per_batch=16,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=8,
-        pool_stacks=64,
-        held_out_stacks=16,
-    ),
-    "fcsnet-3d-small": Recipe(
-        "fcsnet-3d-small",
-        nets.FCSNetConfig.small(),
-        prior=simulate.TrainingPrior.spim_3d(5_000, **_SMALL_DENSITY),
-        train=training.TrainConfig(
-            steps=400,
-            batch_size=72,
-            learning_rate=3e-3,
-            final_learning_rate=3e-4,
-            eval_every=50,
-            eval_batches=1,
-            checkpoint_every=100,
+        *(
+            FCSNetRecipe(
+                f"fcsnet-{g}-small",
+                nets.FCSNetConfig.small(),
+                prior=prior(5_000, **_SMALL_DENSITY),
+                train=_small_schedule(400, 72, 50, 1),
+                stacks_per_batch=8,
+                pool_stacks=64,
+                held_out_stacks=16,
+            )
+            for g, prior in _PRIORS.items()
         ),
-        stacks_per_batch=8,
-        pool_stacks=64,
-        held_out_stacks=16,
-    ),
-}
+    ]
+    return {r.name: r for r in paper + small}
+
+
+RECIPES: dict[str, Recipe] = _recipes()
+"""The named recipes (``fluojax fcs train --config NAME``)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +306,7 @@ def _simulate_acf_batch(key, prior, stacks):
     return acf, jnp.repeat(jnp.log(params.d_um2_s), 9)
 
 
-def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, jax.Array]:
+def _acf_pool(key, recipe: FCSNetRecipe, stacks: int, progress) -> tuple[jax.Array, jax.Array]:
     from fluojax.progress import progress as progress_counter
 
     chunks = -(-stacks // recipe.stacks_per_batch)
@@ -266,30 +318,6 @@ def _acf_pool(key, recipe: Recipe, stacks: int, progress) -> tuple[jax.Array, ja
             )
             bar.update(1)
     return jnp.asarray(np.concatenate([p[0] for p in parts])), jnp.asarray(np.concatenate([p[1] for p in parts]))
-
-
-def _sampler(recipe: Recipe):
-    """``sample_batch`` for ``fluojax.train.train``: key (, pool) -> (inputs, ln D)."""
-    if recipe.network == "imfcsnet":
-
-        def sample_stacks(key):
-            stacks, params = simulate.simulate_training_batch(key, recipe.prior, recipe.stacks_per_batch)
-            return stacks, jnp.log(params.d_um2_s)
-
-        return sample_stacks
-    if recipe.pool_stacks:
-
-        def sample_pool(key, pool):
-            acf, ln_d = pool
-            idx = jax.random.randint(key, (recipe.train.batch_size,), 0, acf.shape[0])
-            return acf[idx], ln_d[idx]
-
-        return sample_pool
-
-    def sample_acfs(key):
-        return simulate_acf_batch(key, recipe.prior, recipe.stacks_per_batch)
-
-    return sample_acfs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,13 +351,7 @@ def train_recipe(
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     if pool_stacks:
-        if recipe.network != "fcsnet":
-            raise ValueError("a simulated pool is an FCSNet setting; ImFCSNet trains on fresh batches")
-        recipe = dataclasses.replace(
-            recipe,
-            pool_stacks=pool_stacks,
-            held_out_stacks=min(recipe.held_out_stacks or pool_stacks, max(pool_stacks // 8, 1)),
-        )
+        recipe = recipe.with_pool(pool_stacks)
     return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
 
 
@@ -393,7 +415,7 @@ def predict_imfcsnet_map(
 
     Each window is evaluated on ``floor(T / window_frames)`` consecutive chunks of
     ``window_frames`` frames; the map holds the mean of the chunks' ln D, exponentiated
-    ("ImFCSNet_ave" of the seed, averaged in ln D where the network's error is symmetric), and
+    ("ImFCSNet_ave" of Tang et al. 2024, averaged in ln D where the network's error is symmetric), and
     the first chunk's value alone.
 
     Arguments:
@@ -411,18 +433,18 @@ def predict_imfcsnet_map(
         ``chunks`` (int).
 
     Raises:
-        ValueError: the stack is shorter than one chunk, the chunk shorter than the network's
+        fluojax.io.InputError: the stack is shorter than one chunk, the chunk shorter than the network's
             receptive field, or the image smaller than 3 x 3.
     """
     from fluojax.progress import progress as progress_counter
 
     t, h, w = stack.shape
     if window_frames < net.config.min_frames:
-        raise ValueError(f"this ImFCSNet needs windows of at least {net.config.min_frames} frames, got {window_frames}")
+        raise InputError(f"window of {window_frames} frames: this ImFCSNet needs at least {net.config.min_frames}")
     if t < window_frames:
-        raise ValueError(f"the stack has {t} frames; this network reads chunks of {window_frames} frames")
+        raise InputError(f"stack of {t} frames: this network reads chunks of {window_frames} frames")
     if h < 3 or w < 3:
-        raise ValueError(f"the image is {h} x {w} pixels; ImFCSNet needs at least 3 x 3")
+        raise InputError(f"image of {h} x {w} pixels: ImFCSNet needs at least 3 x 3")
     rows, cols = imfcsnet_windows(h, w, overlap)
     chunks = t // window_frames
     out_h, out_w = (h, w) if overlap else (h // 3, w // 3)
@@ -431,12 +453,12 @@ def predict_imfcsnet_map(
         for c in range(chunks):
             frames = np.asarray(stack[c * window_frames : (c + 1) * window_frames], np.float32)
             windows = np.lib.stride_tricks.sliding_window_view(frames, (3, 3), axis=(1, 2))  # (T, h-2, w-2, 3, 3)
-            values = []
+            parts = []
             for start in range(0, rows.size, batch):
                 r, q = rows[start : start + batch], cols[start : start + batch]
-                values.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
+                parts.append(predict_ln_d(net, np.moveaxis(windows[:, r, q], 1, 0), batch))
                 bar.update(r.size)
-            values = np.concatenate(values)
+            values = np.concatenate(parts)
             if overlap:
                 ln_d[c, rows + 1, cols + 1] = values
             else:
@@ -488,24 +510,14 @@ def physics_check_chi2(
         chi2 = (w * (g - amp[:, None] * s - offset[:, None]) ** 2).sum(1) / (good.sum(1) - 3)
         n = 1.0 / amp
     bad = ~ok_d | (good.sum(1) <= 3) | ~(det > 0)
-    return tuple(np.where(bad, np.nan, v) for v in (chi2, n, offset))
+    return np.where(bad, np.nan, chi2), np.where(bad, np.nan, n), np.where(bad, np.nan, offset)
 
 
 def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     """Analysis settings matching a network's training prior (its optics and geometry)."""
     prior = simulate.TrainingPrior(**meta["prior"])
-    sigma0 = 0.5 * (prior.sigma0_min + prior.sigma0_max)
-    optics = models.Optics(
-        prior.camera_pixel_um,
-        prior.magnification,
-        prior.na,
-        prior.wavelength_nm,
-        sigma0,
-        prior.sigmaz if prior.three_d else 1.0e6,
-        prior.refractive_index,
-        binning,
-    )
-    return pipeline.AnalysisSettings(frame_time_s, optics, model="3d" if prior.three_d else "2d", overlap=overlap)
+    optics = prior.optics(0.5 * (prior.sigma0_min + prior.sigma0_max), binning)
+    return pipeline.AnalysisSettings(frame_time_s, optics, model=prior.acf_geometry, overlap=overlap)
 
 
 def predict_stack(
@@ -541,7 +553,7 @@ def predict_stack(
         ACF: :class:`pipeline.PixelStatus`).
 
     Raises:
-        ValueError: a frame time that is not positive or differs from training, impossible
+        fluojax.io.InputError: a frame time that is not positive or differs from training, impossible
             optics in the checkpoint, a stack too short or too small, or one without a pixel
             that fluctuates with a positive mean (:func:`pipeline.check_signal`).
     """
@@ -550,13 +562,13 @@ def predict_stack(
     kind = meta["fluojax_network"]
     prior = simulate.TrainingPrior(**meta["prior"])
     if not (np.isfinite(frame_time_s) and frame_time_s > 0):
-        raise ValueError(f"the frame time must be a positive number of seconds (got {frame_time_s})")
+        raise InputError(f"frame time {frame_time_s} s: must be a positive number")
     if abs(frame_time_s / prior.frame_time_s - 1.0) > 0.01:
-        raise ValueError(
+        raise InputError(
             f"this network was trained for a frame time of {prior.frame_time_s} s; the stack's is {frame_time_s} s "
             "(D from a network is only valid at its training frame time and pixel size)"
         )
-    models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.three_d)
+    models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.acf_geometry)
     t0 = time.perf_counter()
     _t, h, w = stack.shape
     if kind == "fcsnet":
@@ -610,7 +622,7 @@ def predict_stack(
 
 
 # ----------------------------------------------------------------------------------------------
-# the seed's comparison, as estimators and a simulator for fluojax.compare
+# the comparison of Tang et al. 2024, as estimators and a simulator for fluojax.compare
 # ----------------------------------------------------------------------------------------------
 
 
@@ -651,7 +663,7 @@ def comparison_simulator(prior: simulate.TrainingPrior, density_per_px2: float, 
 
 
 def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
-    """The estimators of the seed's comparison, each stacks (N, T, 3, 3) -> (N, 1) D in um^2/s.
+    """The estimators of the comparison of Tang et al. 2024, each stacks (N, T, 3, 3) -> (N, 1) D in um^2/s.
 
     ``NLS 1x1 @ long``: the centre pixel's ACF over all T frames fitted with the model;
     ``FCSNet 1x1 @ long``: that ACF through FCSNet; ``NLS 3x3 @ short``: the 3 x 3 sum's ACF
@@ -664,21 +676,12 @@ def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
         t_short: int, frames of the short record (>= 2,304 for the correlator).
         fcsnet, imfcsnet: networks in eval mode, or None.
     """
-    optics = models.Optics(
-        prior.camera_pixel_um,
-        prior.magnification,
-        prior.na,
-        prior.wavelength_nm,
-        0.5 * (prior.sigma0_min + prior.sigma0_max),
-        prior.sigmaz if prior.three_d else 1.0e6,
-        prior.refractive_index,
-        1,
-    )
-    model = "3d" if prior.three_d else "2d"
+    optics = prior.optics(0.5 * (prior.sigma0_min + prior.sigma0_max))
+    model = prior.acf_geometry
     one = pipeline.AnalysisSettings(prior.frame_time_s, optics, model=model, bleach_order=0)
     three = pipeline.AnalysisSettings(prior.frame_time_s, optics._replace(binning=3), model=model, bleach_order=0)
     lag_s = correlator.lag_grid(16, 8).lags * prior.frame_time_s
-    cache = {}
+    cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def acf_centre(stacks):
         key = ("centre", id(stacks))

@@ -1,6 +1,6 @@
 """Imaging FCS forward models: lag times and physical parameters -> expected autocorrelation.
 
-Two geometries, as in Tang et al. (seed 000, Methods eqs. 2-5):
+Two geometries, as in Tang et al. 2024 (Methods eqs. 2-5; after Sankaranarayanan et al. 2008 and Wohland et al. 2010):
 
 * **2D ITIR-FCS** (TIRF): a square camera pixel of side ``a`` observed through a Gaussian
   PSF of 1/e^2 radius ``w``; closed form (eqs. 2-3).
@@ -30,20 +30,32 @@ makes a 3D fit cost about the same as a 2D fit.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
 
 __all__ = [
+    "GEOMETRIES",
+    "ITIR_2D",
+    "SPIM_3D",
     "ACFParams",
+    "Geometry",
+    "Itir2D",
     "Optics",
+    "Spim3D",
     "SpimShapeTable",
     "acf_2d_itir",
     "acf_3d_spim",
     "acf_3d_spim_tabulated",
+    "as_geometry",
     "check_optics",
     "pixel_overlap_factor",
     "pixel_side_um",
@@ -68,7 +80,9 @@ class Optics(NamedTuple):
         na: float, numerical aperture of the detection objective.
         wavelength_nm: float, emission wavelength in nm.
         sigma0: float, PSF factor; the PSF 1/e^2 radius is ``sigma0 * lambda / NA``.
-        sigmaz: float, light-sheet factor; sheet 1/e^2 radius ``sigmaz * lambda / NA`` (3D only).
+        sigmaz: float or None, light-sheet factor; sheet 1/e^2 radius ``sigmaz * lambda / NA``.
+            None (the default): no light sheet, as in 2D ITIR-FCS/TIRF (the 3D SPIM geometry
+            :class:`Spim3D` needs a value).
         refractive_index: float, refractive index of the sample medium (3D defocus only; the 2D
             model does not use it).
         binning: int, n for n x n pixel binning (1 = none).
@@ -80,54 +94,169 @@ class Optics(NamedTuple):
     magnification: float = 100.0
     na: float = 1.45
     wavelength_nm: float = 583.0
-    sigma0: float = 0.8
-    sigmaz: float = 1.0e6
+    sigma0: float | jax.Array = 0.8
+    sigmaz: float | None = None
     refractive_index: float = 1.333
     binning: int = 1
     immersion_index: float = 1.518
 
 
-def check_optics(optics: Optics, three_d: bool) -> None:
-    """Refuse optics that cannot exist, with a one-line ``ValueError``.
+def check_optics(optics: Optics, geometry: Geometry) -> None:
+    """Refuse optics that cannot exist, with a one-line ``fluojax.io.InputError``.
 
     Every length and factor must be positive and finite and the binning a positive integer. The
     numerical aperture ``NA = n sin(theta)`` cannot exceed the index ``n`` of the immersion medium
-    (``immersion_index``); in 3D it must also stay below the sample's ``refractive_index``, since
-    the detection cone ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (seed eq. 5) needs ``NA < n``.
+    (``immersion_index``); the geometry adds its own conditions (:meth:`Geometry.check`: in 3D a
+    light sheet and ``NA`` below the sample's ``refractive_index``).
 
     Arguments:
         optics: ``Optics`` with concrete (host) values.
-        three_d: bool, the 3D SPIM geometry (else 2D ITIR).
+        geometry: ``Geometry`` of the measurement (:class:`Itir2D` or :class:`Spim3D`).
 
     Raises:
-        ValueError: the first impossible value, named.
+        fluojax.io.InputError: the first impossible value, named with its unit.
     """
+    from fluojax.io import InputError
+
     names = {
-        "camera_pixel_um": "camera pixel size (um)",
-        "magnification": "magnification",
-        "na": "numerical aperture",
-        "wavelength_nm": "wavelength (nm)",
-        "sigma0": "PSF factor sigma0",
-        "sigmaz": "light-sheet factor sigmaz",
-        "refractive_index": "sample refractive index",
-        "immersion_index": "immersion refractive index",
-        "binning": "binning",
+        "camera_pixel_um": "camera pixel size {:g} um",
+        "magnification": "magnification {:g}",
+        "na": "numerical aperture {:g}",
+        "wavelength_nm": "wavelength {:g} nm",
+        "sigma0": "PSF factor sigma0 {:g}",
+        "sigmaz": "light-sheet factor sigmaz {:g}",
+        "refractive_index": "sample refractive index {:g}",
+        "immersion_index": "immersion refractive index {:g}",
+        "binning": "binning {:g} pixels",
     }
     for field, name in names.items():
-        value = float(getattr(optics, field))
+        raw = getattr(optics, field)
+        if raw is None and field == "sigmaz":
+            continue  # no light sheet (2D)
+        value = float(raw)
         if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be positive and finite (got {value:g})")
+            raise InputError(f"{name.format(value)}: must be positive and finite")
     if float(optics.binning) != int(optics.binning):
-        raise ValueError(f"binning must be a whole number of pixels (got {optics.binning})")
-    na, n_imm, n_sample = float(optics.na), float(optics.immersion_index), float(optics.refractive_index)
-    if three_d and na >= n_sample:
-        raise ValueError(
-            f"NA {na:g} must be below the sample refractive index {n_sample:g} (3D: the detection cone needs NA < n)"
+        raise InputError(f"binning {optics.binning} pixels: must be a whole number")
+    geometry.check(optics)
+    if float(optics.na) > float(optics.immersion_index):
+        raise InputError(
+            f"NA {float(optics.na):g}: exceeds the immersion medium's refractive index "
+            f"{float(optics.immersion_index):g} (NA = n sin(theta) <= n)"
         )
-    if na > n_imm:
-        raise ValueError(
-            f"NA {na:g} exceeds the immersion medium's refractive index {n_imm:g} (NA = n sin(theta) <= n)"
-        )
+
+
+class Geometry(abc.ABC):
+    """An observation geometry of Imaging FCS: what the fitter needs to know of its ACF model.
+
+    Both geometries read ``G(tau) = S(D tau) / N + G_inf`` (Wohland et al. 2010; Sankaranarayanan
+    et al. 2008) with a shape ``S`` fixed by the optics. A geometry supplies the per-optics
+    constants of its fitting model (:meth:`model_args`: the optics themselves in 2D, the
+    tabulated 3D shape in 3D), the model ACF on those constants (:meth:`acf`), the shape as a
+    NumPy function (:meth:`shape_function`, for start values and the networks' physics check)
+    and its conditions on the optics (:meth:`check`). Subclasses are frozen dataclasses
+    (hashable: a geometry is a static argument, never traced); :data:`GEOMETRIES` names them
+    for the command line's ``--model``.
+    """
+
+    name: ClassVar[str]
+    """Registry name (``"2d"``, ``"3d"``), also written to summary.json as ``settings.model``."""
+
+    @abc.abstractmethod
+    def check(self, optics: Optics) -> None:
+        """Raise ``fluojax.io.InputError`` when the optics do not fit this geometry."""
+
+    @abc.abstractmethod
+    def model_args(self, optics: Optics) -> Any:
+        """The per-optics constants of :meth:`acf` (a pytree; computed once per fit)."""
+
+    @abc.abstractmethod
+    def acf(self, lag_s: Float[Array, " c"], params: ACFParams, model_args: Any) -> Float[Array, " c"]:
+        """The model ``G(tau)`` at lag times ``lag_s`` (s) on the constants of :meth:`model_args`."""
+
+    @abc.abstractmethod
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        """``S(D tau)`` as a vectorised NumPy function of D tau (um^2), the normalised ACF shape."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Itir2D(Geometry):
+    """2D ITIR-FCS (TIRF): pixel and Gaussian PSF, closed form (:func:`acf_2d_itir`); no light sheet."""
+
+    name: ClassVar[str] = "2d"
+
+    def check(self, optics: Optics) -> None:
+        """Nothing beyond :func:`check_optics`: the 2D model uses neither sigmaz nor the sample index."""
+
+    def model_args(self, optics: Optics) -> Optics:
+        return optics
+
+    def acf(self, lag_s, params: ACFParams, model_args: Any):
+        return acf_2d_itir(lag_s, params, model_args)
+
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        a, w = float(pixel_side_um(optics)), float(psf_radius_um(optics))
+
+        def shape(dtau):
+            return np.asarray(pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
+
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Spim3D(Geometry):
+    """3D SPIM-FCS: pixel, light sheet and defocus, tabulated quadrature (:func:`acf_3d_spim_tabulated`)."""
+
+    name: ClassVar[str] = "3d"
+
+    def check(self, optics: Optics) -> None:
+        """A light sheet (``sigmaz`` set) and ``NA`` below the sample index: the detection cone
+        ``tan(alpha) = NA / sqrt(n^2 - NA^2)`` (Tang et al. 2024, eq. 5) needs ``NA < n``."""
+        from fluojax.io import InputError
+
+        if optics.sigmaz is None:
+            raise InputError("light-sheet factor sigmaz: none given, but the 3D SPIM geometry needs a light sheet")
+        na, n_sample = float(optics.na), float(optics.refractive_index)
+        if na >= n_sample:
+            raise InputError(
+                f"NA {na:g}: must be below the sample refractive index {n_sample:g} "
+                "(3D: the detection cone needs NA < n)"
+            )
+
+    def model_args(self, optics: Optics) -> SpimShapeTable:
+        return jax.jit(spim_shape_table)(optics)
+
+    def acf(self, lag_s, params: ACFParams, model_args: Any):
+        return acf_3d_spim_tabulated(lag_s, params, model_args)
+
+    def shape_function(self, optics: Optics) -> Callable[[np.ndarray], np.ndarray]:
+        table = self.model_args(optics)
+
+        def shape(dtau):
+            return np.asarray(spim_shape_interpolated(jnp.asarray(dtau), table))
+
+        return shape
+
+
+ITIR_2D = Itir2D()
+SPIM_3D = Spim3D()
+GEOMETRIES: dict[str, Geometry] = {g.name: g for g in (ITIR_2D, SPIM_3D)}
+"""The geometries by name, as the command line's ``--model`` gives them."""
+
+
+def as_geometry(geometry: Geometry | str) -> Geometry:
+    """A ``Geometry`` as it is, or the one a name gives in :data:`GEOMETRIES`.
+
+    Raises:
+        fluojax.io.InputError: an unknown name.
+    """
+    if isinstance(geometry, Geometry):
+        return geometry
+    if geometry in GEOMETRIES:
+        return GEOMETRIES[geometry]
+    from fluojax.io import InputError
+
+    raise InputError(f"unknown model geometry {geometry!r}: known are {', '.join(GEOMETRIES)}")
 
 
 class ACFParams(NamedTuple):
@@ -144,31 +273,35 @@ class ACFParams(NamedTuple):
     g_inf: jax.Array | float = 0.0
 
 
-def pixel_side_um(optics: Optics) -> jax.Array:
+def pixel_side_um(optics: Optics) -> jax.Array | float:
     """Object-space side ``a`` of a (binned) pixel in um: camera pixel / magnification * binning."""
     return optics.camera_pixel_um / optics.magnification * optics.binning
 
 
-def psf_radius_um(optics: Optics) -> jax.Array:
+def psf_radius_um(optics: Optics) -> jax.Array | float:
     """Lateral PSF 1/e^2 radius ``w = sigma0 * lambda / NA`` in um."""
     return optics.sigma0 * optics.wavelength_nm * 1e-3 / optics.na
 
 
-def sheet_radius_um(optics: Optics) -> jax.Array:
-    """Light-sheet 1/e^2 radius ``w_z = sigmaz * lambda / NA`` in um."""
+def sheet_radius_um(optics: Optics) -> jax.Array | float:
+    """Light-sheet 1/e^2 radius ``w_z = sigmaz * lambda / NA`` in um (optics with a light sheet only)."""
+    if optics.sigmaz is None:
+        from fluojax.io import InputError
+
+        raise InputError("light-sheet factor sigmaz: none given (2D optics have no light sheet)")
     return optics.sigmaz * optics.wavelength_nm * 1e-3 / optics.na
 
 
-def tan_half_angle(optics: Optics) -> jax.Array:
-    """``tan(alpha)`` of the detection cone, ``NA / sqrt(n^2 - NA^2)`` (seed eq. 5)."""
+def tan_half_angle(optics: Optics) -> jax.Array | float:
+    """``tan(alpha)`` of the detection cone, ``NA / sqrt(n^2 - NA^2)`` (Tang et al. 2024, eq. 5)."""
     return optics.na / jnp.sqrt(optics.refractive_index**2 - optics.na**2)
 
 
-def pixel_overlap_factor(p: jax.Array) -> jax.Array:
+def pixel_overlap_factor(p: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """Per-axis overlap of a square pixel with itself after Gaussian blurring.
 
     ``b(p) = erf(p) + (exp(-p^2) - 1) / (sqrt(pi) p)``, with ``p = a / s`` the pixel side over the
-    1/e^2 radius ``s`` of the combined PSF-and-diffusion kernel (seed eq. 2, the bracket).
+    1/e^2 radius ``s`` of the combined PSF-and-diffusion kernel (Tang et al. 2024, eq. 2, the bracket).
     ``b -> 1`` as ``p -> inf`` (PSF much smaller than the pixel) and ``b ~ p / sqrt(pi)`` as
     ``p -> 0``. ``expm1`` and a series below ``p = 1e-3`` keep it accurate and its gradient finite
     in float32 at both ends.
@@ -187,8 +320,8 @@ def pixel_overlap_factor(p: jax.Array) -> jax.Array:
     return jnp.where(small, series, exact)
 
 
-def acf_2d_itir(lag_s: jax.Array, params: ACFParams, optics: Optics) -> jax.Array:
-    """2D ITIR-FCS autocorrelation of one pixel (seed eqs. 2-3).
+def acf_2d_itir(lag_s: Float[ArrayLike, "*c"], params: ACFParams, optics: Optics) -> Float[Array, "*c"]:
+    """2D ITIR-FCS autocorrelation of one pixel (Tang et al. 2024, eqs. 2-3).
 
     ``G(tau) = b(p(tau))^2 / N + G_inf`` with ``p(tau) = a / sqrt(w^2 + 4 D tau)``; ``a`` the
     object-space pixel side (um), ``w`` the PSF 1/e^2 radius (um), D in um^2/s, tau in s.
@@ -215,7 +348,7 @@ def acf_2d_itir(lag_s: jax.Array, params: ACFParams, optics: Optics) -> jax.Arra
 
 
 def _spim_integrand(z1, z2, dtau, a, w, tan_a, wz):
-    """Integrand of seed eq. 4 without the diffusion kernel, normalised so that the shape ``S``
+    """Integrand of Tang et al. 2024, eq. 4, without the diffusion kernel, normalised so that the shape ``S``
     of a thin 2D sheet reduces to the 2D bracket: ``exp(-2(z1^2+z2^2)/w_z^2) * b(a / A)^2``
     with ``A^2 = (8 D tau + w(z1)^2 + w(z2)^2) / 2`` (eq. 5)."""
     wz1 = w + jnp.abs(z1) * tan_a
@@ -225,17 +358,24 @@ def _spim_integrand(z1, z2, dtau, a, w, tan_a, wz):
     return sheet * pixel_overlap_factor(a / big_a) ** 2
 
 
+def _spim_lengths(optics: Optics) -> tuple:
+    """``(a, w, w_z, tan alpha)`` of the 3D integrand: pixel side, PSF and sheet radii (um), cone."""
+    return pixel_side_um(optics), psf_radius_um(optics), sheet_radius_um(optics), tan_half_angle(optics)
+
+
 def _gauss_legendre_unit(order: int) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre nodes and weights mapped to [0, 1] (host constants)."""
     x, w = np.polynomial.legendre.leggauss(order)
     return 0.5 * (x + 1.0), 0.5 * w
 
 
-def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: float = 6.5) -> jax.Array:
-    """Shape ``S(D tau)`` of the 3D SPIM-FCS ACF, ``G = S / N + G_inf`` (seed eqs. 4-5).
+def spim_shape(
+    dtau_um2: Float[ArrayLike, "*s"], optics: Optics, order: int = 12, width: float = 6.5
+) -> Float[Array, "*s"]:
+    """Shape ``S(D tau)`` of the 3D SPIM-FCS ACF, ``G = S / N + G_inf`` (Tang et al. 2024, eqs. 4-5).
 
     ``S = 2 / (sqrt(pi) w_z) * int int K(z - z') exp(-2 (z^2 + z'^2) / w_z^2) b(a / A(z, z'))^2 dz dz'``
-    with the diffusion kernel ``K(s) = exp(-s^2 / (4 D tau)) / sqrt(4 pi D tau)``. (Seed eq. 4
+    with the diffusion kernel ``K(s) = exp(-s^2 / (4 D tau)) / sqrt(4 pi D tau)``. (Tang et al. 2024, eq. 4,
     divided by ``N = <C> a^2 sqrt(pi) w_z``; for ``tan(alpha) = 0`` this is the familiar
     ``b^2 / sqrt(1 + 4 D tau / w_z^2)``.)
 
@@ -257,10 +397,7 @@ def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: floa
     Returns:
         array of S, shape of ``dtau_um2``.
     """
-    a = pixel_side_um(optics)
-    w = psf_radius_um(optics)
-    wz = sheet_radius_um(optics)
-    tan_a = tan_half_angle(optics)
+    a, w, wz, tan_a = _spim_lengths(optics)
     t, wt = _gauss_legendre_unit(order)
 
     def one(dtau):
@@ -301,9 +438,9 @@ def spim_shape(dtau_um2: jax.Array, optics: Optics, order: int = 12, width: floa
     return jax.vmap(one)(dtau_um2.reshape(-1)).reshape(dtau_um2.shape)
 
 
-def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Array:
+def spim_shape_plugin_rectangle(dtau_um2: Float[ArrayLike, "*s"], optics: Optics) -> Float[Array, "*s"]:
     """The Imaging FCS plugin's 3D rule, for comparison: an 80 x 80 rectangle-rule sum over
-    ``z, z'`` in ``[-2 w_z, 1.95 w_z]`` with step ``w_z / 20`` (fcs.md §2.4), same integrand and
+    ``z, z'`` in ``[-2 w_z, 1.95 w_z]`` with step ``w_z / 20`` (docs/fcs.md, 'Models'), same integrand and
     normalisation as :func:`spim_shape`.
 
     Arguments:
@@ -313,10 +450,7 @@ def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Arra
     Returns:
         array of S, shape of ``dtau_um2``.
     """
-    a = pixel_side_um(optics)
-    w = psf_radius_um(optics)
-    wz = sheet_radius_um(optics)
-    tan_a = tan_half_angle(optics)
+    a, w, wz, tan_a = _spim_lengths(optics)
     z = wz * (jnp.arange(80) - 40) / 20.0
     z1, z2 = z[:, None], z[None, :]
 
@@ -329,8 +463,10 @@ def spim_shape_plugin_rectangle(dtau_um2: jax.Array, optics: Optics) -> jax.Arra
     return jax.vmap(one)(dtau_um2.reshape(-1)).reshape(dtau_um2.shape)
 
 
-def acf_3d_spim(lag_s: jax.Array, params: ACFParams, optics: Optics, order: int = 12) -> jax.Array:
-    """3D SPIM-FCS autocorrelation of one pixel by direct quadrature (seed eqs. 4-5).
+def acf_3d_spim(
+    lag_s: Float[ArrayLike, "*c"], params: ACFParams, optics: Optics, order: int = 12
+) -> Float[Array, "*c"]:
+    """3D SPIM-FCS autocorrelation of one pixel by direct quadrature (Tang et al. 2024, eqs. 4-5).
 
     ``G(tau) = S(D tau) / N + G_inf``, S from :func:`spim_shape`.
 
@@ -396,7 +532,7 @@ def spim_shape_table(
     return SpimShapeTable(jnp.asarray(start), jnp.asarray(step), values, slopes)
 
 
-def spim_shape_interpolated(dtau_um2: jax.Array, table: SpimShapeTable) -> jax.Array:
+def spim_shape_interpolated(dtau_um2: Float[ArrayLike, "*s"], table: SpimShapeTable) -> Float[Array, "*s"]:
     """S(D tau) by cubic Hermite interpolation of ``ln S`` in ``ln(D tau)``.
 
     Arguments:
@@ -421,7 +557,9 @@ def spim_shape_interpolated(dtau_um2: jax.Array, table: SpimShapeTable) -> jax.A
     return jnp.exp(log_s)
 
 
-def acf_3d_spim_tabulated(lag_s: jax.Array, params: ACFParams, table: SpimShapeTable) -> jax.Array:
+def acf_3d_spim_tabulated(
+    lag_s: Float[ArrayLike, "*c"], params: ACFParams, table: SpimShapeTable
+) -> Float[Array, "*c"]:
     """3D SPIM-FCS autocorrelation through a precomputed shape table; the fitting model.
 
     ``G(tau) = S(D tau) / N + G_inf`` with S from :func:`spim_shape_interpolated`.

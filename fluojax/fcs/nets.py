@@ -1,17 +1,17 @@
-"""FCSNet and ImFCSNet: the seed paper's networks for ln D, in Flax NNX.
+"""FCSNet and ImFCSNet: the networks of Tang et al. 2024 for ln D, in Flax NNX.
 
 Tang et al., "Deep learning reduces data requirements and allows real-time measurements in
-imaging FCS" (Biophys J 2024; seed 000). **FCSNet** reads a pixel's 72-point autocorrelation
+imaging FCS" (Biophys J 2024). **FCSNet** reads a pixel's 72-point autocorrelation
 function (lags 1..2048 frames of the P=16, Q=8 multi-tau grid); **ImFCSNet** reads the raw
 intensity traces of a 3 x 3-pixel window, T frames long (2,500 in the paper), and is fully
 convolutional in time, so any T above :meth:`ImFCSNet.min_frames` works. Both output the natural
-log of D in um^2/s, one number per sample. Layer lists follow the original TF code (fcs.md §1.4):
+log of D in um^2/s, one number per sample. Layer lists follow the paper's public TF code (Tang et al. 2024):
 1-D convolutions with "valid" padding, BatchNorm (Keras momentum 0.9, epsilon 1e-3) and ReLU,
 residual stages whose shortcut is the input cropped at the tail, He-normal convolution kernels
 and a Glorot-uniform output layer.
 
 Each sample is z-scored inside the model (FCSNet: over its ACF points; ImFCSNet: over all its
-T x 9 values; fcs.md §1.7), so callers pass raw ACFs or raw counts and a network cannot be fed
+T x 9 values, as Tang et al. 2024 do), so callers pass raw ACFs or raw counts and a network cannot be fed
 unnormalised data by mistake.
 
 ImFCSNet's first layer, a Conv3D with a (K, 3, 3) kernel on a 3 x 3 window ("valid", then the
@@ -29,6 +29,7 @@ stride.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ from flax import nnx
 
 __all__ = ["FCSNet", "FCSNetConfig", "ImFCSNet", "ImFCSNetConfig", "build_network"]
 
-_BN = dict(momentum=0.9, epsilon=1e-3)
+_BN: dict[str, Any] = dict(momentum=0.9, epsilon=1e-3)
 _CONV_INIT = jax.nn.initializers.he_normal()
 _DENSE_INIT = jax.nn.initializers.glorot_uniform()
 
@@ -167,7 +168,7 @@ class _PointwiseStages(nnx.Module):
 
 
 class FCSNet(nnx.Module):
-    """ln D from a 72-point ACF (seed 000, FCSNet; fcs.md §1.4).
+    """ln D from a 72-point ACF (FCSNet of Tang et al. 2024).
 
     Layers (paper scale, shapes for one sample): z-score, (72,) -> (72, 1);
     2 residual stages of 2 x [Conv1D(32, 18) -> BN -> ReLU], shortcut = input cropped at the tail
@@ -206,7 +207,7 @@ class FCSNet(nnx.Module):
 
 
 class ImFCSNet(nnx.Module):
-    """ln D from the intensity traces of a 3 x 3-pixel window (seed 000, ImFCSNet; fcs.md §1.4).
+    """ln D from the intensity traces of a 3 x 3-pixel window (ImFCSNet of Tang et al. 2024).
 
     Layers (paper scale, T = 2,500, stride 8): z-score over all T x 9 values;
     Conv(45, 200 frames x 3 x 3) -> BN -> ReLU: (2301, 45); Conv1D(45, 100, stride 8) -> BN ->
@@ -261,5 +262,6 @@ def build_network(config: FCSNetConfig | ImFCSNetConfig, seed: int = 0) -> FCSNe
         the network, in training mode; ``nnx.view(net, use_running_average=True)`` is its
         evaluation view (running BatchNorm statistics, samples independent of each other).
     """
-    cls = FCSNet if isinstance(config, FCSNetConfig) else ImFCSNet
-    return cls(config, rngs=nnx.Rngs(seed))
+    if isinstance(config, FCSNetConfig):
+        return FCSNet(config, rngs=nnx.Rngs(seed))
+    return ImFCSNet(config, rngs=nnx.Rngs(seed))

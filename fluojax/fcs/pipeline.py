@@ -1,6 +1,6 @@
 """Imaging FCS of a whole stack: frames in, per-pixel diffusion maps out.
 
-The steps, as the Imaging FCS plugin does them (fcs.md §2.2-2.7), each vectorised over pixels:
+The steps, as the Imaging FCS plugin does them (docs/fcs.md, 'Correlator' and 'Bleach correction: why the default is `auto`'), each vectorised over pixels:
 
 1. **Binning** n x n (sums), overlapping (a sliding window: (H-n+1) x (W-n+1) pixels) or not
    (H//n x W//n).
@@ -11,8 +11,8 @@ The steps, as the Imaging FCS plugin does them (fcs.md §2.2-2.7), each vectoris
    (:func:`choose_bleach_correction`): a per-pixel polynomial also removes the slow diffusion
    fluctuations that carry the ACF's long-lag tail, and on short records that biases D upwards.
 3. **Correlation** with blocking SEM (:mod:`fluojax.fcs.correlator`). On a CPU, steps 2-3 run
-   in the compiled kernel of :mod:`fluojax.fcs.correlator_cpu` (the same arithmetic, 3-5x faster
-   than XLA there); elsewhere in XLA.
+   in the compiled kernel of :mod:`fluojax.fcs.correlator_cpu` (the same arithmetic, faster than
+   XLA there: docs/benchmarks.md); elsewhere in XLA.
 4. **Fit** of the 2D (closed-form) or 3D (tabulated quadrature) model with the shared LM engine
    (:mod:`fluojax.fit`), weights 1/SEM^2, parameters N, D (um^2/s), G_inf.
 
@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import enum
 import functools
 import math
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ import numpy as np
 from fluojax import fit
 from fluojax.fcs import correlator, models
 from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values
+from fluojax.io import InputError
 
 __all__ = [
     "CORRELATION_LAGS",
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_OPTICS_2D",
     "DEFAULT_OPTICS_3D",
     "FCS_SOLVER",
+    "PIXEL_STATUS_DESCRIPTION",
     "AnalysisSettings",
     "BleachChoice",
     "FCSMaps",
@@ -70,9 +73,9 @@ __all__ = [
 ]
 
 
-class PixelStatus:
+class PixelStatus(enum.IntEnum):
     """Codes of the status map: 0-5 are :class:`fluojax.fit.Status` (5, invalid data: an ACF or
-    SEM that is not finite); FCS adds four.
+    SEM that is not finite); FCS adds five. Written as uint8; :attr:`description` says each in words.
 
     NO_SIGNAL and NON_POSITIVE_MEAN are decided from the raw data before any bleach correction:
     a pixel is without signal when every raw pixel in its bin is constant over time (all zero,
@@ -84,25 +87,38 @@ class PixelStatus:
     noise; its maps are NaN.
     """
 
+    CONVERGED = fit.Status.CONVERGED
+    MAX_STEPS = fit.Status.MAX_STEPS
+    NON_FINITE = fit.Status.NON_FINITE
+    AT_BOUND = fit.Status.AT_BOUND
+    SOLVER_FAILED = fit.Status.SOLVER_FAILED
+    INVALID_DATA = fit.Status.INVALID_DATA
     SATURATED = 6  # fitted, but some frame hit the detector's maximum value
     NO_SIGNAL = 7  # no fluctuation: every raw pixel of the bin is constant in time (e.g. all zero)
     NO_WINDOW = 8  # border pixel: no 3 x 3 window centred on it (ImFCSNet, overlapping mode)
     NON_POSITIVE_MEAN = 9  # fluctuates, but its mean intensity is <= 0: G cannot be normalised
     NO_CORRELATION = 10  # fluctuates, but G at the first lags is within noise of 0 (shot noise only)
 
-    DESCRIPTION = {  # noqa: RUF012
-        0: "converged",
-        1: "max iterations",
-        2: "non-finite",
-        3: "at a bound",
-        4: "solver failed",
-        5: "invalid ACF",
-        6: "saturated (fitted)",
-        7: "no signal (constant/zero)",
-        8: "border (no 3x3 window)",
-        9: "mean intensity <= 0 (offset/background?)",
-        10: "no correlation (G within noise of 0)",
-    }
+    @property
+    def description(self) -> str:
+        """The code in words, as summary.json's ``status_codes`` lists it."""
+        return PIXEL_STATUS_DESCRIPTION[self]
+
+
+PIXEL_STATUS_DESCRIPTION: dict[PixelStatus, str] = {
+    PixelStatus.CONVERGED: "converged",
+    PixelStatus.MAX_STEPS: "max iterations",
+    PixelStatus.NON_FINITE: "non-finite",
+    PixelStatus.AT_BOUND: "at a bound",
+    PixelStatus.SOLVER_FAILED: "solver failed",
+    PixelStatus.INVALID_DATA: "invalid ACF",
+    PixelStatus.SATURATED: "saturated (fitted)",
+    PixelStatus.NO_SIGNAL: "no signal (constant/zero)",
+    PixelStatus.NO_WINDOW: "border (no 3x3 window)",
+    PixelStatus.NON_POSITIVE_MEAN: "mean intensity <= 0 (offset/background?)",
+    PixelStatus.NO_CORRELATION: "no correlation (G within noise of 0)",
+}
+"""Each :class:`PixelStatus` in words (summary.json ``status_codes``, keyed by the integer code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +128,9 @@ class AnalysisSettings:
     Attributes:
         frame_time_s: float, time between frames in s.
         optics: ``models.Optics`` (its ``binning`` is the n of n x n binning).
-        model: ``"2d"`` (ITIR, closed form) or ``"3d"`` (SPIM, numerical).
+        model: ``models.Geometry``: ``models.ITIR_2D`` (2D ITIR, closed form; default) or
+            ``models.SPIM_3D`` (3D SPIM, numerical), or its name in ``models.GEOMETRIES``
+            (``"2d"``, ``"3d"``), which is replaced by the geometry.
         overlap: bool, overlapping (sliding) binning instead of non-overlapping.
         bleach_order: int, polynomial order of the bleach correction (0 = none), or ``"auto"``
             (default): decided per stack by :func:`choose_bleach_correction`.
@@ -126,7 +144,7 @@ class AnalysisSettings:
 
     frame_time_s: float
     optics: models.Optics = models.Optics()
-    model: str = "2d"
+    model: models.Geometry | str = models.ITIR_2D
     overlap: bool = False
     bleach_order: int | str = "auto"
     p: int = 16
@@ -136,10 +154,16 @@ class AnalysisSettings:
     correlator_kernel: str = "auto"
 
     def __post_init__(self):
+        object.__setattr__(self, "model", models.as_geometry(self.model))
         if not (self.bleach_order == "auto" or (isinstance(self.bleach_order, int) and self.bleach_order >= 0)):
-            raise ValueError(f"bleach_order must be 'auto' or an int >= 0 (got {self.bleach_order!r})")
+            raise InputError(f"bleach correction order {self.bleach_order!r}: must be 'auto' or an integer >= 0")
         if self.correlator_kernel not in ("auto", "xla", "cpu"):
-            raise ValueError(f"correlator_kernel must be 'auto', 'xla' or 'cpu' (got {self.correlator_kernel!r})")
+            raise InputError(f"correlator kernel {self.correlator_kernel!r}: must be 'auto', 'xla' or 'cpu'")
+
+    @property
+    def geometry(self) -> models.Geometry:
+        """The ``models.Geometry`` of ``model`` (typed: ``__post_init__`` has resolved a name)."""
+        return models.as_geometry(self.model)
 
     def uses_cpu_kernel(self) -> bool:
         """Whether bands are correlated by the numba kernel rather than XLA."""
@@ -151,8 +175,7 @@ class AnalysisSettings:
 
     def band_pixels(self) -> int:
         """Pixels per correlation band: ``tile_pixels``, else 256 for the CPU kernel (a 50,000-frame
-        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it: 10-20 % faster than
-        1,024 on the 2-core CPU) and 1,024 for XLA."""
+        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it) and 1,024 for XLA."""
         if self.tile_pixels is not None:
             return self.tile_pixels
         return 256 if self.uses_cpu_kernel() else 1024
@@ -236,7 +259,7 @@ def bleach_correct(frames: jax.Array, order: int, points: int = 1000) -> jax.Arr
     """Polynomial bleach correction of (T, pixels) traces, preserving mean and variance.
 
     The decay ``f(t)`` is the Legendre fit of :func:`bleach_design`; then
-    ``I'(t) = I(t) / sqrt(f(t)/f(0)) + f(0) (1 - sqrt(f(t)/f(0)))`` (fcs.md §2.7).
+    ``I'(t) = I(t) / sqrt(f(t)/f(0)) + f(0) (1 - sqrt(f(t)/f(0)))`` (docs/fcs.md, 'Bleach correction: why the default is `auto`').
 
     Arguments:
         frames: (T, pixels) array.
@@ -288,8 +311,6 @@ class BleachChoice(NamedTuple):
 
 def mean_trace(stack, chunk_frames: int = 1024) -> np.ndarray:
     """The image-averaged intensity of every frame, read in chunks of frames (one pass).
-
-    128 x 128 uint16 memory map in the page cache: 0.2 s per 10,000 frames on 2 cores (~1 s for 50,000).
 
     Arguments:
         stack: (T, H, W) array-like (array or memory map).
@@ -411,7 +432,7 @@ def _band_acf_cpu(band: np.ndarray, n: int, overlap: bool, bleach_order: int, p:
     from fluojax.fcs import correlator_cpu
 
     t = band.shape[0]
-    traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(band, n, overlap)).reshape(t, -1)
+    traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(jnp.asarray(band), n, overlap)).reshape(t, -1)
     trend = bleach_design(t, bleach_order) if bleach_order > 0 else None
     return _acf_from_lag_sums(correlator_cpu.lag_sums_cpu(traces, p, q, trend), t, p, q)
 
@@ -450,7 +471,7 @@ class StackACFs(NamedTuple):
     shape: tuple
     lag_s: np.ndarray
     seconds: float
-    bleach: BleachChoice | None = None
+    bleach: BleachChoice
 
 
 def intensity_scale(band: np.ndarray, low: float = 1e-6, high: float = 1e8) -> float:
@@ -490,7 +511,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     correlating; ``mean_intensity`` is in the original units.
 
     Raises:
-        ValueError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
+        fluojax.io.InputError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
             pixel that fluctuates in time, or no fluctuating pixel with a positive mean.
     """
     from fluojax.progress import progress as progress_counter
@@ -499,12 +520,12 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
     n = int(settings.optics.binning)
     grid = correlator.lag_grid(settings.p, settings.q)
     if t < correlator.min_frames(grid):
-        raise ValueError(
+        raise InputError(
             f"the stack has {t} frames; the correlator (P={settings.p}, Q={settings.q}) needs at least "
             f"{correlator.min_frames(grid)} (its largest lag is {int(grid.lags[-1])} frames)"
         )
     if n < 1 or n > min(h, w):
-        raise ValueError(f"binning {n} does not fit a {h} x {w} image")
+        raise InputError(f"binning {n} x {n} pixels: does not fit a {h} x {w} pixel image")
     out_h = h - n + 1 if settings.overlap else h // n
     out_w = w - n + 1 if settings.overlap else w // n
     rows_per_band = max(1, min(out_h, settings.band_pixels() // out_w))
@@ -524,7 +545,7 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         start = out_row * (1 if settings.overlap else n)
         band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
         if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
-            raise ValueError("the stack contains NaN or Inf values")
+            raise InputError("the stack contains NaN or Inf intensities")
         if band.shape[1] < rows_in:  # pad the last band so every band has one shape
             band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
         high = band.max(axis=0)
@@ -607,15 +628,15 @@ def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
         mean: (pixels,) mean intensities.
 
     Raises:
-        ValueError: no pixel fluctuates (a blank recording: all zero or constant), or none of
+        fluojax.io.InputError: no pixel fluctuates (a blank recording: all zero or constant), or none of
             those that do has a positive mean (G = <dI dI> / <I>^2 needs <I> > 0).
     """
     if not np.any(fluctuates):
-        raise ValueError(
+        raise InputError(
             "no pixel of the stack fluctuates in time (every pixel is constant, e.g. all zero): nothing to correlate"
         )
     if not np.any(fluctuates & (mean > 0)):
-        raise ValueError(
+        raise InputError(
             f"no fluctuating pixel has a positive mean intensity (highest {float(np.max(mean[fluctuates])):.4g}): "
             "G = <dI dI>/<I>^2 needs intensities above zero; was a camera offset or background subtracted too much?"
         )
@@ -691,11 +712,11 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
         ``FCSMaps``.
 
     Raises:
-        ValueError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
+        fluojax.io.InputError: impossible optics (``models.check_optics``) or data (:func:`correlate_stack`).
     """
     from fluojax.progress import progress as progress_counter
 
-    models.check_optics(settings.optics, settings.model == "3d")
+    models.check_optics(settings.optics, settings.geometry)
     corr = correlate_stack(stack, settings, progress)
     acf, sem, mean, saturated = corr.acf, corr.sem, corr.mean_intensity, corr.saturated
     out_h, out_w = corr.shape
@@ -757,9 +778,13 @@ DEFAULT_OPTICS_3D = {
 }
 """Default optics of a 3D (SPIM) measurement: 60x, NA 1.0 water-dipping objective in water (the
 sample's and the immersion index, 1.333), 515 nm emission, PSF factor 1.1, light-sheet factor 2.2."""
+DEFAULT_OPTICS = {models.ITIR_2D.name: DEFAULT_OPTICS_2D, models.SPIM_3D.name: DEFAULT_OPTICS_3D}
+"""The default optics of each geometry, by its name; a light sheet (``sigmaz``) only where it has one."""
 
 
-def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int = 1, **overrides) -> models.Optics:
+def default_optics(
+    geometry: models.Geometry | str, *, camera_pixel_um: float = 24.0, binning: int = 1, **overrides
+) -> models.Optics:
     """``models.Optics`` from the 2D or 3D defaults (:data:`DEFAULT_OPTICS_2D`/:data:`DEFAULT_OPTICS_3D`)
     with the given values replacing them, checked by ``models.check_optics``.
 
@@ -767,23 +792,28 @@ def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int
     index too) and the immersion medium's in 2D, where the model does not use the sample's.
 
     Arguments:
-        three_d: the 3D SPIM geometry (else 2D ITIR).
+        geometry: ``models.Geometry`` or its name (``"2d"``, ``"3d"``): whose defaults
+            (:data:`DEFAULT_OPTICS`).
         camera_pixel_um: camera pixel pitch in um.
         binning: n of n x n binning.
         overrides: any of ``magnification``, ``na``, ``wavelength_nm`` (nm), ``sigma0``,
-            ``sigmaz`` (3D only; ignored in 2D), ``refractive_index``; None keeps the default.
+            ``sigmaz`` (3D only; ignored in 2D, which has no light sheet), ``refractive_index``;
+            None keeps the default.
 
     Returns:
-        ``models.Optics``.
+        ``models.Optics`` (``sigmaz`` None in 2D).
 
     Raises:
-        ValueError: an unknown override, or optics that cannot exist (``models.check_optics``).
+        fluojax.io.InputError: an unknown geometry or override, or optics that cannot exist
+            (``models.check_optics``).
     """
-    defaults = DEFAULT_OPTICS_3D if three_d else DEFAULT_OPTICS_2D
+    geometry = models.as_geometry(geometry)
+    defaults = DEFAULT_OPTICS[geometry.name]
+    light_sheet = "sigmaz" in defaults
     unknown = set(overrides) - set(DEFAULT_OPTICS_3D)
     if unknown:
-        raise ValueError(f"unknown optics: {', '.join(sorted(unknown))}")
-    pick = {
+        raise InputError(f"unknown optics: {', '.join(sorted(unknown))}")
+    pick: dict[str, Any] = {
         k: v if v is not None else defaults.get(k) for k, v in {**dict.fromkeys(DEFAULT_OPTICS_3D), **overrides}.items()
     }
     index = pick["refractive_index"]
@@ -793,12 +823,12 @@ def default_optics(three_d: bool, *, camera_pixel_um: float = 24.0, binning: int
         na=pick["na"],
         wavelength_nm=pick["wavelength_nm"],
         sigma0=pick["sigma0"],
-        sigmaz=pick["sigmaz"] if three_d else models.Optics._field_defaults["sigmaz"],  # no light sheet in 2D
-        refractive_index=index if three_d else models.Optics._field_defaults["refractive_index"],  # unused in 2D
+        sigmaz=pick["sigmaz"] if light_sheet else None,  # no light sheet in 2D
+        refractive_index=index if light_sheet else models.Optics._field_defaults["refractive_index"],  # unused in 2D
         binning=binning,
         immersion_index=index,
     )
-    models.check_optics(optics, three_d)
+    models.check_optics(optics, geometry)
     return optics
 
 
@@ -813,11 +843,11 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         dict (keys settings, timings_s, pixels, fitted, status_counts, status_codes, medians, units).
     """
     pixel_um = float(models.pixel_side_um(settings.optics))
-    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus.DESCRIPTION))
+    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus))
     ok = np.isfinite(maps.d_um2_s)
     return {
         "settings": {
-            "model": settings.model,
+            "model": settings.geometry.name,
             "frame_time_s": settings.frame_time_s,
             "optics": settings.optics._asdict(),
             "object_pixel_um": pixel_um,
@@ -830,8 +860,8 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         "timings_s": maps.timings_s,
         "pixels": int(maps.status.size),
         "fitted": int(ok.sum()),
-        "status_counts": {PixelStatus.DESCRIPTION[k]: int(c) for k, c in enumerate(counts) if c},
-        "status_codes": PixelStatus.DESCRIPTION,
+        "status_counts": {PixelStatus(k).description: int(c) for k, c in enumerate(counts) if c},
+        "status_codes": {int(k): v for k, v in PIXEL_STATUS_DESCRIPTION.items()},
         "medians": {
             "D_um2_s": float(np.nanmedian(maps.d_um2_s)) if ok.any() else None,
             "N": float(np.nanmedian(maps.n_particles)) if ok.any() else None,

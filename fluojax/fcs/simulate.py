@@ -6,7 +6,7 @@ Particles diffuse in a box that extends ``margin_px`` beyond the observed ``size
 ``2 D dt / substeps`` per axis and emits Poisson photons at ``brightness / substeps`` per
 particle, each displaced by the PSF (s.d. ``w / 2``; in 3D ``(w + |z| tan alpha) / 2``, and the
 emission weighted by the light sheet ``exp(-2 z^2 / w_z^2)``) and counted in the pixel where it
-lands (fcs.md §1.2, the FCSNet/ImFCSNet simulator).
+lands (the FCSNet/ImFCSNet simulator of Tang et al. 2024, Methods).
 
 Photon counting is done per pixel rather than per photon: by Poisson thinning, the photons of
 all particles that land in pixel (i, j) during a frame are Poisson with mean
@@ -17,12 +17,12 @@ Camera noise is then applied with :mod:`fluojax.noise`.
 
 Boundaries are periodic in x, y (and z in 3D). The FCSNet/ImFCSNet TF simulator instead
 re-inserts a particle that leaves the box at a uniformly random point on a random edge
-(fcs.md §1.2); periodic wrap keeps the particle density exactly uniform and the particle
+(Tang et al. 2024, Methods); periodic wrap keeps the particle density exactly uniform and the particle
 number constant. The two differ only at the box edges, a 6 px margin (~9 in-focus PSF s.d.)
 away from the detector.
 
 Training batches. ``simulate_training_batch`` draws a batch of parameter sets from a
-``TrainingPrior`` (the FCSNet/ImFCSNet training distribution, fcs.md §1.2-1.3) and simulates
+``TrainingPrior`` (the FCSNet/ImFCSNet training distribution of Tang et al. 2024) and simulates
 one 3 x 3 stack per set with the same ``_simulate`` code path as ``simulate_stack``, vmapped over
 the batch. The particle number varies per sample, so every sample carries ``max_particles``
 particles of which only the first ``n_particles`` emit (a static-shape mask).
@@ -32,14 +32,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
+from jax.typing import ArrayLike
 
-from fluojax.fcs.models import Optics, pixel_side_um, psf_radius_um, sheet_radius_um, tan_half_angle
+from fluojax.fcs.models import (
+    ITIR_2D,
+    SPIM_3D,
+    Geometry,
+    Optics,
+    pixel_side_um,
+    psf_radius_um,
+    sheet_radius_um,
+    tan_half_angle,
+)
+from fluojax.io import InputError
+from fluojax.networks import log_uniform
 from fluojax.noise import Camera, IdealCamera
 
 __all__ = [
@@ -91,8 +103,8 @@ class DiffusionSample(NamedTuple):
         brightness: float, expected photo-electrons per particle per frame (in focus).
     """
 
-    d_um2_s: jax.Array | float
-    brightness: jax.Array | float
+    d_um2_s: ArrayLike
+    brightness: ArrayLike
 
 
 def particles_for_density(density_per_um2: float, size_px: int, optics: Optics, margin_px: int = 6) -> int:
@@ -139,9 +151,8 @@ def simulate_stack(
 def _frames_per_step(geometry: StackGeometry) -> int:
     """Frames per ``lax.scan`` step: ``geometry.frames_per_step``, or by backend when None.
 
-    On CPU one frame per step is fastest (measured 2x faster than 10: the per-step arrays stay
-    in cache); on a GPU the scan is latency-bound and 50 frames per step is ~20x faster than 1
-    (H100, batch 16 x 2500 frames x 486 particles: 1.2 s -> 0.06 s)."""
+    On CPU one frame per step is fastest (the per-step arrays stay in cache); on a GPU the scan
+    is latency-bound and 50 frames per step is fastest (timings: docs/benchmarks.md)."""
     f = geometry.frames_per_step
     if f is None:
         f = 1 if jax.default_backend() == "cpu" else 50
@@ -294,18 +305,21 @@ class TrainingPrior:
         }
         for name, (lo, hi) in bounds.items():
             if not 0 <= lo <= hi:
-                raise ValueError(f"TrainingPrior: need 0 <= {name} min <= max, got {lo}, {hi}")
+                raise InputError(f"training prior {name} range {lo:g} to {hi:g}: need 0 <= min <= max")
         if self.d_min_um2_s <= 0 or self.density_min_per_px2 <= 0:
-            raise ValueError("TrainingPrior: log-uniform bounds (D, density) must be > 0")
+            raise InputError(
+                f"training prior lower bounds D {self.d_min_um2_s:g} um^2/s, density {self.density_min_per_px2:g} "
+                "per px^2: must be > 0 (log-uniform)"
+            )
         needed = int(np.floor(self.density_max_per_px2 * self.box_side_px**2))
         if self.max_particles < needed:
-            raise ValueError(
+            raise InputError(
                 f"TrainingPrior: max_particles = {self.max_particles} < {needed} particles at the highest density"
             )
 
     @classmethod
     def itir_2d(cls, frames: int = 2500, **overrides) -> TrainingPrior:
-        """The ImFCSNet 2D (ITIR/TIRF, DOPC-like) training distribution (fcs.md §1.2-1.3).
+        """The ImFCSNet 2D (ITIR/TIRF, DOPC-like) training distribution (Tang et al. 2024, Methods).
 
         From ``waihoh/ImFCS_FCSNet_ImFCSNet: imfcsnet/Configurations/fd1t_cfg_2d.py`` and its
         datagen, cross-checked with the PyTorch port's ``model_dopc_2d.yml``:
@@ -331,7 +345,7 @@ class TrainingPrior:
 
     @classmethod
     def spim_3d(cls, frames: int = 2500, **overrides) -> TrainingPrior:
-        """The ImFCSNet 3D (SPIM, dextran-like) training distribution (fcs.md §1.2-1.3).
+        """The ImFCSNet 3D (SPIM, dextran-like) training distribution (Tang et al. 2024, Methods).
 
         From ``imfcsnet/Configurations/fd1t_cfg_3d.py`` and ``simulator/fd1t_3d_datagen.py``,
         cross-checked with the PyTorch port's ``model_dextran_3d.yml``:
@@ -348,7 +362,7 @@ class TrainingPrior:
         * 24 um pixel, 60x (a = 400 nm), NA 1.0, 515 nm, frame time 2.04 ms, 2500 frames,
           3 x 3 detector, 6 px margin, 10 sub-steps.
         """
-        values = dict(
+        values: dict[str, Any] = dict(
             brightness_min=11.22 - 9.18,
             brightness_max=11.22 + 9.18,
             sigma0_min=1.05,
@@ -384,17 +398,23 @@ class TrainingPrior:
             frames_per_step=self.frames_per_step,
         )
 
-    def optics(self, sigma0: jax.Array | float) -> Optics:
-        """``Optics`` of a sample with PSF factor ``sigma0`` (may be traced)."""
+    @property
+    def acf_geometry(self) -> Geometry:
+        """The ACF model's ``models.Geometry`` of this prior's data: SPIM 3D or ITIR 2D."""
+        return SPIM_3D if self.three_d else ITIR_2D
+
+    def optics(self, sigma0: jax.Array | float, binning: int = 1) -> Optics:
+        """``Optics`` of a sample with PSF factor ``sigma0`` (may be traced) and n x n ``binning``;
+        a light sheet (``sigmaz``) only in 3D."""
         return Optics(
             self.camera_pixel_um,
             self.magnification,
             self.na,
             self.wavelength_nm,
             sigma0,
-            self.sigmaz,
+            self.sigmaz if self.three_d else None,
             self.refractive_index,
-            1,
+            binning,
         )
 
 
@@ -416,11 +436,6 @@ class TrainingParams(NamedTuple):
     noise_sd: jax.Array
 
 
-def _log_uniform(key, shape, lo, hi):
-    x = jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
-    return jnp.clip(x, lo, hi)  # float32 exp/log rounding must not leave [lo, hi]
-
-
 def sample_training_params(key: jax.Array, prior: TrainingPrior, batch: int) -> TrainingParams:
     """Draw ``batch`` parameter sets from ``prior`` (deterministic for ``key``; jit with
     ``prior`` and ``batch`` static).
@@ -429,11 +444,11 @@ def sample_training_params(key: jax.Array, prior: TrainingPrior, batch: int) -> 
         ``TrainingParams`` of (batch,) arrays.
     """
     k_d, k_n, k_b, k_s, k_noise = jax.random.split(key, 5)
-    density = _log_uniform(k_n, (batch,), prior.density_min_per_px2, prior.density_max_per_px2)
+    density = log_uniform(k_n, (batch,), prior.density_min_per_px2, prior.density_max_per_px2)
     n = jnp.clip(jnp.floor(density * prior.box_side_px**2), 0, prior.max_particles).astype(jnp.int32)
     uniform = lambda k, lo, hi: jax.random.uniform(k, (batch,), minval=lo, maxval=hi)  # noqa: E731
     return TrainingParams(
-        d_um2_s=_log_uniform(k_d, (batch,), prior.d_min_um2_s, prior.d_max_um2_s),
+        d_um2_s=log_uniform(k_d, (batch,), prior.d_min_um2_s, prior.d_max_um2_s),
         n_particles=n,
         brightness=uniform(k_b, prior.brightness_min, prior.brightness_max),
         sigma0=uniform(k_s, prior.sigma0_min, prior.sigma0_max),
