@@ -41,3 +41,18 @@ def test_start_values_of_a_clean_acf_are_near_the_truth(optics_2d):
 def test_unknown_geometry_is_refused(optics_2d):
     with pytest.raises(ValueError, match="unknown model"):
         estimate.model_and_shape(pipeline.AnalysisSettings(1.06e-3, optics_2d, model="1d"))
+
+
+def test_fcs_solver_keeps_the_tuned_tolerances_only_for_their_backend():
+    """FCS_SOLVER's noise-scale tolerances are optimistix's reading of atol/rtol; another backend
+    gets the engine's defaults, and an unknown name is a one-line input error."""
+    from fluojax import fit
+    from fluojax.fcs.estimate import FCS_SOLVER, fcs_solver
+    from fluojax.io import InputError
+
+    assert fcs_solver("optimistix") is FCS_SOLVER
+    other = fcs_solver("jaxopt")
+    assert isinstance(other.backend, fit.JaxoptBackend)
+    assert (other.rtol, other.atol) == (fit.LevenbergMarquardt().rtol, fit.LevenbergMarquardt().atol)
+    with pytest.raises(InputError, match="unknown least-squares backend"):
+        fcs_solver("scipy")

@@ -210,9 +210,9 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 def fit_command(args) -> int:
     """``fluojax fcs fit``."""
-    from fluojax import fit as fitlib
     from fluojax import io
-    from fluojax.fcs.pipeline import FCS_SOLVER, AnalysisSettings, analyse_stack
+    from fluojax.fcs.estimate import fcs_solver
+    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
     from fluojax.io import InputError
 
     out, label = destination(args, "fcs-fit", "_fcs")
@@ -223,9 +223,7 @@ def fit_command(args) -> int:
         model=args.model,
         overlap=args.overlap,
         bleach_order=_bleach_order(args.bleach),
-        solver=FCS_SOLVER
-        if args.backend == "optimistix"
-        else fitlib.LevenbergMarquardt(backend=fitlib.BACKENDS[args.backend]),
+        solver=fcs_solver(args.backend),
     )
     t0 = time.perf_counter()
     try:
@@ -252,7 +250,7 @@ def simulate_command(args) -> int:
     import numpy as np
 
     from fluojax import io
-    from fluojax.fcs import simulate
+    from fluojax.fcs import models, simulate
     from fluojax.fcs.models import pixel_side_um
     from fluojax.io import InputError
     from fluojax.noise import GaussianReadNoise, IdealCamera
@@ -267,7 +265,7 @@ def simulate_command(args) -> int:
         size_px=args.size,
         frame_time_s=args.frame_time,
         n_particles=simulate.particles_for_density(args.density / a**2, args.size, optics),
-        three_d=args.model == "3d",
+        three_d=models.as_geometry(args.model).light_sheet,
     )
     camera = GaussianReadNoise(read_noise_e=args.read_noise) if args.read_noise > 0 else IdealCamera()
     t0 = time.perf_counter()
@@ -334,7 +332,7 @@ def compare_command(args) -> int:
     import numpy as np
 
     from fluojax import compare, io, plotting
-    from fluojax.fcs import learned, simulate
+    from fluojax.fcs import learned, models, simulate
     from fluojax.io import InputError
 
     out, label = destination(args, "fcs-compare")
@@ -348,7 +346,7 @@ def compare_command(args) -> int:
             continue
         loaded[kind], meta = common.load_network(learned, path, f"--{kind}", expect=kind)
         names[kind] = meta["recipe"]
-        if meta["prior"]["three_d"] != (args.model == "3d"):
+        if meta["prior"]["three_d"] != models.as_geometry(args.model).light_sheet:
             raise InputError(
                 f"--{kind} {path}: trained for {'3D' if meta['prior']['three_d'] else '2D'} data, not --model {args.model}"
             )
@@ -356,9 +354,7 @@ def compare_command(args) -> int:
         raise InputError(
             f"--short {args.short}: this ImFCSNet needs at least {loaded['imfcsnet'].config.min_frames} frames"
         )
-    base = (
-        simulate.TrainingPrior.spim_3d(args.long) if args.model == "3d" else simulate.TrainingPrior.itir_2d(args.long)
-    )
+    base = simulate.TrainingPrior.for_geometry(args.model, args.long)
     simulate_point, prior = learned.comparison_simulator(base, args.density, args.brightness)
     estimators = learned.comparison_estimators(prior, args.short, loaded.get("fcsnet"), loaded.get("imfcsnet"))
     grid = np.asarray(sorted(args.d), np.float64)[:, None]

@@ -19,6 +19,7 @@ from jaxtyping import Array, Float
 
 from fluojax import fit
 from fluojax.fcs import models
+from fluojax.io import InputError
 
 if TYPE_CHECKING:
     from fluojax.fcs.pipeline import AnalysisSettings
@@ -29,6 +30,7 @@ __all__ = [
     "GeometryModel",
     "acf_model_2d",
     "acf_model_3d",
+    "fcs_solver",
     "fit_acfs",
     "model_and_shape",
     "start_values",
@@ -52,6 +54,22 @@ For the optimistix backend only: jaxopt reads ``atol`` as a gradient tolerance. 
 iteration counts, timings and D differences are in docs/benchmarks.md, "Moved from docstrings
 (FCS)".
 """
+
+
+def fcs_solver(backend: str) -> fit.LevenbergMarquardt:
+    """The FCS fits' solver settings for a backend named in ``fluojax.fit.BACKENDS``:
+    :data:`FCS_SOLVER` for its own backend (optimistix), the engine's defaults for another, since
+    the noise-scale tolerances of :data:`FCS_SOLVER` mean something else there (jaxopt reads
+    ``atol`` as a gradient tolerance).
+
+    Raises:
+        fluojax.io.InputError: an unknown backend name.
+    """
+    if backend not in fit.BACKENDS:
+        raise InputError(f"unknown least-squares backend {backend!r}: known are {', '.join(fit.BACKENDS)}")
+    if backend == FCS_SOLVER.backend.name:
+        return FCS_SOLVER
+    return fit.LevenbergMarquardt(backend=fit.BACKENDS[backend])
 
 
 FCS_BOUNDS: dict[str, Any] = dict(

@@ -520,6 +520,29 @@ def _settings_for(meta: dict, frame_time_s: float, binning: int, overlap: bool):
     return pipeline.AnalysisSettings(frame_time_s, optics, model=prior.acf_geometry, overlap=overlap)
 
 
+def _fcsnet_map(net, meta, stack, frame_time_s, overlap, bleach_order, progress):
+    """FCSNet on every pixel's ACF: (ln D (H, W), border mask, region of the ACFs, settings, ACFs)."""
+    settings = dataclasses.replace(_settings_for(meta, frame_time_s, 1, False), bleach_order=bleach_order)
+    corr = pipeline.correlate_stack(stack, settings, progress)
+    ln_d = predict_ln_d(net, np.nan_to_num(corr.acf)).reshape(corr.shape)
+    return ln_d, np.zeros(corr.shape, bool), (slice(None), slice(None)), settings, corr
+
+
+def _imfcsnet_map(net, meta, stack, frame_time_s, overlap, bleach_order, progress):
+    """ImFCSNet on 3 x 3 windows, with the ACFs of the 3 x 3 sums for the physics check: in the
+    overlapping mode a (H, W) map whose border has no window, else (H // 3, W // 3) tiles."""
+    prior = simulate.TrainingPrior(**meta["prior"])
+    result = predict_imfcsnet_map(net, stack, prior.frames, overlap, progress=progress)
+    settings = dataclasses.replace(_settings_for(meta, frame_time_s, 3, overlap), bleach_order=bleach_order)
+    corr = pipeline.correlate_stack(stack, settings, progress)  # 3 x 3 sums: (h-2, w-2) or (h//3, w//3)
+    region = (slice(1, -1), slice(1, -1)) if overlap else (slice(None), slice(None))
+    return np.log(result["d_um2_s"]), result["edge"], region, settings, corr
+
+
+_MAP_PREDICTORS = {"fcsnet": _fcsnet_map, "imfcsnet": _imfcsnet_map}
+"""``meta["fluojax_network"]`` -> the function mapping a whole stack with that network."""
+
+
 def predict_stack(
     net,
     meta: dict,
@@ -570,34 +593,21 @@ def predict_stack(
         )
     models.check_optics(_settings_for(meta, frame_time_s, 1, False).optics, prior.acf_geometry)
     t0 = time.perf_counter()
-    _t, h, w = stack.shape
-    if kind == "fcsnet":
-        settings = _settings_for(meta, frame_time_s, 1, False)
-        settings = dataclasses.replace(settings, bleach_order=bleach_order)
-        corr = pipeline.correlate_stack(stack, settings, progress)
-        ln_d = predict_ln_d(net, np.nan_to_num(corr.acf)).reshape(corr.shape)
-        out_shape, edge = corr.shape, np.zeros(corr.shape, bool)
-    else:
-        result = predict_imfcsnet_map(net, stack, prior.frames, overlap, progress=progress)
-        ln_d, edge = np.log(result["d_um2_s"]), result["edge"]
-        settings = _settings_for(meta, frame_time_s, 3, overlap)
-        settings = dataclasses.replace(settings, bleach_order=bleach_order)
-        corr = pipeline.correlate_stack(stack, settings, progress)  # 3 x 3 sums: (h-2, w-2) or (h//3, w//3)
-        out_shape = ln_d.shape
+    if kind not in _MAP_PREDICTORS:
+        raise InputError(f"a {kind!r} network does not predict maps: known are {', '.join(_MAP_PREDICTORS)}")
+    ln_d, edge, region, settings, corr = _MAP_PREDICTORS[kind](
+        net, meta, stack, frame_time_s, overlap, bleach_order, progress
+    )
+    out_shape = ln_d.shape
     t_pred = time.perf_counter() - t0
     acf = np.full(out_shape + (corr.acf.shape[1],), np.nan, np.float32)
     sem = np.full_like(acf, np.nan)
     mean = np.full(out_shape, np.nan, np.float32)
     data_status = np.full(out_shape, pipeline.PixelStatus.NO_WINDOW, np.uint8)
-    if kind == "imfcsnet" and overlap:
-        inner = (slice(1, h - 1), slice(1, w - 1))
-        acf[inner], sem[inner] = corr.acf.reshape(h - 2, w - 2, -1), corr.sem.reshape(h - 2, w - 2, -1)
-        mean[inner] = corr.mean_intensity.reshape(h - 2, w - 2)
-        data_status[inner] = pipeline.signal_status(corr).reshape(h - 2, w - 2)
-    else:
-        acf[:], sem[:] = corr.acf.reshape(out_shape + (-1,)), corr.sem.reshape(out_shape + (-1,))
-        mean[:] = corr.mean_intensity.reshape(out_shape)
-        data_status[:] = pipeline.signal_status(corr).reshape(out_shape)
+    inner = mean[region].shape  # where the correlated pixels (or 3 x 3 sums) lie in the map
+    acf[region], sem[region] = corr.acf.reshape(inner + (-1,)), corr.sem.reshape(inner + (-1,))
+    mean[region] = corr.mean_intensity.reshape(inner)
+    data_status[region] = pipeline.signal_status(corr).reshape(inner)
     _, _, shape_fn = estimate.model_and_shape(settings)
     d = np.exp(ln_d)
     chi2, n, g_inf = physics_check_chi2(

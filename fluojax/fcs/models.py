@@ -1,6 +1,6 @@
 """Imaging FCS forward models: lag times and physical parameters -> expected autocorrelation.
 
-Two geometries, as in Tang et al. 2024 (Methods eqs. 2-5; after Sankaranarayanan et al. 2008 and Wohland et al. 2010):
+Two geometries, as in Tang et al. 2024 (Methods eqs. 2-5; after Bag et al. 2012 and Wohland et al. 2010):
 
 * **2D ITIR-FCS** (TIRF): a square camera pixel of side ``a`` observed through a Gaussian
   PSF of 1/e^2 radius ``w``; closed form (eqs. 2-3).
@@ -149,8 +149,8 @@ def check_optics(optics: Optics, geometry: Geometry) -> None:
 class Geometry(abc.ABC):
     """An observation geometry of Imaging FCS: what the fitter needs to know of its ACF model.
 
-    Both geometries read ``G(tau) = S(D tau) / N + G_inf`` (Wohland et al. 2010; Sankaranarayanan
-    et al. 2008) with a shape ``S`` fixed by the optics. A geometry supplies the per-optics
+    Both geometries read ``G(tau) = S(D tau) / N + G_inf`` (Wohland et al. 2010; Bag
+    et al. 2012) with a shape ``S`` fixed by the optics. A geometry supplies the per-optics
     constants of its fitting model (:meth:`model_args`: the optics themselves in 2D, the
     tabulated 3D shape in 3D), the model ACF on those constants (:meth:`acf`), the shape as a
     NumPy function (:meth:`shape_function`, for start values and the networks' physics check)
@@ -161,6 +161,9 @@ class Geometry(abc.ABC):
 
     name: ClassVar[str]
     """Registry name (``"2d"``, ``"3d"``), also written to summary.json as ``settings.model``."""
+    light_sheet: ClassVar[bool]
+    """Whether the geometry has a light sheet (``Optics.sigmaz``) and defocus along z (a 3D volume
+    for the simulator); ``False``: a 2D observation area."""
 
     @abc.abstractmethod
     def check(self, optics: Optics) -> None:
@@ -184,6 +187,7 @@ class Itir2D(Geometry):
     """2D ITIR-FCS (TIRF): pixel and Gaussian PSF, closed form (:func:`acf_2d_itir`); no light sheet."""
 
     name: ClassVar[str] = "2d"
+    light_sheet: ClassVar[bool] = False
 
     def check(self, optics: Optics) -> None:
         """Nothing beyond :func:`check_optics`: the 2D model uses neither sigmaz nor the sample index."""
@@ -208,6 +212,7 @@ class Spim3D(Geometry):
     """3D SPIM-FCS: pixel, light sheet and defocus, tabulated quadrature (:func:`acf_3d_spim_tabulated`)."""
 
     name: ClassVar[str] = "3d"
+    light_sheet: ClassVar[bool] = True
 
     def check(self, optics: Optics) -> None:
         """A light sheet (``sigmaz`` set) and ``NA`` below the sample index: the detection cone

@@ -378,6 +378,19 @@ class TrainingPrior:
         values.update(overrides)
         return cls(frames=frames, **values)
 
+    @classmethod
+    def for_geometry(cls, geometry: Geometry | str, frames: int = 2500, **overrides) -> TrainingPrior:
+        """The training distribution of a geometry (or its name, ``"2d"``/``"3d"``):
+        :meth:`spim_3d` for one with a light sheet, :meth:`itir_2d` otherwise.
+
+        Raises:
+            fluojax.io.InputError: an unknown geometry name.
+        """
+        from fluojax.fcs.models import as_geometry
+
+        build = cls.spim_3d if as_geometry(geometry).light_sheet else cls.itir_2d
+        return build(frames, **overrides)
+
     @property
     def box_side_px(self) -> int:
         """Side of the (x-y) simulation box in pixels, ``size_px + 2 * margin_px``."""
