@@ -58,6 +58,7 @@ from fluojax.batching import map_padded
 
 __all__ = [
     "BACKENDS",
+    "FIRST_TECHNIQUE_CODE",
     "FitResult",
     "JaxoptBackend",
     "LeastSquaresBackend",
@@ -77,6 +78,7 @@ __all__ = [
     "parameter_covariance",
     "poisson_crlb",
     "poisson_fisher_information",
+    "status_name",
     "succeeded",
     "wald_intervals",
 ]
@@ -87,7 +89,10 @@ Model = Callable[[Float[Array, " p"], Any], Float[Array, "*shape"]]
 
 
 class Status(enum.IntEnum):
-    """Outcome of one fit (stored as uint8 in status maps)."""
+    """Outcome of one fit (stored as uint8 in status maps). A technique that marks more outcomes
+    (data without signal, a fit that means nothing) keeps them in its own ``IntEnum`` with codes
+    from :data:`FIRST_TECHNIQUE_CODE` up, so a status map holds either kind of code;
+    :func:`status_name` names both."""
 
     CONVERGED = 0
     MAX_STEPS = 1
@@ -95,6 +100,24 @@ class Status(enum.IntEnum):
     AT_BOUND = 3
     SOLVER_FAILED = 4
     INVALID_DATA = 5
+
+
+FIRST_TECHNIQUE_CODE = 6
+"""The first status code free for a technique's own outcomes (see :class:`Status`)."""
+
+
+def status_name(code: int, technique: type[enum.IntEnum] | None = None) -> str:
+    """The name of a status code: :class:`Status`'s, else the technique's enum's, else the code
+    as text.
+
+    Arguments:
+        code: a status code (int or enum member).
+        technique: the technique's ``IntEnum`` of codes from :data:`FIRST_TECHNIQUE_CODE` up.
+    """
+    for codes in (Status, technique):
+        if codes is not None and int(code) in codes._value2member_map_:
+            return codes(int(code)).name
+    return str(int(code))
 
 
 class LeastSquaresBackend(abc.ABC):

@@ -244,3 +244,19 @@ def test_backend_registry_maps_command_line_names_to_backends():
     assert hash(fit.LevenbergMarquardt(backend=fit.JaxoptBackend())) == hash(
         fit.LevenbergMarquardt(backend=fit.BACKENDS["jaxopt"])
     )
+
+
+def test_status_name_names_engine_and_technique_codes_once():
+    """A status map holds the engine's codes 0-5 and a technique's own from FIRST_TECHNIQUE_CODE
+    up; one lookup names both, and an unknown code is its number."""
+    import enum
+
+    from fluojax.fit import FIRST_TECHNIQUE_CODE, Status, status_name
+
+    class Extra(enum.IntEnum):
+        DARK = FIRST_TECHNIQUE_CODE
+
+    assert FIRST_TECHNIQUE_CODE == max(Status) + 1
+    assert [status_name(s) for s in Status] == [s.name for s in Status]
+    assert status_name(FIRST_TECHNIQUE_CODE, Extra) == "DARK"
+    assert status_name(FIRST_TECHNIQUE_CODE) == str(FIRST_TECHNIQUE_CODE)

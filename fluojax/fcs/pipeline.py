@@ -74,8 +74,9 @@ __all__ = [
 
 
 class PixelStatus(enum.IntEnum):
-    """Codes of the status map: 0-5 are :class:`fluojax.fit.Status` (5, invalid data: an ACF or
-    SEM that is not finite); FCS adds five. Written as uint8; :attr:`description` says each in words.
+    """FCS's own codes of the status map, after :class:`fluojax.fit.Status`'s 0-5 (5, invalid
+    data: an ACF or SEM that is not finite). Written as uint8; :data:`PIXEL_STATUS_DESCRIPTION`
+    says every code of the map in words.
 
     NO_SIGNAL and NON_POSITIVE_MEAN are decided from the raw data before any bleach correction:
     a pixel is without signal when every raw pixel in its bin is constant over time (all zero,
@@ -87,13 +88,7 @@ class PixelStatus(enum.IntEnum):
     noise; its maps are NaN.
     """
 
-    CONVERGED = fit.Status.CONVERGED
-    MAX_STEPS = fit.Status.MAX_STEPS
-    NON_FINITE = fit.Status.NON_FINITE
-    AT_BOUND = fit.Status.AT_BOUND
-    SOLVER_FAILED = fit.Status.SOLVER_FAILED
-    INVALID_DATA = fit.Status.INVALID_DATA
-    SATURATED = 6  # fitted, but some frame hit the detector's maximum value
+    SATURATED = fit.FIRST_TECHNIQUE_CODE  # fitted, but some frame hit the detector's maximum value
     NO_SIGNAL = 7  # no fluctuation: every raw pixel of the bin is constant in time (e.g. all zero)
     NO_WINDOW = 8  # border pixel: no 3 x 3 window centred on it (ImFCSNet, overlapping mode)
     NON_POSITIVE_MEAN = 9  # fluctuates, but its mean intensity is <= 0: G cannot be normalised
@@ -105,20 +100,21 @@ class PixelStatus(enum.IntEnum):
         return PIXEL_STATUS_DESCRIPTION[self]
 
 
-PIXEL_STATUS_DESCRIPTION: dict[PixelStatus, str] = {
-    PixelStatus.CONVERGED: "converged",
-    PixelStatus.MAX_STEPS: "max iterations",
-    PixelStatus.NON_FINITE: "non-finite",
-    PixelStatus.AT_BOUND: "at a bound",
-    PixelStatus.SOLVER_FAILED: "solver failed",
-    PixelStatus.INVALID_DATA: "invalid ACF",
+PIXEL_STATUS_DESCRIPTION: dict[int, str] = {
+    fit.Status.CONVERGED: "converged",
+    fit.Status.MAX_STEPS: "max iterations",
+    fit.Status.NON_FINITE: "non-finite",
+    fit.Status.AT_BOUND: "at a bound",
+    fit.Status.SOLVER_FAILED: "solver failed",
+    fit.Status.INVALID_DATA: "invalid ACF",
     PixelStatus.SATURATED: "saturated (fitted)",
     PixelStatus.NO_SIGNAL: "no signal (constant/zero)",
     PixelStatus.NO_WINDOW: "border (no 3x3 window)",
     PixelStatus.NON_POSITIVE_MEAN: "mean intensity <= 0 (offset/background?)",
     PixelStatus.NO_CORRELATION: "no correlation (G within noise of 0)",
 }
-"""Each :class:`PixelStatus` in words (summary.json ``status_codes``, keyed by the integer code)."""
+"""Every code of a status map in words, :class:`fluojax.fit.Status`'s and :class:`PixelStatus`'s
+(summary.json ``status_codes``, keyed by the integer code)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -843,7 +839,7 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         dict (keys settings, timings_s, pixels, fitted, status_counts, status_codes, medians, units).
     """
     pixel_um = float(models.pixel_side_um(settings.optics))
-    counts = np.bincount(maps.status.ravel(), minlength=len(PixelStatus))
+    counts = np.bincount(maps.status.ravel(), minlength=max(PixelStatus) + 1)
     ok = np.isfinite(maps.d_um2_s)
     return {
         "settings": {
@@ -860,7 +856,7 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         "timings_s": maps.timings_s,
         "pixels": int(maps.status.size),
         "fitted": int(ok.sum()),
-        "status_counts": {PixelStatus(k).description: int(c) for k, c in enumerate(counts) if c},
+        "status_counts": {PIXEL_STATUS_DESCRIPTION[k]: int(c) for k, c in enumerate(counts) if c},
         "status_codes": {int(k): v for k, v in PIXEL_STATUS_DESCRIPTION.items()},
         "medians": {
             "D_um2_s": float(np.nanmedian(maps.d_um2_s)) if ok.any() else None,

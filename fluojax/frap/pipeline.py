@@ -453,27 +453,19 @@ MAX_D_CI_RATIO = 10.0
 
 
 class FrapStatus(enum.IntEnum):
-    """Status codes of a FRAP fit: 0-5 are :class:`fluojax.fit.Status`'s (same names and codes);
-    FRAP adds two for fits that converged but are not meaningful (see :func:`fit_status`)."""
+    """FRAP's own status codes, after :class:`fluojax.fit.Status`'s 0-5: two for fits that
+    converged but are not meaningful (see :func:`fit_status`)."""
 
-    CONVERGED = fitlib.Status.CONVERGED
-    MAX_STEPS = fitlib.Status.MAX_STEPS
-    NON_FINITE = fitlib.Status.NON_FINITE
-    AT_BOUND = fitlib.Status.AT_BOUND
-    SOLVER_FAILED = fitlib.Status.SOLVER_FAILED
-    INVALID_DATA = fitlib.Status.INVALID_DATA
-    NO_BLEACH = 6
+    NO_BLEACH = fitlib.FIRST_TECHNIQUE_CODE
     """The bleach depth is indistinguishable from none: alpha's 95 % interval reaches 1."""
     UNDETERMINED = 7
     """D's 95 % interval spans more than :data:`MAX_D_CI_RATIO`, or has an open end."""
 
 
 def status_name(code: int) -> str:
-    """The :class:`FrapStatus` name of a code (the code as text when it has none)."""
-    try:
-        return FrapStatus(int(code)).name
-    except ValueError:
-        return str(int(code))
+    """The name of a FRAP status code, :class:`fluojax.fit.Status`'s or :class:`FrapStatus`'s
+    (the code as text when it has none)."""
+    return fitlib.status_name(code, FrapStatus)
 
 
 def fit_status(result) -> np.ndarray:
