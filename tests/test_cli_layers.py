@@ -304,3 +304,18 @@ def test_region_summaries_leave_unfitted_pixels_out_and_scale_the_deviation():
         deviation = (r["median_d_um2_s"] - r["true_d_um2_s"]) / expected
         assert r["deviation_in_standard_errors"] == pytest.approx(deviation, rel=1e-9)
     assert np.isnan(region_summaries(np.full((2, 2), np.nan), (("none", 1.0),), region_px=2)[0]["median_d_um2_s"])
+
+
+def test_a_run_of_the_same_recipe_from_another_version_is_not_sent_to_resume_with_its_own_config():
+    """A run folder of recipe R whose recipe definition changed (another fluojax version) cannot be
+    resumed by any option: the refusal names what differs instead of advising --config R."""
+    from pathlib import Path
+
+    from fluojax.cli.common import resume_refusal
+    from fluojax.train import RunMismatch
+
+    err = RunMismatch(Path("run"), 5, {"recipe": "r"}, ["prior", "train_config.optimizer"])
+    same = resume_refusal(Path("run"), err, {"r": None, "s": None}, "r")
+    assert "use --config" not in same and "prior, train_config.optimizer" in same
+    other = resume_refusal(Path("run"), err, {"r": None, "s": None}, "s")
+    assert "use --config r to resume it" in other

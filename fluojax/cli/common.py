@@ -195,12 +195,21 @@ def check_run_folder(out: Path) -> None:
         raise InputError(f"-o {err}") from None
 
 
-def resume_refusal(out: Path, err, recipes) -> str:
-    """The one-line refusal for ``train`` on a run folder holding another run (``fluojax.train.RunMismatch``)."""
+def resume_refusal(out: Path, err, recipes, config: str | None = None) -> str:
+    """The one-line refusal for ``train`` on a run folder holding another run (``fluojax.train.RunMismatch``).
+
+    ``config``: the recipe asked for; when it is the saved run's own, the recipe's definition
+    differs from the run's (a run of another fluojax version) and no option can resume it.
+    """
     recipe, step = err.saved.get("recipe"), err.step
     if recipe not in recipes:
         return f"-o {out} holds a {recipe or 'non-fluojax'} run (step {step}) of another command; use another folder"
     if any(not d.startswith("train_config.") for d in err.differs):
+        if recipe == config:
+            return (
+                f"-o {out} holds a {recipe} run (step {step}) whose recipe differs from this version's "
+                f"({', '.join(err.differs)}); use another folder"
+            )
         return f"-o {out} holds a {recipe} run (step {step}); use --config {recipe} to resume it, or another folder"
     saved = err.saved.get("train_config", {})
     options = {"steps": "--steps", "seed": "--seed"}
@@ -243,7 +252,7 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
     try:
         _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, **kwargs)
     except training.RunMismatch as err:  # checked before anything is built
-        raise InputError(resume_refusal(out, err, learned.RECIPES)) from None
+        raise InputError(resume_refusal(out, err, learned.RECIPES, args.config)) from None
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
     plot_training(out / "loss.png", history, ylabel=ylabel)
