@@ -66,19 +66,17 @@ def main():
         nets[kind], meta = learned.load_network(given, expect=kind)
         nets[f"{kind}_meta"] = {"recipe": meta["recipe"], "step": meta["step"], "path": str(given)}
 
-    prior = simulate.TrainingPrior.itir_2d(args.long)
-    simulate_point, prior = learned.comparison_simulator(prior, args.density, args.brightness)
-    estimators = learned.comparison_estimators(prior, args.short, nets["fcsnet"], nets["imfcsnet"])
-    grid = np.geomspace(0.1, 10.0, args.points)[:, None]
     t0 = time.perf_counter()
-    report = compare.compare_estimators(
-        estimators,
-        simulate_point,
-        grid,
+    report = learned.compare_with_least_squares(
+        simulate.TrainingPrior.itir_2d(args.long),
+        args.density,
+        args.brightness,
+        args.short,
+        nets["fcsnet"],
+        nets["imfcsnet"],
+        np.geomspace(0.1, 10.0, args.points),
         args.samples,
         jax.random.key(args.seed),
-        param_names=("D_um2_s",),
-        log_scale=("D_um2_s",),
     )
     timings["compare s"] = time.perf_counter() - t0
     (out / "report.md").write_text(compare.to_markdown(report))

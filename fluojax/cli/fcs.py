@@ -355,17 +355,16 @@ def compare_command(args) -> int:
             f"--short {args.short}: this ImFCSNet needs at least {loaded['imfcsnet'].config.min_frames} frames"
         )
     base = simulate.TrainingPrior.for_geometry(args.model, args.long)
-    simulate_point, prior = learned.comparison_simulator(base, args.density, args.brightness)
-    estimators = learned.comparison_estimators(prior, args.short, loaded.get("fcsnet"), loaded.get("imfcsnet"))
-    grid = np.asarray(sorted(args.d), np.float64)[:, None]
-    report = compare.compare_estimators(
-        estimators,
-        simulate_point,
-        grid,
+    report = learned.compare_with_least_squares(
+        base,
+        args.density,
+        args.brightness,
+        args.short,
+        loaded.get("fcsnet"),
+        loaded.get("imfcsnet"),
+        sorted(args.d),
         args.samples,
         jax.random.key(args.seed),
-        param_names=("D_um2_s",),
-        log_scale=("D_um2_s",),
     )
     with io.result_folder(out, "fcs-compare", args.overwrite, label) as folder:
         (folder / "report.md").write_text(compare.to_markdown(report))
@@ -375,7 +374,9 @@ def compare_command(args) -> int:
             folder / "settings.json",
             {**{k: v for k, v in vars(args).items() if k not in ("func", "overwrite")}, "networks": names},
         )
-    print(f"{len(estimators)} estimators x {len(grid)} D values x {args.samples} stacks -> {args.output}/report.md")
+    print(
+        f"{len(report.estimator_names)} estimators x {len(args.d)} D values x {args.samples} stacks -> {args.output}/report.md"
+    )
     for e, name in enumerate(report.estimator_names):
         print(
             f"  {name:<34} Spearman {report.spearman[e, 0]:.3f}   median RMSE of ln D {np.nanmedian(report.rmse[e, :, 0]):.3f}"

@@ -37,6 +37,7 @@ __all__ = [
     "FCSNetRecipe",
     "ImFCSNetRecipe",
     "Recipe",
+    "compare_with_least_squares",
     "comparison_estimators",
     "comparison_simulator",
     "imfcsnet_windows",
@@ -670,6 +671,47 @@ def comparison_simulator(prior: simulate.TrainingPrior, density_per_px2: float, 
         return np.asarray(stacks)
 
     return simulate_grid_point, prior
+
+
+def compare_with_least_squares(
+    base: simulate.TrainingPrior,
+    density_per_px2: float,
+    brightness: float,
+    t_short: int,
+    fcsnet,
+    imfcsnet,
+    d_grid_um2_s,
+    samples: int,
+    key,
+):
+    """The comparison of Tang et al. 2024: least squares and the networks on the same simulated
+    3 x 3 stacks at each D of a grid (:func:`comparison_simulator`, :func:`comparison_estimators`,
+    ``fluojax.compare.compare_estimators``).
+
+    Arguments:
+        base: ``simulate.TrainingPrior`` of the long record (its frames = the long T).
+        density_per_px2: particles per px^2; brightness: counts per particle per frame.
+        t_short: frames of the short record the networks see.
+        fcsnet, imfcsnet: loaded networks, or None to leave one out.
+        d_grid_um2_s: the true D values (um^2/s).
+        samples: stacks per grid point; key: PRNG key.
+
+    Returns:
+        ``fluojax.compare.ComparisonReport`` (parameter ``D_um2_s``, compared in ln D).
+    """
+    from fluojax import compare
+
+    simulate_point, prior = comparison_simulator(base, density_per_px2, brightness)
+    estimators = comparison_estimators(prior, t_short, fcsnet, imfcsnet)
+    return compare.compare_estimators(
+        estimators,
+        simulate_point,
+        np.asarray(d_grid_um2_s, np.float64).reshape(-1, 1),
+        samples,
+        key,
+        param_names=("D_um2_s",),
+        log_scale=("D_um2_s",),
+    )
 
 
 def comparison_estimators(prior, t_short: int, fcsnet, imfcsnet):
