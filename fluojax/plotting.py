@@ -1,5 +1,5 @@
 """Every figure fluojax draws: a D map with its histogram, a training curve, a FRAP recovery
-curve with its fits and residuals, and the estimator comparison report.
+curve with its fits and residuals, the estimator comparison report and a super-resolution image.
 
 Each function draws one PNG file with matplotlib's Agg backend (no display needed); matplotlib
 is imported when a figure is drawn, not with this module.
@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from fluojax.compare import ComparisonReport
 
-__all__ = ["plot_d_map", "plot_recovery", "plot_report", "plot_training"]
+__all__ = ["plot_d_map", "plot_recovery", "plot_report", "plot_super_resolution", "plot_training"]
 
 
 def _pyplot():
@@ -121,6 +121,33 @@ def plot_recovery(path: str | Path, settings, times, data, curves: dict, title: 
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_super_resolution(path: str | Path, rendered, title: str) -> None:
+    """A super-resolution image (localizations per bin, e.g. ``fluojax.smlm.localizations.render``)
+    in µm, row 0 at the top, its colours clipped at the 99.5th percentile of the non-empty bins.
+
+    Arguments:
+        path: PNG file to write.
+        rendered: anything with ``image`` (H, W), ``extent_nm`` (left, right, bottom, top) and
+            ``bin_nm`` (``fluojax.smlm.localizations.Rendered``).
+        title: figure title.
+    """
+    _, plt = _pyplot()
+    image = np.asarray(rendered.image, np.float64)
+    filled = image[image > 0]
+    top = float(np.percentile(filled, 99.5)) if filled.size else 1.0
+    extent = [v / 1000.0 for v in rendered.extent_nm]
+    height, width = image.shape
+    fig, ax = plt.subplots(figsize=(6.4, 6.4 * height / max(width, 1) + 0.6))
+    im = ax.imshow(image, cmap="hot", vmin=0.0, vmax=top if top > 0 else 1.0, extent=extent, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=f"localizations per {rendered.bin_nm:.3g} nm bin", shrink=0.8)
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -15,6 +15,13 @@
     fluojax frap train --config NAME [--steps N] [--seed S] -o CKPT   train a DeepFRAP network
     fluojax frap predict STACK.tif --net CKPT --roi circle:X,Y,R [...] [-o OUT]  network + LM refine
 
+    fluojax smlm simulate [--preset 2d|quadplane-paper|...] [--frames N] -o OUT  stack.tif + truth.csv
+    fluojax smlm localize STACK.tif [--method mle|net --net CKPT] [--psf ...] [--pixel-size NM]
+                     [camera: --baseline --e-per-adu --em-gain --qe | --scmos-*] [-o LOCS.csv]
+                                                                 ThunderSTORM CSV + super-resolution PNG
+    fluojax smlm train --config NAME [--steps N] -o CKPT        train the voxel-wise network
+    fluojax smlm evaluate LOCS.csv --truth TRUTH.csv [-o M.json] SMLM Challenge 2016 metrics
+
 Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
 hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM
 included, leaves nothing behind). OUT must be new, an empty folder, or -- with ``--overwrite`` --
@@ -109,6 +116,12 @@ def _build_frap(p: argparse.ArgumentParser) -> None:
     frap.add_parsers(p)
 
 
+def _build_smlm(p: argparse.ArgumentParser) -> None:
+    from fluojax.cli import smlm
+
+    smlm.add_parsers(p)
+
+
 def _build_demo(p: argparse.ArgumentParser) -> None:
     from fluojax.cli import fcs
 
@@ -122,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("fcs", help="Imaging FCS", build=_build_fcs)
     sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)", build=_build_frap)
+    sub.add_parser("smlm", help="single-molecule localization (2D and quad-plane)", build=_build_smlm)
     sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare", build=_build_demo)
     return top
 
@@ -140,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             from fluojax.cli import frap
 
             return frap.HANDLERS[args.frap_command](args)
+        if args.command == "smlm":
+            from fluojax.cli import smlm
+
+            return smlm.HANDLERS[args.smlm_command](args)
         from fluojax.cli import fcs
 
         return fcs.HANDLERS[args.fcs_command](args)
