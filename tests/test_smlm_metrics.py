@@ -188,6 +188,11 @@ def test_no_match_gives_nan_rmse_and_zero_jaccard():
     assert math.isnan(m.rmse_lateral_nm) and math.isnan(m.efficiency_lateral)
 
 
+def test_an_estimate_without_a_position_is_a_false_positive():
+    m = evaluate(_table([[0, 0, 0]]), _table([[0, 10, 0], [0, np.nan, 0]]))
+    assert (m.tp, m.fp, m.fn) == (1, 1, 0)
+
+
 def test_unknown_method_is_an_input_error():
     with pytest.raises(InputError, match="hungarian"):
         match(_table([[0, 0, 0]]), _table([[0, 0, 0]]), method="nearest")

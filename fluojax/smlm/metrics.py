@@ -146,18 +146,21 @@ def _candidates(truth: Localizations, estimate: Localizations, tol_lat: float, t
     from scipy.spatial import cKDTree
 
     empty = np.zeros(0, np.int64)
-    if truth.n == 0 or estimate.n == 0:
+    xy_t = np.stack([np.asarray(truth.x_nm, np.float64), np.asarray(truth.y_nm, np.float64)], axis=1)
+    xy_e = np.stack([np.asarray(estimate.x_nm, np.float64), np.asarray(estimate.y_nm, np.float64)], axis=1)
+    rows_t = np.flatnonzero(np.isfinite(xy_t).all(axis=1))  # a row without a position matches nothing
+    rows_e = np.flatnonzero(np.isfinite(xy_e).all(axis=1))
+    if not len(rows_t) or not len(rows_e):
         return empty, empty, np.zeros(0)
-    xy_t = np.stack([np.asarray(truth.x_nm), np.asarray(truth.y_nm)], axis=1)
-    xy_e = np.stack([np.asarray(estimate.x_nm), np.asarray(estimate.y_nm)], axis=1)
-    span = float(np.ptp(np.concatenate([xy_t, xy_e]), axis=0).max())
+    both = np.concatenate([xy_t[rows_t], xy_e[rows_e]])
+    span = float(np.ptp(both, axis=0).max())
     separation = 2.0 * (span + tol_lat) + 1.0
     ft, fe = np.asarray(truth.frame, np.float64), np.asarray(estimate.frame, np.float64)
-    origin = np.concatenate([xy_t, xy_e]).min(axis=0)
-    pt = np.column_stack([xy_t - origin, ft * separation])
-    pe = np.column_stack([xy_e - origin, fe * separation])
+    origin = both.min(axis=0)
+    pt = np.column_stack([xy_t - origin, ft * separation])[rows_t]
+    pe = np.column_stack([xy_e - origin, fe * separation])[rows_e]
     pairs = cKDTree(pt).sparse_distance_matrix(cKDTree(pe), tol_lat, output_type="ndarray")
-    ti, ei = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    ti, ei = rows_t[pairs["i"].astype(np.int64)], rows_e[pairs["j"].astype(np.int64)]
     same = np.asarray(truth.frame)[ti] == np.asarray(estimate.frame)[ei]
     ti, ei = ti[same], ei[same]
     dx = xy_e[ei, 0] - xy_t[ti, 0]
