@@ -21,12 +21,13 @@ def test_help_of_the_command_and_its_techniques_imports_no_numerics():
         "import sys\n"
         "from fluojax.cli import main\n"
         "for argv in (['--help'], ['fcs', '--help'], ['frap', '--help'], ['fcs', 'fit', '--help'], ['frap', 'fit', '--help'],"
-        " ['demo', '--help']):\n"
+        " ['demo', '--help'], ['smlm', '--help'], ['smlm', 'localize', '--help'], ['smlm', 'simulate', '--help'],"
+        " ['smlm', 'evaluate', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, (argv, e.code)\n"
-        "heavy = ('jax', 'flax', 'numpy', 'matplotlib', 'fluojax.fcs.learned', 'fluojax.frap.learned')\n"
+        "heavy = ('jax', 'flax', 'numpy', 'matplotlib', 'fluojax.fcs.learned', 'fluojax.frap.learned', 'fluojax.smlm.learned')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

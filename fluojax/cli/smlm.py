@@ -66,10 +66,17 @@ def _add_simulate(s: argparse.ArgumentParser) -> None:
 
 
 def _add_localize(lo: argparse.ArgumentParser) -> None:
-    lo.add_argument("stack", help="TIFF stack: (frames, Y, X), or a multi-plane stack with frame t's planes as images t*P ... t*P+P-1")
+    lo.add_argument(
+        "stack",
+        help="TIFF stack: (frames, Y, X), or a multi-plane stack with frame t's planes as images t*P ... t*P+P-1",
+    )
     lo.add_argument("--method", choices=("mle", "net"), default="mle", help="per-spot MLE (default) or the network")
-    lo.add_argument("--net", metavar="CKPT", default=None, help="run folder or checkpoint of 'fluojax smlm train' (--method net)")
-    lo.add_argument("--threshold", type=positive(float), default=0.5, help="network detection probability (default 0.5)")
+    lo.add_argument(
+        "--net", metavar="CKPT", default=None, help="run folder or checkpoint of 'fluojax smlm train' (--method net)"
+    )
+    lo.add_argument(
+        "--threshold", type=positive(float), default=0.5, help="network detection probability (default 0.5)"
+    )
     lo.add_argument("--psf", choices=PSF_NAMES, default="gaussian", help="PSF model (default gaussian)")
     common.add_numbers(
         lo,
@@ -79,7 +86,9 @@ def _add_localize(lo: argparse.ArgumentParser) -> None:
         ("--zoom", positive(int), 8, "N", "super-resolution bins per camera pixel of locs.png (default 8)"),
     )
     _add_camera(lo)
-    add_output(lo, "LOCS.csv", "ThunderSTORM CSV; LOCS.png and LOCS.json are written beside it (default STACK_locs.csv)")
+    add_output(
+        lo, "LOCS.csv", "ThunderSTORM CSV; LOCS.png and LOCS.json are written beside it (default STACK_locs.csv)"
+    )
 
 
 def _recipe_names() -> list[str] | None:
@@ -100,7 +109,9 @@ def _add_train(t: argparse.ArgumentParser) -> None:
 
 def _add_evaluate(e: argparse.ArgumentParser) -> None:
     e.add_argument("locs", help="localizations: a ThunderSTORM CSV")
-    e.add_argument("--truth", required=True, help="ground truth: a ThunderSTORM CSV or an SMLM Challenge activations.csv")
+    e.add_argument(
+        "--truth", required=True, help="ground truth: a ThunderSTORM CSV or an SMLM Challenge activations.csv"
+    )
     common.add_numbers(
         e,
         ("--pixel-size", positive(float), None, "NM", "pixel size in nm, for columns given in px"),
@@ -150,7 +161,9 @@ def _learned():
     except ModuleNotFoundError as err:
         if err.name != "fluojax.smlm.learned":
             raise
-        raise InputError("SMLM networks are not available: fluojax.smlm.learned is missing from this installation") from None
+        raise InputError(
+            "SMLM networks are not available: fluojax.smlm.learned is missing from this installation"
+        ) from None
     return learned
 
 
@@ -272,7 +285,9 @@ def localize_command(args) -> int:
     if pixel_nm is None:
         pixel_um = io.read_pixel_size_um(args.stack)
         if not pixel_um:
-            raise InputError(f"{args.stack}: no pixel size: pass --pixel-size NM (the TIFF has no ImageJ micron calibration)")
+            raise InputError(
+                f"{args.stack}: no pixel size: pass --pixel-size NM (the TIFF has no ImageJ micron calibration)"
+            )
         pixel_nm = 1000.0 * pixel_um
     pipeline.check_frames(frames, psf, args.stack)
     camera = _camera(args, frame_shape=frames.shape[1:])

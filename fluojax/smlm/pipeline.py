@@ -162,7 +162,10 @@ def camera_from_settings(
     if not given:
         if em_gain is None:
             return noise.GaussianReadNoise(
-                read_noise_e=read_noise_e, gain_adu_per_e=1.0 / e_per_adu, offset_adu=baseline_adu, quantum_efficiency=qe
+                read_noise_e=read_noise_e,
+                gain_adu_per_e=1.0 / e_per_adu,
+                offset_adu=baseline_adu,
+                quantum_efficiency=qe,
             )
         em_gain = _finite(em_gain, f"EM gain {em_gain}: must be >= 1 (leave it out when EM is off)", lambda v: v >= 1)
         return noise.EMCCD(
@@ -271,7 +274,11 @@ def check_frames(frames: Float[np.ndarray, "t p y x"], psf: PSF, name: str = "th
     if p != psf.planes:
         raise InputError(
             f"{name}: {p} plane(s) per frame, but the {type(psf).__name__} PSF has {psf.planes}"
-            + (f" (a multi-plane stack stores frame t's planes as images t*{psf.planes} ... )" if psf.planes > 1 else "")
+            + (
+                f" (a multi-plane stack stores frame t's planes as images t*{psf.planes} ... )"
+                if psf.planes > 1
+                else ""
+            )
         )
     if t == 0:
         raise InputError(f"{name}: no frame")
@@ -282,7 +289,9 @@ def check_frames(frames: Float[np.ndarray, "t p y x"], psf: PSF, name: str = "th
     if empty.all():
         value = float(flat[0, 0])
         if np.all(flat == value):
-            raise InputError(f"{name}: every one of the {t} frames holds the single value {value:g}: nothing to localize")
+            raise InputError(
+                f"{name}: every one of the {t} frames holds the single value {value:g}: nothing to localize"
+            )
         raise InputError(f"{name}: all {t} frames are constant (each a single value): nothing to localize")
     return {"frames": t, "planes": p, "shape_px": [ny, nx], "empty_frames": int(empty.sum())}
 
