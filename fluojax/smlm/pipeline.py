@@ -46,6 +46,7 @@ __all__ = [
     "camera_from_settings",
     "check_frames",
     "evaluate_tables",
+    "fits_to_table",
     "frames_to_photons",
     "localize_stack",
     "make_scene",
@@ -320,6 +321,44 @@ def _shift_frames(locs: Localizations, start: int, stop: int) -> Localizations:
     return locs._replace(frame=np.asarray(locs.frame) + start)
 
 
+def fits_to_table(fits) -> tuple[Localizations, dict[str, int]]:
+    """The converged per-spot fits of :func:`fluojax.smlm.estimate.localize` as a localization table.
+
+    Fits that did not converge (any :class:`fluojax.fit.Status` other than ``CONVERGED``, e.g. a
+    position at the ROI's bound) or have a non-finite position are left out and counted by status.
+    ``uncertainty_xy_nm`` is the root mean square of the two lateral Cramér-Rao bounds (s.d.),
+    ``uncertainty_z_nm`` the axial one; ``sigma_nm`` is NaN (the PSF width is not fitted).
+
+    Arguments:
+        fits: :class:`fluojax.smlm.estimate.SpotFits`.
+
+    Returns:
+        (table, {status name: fits left out}).
+    """
+    from fluojax import fit
+    from fluojax.smlm.localizations import Localizations
+
+    status = np.asarray(fits.status)
+    x, y = np.asarray(fits.x_nm, np.float64), np.asarray(fits.y_nm, np.float64)
+    keep = (status == fit.Status.CONVERGED) & np.isfinite(x) & np.isfinite(y)
+    dropped: dict[str, int] = {}
+    for code in status[~keep]:
+        name = fit.status_name(int(code)) if code != fit.Status.CONVERGED else "NON_FINITE"
+        dropped[name] = dropped.get(name, 0) + 1
+    cx, cy = (np.asarray(c, np.float64)[keep] for c in (fits.crlb_x_nm, fits.crlb_y_nm))
+    table = Localizations.build(
+        np.asarray(fits.frame)[keep],
+        x[keep],
+        y[keep],
+        z_nm=np.asarray(fits.z_nm, np.float64)[keep],
+        photons=np.asarray(fits.photons, np.float64)[keep],
+        background=np.asarray(fits.background, np.float64)[keep],
+        uncertainty_xy_nm=np.sqrt(0.5 * (cx**2 + cy**2)),
+        uncertainty_z_nm=np.asarray(fits.crlb_z_nm, np.float64)[keep],
+    )
+    return table, dropped
+
+
 def localize_stack(
     frames: Float[np.ndarray, "t p y x"],
     psf: PSF,
@@ -386,23 +425,29 @@ def localize_stack(
         net, meta = network
         photons = frames_to_photons(frames, camera)
 
-        def run(chunk):
+        def run(chunk, real):
             return learned.localize_with_network(net, chunk, threshold=threshold, meta=meta, **options)
 
         data = photons
     else:
         from fluojax.smlm import estimate
 
-        def run(chunk):
-            return estimate.localize(chunk, psf, pixel_nm, camera=camera, **options)
+        def run(chunk, real):
+            fits = estimate.localize(chunk, psf, pixel_nm, camera=camera, **options)
+            fits = type(fits)(*(np.asarray(c)[np.asarray(fits.frame) < real] for c in fits))  # not the padding
+            table, dropped = fits_to_table(fits)
+            for name, count in dropped.items():
+                left_out[name] = left_out.get(name, 0) + count
+            return table
 
         data = frames
+    left_out: dict[str, int] = {}
     t0 = time.perf_counter()
     tables = []
     size = min(chunk_frames, data.shape[0])
     with counter(data.shape[0], f"localize ({method})", "frames", enabled=progress) as bar:
         for start, stop in _chunks(data.shape[0], size):
-            tables.append(_shift_frames(run(_padded(data, start, stop, size)), start, stop))
+            tables.append(_shift_frames(run(_padded(data, start, stop, size), stop - start), start, stop))
             bar.update(stop - start)
     locs = concatenate(tables)
     seconds = time.perf_counter() - t0
@@ -414,6 +459,7 @@ def localize_stack(
         "empty_frames": checked["empty_frames"],
         "localizations": locs.n,
         "per_frame": locs.n / checked["frames"],
+        "fits_left_out": left_out if method == "mle" else None,
         "time_s": seconds,
         "frames_per_s": checked["frames"] / seconds if seconds > 0 else None,
         "settings": {
