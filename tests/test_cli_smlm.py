@@ -69,6 +69,24 @@ def test_localize_mle_writes_a_thunderstorm_csv_an_image_and_a_summary_that_eval
     assert float(capsys.readouterr().out.split("Jaccard ")[1].split(" %")[0]) > 60.0
 
 
+def test_train_then_localize_with_the_network_writes_scores_and_refuses_other_pixel_sizes(sim, tmp_path, capsys):
+    pytest.importorskip("fluojax.smlm.learned")
+    # two steps of the 2D CPU recipe (100 nm pixels, as the 2d preset): the commands' plumbing, not
+    # the network's accuracy (docs/smlm.md has that)
+    run = tmp_path / "run"
+    assert main(["smlm", "train", "--config", "voxelnet-2d-small", "--steps", "2", "-o", str(run)]) == 0
+    assert (run / "loss.png").exists()
+    out = tmp_path / "net.csv"
+    stack = str(sim / "sim2d" / "stack.tif")
+    assert main(["smlm", "localize", stack, "--method", "net", "--net", str(run), "-o", str(out)]) == 0
+    assert out.read_text().splitlines()[0].endswith('"score"')  # the voxel probability
+    assert json.loads((tmp_path / "net.json").read_text())["method"] == "net"
+    capsys.readouterr()
+    other = tmp_path / "other.csv"
+    argv = ["smlm", "localize", stack, "--method", "net", "--net", str(run), "--pixel-size", "160", "-o", str(other)]
+    _refused(argv, "pixel size 160 nm: the network was trained on 100 nm pixels", other, capsys)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: one line on stderr, exit 2, nothing written
 

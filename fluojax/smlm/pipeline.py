@@ -45,6 +45,7 @@ __all__ = [
     "PRESETS",
     "camera_from_settings",
     "check_frames",
+    "detections_to_table",
     "evaluate_tables",
     "fits_to_table",
     "frames_to_photons",
@@ -359,6 +360,26 @@ def fits_to_table(fits) -> tuple[Localizations, dict[str, int]]:
     return table, dropped
 
 
+def detections_to_table(detections, three_d: bool = True) -> Localizations:
+    """A network's decoded detections (:class:`fluojax.smlm.nets.Detections`, compacted) as a
+    localization table: positions in nm, the voxel probability as ``score``; photons, background
+    and uncertainties unknown (NaN). ``three_d`` False sets z to NaN (a single-plane network).
+
+    Arguments:
+        detections: 1D arrays ``frame``, ``x_nm``, ``y_nm``, ``z_nm``, ``probability``.
+        three_d: whether the network measures z.
+    """
+    from fluojax.smlm.localizations import Localizations
+
+    return Localizations.build(
+        np.asarray(detections.frame),
+        np.asarray(detections.x_nm),
+        np.asarray(detections.y_nm),
+        z_nm=np.asarray(detections.z_nm) if three_d else np.nan,
+        score=np.asarray(detections.probability),
+    )
+
+
 def localize_stack(
     frames: Float[np.ndarray, "t p y x"],
     psf: PSF,
@@ -423,10 +444,18 @@ def localize_stack(
         from fluojax.smlm import learned
 
         net, meta = network
+        trained_nm = float(meta["pixel_nm"])
+        if abs(pixel_nm - trained_nm) > 0.01 * trained_nm:
+            raise InputError(f"pixel size {pixel_nm:g} nm: the network was trained on {trained_nm:g} nm pixels")
+        in_planes = int(net.config.in_planes)
+        if in_planes != frames.shape[1]:
+            raise InputError(f"frames of {frames.shape[1]} plane(s): the network reads {in_planes}")
         photons = frames_to_photons(frames, camera)
+        three_d = bool(psf.three_d and in_planes > 1)
 
         def run(chunk, real):
-            return learned.localize_with_network(net, chunk, threshold=threshold, meta=meta, **options)
+            detections = learned.localize_with_network(net, meta, chunk, threshold, **options)
+            return detections_to_table(detections, three_d)
 
         data = photons
     else:
