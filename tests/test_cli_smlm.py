@@ -69,6 +69,15 @@ def test_localize_mle_writes_a_thunderstorm_csv_an_image_and_a_summary_that_eval
     assert float(capsys.readouterr().out.split("Jaccard ")[1].split(" %")[0]) > 60.0
 
 
+def test_localize_mle_of_a_quad_plane_stack_writes_z(sim, tmp_path, capsys):
+    pytest.importorskip("fluojax.smlm.estimate")
+    out = tmp_path / "q.csv"
+    assert main(["smlm", "localize", str(sim / "simquad" / "stack.tif"), "--psf", "quadplane", "-o", str(out)]) == 0
+    header = out.read_text().splitlines()[0]
+    assert '"z [nm]"' in header and '"uncertainty_z [nm]"' in header
+    assert json.loads((tmp_path / "q.json").read_text())["planes"] == 4
+
+
 def test_train_then_localize_with_the_network_writes_scores_and_refuses_other_pixel_sizes(sim, tmp_path, capsys):
     pytest.importorskip("fluojax.smlm.learned")
     # two steps of the 2D CPU recipe (100 nm pixels, as the 2d preset): the commands' plumbing, not
