@@ -28,10 +28,12 @@ __all__ = [
     "destination",
     "failed",
     "fmt",
+    "learned_module",
     "load_network",
     "non_negative",
     "positive",
     "read_timed_stack",
+    "recipe_names",
     "resume_refusal",
     "run_training",
     "warn",
@@ -151,6 +153,40 @@ def read_timed_stack(path: str, frame_interval: float | None, option: str):
 
     stack, meta = io.read_stack(path)
     return stack, io.frame_interval_s(frame_interval, meta, option, path)
+
+
+def learned_module(technique: str, what: str):
+    """``fluojax.TECHNIQUE.learned``, or one InputError line when this installation lacks it.
+
+    Arguments:
+        technique: ``"fcs"``, ``"frap"``, ``"smlm"``.
+        what: what its networks are called in the message (``"SMLM networks"``).
+    """
+    import importlib
+
+    from fluojax.io import InputError
+
+    name = f"fluojax.{technique}.learned"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        raise InputError(f"{what} are not available: {name} is missing from this installation") from None
+
+
+def recipe_names(technique: str) -> list[str] | None:
+    """The names of ``fluojax.TECHNIQUE.learned.RECIPES`` for ``train --config`` (imports jax and
+    flax), or None when that module is missing (``train`` then refuses with one line)."""
+    import importlib
+
+    name = f"fluojax.{technique}.learned"
+    try:
+        return sorted(importlib.import_module(name).RECIPES)
+    except ModuleNotFoundError as err:
+        if err.name != name:
+            raise
+        return None
 
 
 def load_network(learned, path: str, option: str = "--net", **kwargs):

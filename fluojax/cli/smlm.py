@@ -91,20 +91,8 @@ def _add_localize(lo: argparse.ArgumentParser) -> None:
     )
 
 
-def _recipe_names() -> list[str] | None:
-    """The names of ``fluojax.smlm.learned.RECIPES`` (imports jax and flax), or None when that
-    module is missing (``train`` then refuses with one line)."""
-    try:
-        from fluojax.smlm.learned import RECIPES
-    except ModuleNotFoundError as err:
-        if err.name != "fluojax.smlm.learned":
-            raise
-        return None
-    return sorted(RECIPES)
-
-
 def _add_train(t: argparse.ArgumentParser) -> None:
-    common.add_training_options(t, _recipe_names())
+    common.add_training_options(t, common.recipe_names("smlm"))
 
 
 def _add_evaluate(e: argparse.ArgumentParser) -> None:
@@ -154,17 +142,7 @@ def add_parsers(p: argparse.ArgumentParser) -> None:
 
 
 def _learned():
-    from fluojax.io import InputError
-
-    try:
-        from fluojax.smlm import learned
-    except ModuleNotFoundError as err:
-        if err.name != "fluojax.smlm.learned":
-            raise
-        raise InputError(
-            "SMLM networks are not available: fluojax.smlm.learned is missing from this installation"
-        ) from None
-    return learned
+    return common.learned_module("smlm", "SMLM networks")
 
 
 _CAMERA_OPTIONS = ("e_per_adu", "baseline", "em_gain", "qe", "read_noise")
