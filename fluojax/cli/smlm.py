@@ -267,10 +267,9 @@ def localize_command(args) -> int:
                 f"{args.stack}: no pixel size: pass --pixel-size NM (the TIFF has no ImageJ micron calibration)"
             )
         pixel_nm = 1000.0 * pixel_um
-    pipeline.check_frames(frames, psf, args.stack)
     camera = _camera(args, frame_shape=frames.shape[1:])
     locs, summary = pipeline.localize_stack(
-        frames, psf, pixel_nm, camera, args.method, network=network, threshold=args.threshold
+        frames, psf, pixel_nm, camera, args.method, network=network, threshold=args.threshold, name=args.stack
     )
     summary["stack"] = str(args.stack)
     summary["net"] = args.net

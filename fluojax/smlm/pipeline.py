@@ -217,7 +217,8 @@ def frames_to_photons(frames: Float[np.ndarray, "t p y x"], camera: Camera) -> F
 
 
 def read_frames(path: str | os.PathLike, planes: int = 1) -> tuple[Float[np.ndarray, "t p y x"], dict]:
-    """Read a TIFF stack as ``(frames, planes, y, x)`` float32 values.
+    """Read a TIFF stack as ``(frames, planes, y, x)`` values (the file's type; memory-mapped when
+    the file allows it, so a large stack is read a chunk of frames at a time by :func:`localize_stack`).
 
     A single-plane stack ``(T, y, x)`` gives T frames of one plane. With ``planes = P > 1`` the
     file's images are interleaved, plane index fastest: images ``t P + k`` (k = 0 .. P-1) are the
@@ -246,8 +247,7 @@ def read_frames(path: str | os.PathLike, planes: int = 1) -> tuple[Float[np.ndar
             f"{path}: a stack of {n} images does not divide into frames of {planes} planes "
             f"({n} = {n // planes} x {planes} + {n % planes})"
         )
-    frames = np.asarray(stack, np.float32).reshape(n // planes, planes, *stack.shape[1:])
-    return frames, meta
+    return stack.reshape(n // planes, planes, *stack.shape[1:]), meta
 
 
 def check_frames(frames: Float[np.ndarray, "t p y x"], psf: PSF, name: str = "the stack") -> dict:
@@ -269,9 +269,8 @@ def check_frames(frames: Float[np.ndarray, "t p y x"], psf: PSF, name: str = "th
         InputError: not 4D, a plane count other than the PSF's, no frame, non-finite values, or a
             constant stack.
     """
-    frames = np.asarray(frames)
-    if frames.ndim != 4:
-        raise InputError(f"{name}: shape {frames.shape}; expected (frames, planes, y, x)")
+    if np.ndim(frames) != 4:
+        raise InputError(f"{name}: shape {np.shape(frames)}; expected (frames, planes, y, x)")
     t, p, ny, nx = frames.shape
     if p != psf.planes:
         raise InputError(
@@ -284,15 +283,19 @@ def check_frames(frames: Float[np.ndarray, "t p y x"], psf: PSF, name: str = "th
         )
     if t == 0:
         raise InputError(f"{name}: no frame")
-    if not np.all(np.isfinite(frames)):
-        raise InputError(f"{name}: holds NaN or infinite values")
-    flat = frames.reshape(t, -1)
-    empty = flat.max(axis=1) == flat.min(axis=1)
+    lows, highs = [], []
+    for start, stop in _chunks(t, 256):  # a block of frames at a time: a memory-mapped stack stays on disk
+        block = np.asarray(frames[start:stop]).reshape(stop - start, -1)
+        if not np.all(np.isfinite(block)):
+            raise InputError(f"{name}: holds NaN or infinite values")
+        lows.append(block.min(axis=1))
+        highs.append(block.max(axis=1))
+    low, high = np.concatenate(lows), np.concatenate(highs)
+    empty = low == high
     if empty.all():
-        value = float(flat[0, 0])
-        if np.all(flat == value):
+        if np.all(low == low[0]):
             raise InputError(
-                f"{name}: every one of the {t} frames holds the single value {value:g}: nothing to localize"
+                f"{name}: every one of the {t} frames holds the single value {float(low[0]):g}: nothing to localize"
             )
         raise InputError(f"{name}: all {t} frames are constant (each a single value): nothing to localize")
     return {"frames": t, "planes": p, "shape_px": [ny, nx], "empty_frames": int(empty.sum())}
@@ -309,7 +312,7 @@ def _chunks(n: int, size: int):
 
 def _padded(frames: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
     """Frames [start, stop) padded to ``size`` by repeating the last one (one compiled shape)."""
-    chunk = frames[start:stop]
+    chunk = np.asarray(frames[start:stop], np.float32)
     if stop - start < size and frames.shape[0] > size:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - (stop - start), axis=0)])
     return chunk
@@ -391,6 +394,7 @@ def localize_stack(
     threshold: float = 0.5,
     chunk_frames: int = CHUNK_FRAMES,
     progress: bool | None = None,
+    name: str = "the stack",
     **options,
 ) -> tuple[Localizations, dict]:
     """Localize every frame of a stack: one table of molecules in nm, photons and precisions.
@@ -414,6 +418,7 @@ def localize_stack(
         threshold: detection probability of ``"net"``, in (0, 1).
         chunk_frames: frames per call (>= 1).
         progress: None (auto), True or False (silent); see :func:`fluojax.progress.progress`.
+        name: how messages name the stack (e.g. its file).
         **options: further keywords of the method's function (e.g. a detection threshold).
 
     Returns:
@@ -434,8 +439,7 @@ def localize_stack(
     pixel_nm = _finite(pixel_nm, f"pixel size {pixel_nm} nm: must be > 0", lambda v: v > 0)
     if chunk_frames < 1:
         raise InputError(f"{chunk_frames} frames per chunk: must be >= 1")
-    frames = np.asarray(frames, np.float32)
-    checked = check_frames(frames, psf)
+    checked = check_frames(frames, psf, name)
     camera = camera if camera is not None else IdealCamera()
     if method == "net":
         if network is None:
@@ -450,14 +454,13 @@ def localize_stack(
         in_planes = int(net.config.in_planes)
         if in_planes != frames.shape[1]:
             raise InputError(f"frames of {frames.shape[1]} plane(s): the network reads {in_planes}")
-        photons = frames_to_photons(frames, camera)
         three_d = bool(psf.three_d and in_planes > 1)
 
         def run(chunk, real):
-            detections = learned.localize_with_network(net, meta, chunk, threshold, **options)
+            photons = frames_to_photons(chunk, camera)
+            detections = learned.localize_with_network(net, meta, photons, threshold, **options)
             return detections_to_table(detections, three_d)
 
-        data = photons
     else:
         from fluojax.smlm import estimate
 
@@ -469,14 +472,13 @@ def localize_stack(
                 left_out[name] = left_out.get(name, 0) + count
             return table
 
-        data = frames
     left_out: dict[str, int] = {}
     t0 = time.perf_counter()
     tables = []
-    size = min(chunk_frames, data.shape[0])
-    with counter(data.shape[0], f"localize ({method})", "frames", enabled=progress) as bar:
-        for start, stop in _chunks(data.shape[0], size):
-            tables.append(_shift_frames(run(_padded(data, start, stop, size), stop - start), start, stop))
+    size = min(chunk_frames, frames.shape[0])
+    with counter(frames.shape[0], f"localize ({method})", "frames", enabled=progress) as bar:
+        for start, stop in _chunks(frames.shape[0], size):
+            tables.append(_shift_frames(run(_padded(frames, start, stop, size), stop - start), start, stop))
             bar.update(stop - start)
     locs = concatenate(tables)
     seconds = time.perf_counter() - t0
