@@ -22,15 +22,17 @@ Recipes (:data:`RECIPES`):
     :func:`~fluojax.smlm.simulate.quadplane_paper` (64 x 64 x 4 frames of 192 nm pixels, 50
     molecules, drift), z voxels over [-200, 1350) nm (the range of the simulated molecules, as in
     the authors' released code: 387.5 nm bins), the full network, Adam at 1e-3 (no decay), batch
-    50, 40,000 steps (100,000 frames x 20 epochs / 50). A GPU recipe. The paper's Adam has
-    beta2 = 0.99; ``fluojax.train.Adam`` uses optax's 0.999.
+    50, 40,000 steps (100,000 frames x 20 epochs / 50; the authors' released code draws the
+    molecules of its 100,000 frames once and renders and re-noises them every epoch, here every
+    step draws new molecules). A GPU recipe. The paper's Adam has beta2 = 0.99;
+    ``fluojax.train.Adam`` uses optax's 0.999.
 ``voxelnet-small``
     A CPU recipe: 32 x 32 x 4 frames of the same scene (13 molecules: the paper's density), the
-    half-width network (:meth:`~fluojax.smlm.nets.VoxelNetConfig.small`), batch 8, 2,000 steps (Adam 2e-3 -> 2e-4).
+    half-width network (:meth:`~fluojax.smlm.nets.VoxelNetConfig.small`), batch 8, 3,000 steps (Adam 2e-3 -> 2e-4).
 ``voxelnet-2d-small``
     Single-plane 2D data: 32 x 32 frames of :func:`~fluojax.smlm.simulate.gaussian_2d` (100 nm
     pixels, 130 nm Gaussian PSF, 1000-5000 photons, 3 molecules), one z bin, the half-width
-    network, batch 8, 2,000 steps (Adam 2e-3 -> 2e-4).
+    network, batch 8, 3,000 steps (Adam 2e-3 -> 2e-4).
 
 :func:`localize_with_network` runs a trained network over a stack in fixed batches
 (:func:`fluojax.networks.predict`) and decodes every voxel above a threshold into
@@ -164,7 +166,7 @@ def _small_2d() -> Scene:
 
 def _small_schedule() -> training.TrainConfig:
     return training.TrainConfig(
-        steps=2000,
+        steps=3000,
         batch_size=8,
         learning_rate=2e-3,
         final_learning_rate=2e-4,
@@ -199,7 +201,7 @@ RECIPES: dict[str, VoxelNetRecipe] = {
         _small_schedule(),
         scene=_small_quadplane(),
         z_range_nm=(-200.0, 1350.0),
-        description="32 x 32 x 4 quad-plane frames, half-width network, 2,000 steps of 8 (CPU, minutes)",
+        description="32 x 32 x 4 quad-plane frames, half-width network, 3,000 steps of 8 (CPU, minutes)",
     ),
     "voxelnet-2d-small": VoxelNetRecipe(
         "voxelnet-2d-small",
@@ -207,7 +209,7 @@ RECIPES: dict[str, VoxelNetRecipe] = {
         _small_schedule(),
         scene=_small_2d(),
         z_range_nm=(-500.0, 500.0),
-        description="32 x 32 single-plane 2D frames, one z bin, half-width network, 2,000 steps of 8 (CPU)",
+        description="32 x 32 single-plane 2D frames, one z bin, half-width network, 3,000 steps of 8 (CPU)",
     ),
 }
 

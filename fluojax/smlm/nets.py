@@ -4,8 +4,8 @@ The field is cut into voxels: the image's pixels laterally (side ``a`` nm) times
 over ``[z_lo, z_hi)`` (side ``s_z = (z_hi - z_lo) / Z``). For every voxel (z bin k, row i, column j)
 the fully convolutional :class:`VoxelNet` returns four numbers in [0, 1]: the probability ``c``
 that the voxel holds a molecule and the molecule's position inside the voxel relative to its
-size, ``zeta = (position - voxel min corner) / voxel size`` per axis (Aritake et al. 2021, eqs. 8-9,
-with the min corner as origin as in the authors' released code). :func:`voxel_targets` makes the
+size, ``zeta = (position - voxel min corner) / voxel size`` per axis (Aritake et al. 2021, section
+3.2 and eq. 9; their ``(z - centre) / s + 1/2`` is the same number). :func:`voxel_targets` makes the
 training labels from the true emitters, :func:`voxel_loss` is the paper's loss (L1 of the offsets
 over positive voxels plus the binary cross-entropy over positives and the hardest negatives,
 eqs. 10-11), and :func:`decode` turns an output back into localizations in nm (every voxel above
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from fluojax.io import InputError
 from fluojax.smlm.models import Emitters
@@ -176,7 +176,7 @@ def _voxel_coordinates(emitters: Emitters, shape, pixel_nm, z_range, z_bins):
 
 def shadowed_emitters(
     emitters: Emitters, shape: tuple[int, int], pixel_nm: float, z_range: tuple[float, float], z_bins: int
-) -> Int[Array, "*batch m"]:
+) -> Bool[Array, "*batch m"]:
     """Which emitters lose their voxel to a later emitter in the same voxel (boolean, shape of the leaves).
 
     :func:`voxel_targets` keeps one molecule per voxel, the last one, as the authors' released code
@@ -197,7 +197,8 @@ def shadowed_emitters(
 def voxel_targets(
     emitters: Emitters, shape: tuple[int, int], pixel_nm: float, z_range: tuple[float, float], z_bins: int
 ) -> Float[Array, "b z ny nx 4"]:
-    """Training targets of a batch of frames (Aritake et al. 2021, eq. 8 and the label c_ijk).
+    """Training targets of a batch of frames: the labels c_ijk and relative coordinates zeta_ijk of
+    Aritake et al. 2021, section 3.2.
 
     Voxel (k, i, j) spans ``x in [j a, (j+1) a)``, ``y in [i a, (i+1) a)``, ``z in [z_lo + k s_z,
     z_lo + (k+1) s_z)`` with ``s_z = (z_hi - z_lo) / Z``. It gets ``c = 1`` and offsets
@@ -303,7 +304,7 @@ class Detections(NamedTuple):
     y_nm: Float[Array, "*rows"]
     z_nm: Float[Array, "*rows"]
     probability: Float[Array, "*rows"]
-    valid: Int[Array, "*rows"]
+    valid: Bool[Array, "*rows"]
 
 
 def _local_maximum(p):
@@ -326,7 +327,7 @@ def decode(
 ) -> Detections:
     """Localizations of every voxel whose probability exceeds ``threshold`` (fixed-size, jittable).
 
-    Voxel (k, i, j) with offsets ``zeta`` gives (Aritake et al. 2021, eq. 8 inverted)
+    Voxel (k, i, j) with offsets ``zeta`` gives (the relative coordinate of Aritake et al. 2021, section 3.2, inverted)
     ``x = (j + zeta_x) a``, ``y = (i + zeta_y) a``, ``z = z_lo + (k + zeta_z) s_z``. Neighbouring
     voxels are not merged (as in the paper); with ``local_max`` a voxel is kept only if its
     probability is the largest of its 3 x 3 x 3 neighbourhood in (z, row, column).
