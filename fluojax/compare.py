@@ -31,7 +31,14 @@ CRLB helpers: :func:`gaussian_crlb_fn` builds a ``crlb_fn`` from :func:`fluojax.
 :func:`crlb_from_fisher` from any Fisher matrix (inverted on the host in float64).
 
 Results are a :class:`ComparisonReport` of NumPy arrays; :func:`to_markdown`, :func:`to_csv` and
-:func:`fluojax.plotting.plot_report` render it. This module is an engine: it imports no technique package.
+:func:`fluojax.plotting.plot_report` render it.
+
+Where the truth is not a parameter vector per sample (frames holding a varying number of objects,
+scored by matching), :func:`compare_on_frames` runs every estimator on the same data and hands
+each result to a technique's ``score(result)`` (any named scalars), timing each estimator; its
+:class:`FramesReport` renders with :func:`to_markdown` too.
+
+This module is an engine: it imports no technique package.
 """
 
 from __future__ import annotations
@@ -54,9 +61,12 @@ __all__ = [
     "CSV_COLUMNS",
     "ComparisonReport",
     "DrawsReport",
+    "FramesReport",
     "compare_estimators",
     "compare_on_draws",
+    "compare_on_frames",
     "crlb_from_fisher",
+    "frames_markdown",
     "gaussian_crlb_fn",
     "poisson_crlb_fn",
     "spearman",
@@ -722,6 +732,116 @@ def compare_on_draws(
     )
 
 
+class FramesReport(NamedTuple):
+    """What :func:`compare_on_frames` measured (a result: NumPy float64 and the raw outputs).
+
+    Shapes: E estimators, S score fields.
+
+    Attributes:
+        estimator_names: (E,) names, in the order given.
+        score_names: (S,) the fields of the score, in the order the score function returned them.
+        scores: (E, S) the score of each estimator's result (NaN where a field is missing for one).
+        seconds: (E,) median wall time of the timed calls on the whole data.
+        items_per_s: (E,) ``n_items / seconds``.
+        n_items: the number of items (e.g. frames) in the data.
+        results: (E,) each estimator's output of its first timed call, unchanged.
+    """
+
+    estimator_names: tuple[str, ...]
+    score_names: tuple[str, ...]
+    scores: Float[np.ndarray, "e s"]
+    seconds: Float[np.ndarray, " e"]
+    items_per_s: Float[np.ndarray, " e"]
+    n_items: int
+    results: tuple[Any, ...]
+
+    def score(self, estimator: str, field: str) -> float:
+        """One entry of :attr:`scores` by estimator name and score field."""
+        return float(self.scores[self.estimator_names.index(estimator), self.score_names.index(field)])
+
+
+def _score_fields(value, name: str) -> dict[str, float]:
+    """A score (NamedTuple or mapping of scalars) as an ordered dict name -> float."""
+    if isinstance(value, Mapping):
+        fields = dict(value)
+    elif hasattr(value, "_asdict"):
+        fields = value._asdict()
+    else:
+        raise ValueError(f"the score of estimator {name!r} is a {type(value).__name__}; return a NamedTuple or a dict")
+    out = {}
+    for key, x in fields.items():
+        arr = np.asarray(jax.device_get(x), np.float64)
+        if arr.size != 1:
+            raise ValueError(f"score field {key!r} of estimator {name!r} has shape {arr.shape}; expected a scalar")
+        out[str(key)] = float(arr.reshape(()))
+    return out
+
+
+def _leading_size(data) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves or np.ndim(leaves[0]) == 0:
+        raise ValueError("cannot count items in data without a leading axis; give n_items")
+    return int(np.shape(leaves[0])[0])
+
+
+def compare_on_frames(
+    estimators: Mapping[str, Callable[[Any], Any]],
+    data: Any,
+    score: Callable[[Any], Any],
+    *,
+    warmup: Any = True,
+    timing_repeats: int = 1,
+    n_items: int | None = None,
+) -> FramesReport:
+    """Run every estimator on the same data and score each result with the same function.
+
+    For each estimator ``e``: an untimed warm-up call (compilation), then ``timing_repeats``
+    timed calls ``result_e = estimate_e(data)`` (the median time is reported; the result of the
+    first timed call is kept), then ``score(result_e)``, a NamedTuple or dict of scalars (any
+    metric: the harness only tabulates the fields, in the order of the first score returned;
+    a field one score lacks is NaN for it). Throughput is ``n_items / seconds``.
+
+    Arguments:
+        estimators: mapping name -> ``estimate(data) -> result`` (any pytree or object).
+        data: the input every estimator receives (e.g. a stack of frames).
+        score: ``score(result) -> NamedTuple | dict`` of scalars; it sees only the result, so the
+            truth is closed over by the caller.
+        warmup: True (default): one untimed call on ``data``; False: none (compilation is then
+            timed); anything else: the data of the untimed call (e.g. the first few frames, when
+            the estimator compiles for any batch size or pads to a fixed one).
+        timing_repeats: int >= 1, timed calls per estimator.
+        n_items: items in ``data`` for the throughput (default: the leading size of its first leaf).
+
+    Returns:
+        :class:`FramesReport`.
+    """
+    if not estimators:
+        raise ValueError("give at least one estimator")
+    if int(timing_repeats) < 1:
+        raise ValueError(f"timing_repeats {timing_repeats}: must be >= 1")
+    n = _leading_size(data) if n_items is None else int(n_items)
+    names = tuple(str(k) for k in estimators)
+    results, seconds, scored = [], [], []
+    for name, estimate in estimators.items():
+        if warmup is True:
+            jax.block_until_ready(estimate(data))
+        elif warmup is not False and warmup is not None:
+            jax.block_until_ready(estimate(warmup))
+        out, dt = _call_timed(estimate, data)
+        times = [dt] + [_call_timed(estimate, data)[1] for _ in range(int(timing_repeats) - 1)]
+        results.append(out)
+        seconds.append(float(np.median(times)))
+        scored.append(_score_fields(score(out), str(name)))
+    fields: list[str] = []
+    for s in scored:
+        fields += [k for k in s if k not in fields]
+    table = np.array([[s.get(k, np.nan) for k in fields] for s in scored], np.float64).reshape(len(names), len(fields))
+    secs = np.asarray(seconds, np.float64)
+    with np.errstate(divide="ignore"):
+        rate = n / secs
+    return FramesReport(names, tuple(fields), table, secs, rate, n, tuple(results))
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -731,8 +851,30 @@ def _fmt(x: float, digits: int) -> str:
     return "—" if not np.isfinite(x) else f"{x:.{digits}g}"
 
 
-def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
+def frames_markdown(report: FramesReport, *, digits: int = 4) -> str:
+    """A Markdown table of a :class:`FramesReport`: one row per estimator, its score fields,
+    seconds and items/s (missing values print as an em dash).
+
+    Arguments:
+        report: from :func:`compare_on_frames`.
+        digits: significant digits.
+
+    Returns:
+        The Markdown text.
+    """
+    head = ["estimator", *report.score_names, "seconds", "items/s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for e, name in enumerate(report.estimator_names):
+        cells = [name, *(_fmt(float(v), digits) for v in report.scores[e])]
+        cells += [_fmt(float(report.seconds[e]), 3), _fmt(float(report.items_per_s[e]), 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(report: ComparisonReport | FramesReport, *, digits: int = 4) -> str:
     """Markdown tables: one row per estimator, grid point and parameter, then a summary.
+
+    A :class:`FramesReport` is rendered by :func:`frames_markdown` instead.
 
     Main columns: estimator, grid point, parameter, true, scale, valid, failed %, bias, std,
     RMSE, MAPE %, CRLB, efficiency, samples/s (bias/std/RMSE/CRLB in the ``scale`` coordinate).
@@ -740,12 +882,14 @@ def to_markdown(report: ComparisonReport, *, digits: int = 4) -> str:
     Missing values (no CRLB, no valid samples) print as an em dash.
 
     Arguments:
-        report: from :func:`compare_estimators`.
+        report: from :func:`compare_estimators` (or :func:`compare_on_frames`).
         digits: significant digits.
 
     Returns:
         The Markdown text.
     """
+    if isinstance(report, FramesReport):
+        return frames_markdown(report, digits=digits)
     head = [
         "estimator",
         "grid point",
