@@ -412,7 +412,10 @@ def spot_crlb(
     scale, shift = _camera_terms(camera, (psf.planes, roi_size, roi_size))
     theta = jnp.asarray(theta, jnp.result_type(jnp.asarray(theta).dtype, jnp.float32))
     flat = theta.reshape(-1, theta.shape[-1])
-    out = jax.vmap(lambda t: _crlb_one(model, t, args, scale, shift))(flat)
+    m = flat.shape[0]
+    out = _crlbs(
+        model, flat, args, jnp.broadcast_to(scale, (m, *scale.shape)), jnp.broadcast_to(shift, (m, *shift.shape))
+    )
     return out.reshape(theta.shape)
 
 
