@@ -1039,7 +1039,8 @@ def poisson_mle_batch(
         ``FitResult`` of NumPy arrays with leading dimension B.
     """
     counts = np.asarray(counts)
-    dtype = jnp.result_type(counts.dtype, jnp.float32)  # float32, float64 under x64 with float64 data
+    # float32, float64 under x64 with float64 data
+    dtype = jax.dtypes.canonicalize_dtype(np.result_type(counts.dtype, np.float32))
     counts = counts.astype(dtype)
     n = counts.shape[0]
     starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
