@@ -1,6 +1,6 @@
 """fluojax: differentiable physics models and estimators for fluorescence microscopy in JAX.
 
-Built today: Imaging FCS (:mod:`fluojax.fcs`) and FRAP (:mod:`fluojax.frap`); SMLM and SOFI are
+Built today: Imaging FCS (:mod:`fluojax.fcs`), FRAP (:mod:`fluojax.frap`) and SMLM (:mod:`fluojax.smlm`); SOFI is
 planned. The engines (:mod:`fluojax.io`, :mod:`fluojax.fit`, :mod:`fluojax.train`,
 :mod:`fluojax.networks`, :mod:`fluojax.compare`, :mod:`fluojax.noise`, :mod:`fluojax.plotting`,
 :mod:`fluojax.progress`, ...) and the techniques are imported on first access
