@@ -102,10 +102,10 @@ def test_later_molecule_in_a_voxel_wins_and_is_counted():
 
 def test_molecules_outside_the_grid_or_without_photons_are_ignored():
     em = _emitters(
-        [[-1.0, 8 * PIXEL, 100.0, 100.0, 100.0, 100.0]],
-        [[100.0, 100.0, -5.0, 100.0, 100.0, 100.0]],
-        [[0.0, 0.0, 0.0, -201.0, 1350.0, 0.0]],
-        [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]],
+        [[-1.0, 8 * PIXEL, 100.0, 100.0, 100.0, 100.0, 1e12, np.nan]],
+        [[100.0, 100.0, -5.0, 100.0, 100.0, 100.0, 100.0, 100.0]],
+        [[0.0, 0.0, 0.0, -201.0, 1350.0, 0.0, 0.0, 0.0]],
+        [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]],
     )
     assert float(jnp.abs(nets.voxel_targets(em, (8, 8), PIXEL, Z_RANGE, 4)).sum()) == 0.0
 

@@ -133,6 +133,7 @@ class VoxelNetRecipe(networks.Recipe):
             "pixel_nm": self.scene.pixel_nm,
             "z_range_nm": list(self.z_range_nm),
             "counts_per_unit": self.counts_per_unit,
+            "three_d": self.scene.psf.three_d,
             "scene": _describe(self.scene),
         }
 
@@ -273,7 +274,7 @@ def predict_voxels(net, meta: dict, frames, batch: int = 16) -> np.ndarray:
     """The network's output for a stack, in calls of ``batch`` frames (:func:`fluojax.networks.predict`).
 
     Arguments:
-        net: network in evaluation mode (:func:`load_network`, or ``fluojax.networks.eval_view``).
+        net: the network (used in evaluation mode: BatchNorm with its running statistics).
         meta: its checkpoint meta (:func:`fluojax.networks.network_meta` of its recipe).
         frames: (n, planes, ny, nx) in photons, or (n, ny, nx) for a single-plane network.
         batch: frames per compiled call (fewer frames: one call of their number).
@@ -283,7 +284,7 @@ def predict_voxels(net, meta: dict, frames, batch: int = 16) -> np.ndarray:
     """
     x = _as_planes(frames, net.config.in_planes)
     inputs = np.asarray(network_input(x, float(meta["counts_per_unit"])))
-    return networks.predict(net, inputs, max(1, min(int(batch), x.shape[0])))
+    return networks.predict(networks.eval_view(net), inputs, max(1, min(int(batch), x.shape[0])))
 
 
 def localize_with_network(
@@ -303,7 +304,7 @@ def localize_with_network(
     neighbouring voxels as in Aritake et al. 2021, or local maxima only with ``local_max``).
 
     Arguments:
-        net: network in evaluation mode.
+        net: the network (used in evaluation mode).
         meta: its checkpoint meta (pixel size, z range, input scale).
         frames: (n, planes, ny, nx) in photons, or (n, ny, nx) for a single-plane network; the
             pixel size must be the training's (``meta["pixel_nm"]``).
@@ -314,7 +315,8 @@ def localize_with_network(
 
     Returns:
         :class:`~fluojax.smlm.nets.Detections` of 1D NumPy arrays (frame 0-based, x, y, z nm,
-        probability), ordered by frame then decreasing probability.
+        probability), ordered by frame then decreasing probability; z is 0 for a network trained
+        on a 2D PSF (``meta["three_d"]`` false).
     """
     x = _as_planes(frames, net.config.in_planes)
     z_range = (float(meta["z_range_nm"][0]), float(meta["z_range_nm"][1]))
@@ -326,5 +328,8 @@ def localize_with_network(
         parts.append(nets.compact_detections(padded))
     if not parts:  # no frames
         empty = np.zeros(0, np.float32)
-        return nets.Detections(np.zeros(0, np.int32), empty, empty, empty, empty, np.zeros(0, bool))  # type: ignore[arg-type]
-    return nets.Detections(*(np.concatenate(leaves) for leaves in zip(*parts)))  # type: ignore[arg-type]
+        return nets.Detections(np.zeros(0, np.int32), empty, empty, empty, empty, np.zeros(0, bool))
+    found = nets.Detections(*(np.concatenate(leaves) for leaves in zip(*parts)))
+    if not meta.get("three_d", True):  # a 2D PSF carries no z: its one z bin's offset is not a measurement
+        found = found._replace(z_nm=np.zeros_like(found.z_nm))
+    return found

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax.io import InputError
 from fluojax.smlm.models import Emitters
@@ -165,12 +165,13 @@ def _voxel_coordinates(emitters: Emitters, shape, pixel_nm, z_range, z_bins):
     z_lo, z_hi = z_range
     sz = (z_hi - z_lo) / z_bins
     u = jnp.stack([emitters.x_nm / pixel_nm, emitters.y_nm / pixel_nm, (emitters.z_nm - z_lo) / sz], axis=-1)
-    index = jnp.floor(u)
+    index = jnp.floor(jnp.clip(u, -1.0, 1e9))  # far-away (or non-finite) molecules: a safe int32, outside
     offsets = jnp.clip(u - index, 0.0, jnp.nextafter(jnp.float32(1.0), jnp.float32(0.0)))
     index = index.astype(jnp.int32)
     j, i, k = index[..., 0], index[..., 1], index[..., 2]
     ny, nx = shape
     inside = (j >= 0) & (j < nx) & (i >= 0) & (i < ny) & (k >= 0) & (k < z_bins) & (emitters.photons > 0)
+    inside = inside & jnp.all(jnp.isfinite(u), axis=-1)
     return k, i, j, offsets, inside
 
 
@@ -299,12 +300,12 @@ class Detections(NamedTuple):
         valid: whether the row is a localization.
     """
 
-    frame: Int[Array, "*rows"]
-    x_nm: Float[Array, "*rows"]
-    y_nm: Float[Array, "*rows"]
-    z_nm: Float[Array, "*rows"]
-    probability: Float[Array, "*rows"]
-    valid: Bool[Array, "*rows"]
+    frame: Int[ArrayLike, "*rows"]
+    x_nm: Float[ArrayLike, "*rows"]
+    y_nm: Float[ArrayLike, "*rows"]
+    z_nm: Float[ArrayLike, "*rows"]
+    probability: Float[ArrayLike, "*rows"]
+    valid: Bool[ArrayLike, "*rows"]
 
 
 def _local_maximum(p):
@@ -383,4 +384,4 @@ def compact_detections(detections: Detections) -> Detections:
     valid = host[-1].astype(bool)
     rows = [leaf[valid] for leaf in host]
     order = np.lexsort((-rows[4], rows[0]))
-    return Detections(*(leaf[order] for leaf in rows))  # type: ignore[arg-type]
+    return Detections(*(leaf[order] for leaf in rows))
