@@ -787,11 +787,6 @@ def _prepare_poisson(model, counts, init, args, shift, scale, layout: _Layout) -
     return _PoissonProblem(theta0, u0, target, shift, scale, valid | ~usable, n_valid, usable)
 
 
-def _poisson_mean(model, layout: _Layout, u, problem: _PoissonProblem, args):
-    """``scale model(theta(u)) + shift`` per pixel."""
-    return problem.scale * model(_full_theta(layout, u, problem), args) + problem.shift  # type: ignore[arg-type]
-
-
 def _poisson_deviance(mean, problem: _PoissonProblem):
     """Half the Poisson deviance ``sum mu - y + y ln(y / mu)`` over valid pixels (>= 0, zero at
     a perfect fit; ``0 ln 0 = 0``), mu floored at :data:`_MU_FLOOR`."""
@@ -826,18 +821,36 @@ def _model_and_jacobian(model, theta, args):
     return value_, jac
 
 
-def _gradient_and_information(jac, residual, weight):
-    """``J^T r`` and ``J^T diag(w) J`` of a (M, F) Jacobian, written as one sum over the M data
-    per entry (F + F (F + 1) / 2 of them; the information is symmetric): vmapped over many
-    datasets this is several times faster on a CPU than a batched matrix product of small
-    matrices or a sum over an (M, F, F) array of products."""
-    n_free = jac.shape[1]
-    weighted = jac * weight[:, None]
-    gradient = jnp.stack([jnp.sum(jac[:, p] * residual) for p in range(n_free)])
+def _model_and_columns(model, theta, args, which: np.ndarray):
+    """``(model(theta, args), [d model / d theta_p for p in which])``, each column flat (M,): from
+    the model's own ``value_and_jacobian`` where it has one, else by forward-mode autodiff
+    (:func:`_model_and_jacobian`). Separate columns keep every later sum over the data a plain
+    elementwise pass on a CPU."""
+    own = getattr(model, "value_and_jacobian", None)
+    if own is not None:
+        value, jac = own(theta, args)
+        jac = jnp.reshape(jac, (-1, jac.shape[-1]))
+        return value, [jac[:, int(p)] for p in which]
+    value, jac = _model_and_jacobian(model, theta, args)
+    # the columns taken by one gather (an index array), not by slices: measured on a CPU, XLA
+    # then stores the autodiff Jacobian column by column, and the fit costs half as much as with
+    # slices, a transpose or an optimization barrier; for a model's own Jacobian slices are faster
+    jac = jnp.reshape(jac, (-1, jac.shape[-1]))[:, which]
+    return value, [jac[:, p] for p in range(len(which))]
+
+
+def _gradient_and_information(columns, residual, weight):
+    """``J^T r`` and ``J^T diag(w) J`` of a Jacobian given as F columns over the M data, written
+    as one sum over the data per entry (F + F (F + 1) / 2 of them; the information is
+    symmetric): vmapped over many datasets this is several times faster on a CPU than a batched
+    matrix product of small matrices or a sum over an (M, F, F) array of products."""
+    n_free = len(columns)
+    weighted = [c * weight for c in columns]
+    gradient = jnp.stack([jnp.sum(c * residual) for c in columns])
     entries: list[list[Any]] = [[None] * n_free for _ in range(n_free)]
     for p in range(n_free):
         for q in range(p, n_free):
-            entries[p][q] = entries[q][p] = jnp.sum(jac[:, p] * weighted[:, q])
+            entries[p][q] = entries[q][p] = jnp.sum(columns[p] * weighted[q])
     return gradient, jnp.stack([jnp.stack(row) for row in entries])
 
 
@@ -904,7 +917,7 @@ def _spd_quadratic(a, b):
 
 def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, settings: PoissonLevenbergMarquardt):
     """Levenberg-Marquardt on the Poisson likelihood with the Fisher information as the
-    curvature (Fisher scoring with Marquardt damping); ``(u, code, steps)``."""
+    curvature (Fisher scoring with Marquardt damping); ``(u, code, steps, D(u))``."""
     valid, y = jnp.ravel(problem.valid), jnp.ravel(problem.target)
     scale, shift = jnp.ravel(problem.scale), jnp.ravel(problem.shift)
 
@@ -915,13 +928,14 @@ def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, setti
 
         ones = jnp.ones_like(u)
         (theta_free, slope), (_, bend) = jax.jvp(lambda v: jax.jvp(transform, (v,), (ones,)), (u,), (ones,))
-        theta = problem.theta0.at[layout.free_idx].set(theta_free)
-        value, jac_all = _model_and_jacobian(model, theta, args)
+        # with every parameter free, theta is theta_free (no scatter)
+        every = layout.free_idx.size == problem.theta0.shape[0]
+        theta = theta_free if every else problem.theta0.at[layout.free_idx].set(theta_free)
+        value, columns = _model_and_columns(model, theta, args, layout.free_idx)
         mu = scale * jnp.ravel(value) + shift
-        jac = scale[:, None] * jnp.reshape(jac_all, (mu.shape[0], -1))[:, layout.free_idx]
         m = jnp.maximum(mu, _MU_FLOOR)
         g_theta, info_theta = _gradient_and_information(
-            jac, jnp.where(valid, 1.0 - y / m, 0.0), jnp.where(valid, 1.0 / m, 0.0)
+            [scale * jnp.ravel(c) for c in columns], jnp.where(valid, 1.0 - y / m, 0.0), jnp.where(valid, 1.0 / m, 0.0)
         )
         # in u: g = T' g_theta, I = T' I_theta T' + diag(max(g_theta T'', 0)): the curvature the
         # change of variables adds where the likelihood pushes a parameter against its bound (it
@@ -937,7 +951,7 @@ def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, setti
     eye = jnp.eye(n_free, dtype=dtype)
 
     def scaled_system(information, gradient):
-        diag = jnp.diag(information)
+        diag = jnp.stack([information[i, i] for i in range(n_free)])  # slices, not a gather
         informative = jnp.isfinite(diag) & (diag > 0)
         d = jnp.where(informative, jnp.sqrt(jnp.where(informative, diag, 1.0)), 1.0)
         # a parameter without information (e.g. a position while the amplitude is 0) has no
@@ -986,13 +1000,14 @@ def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, setti
     code0 = jnp.where(converged(info0, g0), Status.CONVERGED, -1).astype(jnp.int32)
     state0 = _PoissonState(problem.u0, dev0, g0, info0, jnp.asarray(settings.damping, dtype), jnp.int32(0), code0)
     final = jax.lax.while_loop(running, turn, state0)
-    return final.u, final.code, final.steps
+    return final.u, final.code, final.steps, final.deviance
 
 
-def _poisson_finish(model, layout: _Layout, u, code, steps, problem: _PoissonProblem, args) -> FitResult:
-    """Parameters, status and reduced deviance of a finished Poisson solve."""
+def _poisson_finish(layout: _Layout, u, code, steps, half_deviance, problem: _PoissonProblem) -> FitResult:
+    """Parameters, status and reduced deviance of a finished Poisson solve (``half_deviance``: D
+    at ``u``, as the solve computed it)."""
     theta = _full_theta(layout, u, problem)  # type: ignore[arg-type]
-    deviance = 2.0 * _poisson_deviance(_poisson_mean(model, layout, u, problem, args), problem)
+    deviance = 2.0 * half_deviance
     reduced = deviance / jnp.maximum(problem.n_valid - layout.free_idx.size, 1)
     finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(reduced)
     code = jnp.where(finite, code, Status.NON_FINITE)
@@ -1018,8 +1033,8 @@ def _poisson_mle_unmasked(
     """:func:`poisson_mle` without the NaN masking of failed fits."""
     layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
     problem = _prepare_poisson(model, counts, init, args, shift, scale, layout)
-    u, code, steps = _poisson_solve(model, layout, problem, args, solver)
-    return _poisson_finish(model, layout, u, code, steps, problem, args)
+    u, code, steps, half_deviance = _poisson_solve(model, layout, problem, args, solver)
+    return _poisson_finish(layout, u, code, steps, half_deviance, problem)
 
 
 def poisson_mle(
@@ -1150,8 +1165,9 @@ def poisson_mle_batch(
     counts = counts.astype(dtype)
     n = counts.shape[0]
     starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
-    shift = np.zeros_like(counts) if shift is None else np.broadcast_to(np.asarray(shift, dtype), counts.shape)
-    scale = np.ones_like(counts) if scale is None else np.broadcast_to(np.asarray(scale, dtype), counts.shape)
+    # absent shift and scale stay None (0 and 1 inside the compiled chunk: nothing to pad or copy)
+    shift = None if shift is None else np.broadcast_to(np.asarray(shift, dtype), counts.shape)
+    scale = None if scale is None else np.broadcast_to(np.asarray(scale, dtype), counts.shape)
     per_call = max(1, min(_default_slots() if chunk is None else chunk, n))
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     report = None if progress is None else (lambda out: progress(out.status.size))
