@@ -658,7 +658,17 @@ def fit_rois(
     options: dict[str, Any] = {"lower": np.asarray(lower), "upper": np.asarray(upper)}
     if solver is not None:
         options["solver"] = solver
-    result = fit.poisson_mle_batch(model, counts, init, args, shift=shift_a, scale=scale_a, chunk=chunk, **options)
+    # an absent shift / scale goes to the engine as None (0 and 1 inside its compiled chunk)
+    result = fit.poisson_mle_batch(
+        model,
+        counts,
+        init,
+        args,
+        shift=None if shift is None else shift_a,
+        scale=None if scale is None else scale_a,
+        chunk=chunk,
+        **options,
+    )
     theta = np.asarray(result.params, np.float64)
     crlb = np.asarray(_crlbs(model, jnp.asarray(theta, jnp.float32), args, scale_a, shift_a), np.float64)
     return theta, crlb, result
