@@ -22,7 +22,8 @@ What is measured, all in one run (CPU unless JAX sees an accelerator):
    sqrt(CRLB_x) (``fluojax.fit.poisson_crlb`` of the same model at the truth; 1 is efficient),
    for fluojax on all its spots and for the baselines on theirs. fluojax rows: the library's
    ``fluojax.smlm.estimate.fit_rois`` (its start values, the fit, a Cramer-Rao bound per spot)
-   and the engine alone from the same starts as SciPy (the default chunk and ``--alt-chunk``);
+   and the engine alone from the same starts as SciPy (the default chunk and ``--alt-chunk``; and
+   with the library's ``estimate.SpotModel``, which gives the engine its own Jacobian);
    each timed as a first call (compilation included) and as the median of warm calls, the
    variants' warm calls in alternation. The baselines: time per fit, both variants alternating
    spot by spot; rate = 1 / median time per fit (the mean is printed too).
@@ -293,13 +294,24 @@ def precision(x_hat, y_hat, bound):
 # ----------------------------------------------------------------------------------------------
 
 
-def fluojax_engine(args, chunk):
-    """The engine alone: ``fit.poisson_mle_batch`` from given starts -> (params (n, 4), status (n,))."""
-    grid = models.pixel_grid((args.roi, args.roi), args.pixel_nm)
+def fluojax_engine(args, chunk, own_jacobian=False):
+    """The engine alone: ``fit.poisson_mle_batch`` from given starts -> (params (n, 4), status (n,)).
+
+    The model is :func:`spot_model` (a plain function: the engine differentiates it by autodiff)
+    or, with ``own_jacobian``, the library's ``estimate.SpotModel`` of the same PSF (the same
+    expected counts; it hands the engine its Jacobian from the separable factors)."""
     lower, upper = bounds(args)
+    if own_jacobian:
+        model, shared = (
+            estimate.SpotModel(SPOT_PSF),
+            estimate.SpotArgs(models.pixel_grid((args.roi, args.roi), args.pixel_nm), jnp.zeros((1, 2), jnp.float32)),
+        )
+    else:
+        model, shared = spot_model, models.pixel_grid((args.roi, args.roi), args.pixel_nm)
 
     def run(counts, init):
-        res = fit.poisson_mle_batch(spot_model, counts, init, grid, lower=lower, upper=upper, chunk=chunk)
+        data = counts[:, None] if own_jacobian else counts
+        res = fit.poisson_mle_batch(model, data, init, shared, lower=lower, upper=upper, chunk=chunk)
         return np.asarray(res.params), np.asarray(res.status)
 
     return run
@@ -382,6 +394,7 @@ def bench_mle(rows, args, spot, lines):
     runs = [
         ("fluojax `estimate.fit_rois` (start values, MLE, CRLB per spot)", "rois", args.chunk),
         ("fluojax engine alone: `fit.poisson_mle_batch` (the SciPy starts)", "engine", args.chunk),
+        ("fluojax engine alone, `estimate.SpotModel` (its own Jacobian; the SciPy starts)", "engine_spot", args.chunk),
     ]
     if args.alt_chunk:
         runs.append(("fluojax engine alone, another chunk", "engine_alt", args.alt_chunk))
@@ -390,7 +403,7 @@ def bench_mle(rows, args, spot, lines):
         if key == "rois":
             calls[key] = partial(fluojax_rois(args), counts)
         else:
-            calls[key] = partial(fluojax_engine(args, chunk), counts, init)
+            calls[key] = partial(fluojax_engine(args, chunk, own_jacobian=key == "engine_spot"), counts, init)
         t0 = time.perf_counter()
         results[key] = calls[key]()
         firsts[key] = time.perf_counter() - t0
@@ -622,6 +635,8 @@ def main():
     ratios = [
         f"`estimate.fit_rois` {rates['rois']:,.0f} / {base_rate:,.0f} = {rates['rois'] / base_rate:,.0f}x",
         f"engine alone {rates['engine']:,.0f} / {base_rate:,.0f} = {rates['engine'] / base_rate:,.0f}x",
+        f"engine alone with `SpotModel` {rates['engine_spot']:,.0f} / {base_rate:,.0f} = "
+        f"{rates['engine_spot'] / base_rate:,.0f}x",
     ]
     if args.alt_chunk:
         r = rates["engine_alt"]

@@ -787,11 +787,6 @@ def _prepare_poisson(model, counts, init, args, shift, scale, layout: _Layout) -
     return _PoissonProblem(theta0, u0, target, shift, scale, valid | ~usable, n_valid, usable)
 
 
-def _poisson_mean(model, layout: _Layout, u, problem: _PoissonProblem, args):
-    """``scale model(theta(u)) + shift`` per pixel."""
-    return problem.scale * model(_full_theta(layout, u, problem), args) + problem.shift  # type: ignore[arg-type]
-
-
 def _poisson_deviance(mean, problem: _PoissonProblem):
     """Half the Poisson deviance ``sum mu - y + y ln(y / mu)`` over valid pixels (>= 0, zero at
     a perfect fit; ``0 ln 0 = 0``), mu floored at :data:`_MU_FLOOR`."""
@@ -810,9 +805,121 @@ class _PoissonState(NamedTuple):
     code: jax.Array  # -1 while running, then a Status
 
 
+def _model_and_jacobian(model, theta, args):
+    """``(model(theta, args), d model / d theta)``, the Jacobian shaped ``prediction.shape + (P,)``:
+    the model's own ``value_and_jacobian`` where it has one (an analytic or structured Jacobian),
+    else forward-mode autodiff."""
+    own = getattr(model, "value_and_jacobian", None)
+    if own is not None:
+        return own(theta, args)
+
+    def value(t):
+        m = model(t, args)
+        return m, m
+
+    jac, value_ = jax.jacfwd(value, has_aux=True)(theta)
+    return value_, jac
+
+
+def _model_and_columns(model, theta, args, which: np.ndarray):
+    """``(model(theta, args), [d model / d theta_p for p in which])``, each column flat (M,): from
+    the model's own ``value_and_jacobian`` where it has one, else by forward-mode autodiff
+    (:func:`_model_and_jacobian`). Separate columns keep every later sum over the data a plain
+    elementwise pass on a CPU."""
+    own = getattr(model, "value_and_jacobian", None)
+    if own is not None:
+        value, jac = own(theta, args)
+        jac = jnp.reshape(jac, (-1, jac.shape[-1]))
+        return value, [jac[:, int(p)] for p in which]
+    value, jac = _model_and_jacobian(model, theta, args)
+    # the columns taken by one gather (an index array), not by slices: measured on a CPU, XLA
+    # then stores the autodiff Jacobian column by column, and the fit costs half as much as with
+    # slices, a transpose or an optimization barrier; for a model's own Jacobian slices are faster
+    jac = jnp.reshape(jac, (-1, jac.shape[-1]))[:, which]
+    return value, [jac[:, p] for p in range(len(which))]
+
+
+def _gradient_and_information(columns, residual, weight):
+    """``J^T r`` and ``J^T diag(w) J`` of a Jacobian given as F columns over the M data, written
+    as one sum over the data per entry (F + F (F + 1) / 2 of them; the information is
+    symmetric): vmapped over many datasets this is several times faster on a CPU than a batched
+    matrix product of small matrices or a sum over an (M, F, F) array of products."""
+    n_free = len(columns)
+    weighted = [c * weight for c in columns]
+    gradient = jnp.stack([jnp.sum(c * residual) for c in columns])
+    entries: list[list[Any]] = [[None] * n_free for _ in range(n_free)]
+    for p in range(n_free):
+        for q in range(p, n_free):
+            entries[p][q] = entries[q][p] = jnp.sum(columns[p] * weighted[q])
+    return gradient, jnp.stack([jnp.stack(row) for row in entries])
+
+
+#: Largest system solved by the unrolled Cholesky of :func:`_spd_solve` (bigger ones: LU).
+_UNROLLED_MAX = 8
+
+
+def _cholesky_unrolled(a):
+    """Lower Cholesky factor of a small symmetric positive-definite (P, P) matrix as a list of
+    rows of scalars, written out element by element (P <= :data:`_UNROLLED_MAX`): vmapped over
+    many datasets it is plain elementwise arithmetic, far cheaper on a CPU than one LAPACK call
+    per dataset. A matrix that is not positive definite gives non-finite entries."""
+    size = a.shape[-1]
+    low: list[list[Any]] = [[None] * size for _ in range(size)]
+    for j in range(size):
+        diag = a[j, j]
+        for k in range(j):
+            diag = diag - low[j][k] * low[j][k]
+        low[j][j] = jnp.sqrt(diag)
+        for i in range(j + 1, size):
+            off = a[i, j]
+            for k in range(j):
+                off = off - low[i][k] * low[j][k]
+            low[i][j] = off / low[j][j]
+    return low
+
+
+def _forward_substitution(low, b):
+    """``L^-1 b`` for the unrolled factor ``low`` of :func:`_cholesky_unrolled`; a list of scalars."""
+    out: list[Any] = []
+    for i in range(len(low)):
+        v = b[i]
+        for k in range(i):
+            v = v - low[i][k] * out[k]
+        out.append(v / low[i][i])
+    return out
+
+
+def _spd_solve(a, b):
+    """``a^-1 b`` for a symmetric positive-definite (P, P) ``a``: unrolled Cholesky for
+    P <= :data:`_UNROLLED_MAX`, else ``jnp.linalg.solve``."""
+    size = a.shape[-1]
+    if size > _UNROLLED_MAX:
+        return jnp.linalg.solve(a, b)
+    low = _cholesky_unrolled(a)
+    z = _forward_substitution(low, b)
+    x: list[Any] = [None] * size
+    for i in reversed(range(size)):
+        v = z[i]
+        for k in range(i + 1, size):
+            v = v - low[k][i] * x[k]
+        x[i] = v / low[i][i]
+    return jnp.stack(x)
+
+
+def _spd_quadratic(a, b):
+    """``b^T a^-1 b`` for a symmetric positive-definite (P, P) ``a`` (``|L^-1 b|^2`` by the
+    unrolled Cholesky for P <= :data:`_UNROLLED_MAX`, else ``jnp.linalg.solve``)."""
+    if a.shape[-1] > _UNROLLED_MAX:
+        return b @ jnp.linalg.solve(a, b)
+    z = _forward_substitution(_cholesky_unrolled(a), b)
+    return functools.reduce(lambda acc, v: acc + v * v, z[1:], z[0] * z[0])
+
+
 def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, settings: PoissonLevenbergMarquardt):
     """Levenberg-Marquardt on the Poisson likelihood with the Fisher information as the
-    curvature (Fisher scoring with Marquardt damping); ``(u, code, steps)``."""
+    curvature (Fisher scoring with Marquardt damping); ``(u, code, steps, D(u))``."""
+    valid, y = jnp.ravel(problem.valid), jnp.ravel(problem.target)
+    scale, shift = jnp.ravel(problem.scale), jnp.ravel(problem.shift)
 
     def derivatives(u):
         # theta_free = T(u) elementwise (the bounds' change of variables): T', T'' by nested jvp
@@ -821,17 +928,15 @@ def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, setti
 
         ones = jnp.ones_like(u)
         (theta_free, slope), (_, bend) = jax.jvp(lambda v: jax.jvp(transform, (v,), (ones,)), (u,), (ones,))
-
-        def mean(t):
-            theta = problem.theta0.at[layout.free_idx].set(t)
-            m = jnp.ravel(problem.scale * model(theta, args) + problem.shift)
-            return m, m
-
-        jac, mu = jax.jacfwd(mean, has_aux=True)(theta_free)
-        valid, y = jnp.ravel(problem.valid), jnp.ravel(problem.target)
+        # with every parameter free, theta is theta_free (no scatter)
+        every = layout.free_idx.size == problem.theta0.shape[0]
+        theta = theta_free if every else problem.theta0.at[layout.free_idx].set(theta_free)
+        value, columns = _model_and_columns(model, theta, args, layout.free_idx)
+        mu = scale * jnp.ravel(value) + shift
         m = jnp.maximum(mu, _MU_FLOOR)
-        g_theta = jac.T @ jnp.where(valid, 1.0 - y / m, 0.0)
-        info_theta = jac.T @ (jnp.where(valid, 1.0 / m, 0.0)[:, None] * jac)
+        g_theta, info_theta = _gradient_and_information(
+            [scale * jnp.ravel(c) for c in columns], jnp.where(valid, 1.0 - y / m, 0.0), jnp.where(valid, 1.0 / m, 0.0)
+        )
         # in u: g = T' g_theta, I = T' I_theta T' + diag(max(g_theta T'', 0)): the curvature the
         # change of variables adds where the likelihood pushes a parameter against its bound (it
         # makes the minimum at the bound a proper one), kept only where positive
@@ -843,58 +948,66 @@ def _poisson_solve(model, layout: _Layout, problem: _PoissonProblem, args, setti
     eps = jnp.finfo(dtype).eps
     rounding = 16 * eps * jnp.sum(jnp.where(problem.valid, problem.target, 0.0))  # scale of the deviance's rounding
     n_free = problem.u0.shape[0]
+    eye = jnp.eye(n_free, dtype=dtype)
+
+    def scaled_system(information, gradient):
+        diag = jnp.stack([information[i, i] for i in range(n_free)])  # slices, not a gather
+        informative = jnp.isfinite(diag) & (diag > 0)
+        d = jnp.where(informative, jnp.sqrt(jnp.where(informative, diag, 1.0)), 1.0)
+        # a parameter without information (e.g. a position while the amplitude is 0) has no
+        # gradient either: a unit diagonal keeps the system solvable and leaves it where it is
+        scaled = information / d[:, None] / d[None, :]
+        scaled = jnp.where(jnp.eye(n_free, dtype=bool) & ~informative[:, None], 1.0, scaled)
+        return scaled, jnp.where(informative, gradient / d, 0.0), d
+
+    def converged(information, gradient):
+        # the Newton decrement g^T I^-1 g against tol^2
+        scaled, g, _ = scaled_system(information, gradient)
+        return _spd_quadratic(scaled, g) <= settings.tol**2
 
     def running(state):
         return state.code < 0
 
     def turn(state: _PoissonState) -> _PoissonState:
-        diag = jnp.diag(state.information)
-        informative = jnp.isfinite(diag) & (diag > 0)
-        d = jnp.where(informative, jnp.sqrt(jnp.where(informative, diag, 1.0)), 1.0)
-        # a parameter without information (e.g. a position while the amplitude is 0) has no
-        # gradient either: a unit diagonal keeps the system solvable and leaves it where it is
-        scaled = state.information / d[:, None] / d[None, :]
-        scaled = jnp.where(jnp.eye(n_free, dtype=bool) & ~informative[:, None], 1.0, scaled)
-        g = jnp.where(informative, state.gradient / d, 0.0)
-        decrement2 = g @ jnp.linalg.solve(scaled, g)
-        converged = decrement2 <= settings.tol**2
-        step = -jnp.linalg.solve(scaled + state.damping * jnp.eye(n_free, dtype=dtype), g) / d
+        # a running state has not converged: the test is made where a state is formed (below and
+        # before the loop), so the loop ends one turn (one model evaluation) earlier
+        scaled, g, d = scaled_system(state.information, state.gradient)
+        step = -_spd_solve(scaled + state.damping * eye, g) / d
         u_new = state.u + step
         dev_new, g_new, info_new = derivatives(u_new)
-        accept = (
-            ~converged & jnp.isfinite(dev_new) & jnp.all(jnp.isfinite(u_new)) & (dev_new <= state.deviance + rounding)
-        )
+        accept = jnp.isfinite(dev_new) & jnp.all(jnp.isfinite(u_new)) & (dev_new <= state.deviance + rounding)
         damping = jnp.where(accept, jnp.maximum(state.damping / 10.0, 1e-9), state.damping * 10.0)
-        steps = state.steps + jnp.where(converged, 0, 1)
+        steps = state.steps + 1
+        gradient = jnp.where(accept, g_new, state.gradient)
+        information = jnp.where(accept, info_new, state.information)
+        done = accept & converged(information, gradient)
         code = jnp.where(
-            converged,
-            Status.CONVERGED,
-            jnp.where(
-                damping > 1e12, Status.SOLVER_FAILED, jnp.where(steps >= settings.max_steps, Status.MAX_STEPS, -1)
-            ),
+            damping > 1e12,
+            Status.SOLVER_FAILED,
+            jnp.where(steps >= settings.max_steps, Status.MAX_STEPS, jnp.where(done, Status.CONVERGED, -1)),
         ).astype(jnp.int32)
         return _PoissonState(
             jnp.where(accept, u_new, state.u),
             jnp.where(accept, dev_new, state.deviance),
-            jnp.where(accept, g_new, state.gradient),
-            jnp.where(accept, info_new, state.information),
+            gradient,
+            information,
             damping.astype(dtype),
             steps.astype(jnp.int32),
             code,
         )
 
     dev0, g0, info0 = derivatives(problem.u0)
-    state0 = _PoissonState(
-        problem.u0, dev0, g0, info0, jnp.asarray(settings.damping, dtype), jnp.int32(0), jnp.int32(-1)
-    )
+    code0 = jnp.where(converged(info0, g0), Status.CONVERGED, -1).astype(jnp.int32)
+    state0 = _PoissonState(problem.u0, dev0, g0, info0, jnp.asarray(settings.damping, dtype), jnp.int32(0), code0)
     final = jax.lax.while_loop(running, turn, state0)
-    return final.u, final.code, final.steps
+    return final.u, final.code, final.steps, final.deviance
 
 
-def _poisson_finish(model, layout: _Layout, u, code, steps, problem: _PoissonProblem, args) -> FitResult:
-    """Parameters, status and reduced deviance of a finished Poisson solve."""
+def _poisson_finish(layout: _Layout, u, code, steps, half_deviance, problem: _PoissonProblem) -> FitResult:
+    """Parameters, status and reduced deviance of a finished Poisson solve (``half_deviance``: D
+    at ``u``, as the solve computed it)."""
     theta = _full_theta(layout, u, problem)  # type: ignore[arg-type]
-    deviance = 2.0 * _poisson_deviance(_poisson_mean(model, layout, u, problem, args), problem)
+    deviance = 2.0 * half_deviance
     reduced = deviance / jnp.maximum(problem.n_valid - layout.free_idx.size, 1)
     finite = jnp.all(jnp.isfinite(theta)) & jnp.isfinite(reduced)
     code = jnp.where(finite, code, Status.NON_FINITE)
@@ -920,8 +1033,8 @@ def _poisson_mle_unmasked(
     """:func:`poisson_mle` without the NaN masking of failed fits."""
     layout = _layout(jnp.shape(init)[-1], free, lower, upper, log_scale)
     problem = _prepare_poisson(model, counts, init, args, shift, scale, layout)
-    u, code, steps = _poisson_solve(model, layout, problem, args, solver)
-    return _poisson_finish(model, layout, u, code, steps, problem, args)
+    u, code, steps, half_deviance = _poisson_solve(model, layout, problem, args, solver)
+    return _poisson_finish(layout, u, code, steps, half_deviance, problem)
 
 
 def poisson_mle(
@@ -948,7 +1061,8 @@ def poisson_mle(
 
     over the free entries of ``theta`` in the box bounds (the change of variables of
     :func:`least_squares`). The gradient is ``J^T (1 - y / mu)`` and the curvature the Fisher
-    information ``I = J^T diag(1 / mu) J`` (``J = d mu / d u`` by forward-mode autodiff): a
+    information ``I = J^T diag(1 / mu) J`` (``J = d mu / d u`` by forward-mode autodiff, or from
+    the model's own Jacobian, below): a
     Levenberg-Marquardt loop on the Poisson likelihood (Laurence & Chromy 2010; Gpufit's MLE uses
     the observed-curvature variant ``J^T diag(y / mu^2) J``), with Marquardt damping
     ``(I + lambda diag I) delta = -g``, steps accepted when D does not rise, in a
@@ -960,6 +1074,13 @@ def poisson_mle(
     errors. A general
     minimiser (BFGS) needs more iterations, and least squares on deviance residuals needs care
     where ``y = mu``; this loop has neither problem.
+
+    A model may provide its Jacobian: a method ``model.value_and_jacobian(theta, args) ->
+    (prediction, d prediction / d theta)``, the Jacobian shaped ``prediction.shape + (P,)``, is
+    used instead of autodiff of the whole model (e.g. ``fluojax.smlm.estimate.SpotModel``, whose
+    separable factors give the Jacobian at a fraction of the cost); it must equal the model's
+    derivative. Each iteration solves its damped P x P system by an unrolled Cholesky
+    factorisation (P <= 8; LU beyond), which vmaps into plain elementwise arithmetic.
 
     Data: zero counts are fine; ``d + s < 0`` (read noise below the offset) counts as 0;
     non-finite ``counts``, ``shift`` or ``scale`` mark a pixel invalid (ignored); expected
@@ -1044,8 +1165,9 @@ def poisson_mle_batch(
     counts = counts.astype(dtype)
     n = counts.shape[0]
     starts = np.array(np.broadcast_to(np.asarray(init), (n, np.shape(init)[-1])))
-    shift = np.zeros_like(counts) if shift is None else np.broadcast_to(np.asarray(shift, dtype), counts.shape)
-    scale = np.ones_like(counts) if scale is None else np.broadcast_to(np.asarray(scale, dtype), counts.shape)
+    # absent shift and scale stay None (0 and 1 inside the compiled chunk: nothing to pad or copy)
+    shift = None if shift is None else np.broadcast_to(np.asarray(shift, dtype), counts.shape)
+    scale = None if scale is None else np.broadcast_to(np.asarray(scale, dtype), counts.shape)
     per_call = max(1, min(_default_slots() if chunk is None else chunk, n))
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     report = None if progress is None else (lambda out: progress(out.status.size))
@@ -1100,7 +1222,8 @@ def poisson_fisher_information(
 
         I(theta) = J^T diag(1 / mu) J,      J_ij = d mu_i / d theta_j
 
-    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i). ``shift`` s and ``scale`` are those
+    (from log L = sum_i k_i ln mu_i - mu_i; E[k_i] = mu_i; J by forward-mode autodiff, or the
+    model's own ``value_and_jacobian``, see :func:`poisson_mle`). ``shift`` s and ``scale`` are those
     of :func:`poisson_mle` (defaults 0 and 1): with an sCMOS read variance as shift, the
     information of Huang et al. 2013's likelihood. Bins with mu_i <= 0 carry no information and
     get zero weight.
@@ -1116,17 +1239,13 @@ def poisson_fisher_information(
         (P, P) Fisher information matrix.
     """
     theta = jnp.asarray(theta)
-
-    def expected(t):
-        mu = model(t, args)
-        if scale is not None:
-            mu = jnp.asarray(scale, mu.dtype) * mu
-        if shift is not None:
-            mu = mu + jnp.asarray(shift, mu.dtype)
-        return jnp.ravel(mu)
-
-    mu = expected(theta)
-    jac = jax.jacfwd(expected)(theta)
+    mu, jac = _model_and_jacobian(model, theta, args)
+    if scale is not None:
+        c = jnp.broadcast_to(jnp.asarray(scale, mu.dtype), mu.shape)
+        mu, jac = c * mu, c[..., None] * jac
+    if shift is not None:
+        mu = mu + jnp.asarray(shift, mu.dtype)
+    mu, jac = jnp.ravel(mu), jnp.reshape(jac, (-1, theta.shape[-1]))
     w = jnp.where(mu > 0, 1.0 / jnp.where(mu > 0, mu, 1.0), 0.0)
     return jac.T @ (w[:, None] * jac)
 
