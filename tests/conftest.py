@@ -1,8 +1,26 @@
-"""Shared fixtures: the 2D (TIRF) and 3D (SPIM) optics of Tang et al. 2024 (Methods)."""
+"""Shared fixtures: the dtypes and jit modes of engine tests; the 2D (TIRF) and 3D (SPIM) optics of
+Tang et al. 2024 (Methods)."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from fluojax.fcs.models import Optics
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    """The dtype under test; float64 runs inside ``jax.enable_x64(True)``, left when the test ends,
+    so x64 never leaks into other tests."""
+    with jax.enable_x64(request.param == "float64"):
+        yield jnp.dtype(request.param)
+    assert jnp.zeros(1).dtype == jnp.float32  # x64 did not leak out of the test
+
+
+@pytest.fixture(params=[True, False], ids=["jit", "nojit"])
+def maybe_jit(request):
+    """The function under test jitted, or as it is."""
+    return jax.jit if request.param else (lambda f: f)
 
 
 @pytest.fixture

@@ -15,12 +15,6 @@ from scipy import stats
 from fluojax.noise import EMCCD, SCMOS, GaussianReadNoise, IdealCamera
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    with jax.enable_x64(request.param == "float64"):
-        yield jnp.dtype(request.param)
-
-
 def test_ideal_camera_log_likelihood_is_the_poisson_log_pmf(dtype):
     camera = IdealCamera(quantum_efficiency=0.9, spurious_charge_e=0.002)
     k = np.array([0.0, 1.0, 3.0, 12.0, 40.0])

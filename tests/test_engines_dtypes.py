@@ -8,23 +8,10 @@ jitted / not jitted. Tolerances are per dtype (``TOL``), each justified where it
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from fluojax import batching, fit
 
 Z95 = 1.959963984540054  # Phi^-1(0.975)
-
-
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    """The dtype under test; float64 runs inside ``jax.enable_x64(True)`` (restored afterwards)."""
-    with jax.enable_x64(request.param == "float64"):
-        yield jnp.dtype(request.param)
-
-
-@pytest.fixture(params=[True, False], ids=["jit", "nojit"])
-def maybe_jit(request):
-    return jax.jit if request.param else (lambda f: f)
 
 
 def _line(theta, x):

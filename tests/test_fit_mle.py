@@ -43,17 +43,6 @@ def _draws(n, seed, truth=TRUTH):
     return np.random.default_rng(seed).poisson(_spot_numpy(truth), size=(n, PIXELS, PIXELS)).astype(np.float64)
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    with jax.enable_x64(request.param == "float64"):
-        yield jnp.dtype(request.param)
-
-
-@pytest.fixture(params=[True, False], ids=["jit", "nojit"])
-def maybe_jit(request):
-    return jax.jit if request.param else (lambda f: f)
-
-
 def test_mle_of_a_constant_mean_with_shift_and_scale_is_the_sample_mean_over_scale(dtype, maybe_jit):
     # mu = c theta + s: sum_k 1 - (d_k + s) / (c theta + s) = 0 gives theta = mean(d) / c for any s
     d = np.random.default_rng(0).poisson(7.0, size=40).astype(np.float64)

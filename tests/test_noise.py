@@ -18,16 +18,6 @@ N = 400_000
 LAM, GAIN, OFFSET, READ, EM = 30.0, 2.0, 100.0, 3.0, 50.0
 
 
-@pytest.fixture(params=["float32", "float64"])
-def dtype(request):
-    if request.param == "float64":
-        with jax.enable_x64(True):
-            yield jnp.float64
-    else:
-        yield jnp.float32
-    assert jnp.zeros(1).dtype == jnp.float32  # x64 did not leak out of the test
-
-
 @pytest.fixture(params=[False, True], ids=["eager", "jit"])
 def jit(request):
     return request.param
