@@ -461,6 +461,13 @@ def _mortensen_integral(tau: Array) -> Array:
     return jnp.sum(w * 4.0 * s * jnp.log(s) / (1.0 + s**2 / tau), axis=-1)
 
 
+def _mortensen_terms(sigma_nm, pixel_nm, photons, background) -> tuple[Array, Array]:
+    """``(s_a^2, tau)`` of Mortensen et al. 2010: ``s_a^2 = s^2 + a^2 / 12`` (nm^2) and
+    ``tau = 2 pi s_a^2 b / (N a^2)`` (dimensionless)."""
+    sa2 = jnp.asarray(sigma_nm) ** 2 + jnp.asarray(pixel_nm) ** 2 / 12.0
+    return sa2, 2.0 * jnp.pi * sa2 * jnp.asarray(background) / (jnp.asarray(photons) * jnp.asarray(pixel_nm) ** 2)
+
+
 def mortensen_mle_variance(
     sigma_nm: Float[ArrayLike, "*b"],
     pixel_nm: Float[ArrayLike, "*b"],
@@ -481,10 +488,8 @@ def mortensen_mle_variance(
         sigma_nm, pixel_nm, photons, background: as above (broadcast).
         emccd: double the variance.
     """
-    sa2 = jnp.asarray(sigma_nm) ** 2 + jnp.asarray(pixel_nm) ** 2 / 12.0
-    tau = 2.0 * jnp.pi * sa2 * jnp.asarray(background) / (jnp.asarray(photons) * jnp.asarray(pixel_nm) ** 2)
-    tau = jnp.maximum(tau, 1e-30)
-    var = sa2 / jnp.asarray(photons) / (1.0 + _mortensen_integral(tau))
+    sa2, tau = _mortensen_terms(sigma_nm, pixel_nm, photons, background)
+    var = sa2 / jnp.asarray(photons) / (1.0 + _mortensen_integral(jnp.maximum(tau, 1e-30)))
     return 2.0 * var if emccd else var
 
 
@@ -506,9 +511,8 @@ def mortensen_lsq_variance(
         sigma_nm, pixel_nm, photons, background: as above (broadcast).
         emccd: double the variance.
     """
-    sa2 = jnp.asarray(sigma_nm) ** 2 + jnp.asarray(pixel_nm) ** 2 / 12.0
-    n = jnp.asarray(photons)
-    var = sa2 / n * (16.0 / 9.0 + 8.0 * jnp.pi * sa2 * jnp.asarray(background) / (n * jnp.asarray(pixel_nm) ** 2))
+    sa2, tau = _mortensen_terms(sigma_nm, pixel_nm, photons, background)
+    var = sa2 / jnp.asarray(photons) * (16.0 / 9.0 + 4.0 * tau)  # 8 pi s_a^2 b / (N a^2) = 4 tau
     return 2.0 * var if emccd else var
 
 
