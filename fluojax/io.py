@@ -50,6 +50,7 @@ __all__ = [
     "frame_interval_s",
     "read_pixel_size_um",
     "read_stack",
+    "require",
     "result_file",
     "result_folder",
     "terminate_guard",
@@ -66,6 +67,12 @@ means the folder is complete. JSON: ``kind``, ``files`` (the names written besid
 
 class InputError(ValueError):
     """Bad user input (file, option, data); its message is one line meant for the user."""
+
+
+def require(condition: bool, text: str) -> None:
+    """Raise :class:`InputError` with the one-line message ``text`` unless ``condition`` holds."""
+    if not condition:
+        raise InputError(text)
 
 
 def read_stack(path: str | os.PathLike) -> tuple[Real[np.ndarray, "t y x"], dict]:

@@ -55,7 +55,7 @@ import numpy as np
 from jax.scipy.special import gammaln, i1e, xlogy
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fluojax.io import InputError
+from fluojax.io import require
 
 __all__ = [
     "EMCCD",
@@ -104,14 +104,9 @@ def _shot_noise(key: PRNGKeyArray, electrons: ArrayLike) -> tuple[Array, Array, 
     return n, lam, k_gain, k_read
 
 
-def _check(condition: bool, text: str) -> None:
-    if not condition:
-        raise InputError(text)
-
-
 def _check_conversion(quantum_efficiency: float, spurious_charge_e: float) -> None:
-    _check(0 < quantum_efficiency <= 1, f"quantum efficiency {quantum_efficiency}: must be in (0, 1]")
-    _check(spurious_charge_e >= 0, f"spurious charge {spurious_charge_e} e-/pixel: must be >= 0")
+    require(0 < quantum_efficiency <= 1, f"quantum efficiency {quantum_efficiency}: must be in (0, 1]")
+    require(spurious_charge_e >= 0, f"spurious charge {spurious_charge_e} e-/pixel: must be >= 0")
 
 
 class Camera(abc.ABC):
@@ -288,8 +283,8 @@ class GaussianReadNoise(Camera):
     quantize: bool = False
 
     def __post_init__(self):
-        _check(self.read_noise_e >= 0, f"read noise {self.read_noise_e} e-: must be >= 0")
-        _check(self.gain_adu_per_e > 0, f"conversion gain {self.gain_adu_per_e} ADU/e-: must be > 0")
+        require(self.read_noise_e >= 0, f"read noise {self.read_noise_e} e-: must be >= 0")
+        require(self.gain_adu_per_e > 0, f"conversion gain {self.gain_adu_per_e} ADU/e-: must be > 0")
         _check_conversion(self.quantum_efficiency, self.spurious_charge_e)
 
     def counts(self, key: PRNGKeyArray, photons: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
@@ -364,9 +359,9 @@ class EMCCD(Camera):
     quantize: bool = False
 
     def __post_init__(self):
-        _check(self.em_gain > 0, f"EM gain {self.em_gain}: must be > 0")
-        _check(self.read_noise_e >= 0, f"read noise {self.read_noise_e} e-: must be >= 0")
-        _check(self.gain_adu_per_e > 0, f"conversion gain {self.gain_adu_per_e} ADU/e-: must be > 0")
+        require(self.em_gain > 0, f"EM gain {self.em_gain}: must be > 0")
+        require(self.read_noise_e >= 0, f"read noise {self.read_noise_e} e-: must be >= 0")
+        require(self.gain_adu_per_e > 0, f"conversion gain {self.gain_adu_per_e} ADU/e-: must be > 0")
         _check_conversion(self.quantum_efficiency, self.spurious_charge_e)
 
     @classmethod
@@ -469,8 +464,8 @@ class SCMOS(Camera):
 
     def __post_init__(self):
         gain, variance = np.asarray(self.gain_adu_per_e), np.asarray(self.read_variance_e2)
-        _check(bool(np.all(gain > 0)), f"sCMOS gain map: minimum {gain.min()} ADU/e-, must be > 0")
-        _check(bool(np.all(variance >= 0)), f"sCMOS read-variance map: minimum {variance.min()} e-^2, must be >= 0")
+        require(bool(np.all(gain > 0)), f"sCMOS gain map: minimum {gain.min()} ADU/e-, must be > 0")
+        require(bool(np.all(variance >= 0)), f"sCMOS read-variance map: minimum {variance.min()} e-^2, must be >= 0")
         _check_conversion(self.quantum_efficiency, self.spurious_charge_e)
 
     def counts(self, key: PRNGKeyArray, photons: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 from jaxtyping import Array, ArrayLike, Float
 
-from fluojax.io import InputError
+from fluojax.io import require
 
 __all__ = [
     "PSF",
@@ -146,11 +146,6 @@ def _factor(centres: Array, position: Array, sigma: Array, pixel_nm, integrated:
     return pixel_nm / (math.sqrt(2.0 * math.pi) * s) * jnp.exp(-0.5 * (d / s) ** 2)
 
 
-def _check(condition: bool, text: str) -> None:
-    if not condition:
-        raise InputError(text)
-
-
 class PSF(abc.ABC):
     """A separable Gaussian PSF over one or more focal planes. A new PSF kind is a new subclass.
 
@@ -215,7 +210,7 @@ class Gaussian2D(PSF):
     integrated: bool = True
 
     def __post_init__(self):
-        _check(self.sigma_nm > 0, f"PSF sigma {self.sigma_nm} nm: must be > 0")
+        require(self.sigma_nm > 0, f"PSF sigma {self.sigma_nm} nm: must be > 0")
 
     @property
     def planes(self) -> int:
@@ -258,8 +253,8 @@ class Astigmatic3D(PSF):
     integrated: bool = True
 
     def __post_init__(self):
-        _check(self.sigma0_nm > 0, f"PSF sigma0 {self.sigma0_nm} nm: must be > 0")
-        _check(self.depth_nm > 0, f"focal depth {self.depth_nm} nm: must be > 0")
+        require(self.sigma0_nm > 0, f"PSF sigma0 {self.sigma0_nm} nm: must be > 0")
+        require(self.depth_nm > 0, f"focal depth {self.depth_nm} nm: must be > 0")
 
     @property
     def planes(self) -> int:
@@ -303,9 +298,9 @@ class QuadPlane(PSF):
     integrated: bool = False
 
     def __post_init__(self):
-        _check(self.r0_nm > 0, f"PSF r0 {self.r0_nm} nm: must be > 0")
-        _check(self.depth_nm > 0, f"focal depth {self.depth_nm} nm: must be > 0")
-        _check(len(self.plane_z_nm) >= 1, "a multifocus PSF needs at least one focal plane")
+        require(self.r0_nm > 0, f"PSF r0 {self.r0_nm} nm: must be > 0")
+        require(self.depth_nm > 0, f"focal depth {self.depth_nm} nm: must be > 0")
+        require(len(self.plane_z_nm) >= 1, "a multifocus PSF needs at least one focal plane")
 
     @classmethod
     def table_2(cls, integrated: bool = False) -> QuadPlane:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from fluojax.io import InputError
+from fluojax.io import require
 from fluojax.noise import Camera, IdealCamera
 from fluojax.smlm.models import PSF, Emitters, Gaussian2D, QuadPlane, frame_expected, pixel_grid, weight_to_photons
 
@@ -55,11 +55,6 @@ __all__ = [
     "simulate_frames",
     "structured_background",
 ]
-
-
-def _check(condition: bool, text: str) -> None:
-    if not condition:
-        raise InputError(text)
 
 
 class FrameNoise(abc.ABC):
@@ -160,13 +155,13 @@ class Scene:
     noise: FrameNoise = ShotNoise()
 
     def __post_init__(self):
-        _check(self.pixel_nm > 0, f"pixel size {self.pixel_nm} nm: must be > 0")
-        _check(min(self.shape) >= 1, f"frame of {self.shape[0]} x {self.shape[1]} pixels: must be at least 1 x 1")
-        _check(self.emitters >= 0, f"{self.emitters} emitters per frame: must be >= 0")
+        require(self.pixel_nm > 0, f"pixel size {self.pixel_nm} nm: must be > 0")
+        require(min(self.shape) >= 1, f"frame of {self.shape[0]} x {self.shape[1]} pixels: must be at least 1 x 1")
+        require(self.emitters >= 0, f"{self.emitters} emitters per frame: must be >= 0")
         lo, hi = self.photons_range
-        _check(0 <= lo <= hi, f"photon range [{lo}, {hi}]: must satisfy 0 <= low <= high")
-        _check(self.background >= 0, f"background {self.background} photons/pixel: must be >= 0")
-        _check(self.z_range_nm[0] <= self.z_range_nm[1], f"z range {self.z_range_nm} nm: low must be <= high")
+        require(0 <= lo <= hi, f"photon range [{lo}, {hi}]: must satisfy 0 <= low <= high")
+        require(self.background >= 0, f"background {self.background} photons/pixel: must be >= 0")
+        require(self.z_range_nm[0] <= self.z_range_nm[1], f"z range {self.z_range_nm} nm: low must be <= high")
 
     @property
     def field_nm(self) -> tuple[float, float]:
