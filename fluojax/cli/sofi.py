@@ -52,7 +52,7 @@ def _add_image(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bsofi", action="store_true", help="balanced SOFI and the on-ratio, brightness and density maps")
     common.add_numbers(
         p,
-        ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (needed to deconvolve)"),
+        ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
         ("--iterations", positive(int), 10, "N", "Richardson-Lucy iterations (default 10)"),
         ("--block-frames", positive(int), None, "N", "frames per block, read one at a time (default: all frames)"),
         ("--pixel-size", positive(float), None, "NM", "camera pixel size in nm (default: the TIFF's calibration)"),
@@ -155,13 +155,7 @@ def image_command(args) -> int:
     orders = pipeline.parse_orders(args.order)
     linearize = None if args.linearize == "none" else args.linearize
     settings = pipeline.SofiSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
-    try:
-        pipeline.check_settings(settings)
-    except io.InputError as err:
-        text = str(err)
-        if "FWHM in camera pixels" in text:
-            text += ": pass --fwhm PX, or --linearize none"
-        raise io.InputError(text) from None
+    pipeline.check_settings(settings)
     out, label = common.destination(args, "sofi-image", "_sofi")
     t0 = time.perf_counter()
     shape, _, blocks = io.read_stack_blocks(args.stack, args.block_frames or 2**31 - 1)

@@ -2,49 +2,52 @@
 
 The top of the SOFI technique, the library path ``fluojax sofi STACK.tif`` calls and Python users
 reach the same way. :func:`sofi_images` runs sofipackage's order of steps (Leutenegger,
-Geissbuehler, Lukes, Grussmayer et al.; Geissbuehler et al. 2012): the stack, whole or as blocks of
-frames (sofipackage's subsequences, each ``block_frames`` long), gives per block and order n the
-zero-lag cross-cumulants of n distinct pixels on n x n virtual-pixel sub-lattices
+Geissbuehler, Lukes, Grussmayer et al.; Geissbuehler et al. 2012): the stack, whole or as blocks
+of frames (sofipackage's subsequences), gives per block and order n the zero-lag cross-cumulants
+of n distinct pixels on n x n virtual-pixel sub-lattices
 (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`, Dertinger et al. 2010); the blocks'
-sub-lattices are averaged, weighted by their frame counts, then flattened (sub-lattice mean
-equalisation, :func:`fluojax.sofi.estimate.flatten`) and interleaved onto the ``n (H - 4) + 1``
-by ``n (W - 4) + 1`` grid (:func:`fluojax.sofi.cumulants.interleave`). These are the raw flat
-cumulant images (sofipackage's ``sofi_c<n>``). Linearization deconvolves them with the
+sub-lattices are averaged, weighted by their frame counts, then flattened and interleaved onto
+the ``n (H - 4) + 1`` by ``n (W - 4) + 1`` grid (:func:`fluojax.sofi.estimate.flatten`): the raw
+flat cumulant images (sofipackage's ``sofi_c<n>``). Linearization deconvolves them with the
 order-scaled Gaussian PSF (Richardson-Lucy) and takes the n-th root (``"root"``, sofipackage's
 ``sofi<n>``) or the adaptive exponent from the estimated on-time ratio (``"adaptive"``,
 ``sofi_lin<n>``); ``bsofi`` adds the balanced image and the maps of on-time ratio, brightness and
-density from orders 2-4 (Geissbuehler et al. 2012). The temporal mean (the wide-field image) is
-kept too. :func:`check_stack_shape`, :func:`check_block` and :func:`check_settings` refuse what
-cannot be analysed (:class:`fluojax.io.InputError`, one line each): an order outside 2-4, fewer
-frames than the order needs (:func:`minimum_frames`), a stack smaller than the 4 x 4 pixel
-neighbourhood, non-finite values, and a stack without fluctuations. :func:`images_summary`
-gives the JSON summary and :func:`write_images` the TIFF and PNG files.
+density from orders 2-4 (Geissbuehler et al. 2012). The PSF's FWHM, when not given, is estimated
+from the sub-lattice means (:func:`fluojax.sofi.estimate.estimate_fwhm`). The temporal mean (the
+wide-field image) is kept too. :func:`check_settings`, :func:`check_stack_shape` and
+:func:`check_block` refuse what cannot be analysed (:class:`fluojax.io.InputError`, one line
+each): an order outside 2-4, fewer frames than the order needs (:func:`minimum_frames`), a stack
+smaller than the 4 x 4 pixel neighbourhood, non-finite values, and a stack without fluctuations.
+:func:`images_summary` gives the JSON summary and :func:`write_images` the TIFF and PNG files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from fluojax.io import require
+from fluojax.sofi import cumulants, estimate
 
-if TYPE_CHECKING:  # annotations only: importing jax here would slow down the command line's help
+if TYPE_CHECKING:
     from jaxtyping import Float
 
 __all__ = [
     "CROSS_ORDERS",
     "LINEARIZATIONS",
-    "NEIGHBOURHOOD_PX",
     "SofiImages",
     "SofiSettings",
     "check_block",
     "check_settings",
     "check_stack_shape",
+    "image_extent_nm",
     "images_summary",
     "minimum_frames",
     "output_shape",
@@ -53,17 +56,14 @@ __all__ = [
     "write_images",
 ]
 
-CROSS_ORDERS = (2, 3, 4)
-"""The orders of cross-cumulants with virtual pixels (sofipackage's combinations are built for these)."""
+GRID = cumulants.GRIDS["sofipackage"]
+"""The virtual-pixel grid of the images: sofipackage's 4 x 4 neighbourhood."""
+
+CROSS_ORDERS = GRID.orders
+"""The orders of cross-cumulants with virtual pixels (2, 3, 4)."""
 
 LINEARIZATIONS = ("root", "adaptive")
 """Linearizations after deconvolution: the n-th root, or the adaptive exponent (Geissbuehler et al. 2012)."""
-
-NEIGHBOURHOOD_PX = 4
-"""Side of the pixel neighbourhood the cross-cumulants take their pixels from (offsets -1..2)."""
-
-SOFIPACKAGE_FRAMES_MIN = 4
-"""sofipackage's smallest stack in frames (and pixels per side)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +73,9 @@ class SofiSettings:
     Attributes:
         orders: cumulant orders whose images are made, each in 2-4 (sorted, no repeats).
         linearize: ``"root"``, ``"adaptive"`` or None (no deconvolution nor linearization).
-        bsofi: also the balanced image and the on-time ratio, brightness and density maps
-            (they need orders 2-4, computed whatever ``orders`` says).
-        fwhm_px: FWHM of the microscope's PSF in camera pixels (for the deconvolution; None:
-            required when ``linearize`` or ``bsofi`` is set).
+        bsofi: also the balanced image and the on-time ratio, brightness and density maps.
+        fwhm_px: FWHM of the microscope's PSF in camera pixels, for the deconvolution and the
+            on-ratio; None: estimated from the cumulants.
         iterations: Richardson-Lucy iterations (sofipackage: 10).
         block_frames: frames per block (None: the whole stack is one block).
     """
@@ -90,31 +89,39 @@ class SofiSettings:
 
     @property
     def computed_orders(self) -> tuple[int, ...]:
-        """The orders whose cumulants are computed: ``orders``, plus 2-4 for bSOFI."""
-        return tuple(sorted(set(self.orders) | (set(CROSS_ORDERS) if self.bsofi else set())))
+        """The orders whose cumulants are computed: ``orders``, plus 2-3 for the adaptive
+        linearization (the on-ratio) and 2-4 for bSOFI."""
+        extra = set(CROSS_ORDERS) if self.bsofi else {2, 3} if self.linearize == "adaptive" else set()
+        return tuple(sorted(set(self.orders) | extra))
 
 
 class SofiImages(NamedTuple):
-    """The SOFI images of one stack (NumPy float32 arrays; dicts keyed by order).
+    """The SOFI images of one stack (float32 NumPy arrays, the bSOFI maps JAX arrays; dicts keyed by order).
 
     Attributes:
         mean: ``(H, W)`` temporal mean of all frames (the wide-field image), in the stack's units.
         cumulants: order n -> ``(n (H - 4) + 1, n (W - 4) + 1)`` flattened cross-cumulant image
             (sofipackage's ``sofi_c<n>``), in the stack's units to the power n.
-        linearized: order n -> the deconvolved and linearized image on the same grid (empty
-            without linearization); units: those of the stack, up to a scale.
-        bsofi: the balanced image and the parameter maps (``fluojax.sofi.estimate``'s result),
-            or None.
+        linearized: order n -> the deconvolved, linearized image on the same grid (empty without
+            linearization); root: the stack's units; adaptive: up to a power.
+        bsofi: the on-ratio, brightness and density maps on the order-4 grid
+            (:class:`fluojax.sofi.estimate.BsofiMaps`), or None.
+        balanced: the balanced SOFI image on the order-4 grid (values in [0, 1]), or None.
+        fwhm_px: the PSF FWHM used, in camera pixels (given or estimated).
+        on_ratio: the on-time ratio behind the adaptive linearization, or None.
         frames: frames used.
         blocks: blocks of frames the cumulants were averaged over.
-        timings_s: seconds per step (``read_and_cumulants``, ``flatten``, ``linearize``, ``bsofi``).
-        settings: what was computed.
+        timings_s: seconds per step (``cumulants`` with the reading, ``flatten``, ``linearize``, ``bsofi``).
+        settings: what was asked for.
     """
 
-    mean: Any
-    cumulants: dict[int, Any]
-    linearized: dict[int, Any]
-    bsofi: Any
+    mean: np.ndarray
+    cumulants: dict[int, np.ndarray]
+    linearized: dict[int, np.ndarray]
+    bsofi: estimate.BsofiMaps | None
+    balanced: np.ndarray | None
+    fwhm_px: float | None
+    on_ratio: float | None
     frames: int
     blocks: int
     timings_s: dict[str, float]
@@ -148,27 +155,24 @@ def parse_orders(text: str) -> tuple[int, ...]:
 
 
 def minimum_frames(order: int) -> int:
-    """Fewest frames for an order-n cumulant image: ``max(4, n + 1)``.
-
-    The frames' deviations from their mean have ``T - 1`` degrees of freedom, and an n-th order
-    cumulant needs at least n of them (the k-statistic of order n is defined from n values on);
-    sofipackage refuses stacks below 4 frames.
-    """
-    return max(SOFIPACKAGE_FRAMES_MIN, int(order) + 1)
+    """Fewest frames (per block) for an order-n cumulant image: ``max(4, n)``, as
+    :func:`fluojax.sofi.cumulants.cross_cumulant_sublattices` (sofipackage refuses stacks below 4)."""
+    return max(cumulants.MIN_FRAMES, int(order))
 
 
 def output_shape(shape_yx: tuple[int, int], order: int) -> tuple[int, int]:
     """The order-n image's shape for an ``(H, W)`` stack: ``(n (H - 4) + 1, n (W - 4) + 1)`` (sofipackage's grid)."""
-    return tuple(order * (s - NEIGHBOURHOOD_PX) + 1 for s in shape_yx)  # type: ignore[return-value]
+    h, w = GRID.sublattice_shape(shape_yx)
+    return order * h - (order - 1), order * w - (order - 1)
 
 
 def check_settings(settings: SofiSettings) -> None:
     """Refuse settings that cannot give images (one InputError line each).
 
     Raises:
-        InputError: no order, an order outside 2-4, an unknown linearization, no or a
-            non-positive PSF FWHM where deconvolution needs one, fewer than 1 iteration, or
-            blocks shorter than the highest order needs.
+        InputError: no order, an order outside 2-4, an unknown linearization, a PSF FWHM that
+            is not a positive number, fewer than 1 iteration, or blocks shorter than the highest
+            order needs.
     """
     require(len(settings.orders) > 0, "no cumulant order given: choose among 2-4")
     for order in settings.orders:
@@ -180,16 +184,11 @@ def check_settings(settings: SofiSettings) -> None:
         settings.linearize is None or settings.linearize in LINEARIZATIONS,
         f"linearization {settings.linearize!r}: choose {' or '.join(LINEARIZATIONS)}",
     )
-    if settings.linearize is not None or settings.bsofi:
-        fwhm = settings.fwhm_px
-        require(
-            fwhm is not None,
-            "the deconvolution before linearization needs the PSF's FWHM in camera pixels",
-        )
-        require(
-            fwhm is not None and bool(np.isfinite(fwhm)) and fwhm > 0,
-            f"PSF FWHM {fwhm} px: must be a positive number of camera pixels",
-        )
+    fwhm = settings.fwhm_px
+    require(
+        fwhm is None or (math.isfinite(fwhm) and fwhm > 0),
+        f"PSF FWHM {fwhm} px: must be a positive number of camera pixels",
+    )
     require(settings.iterations >= 1, f"{settings.iterations} deconvolution iterations: must be at least 1")
     if settings.block_frames is not None:
         top = max(settings.computed_orders)
@@ -199,34 +198,35 @@ def check_settings(settings: SofiSettings) -> None:
         )
 
 
-def check_stack_shape(shape: tuple[int, ...], orders: Iterable[int], name: str = "the stack") -> None:
-    """Refuse a stack that is not ``(frames, y, x)``, is smaller than the pixel neighbourhood or
-    has too few frames for the highest order.
+def check_stack_shape(shape: tuple, orders: Iterable[int], name: str = "the stack") -> None:
+    """Refuse a stack that is not ``(frames, y, x)``, is smaller than the 4 x 4 pixel
+    neighbourhood of the cross-cumulants, or has too few frames for the highest order.
 
     Arguments:
-        shape: ``(T, H, W)`` (T may be None when not known yet: only the pixels are checked).
+        shape: ``(T, H, W)``; T may be None (not known yet: only the pixels are checked).
         orders: the orders to compute.
         name: the stack's name in the messages.
     """
     require(len(shape) == 3, f"{name}: shape {tuple(shape)}; a stack is (frames, y, x)")
     frames, ny, nx = shape
+    side = GRID.min_size
     require(
-        ny >= NEIGHBOURHOOD_PX and nx >= NEIGHBOURHOOD_PX,
-        f"{name}: {ny} x {nx} pixels, smaller than the {NEIGHBOURHOOD_PX} x {NEIGHBOURHOOD_PX} pixel "
-        "neighbourhood the cross-cumulants take their pixels from",
+        ny >= side and nx >= side,
+        f"{name}: {ny} x {nx} pixels, smaller than the {side} x {side} pixel neighbourhood the "
+        "cross-cumulants take their pixels from",
     )
     if frames is not None:
         top = max(orders)
         require(
             frames >= minimum_frames(top),
-            f"{name}: {frames} frames; order {top} needs at least {minimum_frames(top)}",
+            f"{name}: {frames} frames; order {top} needs at least {minimum_frames(top)} frames",
         )
 
 
 def check_block(block: np.ndarray, name: str = "the stack") -> bool:
     """Refuse a block of frames with non-finite values; return whether any pixel fluctuates in it."""
     require(bool(np.all(np.isfinite(block))), f"{name}: holds non-finite values (NaN or infinity)")
-    return bool(np.any(np.ptp(block, axis=0) > 0)) if block.shape[0] > 1 else False
+    return block.shape[0] > 1 and bool(np.any(np.ptp(block, axis=0) > 0))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,17 +270,24 @@ def sofi_images(
     block_frames: int | None = None,
     name: str = "the stack",
 ) -> SofiImages:
-    """SOFI images of a stack: flat cross-cumulant images per order, linearized images, bSOFI maps, the mean.
+    """SOFI images of a stack: flat cross-cumulant images per order, linearized images, bSOFI, the mean.
 
-    For each block of frames b (T_b frames) and order n the cross-cumulant sub-lattices
-    ``K_n^b`` (n, n, H - 3, W - 3) are computed (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`);
-    the stack's are ``K_n = sum_b T_b K_n^b / sum_b T_b`` (sofipackage averages its subsequences
-    the same way, with equal lengths). ``K_n`` is flattened (:func:`fluojax.sofi.estimate.flatten`)
-    and interleaved to ``n (H - 4) + 1`` by ``n (W - 4) + 1`` pixels. Linearization: Richardson-Lucy
-    with a Gaussian PSF of FWHM ``fwhm_px sqrt(n)`` output pixels (the n-th power of the camera
-    PSF on the n-fold grid), ``iterations`` iterations, then the n-th root (``"root"``) or the
-    adaptive exponent (``"adaptive"``; :mod:`fluojax.sofi.estimate`). A last block shorter than
-    the highest order needs (:func:`minimum_frames`) is joined to the block before it.
+    For each block b of ``T_b`` frames and order n the cross-cumulant sub-lattices ``K_n^b``
+    (n, n, H - 3, W - 3) are computed (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`,
+    each block centred by its own mean); the stack's are ``K_n = sum_b T_b K_n^b / sum_b T_b``
+    (sofipackage averages its equally long subsequences). A last block shorter than
+    ``block_frames / 2`` or than the highest order needs (:func:`minimum_frames`) is joined to the
+    block before it, so no frame is left out. ``K_n`` is flattened by sub-lattice mean
+    equalisation, interleaved and 2 x 2 median filtered (:func:`fluojax.sofi.estimate.flatten`).
+    FWHM ``w``: ``fwhm_px``, else :func:`fluojax.sofi.estimate.estimate_fwhm` of the lowest
+    order's sub-lattices. Linearization (:func:`fluojax.sofi.estimate.linearize`): Richardson-Lucy
+    with a Gaussian of sigma ``w sqrt(n) / sqrt(8 ln 2)`` output pixels, ``iterations`` times, then
+    the n-th root; adaptive (:func:`fluojax.sofi.estimate.adaptive_linearize`): the exponent from
+    the on-time ratio rho_on of :func:`fluojax.sofi.estimate.estimate_on_ratio`. rho_on and the
+    bSOFI maps (:func:`fluojax.sofi.estimate.bsofi_parameters`) compare cumulants of different
+    orders at one pixel, so they take the distance-factor flattening with ``w`` (which keeps the
+    model's scale), not the mean equalisation; the balanced image
+    (:func:`fluojax.sofi.estimate.balanced_sofi`) takes the root-linearized orders 3 and 4.
 
     Arguments:
         stack_or_blocks: a ``(T, H, W)`` array (NumPy, a memory map, JAX), sliced into blocks of
@@ -289,7 +296,7 @@ def sofi_images(
         orders: cumulant orders, each in 2-4.
         linearize: ``"root"``, ``"adaptive"`` or None.
         bsofi: also the balanced image and the on-time ratio, brightness and density maps.
-        fwhm_px: PSF FWHM in camera pixels (needed for ``linearize`` and ``bsofi``).
+        fwhm_px: PSF FWHM in camera pixels (None: estimated).
         iterations: Richardson-Lucy iterations.
         block_frames: frames per block when ``stack_or_blocks`` is an array (None: one block).
         name: the stack's name in the messages.
@@ -298,66 +305,102 @@ def sofi_images(
         :class:`SofiImages`.
 
     Raises:
-        InputError: see :func:`check_settings`, :func:`check_stack_shape`, :func:`check_block`,
-            and a stack without fluctuations (every pixel constant in time) or whose neighbouring
+        InputError: see :func:`check_settings`, :func:`check_stack_shape` and :func:`check_block`;
+            a stack without fluctuations (every pixel constant in time), or whose neighbouring
             pixels never fluctuate together (all cross-cumulants zero).
     """
     settings = SofiSettings(
-        tuple(sorted(set(int(o) for o in orders))), linearize, bool(bsofi), fwhm_px, int(iterations), block_frames
+        tuple(sorted({int(o) for o in orders})), linearize, bool(bsofi), fwhm_px, int(iterations), block_frames
     )
     check_settings(settings)
     computed = settings.computed_orders
+    least = minimum_frames(max(computed))
     if hasattr(stack_or_blocks, "shape"):
         check_stack_shape(tuple(stack_or_blocks.shape), computed, name)
     t0 = time.perf_counter()
-    blocks = _with_short_tail_merged(_blocks(stack_or_blocks, block_frames), minimum_frames(max(computed)))
+    shortest = max(least, (block_frames or 0) // 2)
     sums: dict[int, np.ndarray] = {}
-    total = None
+    total: np.ndarray | None = None
     frames = n_blocks = 0
     fluctuates = False
-    for block in blocks:
-        check_stack_shape((None, *block.shape[1:]), computed, name)
-        fluctuates |= check_block(block, name)
+    for block in _with_short_tail_merged(_blocks(stack_or_blocks, block_frames), shortest):
         if total is not None:
             require(
                 block.shape[1:] == total.shape,
                 f"{name}: a block of {block.shape[1]} x {block.shape[2]} pixels after blocks of "
                 f"{total.shape[0]} x {total.shape[1]}",
             )
-        if block.shape[0] < minimum_frames(max(computed)):  # the whole stack is this one block
-            check_stack_shape(block.shape, computed, name)
-        total = block.sum(axis=0, dtype=np.float64) if total is None else total + block.sum(axis=0, dtype=np.float64)
+        check_stack_shape(block.shape if n_blocks == 0 else (None, *block.shape[1:]), computed, name)
+        varies = check_block(block, name)
+        fluctuates |= varies
+        total = block.sum(axis=0, dtype=np.float64) + (0.0 if total is None else total)
         frames += block.shape[0]
         n_blocks += 1
-        if not fluctuates:
+        if not varies:  # every cumulant of a block without fluctuations is 0
             continue
-        for order, sub in _block_sublattices(block, computed).items():
-            weighted = block.shape[0] * np.asarray(sub, np.float64)
-            sums[order] = weighted if order not in sums else sums[order] + weighted
+        x = jnp.asarray(block)
+        for order in computed:
+            sub = block.shape[0] * np.asarray(cumulants.cross_cumulant_sublattices(x, order), np.float64)
+            sums[order] = sub + sums.get(order, 0.0)
     require(total is not None, f"{name}: holds no frames")
-    require(fluctuates, f"{name}: no fluctuations: every pixel is constant in time, so every cumulant is zero")
     assert total is not None
-    timings = {"read_and_cumulants": time.perf_counter() - t0}
-    # blocks read before the first fluctuating one contribute zero cumulants and their frames
-    sublattices = {order: (s / frames).astype(np.float32) for order, s in sums.items()}
+    require(fluctuates, f"{name}: no fluctuations: every pixel is constant in time, so every cumulant is zero")
+    timings = {"cumulants": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    flat = {order: _flat_image(sub, order, name) for order, sub in sublattices.items()}
+    sub = {order: jnp.asarray(s / frames, jnp.float32) for order, s in sums.items()}
+    for order in computed:
+        require(
+            bool(jnp.any(sub[order] != 0)),
+            f"{name}: the order-{order} cross-cumulants are all zero: no neighbouring pixels fluctuate together",
+        )
+    flat = {order: np.asarray(estimate.flatten(sub[order]), np.float32) for order in computed}
+    fwhm = settings.fwhm_px
+    if fwhm is None and (settings.linearize is not None or settings.bsofi):
+        fwhm = float(estimate.estimate_fwhm(sub[computed[0]]))
     timings["flatten"] = time.perf_counter() - t1
-    mean = (total / frames).astype(np.float32)
-    linearized: dict[int, np.ndarray] = {}
     t2 = time.perf_counter()
-    if settings.linearize is not None or settings.bsofi:
-        linearized = _linearized(flat, mean, settings)
+    linearized: dict[int, np.ndarray] = {}
+    rho = None
+    if settings.linearize == "adaptive":
+        assert fwhm is not None
+        scaled = {o: estimate.flatten(sub[o], fwhm) for o in (2, 3)}
+        rho = float(estimate.estimate_on_ratio(scaled[2], scaled[3]))
+        require(
+            math.isfinite(rho) and 0.0 < rho < 1.0,
+            f"{name}: the on-time ratio estimated from orders 2 and 3 is {rho:.3g}: no adaptive linearization",
+        )
+        for order in settings.orders:
+            image = estimate.adaptive_linearize(flat[order], order, fwhm, rho, settings.iterations)
+            linearized[order] = np.asarray(image, np.float32)
+    elif settings.linearize == "root":
+        assert fwhm is not None
+        for order in settings.orders:
+            linearized[order] = np.asarray(
+                estimate.linearize(flat[order], order, fwhm, settings.iterations), np.float32
+            )
     timings["linearize"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    maps = _bsofi(flat, linearized, settings) if settings.bsofi else None
+    maps = balanced = None
+    if settings.bsofi:
+        assert fwhm is not None
+        scaled = {o: estimate.flatten(sub[o], fwhm) for o in CROSS_ORDERS}
+        maps = estimate.bsofi_parameters(scaled[2], scaled[3], scaled[4])
+        lin = {
+            o: linearized[o]
+            if settings.linearize == "root" and o in linearized
+            else estimate.linearize(flat[o], o, fwhm, settings.iterations)
+            for o in (3, 4)
+        }
+        balanced = np.asarray(estimate.balanced_sofi(lin[3], lin[4], maps.on_ratio), np.float32)
     timings["bsofi"] = time.perf_counter() - t3
-    keep = set(settings.orders)
     return SofiImages(
-        mean=mean,
-        cumulants={o: im for o, im in flat.items() if o in keep},
-        linearized={o: im for o, im in linearized.items() if o in keep and settings.linearize is not None},
+        mean=(total / frames).astype(np.float32),
+        cumulants={o: flat[o] for o in settings.orders},
+        linearized=linearized,
         bsofi=maps,
+        balanced=balanced,
+        fwhm_px=fwhm,
+        on_ratio=rho,
         frames=frames,
         blocks=n_blocks,
         timings_s=timings,
@@ -365,94 +408,50 @@ def sofi_images(
     )
 
 
-def _block_sublattices(block: np.ndarray, orders: tuple[int, ...]) -> dict[int, np.ndarray]:
-    """Order -> the block's cross-cumulant sub-lattices ``(n, n, H - 3, W - 3)``."""
-    import jax.numpy as jnp
-
-    from fluojax.sofi import cumulants
-
-    stack = jnp.asarray(block)
-    return {order: np.asarray(cumulants.cross_cumulant_sublattices(stack, order)) for order in orders}
-
-
-def _flat_image(sublattices: np.ndarray, order: int, name: str) -> np.ndarray:
-    """Flatten the sub-lattices and interleave them onto one image; refuse an all-zero result."""
-    import jax.numpy as jnp
-
-    from fluojax.sofi import cumulants, estimate
-
-    require(
-        bool(np.any(sublattices != 0)),
-        f"{name}: the order-{order} cross-cumulants are all zero: no two neighbouring pixels fluctuate together",
-    )
-    image = np.asarray(cumulants.interleave(estimate.flatten(jnp.asarray(sublattices))), np.float32)
-    require(bool(np.all(np.isfinite(image))), f"{name}: the order-{order} cumulant image is not finite")
-    return image
-
-
-def _linearized(flat: dict[int, np.ndarray], mean: np.ndarray, settings: SofiSettings) -> dict[int, np.ndarray]:
-    """Order -> the deconvolved, linearized image (root or adaptive)."""
-    import jax.numpy as jnp
-
-    from fluojax.sofi import estimate
-
-    assert settings.fwhm_px is not None
-    images = {o: jnp.asarray(im) for o, im in flat.items()}
-    if settings.linearize == "adaptive":
-        out = estimate.adaptive_linearize(images, jnp.asarray(mean), settings.fwhm_px, iterations=settings.iterations)
-    else:
-        out = {
-            o: estimate.linearize(im, o, settings.fwhm_px, iterations=settings.iterations) for o, im in images.items()
-        }
-    return {o: np.asarray(im, np.float32) for o, im in out.items()}
-
-
-def _bsofi(flat: dict[int, np.ndarray], linearized: dict[int, np.ndarray], settings: SofiSettings):
-    """The balanced image and the parameter maps of orders 2-4."""
-    import jax.numpy as jnp
-
-    from fluojax.sofi import estimate
-
-    params = estimate.bsofi_parameters(*(jnp.asarray(flat[o]) for o in CROSS_ORDERS))
-    balanced = estimate.balanced_sofi(jnp.asarray(linearized[3]), jnp.asarray(linearized[4]), params.on_ratio)
-    return params, np.asarray(balanced, np.float32)
-
-
 # ------------------------------------------------------------------------------------------------
 # Summary and files
 
 
 def images_summary(result: SofiImages, stack: str | None = None) -> dict:
-    """A JSON-ready summary: settings, frames, blocks, each image's shape and range, timings."""
+    """A JSON-ready summary: settings, frames, blocks, FWHM, on-ratio, each image's shape and range, timings."""
 
     def describe(image) -> dict:
         image = np.asarray(image)
-        return {"shape": list(image.shape), "min": float(np.min(image)), "max": float(np.max(image))}
+        finite = image[np.isfinite(image)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+        return {"shape": list(image.shape), "min": low, "max": high}
 
     return {
         "stack": stack,
         "settings": dataclasses.asdict(result.settings),
         "frames": result.frames,
         "blocks": result.blocks,
+        "fwhm_px": result.fwhm_px,
+        "fwhm_estimated": result.settings.fwhm_px is None and result.fwhm_px is not None,
+        "on_ratio": result.on_ratio,
         "mean": describe(result.mean),
         "cumulants": {str(o): describe(im) for o, im in result.cumulants.items()},
         "linearized": {str(o): describe(im) for o, im in result.linearized.items()},
-        "bsofi": None if result.bsofi is None else {"balanced": describe(result.bsofi[1])},
+        "bsofi": None
+        if result.bsofi is None or result.balanced is None
+        else {"balanced": describe(result.balanced), **{f: describe(m) for f, m in result.bsofi._asdict().items()}},
         "timings_s": result.timings_s,
-        "grid": "order n: n (H - 4) + 1 by n (W - 4) + 1 pixels; pixel (0, 0) is the virtual pixel of camera pixel (1, 1)",
+        "grid": "order n: n (H - 4) + 1 by n (W - 4) + 1 pixels; pixel (p, q) is the virtual pixel at camera "
+        "pixel (1 + p / n, 1 + q / n) (rows, columns)",
     }
 
 
 def image_extent_nm(shape_yx: tuple[int, int], order: int, pixel_nm: float) -> tuple[float, float, float, float]:
     """(left, right, bottom, top) in nm of an order-n image's pixels, for drawing.
 
-    Pixel (p, q) of the order-n image is the virtual pixel at camera pixel (1 + p / n, 1 + q / n)
-    (rows, columns; the reference pixels start at camera pixel 1), whose centre lies at
-    ``(1.5 + p / n) a`` with the origin at the outer corner of camera pixel 0 (a = ``pixel_nm``).
+    Pixel (p, q) of the order-n image is the virtual pixel at camera pixel ``r + (p, q) / n``
+    (rows, columns; ``r`` = 1, the first reference pixel), whose centre lies at
+    ``(r + 1/2 + p / n) a`` with the origin at the outer corner of camera pixel 0 (a = ``pixel_nm``).
     """
     ny, nx = shape_yx
-    half = 0.5 / order
-    left, top = (1.5 - half) * pixel_nm, (1.5 - half) * pixel_nm
+    row0, col0 = GRID.first_reference
+    top = (row0 + 0.5 - 0.5 / order) * pixel_nm
+    left = (col0 + 0.5 - 0.5 / order) * pixel_nm
     return (left, left + nx * pixel_nm / order, top + ny * pixel_nm / order, top)
 
 
@@ -467,12 +466,13 @@ class _Drawn(NamedTuple):
 def write_images(
     folder: str | Path, result: SofiImages, pixel_nm: float | None = None, name: str = "stack"
 ) -> list[str]:
-    """Write the images of :func:`sofi_images` into ``folder``: float32 TIFFs and PNGs.
+    """Write the images of :func:`sofi_images` into ``folder``: float32 ImageJ TIFFs and PNGs.
 
-    Files: ``mean.tif`` (the temporal mean), ``sofi_c<n>.tif`` (flat cumulants),
-    ``sofi<n>.tif`` (root-linearized) or ``sofi_lin<n>.tif`` (adaptive), ``bsofi.tif`` and
-    ``bsofi_<map>.tif`` (balanced image, on-time ratio, brightness, density), each order-n TIFF
-    calibrated with ``pixel_nm / n``, and one PNG per SOFI image.
+    Files: ``mean.tif`` (the temporal mean); per order n ``sofi_c<n>.tif`` (flat cumulant) and
+    ``sofi<n>.tif`` (root-linearized) or ``sofi_lin<n>.tif`` (adaptive), sofipackage's names;
+    with bSOFI ``bsofi.tif`` (balanced) and ``bsofi_on_ratio.tif``, ``bsofi_brightness.tif``,
+    ``bsofi_density.tif``. Each TIFF of order n is calibrated with ``pixel_nm / n``; each SOFI
+    image also gets a PNG (:func:`fluojax.plotting.plot_super_resolution`).
 
     Arguments:
         folder: an existing folder (e.g. the staging folder of :func:`fluojax.io.result_folder`).
@@ -489,49 +489,32 @@ def write_images(
 
     folder = Path(folder)
     written: list[str] = []
-    drawn_pixel = pixel_nm or 1000.0
+    drawn_nm = pixel_nm or 1000.0
     unknown = "" if pixel_nm else " (pixel size unknown: 1 camera pixel drawn as 1 µm)"
 
-    def save(stem: str, image, order: int, quantity: str, unit: str, title: str) -> None:
-        image = np.asarray(image, np.float32)
-        io.write_map(folder / f"{stem}.tif", image, quantity, unit, None if not pixel_nm else pixel_nm / order / 1000.0)
-        drawn = _Drawn(image, image_extent_nm(image.shape, order, drawn_pixel), drawn_pixel / order)
-        plot_super_resolution(folder / f"{stem}.png", drawn, f"{name}: {title}{unknown}")
-        written.extend([f"{stem}.tif", f"{stem}.png"])
+    def tif(stem: str, image, order: int, quantity: str, unit: str) -> None:
+        pixel_um = pixel_nm / order / 1000.0 if pixel_nm else None
+        io.write_map(folder / f"{stem}.tif", np.asarray(image, np.float32), quantity, unit, pixel_um)
+        written.append(f"{stem}.tif")
 
-    io.write_map(
-        folder / "mean.tif", result.mean, "temporal mean", "counts", None if not pixel_nm else pixel_nm / 1000.0
-    )
-    written.append("mean.tif")
+    def png(stem: str, image, order: int, title: str) -> None:
+        image = np.nan_to_num(np.asarray(image, np.float32))
+        drawn = _Drawn(image, image_extent_nm(image.shape, order, drawn_nm), drawn_nm / order)
+        plot_super_resolution(folder / f"{stem}.png", drawn, f"{name}: {title}{unknown}")
+        written.append(f"{stem}.png")
+
+    tif("mean", result.mean, 1, "temporal mean", "counts")
     lin = "sofi_lin" if result.settings.linearize == "adaptive" else "sofi"
     for order, image in result.cumulants.items():
-        save(
-            f"sofi_c{order}",
-            image,
-            order,
-            f"flat order-{order} cross-cumulant",
-            f"counts^{order}",
-            f"order {order}, flat cumulant",
-        )
+        tif(f"sofi_c{order}", image, order, f"flat order-{order} cross-cumulant", f"counts^{order}")
+        png(f"sofi_c{order}", image, order, f"order-{order} SOFI, flat cumulant")
     for order, image in result.linearized.items():
-        save(
-            f"{lin}{order}",
-            image,
-            order,
-            f"linearized order-{order} SOFI",
-            "counts (relative)",
-            f"order {order}, linearized",
-        )
-    if result.bsofi is not None:
-        params, balanced = result.bsofi
-        save("bsofi", balanced, 4, "balanced SOFI", "relative", "balanced SOFI")
-        for field in params._fields:
-            io.write_map(
-                folder / f"bsofi_{field}.tif",
-                np.asarray(getattr(params, field), np.float32),
-                field,
-                "",
-                None if not pixel_nm else pixel_nm / 4 / 1000.0,
-            )
-            written.append(f"bsofi_{field}.tif")
+        tif(f"{lin}{order}", image, order, f"{result.settings.linearize}-linearized order-{order} SOFI", "counts")
+        png(f"{lin}{order}", image, order, f"order-{order} SOFI, {result.settings.linearize} linearization")
+    if result.bsofi is not None and result.balanced is not None:
+        tif("bsofi", result.balanced, 4, "balanced SOFI", "")
+        png("bsofi", result.balanced, 4, "balanced SOFI")
+        units = {"on_ratio": "", "brightness": "counts per frame", "density": "emitters"}
+        for field, image in result.bsofi._asdict().items():
+            tif(f"bsofi_{field}", image, 4, field.replace("_", " "), units.get(field, ""))
     return written
