@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -64,6 +65,15 @@ CROSS_ORDERS = GRID.orders
 
 LINEARIZATIONS = ("root", "adaptive")
 """Linearizations after deconvolution: the n-th root, or the adaptive exponent (Geissbuehler et al. 2012)."""
+
+# the estimator's steps compiled once per shape (run op by op they cost ~1 s each on a small image)
+_flatten = jax.jit(estimate.flatten, static_argnames=("median",))
+_estimate_fwhm = jax.jit(estimate.estimate_fwhm)
+_linearize = jax.jit(estimate.linearize, static_argnames=("order", "fwhm_px", "iterations"))
+_adaptive_linearize = jax.jit(estimate.adaptive_linearize, static_argnames=("order", "fwhm_px", "iterations", "points"))
+_estimate_on_ratio = jax.jit(estimate.estimate_on_ratio, static_argnames=("points",))
+_bsofi_parameters = jax.jit(estimate.bsofi_parameters, static_argnames=("exponent",))
+_balanced_sofi = jax.jit(estimate.balanced_sofi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,45 +363,43 @@ def sofi_images(
             bool(jnp.any(sub[order] != 0)),
             f"{name}: the order-{order} cross-cumulants are all zero: no neighbouring pixels fluctuate together",
         )
-    flat = {order: np.asarray(estimate.flatten(sub[order]), np.float32) for order in computed}
+    flat = {order: np.asarray(_flatten(sub[order]), np.float32) for order in computed}
     fwhm = settings.fwhm_px
     if fwhm is None and (settings.linearize is not None or settings.bsofi):
-        fwhm = float(estimate.estimate_fwhm(sub[computed[0]]))
+        fwhm = float(_estimate_fwhm(sub[computed[0]]))
     timings["flatten"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     linearized: dict[int, np.ndarray] = {}
     rho = None
     if settings.linearize == "adaptive":
         assert fwhm is not None
-        scaled = {o: estimate.flatten(sub[o], fwhm) for o in (2, 3)}
-        rho = float(estimate.estimate_on_ratio(scaled[2], scaled[3]))
+        scaled = {o: _flatten(sub[o], fwhm) for o in (2, 3)}
+        rho = float(_estimate_on_ratio(scaled[2], scaled[3]))
         require(
             math.isfinite(rho) and 0.0 < rho < 1.0,
             f"{name}: the on-time ratio estimated from orders 2 and 3 is {rho:.3g}: no adaptive linearization",
         )
         for order in settings.orders:
-            image = estimate.adaptive_linearize(flat[order], order, fwhm, rho, settings.iterations)
+            image = _adaptive_linearize(flat[order], order, fwhm, rho, settings.iterations)
             linearized[order] = np.asarray(image, np.float32)
     elif settings.linearize == "root":
         assert fwhm is not None
         for order in settings.orders:
-            linearized[order] = np.asarray(
-                estimate.linearize(flat[order], order, fwhm, settings.iterations), np.float32
-            )
+            linearized[order] = np.asarray(_linearize(flat[order], order, fwhm, settings.iterations), np.float32)
     timings["linearize"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     maps = balanced = None
     if settings.bsofi:
         assert fwhm is not None
-        scaled = {o: estimate.flatten(sub[o], fwhm) for o in CROSS_ORDERS}
-        maps = estimate.bsofi_parameters(scaled[2], scaled[3], scaled[4])
+        scaled = {o: _flatten(sub[o], fwhm) for o in CROSS_ORDERS}
+        maps = _bsofi_parameters(scaled[2], scaled[3], scaled[4])
         lin = {
             o: linearized[o]
             if settings.linearize == "root" and o in linearized
-            else estimate.linearize(flat[o], o, fwhm, settings.iterations)
+            else _linearize(flat[o], o, fwhm, settings.iterations)
             for o in (3, 4)
         }
-        balanced = np.asarray(estimate.balanced_sofi(lin[3], lin[4], maps.on_ratio), np.float32)
+        balanced = np.asarray(_balanced_sofi(lin[3], lin[4], maps.on_ratio), np.float32)
     timings["bsofi"] = time.perf_counter() - t3
     return SofiImages(
         mean=(total / frames).astype(np.float32),
