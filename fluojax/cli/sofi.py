@@ -20,11 +20,15 @@ __all__ = ["HANDLERS", "SUBCOMMANDS", "add_parsers"]
 SUBCOMMANDS = ("image", "simulate", "train", "predict")
 """``fluojax sofi`` subcommands (``image`` is implied by a first argument that is none of them)."""
 
+PRESET_NAMES = ("thesis", "small")
+"""``simulate --preset`` choices: ``fluojax.sofi.pipeline.PRESETS`` (listed here so that the help
+imports no jax; a test checks that they are the library's)."""
+
 LINEARIZE_NAMES = ("root", "adaptive", "none")
 """``--linearize`` choices: ``fluojax.sofi.pipeline.LINEARIZATIONS`` and ``none`` (checked by a test)."""
 
 USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [-o OUT]
-       fluojax sofi simulate [--preset NAME] [--frames N] -o OUT
+       fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
        fluojax sofi train --config NAME [--steps N] -o RUN
        fluojax sofi predict STACK.tif --net RUN [--windows] [-o OUT]"""
 
@@ -61,12 +65,19 @@ def _add_image(p: argparse.ArgumentParser) -> None:
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="thesis",
+        help="Komen 2024's settings (128 x 128, 100 frames; the default) or a CPU-sized 32 x 32 variant",
+    )
+    s.add_argument("--density", type=int, choices=(0, 1, 2), default=0, help="density level, densest first (default 0)")
+    s.add_argument("--snr", type=int, choices=(0, 1, 2, 3), default=0, help="SNR level, brightest first (default 0)")
     common.add_numbers(
         s,
-        ("--frames", positive(int), None, "N", "frames (default: the preset's)"),
+        ("--frames", positive(int), None, "N", "frames (default: the preset's, 100)"),
         ("--size", positive(int), None, "PX", "square field side in camera pixels (default: the preset's)"),
     )
-    s.add_argument("--preset", default=None, help="parameter set (default: the library's default preset)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     add_output(s, "OUT", "output folder: stack.tif, truth.tif, emitters.csv, summary.json", required=True)
 
@@ -180,7 +191,58 @@ def image_command(args) -> int:
 
 def simulate_command(args) -> int:
     """``fluojax sofi simulate``."""
-    raise NotImplementedError  # lands with fluojax.sofi.simulate
+    import jax
+    import numpy as np
+
+    from fluojax import io
+    from fluojax.sofi import pipeline, simulate
+
+    out = Path(args.output)
+    label = f"-o {args.output}"
+    io.check_output_folder(out, "sofi-simulate", args.overwrite, label)
+    settings = pipeline.simulation_settings(args.preset, args.density, args.snr, args.size)
+    frames = args.frames or settings.n_frames
+    t0 = time.perf_counter()
+    movie = simulate.simulate_movie(jax.random.key(args.seed), settings, frames)
+    stack = np.asarray(movie.frames, np.float32)
+    fwhm_px = settings.fwhm_nm / settings.pixel_nm
+    emitters = int(np.asarray(movie.mask).sum())
+    summary = {
+        "preset": args.preset,
+        "density_level": args.density,
+        "snr_level": args.snr,
+        "frames": frames,
+        "shape_px": list(stack.shape[1:]),
+        "pixel_nm": settings.pixel_nm,
+        "fwhm_nm": settings.fwhm_nm,
+        "fwhm_px": fwhm_px,
+        "on_fraction": settings.blinking.on_fraction,
+        "background_photons": settings.background,
+        "emitters": emitters,
+        "emitters_drawn": int(movie.n_drawn),
+        "seed": args.seed,
+        "settings": repr(settings),
+        "units": "stack in ADU of the preset's camera; truth.tif: the emitters on the order-2 SOFI grid "
+        "(2 (N - 4) + 1 pixels per side) with a PSF narrowed 2-fold, max 1; emitters.csv in nm",
+    }
+    frame_s = 1.0 / simulate.KOMEN_2024.fps
+    pixel_um = settings.pixel_nm / 1000.0
+    with io.result_folder(out, "sofi-simulate", args.overwrite, label) as folder:
+        io.write_stack(folder / "stack.tif", stack, frame_s, pixel_um)
+        truth = np.asarray(movie.ground_truth, np.float32)
+        io.write_map(folder / "truth.tif", truth, "ground truth", "", pixel_um / settings.gt_order)
+        (folder / "emitters.csv").write_text(pipeline.emitters_csv(movie))
+        io.write_json(folder / "summary.json", summary)
+    print(
+        f"simulated {frames} frames of {stack.shape[1]} x {stack.shape[2]} pixels ({args.preset}), {emitters} emitters, "
+        f"in {time.perf_counter() - t0:.1f} s -> {out}/\n"
+        f"SOFI of it with: fluojax sofi {out / 'stack.tif'} --fwhm {fwhm_px:.3g} -o {out}_sofi"
+    )
+    if int(movie.n_drawn) > emitters:
+        common.warn(
+            [f"{int(movie.n_drawn)} emitters were drawn, {emitters} simulated: the preset's emitter slots are full"]
+        )
+    return 0
 
 
 def train_command(args) -> int:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fluojax.io import require
-from fluojax.sofi import cumulants, estimate
+from fluojax.sofi import cumulants, estimate, simulate
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -43,16 +43,19 @@ if TYPE_CHECKING:
 __all__ = [
     "CROSS_ORDERS",
     "LINEARIZATIONS",
+    "PRESETS",
     "SofiImages",
     "SofiSettings",
     "check_block",
     "check_settings",
     "check_stack_shape",
+    "emitters_csv",
     "image_extent_nm",
     "images_summary",
     "minimum_frames",
     "output_shape",
     "parse_orders",
+    "simulation_settings",
     "sofi_images",
     "write_images",
 ]
@@ -526,3 +529,42 @@ def write_images(
         for field, image in result.bsofi._asdict().items():
             tif(f"bsofi_{field}", image, 4, field.replace("_", " "), units.get(field, ""))
     return written
+
+
+# ------------------------------------------------------------------------------------------------
+# Simulation
+
+
+PRESETS = {"thesis": simulate.thesis_preset, "small": simulate.small_preset}
+"""Simulation presets by name: Komen 2024's settings (Tables 5.1-5.2: 128 x 128 pixels of 100 nm,
+100 frames, PSF FWHM 220 nm, sCMOS) and their CPU-sized variant (32 x 32, fewer filaments); both
+take a density level (0-2, off-time 600/1200/2400 ms) and an SNR level (0-3, 100/80/60/40 photons)."""
+
+
+def simulation_settings(
+    preset: str = "thesis", density_level: int = 0, snr_level: int = 0, size: int | None = None
+) -> simulate.SofiSettings:
+    """The :class:`fluojax.sofi.simulate.SofiSettings` of a named preset (:data:`PRESETS`).
+
+    Arguments:
+        preset: ``"thesis"`` or ``"small"``.
+        density_level: 0-2 (densest first).
+        snr_level: 0-3 (brightest first).
+        size: square field side in pixels (None: the preset's, 128 or 32).
+    """
+    require(preset in PRESETS, f"preset {preset!r}: the presets are {', '.join(PRESETS)}")
+    if preset == "thesis":
+        return simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128))
+    return simulate.small_preset(density_level, snr_level, size or 32)
+
+
+def emitters_csv(movie: simulate.SofiMovie) -> str:
+    """The emitters of a simulated movie as CSV: id, x and y in nm (origin at the outer corner of
+    the first pixel), brightness in photons per frame while on, and photons emitted over the movie."""
+    mask = np.asarray(movie.mask)
+    x, y = np.asarray(movie.x_nm)[mask], np.asarray(movie.y_nm)[mask]
+    brightness = np.asarray(movie.brightness)[mask]
+    photons = np.asarray(movie.traces).sum(axis=0)[mask]
+    lines = ['"id","x [nm]","y [nm]","brightness [photon/frame]","photons [photon]"']
+    lines += [f"{k + 1},{x[k]:.2f},{y[k]:.2f},{brightness[k]:.6g},{photons[k]:.6g}" for k in range(int(mask.sum()))]
+    return "\n".join(lines) + "\n"
