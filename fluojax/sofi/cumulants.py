@@ -247,21 +247,28 @@ def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
 
 
 def _cumulant_images(
-    d: Array,
+    x: Array,
     sets: list[tuple[tuple[int, int, int], ...]],
     origin: tuple[int, int],
     out_shape: tuple[int, int],
+    pad: int = 0,
 ) -> Array:
-    """Joint cumulants of pixel sets over a centred (and padded) stack ``d`` (t, Y, X).
+    """Joint cumulants of pixel sets of a stack ``x`` (t, Y, X), one image per set.
 
     Each set holds n pixels ``(dy, dx, lag)``; the value at output (a, b) uses pixels
-    ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1. Each distinct
-    block product (up to a translation) is reduced over time once and shared by all sets.
+    ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1, each window
+    centred by its own mean over those frames, then ``pad`` zero rows/columns appended. Each
+    distinct block product (up to a translation) is reduced over time once and shared by all sets.
     """
-    t_all, big_y, big_x = d.shape
-    n = len(sets[0])
     max_lag = max(lag for s in sets for (_, _, lag) in s)
-    t_eff = t_all - max_lag
+    t_eff = x.shape[0] - max_lag
+    centred = {}
+    for lag in sorted({lag for s in sets for (_, _, lag) in s}):
+        window = x[lag : lag + t_eff]
+        window = window - jnp.mean(window, axis=0)
+        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    n = len(sets[0])
     h, w = out_shape
     terms: dict[tuple[tuple[int, int, int], ...], Array] = {}
 
@@ -274,7 +281,7 @@ def _cumulant_images(
             rx = max(p[1] for p in key)
             prod = None
             for dy, dx, lag in key:
-                piece = d[lag : lag + t_eff, dy : big_y - ry + dy, dx : big_x - rx + dx]
+                piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
                 prod = piece if prod is None else prod * piece
             assert prod is not None
             terms[key] = jnp.sum(prod, axis=0) / t_eff
@@ -311,12 +318,9 @@ def _blocked(fn: Callable[[Array], Array], x: Array, block_frames: int | None) -
 
 def _cross_block(x: Array, order: int, lags: tuple[int, ...], grid: Grid) -> Array:
     combos = grid.combinations(order)
-    d = x - jnp.mean(x, axis=0)
-    if grid.pad:
-        d = jnp.pad(d, ((0, 0), (0, grid.pad), (0, grid.pad)))
     sets = [tuple((int(dy), int(dx), lags[k]) for k, (dy, dx) in enumerate(row)) for row in combos.offsets]
     h, w = grid.sublattice_shape((x.shape[1], x.shape[2]))
-    images = _cumulant_images(d, sets, grid.first_reference, (h, w))
+    images = _cumulant_images(x, sets, grid.first_reference, (h, w), grid.pad)
     return images.reshape(order, order, h, w)
 
 
@@ -333,8 +337,10 @@ def cross_cumulant_sublattices(
 
     ``out[i, j, a, b] = sum_P (-1)^(|P|-1) (|P|-1)! prod_{B in P} <prod_{k in B} d(p_k, t + tau_k)>_t``
     over the partitions P of the combination's n pixels ``p_k = ref(a, b) + offsets[i n + j, k]``
-    without singletons (:func:`partitions`), with ``d = I - <I>_t`` (each pixel's mean over the
-    block's T frames) and ``<.>_t`` the mean over t = 0..T - max(tau) - 1. The virtual pixel sits at
+    without singletons (:func:`partitions`), with ``<.>_t`` the mean over t = 0..T - max(tau) - 1
+    and ``d(p, t + tau) = I(p, t + tau) - <I(p, t + tau)>_t`` each lagged window centred by its own
+    mean (at zero lag: each pixel's mean over the T frames). This is exactly the joint cumulant of
+    the empirical distribution of the n series ``I(p_k, t + tau_k)``. The virtual pixel sits at
     (+i/n, +j/n) camera pixels from the reference pixel ``ref(a, b) = grid.first_reference + (a, b)``.
     Sofipackage grid (default): h, w = H - 3, W - 3, zero lag, every pixel distinct, so noise
     independent between pixels adds nothing.
@@ -410,9 +416,8 @@ def _central_moment_cumulants(x: Array, order: int) -> Array:
 def _auto_block(x: Array, order: int, lags: tuple[int, ...]) -> Array:
     if not any(lags):
         return _central_moment_cumulants(x, order)
-    d = x - jnp.mean(x, axis=0)
     pixel_set = tuple((0, 0, lag) for lag in lags)
-    return _cumulant_images(d, [pixel_set], (0, 0), (x.shape[1], x.shape[2]))[0]
+    return _cumulant_images(x, [pixel_set], (0, 0), (x.shape[1], x.shape[2]))[0]
 
 
 @functools.partial(jax.jit, static_argnames=("order", "lags", "block_frames"))
