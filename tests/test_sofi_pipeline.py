@@ -110,8 +110,8 @@ def test_the_image_of_a_single_emitter_peaks_at_its_position():
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:NY, 0:NX]
     psf = np.exp(-((yy - 5) ** 2 + (xx - 8) ** 2) / (2 * 1.0**2))
-    on = rng.random(400) < 0.5
-    data = (200 * on[:, None, None] * psf + rng.normal(0, 1, (400, NY, NX))).astype(np.float32)
+    on = rng.random(T) < 0.5
+    data = (200 * on[:, None, None] * psf + rng.normal(0, 1, (T, NY, NX))).astype(np.float32)
     image = pipeline.sofi_images(data, orders=(2,), linearize=None).cumulants[2]
     peak = np.unravel_index(np.argmax(image), image.shape)
     assert abs(peak[0] - 8) <= 1 and abs(peak[1] - 14) <= 1, peak
