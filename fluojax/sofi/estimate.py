@@ -97,17 +97,18 @@ def median_filter_2x2(image: Float[ArrayLike, "y x"]) -> Float[Array, "y x"]:
     return 0.5 * (four[1] + four[2])
 
 
-def _sum_sq(order: int) -> np.ndarray:
+def _sum_sq(order: int, grid: str | cumulants.Grid) -> np.ndarray:
     """(n, n) sum of squared pairwise distances (camera pixels^2) of each sub-lattice's pixels."""
-    return np.asarray(cumulants.combinations(order).sum_sq, dtype=np.float64).reshape(order, order)
+    return np.asarray(cumulants.combinations(order, grid).sum_sq, dtype=np.float64).reshape(order, order)
 
 
-def _distance_factors(order: int, fwhm_px) -> Float[Array, "n n"]:
+def _distance_factors(order: int, fwhm_px, grid: str | cumulants.Grid) -> Float[Array, "n n"]:
     """(n, n) Gaussian distance factors of the sub-lattices (:func:`models.distance_factor`)."""
-    return models.distance_factor(jnp.asarray(_sum_sq(order), jnp.float32), order, jnp.asarray(fwhm_px, jnp.float32))
+    s = jnp.asarray(_sum_sq(order, grid), jnp.float32)
+    return models.distance_factor(s, order, jnp.asarray(fwhm_px, jnp.float32))
 
 
-def estimate_fwhm(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, ""]:
+def estimate_fwhm(sub: Float[ArrayLike, "n n h w"], grid: str | cumulants.Grid = "sofipackage") -> Float[Array, ""]:
     """PSF FWHM (camera pixels) from how the sub-lattice means fall with the distance factor.
 
     Each sub-lattice mean is ``m_ij = C D_ij`` (the same structure seen through a different
@@ -120,13 +121,14 @@ def estimate_fwhm(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, ""]:
 
     Arguments:
         sub: (n, n, h, w) cross-cumulant sub-lattices of order n >= 2.
+        grid: the virtual-pixel grid they come from (:data:`fluojax.sofi.cumulants.GRIDS`; static).
     """
     s = jnp.asarray(sub)
     n = _order_of(s)
     if n < 2:
         return jnp.asarray(jnp.nan, jnp.float32)
     log_m = jnp.log(jnp.maximum(jnp.mean(jnp.abs(s), axis=(2, 3)), jnp.finfo(jnp.float32).tiny)).ravel()
-    d = jnp.asarray(_sum_sq(n), jnp.float32).ravel()
+    d = jnp.asarray(_sum_sq(n, grid), jnp.float32).ravel()
     dc = d - jnp.mean(d)
     slope = jnp.sum(dc * (log_m - jnp.mean(log_m))) / jnp.sum(dc**2)
     a = -slope
@@ -140,6 +142,7 @@ def flatten(
     fwhm_px: float | Float[ArrayLike, ""] | None = None,
     *,
     median: bool = True,
+    grid: str | cumulants.Grid = "sofipackage",
 ) -> Float[Array, "y x"]:
     """Flattened order-n SOFI image from the ``n x n`` cross-cumulant sub-lattices.
 
@@ -160,6 +163,7 @@ def flatten(
         fwhm_px: PSF FWHM in camera pixels for the distance-factor flattening; None for the
             mean equalisation.
         median: apply the 2 x 2 median filter (static).
+        grid: the virtual-pixel grid of ``sub`` (its combinations' S; static).
 
     Returns:
         The (y, x) flattened cumulant image, non-negative, in the cumulant's units.
@@ -171,7 +175,7 @@ def flatten(
         scale = jnp.mean(means) / jnp.where(means > 0, means, 1.0)
         scale = jnp.where(means > 0, scale, 1.0)
     else:
-        scale = 1.0 / _distance_factors(n, fwhm_px)
+        scale = 1.0 / _distance_factors(n, fwhm_px, grid)
     image = cumulants.interleave(s * scale[:, :, None, None])
     return median_filter_2x2(image) if median else image
 
