@@ -258,10 +258,12 @@ def on_time_per_frame(intervals: OnIntervals, n_frames: int) -> Float[Array, "t 
         (T, m) array of fractions in [0, 1].
     """
     edges = jnp.arange(n_frames + 1, dtype=intervals.start.dtype)
+    # comparing every boundary with every start is fastest on CPU for the few cycles of the presets
+    method = "compare_all" if intervals.start.shape[-1] <= 64 else "scan"
 
     def accumulated(start, length):
         before = jnp.cumsum(length) - length
-        j = jnp.searchsorted(start, edges, side="right") - 1
+        j = jnp.searchsorted(start, edges, side="right", method=method) - 1
         jc = jnp.maximum(j, 0)
         o = before[jc] + jnp.clip(edges - start[jc], 0.0, length[jc])
         return jnp.where(j >= 0, o, 0.0)
@@ -339,10 +341,12 @@ class Filaments(NamedTuple):
         points_nm: (F, S + 1, 2) vertices (y, x), nm.
         valid: (F, S) whether segment s of filament f exists (filament drawn, within its length
             and still inside the garden).
+        drawn: (F,) the filaments of this field (the first n of F, n drawn from ``count``).
     """
 
     points_nm: Float[Array, "f s1 2"]
     valid: Bool[Array, "f s"]
+    drawn: Bool[Array, " f"]
 
 
 def _garden(sample: Microtubules, shape: tuple[int, int], pixel_nm: float, margin_nm: float) -> tuple[Array, Array]:
@@ -375,9 +379,9 @@ def grow_microtubules(
         margin_nm: extra border of the growth region when ``garden_px`` is None, nm.
 
     Returns:
-        :class:`Filaments` with ``F = count[1]`` filaments of ``S = sample.steps`` segments.
+        :class:`Filaments` with ``F = max(count[1], 1)`` filaments of ``S = sample.steps`` segments.
     """
-    n_max, steps = sample.count[1], sample.steps
+    n_max, steps = max(sample.count[1], 1), sample.steps  # one (undrawn) filament when the count is 0
     k_n, k_start, k_dir, k_len, k_curv = jax.random.split(key, 5)
     lo, hi = _garden(sample, shape, pixel_nm, margin_nm)
     n = jax.random.randint(k_n, (), sample.count[0], sample.count[1] + 1)
@@ -393,8 +397,8 @@ def grow_microtubules(
     inside = jnp.all((points[:, 1:] >= lo) & (points[:, 1:] <= hi), axis=-1)
     kept = jnp.cumprod(inside, axis=1).astype(bool)  # stops at the first exit
     within_length = (jnp.arange(steps) + 1) * sample.step_nm <= length
-    drawn = (jnp.arange(n_max) < n)[:, None]
-    return Filaments(points, kept & within_length & drawn)
+    drawn = jnp.arange(n_max) < n
+    return Filaments(points, kept & within_length & drawn[:, None], drawn)
 
 
 def place_emitters(
@@ -693,7 +697,7 @@ class SofiSettings:
         """Background photons per pixel per frame (:func:`background_photons`)."""
         return background_photons(self.blinking.brightness, self.sbr, self.fwhm_nm, self.pixel_nm)
 
-    def dwell_cycles(self, n_frames: int | None = None) -> int:
+    def cycles_per_emitter(self, n_frames: int | None = None) -> int:
         """The off/on cycles drawn per emitter for ``n_frames`` (default ``self.n_frames``)."""
         t = self.n_frames if n_frames is None else n_frames
         if self.cycles is not None:
@@ -751,7 +755,9 @@ def simulate_movie(key: PRNGKeyArray, settings: SofiSettings, n_frames: int | No
     margin = settings.margin_px * settings.pixel_nm
     filaments = grow_microtubules(k_mt, settings.sample, settings.shape, settings.pixel_nm, margin)
     y, x, mask, n_drawn = place_emitters(k_em, filaments, settings.sample, settings.shape, settings.pixel_nm, margin)
-    intervals = draw_on_intervals(k_blink, settings.sample.max_emitters, settings.blinking, settings.dwell_cycles(t))
+    intervals = draw_on_intervals(
+        k_blink, settings.sample.max_emitters, settings.blinking, settings.cycles_per_emitter(t)
+    )
     brightness = jnp.where(mask, jnp.float32(settings.blinking.brightness), 0.0)
     traces = on_time_per_frame(intervals, t) * brightness
     photons = render_frames(traces, y, x, settings.shape, settings.pixel_nm, settings.fwhm_nm) + settings.background
