@@ -76,6 +76,11 @@ def pearson(a: Float[Array, "y x"], b: Float[Array, "y x"]) -> Float[Array, ""]:
     a = jnp.asarray(a, jnp.result_type(float))
     b = jnp.asarray(b, a.dtype)
     require(a.shape == b.shape, f"images of shapes {a.shape} and {b.shape}: Pearson needs equal shapes")
+    return _pearson(a, b)
+
+
+@jax.jit
+def _pearson(a: Float[Array, "*s"], b: Float[Array, "*s"]) -> Float[Array, ""]:
     da = a - jnp.mean(a)
     db = b - jnp.mean(b)
     return jnp.sum(da * db) / jnp.sqrt(jnp.sum(da * da) * jnp.sum(db * db))
@@ -116,6 +121,7 @@ class Decorrelation(NamedTuple):
     peaks_amplitude: np.ndarray
 
 
+@functools.partial(jax.jit, static_argnames="width")
 def apodize_edges(image: Float[Array, "y x"], width: int = APODIZATION_PX) -> Float[Array, "y x"]:
     """Cosine edge taper of the decorrelation analysis (ImageJ plugin, as nanopyx applies it).
 
@@ -139,6 +145,11 @@ def apodize_edges(image: Float[Array, "y x"], width: int = APODIZATION_PX) -> Fl
     d = jnp.minimum(dx, dy)
     c = (jnp.cos(d * jnp.pi / width - jnp.pi) + 1) / 2
     return jnp.where(d <= width, c * (image - m) + m, image)
+
+
+def _f32(x: float) -> Float[Array, ""]:
+    """A float32 scalar (not weakly typed: one compilation of the functions it enters)."""
+    return jnp.asarray(x, jnp.float32)
 
 
 def _sampled_gaussian_response(sigma: float, n: int) -> np.ndarray:
@@ -190,6 +201,18 @@ def _ring_sums(
         return d.at[0].set(jnp.where(jnp.isnan(d[0]), 0.0, d[0]))
 
     return jax.vmap(one)(gains)
+
+
+@jax.jit
+def _padded_spectrum(image: Float[Array, "y x"]) -> Float[Array, "p p"]:
+    """|FFT| (fftshifted) of the apodized image centred in a power-of-two square filled with its
+    first pixel (the apodized border value)."""
+    apod = apodize_edges(image)
+    h, w = image.shape
+    p = 1 << math.ceil(math.log2(max(h, w)))
+    oy, ox = (p - h) // 2, (p - w) // 2
+    padded = jnp.full((p, p), apod[0, 0]).at[oy : oy + h, ox : ox + w].set(apod)
+    return jnp.abs(jnp.fft.fftshift(jnp.fft.fft2(padded))).astype(jnp.float32)
 
 
 def _local_max(d: np.ndarray, r1: float, r2: float) -> tuple[float, float]:
@@ -262,15 +285,11 @@ def decorrelation_resolution(
     require(bool(np.all(np.isfinite(img))), "image has NaN or infinite pixels: decorrelation needs finite values")
     require(n_r >= 10 and n_g >= 2, f"n_r {n_r}, n_g {n_g}: decorrelation needs n_r >= 10 and n_g >= 2")
     require(pixel_nm > 0, f"pixel size {pixel_nm} nm: must be > 0")
-    apod = apodize_edges(jnp.asarray(img))
-    h, w = img.shape
-    p = 1 << math.ceil(math.log2(max(h, w)))
-    oy, ox = (p - h) // 2, (p - w) // 2
-    padded = jnp.full((p, p), apod[0, 0]).at[oy : oy + h, ox : ox + w].set(apod)
-    spectrum = jnp.fft.fftshift(jnp.fft.fft2(padded))
-    magnitude = jnp.abs(spectrum).astype(jnp.float32)
-    dc = jnp.ones((1, p, p), jnp.float32).at[0, p // 2, p // 2].set(0.0)
-    d0 = np.asarray(_ring_sums(magnitude, dc, 0.0, 1.0, n_r)[0])
+    magnitude = _padded_spectrum(jnp.asarray(img))
+    p = magnitude.shape[0]
+    # one batch size (n_g) for every call, so that _ring_sums compiles once per image size
+    dc = jnp.ones((n_g, p, p), jnp.float32).at[:, p // 2, p // 2].set(0.0)
+    d0 = np.asarray(_ring_sums(magnitude, dc, _f32(0.0), _f32(1.0), n_r)[0])
     kc0, a0 = _local_max(d0, 0.0, 1.0)
 
     def highpass(sigmas: np.ndarray) -> jnp.ndarray:
@@ -280,7 +299,7 @@ def decorrelation_resolution(
     g_max = p / 2 if kc0 == 0 else 2.0 / kc0
     g_min = _G_MIN
     sig1 = np.exp(np.linspace(math.log(g_min), math.log(g_max), n_g))
-    c1 = np.asarray(_ring_sums(magnitude, highpass(sig1), 0.0, 1.0, n_r))
+    c1 = np.asarray(_ring_sums(magnitude, highpass(sig1), _f32(0.0), _f32(1.0), n_r))
     peaks1 = [_local_max(c, 0.0, 1.0) for c in c1]
     kc1 = np.array([k for k, _ in peaks1] + [kc0])
     a1 = np.array([a for _, a in peaks1] + [a0])
@@ -295,7 +314,7 @@ def decorrelation_resolution(
     else:
         g_min, g_max = 2.0 / p, g_min
     sig2 = np.exp(np.linspace(math.log(g_min), math.log(g_max), n_g))
-    c2 = np.asarray(_ring_sums(magnitude, highpass(sig2), crmin, crmax, n_r))
+    c2 = np.asarray(_ring_sums(magnitude, highpass(sig2), _f32(crmin), _f32(crmax), n_r))
     peaks2 = [_local_max(c, crmin, crmax) for c in c2]
     kc2 = np.array([k for k, _ in peaks2])
     a2 = np.array([a for _, a in peaks2])
@@ -465,12 +484,12 @@ def _fit_rsf(
     ix = _reflect_index(sr.shape[1], radius)
     t = target - jnp.mean(target)
 
-    def model(sigma_ref):
+    def predict(sigma_ref):
         s = sigma_ref * scale
         return (sample_y @ _blur_matrix(s, iy)) @ sr @ (sample_x @ _blur_matrix(s, ix)).T
 
     def score(sigma_ref):
-        dm = model(sigma_ref)
+        dm = predict(sigma_ref)
         dm = dm - jnp.mean(dm)
         alpha = jnp.sum(dm * t) / jnp.sum(dm * dm)
         return jnp.mean((t - alpha * dm) ** 2)
@@ -484,11 +503,22 @@ def _fit_rsf(
 
     zero = jnp.zeros((), jnp.float32)
     _, _, best = jax.lax.fori_loop(0, stages, stage, (zero, zero + sigma_max, zero))
-    m = model(best)
+    m = predict(best)
     dm = m - jnp.mean(m)
     alpha = jnp.sum(dm * t) / jnp.sum(dm * dm)
     beta = jnp.mean(target) - alpha * jnp.mean(m)
-    return best, alpha, beta, alpha * m + beta
+    model = alpha * m + beta
+    resid = target - model
+    return Squirrel(
+        error_map=jnp.abs(resid),
+        rse=jnp.sqrt(jnp.mean(resid**2)),
+        rsp=_pearson(model, target),
+        alpha=alpha,
+        beta=beta,
+        sigma=best,
+        reference=target,
+        model=model,
+    )
 
 
 SQUIRREL_AT = ("reference", "sr")
@@ -535,13 +565,13 @@ def squirrel(
         sigma_max: largest RSF sigma searched, reference pixels.
         n_sigma: sigma values per search stage.
     """
-    ref = jnp.asarray(reference, jnp.float32)
-    img = jnp.asarray(sr, jnp.float32)
+    ref = np.asarray(reference, np.float32)
+    img = np.asarray(sr, np.float32)
     require(ref.ndim == 2 and img.ndim == 2, f"images of shapes {ref.shape} and {img.shape}: SQUIRREL needs (y, x)")
     require(at in SQUIRREL_AT, f"comparison grid {at!r}: one of {', '.join(SQUIRREL_AT)}")
     require(sigma_max > 0 and n_sigma >= 3, f"sigma_max {sigma_max}, n_sigma {n_sigma}: need > 0 and >= 3")
     require(
-        bool(jnp.all(jnp.isfinite(ref))) and bool(jnp.all(jnp.isfinite(img))),
+        bool(np.all(np.isfinite(ref))) and bool(np.all(np.isfinite(img))),
         "images have NaN or infinite pixels: SQUIRREL needs finite values",
     )
     g = grid if grid is not None else SRGrid.infer(ref.shape, img.shape)
@@ -560,12 +590,11 @@ def squirrel(
     else:
         ey = _fourier_sampler(g.origin + np.arange(sh) / g.scale, h)
         ex = _fourier_sampler(g.origin + np.arange(sw) / g.scale, w)
-        spectrum = jnp.fft.fft2(ref.astype(jnp.complex64))
-        target = jnp.real(jnp.asarray(ey, jnp.complex64) @ spectrum @ jnp.asarray(ex, jnp.complex64).T)
+        target = np.real(ey @ np.fft.fft2(ref.astype(np.float64)) @ ex.T).astype(np.float32)
         sample_y, sample_x = np.eye(sh), np.eye(sw)
-    sigma, alpha, beta, model = _fit_rsf(
-        target,
-        img,
+    return _fit_rsf(
+        jnp.asarray(target),
+        jnp.asarray(img),
         jnp.asarray(sample_y, jnp.float32),
         jnp.asarray(sample_x, jnp.float32),
         float(sigma_max),
@@ -573,17 +602,6 @@ def squirrel(
         stages=4,
         scale=float(g.scale),
         radius=int(4 * sigma_max * g.scale + 0.5),
-    )
-    resid = target - model
-    return Squirrel(
-        error_map=jnp.abs(resid),
-        rse=jnp.sqrt(jnp.mean(resid**2)),
-        rsp=pearson(model, target),
-        alpha=alpha,
-        beta=beta,
-        sigma=sigma,
-        reference=target,
-        model=model,
     )
 
 
@@ -629,19 +647,17 @@ def li_threshold(image: Float[Array, "y x"], tolerance: float | None = None, max
     """
     raw = np.asarray(image)
     require(raw.size > 0 and bool(np.all(np.isfinite(raw))), "image is empty or has NaN/inf pixels: no Li threshold")
-    integer = raw.dtype.kind in "iu"
-    x = jnp.ravel(jnp.asarray(raw, jnp.float32))
-    lowest = jnp.min(x)
+    x = raw.astype(np.float32).ravel()
+    lowest = x.min()
     x = x - lowest
-    if tolerance is None:
-        if integer:
-            tol = jnp.float32(0.5)
-        else:
-            steps = jnp.diff(jnp.sort(x))
-            tol = jnp.min(jnp.where(steps > 0, steps, jnp.inf)) / 2
+    if tolerance is not None:
+        tol = float(tolerance)
+    elif raw.dtype.kind in "iu":
+        tol = 0.5
     else:
-        tol = jnp.float32(tolerance)
-    return _li_iterate(x, tol, max_iter) + lowest
+        steps = np.diff(np.unique(x))
+        tol = float(steps.min()) / 2 if steps.size else math.inf
+    return _li_iterate(jnp.asarray(x), _f32(tol), max_iter) + lowest
 
 
 @functools.partial(jax.jit, static_argnames="max_iter")
