@@ -10,9 +10,10 @@ Pearson (RSP) of a super-resolved image against a diffraction-limited reference 
 sofipackage n(N-4)+1 grid, e.g. 128 -> 249); :func:`li_threshold` is the iterative minimum
 cross-entropy threshold (Li & Lee 1993, Li & Tam 1998) and :func:`binary_rates` the TPR/TNR and
 confusion counts of two Li-binarised images (Komen 2024, eq. B.1); :func:`image_metrics` collects
-them for one reconstruction. The array work is JAX (one FFT per decorrelation analysis, the
-SQUIRREL sigma search vmapped over a grid); the decorrelation peak search is a short NumPy loop
-over at most 2 Ng + 1 curves. Images are ``(y, x)``.
+them for one reconstruction. The array work is JAX (one FFT and two batched ring sums per
+decorrelation analysis, the SQUIRREL sigma search over a grid, the Li iteration as a
+``lax.while_loop``); the decorrelation peak search is a short serial NumPy loop over the 2 Ng + 1
+curves, and the SQUIRREL sampling matrices are built in NumPy. Images are ``(y, x)``.
 """
 
 from __future__ import annotations
@@ -270,6 +271,9 @@ def decorrelation_resolution(
     which can add a spurious peak (here the same sampled kernel is applied exactly, in Fourier
     space, periodic border). Resolutions agree to float rounding on noisy images and within
     ~10% on nearly noise-free ones (tests/test_sofi_metrics.py).
+
+    The 20-pixel edge taper leaves little of images under ~64 pixels a side; an image without
+    a peak (pure noise, constant) gives kc 0 and a NaN resolution.
 
     Arguments:
         image: (y, x) image, any size (>= 8 pixels a side).
@@ -541,10 +545,14 @@ def squirrel(
     scipy.ndimage.gaussian_filter does: sampled kernel truncated at 4 sigma, reflecting border).
     sigma minimises the RMS residual with alpha, beta fitted by linear least squares for each
     sigma (as nanopyx; NanoJ optimises the three jointly), by a grid search of ``n_sigma``
-    values in [0, sigma_max] refined three times (sigma to ~sigma_max/2000).
+    values in [0, sigma_max], refined three times around the best (final step sigma_max/8192;
+    vmapped over the grid, jit-compiled once per pair of image shapes).
 
     ``at="reference"`` (NanoJ-SQUIRREL): the blurred SR image is sampled (linear interpolation)
-    at the reference pixel centres it covers, and the reference is cropped to them; on the
+    at the reference pixel centres it covers (on the :meth:`SRGrid.magnified` grid with m = 2
+    that is exactly 2 x 2 binning; for larger m, the mean of the central 2 x 2 SR pixels of each
+    block, the rest of the pixel integration being absorbed by sigma), and the reference is
+    cropped to those pixels; on the
     sofipackage grid (128 -> 249 for order 2) the camera pixels 1..N-3 fall exactly on SR pixels
     0, n, 2n, ..., so no interpolation happens and the comparison is on (N-3) x (N-3) pixels.
     ``at="sr"`` (nanopyx): the reference is Fourier-interpolated onto the SR pixel positions
