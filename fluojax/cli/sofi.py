@@ -58,7 +58,14 @@ def _add_image(p: argparse.ArgumentParser) -> None:
         p,
         ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
         ("--iterations", positive(int), 10, "N", "Richardson-Lucy iterations (default 10)"),
-        ("--block-frames", positive(int), None, "N", "frames per block, read one at a time (default: all frames)"),
+        (
+            "--block-frames",
+            positive(int),
+            None,
+            "N",
+            "frames per block, read one at a time, for long stacks: each block's cumulants are taken around its own "
+            "mean and the blocks averaged (sofipackage's subsequences; default: all frames in one block)",
+        ),
         ("--pixel-size", positive(float), None, "NM", "camera pixel size in nm (default: the TIFF's calibration)"),
     )
     add_output(p, help="output folder (default STACK_sofi): TIFFs, PNGs, summary.json")
@@ -186,8 +193,13 @@ def image_command(args) -> int:
         summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name)
         io.write_json(folder / "summary.json", summary)
     sizes = ", ".join(f"order {o}: {im.shape[0]} x {im.shape[1]}" for o, im in result.cumulants.items())
+    fwhm = (
+        ""
+        if result.fwhm_px is None
+        else f", PSF FWHM {result.fwhm_px:.3g} px" + (" (estimated)" if args.fwhm is None else "")
+    )
     print(
-        f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes} "
+        f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes}{fwhm} "
         f"in {summary['total_s']:.1f} s -> {out}/"
     )
     return 0
