@@ -52,6 +52,27 @@ def test_blocks_of_a_stack_are_float32_and_join_to_the_stack(stack, tmp_path, co
     np.testing.assert_array_equal(np.concatenate(got), raw.astype(np.float32))  # integers: exact in float32
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memory-mapped", "compressed-pages"])
+def test_reading_in_blocks_holds_about_one_block_at_a_time(tmp_path, compression):
+    # 200 frames of 64 x 64: 3.3 MB as float32, blocks of 10 frames 164 kB. NumPy reports its
+    # allocations to tracemalloc; reading block by block (and dropping each) must peak near one
+    # block (decoded integers + float32 copy, a few blocks' worth), far below the whole stack
+    import tracemalloc
+
+    path = tmp_path / "long.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (200, 64, 64), dtype=np.uint16)
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack", metadata={"axes": "TYX"})
+    tracemalloc.start()
+    try:
+        _, _, blocks = io.read_stack_blocks(path, 10)
+        total = sum(float(block.sum(dtype=np.float64)) for block in blocks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == float(data.sum())
+    assert peak < 0.25 * data.size * 4, peak  # under a quarter of the float32 stack (~5 blocks)
+
+
 def test_blocks_are_refused_as_read_stack_refuses(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         io.read_stack_blocks(tmp_path / "missing.tif", 10)
