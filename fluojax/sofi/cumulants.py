@@ -249,49 +249,108 @@ def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
 Term = tuple[tuple[int, int, int], ...]
 """A product of centred pixel values: (dy, dx, lag) of each factor, offsets >= 0 from its corner."""
 
-CHUNK_PIXELS = 2**17
-"""Frames summed per step of the scan over a block: about this many pixels (0.5 MB of float32, so
-a chunk stays in cache), 1 to 16 frames."""
+MAX_CHUNK = 8
+"""Most frames summed per step of the scan over a block."""
+CHUNK_PIXELS = 2**18
+"""Pixels (frames x rows x columns) visited per step: 1 MB of float32, so the step stays in cache;
+wide images are cut into strips of rows to fit."""
 
 
 def _term_sums(x: Array, terms: list[Term], t_eff: int, pad: int) -> list[Array]:
     """``<prod_(dy, dx, lag) d(y + dy, x + dx, t + lag)>_t`` over t < t_eff, an image per term.
 
     ``d`` is each lag's window ``x[lag : lag + t_eff]`` centred by its own mean, ``pad`` zero
-    rows/columns appended. The frames are visited once, in chunks of ~:data:`CHUNK_PIXELS` pixels (a scan),
-    every term's product summed per chunk and accumulated (as sofipackage accumulates its terms
-    frame by frame): no (frames, y, x) temporaries beyond the input.
+    rows/columns appended; term image (y, x) spans y < Y + pad - max dy, x < X + pad - max dx.
+    Values: :func:`_term_sums_fast`; derivatives: those of :func:`_term_sums_plain` (the same sums
+    written as whole-stack reductions, whose derivative XLA compiles quickly).
+    """
+    return list(_term_sums_fast(x, tuple(terms), t_eff, pad))
+
+
+def _term_sums_plain(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    lags = sorted({lag for term in terms for (_, _, lag) in term})
+    centred = {}
+    for lag in lags:
+        window = x[lag : lag + t_eff]
+        window = window - jnp.mean(window, axis=0)
+        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    out = []
+    for term in terms:
+        ry = max(p[0] for p in term)
+        rx = max(p[1] for p in term)
+        prod = None
+        for dy, dx, lag in term:
+            piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
+            prod = piece if prod is None else prod * piece
+        assert prod is not None
+        out.append(jnp.sum(prod, axis=0) / t_eff)
+    return tuple(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _term_sums_fast(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    """The term sums in one pass over the frames, as sofipackage accumulates its terms frame by frame.
+
+    A scan over chunks of up to :data:`MAX_CHUNK` frames (inside a map over strips of rows when a
+    chunk of whole frames would exceed :data:`CHUNK_PIXELS`) adds every term's products to its
+    running sum, the sum over the chunk unrolled into one vectorised loop over the pixels (XLA CPU
+    materialises the products and reduces a leading axis far more slowly). No temporaries of the
+    size of the stack beyond one zero-padded copy.
     """
     lags = sorted({lag for term in terms for (_, _, lag) in term})
-    means = {lag: jnp.mean(x[lag : lag + t_eff], axis=0) for lag in lags}
-    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
-
-    chunk = min(max(1, CHUNK_PIXELS // (big_y * big_x)), 16, t_eff)
+    height, width = x.shape[1], x.shape[2]
+    big_y, big_x = height + pad, width + pad
+    halo = max(max(p[0] for p in term) for term in terms)
+    chunk = min(MAX_CHUNK, t_eff)
     count = -(-t_eff // chunk)
+    rows = min(big_y, max(1, CHUNK_PIXELS // (chunk * big_x)))
+    strips = -(-big_y // rows)
+    extra = strips * rows + halo - height  # zero rows below (centred: 0 - 0), and ``pad`` columns
+    xp = jnp.pad(x, ((0, 0), (0, extra), (0, pad)))
+    means = {lag: jnp.pad(jnp.mean(x[lag : lag + t_eff], axis=0), ((0, extra), (0, pad))) for lag in lags}
 
-    def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
-        # the last chunk starts early enough to fit; its frames seen before are masked out
-        start = jnp.minimum(i * chunk, t_eff - chunk)
-        fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
-        frames = {}
-        for lag in lags:
-            f = (jax.lax.dynamic_slice_in_dim(x, start + lag, chunk) - means[lag]) * fresh
-            frames[lag] = jnp.pad(f, ((0, 0), (0, pad), (0, pad))) if pad else f
-        new = []
-        for a, term in zip(acc, terms):
-            ry = max(p[0] for p in term)
-            rx = max(p[1] for p in term)
-            prod = None
-            for dy, dx, lag in term:
-                piece = frames[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
-                prod = piece if prod is None else prod * piece
-            assert prod is not None
-            new.append(a + jnp.sum(prod, axis=0))
-        return new, None
+    def strip_sums(strip: Array) -> list[Array]:
+        row0 = strip * rows
+        strip_means = {lag: jax.lax.dynamic_slice(m, (row0, 0), (rows + halo, big_x)) for lag, m in means.items()}
 
-    zeros = [jnp.zeros((big_y - max(p[0] for p in t), big_x - max(p[1] for p in t)), x.dtype) for t in terms]
-    acc, _ = jax.lax.scan(step, zeros, jnp.arange(count))
-    return [a / t_eff for a in acc]
+        def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
+            # the last chunk starts early enough to fit; its frames seen before are masked out
+            start = jnp.minimum(i * chunk, t_eff - chunk)
+            fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
+            frames = {}
+            for lag in lags:
+                f = jax.lax.dynamic_slice(xp, (start + lag, row0, 0), (chunk, rows + halo, big_x))
+                frames[lag] = (f - strip_means[lag]) * fresh
+            new = []
+            for total, term in zip(acc, terms):
+                rx = max(p[1] for p in term)
+                for k in range(chunk):
+                    prod = None
+                    for dy, dx, lag in term:
+                        piece = frames[lag][k, dy : dy + rows, dx : big_x - rx + dx]
+                        prod = piece if prod is None else prod * piece
+                    assert prod is not None
+                    total = total + prod
+                new.append(total)
+            return new, None
+
+        zeros = [jnp.zeros((rows, big_x - max(p[1] for p in t)), x.dtype) for t in terms]
+        return jax.lax.scan(step, zeros, jnp.arange(count))[0]
+
+    sums = jax.lax.map(strip_sums, jnp.arange(strips))
+    out = []
+    for total, term in zip(sums, terms):
+        ry = max(p[0] for p in term)
+        out.append(total.reshape(strips * rows, -1)[: big_y - ry] / t_eff)
+    return tuple(out)
+
+
+@_term_sums_fast.defjvp
+def _term_sums_jvp(terms, t_eff, pad, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    _, tangent = jax.jvp(lambda v: _term_sums_plain(v, terms, t_eff, pad), (x,), (dx,))
+    return _term_sums_fast(x, terms, t_eff, pad), tangent
 
 
 def _cumulant_images(
