@@ -350,3 +350,14 @@ def test_vmap_over_stacks_equals_a_loop():
 def test_bad_input_is_one_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call(np.ones((10, 6, 6), np.float32))
+
+
+def test_strips_of_rows_give_the_same_cumulants(monkeypatch):
+    """Wide images are summed in strips of rows (the last one overlapping): force 2-row strips."""
+    monkeypatch.setattr(cumulants, "CHUNK_PIXELS", 8 * 2 * 9)  # 8 frames x 2 rows x 9 columns
+    stack = np.random.default_rng(6).gamma(2.0, 1.0, size=(30, 12, 9))  # a shape no other test compiles
+    with jax.enable_x64(True):
+        got = np.asarray(cumulants.cross_cumulant_sublattices(stack, 3))
+        full = np.asarray(cumulants.cross_cumulant_sublattices(stack, 2, grid="full"))
+    np.testing.assert_allclose(got, _brute_sublattices(stack, 3), atol=1e-9, rtol=1e-9)
+    np.testing.assert_allclose(full, _brute_sublattices(stack, 2, grid="full"), atol=1e-9, rtol=1e-9)

@@ -299,20 +299,23 @@ def _term_sums_fast(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> 
     size of the stack beyond one zero-padded copy.
     """
     lags = sorted({lag for term in terms for (_, _, lag) in term})
+    if pad:  # the full grid's zero row and column (after centring: a zero mean there too)
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, pad)))
     height, width = x.shape[1], x.shape[2]
-    big_y, big_x = height + pad, width + pad
     halo = max(max(p[0] for p in term) for term in terms)
     chunk = min(MAX_CHUNK, t_eff)
     count = -(-t_eff // chunk)
-    rows = min(big_y, max(1, CHUNK_PIXELS // (chunk * big_x)))
-    strips = -(-big_y // rows)
-    extra = strips * rows + halo - height  # zero rows below (centred: 0 - 0), and ``pad`` columns
-    xp = jnp.pad(x, ((0, 0), (0, extra), (0, pad)))
-    means = {lag: jnp.pad(jnp.mean(x[lag : lag + t_eff], axis=0), ((0, extra), (0, pad))) for lag in lags}
+    rows = max(1, min(height - halo, CHUNK_PIXELS // (chunk * width)))
+    strips = -(-(height - halo) // rows)
+    starts = [min(s * rows, height - rows - halo) for s in range(strips)]  # the last overlaps
+    total = _frame_sum(x)
+    means = {}
+    for lag in lags:  # each window's mean: the whole sum less the frames outside the window
+        outside = jnp.sum(x[:lag], axis=0) + jnp.sum(x[lag + t_eff :], axis=0)
+        means[lag] = (total - outside) / t_eff
 
-    def strip_sums(strip: Array) -> list[Array]:
-        row0 = strip * rows
-        strip_means = {lag: jax.lax.dynamic_slice(m, (row0, 0), (rows + halo, big_x)) for lag, m in means.items()}
+    def strip_sums(row0: Array) -> list[Array]:
+        strip_means = {lag: jax.lax.dynamic_slice(m, (row0, 0), (rows + halo, width)) for lag, m in means.items()}
 
         def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
             # the last chunk starts early enough to fit; its frames seen before are masked out
@@ -320,30 +323,49 @@ def _term_sums_fast(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> 
             fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
             frames = {}
             for lag in lags:
-                f = jax.lax.dynamic_slice(xp, (start + lag, row0, 0), (chunk, rows + halo, big_x))
+                f = jax.lax.dynamic_slice(x, (start + lag, row0, 0), (chunk, rows + halo, width))
                 frames[lag] = (f - strip_means[lag]) * fresh
             new = []
-            for total, term in zip(acc, terms):
+            for running, term in zip(acc, terms):
+                ry = max(p[0] for p in term)
                 rx = max(p[1] for p in term)
                 for k in range(chunk):
                     prod = None
                     for dy, dx, lag in term:
-                        piece = frames[lag][k, dy : dy + rows, dx : big_x - rx + dx]
+                        piece = frames[lag][k, dy : dy + rows + halo - ry, dx : width - rx + dx]
                         prod = piece if prod is None else prod * piece
                     assert prod is not None
-                    total = total + prod
-                new.append(total)
+                    running = running + prod
+                new.append(running)
             return new, None
 
-        zeros = [jnp.zeros((rows, big_x - max(p[1] for p in t)), x.dtype) for t in terms]
+        zeros = [jnp.zeros((rows + halo - max(p[0] for p in t), width - max(p[1] for p in t)), x.dtype) for t in terms]
         return jax.lax.scan(step, zeros, jnp.arange(count))[0]
 
-    sums = jax.lax.map(strip_sums, jnp.arange(strips))
+    sums = jax.lax.map(strip_sums, jnp.asarray(starts))
     out = []
-    for total, term in zip(sums, terms):
+    for per_strip, term in zip(sums, terms):
         ry = max(p[0] for p in term)
-        out.append(total.reshape(strips * rows, -1)[: big_y - ry] / t_eff)
+        pieces = [per_strip[s, :rows] for s in range(strips - 1)]
+        first = (strips - 1) * rows - starts[-1]
+        pieces.append(per_strip[-1, first : first + height - ry - (strips - 1) * rows])
+        out.append(jnp.concatenate(pieces) / t_eff)
     return tuple(out)
+
+
+def _frame_sum(x: Array) -> Array:
+    """Sum over the frames (axis 0), in unrolled chunks (faster than XLA CPU's reduction)."""
+    chunk = min(MAX_CHUNK, x.shape[0])
+    count, rest = divmod(x.shape[0], chunk)
+
+    def step(acc: Array, i: Array) -> tuple[Array, None]:
+        f = jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+        for k in range(chunk):
+            acc = acc + f[k]
+        return acc, None
+
+    total = jax.lax.scan(step, jnp.zeros(x.shape[1:], x.dtype), jnp.arange(count))[0]
+    return total + jnp.sum(x[count * chunk :], axis=0) if rest else total
 
 
 @_term_sums_fast.defjvp
