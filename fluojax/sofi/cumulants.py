@@ -520,8 +520,8 @@ def interleave(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, "yy xx"]:
 
 
 def _central_moment_cumulants(x: Array, order: int) -> Array:
-    d = x - jnp.mean(x, axis=0)
-    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])] + [jnp.mean(d**k, axis=0) for k in range(2, order + 1)]
+    powers = [((0, 0, 0),) * k for k in range(2, order + 1)]  # <d^k>_t as the product of k copies
+    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0]), *_term_sums(x, powers, x.shape[0], 0)]
     kappa = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])]
     for m in range(2, order + 1):
         # kappa_m = mu_m - sum_{k=2}^{m-2} C(m-1, k-1) kappa_k mu_{m-k}   (kappa_1 = mu_1 = 0)
