@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from fluojax import optics
 from fluojax.io import require
 from fluojax.sofi import cumulants, models
 
@@ -198,7 +199,7 @@ def order_psf_sigma(order: int, fwhm_px: float) -> float:
     """
     require(order >= 1, f"order {order}: must be >= 1")
     require(np.isfinite(fwhm_px) and fwhm_px > 0, f"PSF FWHM {fwhm_px} px: must be > 0")
-    return float(fwhm_px) * math.sqrt(order) / models.FWHM_PER_SIGMA
+    return float(fwhm_px) * math.sqrt(order) / optics.FWHM_PER_SIGMA
 
 
 def gaussian_kernel(sigma_px: float) -> np.ndarray:

@@ -24,10 +24,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf
 from jaxtyping import Array, ArrayLike, Float
 
 from fluojax.io import require
+from fluojax.optics import fwhm_to_sigma, pixel_fractions
 from fluojax.sofi.cumulants import GRIDS, Grid
 
 __all__ = [
@@ -50,10 +50,8 @@ _INNER = {
     6: (1.0, -30.0, 150.0, -240.0, 120.0),
 }
 
+
 #: FWHM / sigma of a Gaussian, sqrt(8 ln 2).
-FWHM_PER_SIGMA = math.sqrt(8.0 * math.log(2.0))
-
-
 def on_ratio(on_time: Float[ArrayLike, "*s"], off_time: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """On-time ratio ``rho = tau_on / (tau_on + tau_off)`` of a two-state blinker (Komen 2024, ch. 3).
 
@@ -92,11 +90,6 @@ def bernoulli_cumulant(order: int, rho_on: Float[ArrayLike, "*s"]) -> Float[Arra
     return f2 * inner
 
 
-def fwhm_to_sigma(fwhm_px: Float[ArrayLike, ""]) -> Float[Array, ""]:
-    """Gaussian s.d. ``sigma = FWHM / sqrt(8 ln 2)`` (same unit as the FWHM)."""
-    return jnp.asarray(fwhm_px) / FWHM_PER_SIGMA
-
-
 def distance_factor(sum_sq_px: Float[ArrayLike, "*s"], order: int, fwhm_px: Float[ArrayLike, ""]) -> Float[Array, "*s"]:
     """Distance factor of a cross-cumulant: ``exp(-4 ln 2 S / (n w^2))`` (Dertinger et al. 2010).
 
@@ -132,12 +125,7 @@ def psf_factors(
         fwhm_px: PSF FWHM, px.
         pixel_integrated: integrate over the pixel instead of point sampling.
     """
-    s = fwhm_to_sigma(fwhm_px)
-    d = jnp.asarray(centres_px)[None, :] - jnp.asarray(positions_px)[:, None]
-    if pixel_integrated:
-        scale = 1.0 / (math.sqrt(2.0) * s)
-        return 0.5 * (erf((d + 0.5) * scale) - erf((d - 0.5) * scale))
-    return jnp.exp(-0.5 * (d / s) ** 2) / (math.sqrt(2.0 * math.pi) * s)
+    return pixel_fractions(centres_px, positions_px, fwhm_to_sigma(fwhm_px), 1.0, integrated=pixel_integrated)
 
 
 @functools.partial(jax.jit, static_argnames=("pixel_integrated",))
