@@ -11,6 +11,9 @@ or the classic full grid. Results are ``(n, n, h, w)`` sub-lattices (entry ``[i,
 pixel at (+i/n, +j/n) camera pixels from the reference pixel) that :func:`interleave` puts on one
 grid. Everything is pure JAX: jit-compiled with the order static, vmap- and grad-able; long stacks
 are cut into frame blocks whose cumulants are averaged, in memory or from an iterator of blocks.
+Each distinct product of centred pixels ("term", up to a translation) is summed over the frames
+once and shared by every combination and partition that needs it (order 4: 25 terms for 16
+virtual pixels), in one cache-sized pass over the frames (see ``_term_sums_fast``).
 """
 
 from __future__ import annotations
@@ -246,9 +249,138 @@ def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
     )
 
 
+Term = tuple[tuple[int, int, int], ...]
+"""A product of centred pixel values: (dy, dx, lag) of each factor, offsets >= 0 from its corner."""
+
+MAX_CHUNK = 8
+"""Most frames summed per step of the scan over a block."""
+CHUNK_PIXELS = 2**18
+"""Pixels (frames x rows x columns) visited per step: 1 MB of float32, so the step stays in cache;
+wide images are cut into strips of rows to fit."""
+
+
+def _term_sums(x: Array, terms: list[Term], t_eff: int, pad: int) -> list[Array]:
+    """``<prod_(dy, dx, lag) d(y + dy, x + dx, t + lag)>_t`` over t < t_eff, an image per term.
+
+    ``d`` is each lag's window ``x[lag : lag + t_eff]`` centred by its own mean, ``pad`` zero
+    rows/columns appended; term image (y, x) spans y < Y + pad - max dy, x < X + pad - max dx.
+    Values: :func:`_term_sums_fast`; derivatives: those of :func:`_term_sums_plain` (the same sums
+    written as whole-stack reductions, whose derivative XLA compiles quickly).
+    """
+    return list(_term_sums_fast(x, tuple(terms), t_eff, pad))
+
+
+def _term_sums_plain(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    lags = sorted({lag for term in terms for (_, _, lag) in term})
+    centred = {}
+    for lag in lags:
+        window = x[lag : lag + t_eff]
+        window = window - jnp.mean(window, axis=0)
+        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    out = []
+    for term in terms:
+        ry = max(p[0] for p in term)
+        rx = max(p[1] for p in term)
+        prod = None
+        for dy, dx, lag in term:
+            piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
+            prod = piece if prod is None else prod * piece
+        assert prod is not None
+        out.append(jnp.sum(prod, axis=0) / t_eff)
+    return tuple(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _term_sums_fast(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    """The term sums in one pass over the frames, as sofipackage accumulates its terms frame by frame.
+
+    A scan over chunks of up to :data:`MAX_CHUNK` frames (inside a map over strips of rows when a
+    chunk of whole frames would exceed :data:`CHUNK_PIXELS`) adds every term's products to its
+    running sum, the sum over the chunk unrolled into one vectorised loop over the pixels (XLA CPU
+    materialises the products and reduces a leading axis far more slowly). No temporaries of the
+    size of the stack beyond one zero-padded copy.
+    """
+    lags = sorted({lag for term in terms for (_, _, lag) in term})
+    if pad:  # the full grid's zero row and column (after centring: a zero mean there too)
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, pad)))
+    height, width = x.shape[1], x.shape[2]
+    halo = max(max(p[0] for p in term) for term in terms)
+    chunk = min(MAX_CHUNK, t_eff)
+    count = -(-t_eff // chunk)
+    rows = max(1, min(height - halo, CHUNK_PIXELS // (chunk * width)))
+    strips = -(-(height - halo) // rows)
+    starts = [min(s * rows, height - rows - halo) for s in range(strips)]  # the last overlaps
+    total = _frame_sum(x)
+    means = {}
+    for lag in lags:  # each window's mean: the whole sum less the frames outside the window
+        outside = jnp.sum(x[:lag], axis=0) + jnp.sum(x[lag + t_eff :], axis=0)
+        means[lag] = (total - outside) / t_eff
+
+    def strip_sums(row0: Array) -> list[Array]:
+        strip_means = {lag: jax.lax.dynamic_slice(m, (row0, 0), (rows + halo, width)) for lag, m in means.items()}
+
+        def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
+            # the last chunk starts early enough to fit; its frames seen before are masked out
+            start = jnp.minimum(i * chunk, t_eff - chunk)
+            fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
+            frames = {}
+            for lag in lags:
+                f = jax.lax.dynamic_slice(x, (start + lag, row0, 0), (chunk, rows + halo, width))
+                frames[lag] = (f - strip_means[lag]) * fresh
+            new = []
+            for running, term in zip(acc, terms):
+                ry = max(p[0] for p in term)
+                rx = max(p[1] for p in term)
+                for k in range(chunk):
+                    prod = None
+                    for dy, dx, lag in term:
+                        piece = frames[lag][k, dy : dy + rows + halo - ry, dx : width - rx + dx]
+                        prod = piece if prod is None else prod * piece
+                    assert prod is not None
+                    running = running + prod
+                new.append(running)
+            return new, None
+
+        zeros = [jnp.zeros((rows + halo - max(p[0] for p in t), width - max(p[1] for p in t)), x.dtype) for t in terms]
+        return jax.lax.scan(step, zeros, jnp.arange(count))[0]
+
+    sums = jax.lax.map(strip_sums, jnp.asarray(starts))
+    out = []
+    for per_strip, term in zip(sums, terms):
+        ry = max(p[0] for p in term)
+        pieces = [per_strip[s, :rows] for s in range(strips - 1)]
+        first = (strips - 1) * rows - starts[-1]
+        pieces.append(per_strip[-1, first : first + height - ry - (strips - 1) * rows])
+        out.append(jnp.concatenate(pieces) / t_eff)
+    return tuple(out)
+
+
+def _frame_sum(x: Array) -> Array:
+    """Sum over the frames (axis 0), in unrolled chunks (faster than XLA CPU's reduction)."""
+    chunk = min(MAX_CHUNK, x.shape[0])
+    count, rest = divmod(x.shape[0], chunk)
+
+    def step(acc: Array, i: Array) -> tuple[Array, None]:
+        f = jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+        for k in range(chunk):
+            acc = acc + f[k]
+        return acc, None
+
+    total = jax.lax.scan(step, jnp.zeros(x.shape[1:], x.dtype), jnp.arange(count))[0]
+    return total + jnp.sum(x[count * chunk :], axis=0) if rest else total
+
+
+@_term_sums_fast.defjvp
+def _term_sums_jvp(terms, t_eff, pad, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    _, tangent = jax.jvp(lambda v: _term_sums_plain(v, terms, t_eff, pad), (x,), (dx,))
+    return _term_sums_fast(x, terms, t_eff, pad), tangent
+
+
 def _cumulant_images(
     x: Array,
-    sets: list[tuple[tuple[int, int, int], ...]],
+    sets: list[Term],
     origin: tuple[int, int],
     out_shape: tuple[int, int],
     pad: int = 0,
@@ -258,49 +390,39 @@ def _cumulant_images(
     Each set holds n pixels ``(dy, dx, lag)``; the value at output (a, b) uses pixels
     ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1, each window
     centred by its own mean over those frames, then ``pad`` zero rows/columns appended. Each
-    distinct block product (up to a translation) is reduced over time once and shared by all sets.
+    distinct block product (up to a translation) is summed over time once and shared by all sets.
     """
-    max_lag = max(lag for s in sets for (_, _, lag) in s)
-    t_eff = x.shape[0] - max_lag
-    centred = {}
-    for lag in sorted({lag for s in sets for (_, _, lag) in s}):
-        window = x[lag : lag + t_eff]
-        window = window - jnp.mean(window, axis=0)
-        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
-    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    t_eff = x.shape[0] - max(lag for s in sets for (_, _, lag) in s)
     n = len(sets[0])
     h, w = out_shape
-    terms: dict[tuple[tuple[int, int, int], ...], Array] = {}
-
-    def term(block: tuple[tuple[int, int, int], ...]) -> tuple[Array, int, int]:
-        my = min(p[0] for p in block)
-        mx = min(p[1] for p in block)
-        key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in block))
-        if key not in terms:
-            ry = max(p[0] for p in key)
-            rx = max(p[1] for p in key)
-            prod = None
-            for dy, dx, lag in key:
-                piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
-                prod = piece if prod is None else prod * piece
-            assert prod is not None
-            terms[key] = jnp.sum(prod, axis=0) / t_eff
-        return terms[key], my, mx
-
-    out = []
+    # every block of every partition, as (term, corner): the term up to a translation
+    uses: list[list[list[tuple[Term, int, int]]]] = []
+    keys: dict[Term, int] = {}
     for pixel_set in sets:
-        total = None
+        per_set = []
         for part in partitions(n):
-            coef = (-1) ** (len(part) - 1) * math.factorial(len(part) - 1)
-            value = None
+            factors = []
             for block in part:
-                image, my, mx = term(tuple(pixel_set[k] for k in block))
+                points = [pixel_set[k] for k in block]
+                my, mx = min(p[0] for p in points), min(p[1] for p in points)
+                key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in points))
+                keys.setdefault(key, len(keys))
+                factors.append((key, my, mx))
+            per_set.append(factors)
+        uses.append(per_set)
+    images = _term_sums(x, list(keys), t_eff, pad)
+    out = []
+    for per_set in uses:
+        total = None
+        for factors in per_set:
+            coef = (-1) ** (len(factors) - 1) * math.factorial(len(factors) - 1)
+            value = None
+            for key, my, mx in factors:
                 y0, x0 = origin[0] + my, origin[1] + mx
-                piece = image[y0 : y0 + h, x0 : x0 + w]
+                piece = images[keys[key]][y0 : y0 + h, x0 : x0 + w]
                 value = piece if value is None else value * piece
             assert value is not None
-            value = coef * value
-            total = value if total is None else total + value
+            total = coef * value if total is None else total + coef * value
         assert total is not None
         out.append(total)
     return jnp.stack(out)
@@ -401,8 +523,8 @@ def interleave(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, "yy xx"]:
 
 
 def _central_moment_cumulants(x: Array, order: int) -> Array:
-    d = x - jnp.mean(x, axis=0)
-    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])] + [jnp.mean(d**k, axis=0) for k in range(2, order + 1)]
+    powers = [((0, 0, 0),) * k for k in range(2, order + 1)]  # <d^k>_t as the product of k copies
+    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0]), *_term_sums(x, powers, x.shape[0], 0)]
     kappa = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])]
     for m in range(2, order + 1):
         # kappa_m = mu_m - sum_{k=2}^{m-2} C(m-1, k-1) kappa_k mu_{m-k}   (kappa_1 = mu_1 = 0)
