@@ -39,12 +39,13 @@ Recipes (:data:`RECIPES`):
     epochs of 140 batches), AdamW at 1e-3 with weight decay 1e-4 decaying to 1e-4 (see
     :class:`MisrGruRecipe` for how this differs from the released PyTorch Adam). A GPU recipe.
 ``misrgru-small``
-    A CPU recipe: the released code's 16-channel variant (C = 16) on 32 x 32 fields (targets
-    57 x 57), a pool of 1,200 movies (100 per density x SNR cell) plus 48 held out, batch 8,
-    AdamW 1e-3 -> 1e-4, 1,100 steps: about an hour of this 2-core CPU shared with other work
-    (measured 0.37 steps/s at load ~6.5; the pool ~0.26 s per movie plus one compilation per cell).
-``misrgru-cpu``
-    The same with the released network (C = 24): 0.19 steps/s measured likewise, so 600 steps.
+    A CPU recipe: the released network (C = 24) on 32 x 32 fields (targets 57 x 57), a pool of
+    1,920 movies (160 per density x SNR cell) plus 48 held out, batch 8, AdamW 1e-3 -> 1e-4,
+    2,500 steps: about an hour of this 2-core CPU when idle (measured 0.73 steps/s; the pool
+    about 3 minutes with one compilation per cell). On cores shared with other work the rate
+    drops several-fold (0.19 steps/s at load ~6.5): pass ``steps`` or ``stop_after``.
+``misrgru-small-c16``
+    The same with the released code's 16-channel variant: 1.8 steps/s idle, so 6,000 steps.
 
 :func:`predict` runs a trained network over a stack of any size and length in 20-frame windows
 (disjoint, or rolling with a smaller stride) through :func:`fluojax.networks.predict`;
@@ -327,12 +328,12 @@ def simulate_pool(
 
             x, y = map_padded(
                 pairs,
-                np.pad(keys, ((0, max(chunk - n, 0)), (0, 0)), mode="edge"),  # one compiled size for every pool
-                chunk,
+                keys,
+                chunk,  # fewer movies are padded to one call: one compiled size for every pool
                 on_batch=lambda out: bar.update(len(out[0])),
             )
-            inputs.append(x[:n])
-            targets.append(y[:n])
+            inputs.append(x)
+            targets.append(y)
     return np.concatenate(inputs).astype(np.float32), np.concatenate(targets).astype(np.float32)
 
 
@@ -356,9 +357,9 @@ def _small_schedule(steps: int) -> training.TrainConfig:
         learning_rate=1e-3,
         final_learning_rate=1e-4,
         optimizer=training.AdamW(eps=1e-8, weight_decay=1e-4),
-        eval_every=50,
+        eval_every=100,
         eval_batches=6,
-        checkpoint_every=100,
+        checkpoint_every=250,
     )
 
 
@@ -377,26 +378,26 @@ RECIPES: dict[str, MisrGruRecipe] = {
     ),
     "misrgru-small": MisrGruRecipe(
         "misrgru-small",
-        nets.MisrGruConfig(channels=16),
-        _small_schedule(1100),
+        nets.MisrGruConfig.paper(),
+        _small_schedule(2500),
         tile=32,
-        pool_samples=1200,
+        pool_samples=1920,
         held_out_samples=48,
         description=(
-            "the released 16-channel variant on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI of 100 frames, "
-            "pool of 1,200 movies, batch 8, 1,100 steps (CPU: ~1 h on 2 busy cores, pool included)"
+            "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI "
+            "of 100 frames, pool of 1,920 movies, batch 8, 2,500 steps (CPU: ~1 h on 2 idle cores, pool included)"
         ),
     ),
-    "misrgru-cpu": MisrGruRecipe(
-        "misrgru-cpu",
-        nets.MisrGruConfig.paper(),
-        _small_schedule(600),
+    "misrgru-small-c16": MisrGruRecipe(
+        "misrgru-small-c16",
+        nets.MisrGruConfig(channels=16),
+        _small_schedule(6000),
         tile=32,
-        pool_samples=1200,
+        pool_samples=1920,
         held_out_samples=48,
         description=(
-            "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI, "
-            "pool of 1,200 movies, batch 8, 600 steps (CPU: ~1 h on 2 busy cores, pool included)"
+            "the released code's 16-channel variant on the tiles of misrgru-small, batch 8, 6,000 steps "
+            "(CPU: ~1 h on 2 idle cores, pool included)"
         ),
     ),
 }
