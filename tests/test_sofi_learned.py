@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from scipy import ndimage
 
 from fluojax import train as training
@@ -54,12 +55,12 @@ def _tiny_recipe():
         "misrgru-tiny",
         nets.MisrGruConfig(channels=4, frames=FRAMES),
         training.TrainConfig(
-            steps=80,
+            steps=120,
             batch_size=4,
             learning_rate=1e-2,
             final_learning_rate=3e-3,
             optimizer=training.AdamW(eps=1e-8),
-            eval_every=80,
+            eval_every=120,
             eval_batches=2,
         ),
         tile=12,
@@ -111,10 +112,23 @@ def test_tiny_recipe_learns_past_the_mean_image(trained):
         [_numpy_fourier_loss(_mean_image_on_sofi_grid(x), np.asarray(y, np.float64)) for x, y in held_out]
     )
     start, end = history.eval_loss[0], history.eval_loss[-1]
-    assert history.step[-1] == 80
-    # seeded run: 4.38 -> 2.79 held out, the mean image 3.06; margins of 10 % and 5 %
+    assert history.step[-1] == 120
+    # seeds 0, 1, 2: held out 4.4, 4.6, 5.6 -> 2.5, 2.9, 2.9; the mean image 3.1, 3.3, 3.3
     assert end < 0.7 * start
-    assert end < 0.95 * baseline, (end, baseline)
+    assert end < 0.95 * baseline, (start, end, baseline)
+
+
+def test_training_moves_every_weight(trained):
+    """Gradients reach every layer: each weight array moved during training by more than weight
+    decay alone could move it (120 steps x lr 1e-2 x 1e-4 x |w| < 1.2e-4; Adam steps are ~lr)."""
+    recipe, net, _, _ = trained
+    start = nnx.state(recipe.build(0), nnx.Param)  # the run's initial weights (seed 0)
+    end = nnx.state(net, nnx.Param)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), start, end)
+    flat = jax.tree_util.tree_leaves_with_path(moved)
+    assert len(flat) == len(jax.tree.leaves(end))
+    for path, change in flat:
+        assert change > 1e-3, jax.tree_util.keystr(path)
 
 
 def test_checkpoint_gives_the_same_images(trained):
