@@ -38,7 +38,7 @@ import numpy as np
 import tifffile
 
 if TYPE_CHECKING:  # annotations only: importing jaxtyping costs ~0.1 s that the command need not pay
-    from jaxtyping import Real
+    from jaxtyping import Float, Real
 
 __all__ = [
     "FRAME_INTERVAL_RANGE_S",
@@ -50,6 +50,7 @@ __all__ = [
     "frame_interval_s",
     "read_pixel_size_um",
     "read_stack",
+    "read_stack_blocks",
     "require",
     "result_file",
     "result_folder",
@@ -97,45 +98,122 @@ def read_stack(path: str | os.PathLike) -> tuple[Real[np.ndarray, "t y x"], dict
             non-numeric dtype.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a TIFF file")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
     with _tifffile_warnings() as warnings:
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes, dtype = tuple(series.shape), str(series.axes), np.dtype(series.dtype)
-                meta = dict(tif.imagej_metadata or {})
-                data_end = None if series.dataoffset is None else series.dataoffset + series.nbytes
-                file_size = tif.filehandle.size
-                len(tif.pages)  # walk every page header: a cut file is reported here
-        except Exception as err:  # tifffile raises several types for corrupt or foreign files
-            raise InputError(
-                f"{path}: not a readable TIFF file ({type(err).__name__}: {err})".splitlines()[0]
-            ) from None
-        one_pixel = _imagej_one_pixel(shape, meta)
-        if one_pixel:
-            shape, axes = (meta["images"], 1, 1), "TYX"
-        problems = lambda: [w for w in warnings if not (one_pixel and "ImageJ series metadata invalid" in w)]  # noqa: E731
-        if problems() or (data_end is not None and data_end > file_size):
-            what = problems()[0] if problems() else f"the image data end at byte {data_end}, the file at {file_size}"
-            raise InputError(f"{path}: truncated or damaged TIFF ({what})".splitlines()[0])
-        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
-            raise InputError(f"{path}: pixel type {dtype} is not a numeric intensity type")
-        target = _stack_shape(path, shape, axes)
-        data: np.ndarray
-        try:
-            data = tifffile.memmap(path, mode="r")
-        except Exception:  # compressed or non-contiguous: read it whole
+        target, meta, data, one_pixel = _open_stack(path, warnings)
+        if data is None:  # compressed or non-contiguous: read it whole
             try:
                 data = tifffile.imread(path)
             except Exception as err:
                 raise InputError(f"{path}: image data could not be read ({type(err).__name__})") from None
-        if problems() or data.size != int(np.prod(target)):
-            what = problems()[0] if problems() else f"{data.size} values read, {int(np.prod(target))} expected"
-            raise InputError(f"{path}: truncated or damaged TIFF ({what})".splitlines()[0])
+        _check_read(path, warnings, one_pixel, data.size, int(np.prod(target)))
     return data.reshape(target), meta
+
+
+def read_stack_blocks(
+    path: str | os.PathLike, block_frames: int
+) -> tuple[tuple[int, int, int], dict, Iterator[Float[np.ndarray, "t y x"]]]:
+    """Open a TIFF image stack for reading in blocks of frames, in bounded memory.
+
+    The file is checked as :func:`read_stack` checks it (the same refusals, raised here, before
+    any block is read). The blocks are then read one at a time: slices of the memory map when the
+    file is uncompressed and contiguous, else consecutive pages (one page per frame, as ImageJ
+    and tifffile write stacks, compressed ones included); only a file whose pages are not frames
+    is read whole. Each block is a float32 copy, so at most one block of frames is held at once
+    (a 512 x 512 x 1,000 stack in blocks of 100 frames: 105 MB).
+
+    Arguments:
+        path: file path.
+        block_frames: frames per block (>= 1); the last block holds the rest.
+
+    Returns:
+        ((T, Y, X), metadata, blocks): the stack's shape, its ImageJ metadata (as from
+        :func:`read_stack`) and an iterator of float32 ``(t, Y, X)`` blocks, ``t <= block_frames``,
+        in frame order.
+
+    Raises:
+        InputError: every refusal of :func:`read_stack`; a block size below 1; a block that
+            cannot be read (raised by the iterator).
+    """
+    path = Path(path)
+    require(int(block_frames) >= 1, f"{block_frames} frames per block: must be at least 1")
+    block_frames = int(block_frames)
+    with _tifffile_warnings() as warnings:
+        target, meta, mapped, one_pixel = _open_stack(path, warnings)
+        if mapped is not None:
+            _check_read(path, warnings, one_pixel, mapped.size, int(np.prod(target)))
+    frames, ny, nx = target
+
+    def blocks() -> Iterator[np.ndarray]:
+        starts = range(0, frames, block_frames)
+        if mapped is not None:
+            stack = mapped.reshape(target)
+            for start in starts:
+                yield np.array(stack[start : start + block_frames], np.float32)
+            return
+        with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
+            by_page = len(tif.pages) == frames
+            whole = None if by_page else tif.asarray().reshape(target)
+            for start in starts:
+                stop = min(start + block_frames, frames)
+                try:
+                    data = tif.asarray(key=range(start, stop)) if whole is None else whole[start:stop]
+                except Exception as err:
+                    raise InputError(f"{path}: image data could not be read ({type(err).__name__})") from None
+                _check_read(path, warnings, one_pixel, data.size, (stop - start) * ny * nx)
+                yield np.asarray(data, np.float32).reshape(stop - start, ny, nx)
+
+    return target, meta, blocks()
+
+
+def _open_stack(path: Path, warnings: list[str]) -> tuple[tuple[int, int, int], dict, np.ndarray | None, bool]:
+    """The checks of :func:`read_stack` on the file's header; ``warnings`` collects tifffile's.
+
+    Returns:
+        ((T, Y, X), ImageJ metadata, the memory map of the data or None when the file cannot be
+        memory-mapped (compressed or not contiguous), whether it is a T x 1 x 1 ImageJ stack).
+    """
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a TIFF file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes, dtype = tuple(series.shape), str(series.axes), np.dtype(series.dtype)
+            meta = dict(tif.imagej_metadata or {})
+            data_end = None if series.dataoffset is None else series.dataoffset + series.nbytes
+            file_size = tif.filehandle.size
+            len(tif.pages)  # walk every page header: a cut file is reported here
+    except Exception as err:  # tifffile raises several types for corrupt or foreign files
+        raise InputError(f"{path}: not a readable TIFF file ({type(err).__name__}: {err})".splitlines()[0]) from None
+    one_pixel = _imagej_one_pixel(shape, meta)
+    if one_pixel:
+        shape, axes = (meta["images"], 1, 1), "TYX"
+    problems = _problems(warnings, one_pixel)
+    if problems or (data_end is not None and data_end > file_size):
+        what = problems[0] if problems else f"the image data end at byte {data_end}, the file at {file_size}"
+        raise InputError(f"{path}: truncated or damaged TIFF ({what})".splitlines()[0])
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
+        raise InputError(f"{path}: pixel type {dtype} is not a numeric intensity type")
+    target = _stack_shape(path, shape, axes)
+    try:
+        mapped = tifffile.memmap(path, mode="r")
+    except Exception:  # compressed or non-contiguous
+        mapped = None
+    return target, meta, mapped, one_pixel
+
+
+def _problems(warnings: list[str], one_pixel: bool) -> list[str]:
+    """tifffile's warnings that mean a damaged file (a one-pixel ImageJ stack's expected one left out)."""
+    return [w for w in warnings if not (one_pixel and "ImageJ series metadata invalid" in w)]
+
+
+def _check_read(path: Path, warnings: list[str], one_pixel: bool, size: int, expected: int) -> None:
+    """Refuse data read with tifffile warnings or with another number of values than ``expected``."""
+    problems = _problems(warnings, one_pixel)
+    if problems or size != expected:
+        what = problems[0] if problems else f"{size} values read, {expected} expected"
+        raise InputError(f"{path}: truncated or damaged TIFF ({what})".splitlines()[0])
 
 
 @contextlib.contextmanager
