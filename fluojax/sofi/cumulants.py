@@ -1,0 +1,475 @@
+"""SOFI cumulants of an image stack: per-pixel auto-cumulants and cross-cumulants with virtual pixels.
+
+The n-th order joint cumulant of the fluctuations of n pixels ``r_1..r_n`` is, for a mean-subtracted
+stack ``d = I - <I>_t``, the sum over the set partitions P of the n pixels that have no singleton
+part (a singleton's mean is 0) of ``(-1)^(|P|-1) (|P|-1)! prod_{B in P} <prod_{j in B} d(r_j)>_t``
+(Dertinger et al. 2009). Cross-cumulants of *distinct* pixels carry no noise terms and sit at the
+pixels' centroid, which adds virtual pixels (Dertinger et al. 2010); which pixel sets are used and
+where they land is a grid kind (:class:`Grid`, registry :data:`GRIDS`): sofipackage's 4x4
+neighbourhood (the default; sofipackage by Leutenegger, Geissbuehler, Lukes, Grussmayer et al.)
+or the classic full grid. Results are ``(n, n, h, w)`` sub-lattices (entry ``[i, j]`` = the virtual
+pixel at (+i/n, +j/n) camera pixels from the reference pixel) that :func:`interleave` puts on one
+grid. Everything is pure JAX: jit-compiled with the order static, vmap- and grad-able; long stacks
+are cut into frame blocks whose cumulants are averaged, in memory or from an iterator of blocks.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from fluojax.io import require
+
+__all__ = [
+    "GRIDS",
+    "Combinations",
+    "FullGrid",
+    "Grid",
+    "SofipackageGrid",
+    "auto_cumulants",
+    "combinations",
+    "cross_cumulant_sublattices",
+    "interleave",
+    "mean_over_blocks",
+    "partitions",
+]
+
+MIN_FRAMES = 4
+"""Fewest frames (per block, after the largest lag) a cumulant is computed from, as sofipackage."""
+
+
+class Combinations(NamedTuple):
+    """The pixel combination of each of the n^2 virtual pixels of an order (a static table).
+
+    Row ``i n + j`` belongs to sub-lattice ``[i, j]``, the virtual pixel at (+i/n, +j/n) camera
+    pixels from the reference pixel.
+
+    Attributes:
+        offsets: (n^2, n, 2) integer (row, column) offsets of the n pixels from the reference pixel,
+            in the grid's enumeration order (the order ``lags`` refer to).
+        positions: (n^2, 2) centroid of each combination, camera pixels from the reference pixel
+            (= (i/n, j/n)).
+        sum_sq: (n^2,) ``S = sum_{j<l} |r_j - r_l|^2`` of each combination, px^2 (its distance factor
+            is ``exp(-4 ln 2 S / (n w^2))``, ``models.distance_factor``).
+    """
+
+    offsets: Int[np.ndarray, "m n 2"]
+    positions: Float[np.ndarray, "m 2"]
+    sum_sq: Int[np.ndarray, " m"]
+
+
+def _pairwise_sum_sq(points: np.ndarray) -> int:
+    diff = points[:, None, :] - points[None, :, :]
+    return int((diff**2).sum()) // 2
+
+
+def _select(order: int, pixels: list[tuple[int, int]], sets: Iterable[tuple[int, ...]]) -> Combinations:
+    """Per centroid in the unit cell [0, 1)^2, the first set (in ``sets`` order) of least S."""
+    best: dict[tuple[int, int], tuple[int, np.ndarray]] = {}
+    for members in sets:
+        points = np.array([pixels[k] for k in members])
+        i, j = (int(v) for v in points.sum(axis=0))  # centroid = (i, j) / order
+        if not (0 <= i < order and 0 <= j < order):
+            continue
+        s = _pairwise_sum_sq(points)
+        if (i, j) not in best or s < best[(i, j)][0]:
+            best[(i, j)] = (s, points)
+    keys = [(i, j) for i in range(order) for j in range(order)]
+    return Combinations(
+        offsets=np.stack([best[k][1] for k in keys]).astype(np.int64),
+        positions=np.array(keys, dtype=np.float64) / order,
+        sum_sq=np.array([best[k][0] for k in keys], dtype=np.int64),
+    )
+
+
+class Grid(abc.ABC):
+    """A virtual-pixel grid: which pixel combinations give the n^2 sub-lattices, and where.
+
+    Sub-lattice entry ``[i, j, a, b]`` is the cumulant of the combination ``offsets[i n + j]`` placed
+    at reference pixel ``first_reference + (a, b)``. Pixels past the last row/column (full grid only)
+    are zeros after mean subtraction, so a combination reaching them gives 0; :func:`interleave`
+    drops exactly those entries. A new grid is a new subclass (frozen dataclass) in :data:`GRIDS`.
+    """
+
+    name: str = ""
+    first_reference: tuple[int, int] = (0, 0)
+    """(row, column) of the camera pixel that is the reference of sub-lattice entry (a, b) = (0, 0)."""
+    pad: int = 0
+    """Zero rows/columns appended after mean subtraction so every combination has its pixels."""
+    min_size: int = 1
+    """Fewest rows and columns of an image this grid needs."""
+    orders: tuple[int, ...] = (2, 3, 4)
+    """Orders the grid defines combinations for."""
+
+    @abc.abstractmethod
+    def combinations(self, order: int) -> Combinations:
+        """The static combination table of an order."""
+
+    @abc.abstractmethod
+    def sublattice_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of each sub-lattice of an (H, W) image."""
+
+
+@functools.cache
+def _sofipackage_table(order: int) -> Combinations:
+    pixels = [(dy, dx) for dy in range(-1, 3) for dx in range(-1, 3)]
+    return _select(order, pixels, itertools.combinations(range(len(pixels)), order))
+
+
+@functools.cache
+def _full_table(order: int) -> Combinations:
+    pixels = [(dy, dx) for dy in range(2) for dx in range(2)]
+    return _select(order, pixels, itertools.combinations_with_replacement(range(len(pixels)), order))
+
+
+@dataclasses.dataclass(frozen=True)
+class SofipackageGrid(Grid):
+    """sofipackage's grid: n distinct pixels of the 4x4 neighbourhood (offsets -1..2) per virtual pixel.
+
+    Of all ``C(16, n)`` sets of distinct pixels (``itertools.combinations`` over the 16 pixels listed
+    row-major, offset (-1, -1) first), each distinct centroid keeps the set with the least sum of
+    squared pairwise distances S (equivalently, to the centroid; ties: the first in that order),
+    and the centroids in the unit cell [0, 1)^2 of the reference pixel give the n^2 virtual
+    pixels. S: order 2: 4 (on-grid, the pair at -1 and +1), 1, 1, 2 (diagonal); order 3: 6
+    on-grid, 4 for the four inner (1/3, 2/3) positions, 8 for the four edge positions; order 4:
+    8 for the 2x2 block centre, 16 on-grid. No pixel repeats, so noise adds nothing. Reference
+    pixels are rows/columns 1..H-3: sub-lattices are (H-3, W-3); the interleaved image is
+    n (H-4) + 1 per side.
+    """
+
+    name: str = "sofipackage"
+    first_reference: tuple[int, int] = (1, 1)
+    pad: int = 0
+    min_size: int = 4
+    orders: tuple[int, ...] = (2, 3, 4)
+
+    def combinations(self, order: int) -> Combinations:
+        require(order in self.orders, f"order {order}: cross-cumulants are built for orders 2-4")
+        return _sofipackage_table(order)
+
+    def sublattice_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        return shape[0] - 3, shape[1] - 3
+
+
+@dataclasses.dataclass(frozen=True)
+class FullGrid(Grid):
+    """The classic full grid (Dertinger et al. 2010): n (N-1) + 1 virtual pixels per side, 2N-1 at order 2.
+
+    Each virtual pixel (i/n, j/n) between four neighbouring pixels uses the n-element multiset of
+    the 2x2 block (offsets 0..1) with that centroid and the least S (ties: the first in
+    ``itertools.combinations_with_replacement`` order over the 4 pixels listed row-major). Where
+    the centroid forces a repeated pixel (every on-grid position, as the auto-cumulants of
+    Dertinger et al. 2010; at orders 3-4 also most others) the value includes the noise's own
+    cumulants (read-noise and shot-noise variance at order 2), unlike the sofipackage grid. Every
+    camera pixel is a reference pixel: sub-lattices are (H, W), the entries past the last
+    row/column are 0 and :func:`interleave` drops them, leaving n (H-1) + 1 per side.
+    """
+
+    name: str = "full"
+    first_reference: tuple[int, int] = (0, 0)
+    pad: int = 1
+    min_size: int = 2
+    orders: tuple[int, ...] = (2, 3, 4)
+
+    def combinations(self, order: int) -> Combinations:
+        require(order in self.orders, f"order {order}: cross-cumulants are built for orders 2-4")
+        return _full_table(order)
+
+    def sublattice_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        return shape
+
+
+#: Grid kinds by name; sofipackage is the default everywhere.
+GRIDS: dict[str, Grid] = {"sofipackage": SofipackageGrid(), "full": FullGrid()}
+
+
+def combinations(order: int, grid: str | Grid = "sofipackage") -> Combinations:
+    """The static combination table (:class:`Combinations`) of ``order`` on ``grid``."""
+    return _grid(grid).combinations(order)
+
+
+def _grid(grid: str | Grid) -> Grid:
+    if isinstance(grid, Grid):
+        return grid
+    require(grid in GRIDS, f"grid {grid!r}: the grids are {', '.join(GRIDS)}")
+    return GRIDS[grid]
+
+
+@functools.cache
+def partitions(n: int) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    """Set partitions of ``range(n)`` without singleton parts (the only ones a centred stack needs)."""
+
+    def all_partitions(items: list[int]) -> list[list[list[int]]]:
+        if not items:
+            return [[]]
+        first, rest = items[0], items[1:]
+        out = []
+        for part in all_partitions(rest):
+            out.append([[first], *part])
+            for k in range(len(part)):
+                out.append([*part[:k], [first, *part[k]], *part[k + 1 :]])
+        return out
+
+    keep = [p for p in all_partitions(list(range(n))) if all(len(b) > 1 for b in p)]
+    return tuple(tuple(tuple(sorted(b)) for b in sorted(p)) for p in keep)
+
+
+def _as_float(stack: Float[ArrayLike, "t y x"]) -> Array:
+    x = jnp.asarray(stack)
+    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+
+
+def _check_lags(lags: tuple[int, ...] | None, order: int) -> tuple[int, ...]:
+    if lags is None:
+        return (0,) * order
+    lags = tuple(int(v) for v in lags)
+    require(len(lags) == order, f"{len(lags)} lags for order {order}: give one lag (frames) per pixel")
+    require(min(lags) >= 0, f"lags {lags} frames: lags must be >= 0")
+    return lags
+
+
+def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
+    need = max(MIN_FRAMES, order) + max(lags)
+    require(
+        frames >= need,
+        f"{frames} frames: order {order} with lags up to {max(lags)} needs at least {need} frames (per block)",
+    )
+
+
+def _cumulant_images(
+    x: Array,
+    sets: list[tuple[tuple[int, int, int], ...]],
+    origin: tuple[int, int],
+    out_shape: tuple[int, int],
+    pad: int = 0,
+) -> Array:
+    """Joint cumulants of pixel sets of a stack ``x`` (t, Y, X), one image per set.
+
+    Each set holds n pixels ``(dy, dx, lag)``; the value at output (a, b) uses pixels
+    ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1, each window
+    centred by its own mean over those frames, then ``pad`` zero rows/columns appended. Each
+    distinct block product (up to a translation) is reduced over time once and shared by all sets.
+    """
+    max_lag = max(lag for s in sets for (_, _, lag) in s)
+    t_eff = x.shape[0] - max_lag
+    centred = {}
+    for lag in sorted({lag for s in sets for (_, _, lag) in s}):
+        window = x[lag : lag + t_eff]
+        window = window - jnp.mean(window, axis=0)
+        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    n = len(sets[0])
+    h, w = out_shape
+    terms: dict[tuple[tuple[int, int, int], ...], Array] = {}
+
+    def term(block: tuple[tuple[int, int, int], ...]) -> tuple[Array, int, int]:
+        my = min(p[0] for p in block)
+        mx = min(p[1] for p in block)
+        key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in block))
+        if key not in terms:
+            ry = max(p[0] for p in key)
+            rx = max(p[1] for p in key)
+            prod = None
+            for dy, dx, lag in key:
+                piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
+                prod = piece if prod is None else prod * piece
+            assert prod is not None
+            terms[key] = jnp.sum(prod, axis=0) / t_eff
+        return terms[key], my, mx
+
+    out = []
+    for pixel_set in sets:
+        total = None
+        for part in partitions(n):
+            coef = (-1) ** (len(part) - 1) * math.factorial(len(part) - 1)
+            value = None
+            for block in part:
+                image, my, mx = term(tuple(pixel_set[k] for k in block))
+                y0, x0 = origin[0] + my, origin[1] + mx
+                piece = image[y0 : y0 + h, x0 : x0 + w]
+                value = piece if value is None else value * piece
+            assert value is not None
+            value = coef * value
+            total = value if total is None else total + value
+        assert total is not None
+        out.append(total)
+    return jnp.stack(out)
+
+
+def _blocked(fn: Callable[[Array], Array], x: Array, block_frames: int | None) -> Array:
+    """``fn`` of the whole stack, or the mean of ``fn`` over consecutive blocks of ``block_frames``."""
+    if block_frames is None or block_frames >= x.shape[0]:
+        return fn(x)
+    require(block_frames >= 1, f"frame blocks of {block_frames} frames: must be >= 1")
+    count = x.shape[0] // block_frames
+    blocks = x[: count * block_frames].reshape(count, block_frames, *x.shape[1:])
+    return jnp.mean(jax.lax.map(fn, blocks), axis=0)
+
+
+def _cross_block(x: Array, order: int, lags: tuple[int, ...], grid: Grid) -> Array:
+    combos = grid.combinations(order)
+    sets = [tuple((int(dy), int(dx), lags[k]) for k, (dy, dx) in enumerate(row)) for row in combos.offsets]
+    h, w = grid.sublattice_shape((x.shape[1], x.shape[2]))
+    images = _cumulant_images(x, sets, grid.first_reference, (h, w), grid.pad)
+    return images.reshape(order, order, h, w)
+
+
+@functools.partial(jax.jit, static_argnames=("order", "lags", "grid", "block_frames"))
+def cross_cumulant_sublattices(
+    stack: Float[ArrayLike, "t y x"],
+    order: int,
+    *,
+    lags: tuple[int, ...] | None = None,
+    grid: str | Grid = "sofipackage",
+    block_frames: int | None = None,
+) -> Float[Array, "n n h w"]:
+    """Cross-cumulant sub-lattices ``(n, n, h, w)`` of order n = 2..4 (Dertinger et al. 2010).
+
+    ``out[i, j, a, b] = sum_P (-1)^(|P|-1) (|P|-1)! prod_{B in P} <prod_{k in B} d(p_k, t + tau_k)>_t``
+    over the partitions P of the combination's n pixels ``p_k = ref(a, b) + offsets[i n + j, k]``
+    without singletons (:func:`partitions`), with ``<.>_t`` the mean over t = 0..T - max(tau) - 1
+    and ``d(p, t + tau) = I(p, t + tau) - <I(p, t + tau)>_t`` each lagged window centred by its own
+    mean (at zero lag: each pixel's mean over the T frames). This is exactly the joint cumulant of
+    the empirical distribution of the n series ``I(p_k, t + tau_k)``. The virtual pixel sits at
+    (+i/n, +j/n) camera pixels from the reference pixel ``ref(a, b) = grid.first_reference + (a, b)``.
+    Sofipackage grid (default): h, w = H - 3, W - 3, zero lag, every pixel distinct, so noise
+    independent between pixels adds nothing.
+
+    Time lags (Dertinger et al. 2009): ``lags = (tau_1, ..., tau_n)`` frames shifts the k-th pixel of
+    every combination (in :func:`combinations` order) to frame ``t + tau_k``, in every partition term
+    alike; e.g. ``(0, 1)`` at order 2 is ``<d(p_1, t) d(p_2, t + 1)>``, and at order 4
+    ``(0, 0, 1, 1)`` gives ``<d1 d2 d3' d4'> - <d1 d2><d3' d4'> - <d1 d3'><d2 d4'> - <d1 d4'><d2 d3'>``
+    (' = lagged by one frame). A lag removes the shot-noise correlation of a repeated pixel (full
+    grid) but costs max(tau) frames.
+
+    Frame blocks: with ``block_frames = B`` the stack is cut into floor(T/B) consecutive blocks
+    (sofipackage's subsequences; the last T mod B frames are left out), each block is centred by its
+    own mean and the blocks' cumulants are averaged. Short blocks bias the estimate: an order-2
+    cumulant from B frames is low by the factor (B-1)/B for uncorrelated frames (more where frames
+    are correlated over tau_on), and higher orders have larger O(1/B) biases; blocks also drop slow
+    drifts (bleaching) longer than B frames. See :func:`mean_over_blocks` for stacks that do not
+    fit in memory.
+
+    Arguments:
+        stack: (T, H, W) frames; integer data are taken as float32.
+        order: n, 2..4 (static).
+        lags: n non-negative lags in frames (a tuple; static); None = zero lag.
+        grid: a name in :data:`GRIDS` or a :class:`Grid` (static).
+        block_frames: frames per block (static); None = the whole stack at once.
+    """
+    g = _grid(grid)
+    g.combinations(order)  # checks the order
+    x = _as_float(stack)
+    require(x.ndim == 3, f"stack of shape {x.shape}: must be (frames, y, x)")
+    t, big_h, big_w = x.shape
+    require(
+        big_h >= g.min_size and big_w >= g.min_size,
+        f"image of {big_h} x {big_w} pixels: the {g.name} grid needs at least {g.min_size} x {g.min_size}",
+    )
+    tau = _check_lags(lags, order)
+    _check_frames(min(t, block_frames or t), order, tau)
+    return _blocked(lambda block: _cross_block(block, order, tau, g), x, block_frames)
+
+
+def interleave(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, "yy xx"]:
+    """Interleave ``(n, n, h, w)`` sub-lattices into one image of ``n h - (n - 1)`` x ``n w - (n - 1)``.
+
+    ``image[n a + i, n b + j] = sub[i, j, a, b]``, then the last n - 1 rows and columns (virtual
+    pixels past the last reference pixel) are dropped: ``n (H - 4) + 1`` per side on the
+    sofipackage grid (128 -> 249 at order 2), ``n (H - 1) + 1`` on the full grid. Output pixel
+    (p, q) lies at camera pixel ``first_reference + (p, q) / n``.
+
+    Arguments:
+        sub: sub-lattices as from :func:`cross_cumulant_sublattices` (leading batch axes allowed
+            before the last four).
+    """
+    s = jnp.asarray(sub)
+    n, m, h, w = s.shape[-4:]
+    require(n == m, f"sub-lattices of shape {s.shape}: need (n, n, h, w)")
+    image = jnp.moveaxis(s, (-4, -3), (-3, -1)).reshape(*s.shape[:-4], n * h, n * w)
+    return image[..., : n * h - (n - 1), : n * w - (n - 1)]
+
+
+def _central_moment_cumulants(x: Array, order: int) -> Array:
+    d = x - jnp.mean(x, axis=0)
+    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])] + [jnp.mean(d**k, axis=0) for k in range(2, order + 1)]
+    kappa = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])]
+    for m in range(2, order + 1):
+        # kappa_m = mu_m - sum_{k=2}^{m-2} C(m-1, k-1) kappa_k mu_{m-k}   (kappa_1 = mu_1 = 0)
+        value = mu[m]
+        for k in range(2, m - 1):
+            value = value - math.comb(m - 1, k - 1) * kappa[k] * mu[m - k]
+        kappa.append(value)
+    return kappa[order]
+
+
+def _auto_block(x: Array, order: int, lags: tuple[int, ...]) -> Array:
+    if not any(lags):
+        return _central_moment_cumulants(x, order)
+    pixel_set = tuple((0, 0, lag) for lag in lags)
+    return _cumulant_images(x, [pixel_set], (0, 0), (x.shape[1], x.shape[2]))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("order", "lags", "block_frames"))
+def auto_cumulants(
+    stack: Float[ArrayLike, "t y x"],
+    order: int,
+    *,
+    lags: tuple[int, ...] | None = None,
+    block_frames: int | None = None,
+) -> Float[Array, "y x"]:
+    """Per-pixel auto-cumulant of order n = 2..6 (Dertinger et al. 2009; Komen 2024, eq. 3.2).
+
+    Zero lag: from the central moments ``mu_k = <d^k>_t`` (d = I - <I>_t) by the moment-cumulant
+    recursion ``kappa_m = mu_m - sum_{k=2}^{m-2} C(m-1, k-1) kappa_k mu_{m-k}`` (kappa_2 = mu_2,
+    kappa_3 = mu_3, kappa_4 = mu_4 - 3 mu_2^2, ...). It includes the noise's own cumulants (e.g.
+    + sigma^2 of read noise and the shot-noise variance at order 2). With ``lags = (tau_1..tau_n)``
+    the k-th factor is taken at frame t + tau_k and the cumulant comes from the partition formula
+    of :func:`cross_cumulant_sublattices` with all n pixels the same (lags that are all distinct
+    remove the noise terms of noise uncorrelated between frames). ``block_frames`` as there.
+
+    Arguments:
+        stack: (T, H, W) frames.
+        order: n, 2..6 (static).
+        lags: n non-negative lags in frames (a tuple; static); None = zero lag.
+        block_frames: frames per block (static); None = the whole stack.
+    """
+    require(2 <= order <= 6, f"order {order}: auto-cumulants are built for orders 2-6")
+    x = _as_float(stack)
+    require(x.ndim == 3, f"stack of shape {x.shape}: must be (frames, y, x)")
+    tau = _check_lags(lags, order)
+    _check_frames(min(x.shape[0], block_frames or x.shape[0]), order, tau)
+    return _blocked(lambda block: _auto_block(block, order, tau), x, block_frames)
+
+
+def mean_over_blocks(blocks: Iterable[ArrayLike], fn: Callable[[Array], Array]) -> Array:
+    """The mean of ``fn(block)`` over an iterable of frame blocks, holding one block at a time.
+
+    For stacks that do not fit in memory (e.g. 512 x 512 x 1000 read block by block from a TIFF):
+    ``mean_over_blocks(blocks, lambda b: cross_cumulant_sublattices(b, 2))``. Each block weighs the
+    same; blocks of one shape reuse one compilation of a jitted ``fn``. Short blocks are biased
+    (see :func:`cross_cumulant_sublattices`).
+
+    Arguments:
+        blocks: iterable of (T_b, H, W) arrays.
+        fn: cumulant of one block (e.g. a partial of :func:`cross_cumulant_sublattices`).
+    """
+    total: Array | None = None
+    count = 0
+    for block in blocks:
+        value = fn(jnp.asarray(block))
+        total = value if total is None else total + value
+        count += 1
+    require(total is not None, "no frame blocks: the stack has 0 frames")
+    assert total is not None
+    return total / count
