@@ -22,12 +22,14 @@ def test_help_of_the_command_and_its_techniques_imports_no_numerics():
         "from fluojax.cli import main\n"
         "for argv in (['--help'], ['fcs', '--help'], ['frap', '--help'], ['fcs', 'fit', '--help'], ['frap', 'fit', '--help'],"
         " ['demo', '--help'], ['smlm', '--help'], ['smlm', 'localize', '--help'], ['smlm', 'simulate', '--help'],"
-        " ['smlm', 'evaluate', '--help']):\n"
+        " ['smlm', 'evaluate', '--help'], ['sofi', '--help'], ['sofi', 'STACK.tif', '--help'], ['sofi', 'image', '--help'],"
+        " ['sofi', 'simulate', '--help'], ['sofi', 'predict', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, (argv, e.code)\n"
-        "heavy = ('jax', 'flax', 'numpy', 'matplotlib', 'fluojax.fcs.learned', 'fluojax.frap.learned', 'fluojax.smlm.learned')\n"
+        "heavy = ('jax', 'flax', 'numpy', 'matplotlib', 'fluojax.fcs.learned', 'fluojax.frap.learned', 'fluojax.smlm.learned',"
+        " 'fluojax.sofi.learned')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

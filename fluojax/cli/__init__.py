@@ -22,6 +22,12 @@
     fluojax smlm train --config NAME [--steps N] -o CKPT        train the voxel-wise network
     fluojax smlm evaluate LOCS.csv --truth TRUTH.csv [-o M.json] SMLM Challenge 2016 metrics
 
+    fluojax sofi STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX]
+                     [--block-frames N] [-o OUT]                SOFI images (TIFF + PNG) and summary.json
+    fluojax sofi simulate [--preset NAME] [--frames N] -o OUT    a blinking movie, its truth and emitters
+    fluojax sofi train --config NAME [--steps N] -o RUN          train the 20-frame network
+    fluojax sofi predict STACK.tif --net RUN [--windows] [-o OUT]   the network's 2nd-order image
+
 Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
 hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM
 included, leaves nothing behind). OUT must be new, an empty folder, or -- with ``--overwrite`` --
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 __all__ = ["main"]
 
@@ -54,6 +61,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", _LazySubcommands)
 
+    def _check_value(self, action, value):
+        if isinstance(action, _LazySubcommands) and action.takes_implicitly(value):
+            return  # the implicit subcommand's argument, not an unknown subcommand
+        super()._check_value(action, value)
+
     def error(self, message):
         command = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
         message = " ".join(str(message).split())
@@ -67,17 +79,30 @@ class _LazySubcommands(argparse._SubParsersAction):
     subcommand's parser just before it parses its arguments. ``fluojax --help`` and
     ``fluojax fcs --help`` then list the subcommands without importing what their options need
     (jax for the training recipes' names or the DeepFRAP defaults), so they answer at once.
+    With :attr:`implicit` set (:func:`imply_subcommand`), a first argument that is neither a
+    subcommand's name nor an option is the first argument of that subcommand.
     """
+
+    implicit: str | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._builders = {}
+        self._builders: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
     def add_parser(self, name, *, build=None, **kwargs):
         parser = super().add_parser(name, **kwargs)
         if build is not None:
             self._builders[name] = build
         return parser
+
+    def takes_implicitly(self, value) -> bool:
+        """Whether ``value`` is the first argument of the implicit subcommand (not a name, not an option)."""
+        return (
+            self.implicit is not None
+            and isinstance(value, str)
+            and value not in self._name_parser_map
+            and not value.startswith("-")
+        )
 
     def build(self, name: str) -> None:
         """Add the options of subcommand ``name`` (once)."""
@@ -86,9 +111,24 @@ class _LazySubcommands(argparse._SubParsersAction):
             builder(self._name_parser_map[name])
 
     def __call__(self, parser, namespace, values, option_string=None):
+        if self.takes_implicitly(values[0] if values else None):
+            values = [self.implicit, *values]
         if values and values[0] in self._builders:
             self.build(values[0])
         super().__call__(parser, namespace, values, option_string)
+
+
+def imply_subcommand(subparsers: argparse.Action, name: str) -> None:
+    """Make a first argument that is neither a subcommand's name nor an option the first argument
+    of subcommand ``name``: ``fluojax sofi STACK.tif`` is ``fluojax sofi image STACK.tif``, while
+    ``fluojax sofi simulate`` stays ``simulate``.
+
+    Arguments:
+        subparsers: what ``add_subparsers`` returned on a parser of this command.
+        name: the implied subcommand (already added or added later).
+    """
+    assert isinstance(subparsers, _LazySubcommands)
+    subparsers.implicit = name
 
 
 class _Version(argparse.Action):
@@ -122,6 +162,12 @@ def _build_smlm(p: argparse.ArgumentParser) -> None:
     smlm.add_parsers(p)
 
 
+def _build_sofi(p: argparse.ArgumentParser) -> None:
+    from fluojax.cli import sofi
+
+    sofi.add_parsers(p)
+
+
 def _build_demo(p: argparse.ArgumentParser) -> None:
     from fluojax.cli import fcs
 
@@ -136,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("fcs", help="Imaging FCS", build=_build_fcs)
     sub.add_parser("frap", help="FRAP (DeepFRAP's diffusion model)", build=_build_frap)
     sub.add_parser("smlm", help="single-molecule localization (2D and quad-plane)", build=_build_smlm)
+    sub.add_parser("sofi", help="SOFI: cross-cumulant images, simulation, the 20-frame network", build=_build_sofi)
     sub.add_parser("demo", help="simulate a stack with three D regions, fit it, compare", build=_build_demo)
     return top
 
@@ -158,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             from fluojax.cli import smlm
 
             return smlm.HANDLERS[args.smlm_command](args)
+        if args.command == "sofi":
+            from fluojax.cli import sofi
+
+            return sofi.HANDLERS[args.sofi_command](args)
         from fluojax.cli import fcs
 
         return fcs.HANDLERS[args.fcs_command](args)

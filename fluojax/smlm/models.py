@@ -28,6 +28,7 @@ or the Gaussian density at the pixel centre times the pixel area (point sampling
 ``E_x(j) = a / (sqrt(2 pi) s) exp(-(x_j - x)^2 / (2 s^2))``), which is the quad-plane model of
 Aritake et al. 2021, eqs. 4-6, exactly: their peak ``a(dz) = a' / (2 pi r(dz)^2)`` for a molecule
 of weight w is ``N a^2 / (2 pi r^2)`` with ``N = w a' / a^2`` photons (:func:`weight_to_photons`).
+Both factors come from the optics engine, :func:`fluojax.optics.pixel_fractions`.
 
 PSF kinds (frozen dataclasses implementing :class:`PSF`; registry :data:`PSFS`):
 
@@ -44,14 +45,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
-from jax.scipy.special import erf
 from jaxtyping import Array, ArrayLike, Float
 
 from fluojax.io import require
+from fluojax.optics import pixel_fractions
 
 __all__ = [
     "PSF",
@@ -133,19 +133,6 @@ def weight_to_photons(weight: Float[ArrayLike, "*shape"], pixel_nm: float, a_pri
     return jnp.asarray(weight) * (a_prime / pixel_nm**2)
 
 
-def _factor(centres: Array, position: Array, sigma: Array, pixel_nm, integrated: bool) -> Array:
-    """Fraction of a 1D Gaussian (mean ``position``, s.d. ``sigma``) in each pixel of ``centres``.
-
-    Broadcasts ``position`` and ``sigma`` (shape S) against ``centres`` (n,): result S + (n,).
-    """
-    d = centres - position[..., None]
-    s = sigma[..., None]
-    if integrated:
-        scale = 1.0 / (math.sqrt(2.0) * s)
-        return 0.5 * (erf((d + 0.5 * pixel_nm) * scale) - erf((d - 0.5 * pixel_nm) * scale))
-    return pixel_nm / (math.sqrt(2.0 * math.pi) * s) * jnp.exp(-0.5 * (d / s) ** 2)
-
-
 class PSF(abc.ABC):
     """A separable Gaussian PSF over one or more focal planes. A new PSF kind is a new subclass.
 
@@ -191,8 +178,8 @@ class PSF(abc.ABC):
         if drift_nm is not None:
             drift = jnp.asarray(drift_nm)
             x, y = x + drift[..., 0], y + drift[..., 1]
-        ex = _factor(grid.x_nm, jnp.broadcast_to(x, sx.shape), sx, grid.pixel_nm, self.integrated)
-        ey = _factor(grid.y_nm, jnp.broadcast_to(y, sy.shape), sy, grid.pixel_nm, self.integrated)
+        ex = pixel_fractions(grid.x_nm, jnp.broadcast_to(x, sx.shape), sx, grid.pixel_nm, self.integrated)
+        ey = pixel_fractions(grid.y_nm, jnp.broadcast_to(y, sy.shape), sy, grid.pixel_nm, self.integrated)
         photons = jnp.asarray(emitters.photons)[..., None, None]
         return photons * ey, ex
 

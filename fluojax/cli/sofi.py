@@ -1,0 +1,264 @@
+"""``fluojax sofi [image] STACK.tif | simulate | train | predict``: parse, call :mod:`fluojax.sofi.pipeline`, write the outputs.
+
+``fluojax sofi STACK.tif`` is ``fluojax sofi image STACK.tif``: a first argument that is not a
+subcommand's name is the stack of ``image`` (:func:`fluojax.cli.imply_subcommand`; a stack file
+named like a subcommand is given as ``fluojax sofi image simulate``). Only the standard library
+is imported with this module; each subcommand imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from fluojax.cli import common, imply_subcommand
+from fluojax.cli.common import add_output, positive
+
+__all__ = ["HANDLERS", "SUBCOMMANDS", "add_parsers"]
+
+SUBCOMMANDS = ("image", "simulate", "train", "predict")
+"""``fluojax sofi`` subcommands (``image`` is implied by a first argument that is none of them)."""
+
+PRESET_NAMES = ("thesis", "small")
+"""``simulate --preset`` choices: ``fluojax.sofi.pipeline.PRESETS`` (listed here so that the help
+imports no jax; a test checks that they are the library's)."""
+
+LINEARIZE_NAMES = ("root", "adaptive", "none")
+"""``--linearize`` choices: ``fluojax.sofi.pipeline.LINEARIZATIONS`` and ``none`` (checked by a test)."""
+
+USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [-o OUT]
+       fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
+       fluojax sofi train --config NAME [--steps N] -o RUN
+       fluojax sofi predict STACK.tif --net RUN [--windows] [-o OUT]"""
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsers
+
+
+def _add_image(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stack", help="TIFF stack (frames, Y, X) of blinking emitters")
+    p.add_argument(
+        "--order",
+        type=str,
+        default="2-4",
+        metavar="ORDERS",
+        help="cumulant orders in 2-4: one (2), a range (2-4, 2..4) or a list (2,4) (default 2-4)",
+    )
+    p.add_argument(
+        "--linearize",
+        choices=LINEARIZE_NAMES,
+        default="root",
+        help="after Richardson-Lucy deconvolution: the n-th root (default), the adaptive exponent, or none "
+        "(flat cumulants only)",
+    )
+    p.add_argument("--bsofi", action="store_true", help="balanced SOFI and the on-ratio, brightness and density maps")
+    common.add_numbers(
+        p,
+        ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
+        ("--iterations", positive(int), 10, "N", "Richardson-Lucy iterations (default 10)"),
+        ("--block-frames", positive(int), None, "N", "frames per block, read one at a time (default: all frames)"),
+        ("--pixel-size", positive(float), None, "NM", "camera pixel size in nm (default: the TIFF's calibration)"),
+    )
+    add_output(p, help="output folder (default STACK_sofi): TIFFs, PNGs, summary.json")
+
+
+def _add_simulate(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="thesis",
+        help="Komen 2024's settings (128 x 128, 100 frames; the default) or a CPU-sized 32 x 32 variant",
+    )
+    s.add_argument("--density", type=int, choices=(0, 1, 2), default=0, help="density level, densest first (default 0)")
+    s.add_argument("--snr", type=int, choices=(0, 1, 2, 3), default=0, help="SNR level, brightest first (default 0)")
+    common.add_numbers(
+        s,
+        ("--frames", positive(int), None, "N", "frames (default: the preset's, 100)"),
+        ("--size", positive(int), None, "PX", "square field side in camera pixels (default: the preset's)"),
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    add_output(s, "OUT", "output folder: stack.tif, truth.tif, emitters.csv, summary.json", required=True)
+
+
+def _add_train(t: argparse.ArgumentParser) -> None:
+    common.add_training_options(t, common.recipe_names("sofi"))
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stack", help="TIFF stack (frames, Y, X) with at least as many frames as the network takes")
+    p.add_argument("--net", required=True, metavar="RUN", help="run folder or checkpoint of 'fluojax sofi train'")
+    p.add_argument(
+        "--windows",
+        action="store_true",
+        help="one image per consecutive window of the network's frame count (a time series), and their mean "
+        "(default: the first window only)",
+    )
+    p.add_argument("--pixel-size", type=positive(float), default=None, metavar="NM", help="camera pixel size in nm")
+    add_output(p, help="output folder (default STACK_sofinet): TIFFs, PNG, summary.json")
+
+
+def add_parsers(p: argparse.ArgumentParser) -> None:
+    """The ``sofi`` subcommands of ``fluojax`` (each one's options added when it is chosen)."""
+    sofi = p.add_subparsers(dest="sofi_command", required=True, metavar="COMMAND")
+    imply_subcommand(sofi, "image")
+    p.usage = USAGE  # after add_subparsers, which names the subcommands' programs after the usage
+    p.description = (
+        "SOFI: cross-cumulant images with virtual pixels (orders 2-4), a blinking-movie simulator and a network "
+        "that makes the 2nd-order image from 20 frames. 'fluojax sofi STACK.tif' is 'fluojax sofi image STACK.tif'."
+    )
+    sofi.add_parser(
+        "image",
+        help="a stack -> SOFI images (the default: 'fluojax sofi STACK.tif')",
+        build=_add_image,
+        epilog="Outputs in OUT: mean.tif; per order n, sofi_c<n>.tif/.png (flat cumulants, n(N-4)+1 pixels per "
+        "side of N) and sofi<n>.tif/.png (root) or sofi_lin<n>.tif/.png (adaptive); with --bsofi, bsofi.tif/.png "
+        "and its parameter maps; summary.json. Exit codes: 0 done, 2 bad input (nothing written).",
+    )
+    sofi.add_parser(
+        "simulate",
+        help="a simulated blinking movie, its ground truth and emitters",
+        build=_add_simulate,
+    )
+    sofi.add_parser(
+        "train", help="train the 20-frame network on simulated movies (resumes a run folder)", build=_add_train
+    )
+    sofi.add_parser("predict", help="the network's 2nd-order SOFI image of a stack", build=_add_predict)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _learned():
+    return common.learned_module("sofi", "SOFI networks")
+
+
+def _pixel_nm(args, meta_path: str) -> float | None:
+    """The camera pixel size in nm: ``--pixel-size``, else the TIFF's ImageJ calibration, else None."""
+    from fluojax import io
+
+    if args.pixel_size is not None:
+        return float(args.pixel_size)
+    pixel_um = io.read_pixel_size_um(meta_path)
+    return None if not pixel_um else 1000.0 * pixel_um
+
+
+def _missing_stack(path: str) -> None:
+    """A missing stack whose name looks like a mistyped subcommand gets a hint."""
+    from fluojax.io import InputError
+
+    if not Path(path).exists() and not Path(path).suffix:
+        raise InputError(f"{path}: no such file (and not a subcommand: {', '.join(SUBCOMMANDS)})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Handlers
+
+
+def image_command(args) -> int:
+    """``fluojax sofi [image] STACK.tif``."""
+    from fluojax import io
+    from fluojax.sofi import pipeline
+
+    _missing_stack(args.stack)
+    orders = pipeline.parse_orders(args.order)
+    linearize = None if args.linearize == "none" else args.linearize
+    settings = pipeline.SofiSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
+    pipeline.check_settings(settings)
+    out, label = common.destination(args, "sofi-image", "_sofi")
+    t0 = time.perf_counter()
+    shape, _, blocks = io.read_stack_blocks(args.stack, args.block_frames or 2**31 - 1)
+    pipeline.check_stack_shape(shape, settings.computed_orders, args.stack)
+    pixel_nm = _pixel_nm(args, args.stack)
+    result = pipeline.sofi_images(
+        blocks, orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames, name=args.stack
+    )
+    summary = pipeline.images_summary(result, str(args.stack))
+    summary["pixel_nm"] = pixel_nm
+    summary["total_s"] = time.perf_counter() - t0
+    with io.result_folder(out, "sofi-image", args.overwrite, label) as folder:
+        summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name)
+        io.write_json(folder / "summary.json", summary)
+    sizes = ", ".join(f"order {o}: {im.shape[0]} x {im.shape[1]}" for o, im in result.cumulants.items())
+    print(
+        f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes} "
+        f"in {summary['total_s']:.1f} s -> {out}/"
+    )
+    return 0
+
+
+def simulate_command(args) -> int:
+    """``fluojax sofi simulate``."""
+    import jax
+    import numpy as np
+
+    from fluojax import io
+    from fluojax.sofi import pipeline, simulate
+
+    out = Path(args.output)
+    label = f"-o {args.output}"
+    io.check_output_folder(out, "sofi-simulate", args.overwrite, label)
+    settings = pipeline.simulation_settings(args.preset, args.density, args.snr, args.size)
+    frames = args.frames or settings.n_frames
+    t0 = time.perf_counter()
+    movie = simulate.simulate_movie(jax.random.key(args.seed), settings, frames)
+    stack = np.asarray(movie.frames, np.float32)
+    fwhm_px = settings.fwhm_nm / settings.pixel_nm
+    emitters = int(np.asarray(movie.mask).sum())
+    summary = {
+        "preset": args.preset,
+        "density_level": args.density,
+        "snr_level": args.snr,
+        "frames": frames,
+        "shape_px": list(stack.shape[1:]),
+        "pixel_nm": settings.pixel_nm,
+        "fwhm_nm": settings.fwhm_nm,
+        "fwhm_px": fwhm_px,
+        "on_fraction": settings.blinking.on_fraction,
+        "background_photons": settings.background,
+        "emitters": emitters,
+        "emitters_drawn": int(movie.n_drawn),
+        "seed": args.seed,
+        "settings": repr(settings),
+        "units": "stack in ADU of the preset's camera; truth.tif: the emitters on the order-2 SOFI grid "
+        "(2 (N - 4) + 1 pixels per side) with a PSF narrowed 2-fold, max 1; emitters.csv in nm",
+    }
+    frame_s = 1.0 / simulate.KOMEN_2024.fps
+    pixel_um = settings.pixel_nm / 1000.0
+    with io.result_folder(out, "sofi-simulate", args.overwrite, label) as folder:
+        io.write_stack(folder / "stack.tif", stack, frame_s, pixel_um)
+        truth = np.asarray(movie.ground_truth, np.float32)
+        io.write_map(folder / "truth.tif", truth, "ground truth", "", pixel_um / settings.gt_order)
+        (folder / "emitters.csv").write_text(pipeline.emitters_csv(movie))
+        io.write_json(folder / "summary.json", summary)
+    print(
+        f"simulated {frames} frames of {stack.shape[1]} x {stack.shape[2]} pixels ({args.preset}), {emitters} emitters, "
+        f"in {time.perf_counter() - t0:.1f} s -> {out}/\n"
+        f"SOFI of it with: fluojax sofi {out / 'stack.tif'} --fwhm {fwhm_px:.3g} -o {out}_sofi"
+    )
+    if int(movie.n_drawn) > emitters:
+        common.warn(
+            [f"{int(movie.n_drawn)} emitters were drawn, {emitters} simulated: the preset's emitter slots are full"]
+        )
+    return 0
+
+
+def train_command(args) -> int:
+    """``fluojax sofi train``."""
+    return common.run_training(args, _learned(), "Fourier loss", "loss (held out: Fourier amplitude + phase L1)")
+
+
+def predict_command(args) -> int:
+    """``fluojax sofi predict``."""
+    raise NotImplementedError  # lands with fluojax.sofi.learned
+
+
+HANDLERS = {
+    "image": image_command,
+    "simulate": simulate_command,
+    "train": train_command,
+    "predict": predict_command,
+}
+"""``fluojax sofi COMMAND`` -> its handler."""

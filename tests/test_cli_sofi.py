@@ -1,0 +1,134 @@
+"""``fluojax sofi``: STACK.tif (the implied ``image`` subcommand) -> TIFFs, PNGs and summary.json on the
+n (N - 4) + 1 grid; simulate -> SOFI; and one clear error line (exit 2, nothing written) for each
+bad input (issue 20, items 7 and 8)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from fluojax import io
+from fluojax.cli import main
+
+
+def _pair_stack(frames: int = 60, ny: int = 12, nx: int = 14, seed: int = 1) -> np.ndarray:
+    """Two 3 x 3 blobs switching on and off at random (independently) over a flat level of 20, + noise."""
+    rng = np.random.default_rng(seed)
+    data = 20.0 + rng.normal(0.0, 1.0, (frames, ny, nx))
+    for (y, x), p in (((4, 4), 0.4), ((7, 9), 0.25)):
+        data[:, y - 1 : y + 2, x - 1 : x + 2] += 50.0 * (rng.random(frames) < p)[:, None, None]
+    return data.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def stack_file(tmp_path_factory):
+    """A 60-frame 12 x 14 stack with 100-nm pixels in its ImageJ calibration."""
+    path = tmp_path_factory.mktemp("sofi") / "pair.tif"
+    io.write_stack(path, _pair_stack(), 0.01, 0.1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def result(stack_file):
+    """``fluojax sofi STACK.tif --order 2-4 --bsofi --fwhm 2.8`` (the implied image subcommand)."""
+    out = stack_file.parent / "out"
+    assert main(["sofi", str(stack_file), "--order", "2-4", "--bsofi", "--fwhm", "2.8", "-o", str(out)]) == 0
+    return out
+
+
+def test_the_images_of_orders_2_to_4_have_n_times_n_minus_4_plus_1_pixels_and_their_pixel_size(result):
+    for n in (2, 3, 4):
+        for stem in (f"sofi_c{n}", f"sofi{n}"):
+            image = tifffile.imread(result / f"{stem}.tif")
+            assert image.shape == (n * (12 - 4) + 1, n * (14 - 4) + 1) and image.dtype == np.float32
+            assert (result / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert io.read_pixel_size_um(result / f"{stem}.tif") == pytest.approx(0.1 / n)  # 100 nm / n
+    assert tifffile.imread(result / "bsofi.tif").shape == (33, 41)  # the order-4 grid
+    assert tifffile.imread(result / "mean.tif").shape == (12, 14)
+
+
+def test_the_summary_lists_the_settings_frames_and_files(result):
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["settings"]["orders"] == [2, 3, 4] and summary["frames"] == 60 and summary["pixel_nm"] == 100.0
+    assert summary["cumulants"]["3"]["shape"] == [25, 31]
+    written = set(json.loads((result / io.RESULT_MARKER).read_text())["files"])
+    assert set(summary["files"]) | {"summary.json"} == written
+
+
+def test_the_image_subcommand_named_and_implied_are_the_same(stack_file, tmp_path, capsys):
+    named, implied = tmp_path / "named", tmp_path / "implied"
+    argv = ["--order", "2", "--linearize", "none", "--block-frames", "25"]
+    assert main(["sofi", "image", str(stack_file), *argv, "-o", str(named)]) == 0
+    assert main(["sofi", str(stack_file), *argv, "-o", str(implied)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and "in 2 block(s)" in printed[0]  # 25 + 35 frames: the tail joins
+    np.testing.assert_array_equal(tifffile.imread(named / "sofi_c2.tif"), tifffile.imread(implied / "sofi_c2.tif"))
+    assert not (named / "sofi2.tif").exists()  # --linearize none: flat cumulants only
+
+
+def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path):
+    sim = tmp_path / "sim"
+    argv = ["sofi", "simulate", "--preset", "small", "--size", "12", "--frames", "40", "--seed", "3"]
+    assert main([*argv, "-o", str(sim)]) == 0
+    assert tifffile.imread(sim / "stack.tif").shape == (40, 12, 12)
+    assert io.read_pixel_size_um(sim / "stack.tif") == pytest.approx(0.1)  # the thesis's 100 nm pixels
+    assert tifffile.imread(sim / "truth.tif").shape == (17, 17)  # the order-2 grid: 2 (12 - 4) + 1
+    summary = json.loads((sim / "summary.json").read_text())
+    rows = (sim / "emitters.csv").read_text().splitlines()
+    assert rows[0].startswith('"id","x [nm]","y [nm]"') and len(rows) == 1 + summary["emitters"]
+    out = tmp_path / "sofi"
+    assert main(["sofi", str(sim / "stack.tif"), "--order", "2", "--linearize", "none", "-o", str(out)]) == 0
+    assert tifffile.imread(out / "sofi_c2.tif").shape == (17, 17)  # the grid of the truth
+
+
+def test_the_choices_of_the_command_are_the_librarys():
+    from fluojax.cli import sofi as cli_sofi
+    from fluojax.sofi import pipeline
+
+    assert set(cli_sofi.PRESET_NAMES) == set(pipeline.PRESETS)
+    assert set(cli_sofi.LINEARIZE_NAMES) == {*pipeline.LINEARIZATIONS, "none"}
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit 2, nothing written
+
+
+def _refused(argv, message, out, capsys):
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fluojax: error: "), err
+    assert message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "message"),
+    [
+        (_pair_stack(frames=3), [], "3 frames; order 4 needs at least 4 frames"),
+        (_pair_stack(ny=3), ["--order", "2"], "3 x 14 pixels, smaller than the 4 x 4 pixel neighbourhood"),
+        (np.full((60, 12, 14), 100, np.uint16), ["--order", "2"], "no fluctuations: every pixel is constant in time"),
+        (_pair_stack(), ["--order", "5"], "order 5: cross-cumulants are built for orders 2-4"),
+        (_pair_stack(), ["--order", "2-x"], "orders '2-x': give an order (2), a range (2-4) or a list (2,4)"),
+        (_pair_stack(), ["--order", "2", "--block-frames", "3"], "blocks of 3 frames: order 2 needs at least 4"),
+    ],
+    ids=["too-few-frames", "too-small", "constant", "order-5", "unreadable-order", "short-blocks"],
+)
+def test_stacks_and_settings_that_cannot_give_images_are_refused(data, options, message, tmp_path, capsys):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "TYX"})
+    _refused(["sofi", str(path), *options], message, tmp_path / "out", capsys)
+
+
+def test_a_missing_stack_is_refused_and_a_mistyped_subcommand_is_named(tmp_path, capsys):
+    _refused(["sofi", str(tmp_path / "no.tif")], "no.tif: no such file", tmp_path / "out", capsys)
+    _refused(
+        ["sofi", "simulte"], "simulte: no such file (and not a subcommand: image, simulate", tmp_path / "o", capsys
+    )
+
+
+def test_the_help_of_an_implied_image_subcommand_is_the_image_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sofi", "STACK.tif", "--help"])
+    assert exit_info.value.code == 0
+    assert "--linearize {root,adaptive,none}" in capsys.readouterr().out
