@@ -151,7 +151,8 @@ def _run_gru(cell: _ConvGruCell, sequence):
         h = cell(h, x)
         return h, h
 
-    _, hidden = jax.lax.scan(step, jnp.zeros_like(sequence[0]), sequence)
+    # fully unrolled: XLA:CPU differentiates a rolled loop of convolutions ~10x slower (measured)
+    _, hidden = jax.lax.scan(step, jnp.zeros_like(sequence[0]), sequence, unroll=True)
     return hidden
 
 

@@ -1,0 +1,445 @@
+"""The MISR-GRU SOFI network as users run it: training recipes, training pairs, checkpoints, prediction.
+
+A *recipe* (:class:`MisrGruRecipe`, a ``fluojax.networks.Recipe``) names the simulated movies the
+network learns from (the 3 x 4 density x SNR grid of Komen 2024, Tables 5.1-5.2, on fields of
+``tile`` pixels: :func:`fluojax.sofi.simulate.thesis_preset` or, for small fields,
+:func:`~fluojax.sofi.simulate.small_preset`), the network size
+(:class:`fluojax.sofi.nets.MisrGruConfig`) and the training schedule. A training pair is one
+simulated movie of ``movie_frames`` (100) frames: the input is its first ``net.frames`` (20)
+frames (:func:`network_input`), the target the 2nd-order SOFI image of all its frames
+(:func:`sofi_target`). As in Komen 2024 (§5.1.2: 2000 training samples) the network trains on a
+fixed pool simulated once (in chunks, with a progress counter) and a separate held-out pool,
+minimising :func:`fluojax.sofi.nets.fourier_loss`.
+
+Input scaling: every 20-frame window is mapped to [0, 1] by its own minimum and maximum
+(:func:`network_input`), in training and at prediction. Komen 2024 divides the 16-bit counts by
+65535 instead; the target, a SOFI image normalised to its maximum, does not change when the camera
+offset or the brightness changes (cross-cumulants ignore offsets; the normalisation removes the
+scale), so an input scaled the same way leaves the network nothing to learn about either, and its
+inputs are of order one rather than ~1e-3.
+
+Target: sofipackage's 2nd-order image (Leutenegger, Geissbuehler, Lukes, Grussmayer et al.):
+cross-cumulant sub-lattices (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`), the
+empirical flattening with the 2 x 2 median (:func:`fluojax.sofi.estimate.flatten`), then the
+adaptive linearization the thesis trains on (Komen 2024, §6 and appendix E:
+:func:`~fluojax.sofi.estimate.adaptive_linearize`, rho_on from orders 2 and 3 flattened with the
+simulation's PSF width, :func:`~fluojax.sofi.estimate.estimate_on_ratio`) or, with
+``linearization="root"``, the standard one (:func:`~fluojax.sofi.estimate.linearize`), with the
+simulated FWHM and 10 Richardson-Lucy iterations; finally divided by its maximum (sofipackage
+saves ``65535 x image / max``, the thesis divides by 65535).
+
+Recipes (:data:`RECIPES`):
+
+``misrgru-paper``
+    Komen 2024 and the authors' released code (Grussmayer lab, RESURF_MISRGRU): C = 24 (95,073
+    weights), 128 x 128 fields, 20 input frames, targets from 100 frames, a pool of 2,000
+    movies (the thesis's training-set size) plus 60 held out, batch 10, 28,000 steps (200
+    epochs of 140 batches), AdamW at 1e-3 with weight decay 1e-4 decaying to 1e-4 (see
+    :class:`MisrGruRecipe` for how this differs from the released PyTorch Adam). A GPU recipe.
+``misrgru-small``
+    A CPU recipe: the same network (C = 24) on 32 x 32 fields (targets 57 x 57), a pool of
+    1,920 movies (160 per density x SNR cell) plus 48 held out, batch 8, AdamW 1e-3 -> 1e-4;
+    steps sized for about an hour of a 2-core CPU (see its description).
+
+:func:`predict` runs a trained network over a stack of any size and length in 20-frame windows
+(disjoint, or rolling with a smaller stride) through :func:`fluojax.networks.predict`;
+:func:`load_network` rebuilds a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from fluojax import networks
+from fluojax import train as training
+from fluojax.batching import map_padded
+from fluojax.io import InputError, require
+from fluojax.sofi import cumulants, estimate, nets, simulate
+
+__all__ = [
+    "BUILDERS",
+    "LINEARIZATIONS",
+    "NETWORK_KIND",
+    "RECIPES",
+    "MisrGruRecipe",
+    "load_network",
+    "network_input",
+    "predict",
+    "simulate_pool",
+    "sofi_target",
+    "train_recipe",
+    "training_pairs",
+]
+
+NETWORK_KIND = "misrgru"
+"""``meta["fluojax_network"]`` of every MISR-GRU SOFI checkpoint."""
+
+LINEARIZATIONS = ("adaptive", "root")
+"""How the 2nd-order target is linearized: adaptive (Komen 2024's targets) or the square root."""
+
+_TARGET_ORDER = 2
+
+
+def network_input(frames: Float[ArrayLike, "*batch t y x"]) -> Float[Array, "*batch t y x"]:
+    """What the network reads: each (t, y, x) window mapped to [0, 1] by its own extremes.
+
+    ``(I - min I) / (max I - min I)`` over the window's frames and pixels (a constant window
+    gives zeros). The one input transform, used for the training pairs and by :func:`predict`.
+
+    Arguments:
+        frames: (..., t, y, x) camera frames (any units, any offset).
+    """
+    x = jnp.asarray(frames, jnp.float32)
+    lo = jnp.min(x, axis=(-3, -2, -1), keepdims=True)
+    span = jnp.max(x, axis=(-3, -2, -1), keepdims=True) - lo
+    return (x - lo) / jnp.where(span > 0, span, 1.0)
+
+
+def sofi_target(
+    stack: Float[ArrayLike, "t y x"], fwhm_px: float, linearization: str = "adaptive", iterations: int = 10
+) -> Float[Array, "y2 x2"]:
+    """The network's target: the linearized 2nd-order SOFI image of a stack, divided by its maximum.
+
+    ``flatten(kappa_2)`` (sofipackage's empirical flattening and 2 x 2 median), then Richardson-
+    Lucy with the order-scaled Gaussian of FWHM ``fwhm_px`` and the exponent ``gamma_2`` of the
+    adaptive linearization (``rho_on`` from the 2nd- and 3rd-order cumulants flattened with the
+    distance factors of ``fwhm_px``; Geissbuehler et al. 2012; Komen 2024, eq. 3.8-3.9) or 1/2
+    (``"root"``, Komen 2024, eq. 3.7); finally ``/ max``. ``2 (H - 4) + 1`` pixels per side.
+    Jit-able with the static arguments fixed.
+
+    Arguments:
+        stack: (T, H, W) frames, T >= 3 (order 3 for the adaptive exponent).
+        fwhm_px: PSF FWHM in camera pixels (static).
+        linearization: ``"adaptive"`` or ``"root"`` (static).
+        iterations: Richardson-Lucy iterations (static; sofipackage: 10).
+    """
+    require(linearization in LINEARIZATIONS, f"linearization {linearization!r}: choose adaptive or root")
+    k2_sub = cumulants.cross_cumulant_sublattices(stack, _TARGET_ORDER)
+    k2 = estimate.flatten(k2_sub)
+    if linearization == "root":
+        image = estimate.linearize(k2, _TARGET_ORDER, fwhm_px, iterations)
+    else:
+        d2 = estimate.flatten(k2_sub, fwhm_px)
+        d3 = estimate.flatten(cumulants.cross_cumulant_sublattices(stack, 3), fwhm_px)
+        rho = estimate.estimate_on_ratio(d2, d3)
+        image = estimate.adaptive_linearize(k2, _TARGET_ORDER, fwhm_px, rho, iterations)
+    peak = jnp.max(image)
+    return image / jnp.where(peak > 0, peak, 1.0)
+
+
+def training_pairs(
+    movies: Float[ArrayLike, "b t y x"], frames: int, fwhm_px: float, linearization: str = "adaptive"
+) -> tuple[Float[Array, "b f y x"], Float[Array, "b y2 x2"]]:
+    """Training pairs of a batch of movies: (``network_input`` of the first ``frames`` frames,
+    ``sofi_target`` of all frames).
+
+    Arguments:
+        movies: (B, T, H, W) simulated movies, T >= ``frames``.
+        frames: input frames (static; Komen 2024: 20).
+        fwhm_px: PSF FWHM in camera pixels (static).
+        linearization: ``"adaptive"`` or ``"root"`` (static).
+    """
+    m = jnp.asarray(movies, jnp.float32)
+    require(m.ndim == 4 and m.shape[1] >= frames, f"movies of shape {m.shape}: need (batch, >= {frames} frames, y, x)")
+    targets = jax.vmap(lambda s: sofi_target(s, fwhm_px, linearization))(m)
+    return network_input(m[:, :frames]), targets
+
+
+@functools.partial(jax.jit, static_argnames=("settings", "frames", "linearization"))
+def _simulate_pairs(key_data, settings: simulate.SofiSettings, frames: int, linearization: str):
+    """Pairs of movies drawn from raw key data (B, 2): simulate, then :func:`training_pairs`."""
+    keys = jax.random.wrap_key_data(key_data)
+    movies = jax.vmap(lambda k: simulate.simulate_movie(k, settings).frames)(keys)
+    return training_pairs(movies, frames, settings.fwhm_nm / settings.pixel_nm, linearization)
+
+
+def _describe(value: Any) -> Any:
+    """A JSON-ready description of a (nested) frozen dataclass: ``{"kind": class name, fields}``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "kind": type(value).__name__,
+            **{f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
+    if isinstance(value, (tuple, list)):
+        return [_describe(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return type(value).__name__  # arrays (camera maps): named, not stored
+
+
+@dataclasses.dataclass(frozen=True)
+class MisrGruRecipe(networks.Recipe):
+    """Everything needed to train one MISR-GRU SOFI network (immutable).
+
+    Attributes, besides the base's ``name``, ``net`` (a :class:`~fluojax.sofi.nets.MisrGruConfig`;
+    its ``frames`` are the input frames) and ``train``:
+        tile: field side in camera pixels of the simulated movies (the network's input size in
+            training; it is fully convolutional).
+        movie_frames: frames per simulated movie, all used for the target (Komen 2024: 100).
+        densities: density levels of the thesis grid drawn (0-2: off-time 600/1200/2400 ms).
+        snrs: SNR levels drawn (0-3: I_on 100/80/60/40 photons per frame).
+        linearization: target linearization, ``"adaptive"`` (the thesis) or ``"root"``.
+        pool_samples: movies of the training pool, split evenly over the density x SNR cells.
+        held_out_samples: movies of the separate held-out pool (whole batches are used).
+        description: str.
+
+    Optimizer: the released code uses PyTorch's Adam(lr 1e-3, weight_decay 1e-4), whose decay is
+    an L2 term added to the gradient before Adam's normalisation, and ReduceLROnPlateau (x 0.5
+    after 5 flat epochs). The recipes use ``fluojax.train.AdamW`` (decoupled decay: ``lr x 1e-4
+    x theta`` per step; eps 1e-8, PyTorch's) and an exponential decay of the learning rate to a
+    tenth, the training engine's schedules.
+    """
+
+    tile: int = 32
+    movie_frames: int = 100
+    densities: tuple[int, ...] = (0, 1, 2)
+    snrs: tuple[int, ...] = (0, 1, 2, 3)
+    linearization: str = "adaptive"
+    pool_samples: int = 1920
+    held_out_samples: int = 48
+    description: str = ""
+
+    network = NETWORK_KIND
+
+    def __post_init__(self):
+        require(self.tile >= 8, f"tile of {self.tile} pixels: the network's output needs at least 8")
+        require(
+            self.movie_frames >= max(self.net.frames, 3),
+            f"movies of {self.movie_frames} frames: need at least the {self.net.frames} input frames (and 3)",
+        )
+        require(self.linearization in LINEARIZATIONS, f"linearization {self.linearization!r}: choose adaptive or root")
+        require(len(self.densities) > 0 and len(self.snrs) > 0, "at least one density and one SNR level")
+        require(self.pool_samples >= 1 and self.held_out_samples >= 1, "pools need at least one movie each")
+
+    def settings(self, density: int, snr: int) -> simulate.SofiSettings:
+        """The simulated movies of one density x SNR cell (thesis preset; small fields: small preset)."""
+        if self.tile >= 128:
+            base = simulate.thesis_preset(density, snr, (self.tile, self.tile))
+        else:
+            base = simulate.small_preset(density, snr, self.tile)
+        return dataclasses.replace(base, n_frames=self.movie_frames)
+
+    def cells(self) -> list[tuple[int, int]]:
+        """The (density, SNR) levels drawn, in order."""
+        return [(d, s) for d in self.densities for s in self.snrs]
+
+    def meta_fields(self) -> dict:
+        first = self.settings(*self.cells()[0])
+        return {
+            "tile": self.tile,
+            "movie_frames": self.movie_frames,
+            "densities": list(self.densities),
+            "snrs": list(self.snrs),
+            "linearization": self.linearization,
+            "pool_samples": self.pool_samples,
+            "held_out_samples": self.held_out_samples,
+            "pixel_nm": first.pixel_nm,
+            "fwhm_nm": first.fwhm_nm,
+            "input_scaling": "per-window min-max",
+            "settings": _describe(first),
+        }
+
+    def build(self, seed: int):
+        return nets.build_network(self.net, seed=seed)
+
+    def sampler(self):
+        """``(key, pool) -> (inputs (B, frames, y, x), targets (B, y2, x2))``: a batch drawn from the pool."""
+        batch = self.train.batch_size
+
+        def sample_pool(key, pool):
+            inputs, targets = pool
+            idx = jax.random.randint(key, (batch,), 0, inputs.shape[0])
+            return inputs[idx], targets[idx]
+
+        return sample_pool
+
+    def training_data(self, seed: int, progress: bool | None) -> networks.TrainingData:
+        """A training pool and a held-out pool simulated once (:func:`simulate_pool`), the Fourier loss."""
+        key = jax.random.fold_in(jax.random.key(seed), 20_020)
+        pool = simulate_pool(jax.random.fold_in(key, 0), self, self.pool_samples, progress)
+        held = simulate_pool(jax.random.fold_in(key, 1), self, self.held_out_samples, progress)
+        b = self.train.batch_size
+        batches = max(1, len(held[0]) // b)
+        held_out = [(held[0][i * b : (i + 1) * b], held[1][i * b : (i + 1) * b]) for i in range(batches)]
+        return networks.TrainingData(self.sampler(), loss=nets.fourier_loss, data=pool, held_out=held_out)
+
+
+def simulate_pool(
+    key: jax.Array, recipe: MisrGruRecipe, samples: int, progress: bool | None = None, chunk: int = 16
+) -> tuple[Float[np.ndarray, "n f y x"], Float[np.ndarray, "n y2 x2"]]:
+    """Training pairs of ``samples`` simulated movies, spread evenly over the recipe's density x SNR cells.
+
+    Each cell's movies are simulated and turned into pairs (:func:`training_pairs`) ``chunk`` at
+    a time (one compilation per cell; :func:`fluojax.batching.map_padded`), with a progress counter.
+
+    Arguments:
+        key: PRNG key.
+        recipe: :class:`MisrGruRecipe`.
+        samples: number of movies (cell c gets ``samples // cells`` plus one of the remainder).
+        progress: progress counter (None: auto).
+        chunk: movies per compiled call.
+
+    Returns:
+        (inputs (n, frames, tile, tile), targets (n, 2 tile - 7, 2 tile - 7)) NumPy float32, cells in order.
+    """
+    from fluojax.progress import progress as counter
+
+    cells = recipe.cells()
+    counts = [samples // len(cells) + (i < samples % len(cells)) for i in range(len(cells))]
+    inputs, targets = [], []
+    with counter(samples, "simulate SOFI pairs", "movies", enabled=progress) as bar:
+        for i, ((density, snr), n) in enumerate(zip(cells, counts)):
+            if n == 0:
+                continue
+            settings = recipe.settings(density, snr)
+            keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, i), n)))
+            pairs = functools.partial(
+                _simulate_pairs, settings=settings, frames=recipe.net.frames, linearization=recipe.linearization
+            )
+            x, y = map_padded(
+                lambda k, _count: pairs(jnp.asarray(k)),  # noqa: B023 (called before the next cell)
+                keys,
+                max(1, min(chunk, n)),
+                on_batch=lambda out: bar.update(len(out[0])),
+            )
+            inputs.append(x)
+            targets.append(y)
+    return np.concatenate(inputs).astype(np.float32), np.concatenate(targets).astype(np.float32)
+
+
+def _paper_schedule() -> training.TrainConfig:
+    return training.TrainConfig(
+        steps=28_000,  # 200 epochs x 140 batches of 10 (1,400 training samples in the thesis's 70/30 split)
+        batch_size=10,
+        learning_rate=1e-3,
+        final_learning_rate=1e-4,
+        optimizer=training.AdamW(eps=1e-8, weight_decay=1e-4),
+        eval_every=700,
+        eval_batches=6,
+        checkpoint_every=1400,
+    )
+
+
+def _small_schedule(steps: int) -> training.TrainConfig:
+    return training.TrainConfig(
+        steps=steps,
+        batch_size=8,
+        learning_rate=1e-3,
+        final_learning_rate=1e-4,
+        optimizer=training.AdamW(eps=1e-8, weight_decay=1e-4),
+        eval_every=50,
+        eval_batches=6,
+        checkpoint_every=100,
+    )
+
+
+RECIPES: dict[str, MisrGruRecipe] = {
+    "misrgru-paper": MisrGruRecipe(
+        "misrgru-paper",
+        nets.MisrGruConfig.paper(),
+        _paper_schedule(),
+        tile=128,
+        pool_samples=2000,
+        held_out_samples=60,
+        description=(
+            "Komen 2024 / released code: 128 x 128 x 20 frames -> 249 x 249 adaptive SOFI of 100 frames, "
+            "C = 24, pool of 2,000 movies, batch 10, 28,000 steps (GPU)"
+        ),
+    ),
+    "misrgru-small": MisrGruRecipe(
+        "misrgru-small",
+        nets.MisrGruConfig.paper(),
+        _small_schedule(1500),
+        tile=32,
+        pool_samples=1920,
+        held_out_samples=48,
+        description=(
+            "the released network (C = 24) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI of 100 frames, "
+            "pool of 1,920 movies, batch 8, 1,500 steps (CPU, about an hour on 2 cores)"
+        ),
+    ),
+}
+
+
+def train_recipe(recipe: MisrGruRecipe | str, run_dir: str | Path | None = None, **options: Any):
+    """Train a recipe (or a name in :data:`RECIPES`) with :func:`fluojax.networks.train_recipe`.
+
+    Arguments:
+        recipe: :class:`MisrGruRecipe` or its name.
+        run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``.
+
+    Returns:
+        (network, ``TrainHistory``).
+
+    Raises:
+        InputError: a name that is not in :data:`RECIPES`.
+    """
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
+        recipe = RECIPES[recipe]
+    return networks.train_recipe(recipe, run_dir, **options)
+
+
+def _config_from_meta(meta: dict) -> nets.MisrGruConfig:
+    return nets.MisrGruConfig(**meta["net_config"])
+
+
+BUILDERS = {NETWORK_KIND: lambda meta: nets.build_network(_config_from_meta(meta))}
+"""``meta["fluojax_network"]`` -> ``build(meta)``: the network :func:`load_network` rebuilds."""
+
+
+def load_network(path: str | Path):
+    """Rebuild a trained MISR-GRU SOFI network from a checkpoint (run folder or checkpoint).
+
+    Returns:
+        (network, checkpoint meta with ``net_config``, ``tile``, ``linearization``, ``pixel_nm``, ...).
+
+    Raises:
+        ValueError: not a fluojax network checkpoint, or not a MISR-GRU one.
+    """
+    return networks.load_network(path, BUILDERS, accepted="MISR-GRU SOFI network")
+
+
+def predict(
+    net: nets.MisrGru, stack: Float[ArrayLike, "t y x"], *, stride: int | None = None, batch: int = 4
+) -> Float[np.ndarray, "w y2 x2"]:
+    """The network's 2nd-order SOFI image of every window of ``net.config.frames`` frames of a stack.
+
+    Window k holds frames ``[k stride, k stride + F)`` (F = ``net.config.frames``); ``stride = F``
+    (default) gives disjoint windows, a smaller stride rolling ones (stride 1: one image per
+    frame after the first F - 1). Frames past the last whole window are not used. Each window is
+    scaled by :func:`network_input`; windows go through the network ``batch`` at a time
+    (:func:`fluojax.networks.predict`, one compilation per field size).
+
+    Arguments:
+        net: the network (e.g. from :func:`load_network`).
+        stack: (T, H, W) frames in camera counts, T >= F, H, W >= 8.
+        stride: frames between window starts (default F).
+        batch: windows per compiled call (fewer windows: one call of their number).
+
+    Returns:
+        (windows, 2 H - 7, 2 W - 7) NumPy float32 images, each on the scale of the training targets
+        (maximum about 1).
+    """
+    x = np.asarray(stack, np.float32)
+    f = net.config.frames
+    require(
+        x.ndim == 3 and x.shape[0] >= f,
+        f"stack of shape {x.shape}: the network reads (frames, rows, columns) with at least {f} frames",
+    )
+    require(min(x.shape[1:]) >= 8, f"frames of {x.shape[1]} x {x.shape[2]} pixels: the network needs at least 8 x 8")
+    step = f if stride is None else int(stride)
+    require(step >= 1, f"stride {step} frames: must be >= 1")
+    windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(x, f, axis=0)[::step], -1, 1)  # (n, F, H, W)
+    inputs = np.asarray(network_input(windows))
+    return networks.predict(networks.eval_view(net), inputs, max(1, min(int(batch), len(inputs))))
