@@ -9,7 +9,7 @@ What is measured, all in one run (CPU unless JAX sees an accelerator):
    memory (first call, i.e. with compilation, and the median of warm calls); on the large stack
    over frame blocks read one by one from the TIFF on disk (``io.read_stack_blocks`` +
    ``cumulants.mean_over_blocks``: the mean of the blocks' cumulants, sofipackage's
-   subsequences) in a child process whose peak resident memory (``ru_maxrss``) is reported. The
+   subsequences) in a child process whose peak resident memory (``VmHWM``) is reported. The
    baseline is a NumPy implementation of the *same* quantity, written here as a NumPy user
    would: the pixel combinations are taken from fluojax's own table
    (``cumulants.combinations``), so both compute identical numbers; the arithmetic is NumPy's:
@@ -52,7 +52,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -257,17 +256,36 @@ def child_env(tree: Path) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]))
 
 
+def peak_rss_mib(pid="self") -> float:
+    """The process's peak resident memory, MiB: ``VmHWM`` of /proc/PID/status (0 if unreadable).
+
+    Not ``ru_maxrss``: on Linux that survives fork + exec, so a child started by a process holding
+    gigabytes reports the parent's resident size as its own peak."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_child(cmd, env, cwd):
-    """Run ``cmd``; (seconds, peak RSS MiB of the child, CompletedProcess-like (rc, stdout, stderr))."""
+    """Run ``cmd``; (seconds, peak RSS MiB of the child, (rc, stdout, stderr)).
+
+    The peak is the child's ``VmHWM`` polled every 50 ms (it only grows; the last reading is
+    taken at most 50 ms before the child exits)."""
     out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env, cwd=cwd, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, peak_rss_mib(proc.pid))
+        time.sleep(0.05)
     elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     out_f.seek(0)
     err_f.seek(0)
-    return elapsed, usage.ru_maxrss / 1024.0, (proc.returncode, out_f.read(), err_f.read())
+    return elapsed, peak, (proc.returncode, out_f.read(), err_f.read())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +365,7 @@ def block_child(args):
 
     fn = functools.partial(cumulants.cross_cumulant_sublattices, order=args.child_order)
     jax.block_until_ready(jnp.zeros(4) + 1)  # the runtime started: the baseline memory of a JAX process
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    base = peak_rss_mib()
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
@@ -358,8 +376,15 @@ def block_child(args):
     for block in fio.read_stack_blocks(args.child_blocks, args.block_frames)[2]:
         block.sum()
     read_s = time.perf_counter() - t0
+    peak = peak_rss_mib()
     np.save(args.child_save, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    shape, _, _ = fio.read_stack_blocks(args.child_blocks, args.block_frames)
+    block = jax.ShapeDtypeStruct((min(args.block_frames, shape[0]), *shape[1:]), jnp.float32)
+    compiled = cumulants.cross_cumulant_sublattices.lower(block, order=args.child_order).compile()
+    try:
+        temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # not every backend reports it
+        temp = float("nan")
     print(
         json.dumps(
             dict(
@@ -368,6 +393,7 @@ def block_child(args):
                 read_s=read_s,
                 peak_rss_mib=peak,
                 base_rss_mib=base,
+                xla_temp_mib=temp,
                 shape=list(out.shape),
             )
         )
@@ -413,7 +439,9 @@ def bench_large(rows, args, stack, path, lines, ratios):
                 res["warm"],
                 scaled / res["warm"],
                 f"child process: peak RSS {res['peak_rss_mib']:.0f} MiB, of which {res['base_rss_mib']:.0f} MiB before "
-                f"reading (Python + JAX + fluojax); the whole stack as float32 would be {gib:.2f} GiB; "
+                f"reading (Python + JAX + fluojax); XLA's temporary buffers per block {res['xla_temp_mib']:.0f} MiB "
+                f"(`memory_analysis`); a block is {args.block_frames * stack[0].size * 4 / 2**20:.0f} MiB, "
+                f"the whole stack as float32 {gib:.2f} GiB; "
                 f"incl. reading the TIFF (reading the blocks alone: {res['read_s']:.3g} s); second of 2 calls; "
                 + (f"max rel. diff. to NumPy {diff:.1e}" if diff is not None else "not compared (NumPy on a subset)"),
             )
