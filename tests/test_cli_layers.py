@@ -145,7 +145,7 @@ def test_input_errors_of_the_library_are_one_line_and_exit_code_2(argv, message,
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("technique", ["fcs", "frap"])
+@pytest.mark.parametrize("technique", ["fcs", "frap", "sofi"])
 def test_train_accepts_exactly_the_library_recipes(technique, tmp_path):
     # the --config names come from the technique's RECIPES, not from a copy in the command line
     import importlib

@@ -68,6 +68,8 @@ def test_the_image_subcommand_named_and_implied_are_the_same(stack_file, tmp_pat
 
 
 def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path):
+    from fluojax.sofi import pipeline
+
     sim = tmp_path / "sim"
     argv = ["sofi", "simulate", "--preset", "small", "--size", "12", "--frames", "40", "--seed", "3"]
     assert main([*argv, "-o", str(sim)]) == 0
@@ -77,9 +79,8 @@ def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path
     summary = json.loads((sim / "summary.json").read_text())
     rows = (sim / "emitters.csv").read_text().splitlines()
     assert rows[0].startswith('"id","x [nm]","y [nm]"') and len(rows) == 1 + summary["emitters"]
-    out = tmp_path / "sofi"
-    assert main(["sofi", str(sim / "stack.tif"), "--order", "2", "--linearize", "none", "-o", str(out)]) == 0
-    assert tifffile.imread(out / "sofi_c2.tif").shape == (17, 17)  # the grid of the truth
+    shape, _, _ = io.read_stack_blocks(sim / "stack.tif", 40)  # what 'fluojax sofi' reads
+    assert shape == (40, 12, 12) and pipeline.output_shape(shape[1:], 2) == (17, 17)  # the truth's grid
 
 
 def test_the_choices_of_the_command_are_the_librarys():
@@ -132,3 +133,62 @@ def test_the_help_of_an_implied_image_subcommand_is_the_image_help(capsys):
         main(["sofi", "STACK.tif", "--help"])
     assert exit_info.value.code == 0
     assert "--linearize {root,adaptive,none}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# the network
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    """An untrained MISR-GRU of 4-frame windows, small (2 channels, 1 residual block, 1 ConvGRU
+    layer), saved as 'fluojax sofi train' saves one: the command's plumbing, not the network's
+    accuracy (docs/sofi.md has that)."""
+    import dataclasses
+
+    from fluojax import networks
+    from fluojax.sofi import learned, nets
+
+    config = nets.MisrGruConfig(channels=2, residual_blocks=1, gru_layers=1, frames=4)
+    meta = {
+        "fluojax_network": learned.NETWORK_KIND,
+        "recipe": "test",
+        "net_config": dataclasses.asdict(config),
+        "pixel_nm": 100.0,
+        "fwhm_nm": 220.0,
+        "linearization": "adaptive",
+        "movie_frames": 100,
+    }
+    return networks.save_network(tmp_path_factory.mktemp("net") / "ckpt", nets.build_network(config), meta)
+
+
+def test_predict_writes_the_networks_order_2_image_of_the_first_window(stack_file, network, tmp_path, capsys):
+    out = tmp_path / "net"
+    assert main(["sofi", "predict", str(stack_file), "--net", str(network), "-o", str(out)]) == 0
+    assert tifffile.imread(out / "sofinet2.tif").shape == (2 * 12 - 7, 2 * 14 - 7)  # the order-2 grid
+    assert io.read_pixel_size_um(out / "sofinet2.tif") == pytest.approx(0.05)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["windows"], summary["frames_used"], summary["window_frames"]) == (1, 4, 4)
+    assert "1 window(s)" in capsys.readouterr().out
+
+
+def test_predict_in_windows_writes_each_windows_image_and_their_mean(stack_file, network, tmp_path):
+    out = tmp_path / "net"
+    assert main(["sofi", "predict", str(stack_file), "--net", str(network), "--stride", "20", "-o", str(out)]) == 0
+    windows = tifffile.imread(out / "sofinet2_windows.tif")
+    assert windows.shape == (3, 17, 21)  # windows starting at frames 0, 20, 40 of 60
+    np.testing.assert_allclose(tifffile.imread(out / "sofinet2.tif"), windows.mean(axis=0), rtol=1e-6)
+
+
+def test_predict_refuses_a_stack_shorter_than_the_networks_window(network, tmp_path, capsys):
+    path = tmp_path / "short.tif"
+    io.write_stack(path, _pair_stack(frames=3), 0.01, 0.1)
+    _refused(
+        ["sofi", "predict", str(path), "--net", str(network)], "trained on 4-frame windows", tmp_path / "o", capsys
+    )
+
+
+def test_predict_refuses_a_folder_that_holds_no_network(stack_file, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["sofi", "predict", str(stack_file), "--net", str(tmp_path / "empty")]
+    _refused(argv, f"--net {tmp_path / 'empty'}", tmp_path / "o", capsys)

@@ -39,18 +39,20 @@ def _np_richardson_lucy(g, sigma, iterations):
     return o
 
 
-def _cumulant_image(order, size, emitters_yx, eps, rho, count, fwhm_px):
-    """Expected order-n cumulant image sum_k N eps_k^n f_n(rho) U^n(r - r_k) on the order-n grid
-    (pixel k at k/n camera pixels), U a unit-peak Gaussian of FWHM fwhm_px camera pixels; eps is
-    one brightness or one per emitter."""
-    coords = np.arange(order * (size - 4) + 1) / order
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    f = float(models.bernoulli_cumulant(order, rho))
-    img = np.zeros_like(yy)
-    for (y0, x0), e in zip(emitters_yx, np.broadcast_to(eps, (len(emitters_yx),)), strict=True):
-        u = np.exp(-4 * math.log(2) * ((yy - y0) ** 2 + (xx - x0) ** 2) / fwhm_px**2)
-        img += count * e**order * f * u**order
-    return img
+FWHM = 2.7  # camera pixels (the RESURF targets' setting)
+SIZE = 14  # camera pixels per side of every model field (one shape: JAX compiles each op once)
+SPOTS = [(4.5, 4.8), (4.9, 10.6), (10.2, 7.5)]  # isolated: >= 5.3 px apart, >= 3.5 px from edges
+
+
+def _model_flat(order, size, positions, eps, rho, signed=False):
+    """Expected sub-lattices of models.py (point-sampled Gaussian PSF) divided by their distance
+    factors and interleaved: the model's cumulant at every virtual pixel (signed if asked)."""
+    pos = np.asarray(positions, dtype=np.float32)
+    sub = models.expected_sublattices(pos, np.broadcast_to(eps, len(pos)), rho, FWHM, (size, size), order)
+    if not signed:
+        return estimate.flatten(sub, fwhm_px=FWHM, median=False)
+    d = models.distance_factor(np.asarray(cumulants.combinations(order).sum_sq).reshape(order, order), order, FWHM)
+    return cumulants.interleave(sub / d[:, :, None, None])
 
 
 # ---------------------------------------------------------------------------- flattening
@@ -85,21 +87,38 @@ def test_flatten_gives_every_sublattice_the_mean_of_means(order):
             np.testing.assert_allclose(part, c.mean() * base[: part.shape[0], : part.shape[1]], rtol=1e-6)
 
 
-def test_distance_flatten_and_fwhm_estimate_undo_the_distance_factor():
-    # Sub-lattices seen through exp(-4 ln2 S_ij/(n w^2)) (S_ij from the combinations table):
-    # the distance flattening restores the common image (rtol 1e-5: float32 exp), and the FWHM
-    # estimated from the sub-lattice means is w (closed-form regression on exact data: 1e-4).
-    w = 2.7
+@pytest.mark.parametrize("order", [2, 3])
+def test_distance_flatten_gives_the_cumulant_at_each_virtual_pixel(order):
+    # models.py's expected cross-cumulants of three emitters, flattened by the distance factor,
+    # equal sum_k eps_k^n f_n U^n(c - r_k) at each virtual pixel c = (1, 1) + (p, q)/n + 1/2
+    # (NumPy, U the normalised Gaussian density); float32: 1e-5 of the maximum.
+    size, pos, eps, rho = SIZE, SPOTS, np.array([80.0, 150.0, 120.0]), 0.25
+    img = np.asarray(_model_flat(order, size, pos, eps, rho))
+    c = 1.5 + np.arange(order * (size - 4) + 1) / order
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    s2 = (FWHM / math.sqrt(8 * math.log(2))) ** 2
+    ref = np.zeros_like(yy)
+    for (y0, x0), e in zip(pos, eps, strict=True):
+        u = np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * s2)) / (2 * math.pi * s2)
+        ref += e**order * float(models.bernoulli_cumulant(order, rho)) * u**order
+    np.testing.assert_allclose(img, ref, atol=1e-5 * ref.max())
+
+
+def test_mean_equalisation_and_fwhm_estimate_on_model_sublattices():
+    # Emitters >= 3.5 px inside every sub-lattice's span (reference centres 1.5 + i/2 .. 11.5 + i/2
+    # px, tails < exp(-3.5^2 / (2 sigma_n^2)) ~ 1e-4): every sub-lattice sums the same Gaussian
+    # sampled on a unit lattice (offset-independent to ~exp(-2 pi^2 sigma_n^2) ~ 1e-5 for
+    # sigma_n = 0.81 px),
+    # so its mean is D_ij C: the FWHM from the means is FWHM (1e-3), and mean equalisation equals
+    # the distance flattening times mean(D) (1e-3 of the maximum).
     order = 2
-    s = np.asarray(cumulants.combinations(order).sum_sq, dtype=np.float64)
-    base = np.random.default_rng(2).uniform(1.0, 2.0, size=(5, 5))
-    sub = np.exp(-4 * math.log(2) * s / (order * w**2))[:, :, None, None] * base
-    img = np.asarray(estimate.flatten(sub, fwhm_px=w, median=False))
-    for i in range(order):
-        for j in range(order):
-            part = img[i::order, j::order]
-            np.testing.assert_allclose(part, base[: part.shape[0], : part.shape[1]], rtol=1e-5)
-    assert float(estimate.estimate_fwhm(sub)) == pytest.approx(w, rel=1e-4)
+    pos = np.asarray([(5.6, 6.0), (7.9, 5.7), (6.5, 7.9)], dtype=np.float32)
+    sub = models.expected_sublattices(pos, np.full(3, 100.0), 0.2, FWHM, (SIZE, SIZE), order)
+    assert float(estimate.estimate_fwhm(sub)) == pytest.approx(FWHM, rel=1e-3)
+    d = np.exp(-4 * math.log(2) * np.asarray(cumulants.combinations(order).sum_sq) / (order * FWHM**2))
+    flat_mean = np.asarray(estimate.flatten(sub, median=False))
+    flat_dist = np.asarray(estimate.flatten(sub, fwhm_px=FWHM, median=False))
+    np.testing.assert_allclose(flat_mean, d.mean() * flat_dist, atol=1e-3 * flat_mean.max())
 
 
 def test_fwhm_estimate_is_bounded_to_1_7_px():
@@ -168,17 +187,13 @@ def test_linearize_is_the_nth_root_and_scale_free_in_the_normalisation():
 
 @pytest.mark.parametrize("rho", [0.1, 0.3])
 def test_on_ratio_from_orders_2_and_3_recovers_rho(rho):
-    # Isolated emitters (N = 1) of different brightness: kappa_3 / kappa_2^(3/2) at every pixel of
-    # an emitter is f_3/f_2^(3/2), brightness and PSF cancel, so the estimate is exact up to
-    # float32 rounding of the ratio (1e-4). With two emitters on one spot N = 2 is needed.
-    emitters = [(4.0, 4.0), (4.0, 12.0), (12.0, 8.0)]
-    eps = [150.0, 60.0, 300.0]
-    k2 = _cumulant_image(2, 20, emitters, eps, rho, 1, 2.7)
-    k3 = _cumulant_image(3, 20, emitters, eps, rho, 1, 2.7)
+    # Expected cumulants (models.py) of isolated emitters of different brightness, flattened by
+    # the distance factor: kappa_3 / kappa_2^(3/2) is f_3/f_2^(3/2) at every pixel of an emitter
+    # (brightness and PSF cancel; neighbours 6 px apart add < 1e-9), so the estimate is exact up
+    # to float32 rounding of the ratio (1e-4).
+    eps = np.array([150.0, 60.0, 300.0])
+    k2, k3 = (_model_flat(n, SIZE, SPOTS, eps, rho) for n in (2, 3))
     assert float(estimate.estimate_on_ratio(k2, k3)) == pytest.approx(rho, abs=1e-4)
-    k2 = _cumulant_image(2, 20, emitters, eps, rho, 2, 2.7)
-    k3 = _cumulant_image(3, 20, emitters, eps, rho, 2, 2.7)
-    assert float(estimate.estimate_on_ratio(k2, k3, emitters=2.0)) == pytest.approx(rho, abs=1e-4)
 
 
 def test_adaptive_exponent_divides_the_peaks_by_f_n():
@@ -198,18 +213,22 @@ def test_adaptive_exponent_divides_the_peaks_by_f_n():
 
 @pytest.mark.parametrize("rho", [0.3, 0.7])
 def test_bsofi_parameters_recover_a_point_population(rho):
-    # N emitters of brightness eps at one physical pixel, signed expected cumulants on the grids of
-    # orders 2-4 (resampling is exact at a physical pixel, a node of every grid): the closed form
-    # returns eps, rho, N there up to float32 rounding (1e-4 relative).
-    eps, count, size = 120.0, 3.0, 16
-    spot = (6.0, 7.0)
-    k = [_cumulant_image(n, size, [spot], eps, rho, count, 2.7) for n in (2, 3, 4)]
+    # N = 3 emitters of brightness eps at a physical pixel's centre, signed expected cumulants of
+    # models.py on the grids of orders 2-4 (resampling is exact there, a node of every grid): the
+    # closed form returns rho, eps U(0) (U the normalised PSF) and N up to float32 rounding (1e-4).
+    # The orders-2/3 estimate with N = 3 gives rho too, folded to <= 1/2 (it sees |kappa_3|).
+    eps, count, size, cam = 120.0, 3, SIZE, 6  # camera pixel 6: output index 4 (6 - 1)
+    pos = [(cam + 0.5, cam + 0.5)] * count
+    k = [_model_flat(n, size, pos, eps, rho, signed=True) for n in (2, 3, 4)]
     maps = jax.jit(estimate.bsofi_parameters)(*k)
-    assert maps.on_ratio.shape == k[2].shape
-    at = (int(spot[0] * 4), int(spot[1] * 4))
+    assert maps.on_ratio.shape == k[2].shape == (4 * (size - 4) + 1,) * 2
+    at = (4 * (cam - 1), 4 * (cam - 1))
+    u0 = 1.0 / (2 * math.pi * (FWHM / math.sqrt(8 * math.log(2))) ** 2)
     assert float(maps.on_ratio[at]) == pytest.approx(rho, rel=1e-4)
-    assert float(maps.brightness[at]) == pytest.approx(eps, rel=1e-4)
+    assert float(maps.brightness[at]) == pytest.approx(eps * u0, rel=1e-4)
     assert float(maps.density[at]) == pytest.approx(count, rel=1e-4)
+    folded = min(rho, 1 - rho)
+    assert float(estimate.estimate_on_ratio(k[0], k[1], emitters=count)) == pytest.approx(folded, abs=1e-4)
 
 
 def test_bsofi_exponent_scales_k1_and_k2_by_1_5_and_2():

@@ -52,6 +52,27 @@ def test_blocks_of_a_stack_are_float32_and_join_to_the_stack(stack, tmp_path, co
     np.testing.assert_array_equal(np.concatenate(got), raw.astype(np.float32))  # integers: exact in float32
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memory-mapped", "compressed-pages"])
+def test_reading_in_blocks_holds_about_one_block_at_a_time(tmp_path, compression):
+    # 400 frames of 64 x 64: 6.6 MB as float32, blocks of 10 frames 164 kB. NumPy reports its
+    # allocations to tracemalloc; reading block by block (and dropping each) must peak near one
+    # block (decoded integers, page buffers, the float32 copy: ~4 blocks here), far below the whole stack
+    import tracemalloc
+
+    path = tmp_path / "long.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (400, 64, 64), dtype=np.uint16)
+    tifffile.imwrite(path, data, compression=compression, photometric="minisblack", metadata={"axes": "TYX"})
+    tracemalloc.start()
+    try:
+        _, _, blocks = io.read_stack_blocks(path, 10)
+        total = sum(float(block.sum(dtype=np.float64)) for block in blocks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == float(data.sum())
+    assert peak < 0.25 * data.size * 4, peak  # a quarter of the float32 stack: 10 blocks
+
+
 def test_blocks_are_refused_as_read_stack_refuses(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         io.read_stack_blocks(tmp_path / "missing.tif", 10)
@@ -110,8 +131,8 @@ def test_the_image_of_a_single_emitter_peaks_at_its_position():
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:NY, 0:NX]
     psf = np.exp(-((yy - 5) ** 2 + (xx - 8) ** 2) / (2 * 1.0**2))
-    on = rng.random(400) < 0.5
-    data = (200 * on[:, None, None] * psf + rng.normal(0, 1, (400, NY, NX))).astype(np.float32)
+    on = rng.random(T) < 0.5
+    data = (200 * on[:, None, None] * psf + rng.normal(0, 1, (T, NY, NX))).astype(np.float32)
     image = pipeline.sofi_images(data, orders=(2,), linearize=None).cumulants[2]
     peak = np.unravel_index(np.argmax(image), image.shape)
     assert abs(peak[0] - 8) <= 1 and abs(peak[1] - 14) <= 1, peak

@@ -26,7 +26,7 @@
                      [--block-frames N] [-o OUT]                SOFI images (TIFF + PNG) and summary.json
     fluojax sofi simulate [--preset NAME] [--frames N] -o OUT    a blinking movie, its truth and emitters
     fluojax sofi train --config NAME [--steps N] -o RUN          train the 20-frame network
-    fluojax sofi predict STACK.tif --net RUN [--windows] [-o OUT]   the network's 2nd-order image
+    fluojax sofi predict STACK.tif --net RUN [--windows|--stride N] [-o OUT]  the network's order-2 image
 
 Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
 hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM

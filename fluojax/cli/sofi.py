@@ -30,7 +30,7 @@ LINEARIZE_NAMES = ("root", "adaptive", "none")
 USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [-o OUT]
        fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
        fluojax sofi train --config NAME [--steps N] -o RUN
-       fluojax sofi predict STACK.tif --net RUN [--windows] [-o OUT]"""
+       fluojax sofi predict STACK.tif --net RUN [--windows | --stride N] [-o OUT]"""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,7 +58,14 @@ def _add_image(p: argparse.ArgumentParser) -> None:
         p,
         ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
         ("--iterations", positive(int), 10, "N", "Richardson-Lucy iterations (default 10)"),
-        ("--block-frames", positive(int), None, "N", "frames per block, read one at a time (default: all frames)"),
+        (
+            "--block-frames",
+            positive(int),
+            None,
+            "N",
+            "frames per block, read one at a time, for long stacks: each block's cumulants are taken around its own "
+            "mean and the blocks averaged (sofipackage's subsequences; default: all frames in one block)",
+        ),
         ("--pixel-size", positive(float), None, "NM", "camera pixel size in nm (default: the TIFF's calibration)"),
     )
     add_output(p, help="output folder (default STACK_sofi): TIFFs, PNGs, summary.json")
@@ -87,13 +94,17 @@ def _add_train(t: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stack", help="TIFF stack (frames, Y, X) with at least as many frames as the network takes")
+    p.add_argument("stack", help="TIFF stack (frames, Y, X) with at least the network's window of frames (20)")
     p.add_argument("--net", required=True, metavar="RUN", help="run folder or checkpoint of 'fluojax sofi train'")
-    p.add_argument(
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
         "--windows",
         action="store_true",
-        help="one image per consecutive window of the network's frame count (a time series), and their mean "
+        help="one image per disjoint window of the network's frames (a time series) and their mean "
         "(default: the first window only)",
+    )
+    g.add_argument(
+        "--stride", type=positive(int), default=None, metavar="N", help="rolling windows starting every N frames"
     )
     p.add_argument("--pixel-size", type=positive(float), default=None, metavar="NM", help="camera pixel size in nm")
     add_output(p, help="output folder (default STACK_sofinet): TIFFs, PNG, summary.json")
@@ -182,8 +193,13 @@ def image_command(args) -> int:
         summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name)
         io.write_json(folder / "summary.json", summary)
     sizes = ", ".join(f"order {o}: {im.shape[0]} x {im.shape[1]}" for o, im in result.cumulants.items())
+    fwhm = (
+        ""
+        if result.fwhm_px is None
+        else f", PSF FWHM {result.fwhm_px:.3g} px" + (" (estimated)" if args.fwhm is None else "")
+    )
     print(
-        f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes} "
+        f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes}{fwhm} "
         f"in {summary['total_s']:.1f} s -> {out}/"
     )
     return 0
@@ -252,7 +268,65 @@ def train_command(args) -> int:
 
 def predict_command(args) -> int:
     """``fluojax sofi predict``."""
-    raise NotImplementedError  # lands with fluojax.sofi.learned
+    from fluojax import io
+    from fluojax.io import InputError
+    from fluojax.sofi import pipeline
+
+    learned = _learned()
+    out, label = common.destination(args, "sofi-predict", "_sofinet")
+    t0 = time.perf_counter()
+    net, meta = common.load_network(learned, args.net)
+    window = net.config.frames
+    stack, _ = io.read_stack(args.stack)
+    if stack.shape[0] < window:
+        raise InputError(
+            f"{args.stack}: {stack.shape[0]} frames; the network in {args.net} was trained on {window}-frame windows "
+            f"and needs at least {window}"
+        )
+    stride = args.stride or (window if args.windows else None)
+    frames = stack if stride else stack[:window]
+    images = learned.predict(net, frames, stride=stride)
+    pixel_nm = _pixel_nm(args, args.stack)
+    warnings = []
+    trained_nm = meta.get("pixel_nm")
+    if pixel_nm and trained_nm and abs(pixel_nm - trained_nm) > 1e-3 * trained_nm:
+        warnings.append(
+            f"pixel size {pixel_nm:g} nm: the network was trained on {trained_nm:g} nm pixels "
+            f"(a PSF FWHM of {meta.get('fwhm_nm', float('nan')):g} nm); its image may be wrong"
+        )
+    image = images.mean(axis=0)
+    summary = {
+        "stack": str(args.stack),
+        "net": str(args.net),
+        "recipe": meta.get("recipe"),
+        "checkpoint_step": meta.get("step"),
+        "target": f"order-2 SOFI, {meta.get('linearization')} linearization, of {meta.get('movie_frames')} frames, max 1",
+        "window_frames": window,
+        "stride": stride,
+        "windows": len(images),
+        "frames_used": window if stride is None else window + (len(images) - 1) * stride,
+        "frames": stack.shape[0],
+        "shape": list(image.shape),
+        "pixel_nm": pixel_nm,
+        "trained_pixel_nm": trained_nm,
+        "warnings": warnings,
+    }
+    name = Path(args.stack).name
+    with io.result_folder(out, "sofi-predict", args.overwrite, label) as folder:
+        what = f"first {window} frames" if stride is None else f"mean of {len(images)} windows of {window} frames"
+        title = f"{name}: network's order-2 SOFI ({what})"
+        files = pipeline.write_image(folder, "sofinet2", image, 2, "network order-2 SOFI", "", pixel_nm, title)
+        if stride is not None:
+            files += pipeline.write_image(folder, "sofinet2_windows", images, 2, "network order-2 SOFI", "", pixel_nm)
+        summary["files"] = files
+        summary["total_s"] = time.perf_counter() - t0
+        io.write_json(folder / "summary.json", summary)
+    print(
+        f"network image {image.shape[0]} x {image.shape[1]} from {summary['frames_used']} of {stack.shape[0]} frames "
+        f"({len(images)} window(s)) in {summary['total_s']:.1f} s -> {out}/"
+    )
+    common.warn(warnings)
+    return 0
 
 
 HANDLERS = {

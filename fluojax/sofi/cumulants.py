@@ -246,9 +246,57 @@ def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
     )
 
 
+Term = tuple[tuple[int, int, int], ...]
+"""A product of centred pixel values: (dy, dx, lag) of each factor, offsets >= 0 from its corner."""
+
+CHUNK_PIXELS = 2**17
+"""Frames summed per step of the scan over a block: about this many pixels (0.5 MB of float32, so
+a chunk stays in cache), 1 to 16 frames."""
+
+
+def _term_sums(x: Array, terms: list[Term], t_eff: int, pad: int) -> list[Array]:
+    """``<prod_(dy, dx, lag) d(y + dy, x + dx, t + lag)>_t`` over t < t_eff, an image per term.
+
+    ``d`` is each lag's window ``x[lag : lag + t_eff]`` centred by its own mean, ``pad`` zero
+    rows/columns appended. The frames are visited once, in chunks of ~:data:`CHUNK_PIXELS` pixels (a scan),
+    every term's product summed per chunk and accumulated (as sofipackage accumulates its terms
+    frame by frame): no (frames, y, x) temporaries beyond the input.
+    """
+    lags = sorted({lag for term in terms for (_, _, lag) in term})
+    means = {lag: jnp.mean(x[lag : lag + t_eff], axis=0) for lag in lags}
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+
+    chunk = min(max(1, CHUNK_PIXELS // (big_y * big_x)), 16, t_eff)
+    count = -(-t_eff // chunk)
+
+    def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
+        # the last chunk starts early enough to fit; its frames seen before are masked out
+        start = jnp.minimum(i * chunk, t_eff - chunk)
+        fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
+        frames = {}
+        for lag in lags:
+            f = (jax.lax.dynamic_slice_in_dim(x, start + lag, chunk) - means[lag]) * fresh
+            frames[lag] = jnp.pad(f, ((0, 0), (0, pad), (0, pad))) if pad else f
+        new = []
+        for a, term in zip(acc, terms):
+            ry = max(p[0] for p in term)
+            rx = max(p[1] for p in term)
+            prod = None
+            for dy, dx, lag in term:
+                piece = frames[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
+                prod = piece if prod is None else prod * piece
+            assert prod is not None
+            new.append(a + jnp.sum(prod, axis=0))
+        return new, None
+
+    zeros = [jnp.zeros((big_y - max(p[0] for p in t), big_x - max(p[1] for p in t)), x.dtype) for t in terms]
+    acc, _ = jax.lax.scan(step, zeros, jnp.arange(count))
+    return [a / t_eff for a in acc]
+
+
 def _cumulant_images(
     x: Array,
-    sets: list[tuple[tuple[int, int, int], ...]],
+    sets: list[Term],
     origin: tuple[int, int],
     out_shape: tuple[int, int],
     pad: int = 0,
@@ -258,49 +306,39 @@ def _cumulant_images(
     Each set holds n pixels ``(dy, dx, lag)``; the value at output (a, b) uses pixels
     ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1, each window
     centred by its own mean over those frames, then ``pad`` zero rows/columns appended. Each
-    distinct block product (up to a translation) is reduced over time once and shared by all sets.
+    distinct block product (up to a translation) is summed over time once and shared by all sets.
     """
-    max_lag = max(lag for s in sets for (_, _, lag) in s)
-    t_eff = x.shape[0] - max_lag
-    centred = {}
-    for lag in sorted({lag for s in sets for (_, _, lag) in s}):
-        window = x[lag : lag + t_eff]
-        window = window - jnp.mean(window, axis=0)
-        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
-    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    t_eff = x.shape[0] - max(lag for s in sets for (_, _, lag) in s)
     n = len(sets[0])
     h, w = out_shape
-    terms: dict[tuple[tuple[int, int, int], ...], Array] = {}
-
-    def term(block: tuple[tuple[int, int, int], ...]) -> tuple[Array, int, int]:
-        my = min(p[0] for p in block)
-        mx = min(p[1] for p in block)
-        key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in block))
-        if key not in terms:
-            ry = max(p[0] for p in key)
-            rx = max(p[1] for p in key)
-            prod = None
-            for dy, dx, lag in key:
-                piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
-                prod = piece if prod is None else prod * piece
-            assert prod is not None
-            terms[key] = jnp.sum(prod, axis=0) / t_eff
-        return terms[key], my, mx
-
-    out = []
+    # every block of every partition, as (term, corner): the term up to a translation
+    uses: list[list[list[tuple[Term, int, int]]]] = []
+    keys: dict[Term, int] = {}
     for pixel_set in sets:
-        total = None
+        per_set = []
         for part in partitions(n):
-            coef = (-1) ** (len(part) - 1) * math.factorial(len(part) - 1)
-            value = None
+            factors = []
             for block in part:
-                image, my, mx = term(tuple(pixel_set[k] for k in block))
+                points = [pixel_set[k] for k in block]
+                my, mx = min(p[0] for p in points), min(p[1] for p in points)
+                key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in points))
+                keys.setdefault(key, len(keys))
+                factors.append((key, my, mx))
+            per_set.append(factors)
+        uses.append(per_set)
+    images = _term_sums(x, list(keys), t_eff, pad)
+    out = []
+    for per_set in uses:
+        total = None
+        for factors in per_set:
+            coef = (-1) ** (len(factors) - 1) * math.factorial(len(factors) - 1)
+            value = None
+            for key, my, mx in factors:
                 y0, x0 = origin[0] + my, origin[1] + mx
-                piece = image[y0 : y0 + h, x0 : x0 + w]
+                piece = images[keys[key]][y0 : y0 + h, x0 : x0 + w]
                 value = piece if value is None else value * piece
             assert value is not None
-            value = coef * value
-            total = value if total is None else total + value
+            total = coef * value if total is None else total + coef * value
         assert total is not None
         out.append(total)
     return jnp.stack(out)

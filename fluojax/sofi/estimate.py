@@ -82,8 +82,9 @@ def median_filter_2x2(image: Float[ArrayLike, "y x"]) -> Float[Array, "y x"]:
 
     For an even neighbourhood MATLAB anchors the window at its top-left element: output pixel
     ``(i, j)`` is the median of ``image[i:i+2, j:j+2]``, i.e. of the pixel, its lower, right and
-    lower-right neighbours; the last row and column see zeros beyond the image. The median of
-    four values is the mean of the two middle ones. (sofipackage applies this to every flattened
+    lower-right neighbours; the last row and column see zeros beyond the image (so the content
+    moves by half a pixel towards the first row and column). The median of four values is the
+    mean of the two middle ones. (sofipackage applies this to every flattened
     cumulant; MATLAB's own example ``medfilt2([1 2 3; 4 5 6; 7 8 9], [2 2])`` gives
     ``[3 4 1.5; 6 7 3; 3.5 4 0]``.)
 
@@ -97,17 +98,18 @@ def median_filter_2x2(image: Float[ArrayLike, "y x"]) -> Float[Array, "y x"]:
     return 0.5 * (four[1] + four[2])
 
 
-def _sum_sq(order: int) -> np.ndarray:
+def _sum_sq(order: int, grid: str | cumulants.Grid) -> np.ndarray:
     """(n, n) sum of squared pairwise distances (camera pixels^2) of each sub-lattice's pixels."""
-    return np.asarray(cumulants.combinations(order).sum_sq, dtype=np.float64).reshape(order, order)
+    return np.asarray(cumulants.combinations(order, grid).sum_sq, dtype=np.float64).reshape(order, order)
 
 
-def _distance_factors(order: int, fwhm_px) -> Float[Array, "n n"]:
+def _distance_factors(order: int, fwhm_px, grid: str | cumulants.Grid) -> Float[Array, "n n"]:
     """(n, n) Gaussian distance factors of the sub-lattices (:func:`models.distance_factor`)."""
-    return models.distance_factor(jnp.asarray(_sum_sq(order), jnp.float32), order, jnp.asarray(fwhm_px, jnp.float32))
+    s = jnp.asarray(_sum_sq(order, grid), jnp.float32)
+    return models.distance_factor(s, order, jnp.asarray(fwhm_px, jnp.float32))
 
 
-def estimate_fwhm(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, ""]:
+def estimate_fwhm(sub: Float[ArrayLike, "n n h w"], grid: str | cumulants.Grid = "sofipackage") -> Float[Array, ""]:
     """PSF FWHM (camera pixels) from how the sub-lattice means fall with the distance factor.
 
     Each sub-lattice mean is ``m_ij = C D_ij`` (the same structure seen through a different
@@ -120,13 +122,14 @@ def estimate_fwhm(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, ""]:
 
     Arguments:
         sub: (n, n, h, w) cross-cumulant sub-lattices of order n >= 2.
+        grid: the virtual-pixel grid they come from (:data:`fluojax.sofi.cumulants.GRIDS`; static).
     """
     s = jnp.asarray(sub)
     n = _order_of(s)
     if n < 2:
         return jnp.asarray(jnp.nan, jnp.float32)
     log_m = jnp.log(jnp.maximum(jnp.mean(jnp.abs(s), axis=(2, 3)), jnp.finfo(jnp.float32).tiny)).ravel()
-    d = jnp.asarray(_sum_sq(n), jnp.float32).ravel()
+    d = jnp.asarray(_sum_sq(n, grid), jnp.float32).ravel()
     dc = d - jnp.mean(d)
     slope = jnp.sum(dc * (log_m - jnp.mean(log_m))) / jnp.sum(dc**2)
     a = -slope
@@ -140,6 +143,7 @@ def flatten(
     fwhm_px: float | Float[ArrayLike, ""] | None = None,
     *,
     median: bool = True,
+    grid: str | cumulants.Grid = "sofipackage",
 ) -> Float[Array, "y x"]:
     """Flattened order-n SOFI image from the ``n x n`` cross-cumulant sub-lattices.
 
@@ -151,15 +155,16 @@ def flatten(
     :func:`fluojax.sofi.cumulants.combinations`): the cross-cumulant of pixels ``r_1..r_n`` is
     ``prod_{j<l} U((r_j - r_l)/sqrt(n))`` times the cumulant at their centroid for a Gaussian PSF
     (Dertinger et al. 2010; :func:`fluojax.sofi.models.distance_factor`). ``fwhm_px`` may come
-    from :func:`estimate_fwhm`. The sub-lattices
-    are then interleaved (:func:`fluojax.sofi.cumulants.interleave`, ``n (H - 4) + 1`` pixels per
-    side for an H-pixel stack) and 2 x 2 median filtered (:func:`median_filter_2x2`).
+    from :func:`estimate_fwhm`. The sub-lattices are then interleaved
+    (:func:`fluojax.sofi.cumulants.interleave`, ``n (H - 4) + 1`` pixels per side for an H-pixel
+    stack on the sofipackage grid) and 2 x 2 median filtered (:func:`median_filter_2x2`).
 
     Arguments:
         sub: (n, n, h, w) sub-lattices; entry [i, j] is the virtual pixel at (+i/n, +j/n).
         fwhm_px: PSF FWHM in camera pixels for the distance-factor flattening; None for the
             mean equalisation.
         median: apply the 2 x 2 median filter (static).
+        grid: the virtual-pixel grid of ``sub`` (its combinations' S; static).
 
     Returns:
         The (y, x) flattened cumulant image, non-negative, in the cumulant's units.
@@ -171,7 +176,7 @@ def flatten(
         scale = jnp.mean(means) / jnp.where(means > 0, means, 1.0)
         scale = jnp.where(means > 0, scale, 1.0)
     else:
-        scale = 1.0 / _distance_factors(n, fwhm_px)
+        scale = 1.0 / _distance_factors(n, fwhm_px, grid)
     image = cumulants.interleave(s * scale[:, :, None, None])
     return median_filter_2x2(image) if median else image
 
@@ -330,8 +335,10 @@ def estimate_on_ratio(
     H - 3 camera pixels). sofipackage takes N per point from a fit of the raw trace's
     autocorrelation; here N is an input: 1 (isolated emitters, the default) or, e.g., the density
     map of :func:`bsofi_parameters` where order 4 is available. The values must be in the model's
-    scale at the physical pixels: the distance-factor flattening (exact FWHM) keeps it, the
-    default mean equalisation scales orders 2 and 3 by different mean distance factors.
+    scale at the physical pixels: the distance-factor flattening (known FWHM or
+    :func:`estimate_fwhm`) keeps it; the default mean equalisation multiplies order n by the mean
+    distance factor of its sub-lattices, so r reads ``mean(D_3) / mean(D_2)^(3/2)`` times too small
+    (0.82 at FWHM 2.7 px on the sofipackage grid: rho 0.2 comes out as 0.24).
 
     Arguments:
         k2: (2(H-4)+1, ...) flattened order-2 image.
@@ -395,8 +402,10 @@ def adaptive_linearize(
 ) -> Float[Array, "y x"]:
     """Adaptively linearized order-n image: :func:`deconvolve`, then ``^gamma_n``.
 
-    ``gamma_n`` from :func:`adaptive_exponent` on the deconvolved image, so that the brightest
-    pixels become ``g_hat / f_n(rho_on)`` (Komen 2024, eq. 3.9).
+    ``gamma_n`` from :func:`adaptive_exponent` on the deconvolved image ``g_hat``, so that the
+    brightest pixels become ``(g_hat / f_n(rho_on))^(1/n)`` (Komen 2024, eq. 3.9). At a root of
+    f_n (rho = 1/2 for order 3; 0.211, 0.789 for order 4) the exponent is infinite: use another
+    order there.
 
     Arguments:
         image: (y, x) flattened order-n cumulant image.

@@ -18,8 +18,10 @@ corner of the first pixel (pixel (i, j) spans rows [i, i+1), columns [j, j+1), i
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
@@ -138,6 +140,7 @@ def psf_factors(
     return jnp.exp(-0.5 * (d / s) ** 2) / (math.sqrt(2.0 * math.pi) * s)
 
 
+@functools.partial(jax.jit, static_argnames=("pixel_integrated",))
 def expected_cross_cumulant(
     pixels: Float[ArrayLike, "*p n 2"],
     positions_px: Float[ArrayLike, "k 2"],
@@ -172,6 +175,7 @@ def expected_cross_cumulant(
     return jnp.einsum("k,k...->...", weight, jnp.prod(u, axis=-1))
 
 
+@functools.partial(jax.jit, static_argnames=("order", "shape", "pixel_integrated"))
 def expected_auto_cumulant(
     order: int,
     positions_px: Float[ArrayLike, "k 2"],
@@ -199,6 +203,7 @@ def expected_auto_cumulant(
     return jnp.einsum("k,ky,kx->yx", weight, ey**order, ex**order)
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "order", "grid", "pixel_integrated"))
 def expected_sublattices(
     positions_px: Float[ArrayLike, "k 2"],
     brightness: Float[ArrayLike, " k"],

@@ -57,6 +57,7 @@ __all__ = [
     "parse_orders",
     "simulation_settings",
     "sofi_images",
+    "write_image",
     "write_images",
 ]
 
@@ -474,16 +475,62 @@ class _Drawn(NamedTuple):
     bin_nm: float
 
 
+def write_image(
+    folder: str | Path,
+    stem: str,
+    image,
+    order: int,
+    quantity: str,
+    unit: str,
+    pixel_nm: float | None = None,
+    title: str | None = None,
+) -> list[str]:
+    """Write one order-n image as ``STEM.tif`` (float32 ImageJ TIFF calibrated with ``pixel_nm / n``)
+    and, with a ``title``, ``STEM.png`` (:func:`fluojax.plotting.plot_super_resolution`, axes in µm;
+    without a pixel size one camera pixel is drawn as 1 µm and the title says so).
+
+    Arguments:
+        folder: an existing folder.
+        stem: the file name without suffix.
+        image: (y, x) image, or (k, y, x) images (TIFF only).
+        order: n, the image's pixels being ``1/n`` camera pixel (1: camera pixels).
+        quantity, unit: stored in the TIFF's metadata.
+        pixel_nm: camera pixel size in nm, or None.
+        title: the PNG's title (None: no PNG).
+
+    Returns:
+        the names of the files written.
+    """
+    from fluojax import io
+    from fluojax.plotting import plot_super_resolution
+
+    folder = Path(folder)
+    image = np.asarray(image, np.float32)
+    pixel_um = pixel_nm / order / 1000.0 if pixel_nm else None
+    if image.ndim == 3:
+        io.write_stack(folder / f"{stem}.tif", image, 1.0, pixel_um)
+    else:
+        io.write_map(folder / f"{stem}.tif", image, quantity, unit, pixel_um)
+    if title is None:
+        return [f"{stem}.tif"]
+    drawn_nm = pixel_nm or 1000.0
+    shown = np.nan_to_num(image)
+    drawn = _Drawn(shown, image_extent_nm(shown.shape, order, drawn_nm), drawn_nm / order)
+    unknown = "" if pixel_nm else " (pixel size unknown: 1 camera pixel drawn as 1 µm)"
+    plot_super_resolution(folder / f"{stem}.png", drawn, f"{title}{unknown}")
+    return [f"{stem}.tif", f"{stem}.png"]
+
+
 def write_images(
     folder: str | Path, result: SofiImages, pixel_nm: float | None = None, name: str = "stack"
 ) -> list[str]:
-    """Write the images of :func:`sofi_images` into ``folder``: float32 ImageJ TIFFs and PNGs.
+    """Write the images of :func:`sofi_images` into ``folder``: float32 ImageJ TIFFs and PNGs (:func:`write_image`).
 
     Files: ``mean.tif`` (the temporal mean); per order n ``sofi_c<n>.tif`` (flat cumulant) and
     ``sofi<n>.tif`` (root-linearized) or ``sofi_lin<n>.tif`` (adaptive), sofipackage's names;
     with bSOFI ``bsofi.tif`` (balanced) and ``bsofi_on_ratio.tif``, ``bsofi_brightness.tif``,
     ``bsofi_density.tif``. Each TIFF of order n is calibrated with ``pixel_nm / n``; each SOFI
-    image also gets a PNG (:func:`fluojax.plotting.plot_super_resolution`).
+    image also gets a PNG.
 
     Arguments:
         folder: an existing folder (e.g. the staging folder of :func:`fluojax.io.result_folder`).
@@ -495,39 +542,28 @@ def write_images(
     Returns:
         the names of the files written.
     """
-    from fluojax import io
-    from fluojax.plotting import plot_super_resolution
-
-    folder = Path(folder)
-    written: list[str] = []
-    drawn_nm = pixel_nm or 1000.0
-    unknown = "" if pixel_nm else " (pixel size unknown: 1 camera pixel drawn as 1 µm)"
-
-    def tif(stem: str, image, order: int, quantity: str, unit: str) -> None:
-        pixel_um = pixel_nm / order / 1000.0 if pixel_nm else None
-        io.write_map(folder / f"{stem}.tif", np.asarray(image, np.float32), quantity, unit, pixel_um)
-        written.append(f"{stem}.tif")
-
-    def png(stem: str, image, order: int, title: str) -> None:
-        image = np.nan_to_num(np.asarray(image, np.float32))
-        drawn = _Drawn(image, image_extent_nm(image.shape, order, drawn_nm), drawn_nm / order)
-        plot_super_resolution(folder / f"{stem}.png", drawn, f"{name}: {title}{unknown}")
-        written.append(f"{stem}.png")
-
-    tif("mean", result.mean, 1, "temporal mean", "counts")
-    lin = "sofi_lin" if result.settings.linearize == "adaptive" else "sofi"
-    for order, image in result.cumulants.items():
-        tif(f"sofi_c{order}", image, order, f"flat order-{order} cross-cumulant", f"counts^{order}")
-        png(f"sofi_c{order}", image, order, f"order-{order} SOFI, flat cumulant")
-    for order, image in result.linearized.items():
-        tif(f"{lin}{order}", image, order, f"{result.settings.linearize}-linearized order-{order} SOFI", "counts")
-        png(f"{lin}{order}", image, order, f"order-{order} SOFI, {result.settings.linearize} linearization")
+    written = write_image(folder, "mean", result.mean, 1, "temporal mean", "counts", pixel_nm)
+    how = result.settings.linearize
+    lin = "sofi_lin" if how == "adaptive" else "sofi"
+    for n, image in result.cumulants.items():
+        title = f"{name}: order-{n} SOFI, flat cumulant"
+        written += write_image(
+            folder, f"sofi_c{n}", image, n, f"flat order-{n} cross-cumulant", f"counts^{n}", pixel_nm, title
+        )
+    for n, image in result.linearized.items():
+        title = f"{name}: order-{n} SOFI, {how} linearization"
+        written += write_image(
+            folder, f"{lin}{n}", image, n, f"{how}-linearized order-{n} SOFI", "counts", pixel_nm, title
+        )
     if result.bsofi is not None and result.balanced is not None:
-        tif("bsofi", result.balanced, 4, "balanced SOFI", "")
-        png("bsofi", result.balanced, 4, "balanced SOFI")
+        written += write_image(
+            folder, "bsofi", result.balanced, 4, "balanced SOFI", "", pixel_nm, f"{name}: balanced SOFI"
+        )
         units = {"on_ratio": "", "brightness": "counts per frame", "density": "emitters"}
         for field, image in result.bsofi._asdict().items():
-            tif(f"bsofi_{field}", image, 4, field.replace("_", " "), units.get(field, ""))
+            written += write_image(
+                folder, f"bsofi_{field}", image, 4, field.replace("_", " "), units.get(field, ""), pixel_nm
+            )
     return written
 
 
