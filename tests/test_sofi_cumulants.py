@@ -133,14 +133,14 @@ def test_cross_cumulants_equal_brute_force_from_raw_moments(order, lags):
     rng = np.random.default_rng(order)
     # the zero-lag shape is the blinking tests' batch shape: one compilation for both
     stack = rng.gamma(2.0, 1.0, size=(1000, 12, 12) if lags is None else (40, 7, 8))
-    tau = None if lags is None else (0, 2, 1, 3)[:order]
+    tau = None if lags is None else {2: (0, 2), 3: (0, 2, 1), 4: (0, 0, 1, 1)}[order]
     with jax.enable_x64(True):
         got = np.asarray(cumulants.cross_cumulant_sublattices(stack, order, lags=tau))
     # float64, 40 frames: sums of a few hundred terms of size ~10, rounding ~1e-12
     np.testing.assert_allclose(got, _brute_sublattices(stack, order, tau), atol=1e-9, rtol=1e-9)
 
 
-@pytest.mark.parametrize("order", [2, 4])
+@pytest.mark.parametrize("order", [2, 3])
 def test_full_grid_equals_brute_force(order):
     """The full grid's multisets (repeated pixels) and the zeros past the last row/column."""
     rng = np.random.default_rng(5)
@@ -295,8 +295,8 @@ def test_frame_blocks_average_the_per_block_cumulants():
     # float32 means of 3 blocks: a few ulp
     np.testing.assert_allclose(blocked, np.mean(per_block, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(streamed, np.mean(per_block, axis=0), rtol=1e-5, atol=1e-6)
-    auto = np.asarray(cumulants.auto_cumulants(stack, 4, block_frames=20))
-    want = np.mean([np.asarray(cumulants.auto_cumulants(stack[k : k + 20], 4)) for k in (0, 20, 40)], axis=0)
+    auto = np.asarray(cumulants.auto_cumulants(stack, 3, block_frames=20))
+    want = np.mean([np.asarray(cumulants.auto_cumulants(stack[k : k + 20], 3)) for k in (0, 20, 40)], axis=0)
     np.testing.assert_allclose(auto, want, rtol=1e-5, atol=1e-6)
 
 
@@ -350,3 +350,12 @@ def test_vmap_over_stacks_equals_a_loop():
 def test_bad_input_is_one_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call(np.ones((10, 6, 6), np.float32))
+
+
+def test_strips_of_rows_give_the_same_cumulants(monkeypatch):
+    """Wide images are summed in strips of rows (the last one overlapping): force 2-row strips."""
+    monkeypatch.setattr(cumulants, "CHUNK_PIXELS", 8 * 2 * 9)  # 8 frames x 2 rows x 9 columns
+    stack = np.random.default_rng(6).gamma(2.0, 1.0, size=(30, 12, 9))  # a shape no other test compiles
+    with jax.enable_x64(True):
+        got = np.asarray(cumulants.cross_cumulant_sublattices(stack, 2))
+    np.testing.assert_allclose(got, _brute_sublattices(stack, 2), atol=1e-9, rtol=1e-9)

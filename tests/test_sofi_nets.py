@@ -66,37 +66,37 @@ def _pytorch_conv_transpose(x, weight, stride, padding):
 
 
 def test_upsampling_layer_is_pytorchs_conv_transpose_with_padding_4():
-    net = nets.build_network(nets.MisrGruConfig(channels=2), seed=3)
+    net = nets.build_network(nets.MisrGruConfig(channels=4), seed=3)
     layer = net.upsample
-    x = np.random.default_rng(0).normal(size=(9, 12, 2)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(9, 12, 4)).astype(np.float32)
     got = np.asarray(layer(jnp.asarray(x)[None]))[0]
     weight = np.transpose(np.asarray(layer.kernel[...]), (3, 2, 0, 1))  # flax (k, k, out, in) -> torch (in, out, k, k)
     want = _pytorch_conv_transpose(x.astype(np.float64), weight, 2, 4) + np.asarray(layer.bias[...])
-    assert got.shape == (2 * 9 - 7, 2 * 12 - 7, 2)
-    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 sums of 18 products of order 1
+    assert got.shape == (2 * 9 - 7, 2 * 12 - 7, 4)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 sums of 36 products of order 1
 
 
 def test_fusion_is_the_sum_over_time_of_the_gru_hidden_states():
     """All ConvGRU kernels 0: each layer has constant gates z = sigmoid(b_z) and candidate
     c = tanh(b_c), so from h0 = 0, h_t = c (1 - (1 - z)^t) and the fused map is
     sum_{t=1..T} h_t = c (T - (1 - z)(1 - (1 - z)^T) / z) whatever the frames."""
-    config = nets.MisrGruConfig(channels=2, frames=5)
+    config = nets.MisrGruConfig(channels=4, frames=5)
     net = nets.build_network(config, seed=0)
     b_z, b_c = 0.3, -0.7
     for cell in net.fusion:
         cell.gates.kernel[...] = jnp.zeros_like(cell.gates.kernel[...])
         cell.candidate.kernel[...] = jnp.zeros_like(cell.candidate.kernel[...])
-        cell.gates.bias[...] = jnp.full((4,), b_z)  # z and r: r is irrelevant with zero kernels
-        cell.candidate.bias[...] = jnp.full((2,), b_c)
+        cell.gates.bias[...] = jnp.full((8,), b_z)  # z and r: r is irrelevant with zero kernels
+        cell.candidate.bias[...] = jnp.full((4,), b_c)
     fused = net.fuse(jax.random.normal(jax.random.key(0), (1, 5, 8, 8)))
     z, c, t = 1 / (1 + np.exp(-b_z)), np.tanh(b_c), 5
     expected = c * (t - (1 - z) * (1 - (1 - z) ** t) / z)
-    assert fused.shape == (1, 8, 8, 2)
+    assert fused.shape == (1, 8, 8, 4)
     np.testing.assert_allclose(np.asarray(fused), expected, rtol=1e-5)  # float32 of 5 terms
 
 
 def test_frames_must_come_as_batch_frames_rows_columns():
-    net = nets.build_network(nets.MisrGruConfig(channels=2))
+    net = nets.build_network(nets.MisrGruConfig(channels=4))
     with pytest.raises(InputError, match="batch, frames, rows, columns"):
         net(jnp.zeros((20, 16, 16)))
 

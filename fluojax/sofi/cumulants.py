@@ -11,6 +11,9 @@ or the classic full grid. Results are ``(n, n, h, w)`` sub-lattices (entry ``[i,
 pixel at (+i/n, +j/n) camera pixels from the reference pixel) that :func:`interleave` puts on one
 grid. Everything is pure JAX: jit-compiled with the order static, vmap- and grad-able; long stacks
 are cut into frame blocks whose cumulants are averaged, in memory or from an iterator of blocks.
+Each distinct product of centred pixels ("term", up to a translation) is summed over the frames
+once and shared by every combination and partition that needs it (order 4: 25 terms for 16
+virtual pixels), in one cache-sized pass over the frames (see ``_term_sums_fast``).
 """
 
 from __future__ import annotations
@@ -249,49 +252,130 @@ def _check_frames(frames: int, order: int, lags: tuple[int, ...]) -> None:
 Term = tuple[tuple[int, int, int], ...]
 """A product of centred pixel values: (dy, dx, lag) of each factor, offsets >= 0 from its corner."""
 
-CHUNK_PIXELS = 2**17
-"""Frames summed per step of the scan over a block: about this many pixels (0.5 MB of float32, so
-a chunk stays in cache), 1 to 16 frames."""
+MAX_CHUNK = 8
+"""Most frames summed per step of the scan over a block."""
+CHUNK_PIXELS = 2**18
+"""Pixels (frames x rows x columns) visited per step: 1 MB of float32, so the step stays in cache;
+wide images are cut into strips of rows to fit."""
 
 
 def _term_sums(x: Array, terms: list[Term], t_eff: int, pad: int) -> list[Array]:
     """``<prod_(dy, dx, lag) d(y + dy, x + dx, t + lag)>_t`` over t < t_eff, an image per term.
 
     ``d`` is each lag's window ``x[lag : lag + t_eff]`` centred by its own mean, ``pad`` zero
-    rows/columns appended. The frames are visited once, in chunks of ~:data:`CHUNK_PIXELS` pixels (a scan),
-    every term's product summed per chunk and accumulated (as sofipackage accumulates its terms
-    frame by frame): no (frames, y, x) temporaries beyond the input.
+    rows/columns appended; term image (y, x) spans y < Y + pad - max dy, x < X + pad - max dx.
+    Values: :func:`_term_sums_fast`; derivatives: those of :func:`_term_sums_plain` (the same sums
+    written as whole-stack reductions, whose derivative XLA compiles quickly).
+    """
+    return list(_term_sums_fast(x, tuple(terms), t_eff, pad))
+
+
+def _term_sums_plain(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    lags = sorted({lag for term in terms for (_, _, lag) in term})
+    centred = {}
+    for lag in lags:
+        window = x[lag : lag + t_eff]
+        window = window - jnp.mean(window, axis=0)
+        centred[lag] = jnp.pad(window, ((0, 0), (0, pad), (0, pad))) if pad else window
+    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
+    out = []
+    for term in terms:
+        ry = max(p[0] for p in term)
+        rx = max(p[1] for p in term)
+        prod = None
+        for dy, dx, lag in term:
+            piece = centred[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
+            prod = piece if prod is None else prod * piece
+        assert prod is not None
+        out.append(jnp.sum(prod, axis=0) / t_eff)
+    return tuple(out)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _term_sums_fast(x: Array, terms: tuple[Term, ...], t_eff: int, pad: int) -> tuple[Array, ...]:
+    """The term sums in one pass over the frames, as sofipackage accumulates its terms frame by frame.
+
+    A scan over chunks of up to :data:`MAX_CHUNK` frames (inside a map over strips of rows when a
+    chunk of whole frames would exceed :data:`CHUNK_PIXELS`) adds every term's products to its
+    running sum, the sum over the chunk unrolled into one vectorised loop over the pixels (XLA CPU
+    materialises the products and reduces a leading axis far more slowly). No temporaries of the
+    size of the stack beyond one zero-padded copy.
     """
     lags = sorted({lag for term in terms for (_, _, lag) in term})
-    means = {lag: jnp.mean(x[lag : lag + t_eff], axis=0) for lag in lags}
-    big_y, big_x = x.shape[1] + pad, x.shape[2] + pad
-
-    chunk = min(max(1, CHUNK_PIXELS // (big_y * big_x)), 16, t_eff)
+    if pad:  # the full grid's zero row and column (after centring: a zero mean there too)
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, pad)))
+    height, width = x.shape[1], x.shape[2]
+    halo = max(max(p[0] for p in term) for term in terms)
+    chunk = min(MAX_CHUNK, t_eff)
     count = -(-t_eff // chunk)
+    rows = max(1, min(height - halo, CHUNK_PIXELS // (chunk * width)))
+    strips = -(-(height - halo) // rows)
+    starts = [min(s * rows, height - rows - halo) for s in range(strips)]  # the last overlaps
+    total = _frame_sum(x)
+    means = {}
+    for lag in lags:  # each window's mean: the whole sum less the frames outside the window
+        outside = jnp.sum(x[:lag], axis=0) + jnp.sum(x[lag + t_eff :], axis=0)
+        means[lag] = (total - outside) / t_eff
 
-    def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
-        # the last chunk starts early enough to fit; its frames seen before are masked out
-        start = jnp.minimum(i * chunk, t_eff - chunk)
-        fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
-        frames = {}
-        for lag in lags:
-            f = (jax.lax.dynamic_slice_in_dim(x, start + lag, chunk) - means[lag]) * fresh
-            frames[lag] = jnp.pad(f, ((0, 0), (0, pad), (0, pad))) if pad else f
-        new = []
-        for a, term in zip(acc, terms):
-            ry = max(p[0] for p in term)
-            rx = max(p[1] for p in term)
-            prod = None
-            for dy, dx, lag in term:
-                piece = frames[lag][:, dy : big_y - ry + dy, dx : big_x - rx + dx]
-                prod = piece if prod is None else prod * piece
-            assert prod is not None
-            new.append(a + jnp.sum(prod, axis=0))
-        return new, None
+    def strip_sums(row0: Array) -> list[Array]:
+        strip_means = {lag: jax.lax.dynamic_slice(m, (row0, 0), (rows + halo, width)) for lag, m in means.items()}
 
-    zeros = [jnp.zeros((big_y - max(p[0] for p in t), big_x - max(p[1] for p in t)), x.dtype) for t in terms]
-    acc, _ = jax.lax.scan(step, zeros, jnp.arange(count))
-    return [a / t_eff for a in acc]
+        def step(acc: list[Array], i: Array) -> tuple[list[Array], None]:
+            # the last chunk starts early enough to fit; its frames seen before are masked out
+            start = jnp.minimum(i * chunk, t_eff - chunk)
+            fresh = (start + jnp.arange(chunk) >= i * chunk).astype(x.dtype)[:, None, None]
+            frames = {}
+            for lag in lags:
+                f = jax.lax.dynamic_slice(x, (start + lag, row0, 0), (chunk, rows + halo, width))
+                frames[lag] = (f - strip_means[lag]) * fresh
+            new = []
+            for running, term in zip(acc, terms):
+                ry = max(p[0] for p in term)
+                rx = max(p[1] for p in term)
+                for k in range(chunk):
+                    prod = None
+                    for dy, dx, lag in term:
+                        piece = frames[lag][k, dy : dy + rows + halo - ry, dx : width - rx + dx]
+                        prod = piece if prod is None else prod * piece
+                    assert prod is not None
+                    running = running + prod
+                new.append(running)
+            return new, None
+
+        zeros = [jnp.zeros((rows + halo - max(p[0] for p in t), width - max(p[1] for p in t)), x.dtype) for t in terms]
+        return jax.lax.scan(step, zeros, jnp.arange(count))[0]
+
+    sums = jax.lax.map(strip_sums, jnp.asarray(starts))
+    out = []
+    for per_strip, term in zip(sums, terms):
+        ry = max(p[0] for p in term)
+        pieces = [per_strip[s, :rows] for s in range(strips - 1)]
+        first = (strips - 1) * rows - starts[-1]
+        pieces.append(per_strip[-1, first : first + height - ry - (strips - 1) * rows])
+        out.append(jnp.concatenate(pieces) / t_eff)
+    return tuple(out)
+
+
+def _frame_sum(x: Array) -> Array:
+    """Sum over the frames (axis 0), in unrolled chunks (faster than XLA CPU's reduction)."""
+    chunk = min(MAX_CHUNK, x.shape[0])
+    count, rest = divmod(x.shape[0], chunk)
+
+    def step(acc: Array, i: Array) -> tuple[Array, None]:
+        f = jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+        for k in range(chunk):
+            acc = acc + f[k]
+        return acc, None
+
+    total = jax.lax.scan(step, jnp.zeros(x.shape[1:], x.dtype), jnp.arange(count))[0]
+    return total + jnp.sum(x[count * chunk :], axis=0) if rest else total
+
+
+@_term_sums_fast.defjvp
+def _term_sums_jvp(terms, t_eff, pad, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    _, tangent = jax.jvp(lambda v: _term_sums_plain(v, terms, t_eff, pad), (x,), (dx,))
+    return _term_sums_fast(x, terms, t_eff, pad), tangent
 
 
 def _cumulant_images(
@@ -439,8 +523,8 @@ def interleave(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, "yy xx"]:
 
 
 def _central_moment_cumulants(x: Array, order: int) -> Array:
-    d = x - jnp.mean(x, axis=0)
-    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])] + [jnp.mean(d**k, axis=0) for k in range(2, order + 1)]
+    powers = [((0, 0, 0),) * k for k in range(2, order + 1)]  # <d^k>_t as the product of k copies
+    mu = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0]), *_term_sums(x, powers, x.shape[0], 0)]
     kappa = [jnp.zeros_like(x[0]), jnp.zeros_like(x[0])]
     for m in range(2, order + 1):
         # kappa_m = mu_m - sum_{k=2}^{m-2} C(m-1, k-1) kappa_k mu_{m-k}   (kappa_1 = mu_1 = 0)

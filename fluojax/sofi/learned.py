@@ -13,10 +13,12 @@ minimising :func:`fluojax.sofi.nets.fourier_loss`.
 
 Input scaling: every 20-frame window is mapped to [0, 1] by its own minimum and maximum
 (:func:`network_input`), in training and at prediction. Komen 2024 divides the 16-bit counts by
-65535 instead; the target, a SOFI image normalised to its maximum, does not change when the camera
-offset or the brightness changes (cross-cumulants ignore offsets; the normalisation removes the
-scale), so an input scaled the same way leaves the network nothing to learn about either, and its
-inputs are of order one rather than ~1e-3.
+65535 instead. A SOFI target normalised to its maximum does not see the camera offset
+(cross-cumulants of distinct pixels ignore it) nor, with root linearization, the gain (kappa_2
+scales as gain^2, the square root and the normalisation remove it); the adaptive exponent depends
+weakly on the cumulant's units (it is computed on raw counts, as in sofipackage). An input scaled
+per window leaves the network nothing to learn about offset and gain, and is of order one rather
+than ~1e-3.
 
 Target: sofipackage's 2nd-order image (Leutenegger, Geissbuehler, Lukes, Grussmayer et al.):
 cross-cumulant sub-lattices (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`), the
@@ -37,12 +39,13 @@ Recipes (:data:`RECIPES`):
     epochs of 140 batches), AdamW at 1e-3 with weight decay 1e-4 decaying to 1e-4 (see
     :class:`MisrGruRecipe` for how this differs from the released PyTorch Adam). A GPU recipe.
 ``misrgru-small``
-    A CPU recipe: the released code's 16-channel variant (C = 16) on 32 x 32 fields (targets
-    57 x 57), a pool of 1,200 movies (100 per density x SNR cell) plus 48 held out, batch 8,
-    AdamW 1e-3 -> 1e-4, 1,100 steps: about an hour of this 2-core CPU shared with other work
-    (measured 0.37 steps/s at load ~6.5; the pool ~0.26 s per movie plus one compilation per cell).
-``misrgru-cpu``
-    The same with the released network (C = 24): 0.19 steps/s measured likewise, so 600 steps.
+    A CPU recipe: the released network (C = 24) on 32 x 32 fields (targets 57 x 57), a pool of
+    1,920 movies (160 per density x SNR cell) plus 48 held out, batch 8, AdamW 1e-3 -> 1e-4,
+    2,500 steps: about an hour of this 2-core CPU when idle (measured 0.73 steps/s; the pool
+    about 3 minutes with one compilation per cell). On cores shared with other work the rate
+    drops several-fold (0.19 steps/s at load ~6.5): pass ``steps`` or ``stop_after``.
+``misrgru-small-c16``
+    The same with the released code's 16-channel variant: 1.8 steps/s idle, so 6,000 steps.
 
 :func:`predict` runs a trained network over a stack of any size and length in 20-frame windows
 (disjoint, or rolling with a smaller stride) through :func:`fluojax.networks.predict`;
@@ -138,11 +141,12 @@ def sofi_target(
     return image / jnp.where(peak > 0, peak, 1.0)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def training_pairs(
     movies: Float[ArrayLike, "b t y x"], frames: int, fwhm_px: float, linearization: str = "adaptive"
 ) -> tuple[Float[Array, "b f y x"], Float[Array, "b y2 x2"]]:
     """Training pairs of a batch of movies: (``network_input`` of the first ``frames`` frames,
-    ``sofi_target`` of all frames).
+    ``sofi_target`` of all frames). Jit-compiled (once per movie shape and static arguments).
 
     Arguments:
         movies: (B, T, H, W) simulated movies, T >= ``frames``.
@@ -161,9 +165,6 @@ def _simulate_movies(key_data, settings: simulate.SofiSettings):
     """Camera frames (B, T, H, W) of movies drawn from raw key data (B, 2) (one compilation per settings)."""
     keys = jax.random.wrap_key_data(key_data)
     return jax.vmap(lambda k: simulate.simulate_movie(k, settings).frames)(keys)
-
-
-_training_pairs = jax.jit(training_pairs, static_argnums=(1, 2, 3))  # one compilation for all cells of a recipe
 
 
 def _describe(value: Any) -> Any:
@@ -232,6 +233,17 @@ class MisrGruRecipe(networks.Recipe):
             base = simulate.small_preset(density, snr, self.tile)
         return dataclasses.replace(base, n_frames=self.movie_frames)
 
+    def movies(self, key_data: Array, density: int, snr: int) -> Float[Array, "b t y x"]:
+        """Camera frames (B, ``movie_frames``, tile, tile) of B movies of one cell, one per raw key
+        (``key_data`` (B, 2), ``jax.random.key_data``): :func:`fluojax.sofi.simulate.simulate_movie`
+        with :meth:`settings` (compiled once per cell)."""
+        return _simulate_movies(key_data, self.settings(density, snr))
+
+    def fwhm_px(self) -> float:
+        """PSF FWHM of the movies in camera pixels (the targets' deconvolution width)."""
+        first = self.settings(*self.cells()[0])
+        return first.fwhm_nm / first.pixel_nm
+
     def cells(self) -> list[tuple[int, int]]:
         """The (density, SNR) levels drawn, in order."""
         return [(d, s) for d in self.densities for s in self.snrs]
@@ -239,6 +251,7 @@ class MisrGruRecipe(networks.Recipe):
     def meta_fields(self) -> dict:
         first = self.settings(*self.cells()[0])
         return {
+            "fwhm_px": self.fwhm_px(),
             "tile": self.tile,
             "movie_frames": self.movie_frames,
             "densities": list(self.densities),
@@ -282,15 +295,17 @@ def simulate_pool(
 ) -> tuple[Float[np.ndarray, "n f y x"], Float[np.ndarray, "n y2 x2"]]:
     """Training pairs of ``samples`` simulated movies, spread evenly over the recipe's density x SNR cells.
 
-    Each cell's movies are simulated and turned into pairs (:func:`training_pairs`) ``chunk`` at
-    a time (one compilation per cell; :func:`fluojax.batching.map_padded`), with a progress counter.
+    Each cell's movies (:meth:`MisrGruRecipe.movies`) are simulated and turned into pairs
+    (:func:`training_pairs`) ``chunk`` at a time (:func:`fluojax.batching.map_padded`: one
+    compilation per cell and one of the targets), with a progress counter.
 
     Arguments:
         key: PRNG key.
         recipe: :class:`MisrGruRecipe`.
         samples: number of movies (cell c gets ``samples // cells`` plus one of the remainder).
         progress: progress counter (None: auto).
-        chunk: movies per compiled call.
+        chunk: movies per compiled call (a cell of fewer movies is padded to one call: every pool of
+            a recipe, training and held-out, reuses the same compilations).
 
     Returns:
         (inputs (n, frames, tile, tile), targets (n, 2 tile - 7, 2 tile - 7)) NumPy float32, cells in order.
@@ -298,24 +313,23 @@ def simulate_pool(
     from fluojax.progress import progress as counter
 
     cells = recipe.cells()
+    fwhm_px = recipe.fwhm_px()
     counts = [samples // len(cells) + (i < samples % len(cells)) for i in range(len(cells))]
     inputs, targets = [], []
     with counter(samples, "simulate SOFI pairs", "movies", enabled=progress) as bar:
         for i, ((density, snr), n) in enumerate(zip(cells, counts)):
             if n == 0:
                 continue
-            settings = recipe.settings(density, snr)
             keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, i), n)))
-            fwhm_px = settings.fwhm_nm / settings.pixel_nm
 
-            def pairs(k, _count, settings=settings, fwhm_px=fwhm_px):
-                movies = _simulate_movies(jnp.asarray(k), settings)
-                return _training_pairs(movies, recipe.net.frames, fwhm_px, recipe.linearization)
+            def pairs(k, _count, density=density, snr=snr):
+                movies = recipe.movies(jnp.asarray(k), density, snr)
+                return training_pairs(movies, recipe.net.frames, fwhm_px, recipe.linearization)
 
             x, y = map_padded(
                 pairs,
                 keys,
-                max(1, min(chunk, n)),
+                chunk,  # fewer movies are padded to one call: one compiled size for every pool
                 on_batch=lambda out: bar.update(len(out[0])),
             )
             inputs.append(x)
@@ -343,9 +357,9 @@ def _small_schedule(steps: int) -> training.TrainConfig:
         learning_rate=1e-3,
         final_learning_rate=1e-4,
         optimizer=training.AdamW(eps=1e-8, weight_decay=1e-4),
-        eval_every=50,
+        eval_every=100,
         eval_batches=6,
-        checkpoint_every=100,
+        checkpoint_every=250,
     )
 
 
@@ -364,26 +378,26 @@ RECIPES: dict[str, MisrGruRecipe] = {
     ),
     "misrgru-small": MisrGruRecipe(
         "misrgru-small",
-        nets.MisrGruConfig(channels=16),
-        _small_schedule(1100),
+        nets.MisrGruConfig.paper(),
+        _small_schedule(2500),
         tile=32,
-        pool_samples=1200,
+        pool_samples=1920,
         held_out_samples=48,
         description=(
-            "the released 16-channel variant on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI of 100 frames, "
-            "pool of 1,200 movies, batch 8, 1,100 steps (CPU: ~1 h on 2 busy cores, pool included)"
+            "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI "
+            "of 100 frames, pool of 1,920 movies, batch 8, 2,500 steps (CPU: ~1 h on 2 idle cores, pool included)"
         ),
     ),
-    "misrgru-cpu": MisrGruRecipe(
-        "misrgru-cpu",
-        nets.MisrGruConfig.paper(),
-        _small_schedule(600),
+    "misrgru-small-c16": MisrGruRecipe(
+        "misrgru-small-c16",
+        nets.MisrGruConfig(channels=16),
+        _small_schedule(6000),
         tile=32,
-        pool_samples=1200,
+        pool_samples=1920,
         held_out_samples=48,
         description=(
-            "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI, "
-            "pool of 1,200 movies, batch 8, 600 steps (CPU: ~1 h on 2 busy cores, pool included)"
+            "the released code's 16-channel variant on the tiles of misrgru-small, batch 8, 6,000 steps "
+            "(CPU: ~1 h on 2 idle cores, pool included)"
         ),
     ),
 }
