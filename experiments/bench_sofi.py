@@ -575,6 +575,19 @@ def probe_pysofi(folder, file, cum, lines):
     lines.append(f"pysofi {_version('pysofi')} on NumPy {np.__version__}: " + "; ".join(results) + ".")
 
 
+def code_version() -> str:
+    """The git commit of this tree (and whether it has uncommitted changes), or '?'."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        )
+        return f"commit {rev.stdout.strip()}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "?"
+
+
 def _version(name):
     try:
         from importlib.metadata import version
@@ -712,6 +725,8 @@ def main():
         f"# SOFI benchmark ({dev.platform}: {getattr(dev, 'device_kind', dev)})",
         "",
         f"Command: `{command}`",
+        "",
+        f"Code: {code_version()}",
         "",
         f"JAX {jax.__version__}, backend {jax.default_backend()}, device {dev!r}; host {platform.platform()}, "
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, NumPy {np.__version__}, pysofi "
