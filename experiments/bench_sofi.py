@@ -636,14 +636,12 @@ def bench_command(rows, args, paths, lines):
 # ----------------------------------------------------------------------------------------------
 
 
-def bench_network(rows, args, lines):
-    try:
-        from fluojax import networks
-        from fluojax.sofi import nets
-    except ImportError:
-        lines.append("`fluojax.sofi.nets` not available in this tree: the network rows are skipped.")
-        return
+def bench_network(rows, args):
+    """MisrGru forward latency (released size, untrained), host -> device -> host, per input side."""
     from flax import nnx
+
+    from fluojax import networks
+    from fluojax.sofi import nets
 
     config = nets.MisrGruConfig.paper()
     net = networks.eval_view(nets.build_network(config))
@@ -762,7 +760,7 @@ def main():
         print(f"pysofi done ({time.perf_counter() - t0:.0f} s)", flush=True)
         bench_command(cum_rows, args, [(small.shape, small_path), (large.shape, large_path)], lines)
         del large
-        bench_network(net_rows, args, lines)
+        bench_network(net_rows, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines.append(
