@@ -176,7 +176,7 @@ def image_command(args) -> int:
     _missing_stack(args.stack)
     orders = pipeline.parse_orders(args.order)
     linearize = None if args.linearize == "none" else args.linearize
-    settings = pipeline.SofiSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
+    settings = pipeline.ImageSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
     pipeline.check_settings(settings)
     out, label = common.destination(args, "sofi-image", "_sofi")
     t0 = time.perf_counter()

@@ -33,6 +33,7 @@ from fluojax.sofi import cumulants, models
 
 __all__ = [
     "BALANCE_THRESHOLDS",
+    "LINEARIZATIONS",
     "BsofiMaps",
     "adaptive_exponent",
     "adaptive_linearize",
@@ -54,6 +55,8 @@ __all__ = [
 _FOUR_LN2 = 4.0 * math.log(2.0)
 FWHM_BOUNDS_PX = (1.0, 7.0)
 """Bounds of the FWHM estimated from the sub-lattice means (camera pixels), as sofipackage."""
+#: The linearizations of an order-n image: the n-th root (sofipackage's standard SOFI) or adaptive.
+LINEARIZATIONS = ("root", "adaptive")
 BALANCE_THRESHOLDS = (0.128, 0.278, 0.722, 0.872)
 """On-ratio limits of balanced SOFI: order n where rho is in (0.278, 0.722), below 0.128 or above
 0.872, order n-1 elsewhere (around the roots 0.211 and 0.789 of f_4; Geissbuehler et al. 2012)."""

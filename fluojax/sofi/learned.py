@@ -88,7 +88,7 @@ __all__ = [
 NETWORK_KIND = "misrgru"
 """``meta["fluojax_network"]`` of every MISR-GRU SOFI checkpoint."""
 
-LINEARIZATIONS = ("adaptive", "root")
+LINEARIZATIONS = estimate.LINEARIZATIONS
 """How the 2nd-order target is linearized: adaptive (Komen 2024's targets) or the square root."""
 
 _TARGET_ORDER = 2

@@ -44,8 +44,8 @@ __all__ = [
     "CROSS_ORDERS",
     "LINEARIZATIONS",
     "PRESETS",
+    "ImageSettings",
     "SofiImages",
-    "SofiSettings",
     "check_block",
     "check_settings",
     "check_stack_shape",
@@ -67,7 +67,7 @@ GRID = cumulants.GRIDS["sofipackage"]
 CROSS_ORDERS = GRID.orders
 """The orders of cross-cumulants with virtual pixels (2, 3, 4)."""
 
-LINEARIZATIONS = ("root", "adaptive")
+LINEARIZATIONS = estimate.LINEARIZATIONS
 """Linearizations after deconvolution: the n-th root, or the adaptive exponent (Geissbuehler et al. 2012)."""
 
 # the estimator's steps compiled once per shape (run op by op they cost ~1 s each on a small image)
@@ -81,7 +81,7 @@ _balanced_sofi = jax.jit(estimate.balanced_sofi)
 
 
 @dataclasses.dataclass(frozen=True)
-class SofiSettings:
+class ImageSettings:
     """What :func:`sofi_images` computes (static: it chooses orders, code paths and block sizes).
 
     Attributes:
@@ -139,7 +139,7 @@ class SofiImages(NamedTuple):
     frames: int
     blocks: int
     timings_s: dict[str, float]
-    settings: SofiSettings
+    settings: ImageSettings
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def output_shape(shape_yx: tuple[int, int], order: int) -> tuple[int, int]:
     return order * h - (order - 1), order * w - (order - 1)
 
 
-def check_settings(settings: SofiSettings) -> None:
+def check_settings(settings: ImageSettings) -> None:
     """Refuse settings that cannot give images (one InputError line each).
 
     Raises:
@@ -323,7 +323,7 @@ def sofi_images(
             a stack without fluctuations (every pixel constant in time), or whose neighbouring
             pixels never fluctuate together (all cross-cumulants zero).
     """
-    settings = SofiSettings(
+    settings = ImageSettings(
         tuple(sorted({int(o) for o in orders})), linearize, bool(bsofi), fwhm_px, int(iterations), block_frames
     )
     check_settings(settings)
