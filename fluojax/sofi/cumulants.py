@@ -590,7 +590,8 @@ def mean_over_blocks(blocks: Iterable[ArrayLike], fn: Callable[[Array], Array]) 
     count = 0
     for block in blocks:
         value = fn(jnp.asarray(block))
-        total = value if total is None else total + value
+        # wait for each block: asynchronous dispatch would otherwise queue the next blocks' copies
+        total = jax.block_until_ready(value if total is None else total + value)
         count += 1
     require(total is not None, "no frame blocks: the stack has 0 frames")
     assert total is not None
