@@ -121,6 +121,35 @@ class Recipe(abc.ABC):
         return dataclasses.replace(self, train=dataclasses.replace(self.train, steps=int(steps)))
 
 
+def recipe_named(recipes: Mapping[str, Recipe], recipe: Recipe | str) -> Recipe:
+    """``recipe`` itself, or the recipe of that name in a technique's registry ``recipes``.
+
+    Raises:
+        InputError: a name that is not in ``recipes``.
+    """
+    if isinstance(recipe, str):
+        from fluojax.io import require  # io reads TIFFs: imported only when a name is looked up
+
+        require(recipe in recipes, f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(recipes))}")
+        return recipes[recipe]
+    return recipe
+
+
+def describe(value: Any) -> Any:
+    """A JSON-ready description of a (nested) frozen dataclass, ``{"kind": class name, fields...}``,
+    for a checkpoint's ``meta.json`` (a recipe's simulation settings); arrays are named by type."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            "kind": type(value).__name__,
+            **{f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
+    if isinstance(value, (tuple, list)):
+        return [describe(v) for v in value]
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return type(value).__name__
+
+
 def network_meta(recipe: Recipe) -> dict:
     """The network description stored in a checkpoint's ``meta.json``.
 

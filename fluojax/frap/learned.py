@@ -224,11 +224,7 @@ def train_recipe(recipe: Recipe | str, run_dir: str | Path | None = None, **opti
     Raises:
         InputError: a name that is not in ``RECIPES``.
     """
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
-        recipe = RECIPES[recipe]
-    return networks.train_recipe(recipe, run_dir, **options)
+    return networks.train_recipe(networks.recipe_named(RECIPES, recipe), run_dir, **options)
 
 
 BUILDERS = {NETWORK_KIND: lambda meta: nets.build_network(nets.DeepFrapConfig(**meta["net_config"]))}

@@ -91,18 +91,6 @@ def network_input(
     return jax.numpy.asarray(frames, jax.numpy.float32) / counts_per_unit
 
 
-def _describe(value: Any) -> Any:
-    """A JSON-ready description of a (nested) frozen dataclass: ``{"kind": class name, fields}``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            "kind": type(value).__name__,
-            **{f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)},
-        }
-    if isinstance(value, (tuple, list)):
-        return [_describe(v) for v in value]
-    return value
-
-
 @dataclasses.dataclass(frozen=True)
 class VoxelNetRecipe(networks.Recipe):
     """Everything needed to train one voxel-wise regression network (immutable).
@@ -139,7 +127,7 @@ class VoxelNetRecipe(networks.Recipe):
             "z_range_nm": list(self.z_range_nm),
             "counts_per_unit": self.counts_per_unit,
             "three_d": self.scene.psf.three_d,
-            "scene": _describe(self.scene),
+            "scene": networks.describe(self.scene),
         }
 
     def build(self, seed: int):
@@ -254,11 +242,7 @@ def train_recipe(recipe: VoxelNetRecipe | str, run_dir: str | Path | None = None
     Raises:
         InputError: a name that is not in :data:`RECIPES`.
     """
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
-        recipe = RECIPES[recipe]
-    return networks.train_recipe(recipe, run_dir, **options)
+    return networks.train_recipe(networks.recipe_named(RECIPES, recipe), run_dir, **options)
 
 
 def _config_from_meta(meta: dict) -> nets.VoxelNetConfig:

@@ -67,7 +67,7 @@ from jaxtyping import Array, ArrayLike, Float
 from fluojax import networks
 from fluojax import train as training
 from fluojax.batching import map_padded
-from fluojax.io import InputError, require
+from fluojax.io import require
 from fluojax.sofi import cumulants, estimate, nets, simulate
 
 __all__ = [
@@ -167,20 +167,6 @@ def _simulate_movies(key_data, settings: simulate.SofiSettings):
     return jax.vmap(lambda k: simulate.simulate_movie(k, settings).frames)(keys)
 
 
-def _describe(value: Any) -> Any:
-    """A JSON-ready description of a (nested) frozen dataclass: ``{"kind": class name, fields}``."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            "kind": type(value).__name__,
-            **{f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)},
-        }
-    if isinstance(value, (tuple, list)):
-        return [_describe(v) for v in value]
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return type(value).__name__  # arrays (camera maps): named, not stored
-
-
 @dataclasses.dataclass(frozen=True)
 class MisrGruRecipe(networks.Recipe):
     """Everything needed to train one MISR-GRU SOFI network (immutable).
@@ -262,7 +248,7 @@ class MisrGruRecipe(networks.Recipe):
             "pixel_nm": first.pixel_nm,
             "fwhm_nm": first.fwhm_nm,
             "input_scaling": "per-window min-max",
-            "settings": _describe(first),
+            "settings": networks.describe(first),
         }
 
     def build(self, seed: int):
@@ -417,11 +403,7 @@ def train_recipe(recipe: MisrGruRecipe | str, run_dir: str | Path | None = None,
     Raises:
         InputError: a name that is not in :data:`RECIPES`.
     """
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise InputError(f"recipe {recipe!r}: unknown; choose from {', '.join(sorted(RECIPES))}")
-        recipe = RECIPES[recipe]
-    return networks.train_recipe(recipe, run_dir, **options)
+    return networks.train_recipe(networks.recipe_named(RECIPES, recipe), run_dir, **options)
 
 
 def _config_from_meta(meta: dict) -> nets.MisrGruConfig:
