@@ -725,8 +725,9 @@ def build_fast_curve_table(
         blurred = _blurred_indicator(_const(geometry.indicator), gamma_px, settings)
         weights_padded = _pad(_const(geometry.roi_weights), settings)
         weights_hat = jnp.fft.rfft2(weights_padded)
-        solve = jax.jit(lambda d: _mobile_alpha_polynomial(d, blurred, weights_hat, settings))
-        values = np.stack([np.asarray(solve(jnp.float64(d))) for d in d_nodes])  # (K, P, n_post)
+        values = np.stack(
+            [np.asarray(_mobile_alpha_polynomial_jit(jnp.float64(d), blurred, weights_hat, settings)) for d in d_nodes]
+        )  # (K, P, n_post)
         immobile = np.asarray(_immobile_alpha_polynomial(blurred, weights_padded, settings.n_bleach))
         roi_sum = np.asarray(jnp.sum(weights_padded))
     basis = np.cos(np.outer(np.arange(k), theta)) * (2.0 / k)  # (n, k)
@@ -745,6 +746,11 @@ def build_fast_curve_table(
         gamma_px=float(gamma_px),
         tail=tail,
     )
+
+
+_mobile_alpha_polynomial_jit = jax.jit(_mobile_alpha_polynomial, static_argnames=("settings",))
+"""One compiled solve per settings and grid (not per table): the geometry enters as arguments, so
+the next stack of the same shape reuses it."""
 
 
 def _clenshaw(x, coeffs):
