@@ -130,7 +130,7 @@ def test_argparse_errors_are_one_line_and_exit_code_2(argv, message, capsys):
     [
         (["fcs", "fit", "{missing}", "--frame-time", "0.001"], "{missing}: no such file"),
         (["frap", "fit", "{missing}", "--roi", "circle:1,1,1", "--dt", "1"], "{missing}: no such file"),
-        (["fcs", "fit", "{tmp}", "--frame-time", "0.001"], "{tmp}: is a folder, not a TIFF file"),
+        (["fcs", "fit", "{tmp}", "--frame-time", "0.001"], "{tmp}: a folder holding no .tif or .tiff stack"),
     ],
 )
 def test_input_errors_of_the_library_are_one_line_and_exit_code_2(argv, message, tmp_path, capsys):

@@ -3,8 +3,8 @@
 A technique's command-line module (``cli/fcs.py``, ``cli/frap.py``) parses its own options and
 calls its library; what two of them would otherwise write twice lives here: the number types,
 the ``-o``/``--overwrite`` and training options, the checked output folder, reading a stack with
-its frame interval, loading a network, the ``train`` command and the closing lines (warnings,
-exit code 3).
+its frame interval, loading a network, the ``train`` command, the closing lines (warnings,
+exit code 3) and the loop of a ``fit`` over many stacks (:func:`fit_stacks`).
 
 Nothing here imports jax or numpy at import time: building the parser stays fast.
 """
@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BATCH_SUMMARY",
+    "EXIT_CODES",
+    "STACK_SUFFIXES",
+    "StackFit",
     "add_numbers",
     "add_output",
     "add_overwrite",
+    "add_stacks",
     "add_training_options",
     "check_run_folder",
     "destination",
     "failed",
+    "fit_stacks",
     "fmt",
     "learned_module",
     "load_network",
@@ -125,6 +133,12 @@ def add_training_options(t: argparse.ArgumentParser, recipes: Iterable[str] | No
 # Inputs and outputs
 
 
+def _default_output(stack: str, default_suffix: str | None) -> tuple[Path, str]:
+    """STACK + ``default_suffix`` beside the stack, and its label for messages."""
+    out = Path(Path(stack).with_suffix("").as_posix() + str(default_suffix))
+    return out, f"output folder {out} (the default; choose another with -o)"
+
+
 def destination(args, kind: str, default_suffix: str | None = None) -> tuple[Path, str]:
     """The output folder (``-o`` or STACK + ``default_suffix``), checked before any work starts.
 
@@ -134,8 +148,7 @@ def destination(args, kind: str, default_suffix: str | None = None) -> tuple[Pat
     from fluojax import io
 
     if args.output is None:
-        out = Path(Path(args.stack).with_suffix("").as_posix() + str(default_suffix))
-        label = f"output folder {out} (the default; choose another with -o)"
+        out, label = _default_output(args.stack, default_suffix)
     else:
         out, label = Path(args.output), f"-o {args.output}"
     io.check_output_folder(out, kind, args.overwrite, label)
@@ -214,6 +227,249 @@ def failed(stack: str, reason: str, out: Path) -> int:
 def fmt(value, spec: str = ".4g") -> str:
     """A number for a summary line, or "n/a" for None (nothing fitted)."""
     return "n/a" if value is None else format(value, spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Many stacks in one command
+
+STACK_SUFFIXES = (".tif", ".tiff")
+"""The files a folder argument stands for (any case; hidden files excluded)."""
+
+BATCH_SUMMARY = "summary.json"
+"""The overall summary of a many-stack run, in ``-o OUT``."""
+
+EXIT_CODES = (
+    "2 when any stack was refused as bad input (one line each, nothing written for it), "
+    "else 3 when any stack's fit failed (its results written), else 0"
+)
+"""The exit code of a many-stack ``fit``."""
+
+StackFit = Callable[[str, Path, str], tuple[int, str]]
+"""The ``fit`` of one stack: ``(stack, output folder, its label for messages) -> (exit code,
+result)``. The code is 0 (fitted) or 3 (results written, the fit failed, its line printed);
+``result`` is a short line for the overall summary. Bad input raises InputError (nothing written)."""
+
+_SIBLING = re.compile(r"\..+\.fluojax-(staging|old|partial)-")
+"""A hidden staging, old or partial sibling of a result being written (:mod:`fluojax.io`)."""
+
+
+def add_stacks(p: argparse.ArgumentParser, what: str = "TIFF stack (frames, Y, X)") -> None:
+    """The ``stack`` argument of a ``fit``: one TIFF stack, several, or folders of them."""
+    p.add_argument(
+        "stack",
+        nargs="+",
+        help=f"{what}; several stacks, or a folder (its .tif/.tiff files, sorted), give one result folder each",
+    )
+
+
+def fit_stacks(args, kind: str, default_suffix: str, setup: Callable[[Any], StackFit]) -> int:
+    """A ``fit`` command of one stack or of many: outputs checked, options checked, stacks fitted in turn.
+
+    One stack (``args.stack`` a single file) is the single-stack command, unchanged: ``-o OUT``
+    (default STACK + ``default_suffix``) is its result folder. Several stacks, or a folder (its
+    .tif/.tiff files, sorted): each stack gets a complete result folder of its own, written
+    atomically by :func:`fluojax.io.result_folder` as a one-stack run writes it:
+    ``OUT/<stack name>/`` with ``-o OUT``, plus ``OUT/summary.json`` listing every stack's outcome;
+    without ``-o``, where a one-stack run would put it. Before any stack is read, two stacks that
+    would write the same folder are refused, ``OUT`` and every result folder are checked
+    (:func:`fluojax.io.check_output_folder`'s rules; ``OUT`` may hold only fluojax results of this
+    command and their summary) and ``setup`` checks the options the stacks share; any of these
+    refuses the whole command (exit 2, nothing written). Then a stack refused as bad input is
+    reported in one line on stderr and the next one is fitted; a line per stack on stderr shows
+    the overall progress, and a table on stdout ends the run. The library's jitted functions
+    compiled for the first stack serve every later stack of the same shape and settings.
+
+    Arguments:
+        args: the parsed options: ``stack`` (a list of paths, or one path), ``output``, ``overwrite``.
+        kind: the result kind, e.g. ``"fcs-fit"``.
+        default_suffix: of the default output folder, STACK + suffix (``"_fcs"``).
+        setup: ``setup(args) -> fit_one`` (:data:`StackFit`): checks the options shared by all
+            stacks (an InputError refuses the command) and returns the fit of one stack.
+
+    Returns:
+        the exit code: with one stack its own, with many :data:`EXIT_CODES`.
+    """
+    from fluojax import io
+
+    given = [args.stack] if isinstance(args.stack, str | Path) else list(args.stack)
+    if len(given) == 1 and not Path(given[0]).is_dir():
+        args.stack = str(given[0])
+        out, label = destination(args, kind, default_suffix)
+        return setup(args)(args.stack, out, label)[0]
+    plan = _plan_outputs(_list_stacks(given), args.output, default_suffix)
+    batch = None if args.output is None else Path(args.output)
+    if batch is not None:
+        _check_batch_folder(batch, kind, args.overwrite)
+    for _, out, label in plan:
+        io.check_output_folder(out, kind, args.overwrite, label)
+    return _fit_each(plan, setup(args), kind, batch)
+
+
+def _list_stacks(given: Sequence[str | Path]) -> list[str]:
+    """The stacks of the arguments: a file as given, a folder as its .tif/.tiff files (sorted)."""
+    from fluojax.io import InputError
+
+    stacks = []
+    for arg in map(str, given):
+        if not Path(arg).is_dir():
+            stacks.append(arg)
+            continue
+        try:
+            names = sorted(
+                e.name
+                for e in os.scandir(arg)
+                if not e.name.startswith(".") and Path(e.name).suffix.lower() in STACK_SUFFIXES and e.is_file()
+            )
+        except OSError as err:
+            raise InputError(f"{arg}: the folder cannot be read ({err.strerror or err})") from None
+        if not names:
+            raise InputError(f"{arg}: a folder holding no .tif or .tiff stack")
+        stacks += [os.path.join(arg, name) for name in names]
+    return stacks
+
+
+def _plan_outputs(stacks: list[str], output: str | None, default_suffix: str) -> list[tuple[str, Path, str]]:
+    """(stack, result folder, its label) of each stack; refuses two stacks writing one folder."""
+    from fluojax.io import InputError
+
+    plan: list[tuple[str, Path, str]] = []
+    seen: dict[str, str] = {}
+    for stack in stacks:
+        if output is None:
+            out, label = _default_output(stack, default_suffix)
+        else:
+            out = Path(output) / Path(stack).with_suffix("").name
+            label = f"output folder {out}"
+        key = os.path.abspath(out)
+        if key in seen:
+            raise InputError(
+                f"{seen[key]} and {stack} would both be written to {out}; rename one, or fit them in separate commands"
+            )
+        seen[key] = stack
+        plan.append((stack, out, label))
+    return plan
+
+
+def _is_batch_entry(path: Path, kind: str) -> bool:
+    """Whether ``path`` in a many-stack ``OUT`` is fluojax's: a ``kind`` result (or an empty folder), or the summary."""
+    import json
+
+    from fluojax import io
+
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        try:
+            io.check_output_folder(path, kind, True)
+        except io.InputError:
+            return False
+        return True
+    if path.name != BATCH_SUMMARY or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == f"{kind}-batch"
+
+
+def _check_batch_folder(batch: Path, kind: str, overwrite: bool) -> None:
+    """Refuse (InputError) a many-stack ``-o OUT`` that is neither new, empty nor results of this command.
+
+    ``OUT`` holding earlier results of this command needs ``overwrite``; the results of these
+    stacks are then replaced, the others left as they are, and ``summary.json`` rewritten.
+    """
+    from fluojax import io
+
+    label = f"-o {batch}"
+    path = Path(os.path.abspath(batch))
+    if not path.is_dir() or path.is_symlink():
+        io.check_output_folder(path, kind, overwrite, label)  # new, or refused (a file, a link, a bad parent)
+        return
+    try:
+        entries = [e for e in os.listdir(path) if not _SIBLING.match(e)]
+    except OSError as err:
+        raise io.InputError(f"{label}: cannot be read ({err.strerror}); nothing was touched") from None
+    if not entries:
+        return
+    if io.RESULT_MARKER in entries:
+        raise io.InputError(
+            f"{label}: holds a fluojax result of one stack, not the results of several; nothing was touched; "
+            "choose another folder"
+        )
+    foreign = [e for e in entries if not _is_batch_entry(path / e, kind)]
+    if foreign:
+        raise io.InputError(
+            f"{label}: a folder that is not a fluojax {kind} result of several stacks ({io.describe_entries(foreign)}); "
+            "nothing was touched; choose a new or empty folder"
+        )
+    if not overwrite:
+        raise io.InputError(f"{label}: holds earlier fluojax {kind} results; pass --overwrite to replace them")
+
+
+def _about(stack: str, message: str) -> str:
+    """``message`` with the stack's name in front (once)."""
+    return message if message.startswith(f"{stack}:") else f"{stack}: {message}"
+
+
+def _fit_each(plan: list[tuple[str, Path, str]], fit_one: StackFit, kind: str, batch: Path | None) -> int:
+    """Fit each planned stack, past refusals and failures; the overall summary; the exit code."""
+    from fluojax import io
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for i, (stack, out, label) in enumerate(plan, 1):
+        elapsed = time.perf_counter() - t0
+        left = f", ~{elapsed / (i - 1) * (len(plan) - i + 1):.0f} s left" if i > 1 else ""
+        print(f"fluojax: stack {i}/{len(plan)}: {stack}, {elapsed:.0f} s elapsed{left}", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        written = False
+        try:
+            code, result = fit_one(stack, out, label)
+            status, written = ("fitted" if code == 0 else "failed"), True
+        except io.InputError as err:
+            message = _about(stack, str(err))
+            print(f"fluojax: error: {message}", file=sys.stderr)
+            status, code, result = "refused", 2, message
+        except Exception as err:  # one stack's unexpected failure must not cost the others theirs
+            message = _about(stack, f"unexpected {type(err).__name__}: {' '.join(str(err).split())}")
+            print(f"fluojax: error: {message} (exit code 3)", file=sys.stderr)
+            status, code, result = "failed", 3, message
+        rows.append(
+            {
+                "input": stack,
+                "output": (out.name if batch is not None else str(out)) if written else None,
+                "status": status,
+                "exit_code": code,
+                "result": result.removeprefix(f"{stack}: "),
+                "seconds": round(time.perf_counter() - t, 3),
+            }
+        )
+    codes = {row["exit_code"] for row in rows}
+    code = 2 if 2 in codes else 3 if 3 in codes else 0
+    counts = {s: sum(row["status"] == s for row in rows) for s in ("fitted", "failed", "refused")}
+    summary = {
+        "kind": f"{kind}-batch",
+        "stacks": len(rows),
+        **counts,
+        "exit_code": code,
+        "exit_code_rule": EXIT_CODES,
+        "results": rows,
+        "timings_s": {"total": time.perf_counter() - t0},
+    }
+    where = ""
+    if batch is not None and any(row["output"] for row in rows):
+        with io.result_file(batch / BATCH_SUMMARY, True, (".json",), f"-o {batch}") as tmp:
+            io.write_json(tmp, summary)
+        where = f" -> {batch / BATCH_SUMMARY}"
+    print(
+        f"{len(rows)} stacks: {counts['fitted']} fitted, {counts['failed']} failed, {counts['refused']} refused "
+        f"in {summary['timings_s']['total']:.1f} s (exit code {code}){where}"
+    )
+    width = max(len(row["input"]) for row in rows)
+    for row in rows:
+        print(f"  {row['status']:<8} {row['input']:<{width}}  {row['result']}")
+    return code
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _add_optics(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fit(f: argparse.ArgumentParser) -> None:
-    f.add_argument("stack", help="TIFF stack (frames, Y, X)")
+    common.add_stacks(f)
     f.add_argument(
         "--model", choices=["2d", "3d"], default="2d", help="2d = ITIR/TIRF (closed form), 3d = SPIM (numerical)"
     )
@@ -71,7 +72,9 @@ def _add_fit(f: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--backend", choices=["optimistix", "jaxopt"], default="optimistix", help="Levenberg-Marquardt backend"
     )
-    add_output(f, help="output folder (default STACK_fcs)")
+    add_output(
+        f, help="output folder (default STACK_fcs); of several stacks: OUT/<stack name>/ each and OUT/summary.json"
+    )
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
@@ -138,7 +141,17 @@ def _add_compare(c: argparse.ArgumentParser) -> None:
 def add_parsers(p: argparse.ArgumentParser) -> None:
     """The ``fcs`` subcommands of ``fluojax`` (each one's options added when it is chosen)."""
     fcs = p.add_subparsers(dest="fcs_command", required=True, metavar="COMMAND")
-    fcs.add_parser("fit", help="per-pixel ACF fits of an image stack -> D, N, G_inf maps", build=_add_fit)
+    fcs.add_parser(
+        "fit",
+        help="per-pixel ACF fits of an image stack -> D, N, G_inf maps",
+        build=_add_fit,
+        epilog="Outputs in OUT: D.tif, N.tif, Ginf.tif, chi2.tif, status.tif, maps.png, summary.json. Exit codes: "
+        "0 fitted, 2 bad input (nothing written), 3 no pixel could be fitted (outputs written). Several stacks "
+        "(or a folder): one result folder per stack (OUT/<stack name>/ with -o OUT, else STACK_fcs beside each), "
+        "OUT/summary.json and a closing table listing every stack's outcome; the options apply to every stack; "
+        "the output folders are checked before any stack is read; a bad stack is reported in one line and the "
+        f"others are fitted; exit code {common.EXIT_CODES}.",
+    )
     fcs.add_parser("simulate", help="simulate a random-walk Imaging FCS stack", build=_add_simulate)
     fcs.add_parser("train", help="train FCSNet or ImFCSNet on simulated data (resumes a run folder)", build=_add_train)
     fcs.add_parser("predict", help="D map of a stack from a trained network, with a physics check", build=_add_predict)
@@ -209,39 +222,53 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 
 def fit_command(args) -> int:
-    """``fluojax fcs fit``."""
-    from fluojax import io
+    """``fluojax fcs fit``: one stack or many (:func:`fluojax.cli.common.fit_stacks`)."""
+    return common.fit_stacks(args, "fcs-fit", "_fcs", _fit_setup)
+
+
+def _fit_setup(args) -> common.StackFit:
+    """The options of ``fcs fit`` checked once; returns the fit of one stack."""
     from fluojax.fcs.estimate import fcs_solver
+
+    return functools.partial(
+        _fit_stack, args, _optics(args, args.binning), _bleach_order(args.bleach), fcs_solver(args.backend)
+    )
+
+
+def _fit_stack(args, optics, bleach_order, solver, path: str, out: Path, label: str) -> tuple[int, str]:
+    """``fcs fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
+    from fluojax import io
     from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
     from fluojax.io import InputError
 
-    out, label = destination(args, "fcs-fit", "_fcs")
-    stack, frame_time = common.read_timed_stack(args.stack, args.frame_time, "--frame-time")
+    stack, frame_time = common.read_timed_stack(path, args.frame_time, "--frame-time")
     settings = AnalysisSettings(
         frame_time_s=frame_time,
-        optics=_optics(args, args.binning),
+        optics=optics,
         model=args.model,
         overlap=args.overlap,
-        bleach_order=_bleach_order(args.bleach),
-        solver=fcs_solver(args.backend),
+        bleach_order=bleach_order,
+        solver=solver,
     )
     t0 = time.perf_counter()
     try:
         maps = analyse_stack(stack, settings)
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
-        raise InputError(f"{args.stack}: {err}") from None
+        raise InputError(f"{path}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
     assert maps.bleach is not None  # analyse_stack records the bleach correction it applied
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(
-            folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"}
+            folder, maps, settings, {"input": str(path), "title": f"{Path(path).name} ({args.model})"}
         )
-    print(
-        f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s "
-        f"in {maps.timings_s['total']:.1f} s -> {out}/"
+    result = (
+        f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s"
     )
-    return common.failed(args.stack, "no pixel could be fitted", out) if summary["fitted"] == 0 else 0
+    print(f"{result} in {maps.timings_s['total']:.1f} s -> {out}/")
+    if summary["fitted"] == 0:
+        return common.failed(path, "no pixel could be fitted", out), result
+    return 0, result
 
 
 def simulate_command(args) -> int:

@@ -6,6 +6,7 @@ Only the standard library is imported with this module; each subcommand imports 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -18,9 +19,14 @@ __all__ = ["HANDLERS", "add_parsers"]
 # ------------------------------------------------------------------------------------------------
 # Parsers
 
+_STACK_HELP = "TIFF stack (frames, Y, X): prebleach frames, then postbleach frames"
 
-def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> None:
-    p.add_argument("stack", help="TIFF stack (frames, Y, X): prebleach frames, then postbleach frames")
+
+def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True, many: bool = False) -> None:
+    if many:  # one stack, several or a folder
+        common.add_stacks(p, _STACK_HELP)
+    else:
+        p.add_argument("stack", help=_STACK_HELP)
     p.add_argument(
         "--roi",
         required=True,
@@ -57,7 +63,7 @@ def _add_data_args(p: argparse.ArgumentParser, frame_defaults: bool = True) -> N
 
 
 def _add_fit(f: argparse.ArgumentParser) -> None:
-    _add_data_args(f)
+    _add_data_args(f, many=True)
     f.add_argument("--starts", type=positive(int), default=30, help="random starts of the LM fit (default 30)")
     f.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     f.add_argument(
@@ -68,7 +74,9 @@ def _add_fit(f: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         help="D range of the fit in um^2/s (default: DeepFRAP's 1-3000 px^2/s rescaled to dt and R, widened 10x)",
     )
-    add_output(f, help="output folder (default STACK_frap)")
+    add_output(
+        f, help="output folder (default STACK_frap); of several stacks: OUT/<stack name>/ each and OUT/summary.json"
+    )
 
 
 def _add_simulate(s: argparse.ArgumentParser) -> None:
@@ -140,7 +148,11 @@ def add_parsers(p: argparse.ArgumentParser) -> None:
         epilog="Outputs in OUT: summary.json, fit.png, curve.csv. Exit codes: 0 fitted (a warning line when a "
         "parameter is at a bound), 2 bad input (nothing written), 3 the fit did not converge, shows no bleach "
         "or leaves D undetermined (CI wider than a decade) (outputs written, status in summary.json). "
-        "A non-square stack is cropped to the largest square around the ROI.",
+        "A non-square stack is cropped to the largest square around the ROI. Several stacks (or a folder): one "
+        "result folder per stack (OUT/<stack name>/ with -o OUT, else STACK_frap beside each), OUT/summary.json "
+        "and a closing table listing every stack's outcome; --roi and the other options apply to every stack; the "
+        "output folders are checked before any stack is read; a bad stack is reported in one line and the others "
+        f"are fitted; exit code {common.EXIT_CODES}.",
     )
     frap.add_parser(
         "simulate", help="simulate a FRAP image stack (full spectral solver + per-pixel noise)", build=_add_simulate
@@ -175,15 +187,15 @@ def _learned():
     return learned
 
 
-def _read(args):
-    """Read the stack and resolve dt and the pixel size (options first, then the TIFF's metadata)."""
+def _read(args, path: str):
+    """Read the stack at ``path`` and resolve dt and the pixel size (options first, then the TIFF's metadata)."""
     from fluojax import io
     from fluojax.frap import pipeline
     from fluojax.io import InputError
 
     roi = pipeline.parse_roi(args.roi)
-    stack, dt = common.read_timed_stack(args.stack, args.dt, "--dt")
-    pixel_um = args.pixel_size or io.read_pixel_size_um(args.stack)
+    stack, dt = common.read_timed_stack(path, args.dt, "--dt")
+    pixel_um = args.pixel_size or io.read_pixel_size_um(path)
     if not pixel_um:
         raise InputError("no pixel size: pass --pixel-size UM (the TIFF has no ImageJ micron calibration)")
     return stack, roi, dt, float(pixel_um)
@@ -226,16 +238,29 @@ def _d_title(name: str, fit_summary: dict) -> str:
 
 
 def fit_command(args) -> int:
-    """``fluojax frap fit``."""
+    """``fluojax frap fit``: one stack or many (:func:`fluojax.cli.common.fit_stacks`)."""
+    return common.fit_stacks(args, "frap-fit", "_frap", _fit_setup)
+
+
+def _fit_setup(args) -> common.StackFit:
+    """The options of ``frap fit`` checked once (--roi, --d-range); returns the fit of one stack."""
+    from fluojax.frap import pipeline
+
+    pipeline.parse_roi(args.roi)
+    _d_range(args, 1.0)  # MIN below MAX
+    return functools.partial(_fit_stack, args)
+
+
+def _fit_stack(args, path: str, out: Path, label: str) -> tuple[int, str]:
+    """``frap fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
     from fluojax import io
     from fluojax.frap import pipeline
     from fluojax.plotting import plot_recovery
     from fluojax.progress import progress
 
-    out, label = destination(args, "frap-fit", "_frap")
     t0 = time.perf_counter()
     with progress(3, "frap fit", "stages", eta=False) as bar:  # a line per stage in logs, once the run passes ~10 s
-        stack, roi, dt, pixel_um = _read(args)
+        stack, roi, dt, pixel_um = _read(args, path)
         prepared = pipeline.prepare_stack(stack, roi, args.prebleach, args.bleach, dt, args.pad)
         d_range = _d_range(args, pixel_um)
         t_read = time.perf_counter() - t0
@@ -248,7 +273,7 @@ def fit_command(args) -> int:
         bar.set_postfix_str("fitted")
         bar.update(1)
     fit_summary, model = pipeline.fit_summary(prepared, table, result, pixel_um)
-    settings = pipeline.settings_summary(prepared, table, pixel_um, args.stack)
+    settings = pipeline.settings_summary(prepared, table, pixel_um, path)
     settings.update({"n_starts": args.starts, "seed": args.seed})
     warnings = []
     if fit_summary["status"] == "AT_BOUND":
@@ -274,18 +299,19 @@ def fit_command(args) -> int:
             times,
             prepared.curve,
             {"least squares": model},
-            _d_title(Path(args.stack).name, fit_summary),
+            _d_title(Path(path).name, fit_summary),
         )
     common.warn(warnings)
     if not fit_summary["ok"]:
-        return common.failed(args.stack, fit_summary["status_reason"], out)
+        reason = fit_summary["status_reason"]
+        return common.failed(path, reason, out), f"{fit_summary['status']}: {reason}"
     d = fit_summary["D_um2_s"]
-    print(
+    result_line = (
         f"D = {d['value']:.4g} um^2/s (95 % CI {d['ci95'][0]:.4g} to {d['ci95'][1]:.4g}), "
-        f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} "
-        f"[{fit_summary['status']}] in {timings['total']:.1f} s -> {out}/"
+        f"c0 = {fit_summary['c0']['value']:.4g}, alpha = {fit_summary['alpha']['value']:.4g} [{fit_summary['status']}]"
     )
-    return 0
+    print(f"{result_line} in {timings['total']:.1f} s -> {out}/")
+    return 0, result_line
 
 
 def simulate_command(args) -> int:
@@ -362,7 +388,7 @@ def predict_command(args) -> int:
             f"--net {args.net}: trained for {trained['n_prebleach']} prebleach and {trained['n_bleach']} bleach frames, "
             f"not {n_pre} and {n_bleach}"
         )
-    stack, roi, dt, pixel_um = _read(args)
+    stack, roi, dt, pixel_um = _read(args, args.stack)
     n_frames = int(trained["n_prebleach"]) + int(trained["n_postbleach"])
     if stack.shape[0] != n_frames:
         raise InputError(
