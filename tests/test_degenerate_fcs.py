@@ -247,7 +247,7 @@ def test_a_folder_is_not_called_a_missing_file(tmp_path, capsys):
     folder = tmp_path / "data"
     folder.mkdir()
     err = _refused(tmp_path, capsys, ["fcs", "fit", str(folder), "--frame-time", "0.001", "--bleach", "none"])
-    assert "is a folder, not a TIFF file" in err
+    assert "a folder holding no .tif or .tiff stack" in err  # a folder is many stacks; this one holds none
 
 
 # ------------------------------------------------------------------------------------------------
