@@ -277,7 +277,8 @@ def fit_stacks(args, kind: str, default_suffix: str, setup: Callable[[Any], Stac
     refuses the whole command (exit 2, nothing written). Then a stack refused as bad input is
     reported in one line on stderr and the next one is fitted; a line per stack on stderr shows
     the overall progress, and a table on stdout ends the run. The library's jitted functions
-    compiled for the first stack serve every later stack of the same shape and settings.
+    compiled for the first stack serve every later stack of the same shape and settings (the
+    batched fits compile per power-of-two bucket of the number of fits: docs/refusals.md).
 
     Arguments:
         args: the parsed options: ``stack`` (a list of paths, or one path), ``output``, ``overwrite``.
