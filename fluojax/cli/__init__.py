@@ -28,6 +28,10 @@
     fluojax sofi train --config NAME [--steps N] -o RUN          train the 20-frame network
     fluojax sofi predict STACK.tif --net RUN [--windows|--stride N] [-o OUT]  the network's order-2 image
 
+Compiled code is kept between runs in JAX's persistent compilation cache (:mod:`fluojax.cache`):
+``$XDG_CACHE_HOME/fluojax/jax`` or ``~/.cache/fluojax/jax``, moved by ``FLUOJAX_CACHE_DIR=DIR``,
+disabled by ``FLUOJAX_CACHE_DIR=`` (empty) or ``FLUOJAX_NO_CACHE=1``.
+
 Bad input gives one line on stderr and exit code 2 (argparse errors too). Results are written to a
 hidden folder beside OUT and moved into place only when complete (an interrupted run, SIGTERM
 included, leaves nothing behind). OUT must be new, an empty folder, or -- with ``--overwrite`` --
@@ -190,7 +194,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fluojax`` console script."""
     args = _parser().parse_args(argv)
+    from fluojax.cache import enable_compilation_cache
     from fluojax.io import InputError
+
+    enable_compilation_cache()  # compiled code is kept between runs (FLUOJAX_CACHE_DIR, FLUOJAX_NO_CACHE)
 
     try:
         if args.command == "demo":
