@@ -321,9 +321,12 @@ def _load_executable(path: Path) -> Any:
         from jax._src.lax import linalg
 
         linalg.initialize_lapack()
-        return deserialize_and_load(payload, in_tree, out_tree)
+        executable = deserialize_and_load(payload, in_tree, out_tree)
     except Exception:  # any failure to load only means compiling afresh
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last use, for _prune
+    return executable
 
 
 def _store_executable(path: Path, executable: Any) -> None:
@@ -345,3 +348,19 @@ def _store_executable(path: Path, executable: Any) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        return
+    _prune(path)
+
+
+_KEEP_PER_FUNCTION = 32
+"""Executables kept per function name in ``fluojax-executables/`` (the most recently used)."""
+
+
+def _prune(path: Path) -> None:
+    """Delete all but the :data:`_KEEP_PER_FUNCTION` most recently used executables of the function
+    ``path`` holds (other shapes, or other fluojax versions, accumulate otherwise)."""
+    name = path.name.rsplit("-", 1)[0]
+    with contextlib.suppress(OSError):
+        files = sorted(path.parent.glob(f"{name}-*.bin"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in files[_KEEP_PER_FUNCTION:]:
+            old.unlink()

@@ -138,3 +138,17 @@ def test_compiled_call_leaves_functions_outside_fluojax_to_jit(executables):
     f = jax.jit(_scaled_sum, static_argnames=("power",))
     assert float(cache.compiled_call(f, {"power": 1}, {"x": jax.numpy.ones(4), "scale": 2.0})) == 8.0
     assert not executables.exists()
+
+
+def test_prune_keeps_the_most_recently_used_executables_of_a_function(tmp_path):
+    files = []
+    for k in range(cache._KEEP_PER_FUNCTION + 2):
+        f = tmp_path / f"_fit_streaming-{k:032x}.bin"
+        f.write_bytes(b"")
+        os.utime(f, (1000 + k, 1000 + k))
+        files.append(f)
+    other = tmp_path / "acf_from_lag_sums-0.bin"
+    other.write_bytes(b"")
+    os.utime(other, (1, 1))
+    cache._prune(files[-1])
+    assert sorted(tmp_path.iterdir()) == sorted([other, *files[2:]])
