@@ -152,3 +152,18 @@ def test_prune_keeps_the_most_recently_used_executables_of_a_function(tmp_path):
     os.utime(other, (1, 1))
     cache._prune(files[-1])
     assert sorted(tmp_path.iterdir()) == sorted([other, *files[2:]])
+
+
+def test_console_entry_runs_exit_handlers_and_keeps_the_exit_code(tmp_path):
+    """``fluojax.cli.run`` leaves without the interpreter's teardown, but only after the atexit
+    handlers ran and the output was flushed, with main's return code (2: a refused input)."""
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('handler ran'));"
+        f"sys.argv = ['fluojax', 'fcs', 'fit', {str(tmp_path / 'missing.tif')!r}];"
+        "from fluojax.cli import run; print('started'); run()"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout.splitlines() == ["started", "handler ran"]
+    assert proc.stderr.startswith("fluojax: error:") and proc.stderr.count("\n") == 1
