@@ -323,7 +323,7 @@ def mean_trace(stack, chunk_frames: int = 1024) -> np.ndarray:
     """
     t = stack.shape[0]
     pixels = int(np.prod(stack.shape[1:]))
-    accumulate = np.dtype(np.float64)
+    accumulate: np.dtype = np.dtype(np.float64)
     if np.issubdtype(stack.dtype, np.integer) and stack.dtype.itemsize <= 2:
         info = np.iinfo(stack.dtype)
         signed = info.min < 0
