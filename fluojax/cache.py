@@ -159,8 +159,10 @@ def compiled_call(fn: Any, static: dict[str, Any], dynamic: dict[str, Any]) -> A
     and shardings of the dynamic ones. A static argument enters the key only when it is fully
     described by fluojax's source and its ``repr`` (a plain value, a tuple of them, a module-level
     fluojax function, or a fluojax object whose ``repr`` has no memory address); anything else,
-    like no cache folder, calls ``fn`` as it is (jit's own caching). Loaded executables are kept
-    for the process. A file that cannot be read or written is ignored (compiled afresh).
+    like no cache folder or a backend other than the CPU (not yet checked there), calls ``fn``
+    as it is (jit's own caching, and JAX's persistent cache). Loaded executables are kept for the
+    process. A file that cannot be read or written is ignored (compiled afresh). Of ``fn``'s
+    ``jax.jit`` options only the static arguments are carried over.
 
     Arguments:
         fn: a ``jax.jit``-ed function of fluojax (another module's is called as it is) whose
@@ -176,7 +178,10 @@ def compiled_call(fn: Any, static: dict[str, Any], dynamic: dict[str, Any]) -> A
     folder = _config("jax_compilation_cache_dir")
     statics = {name: _fingerprint(value) for name, value in static.items()}
     own = getattr(fn, "__module__", "").startswith("fluojax.")  # its source is in the key
-    if not folder or not own or any(v is None for v in statics.values()):
+    # only where it was tested: on accelerators a loaded executable may need runtime
+    # registrations (like LAPACK's below) that were not checked
+    cpu = jax.default_backend() == "cpu"
+    if not folder or not own or not cpu or any(v is None for v in statics.values()):
         return fn(**static, **dynamic)
     key = _executable_key(fn, statics, dynamic)
     executable = _LOADED.get(key)
