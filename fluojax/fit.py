@@ -62,6 +62,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax.batching import map_padded
+from fluojax.cache import compiled_call
 
 __all__ = [
     "BACKENDS",
@@ -696,8 +697,6 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, o
     (:func:`fluojax.batching.map_padded`: the last chunk padded, so every chunk compiles once;
     the chunk function also gets the number of real datasets, ``count``); NumPy results.
     ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
-    from fluojax.cache import compiled_call
-
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
     fn, extra = (chunk_fn.func, chunk_fn.keywords) if isinstance(chunk_fn, functools.partial) else (chunk_fn, {})
 

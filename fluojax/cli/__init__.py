@@ -193,7 +193,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fluojax`` console script."""
+    """The ``fluojax`` command with arguments ``argv`` (default ``sys.argv[1:]``); returns its exit
+    code. Turns on the compilation cache first (:func:`fluojax.cache.enable_compilation_cache`)."""
     args = _parser().parse_args(argv)
     from fluojax.cache import enable_compilation_cache
     from fluojax.io import InputError

@@ -465,9 +465,13 @@ def correlate_band(band: np.ndarray, settings: AnalysisSettings) -> correlator.A
     """
     if not isinstance(settings.bleach_order, int):
         raise ValueError("correlate_band needs an integer bleach_order; resolve 'auto' per stack with resolve_bleach")
-    static: dict[str, Any] = {"n": int(settings.optics.binning), "overlap": settings.overlap}
-    static["bleach_order"] = settings.bleach_order
-    static.update(p=settings.p, q=settings.q)
+    static: dict[str, Any] = {
+        "n": int(settings.optics.binning),
+        "overlap": settings.overlap,
+        "bleach_order": settings.bleach_order,
+        "p": settings.p,
+        "q": settings.q,
+    }
     if settings.uses_cpu_kernel():
         return _band_acf_cpu(band, **static)
     return compiled_call(_band_acf, static, {"band": band})  # kept between runs (fluojax.cache)
