@@ -8,9 +8,12 @@ compiling again, so a command compiles once per machine rather than once per run
 library users call it themselves if they want the same. The folder is :func:`cache_dir`:
 ``$FLUOJAX_CACHE_DIR`` when set (an empty value disables the cache), else
 ``$XDG_CACHE_HOME/fluojax/jax`` (``~/.cache/fluojax/jax`` without XDG); ``FLUOJAX_NO_CACHE=1``
-disables it too, and a ``JAX_COMPILATION_CACHE_DIR`` the user set is left to JAX. Nothing here
-imports jax: before jax is imported the settings go into the environment, where JAX reads its
-configuration defaults; after, into ``jax.config``.
+disables it too, and a ``JAX_COMPILATION_CACHE_DIR`` the user set is left to JAX. Importing
+this module does not import jax: before jax is imported the settings go into the environment,
+where JAX reads its configuration defaults; after, into ``jax.config``. JAX's cache still
+traces and lowers every function to find its entry; :func:`compiled_call` keeps whole compiled
+executables in the same folder, so a warm run of the engines' big jitted steps (the batched fit,
+the correlator) skips that too.
 """
 
 from __future__ import annotations
