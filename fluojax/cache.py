@@ -283,10 +283,13 @@ def _source_digest() -> str:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     for name in _KEY_PACKAGES:
-        try:
-            h.update(f"{name}={metadata.version(name)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"{name}=-".encode())
+        version = getattr(sys.modules.get(name), "__version__", None)  # imported: no metadata scan
+        if not isinstance(version, str):
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                version = "-"
+        h.update(f"{name}={version}".encode())
     return h.hexdigest()
 
 
