@@ -1,7 +1,5 @@
 """``python -m fluojax``: the ``fluojax`` command."""
 
-import sys
+from fluojax.cli import run
 
-from fluojax.cli import main
-
-sys.exit(main())
+run()

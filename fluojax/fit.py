@@ -62,6 +62,7 @@ from jax.scipy.special import xlogy
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax.batching import map_padded
+from fluojax.cache import compiled_call
 
 __all__ = [
     "BACKENDS",
@@ -697,9 +698,12 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, o
     the chunk function also gets the number of real datasets, ``count``); NumPy results.
     ``on_chunk`` (optional) receives each chunk's ``FitResult`` as it finishes."""
     static = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
+    fn, extra = (chunk_fn.func, chunk_fn.keywords) if isinstance(chunk_fn, functools.partial) else (chunk_fn, {})
 
     def run(part, count):
-        return chunk_fn(model, *part, args, static, count=np.int32(count))
+        # the compiled executable is kept between processes when a compilation cache is set (fluojax.cache)
+        dynamic = {"data": part[0], "sigma": part[1], "init": part[2], "args": args, "count": np.int32(count)}
+        return compiled_call(fn, {"model": model, "options": static, **extra}, dynamic)
 
     return map_padded(run, (data, sigma, starts), chunk, on_batch=on_chunk)
 

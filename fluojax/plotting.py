@@ -38,9 +38,16 @@ def plot_d_map(path: str | Path, maps, title: str) -> None:
             (``fluojax.fcs.pipeline.FCSMaps``).
         title: figure title.
     """
-    matplotlib, plt = _pyplot()
+    # drawn on a bare Figure (no pyplot: ~0.1-0.4 s less import on a warm `fluojax fcs fit`) with
+    # fixed margins (tight_layout would draw the figure twice)
+    import matplotlib
+    import matplotlib.ticker
+    from matplotlib.figure import Figure
+
     d = maps.d_um2_s
-    fig, (ax_map, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig = Figure(figsize=(10, 4.2))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.86, wspace=0.22)
+    ax_map, ax_hist = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
     finite = d[np.isfinite(d)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.6")
@@ -60,9 +67,7 @@ def plot_d_map(path: str | Path, maps, title: str) -> None:
     ax_hist.set_xlabel("D (µm²/s)")
     ax_hist.set_ylabel("pixels")
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_training(path: str | Path, history, ylabel: str = "MSE of ln D") -> None:

@@ -1,9 +1,15 @@
 """Shared fixtures: the dtypes and jit modes of engine tests; the 2D (TIRF) and 3D (SPIM) optics of
 Tang et al. 2024 (Methods)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
+
+# Tests leave the user's compilation cache alone: the `fluojax` entry point (cli.main, called in
+# process by the CLI tests and in their subprocesses) runs without it unless a test turns it on.
+os.environ.setdefault("FLUOJAX_NO_CACHE", "1")
 
 from fluojax.fcs.models import Optics
 
