@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     from fluojax.io import InputError
 
     try:
+        from fluojax import distributed
+
+        distributed.initialize_from_env()  # a multi-host run (docs/scaling.md); jax only if asked
         if args.command == "demo":
             from fluojax.cli.fcs import demo_command
 

@@ -291,6 +291,10 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
         raise InputError(resume_refusal(out, err, learned.RECIPES, args.config)) from None
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
+    from fluojax import distributed
+
+    if not distributed.is_writer():  # a multi-host run: process 0 writes the figure and the line
+        return 0
     plot_training(out / "loss.png", history, ylabel=ylabel)
     rate = [r for r in history.samples_per_s if r == r]
     print(

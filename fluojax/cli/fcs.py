@@ -210,9 +210,9 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 def fit_command(args) -> int:
     """``fluojax fcs fit``."""
-    from fluojax import io
+    from fluojax import distributed, io
     from fluojax.fcs.estimate import fcs_solver
-    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
+    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack_across_processes
     from fluojax.io import InputError
 
     out, label = destination(args, "fcs-fit", "_fcs")
@@ -227,12 +227,14 @@ def fit_command(args) -> int:
     )
     t0 = time.perf_counter()
     try:
-        maps = analyse_stack(stack, settings)
+        maps = analyse_stack_across_processes(stack, settings)  # one process: analyse_stack
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{args.stack}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
     assert maps.bleach is not None  # analyse_stack records the bleach correction it applied
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
+    if not distributed.is_writer():  # a multi-host run: process 0 writes the gathered maps
+        return 0
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(
             folder, maps, settings, {"input": str(args.stack), "title": f"{Path(args.stack).name} ({args.model})"}
