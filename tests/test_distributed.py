@@ -9,6 +9,7 @@ cores: these tests show correctness, not speed (experiments/bench_scaling.py mea
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -20,6 +21,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# one worker: the one-process training reference is computed once and shared
+pytestmark = pytest.mark.xdist_group("distributed")
 
 # a tiny network, its simulated data and schedule, shared by the subprocesses and the references
 TRAINING = textwrap.dedent(
@@ -110,6 +114,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 180) -> None:
     assert proc.returncode == 0, output[-3000:]
 
 
+@functools.cache
 def _one_process_training() -> tuple[np.ndarray, np.ndarray]:
     namespace: dict = {"np": np}
     exec(TRAINING, namespace)  # the same definitions as the subprocesses'
