@@ -49,7 +49,7 @@ import dataclasses
 import enum
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
@@ -61,7 +61,7 @@ import optimistix as optx
 from jax.scipy.special import xlogy
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from fluojax.batching import map_padded
+from fluojax.batching import local_devices, map_padded
 from fluojax.cache import compiled_call
 
 __all__ = [
@@ -524,6 +524,7 @@ def least_squares_batch(
     *,
     chunk: int | None = None,
     progress: Callable[[int], None] | None = None,
+    devices: Sequence[Any] | None = None,
     **options,
 ) -> FitResult:
     """Fit many datasets: :func:`least_squares` for each, run as one batched, jitted solve.
@@ -552,8 +553,12 @@ def least_squares_batch(
         chunk: int, fits iterating together. Default: 256 on CPU, 8192 on accelerators.
             Datasets go to the device in segments of at most ``64 * chunk``, padded to a power
             of two times the slot count (padding is never fitted), so batches of other sizes
-            mostly reuse the compiled loop.
+            mostly reuse the compiled loop. With several local devices the segments are dealt
+            out to them (:func:`fluojax.batching.map_padded`), about B / devices datasets each;
+            the slot count does not depend on the device count, so each dataset's fit is the
+            one-device fit.
         progress: optional callable receiving the number of datasets finished in each segment.
+        devices: the devices to fit on (None: all local devices, :func:`fluojax.batching.local_devices`).
 
     Returns:
         ``FitResult`` of NumPy arrays with leading dimension B.
@@ -571,11 +576,15 @@ def least_squares_batch(
         per_call = max(1, min(chunk, n))
     else:
         # slots and segment sizes from a few powers of two, so datasets of other counts reuse the
-        # compiled loop; padding rows of a segment are never loaded into a slot
+        # compiled loop; padding rows of a segment are never loaded into a slot. On D local
+        # devices each segment holds about n / D datasets, so every device gets one
         slots = max(1, min(chunk, _next_power_of_two(n)))
-        segment = slots * min(64, _next_power_of_two(-(-n // slots)))
+        per_device = -(-n // len(local_devices(devices)))
+        segment = slots * min(64, _next_power_of_two(-(-per_device // slots)))
         chunk_fn, per_call = functools.partial(_fit_streaming, slots=slots), segment
-    return _mask_failed(_fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, per_call, report), np)
+    return _mask_failed(
+        _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, per_call, report, devices), np
+    )
 
 
 def _next_power_of_two(k: int) -> int:
@@ -692,7 +701,7 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     )
 
 
-def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk):
+def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, on_chunk, devices=None):
     """Run a compiled per-chunk fit over datasets in chunks of exactly ``chunk``
     (:func:`fluojax.batching.map_padded`: the last chunk padded, so every chunk compiles once;
     the chunk function also gets the number of real datasets, ``count``); NumPy results.
@@ -705,7 +714,7 @@ def _fit_in_chunks(chunk_fn, model, data, sigma, starts, args, options, chunk, o
         dynamic = {"data": part[0], "sigma": part[1], "init": part[2], "args": args, "count": np.int32(count)}
         return compiled_call(fn, {"model": model, "options": static, **extra}, dynamic)
 
-    return map_padded(run, (data, sigma, starts), chunk, on_batch=on_chunk)
+    return map_padded(run, (data, sigma, starts), chunk, on_batch=on_chunk, devices=devices)
 
 
 def _hashable(value):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from fluojax.batching import map_padded
+from fluojax.batching import local_devices, map_padded
 
 if TYPE_CHECKING:  # pragma: no cover
     from flax import nnx
@@ -294,17 +294,24 @@ def eval_view(net: nnx.Module) -> nnx.Module:
 def _compiled_forward() -> Callable:
     from flax import nnx
 
-    @nnx.jit
-    def forward(net, x):
-        return net(x)
+    @functools.partial(jax.jit, static_argnums=0)
+    def forward(graphdef, state, x):
+        return nnx.merge(graphdef, state)(x)
 
     return forward
 
 
 def predict(
-    net: nnx.Module, inputs: Float[ArrayLike, "n ..."], batch: int, dtype: Any = np.float32
+    net: nnx.Module,
+    inputs: Float[ArrayLike, "n ..."],
+    batch: int,
+    dtype: Any = np.float32,
+    devices: Sequence[Any] | None = None,
 ) -> Float[np.ndarray, "n ..."]:
     """A network's outputs for many samples, in calls of exactly ``batch`` samples (one compilation).
+
+    The weights are copied once to each device and the calls dealt out to the devices
+    (:func:`fluojax.batching.map_padded`); each sample's output is the one-device output.
 
     Arguments:
         net: the network, in evaluation mode (:func:`eval_view`; in training mode BatchNorm
@@ -313,12 +320,23 @@ def predict(
         batch: int, samples per compiled call. A caller that wants no padding for inputs
             smaller than one batch passes ``min(batch, n)`` (a compilation per such size).
         dtype: input dtype (float32).
+        devices: devices to use (None: all local devices, :func:`fluojax.batching.local_devices`).
 
     Returns:
         (n, ...) NumPy array of the network's outputs.
     """
+    from flax import nnx
+
     forward = _compiled_forward()
-    return map_padded(lambda x, _count: forward(net, jnp.asarray(x)), np.asarray(inputs, dtype), batch)
+    chosen = local_devices(devices)
+    graphdef, state = nnx.split(net)
+    weights = {device: jax.device_put(state, device) for device in chosen}
+
+    def run(x, _count):
+        x = jnp.asarray(x)
+        return forward(graphdef, weights[next(iter(x.devices()))], x)
+
+    return map_padded(run, np.asarray(inputs, dtype), batch, devices=chosen)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,12 @@ checkpoint is the run's network (what :func:`read_checkpoint_meta` and :func:`re
 read); :func:`save_checkpoint` writes the same layout (``model/`` and ``meta.json``) for one
 network outside a run.
 
+On several devices (all local devices, and with :mod:`fluojax.distributed` those of every
+process) training is data-parallel (:func:`data_parallel`): weights and optimizer state are
+replicated on a 1-D mesh of the devices, each simulated batch is split along its leading axis
+between them, and XLA sums the gradients across devices; the batch of each step is the
+one-device batch, so the run is the one-device run up to the order of floating-point sums.
+
 The optimizer is one of the :class:`Optimizer` classes (:class:`Adam`, :class:`AdamW`,
 :class:`Sgd`), each a frozen dataclass that makes its optax transformation from the learning-rate
 schedule. Nothing here knows about a technique.
@@ -65,6 +71,7 @@ __all__ = [
     "TrainHistory",
     "check_resume",
     "check_run_folder",
+    "data_parallel",
     "evaluate",
     "is_run_folder",
     "latest_checkpoint",
@@ -347,7 +354,8 @@ def _save_step(manager: ocp.CheckpointManager, step: int, model: nnx.Module, opt
     manager.save(step, args=state, force=True)
     manager.wait_until_finished()
     path = Path(str(manager.directory)) / _step_names().build_name(step)
-    (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
+    if jax.process_index() == 0:  # orbax wrote the arrays from every process; one writes the meta
+        (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -419,7 +427,8 @@ def save_checkpoint(
         if optimizer is not None:
             checkpointer.save(path / "optimizer", nnx.state(optimizer))
         checkpointer.wait_until_finished()
-    (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
+    if jax.process_index() == 0:  # orbax wrote the arrays from every process; one writes the meta
+        (path / META).write_text(json.dumps({**meta, "step": int(step)}, indent=1))
     return path
 
 
@@ -599,6 +608,50 @@ def _same(value, saved) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
+def data_parallel() -> tuple[Any, Any]:
+    """Shardings of data-parallel training over all devices of all processes: a 1-D mesh
+    ``("batch",)`` over ``jax.devices()``, weights and optimizer state replicated
+    (``PartitionSpec()``), each batch's leading axis split (``PartitionSpec("batch")``).
+
+    Returns:
+        ``(replicated, split)`` ``NamedSharding``s, or ``(None, None)`` on a single device.
+    """
+    if jax.device_count() == 1:
+        return None, None
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(AxisType.Auto,))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+
+
+def _place(tree: Any, sharding: Any) -> Any:
+    """``jax.device_put(tree, sharding)``, PRNG key arrays moved as their bits (a key array cannot
+    be placed on another process's devices)."""
+
+    def place(x):
+        if jnp.issubdtype(jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype, jax.dtypes.prng_key):
+            bits = jax.device_put(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(bits, impl=jax.random.key_impl(x))
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(place, tree)
+
+
+def _shard_batch(batch: Any, split: Any) -> Any:
+    """Constrain every array of a batch whose leading axis the device count divides to be split
+    along it (inside the compiled step; others stay replicated)."""
+    if split is None:
+        return batch
+    count = split.mesh.size
+
+    def place(a):
+        if jnp.ndim(a) >= 1 and a.shape[0] % count == 0:
+            return jax.lax.with_sharding_constraint(a, split)
+        return a
+
+    return jax.tree.map(place, batch)
+
+
 def _write_metrics(run_dir: Path, history: TrainHistory) -> None:
     d = history.to_dict()
     (run_dir / "metrics.json").write_text(json.dumps(d, indent=1))
@@ -688,11 +741,19 @@ def train(
                 for i in range(config.eval_batches)
             ]
         schedule = learning_rate_schedule(config)
+        replicated, split = data_parallel()
+        if replicated is not None:  # weights, optimizer state and fixed data on every device
+            nnx.update((model, optimizer), _place(nnx.state((model, optimizer)), replicated))
+            held_out = _place(held_out, replicated)
+            data = None if data is None else _place(data, replicated)
+        seed_bits = jax.device_put(jax.random.key_data(data_key), replicated)
         trainable = nnx.view(model, use_running_average=False, raise_if_not_found=False)
 
         @nnx.jit
-        def train_step(net, opt, key, pool):
+        def train_step(net, opt, bits, step, pool):
+            key = jax.random.fold_in(jax.random.wrap_key_data(bits), step)
             x, y = sample_batch(key) if pool is None else sample_batch(key, pool)
+            x, y = _shard_batch((x, y), split)
             value, grads = nnx.value_and_grad(lambda m: loss(m(x), y))(net)
             opt.update(net, grads)
             return value
@@ -710,7 +771,8 @@ def train(
         step = start
         with bar:
             while step < end:
-                losses.append(train_step(trainable, optimizer, jax.random.fold_in(data_key, step), data))
+                at = np.int32(step) if replicated is None else jax.device_put(np.int32(step), replicated)
+                losses.append(train_step(trainable, optimizer, seed_bits, at, data))
                 step += 1
                 bar.update(1)
                 if step % config.eval_every == 0 or step == end:
@@ -725,7 +787,7 @@ def train(
                     losses, t_row = [], time.perf_counter()
                     if not math.isfinite(train_loss):
                         raise FloatingPointError(f"training loss became {train_loss} at step {step}")
-                    if run_path is not None:
+                    if run_path is not None and jax.process_index() == 0:
                         _write_metrics(run_path, history)
                 due = config.checkpoint_every and step % config.checkpoint_every == 0
                 if manager is not None and (due or step == end):

@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()  # compiled code is kept between runs (FLUOJAX_CACHE_DIR, FLUOJAX_NO_CACHE)
 
     try:
+        from fluojax import distributed
+
+        distributed.initialize_from_env()  # a multi-host run (docs/scaling.md); jax only if asked
         if args.command == "demo":
             from fluojax.cli.fcs import demo_command
 

@@ -459,7 +459,9 @@ def _fit_each(plan: list[tuple[str, Path, str]], fit_one: StackFit, kind: str, b
         "timings_s": {"total": time.perf_counter() - t0},
     }
     where = ""
-    if batch is not None and any(row["output"] for row in rows):
+    from fluojax import distributed
+
+    if batch is not None and any(row["output"] for row in rows) and distributed.is_writer():
         with io.result_file(batch / BATCH_SUMMARY, True, (".json",), f"-o {batch}") as tmp:
             io.write_json(tmp, summary)
         where = f" -> {batch / BATCH_SUMMARY}"
@@ -548,6 +550,10 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
         raise InputError(resume_refusal(out, err, learned.RECIPES, args.config)) from None
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
         raise InputError(str(err)) from None
+    from fluojax import distributed
+
+    if not distributed.is_writer():  # a multi-host run: process 0 writes the figure and the line
+        return 0
     plot_training(out / "loss.png", history, ylabel=ylabel)
     rate = [r for r in history.samples_per_s if r == r]
     print(

@@ -237,8 +237,8 @@ def _fit_setup(args) -> common.StackFit:
 
 def _fit_stack(args, optics, bleach_order, solver, path: str, out: Path, label: str) -> tuple[int, str]:
     """``fcs fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
-    from fluojax import io
-    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack
+    from fluojax import distributed, io
+    from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack_across_processes
     from fluojax.io import InputError
 
     stack, frame_time = common.read_timed_stack(path, args.frame_time, "--frame-time")
@@ -252,12 +252,14 @@ def _fit_stack(args, optics, bleach_order, solver, path: str, out: Path, label: 
     )
     t0 = time.perf_counter()
     try:
-        maps = analyse_stack(stack, settings)
+        maps = analyse_stack_across_processes(stack, settings)  # one process: analyse_stack
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{path}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0
     assert maps.bleach is not None  # analyse_stack records the bleach correction it applied
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))
+    if not distributed.is_writer():  # a multi-host run: process 0 writes the gathered maps
+        return 0, "fitted; process 0 writes the maps"
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(
             folder, maps, settings, {"input": str(path), "title": f"{Path(path).name} ({args.model})"}

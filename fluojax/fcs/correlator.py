@@ -19,8 +19,10 @@ This is the Imaging FCS plugin's correlator (multiple tau with blocking errors, 
 
 The work is split in two: a data reduction (:func:`lag_sums` -> :class:`LagSums`: per-lag sums,
 monitors, blocking moments) and a small finish (:func:`acf_from_lag_sums`) that applies the
-normalisation and the blocking rule. :func:`correlate` is both, in XLA; on a CPU the pipeline
-reduces with the numba kernel of :mod:`fluojax.fcs.correlator_cpu` and shares the finish.
+normalisation and the blocking rule. :func:`correlate` is both, in XLA;
+:func:`correlate_on_devices` deals the pixels out to every local device in per-device chunks; on
+a CPU the pipeline reduces with the numba kernel of :mod:`fluojax.fcs.correlator_cpu` and shares
+the finish.
 
 Data enter as ``(T, pixels)`` (time-major, as frames come off a TIFF); internally the trace is
 centred on its mean before any product is formed, so float32 sums stay accurate. The only
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from fluojax.batching import local_devices, map_padded
 from fluojax.io import InputError
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "blocking_plan",
     "check_frame_count",
     "correlate",
+    "correlate_on_devices",
     "group_layouts",
     "lag_grid",
     "lag_sums",
@@ -473,3 +477,32 @@ def correlate(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8) -> ACFR
         zero variance give non-finite values (reported per pixel by the caller).
     """
     return acf_from_lag_sums(lag_sums(frames, p, q), frames.shape[0], p, q)
+
+
+@functools.partial(jax.jit, static_argnames=("p", "q"))
+def _correlate_pixels_first(traces, p, q):
+    """:func:`correlate` of (pixels, T) traces, its (C, pixels) arrays turned to (pixels, C)."""
+    r = correlate(traces.T, p, q)
+    return ACFResult(r.acf.T, r.sem.T, r.mean, r.blocked, r.block_index)
+
+
+def correlate_on_devices(frames: Float[Array, "t pixels"], p: int = 16, q: int = 8, devices=None) -> ACFResult:
+    """:func:`correlate` with the pixels split into one chunk per device (equal to it: every
+    pixel's correlation is computed alone, by the same program).
+
+    The pixels are cut into ``ceil(pixels / D)`` columns per device and run through
+    :func:`fluojax.batching.map_padded` (the last chunk padded with copies of its last pixel).
+
+    Arguments:
+        frames: (T, pixels) array of intensities, as for :func:`correlate`.
+        p, q: int, correlator layout.
+        devices: devices to use (None: all local devices, :func:`fluojax.batching.local_devices`).
+
+    Returns:
+        ``ACFResult`` of NumPy arrays, shapes as :func:`correlate`'s.
+    """
+    chosen = local_devices(devices)
+    traces = np.asarray(frames).T  # (pixels, T): map_padded cuts rows
+    per_device = -(-traces.shape[0] // len(chosen))
+    r = map_padded(lambda x, _count: _correlate_pixels_first(x, p, q), traces, per_device, devices=chosen)
+    return ACFResult(r.acf.T, r.sem.T, r.mean, r.blocked, r.block_index)

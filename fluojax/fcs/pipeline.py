@@ -54,6 +54,7 @@ __all__ = [
     "acf_model_2d",
     "acf_model_3d",
     "analyse_stack",
+    "analyse_stack_across_processes",
     "bin_pixels",
     "bleach_correct",
     "bleach_design",
@@ -436,6 +437,14 @@ def _band_acf(band, n, overlap, bleach_order, p, q):
     return correlator.correlate(traces, p, q)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "overlap", "bleach_order"))
+def _band_traces(band, n, overlap, bleach_order):
+    """The binned, bleach-corrected (T, pixels) traces of one band, as :func:`_band_acf` correlates them."""
+    binned = bin_pixels(band, n, overlap)
+    traces = binned.reshape(binned.shape[0], -1)
+    return bleach_correct(traces, bleach_order) if bleach_order > 0 else traces
+
+
 _acf_from_lag_sums = jax.jit(correlator.acf_from_lag_sums, static_argnums=(1, 2, 3))
 
 
@@ -465,6 +474,9 @@ def correlate_band(band: np.ndarray, settings: AnalysisSettings) -> correlator.A
     """
     if not isinstance(settings.bleach_order, int):
         raise ValueError("correlate_band needs an integer bleach_order; resolve 'auto' per stack with resolve_bleach")
+    if not settings.uses_cpu_kernel() and len(jax.local_devices()) > 1:  # XLA on every local device
+        n, overlap, order = int(settings.optics.binning), settings.overlap, settings.bleach_order
+        return correlator.correlate_on_devices(_band_traces(band, n, overlap, order), settings.p, settings.q)
     static: dict[str, Any] = {
         "n": int(settings.optics.binning),
         "overlap": settings.overlap,
@@ -898,3 +910,66 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
         },
         "units": {"D": "um^2/s", "N": "particles per pixel observation area", "G_inf": "dimensionless", "lag": "s"},
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Across the processes of a multi-host run
+
+
+def analyse_stack_across_processes(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
+    """:func:`analyse_stack` with the rows shared between the processes of a multi-host run.
+
+    Each process reads and analyses its own band of output rows
+    (:func:`fluojax.distributed.band`, with the input rows its binning needs), and the maps
+    are gathered so that every process holds the whole stack's (:func:`fluojax.distributed.gather_rows`;
+    process 0 writes them). Pixels are analysed independently, so the maps are those of one
+    process, except that ``bleach_order="auto"`` chooses from the stack's mean trace summed over
+    the processes' disjoint bands of input rows (float64 sums in another order), and the timings
+    are the slowest process's. A single process runs :func:`analyse_stack`.
+
+    Arguments:
+        stack: (T, H, W) array-like (array or memory map); each process reads only its band.
+        settings, progress: as for :func:`analyse_stack`.
+
+    Returns:
+        ``FCSMaps`` of the whole stack, on every process.
+
+    Raises:
+        fluojax.io.InputError: as :func:`analyse_stack`, on every process if on any (one process's
+            message, or a note that another process refused its band); fewer output rows than processes.
+    """
+    from fluojax import distributed
+
+    count = distributed.process_count()
+    if count == 1:
+        return analyse_stack(stack, settings, progress)
+    _, h, w = stack.shape
+    n = int(settings.optics.binning)
+    out_h = h - n + 1 if settings.overlap else h // n
+    if out_h < count:
+        raise InputError(f"{out_h} rows of (binned) pixels cannot be shared between {count} processes")
+    bleach = None
+    if settings.bleach_order == "auto":  # the whole stack's mean trace, from disjoint bands of raw rows
+        own = distributed.band(h)
+        total = distributed.sum_over_processes(mean_trace(stack[:, own, :]) * ((own.stop - own.start) * w))
+        bleach = choose_bleach_correction(total / (h * w))
+        settings = dataclasses.replace(settings, bleach_order=bleach.order)
+    rows = distributed.band(out_h)
+    first, stop = (rows.start, rows.stop + n - 1) if settings.overlap else (rows.start * n, rows.stop * n)
+    error = ""
+    try:
+        maps = analyse_stack(stack[:, first:stop, :], settings, progress)
+    except InputError as err:
+        error = str(err)
+    refused = distributed.sum_over_processes(np.int32(bool(error)))
+    if refused:
+        raise InputError(error or f"{int(refused)} other process(es) refused their band of the stack")
+    per_pixel = ("d_um2_s", "n_particles", "g_inf", "chi2_reduced", "status", "mean_intensity", "acf", "sem")
+    whole = distributed.gather_rows({k: getattr(maps, k) for k in per_pixel}, out_h)
+    keys = sorted(maps.timings_s)
+    slowest = np.max(distributed.gather_rows(np.array([[maps.timings_s[k] for k in keys]]), count), axis=0)
+    return maps._replace(
+        **whole,
+        timings_s={k: float(v) for k, v in zip(keys, slowest)},
+        bleach=maps.bleach if bleach is None else bleach.as_dict(),
+    )
