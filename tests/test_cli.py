@@ -10,8 +10,10 @@ import tifffile
 
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("cli")  # its session fixtures are built once, on one worker
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")
 def small_stack(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "stack.tif"
     assert main(["fcs", "simulate", "--frames", "6000", "--size", "6", "--density", "0.2", "-o", str(path)]) == 0

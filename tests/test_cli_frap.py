@@ -13,13 +13,15 @@ import tifffile
 
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("cli_frap")  # its session fixtures are built once, on one worker
+
 D_TRUE = 5.0  # um^2/s = 8.66 px^2/s at 0.7598 um pixels: recovery time R^2/(4D) ~ 1.8 s ~ 7 frames
 C0, ALPHA, NOISE_A = 0.75, 0.7, 1e-3
 GEOMETRY = ["--size", "64", "--pad", "32", "--radius", "8", "--prebleach", "5", "--bleach", "2", "--postbleach", "30"]
 FIT = ["--roi", "circle:32,32,8", "--prebleach", "5", "--bleach", "2", "--starts", "4"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stacks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("frap")
     paths = {}
@@ -320,7 +322,7 @@ def test_train_then_predict_refines_to_the_simulated_d(stacks, tmp_path, capsys,
 # Fits that converge but mean nothing: exit code 3, results written, the reason on stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def meaningless(tmp_path_factory):
     """A simulated stack without a bleach (alpha = 1, pixel noise) and a stack of pure noise
     (FCS-like fluctuations around a constant), both in the fits' shared geometry."""

@@ -13,7 +13,7 @@ from fluojax.cli import main
 pytestmark = pytest.mark.xdist_group("cli_learned")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("net") / "imfcsnet"
     # 3 steps of the CPU-sized ImFCSNet: exercises the command, not the learning (tests elsewhere)
@@ -21,7 +21,7 @@ def trained_run(tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack_2500(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "stack.tif"
     assert main(["fcs", "simulate", "--frames", "2500", "--size", "5", "--density", "0.2", "-o", str(path)]) == 0

@@ -21,6 +21,8 @@ import tifffile
 from fluojax import io
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("cli_many")  # its session fixtures are built once, on one worker
+
 FRAMES, SIDE = 2400, 8
 FCS = ["--bleach", "none"]
 MAPS = ("D.tif", "N.tif", "Ginf.tif", "chi2.tif", "status.tif")
@@ -84,7 +86,7 @@ def _run(argv):
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fcs_run(tmp_path_factory):
     """Two good stacks and a file that is no TIFF, in one folder, fitted in one command (bad one in the middle)."""
     data = tmp_path_factory.mktemp("many")

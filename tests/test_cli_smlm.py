@@ -9,10 +9,12 @@ import tifffile
 
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("cli_smlm")  # its session fixtures are built once, on one worker
+
 SIM_2D = ["smlm", "simulate", "--preset", "2d", "--frames", "6", "--size", "24", "--emitters", "2", "--seed", "4"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sim(tmp_path_factory):
     """A 2D simulation (6 frames, 24 x 24 pixels of 100 nm, 2 emitters each) and a quad-plane one."""
     folder = tmp_path_factory.mktemp("smlm")

@@ -11,6 +11,8 @@ import tifffile
 from fluojax import io
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("cli_sofi")  # its session fixtures are built once, on one worker
+
 
 def _pair_stack(frames: int = 60, ny: int = 12, nx: int = 14, seed: int = 1) -> np.ndarray:
     """Two 3 x 3 blobs switching on and off at random (independently) over a flat level of 20, + noise."""
@@ -21,7 +23,7 @@ def _pair_stack(frames: int = 60, ny: int = 12, nx: int = 14, seed: int = 1) -> 
     return data.astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack_file(tmp_path_factory):
     """A 60-frame 12 x 14 stack with 100-nm pixels in its ImageJ calibration."""
     path = tmp_path_factory.mktemp("sofi") / "pair.tif"
@@ -29,7 +31,7 @@ def stack_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def result(stack_file):
     """``fluojax sofi STACK.tif --order 2-4 --bsofi --fwhm 2.8`` (the implied image subcommand)."""
     out = stack_file.parent / "out"
@@ -139,7 +141,7 @@ def test_the_help_of_an_implied_image_subcommand_is_the_image_help(capsys):
 # the network
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def network(tmp_path_factory):
     """An untrained MISR-GRU of 4-frame windows, small (2 channels, 1 residual block, 1 ConvGRU
     layer), saved as 'fluojax sofi train' saves one: the command's plumbing, not the network's

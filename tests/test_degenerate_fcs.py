@@ -14,6 +14,8 @@ from fluojax import io
 from fluojax.cli import main
 from fluojax.fcs import models, pipeline
 
+pytestmark = pytest.mark.xdist_group("degenerate_fcs")  # its session fixtures are built once, on one worker
+
 FRAME_S = 1.06e-3
 NO_SIGNAL, NON_POSITIVE = pipeline.PixelStatus.NO_SIGNAL, pipeline.PixelStatus.NON_POSITIVE_MEAN
 # statuses of pixels that fluctuate with a positive mean: fitted (0-6), or with no measurable
@@ -21,7 +23,7 @@ NO_SIGNAL, NON_POSITIVE = pipeline.PixelStatus.NO_SIGNAL, pipeline.PixelStatus.N
 USABLE = (0, 1, 2, 3, 4, 5, 6, pipeline.PixelStatus.NO_CORRELATION)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def counts(tmp_path_factory):
     """A simulated 2,400 x 4 x 4 stack of camera counts (D = 1 um^2/s, 2D defaults)."""
     path = tmp_path_factory.mktemp("data") / "sim.tif"
@@ -145,7 +147,7 @@ def test_pixels_with_a_negative_mean_get_their_own_status(counts, tmp_path):
 # 3. float data whose squares overflow (or underflow) float32
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def acf_reference(counts):
     settings = pipeline.AnalysisSettings(FRAME_S, bleach_order=0)
     return settings, pipeline.correlate_stack(counts.astype(np.float32), settings, progress=False)

@@ -25,11 +25,13 @@ import tifffile
 
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("degenerate_inputs")  # its session fixtures are built once, on one worker
+
 FCS_FRAMES = 2400  # just above the correlator's 2304-frame minimum (P = 16, Q = 8)
 FRAP_ROI = "circle:16,16,6"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fcs_base(tmp_path_factory):
     """A 2400 x 4 x 4 Imaging FCS stack (2D, D = 1 um^2/s, 1.06 ms frames) as float64 counts."""
     path = tmp_path_factory.mktemp("fcs") / "base.tif"
@@ -158,7 +160,7 @@ def test_fcs_fit_on_degenerate_stacks_succeeds_honestly_or_refuses_in_one_line(c
         assert code == 0 and summary["fitted"] >= 12  # scale and type of a good recording do not matter
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def frap_base(tmp_path_factory):
     """A 32 x 32 FRAP stack of the DeepFRAP model (5 prebleach, 2 bleach, 15 postbleach frames,
     R = 6 px, D = 1 um^2/s at 0.2 um pixels, per-pixel noise variance 1e-4)."""

@@ -76,7 +76,7 @@ TEST_RECIPE = learned.RECIPES["fcsnet-2d-small"]
 FCSNET_GROUP = pytest.mark.xdist_group("trained_fcsnet")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained_fcsnet(tmp_path_factory):
     run = tmp_path_factory.mktemp("fcsnet")
     net, history = learned.train_recipe(TEST_RECIPE, run, progress=False)

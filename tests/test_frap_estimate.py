@@ -33,7 +33,7 @@ A = 1e-2  # per-pixel variance (top of Table 1's range)
 B = 160
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fitted():
     geometry = fm.circular_region(SETTINGS, radius_px=10.0)
     table = fm.build_fast_curve_table(geometry, SETTINGS, n_nodes=32)

@@ -35,7 +35,7 @@ TINY = dataclasses.replace(
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny_run")
     net, history = learned.train_recipe(TINY, run, progress=False)

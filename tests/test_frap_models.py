@@ -12,6 +12,8 @@ from scipy.special import ive, j1
 
 from fluojax.frap import models as fm
 
+pytestmark = pytest.mark.xdist_group("frap_models")  # its session fixtures are built once, on one worker
+
 R = fm.DEEPFRAP_RADIUS_PX  # 19.742 px (15 um at 0.7598 um/px)
 PAPER = fm.FrapSettings()  # N=256, M=128, 10/4/100 frames, dt=0.265 s
 ONE_BLEACH = fm.FrapSettings(n_prebleach=2, n_bleach=1, n_postbleach=100)  # instantaneous-bleach refs
@@ -35,7 +37,7 @@ def periodic_disk_rc(t, d, alpha, size, r=R, n_max=64):
     return 1.0 - (1.0 - alpha) * sums / (np.pi * r * r * size * size)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def disk():
     return fm.circular_region(PAPER)
 
@@ -299,7 +301,7 @@ def test_spectral_curve_equals_full_solver_float64():
         fm.recovery_curve_spectral(fm.FrapParams(1.0, 1.0, 0.5, beta=0.9), geom, SMALL)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def paper_table(disk):
     return fm.build_fast_curve_table(disk, PAPER)  # D in [1, 3000] px^2/s, 64 nodes
 

@@ -20,13 +20,15 @@ from fluojax.frap import models as fm
 from fluojax.frap import simulate as fs
 from fluojax.noise import AffineGaussianNoise
 
+pytestmark = pytest.mark.xdist_group("frap_simulate")  # its session fixtures are built once, on one worker
+
 SMALL = fm.FrapSettings(n_pixels=32, pad=16, n_prebleach=3, n_bleach=2, n_postbleach=10)
 RADIUS = 6.0
 NOISE = AffineGaussianNoise(a=2e-3, a_prime=1e-2)  # a'-term 40 % of the prebleach variance at c0 = 0.8
 PARAMS = fm.FrapParams(d_px2_s=20.0, c0=0.8, alpha=0.6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small_setup():
     geometry = fm.circular_region(SMALL, radius_px=RADIUS)
     table = fm.build_fast_curve_table(geometry, SMALL, n_nodes=32)

@@ -22,6 +22,8 @@ from fluojax import io
 from fluojax import train as training
 from fluojax.cli import main
 
+pytestmark = pytest.mark.xdist_group("output_safety")  # its session fixtures are built once, on one worker
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAP_FIT = ["--roi", "circle:16,16,6", "--prebleach", "10", "--bleach", "4"]
 
@@ -51,14 +53,14 @@ def _refused(root: Path, capsys, argv: list[str]) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fcs_stack(tmp_path_factory):
     path = tmp_path_factory.mktemp("fcs") / "stack.tif"
     assert main(["fcs", "simulate", "--frames", "2400", "--size", "4", "-o", str(path)]) == 0
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fcs_result(fcs_stack, tmp_path_factory):
     """A real earlier ``fcs fit`` result folder (copy it before changing anything)."""
     out = tmp_path_factory.mktemp("earlier") / "results"
@@ -66,7 +68,7 @@ def fcs_result(fcs_stack, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def frap_stack(tmp_path_factory):
     path = tmp_path_factory.mktemp("frap") / "f.tif"
     assert main(["frap", "simulate", "--size", "32", "--radius", "6", "--postbleach", "10", "-o", str(path)]) == 0

@@ -13,6 +13,8 @@ from fluojax.io import InputError
 from fluojax.smlm import learned, nets
 from fluojax.smlm.simulate import simulate_frames
 
+pytestmark = pytest.mark.xdist_group("smlm_learned")  # its session fixtures are built once, on one worker
+
 # The best input-independent prediction per positive voxel: a constant probability q minimises
 # -ln q - 3 ln(1 - q) (one positive, three hard negatives that all score the same) at q = 1/4,
 # giving 2.249; constant offsets 1/2 cost E|U - 1/2| = 1/4 per uniform axis (x, y) and 0 for the
@@ -30,7 +32,7 @@ def _tiny_recipe(steps=150):
     return dataclasses.replace(recipe, scene=scene, train=config)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained():
     recipe = _tiny_recipe()
     net, history = networks.train_recipe(recipe, seed=0, progress=False)

@@ -12,6 +12,8 @@ import pytest
 from fluojax.io import InputError
 from fluojax.sofi import cumulants, models
 
+pytestmark = pytest.mark.xdist_group("sofi_cumulants")  # its session fixtures are built once, on one worker
+
 # --------------------------------------------------------------------------- references
 
 
@@ -174,7 +176,7 @@ def test_lagged_auto_cumulant_equals_brute_force():
 # --------------------------------------------------------------------------- physics
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def blinking():
     """20,000 i.i.d. frames of 12 x 12 (float64) with and without N(0, 0.05^2) pixel noise."""
     rng = np.random.default_rng(20)

@@ -17,6 +17,8 @@ from fluojax import train as training
 from fluojax.io import InputError
 from fluojax.sofi import learned, nets
 
+pytestmark = pytest.mark.xdist_group("sofi_learned")  # its session fixtures are built once, on one worker
+
 FRAMES = 4  # input frames of the tiny network (the paper: 20)
 
 
@@ -72,7 +74,7 @@ def _tiny_recipe():
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """One tiny training run shared by the tests (the simulator compiles once)."""
     run_dir = tmp_path_factory.mktemp("misrgru")

@@ -10,6 +10,8 @@ from fluojax import io
 from fluojax.io import InputError
 from fluojax.sofi import cumulants, estimate, pipeline
 
+pytestmark = pytest.mark.xdist_group("sofi_pipeline")  # its session fixtures are built once, on one worker
+
 T, NY, NX = 60, 12, 14  # non-square, so that a swapped axis shows
 
 
@@ -23,12 +25,12 @@ def blinking_stack(seed: int = 0, frames: int = T) -> np.ndarray:
     return (100 * np.einsum("tk,kyx->tyx", on, psf) + 10 + rng.normal(0, 1, (frames, NY, NX))).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack():
     return blinking_stack()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def full(stack):
     """Orders 2-4, root-linearized, with bSOFI (one computation shared by the tests: compiling the
     order-3 and -4 cumulants takes most of this file's time)."""

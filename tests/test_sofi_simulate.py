@@ -13,6 +13,8 @@ from scipy import special, stats
 from fluojax import noise
 from fluojax.sofi import simulate as sim
 
+pytestmark = pytest.mark.xdist_group("sofi_simulate")  # its session fixtures are built once, on one worker
+
 KEY = jax.random.key(20)
 
 
@@ -112,7 +114,7 @@ A_NM, FWHM_NM, FIELD = 100.0, 220.0, (12, 15)
 S_NM = FWHM_NM / (2 * math.sqrt(2 * math.log(2)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rendered():
     """40 emitters, some outside a 12 x 15 field, ~30% on per frame, rendered in chunks of 3."""
     rng = np.random.default_rng(0)
@@ -223,7 +225,7 @@ def test_emitters_lie_on_the_filaments_at_the_set_linear_density():
 # --- the movie -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def movies():
     """Two 16 x 16, 60-frame movies (vmapped over keys) of the small preset's filaments, read out
     by an sCMOS camera with drawn maps (not quantized, so its moments are exactly noise.SCMOS's)."""
