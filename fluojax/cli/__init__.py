@@ -1,6 +1,7 @@
 """The ``fluojax`` command: TIFF stacks in, parameter maps and plots out.
 
     fluojax fcs fit STACK.tif --frame-time S [optics] [-o OUT]   per-pixel Imaging FCS
+    fluojax fcs fit A.tif B.tif ... | FOLDER [options] [-o OUT]  many stacks: OUT/<name>/ each + OUT/summary.json
     fluojax fcs simulate [settings] -o STACK.tif                 a simulated stack
     fluojax fcs train --config NAME [--steps N] -o CKPT          train FCSNet/ImFCSNet on simulations
     fluojax fcs predict STACK.tif --net CKPT [--overlap] -o OUT  a network's D map + physics check
@@ -11,6 +12,7 @@
 
     fluojax frap fit STACK.tif --roi circle:X,Y,R [--prebleach 10 --bleach 4] [--dt S]
                      [--pixel-size UM] [--starts 30] [-o OUT]    ROI recovery curve -> D, c0, alpha
+    fluojax frap fit A.tif B.tif ... | FOLDER --roi circle:X,Y,R [...] [-o OUT]   the same for FRAP (one ROI for all)
     fluojax frap simulate [--d UM2_S --c0 --alpha --noise-a A] [frames, geometry] -o STACK.tif
     fluojax frap train --config NAME [--steps N] [--seed S] -o CKPT   train a DeepFRAP network
     fluojax frap predict STACK.tif --net CKPT --roi circle:X,Y,R [...] [-o OUT]  network + LM refine
@@ -42,7 +44,12 @@ replaces an existing .tif only with ``--overwrite``; ``train -o RUN`` resumes a 
 and refuses any other non-empty folder. ``frap fit``/``frap predict`` exit with code 3 (results
 written, status in summary.json, one line on stderr) when the least-squares fit did not converge
 or is not meaningful (NO_BLEACH: no bleach visible; UNDETERMINED: D's 95 % CI wider than a decade);
-``fcs fit`` exits with code 3 when no pixel could be fitted. docs/refusals.md lists every refusal.
+``fcs fit`` exits with code 3 when no pixel could be fitted. Several stacks or a folder (``fcs fit``,
+``frap fit``): one result folder per stack (``OUT/<stack name>/`` with ``-o OUT``, else
+``STACK_fcs``/``STACK_frap`` beside each) and ``OUT/summary.json``; every output folder is checked
+before the first stack is read; a bad stack is reported in one line and the others are fitted; the
+exit code is 2 if any stack was refused as bad input, else 3 if any fit failed, else 0.
+docs/refusals.md lists every refusal.
 """
 
 from __future__ import annotations
