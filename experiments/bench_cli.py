@@ -3,7 +3,8 @@
 For each stack size (default 128 x 128 x 50,000 and 64 x 64 x 20,000 frames):
 
 1. **The stack**: simulated once by ``fluojax fcs simulate --size S --frames T`` (2D diffusion,
-   the command's defaults) and kept in ``--stack-dir`` for later runs (its time is reported, not
+   the command's defaults; with ``--tile K`` a side/K stack repeated K x K times, its photon
+   counts written as uint16 as a camera writes them) and kept in ``--stack-dir`` for later runs (its time is reported, not
    compared); ``--quick-stack`` writes ``experiments/bench_fcs.make_stack``'s AR(1) stack
    instead (seconds instead of minutes, but its ACFs are not the 2D model's).
 2. **fluojax**: ``python -m fluojax fcs fit STACK -o OUT`` as a subprocess, wall clock, all
@@ -69,7 +70,9 @@ def make_stack(path: Path, size: int, frames: int, quick: bool, tile: int = 1) -
         code = (
             "import sys, numpy as np; from fluojax import io;"
             "s, m = io.read_stack(sys.argv[1]); k = int(sys.argv[3]);"
-            "io.write_stack(sys.argv[2], np.tile(np.asarray(s), (1, k, k)), float(sys.argv[4]), m.get('pixel_um'))"
+            "t = np.tile(np.asarray(s), (1, k, k)); c = t.astype(np.uint16);"
+            "t = c if np.array_equal(c, t) else t;"  # photon counts, written as a camera writes them
+            "io.write_stack(sys.argv[2], t, float(sys.argv[4]), m.get('pixel_um'))"
         )
         cmd = [sys.executable, "-c", code, str(part), str(path), str(tile), str(FRAME_TIME_S)]
         subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
