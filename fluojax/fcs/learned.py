@@ -460,11 +460,13 @@ def predict_imfcsnet_map(
     ("ImFCSNet_ave" of Tang et al. 2024, averaged in ln D where the network's error is symmetric), and
     the first chunk's value alone.
 
-    By default (``method="fft"``) the network's linear start is computed once per pixel and its
-    long stride-1 convolutions by FFT (``ImFCSNet.pixel_spectra``, ``ImFCSNet.windows_ln_d``): the
-    same map as the network on every window (``method="direct"``) within float32 rounding, with
-    about 15 x fewer multiply-adds in the first layer, which the direct path repeats for each of
-    the 9 windows that share a pixel.
+    By default (``method="fft"``) each pixel's trace is Fourier-transformed once for the 9 windows
+    that share it, the first layer (z-score and 200-frame convolution, both linear) is summed over
+    the window's pixels in the frequency domain, and the residual stages' convolutions run by FFT
+    (``ImFCSNet.pixel_spectra``, ``ImFCSNet.windows_ln_d``): the same map as the network on every
+    window (``method="direct"``) within float32 rounding, with ~60x fewer arithmetic operations in
+    the first layer and ~9x fewer in the residual convolutions at paper size (the strided
+    convolution and the 1 x 1 stages run as in the network).
 
     Arguments:
         net: ImFCSNet in eval mode.

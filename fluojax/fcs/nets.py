@@ -17,7 +17,10 @@ unnormalised data by mistake.
 ImFCSNet's first layer, a Conv3D with a (K, 3, 3) kernel on a 3 x 3 window ("valid", then the
 spatial mean of a 1 x 1 map), is the same map as a Conv1D over time with the 9 pixels as input
 channels; it is written that way (same weights, same count). The strided Conv1D's stride is a
-setting: 8 in the paper and the PyTorch port, 4 in the public TF code (default 8).
+setting: 8 in the paper and the PyTorch port, 4 in the public TF code (default 8). For a map of
+overlapping windows the network also runs in two halves (:meth:`ImFCSNet.pixel_spectra` once per
+image, :meth:`ImFCSNet.windows_ln_d` per window), the same map computed with the pixels' spectra
+shared between windows and the long convolutions by FFT (:func:`fft_correlate`).
 
 Parameter counts follow the paper, which quotes Keras's "total params": trainable weights plus the
 BatchNorm running means and variances (``fluojax.networks.keras_parameter_count``). Paper scale:
@@ -205,10 +208,15 @@ class _ConvBNReLU(nnx.Module):
 
     def __call__(self, x, fft: bool = False):
         if fft:
-            y = fft_correlate(x, self.conv.kernel[...], self.stride) + self.conv.bias[...]
+            y = fft_correlate(x, self.conv.kernel[...], self.stride) + self.bias()
         else:
             y = self.conv(x)
         return self.activate(y)
+
+    def bias(self) -> jax.Array:
+        """The convolution's bias (C_out,)."""
+        assert self.conv.bias is not None  # built with use_bias (nnx.Conv's default)
+        return self.conv.bias[...]
 
     def activate(self, y):
         """BatchNorm -> ReLU of the convolution's output ``y`` (bias included)."""
@@ -297,6 +305,10 @@ class ImFCSNet(nnx.Module):
 
     The first layer is stored as a Conv1D over time with the 9 pixels (row-major) as channels:
     a Keras Conv3D kernel of shape (200, 3, 3, 1, 45) maps onto it by reshaping to (200, 9, 45).
+
+    Many windows of one image: ``net.windows_ln_d(net.pixel_spectra(frames), rows, cols, T)``
+    equals ``net(windows)`` within float32 rounding, with each pixel's spectrum computed once and
+    the long convolutions by FFT (inference only: eval mode).
     """
 
     def __init__(self, config: ImFCSNetConfig, *, rngs: nnx.Rngs):
@@ -386,7 +398,7 @@ class ImFCSNet(nnx.Module):
         y = jnp.swapaxes(jnp.fft.irfft(spectrum, n, axis=-1)[..., : frames - kernel.shape[0] + 1], 1, 2)
         y = y + ((mu - m[:, None]) @ jnp.sum(kernel, axis=0))[:, None, :]
         flat = (sd <= 1e-5 * jnp.abs(m))[:, None, None]
-        y = jnp.where(flat, 0.0, y / (sd + 1e-6)[:, None, None]) + self.first.conv.bias[...]
+        y = jnp.where(flat, 0.0, y / (sd + 1e-6)[:, None, None]) + self.first.bias()
         return self._after_first(self.first.activate(y), fft=True)
 
 
