@@ -127,11 +127,14 @@ class PixelSpectra(NamedTuple):
         spectrum: (H, W, F) complex64, rfft of each pixel's centred trace.
         mean: (H, W) each pixel's mean count.
         mean_square: (H, W) mean square of each pixel's centred trace.
+        kernel_spectrum: (9, filters, F) complex64, conjugate spectrum of the network's first
+            kernel (the same for every window).
     """
 
     spectrum: jax.Array
     mean: jax.Array
     mean_square: jax.Array
+    kernel_spectrum: jax.Array
 
 
 def _zscore(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -346,13 +349,14 @@ class ImFCSNet(nnx.Module):
 
         For each pixel p of ``frames`` (T, H, W): its mean ``mu_p``, the mean square ``v_p`` of
         ``x_p - mu_p`` and the spectrum ``rfft(x_p - mu_p, N)`` with N the even FFT length >= T
-        that :meth:`windows_ln_d` reads.
+        that :meth:`windows_ln_d` reads; and the first kernel's spectrum at that length.
 
         Arguments:
             frames: (T, H, W) counts, T >= ``config.min_frames``.
 
         Returns:
-            ``PixelSpectra`` (spectrum (H, W, N/2 + 1) complex64, mean and mean_square (H, W)).
+            ``PixelSpectra`` (spectrum (H, W, N/2 + 1) complex64, mean and mean_square (H, W),
+            kernel_spectrum (9, filters, N/2 + 1)).
         """
         t = frames.shape[0]
         if t < self.config.min_frames:
@@ -360,8 +364,14 @@ class ImFCSNet(nnx.Module):
         traces = jnp.moveaxis(frames.astype(jnp.float32), 0, -1)  # (H, W, T)
         mean = jnp.mean(traces, axis=-1)
         centred = traces - mean[..., None]
-        spectrum = jnp.fft.rfft(centred, 2 * _fft_length(-(-t // 2)), axis=-1)
-        return PixelSpectra(spectrum, mean, jnp.mean(centred**2, axis=-1))
+        n = 2 * _fft_length(-(-t // 2))
+        kernel = jnp.transpose(self.first.conv.kernel[...], (1, 2, 0))  # (9, filters, K)
+        return PixelSpectra(
+            jnp.fft.rfft(centred, n, axis=-1),
+            mean,
+            jnp.mean(centred**2, axis=-1),
+            jnp.conj(jnp.fft.rfft(kernel, n, axis=-1)),
+        )
 
     def windows_ln_d(self, pixels: PixelSpectra, rows: jax.Array, cols: jax.Array, frames: int) -> jax.Array:
         """ln D of the 3 x 3 windows with top-left corners ``(rows, cols)``: the network's map
@@ -392,9 +402,8 @@ class ImFCSNet(nnx.Module):
         mu, v = pixels.mean[ii, jj], pixels.mean_square[ii, jj]  # (B, 9)
         m = jnp.mean(mu, axis=1)
         sd = jnp.sqrt(jnp.mean(v + (mu - m[:, None]) ** 2, axis=1))
-        kernel_spectrum = jnp.conj(jnp.fft.rfft(jnp.transpose(kernel, (1, 2, 0)), n, axis=-1))  # (9, filters, F)
         # sum over the 9 pixels as broadcast products (a batched matrix product of 9 x filters per frequency is slower)
-        spectrum = jnp.sum(pixels.spectrum[ii, jj][:, :, None, :] * kernel_spectrum[None], axis=1)  # (B, filters, F)
+        spectrum = jnp.sum(pixels.spectrum[ii, jj][:, :, None, :] * pixels.kernel_spectrum[None], axis=1)
         y = jnp.swapaxes(jnp.fft.irfft(spectrum, n, axis=-1)[..., : frames - kernel.shape[0] + 1], 1, 2)
         y = y + ((mu - m[:, None]) @ jnp.sum(kernel, axis=0))[:, None, :]
         flat = (sd <= 1e-5 * jnp.abs(m))[:, None, None]
