@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128, help="image side (pixels)")
     ap.add_argument("--frames", type=int, default=2500, help="frames (one chunk of the network's length)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per method (median)")
-    ap.add_argument("--batch", type=int, default=256, help="windows per compiled call")
+    ap.add_argument("--batch", type=int, default=64, help="windows per compiled call")
     ap.add_argument("--run", default=None, help="trained ImFCSNet run folder (default: random paper-size weights)")
     ap.add_argument("--skip-direct", action="store_true", help="time only the fft path")
     args = ap.parse_args()
