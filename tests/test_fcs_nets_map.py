@@ -85,3 +85,14 @@ def test_map_by_pixel_spectra_equals_the_network_on_every_window(overlap):
         err_fast = np.max(np.abs(fast["ln_d_chunks"][c][place] - exact))
         assert err_fast <= 4 * err_direct + 1e-6, (err_fast, err_direct)
     np.testing.assert_array_equal(np.isnan(fast["d_um2_s"]), np.isnan(direct["d_um2_s"]))
+
+
+def test_map_in_bands_of_rows_equals_the_map_in_one_band(monkeypatch):
+    net, stack = _net(), _stack()
+    whole = learned.predict_imfcsnet_map(net, stack[:FRAMES], FRAMES, True, batch=16, progress=False)
+    # 2 window rows per band (4 image rows): windows from rows 0, 2 and 4 (the last band read from image row 3)
+    monkeypatch.setattr(learned, "_BAND_BYTES", 16 * FRAMES * 8 * 4)
+    banded = learned.predict_imfcsnet_map(net, stack[:FRAMES], FRAMES, True, batch=16, progress=False)
+    # the same arithmetic per window, only the batches differ: equal to a few float32 ulps of ln D
+    np.testing.assert_allclose(banded["ln_d_chunks"], whole["ln_d_chunks"], rtol=1e-6)
+    np.testing.assert_array_equal(banded["edge"], whole["edge"])

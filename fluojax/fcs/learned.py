@@ -422,6 +422,11 @@ def _imfcsnet_by_pixels():
     return pixels, windows
 
 
+_BAND_BYTES = 1 << 30
+"""Memory for one band of image rows whose pixel spectra are held at once (~16 bytes per pixel
+and frame with the temporaries; a 128 x 128 x 2,500 chunk is one band)."""
+
+
 def _imfcsnet_chunk(net, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray, batch: int, method: str, on_batch):
     """ln D of the windows ``(rows, cols)`` of one chunk ``frames`` (T, H, W): ``"direct"``, the network
     on each window's (T, 3, 3) stack, or ``"fft"``, the same map from the pixels' shared spectra."""
@@ -434,14 +439,23 @@ def _imfcsnet_chunk(net, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
             on_batch(parts[-1])
         return np.concatenate(parts)
     pixels, windows_ln_d = _imfcsnet_by_pixels()
-    spectra = pixels(net, jnp.asarray(frames))
+    t, h, w = frames.shape
+    band = max(1, min(h - 2, _BAND_BYTES // (16 * t * w) - 2))  # window rows per band of pixel spectra
     size = max(1, min(batch, rows.size))
-    return batching.map_padded(
-        lambda rc, _count: windows_ln_d(net, spectra, jnp.asarray(rc[0]), jnp.asarray(rc[1]), frames.shape[0]),
-        (rows, cols),
-        size,
-        on_batch=on_batch,
-    )
+    values = np.empty(rows.size, np.float32)
+    for r0 in range(0, h - 2, band):
+        inside = np.flatnonzero((rows >= r0) & (rows < r0 + band))
+        if inside.size == 0:
+            continue
+        top = min(r0, h - 2 - band)  # the last band ends at the image's edge: every band has band + 2 rows
+        spectra = pixels(net, jnp.asarray(frames[:, top : top + band + 2]))
+        values[inside] = batching.map_padded(
+            lambda rc, _count, s=spectra: windows_ln_d(net, s, jnp.asarray(rc[0]), jnp.asarray(rc[1]), t),
+            (rows[inside] - top, cols[inside]),
+            size,
+            on_batch=on_batch,
+        )
+    return values
 
 
 def predict_imfcsnet_map(

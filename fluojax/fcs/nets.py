@@ -330,15 +330,15 @@ class ImFCSNet(nnx.Module):
             raise ValueError(
                 f"ImFCSNet needs at least {self.config.min_frames} frames per window, got {stack.shape[1]}"
             )
+        # the default float: float32 (float64 only inside jax.enable_x64, for reference computations)
         x = _zscore(stack.astype(jnp.result_type(float)), (1, 2, 3)).reshape(stack.shape[0], stack.shape[1], 9)
         return self._after_first(self.first(x))
 
     def _after_first(self, x: jax.Array, fft: bool = False) -> jax.Array:
         """The layers after the first, (batch, T - first_kernel + 1, filters) -> (batch,) ln D;
         ``fft``: the long convolutions by FFT (:func:`fft_correlate`), the same map."""
-        x = self.strided(
-            x
-        )  # by FFT no faster on a CPU: the FFT of its 2,301-point input costs about half the direct sum
+        # the strided convolution stays direct: on a CPU the FFT of its input alone costs half the direct sum
+        x = self.strided(x)
         for stage in self.residual:
             x = stage(x, fft)
         x = self.pointwise(x)
