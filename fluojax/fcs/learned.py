@@ -449,8 +449,12 @@ def _imfcsnet_chunk(net, frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
             continue
         top = min(r0, h - 2 - band)  # the last band ends at the image's edge: every band has band + 2 rows
         spectra = pixels(net, jnp.asarray(frames[:, top : top + band + 2]))
+
+        def in_band(rc, _count, spectra=spectra):
+            return windows_ln_d(net, spectra, jnp.asarray(rc[0]), jnp.asarray(rc[1]), t)
+
         values[inside] = batching.map_padded(
-            lambda rc, _count, s=spectra: windows_ln_d(net, s, jnp.asarray(rc[0]), jnp.asarray(rc[1]), t),
+            in_band,
             (rows[inside] - top, cols[inside]),
             size,
             on_batch=on_batch,
