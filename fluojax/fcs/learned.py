@@ -491,8 +491,8 @@ def predict_imfcsnet_map(
         stack: (T, H, W) array or memory map of counts.
         window_frames: int, frames per chunk (the network's training length, e.g. 2,500).
         overlap: per-pixel map with an empty 1-pixel border (True) or 3 x 3 tiles (False).
-        batch: int, windows per compiled call (``"fft"``: about 1 MB each at T = 2,500 and the
-            paper's network).
+        batch: int, windows per compiled call (``"fft"``: about 2 MB each at T = 2,500 and the
+            paper's network, on top of the pixel spectra, held for bands of image rows of ~1 GiB).
         progress: progress of the windows (:func:`fluojax.progress.progress`: None or True, a bar
             on a terminal and a line every ~10 s in logs; False: nothing).
         method: ``"fft"`` (default) or ``"direct"`` (the network on each window's stack, for checks).
