@@ -129,7 +129,7 @@ def plot_recovery(path: str | Path, settings, times, data, curves: dict, title: 
     plt.close(fig)
 
 
-def plot_super_resolution(path: str | Path, rendered, title: str) -> None:
+def plot_super_resolution(path: str | Path, rendered, title: str, label: str | None = None) -> None:
     """A super-resolution image (localizations per bin, e.g. ``fluojax.smlm.localizations.render``)
     in µm, row 0 at the top, its colours clipped at the 99.5th percentile of the non-empty bins.
 
@@ -138,6 +138,7 @@ def plot_super_resolution(path: str | Path, rendered, title: str) -> None:
         rendered: anything with ``image`` (H, W), ``extent_nm`` (left, right, bottom, top) and
             ``bin_nm`` (``fluojax.smlm.localizations.Rendered``).
         title: figure title.
+        label: the colour bar's label (None: localizations per bin).
     """
     _, plt = _pyplot()
     image = np.asarray(rendered.image, np.float64)
@@ -147,7 +148,9 @@ def plot_super_resolution(path: str | Path, rendered, title: str) -> None:
     height, width = image.shape
     fig, ax = plt.subplots(figsize=(6.4, 6.4 * height / max(width, 1) + 0.6))
     im = ax.imshow(image, cmap="hot", vmin=0.0, vmax=top if top > 0 else 1.0, extent=extent, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=f"localizations per {rendered.bin_nm:.3g} nm bin", shrink=0.8)
+    if label is None:
+        label = f"localizations per {rendered.bin_nm:.3g} nm bin"
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.set_title(title, fontsize=10)

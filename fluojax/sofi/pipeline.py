@@ -517,7 +517,8 @@ def write_image(
     shown = np.nan_to_num(image)
     drawn = _Drawn(shown, image_extent_nm(shown.shape, order, drawn_nm), drawn_nm / order)
     unknown = "" if pixel_nm else " (pixel size unknown: 1 camera pixel drawn as 1 µm)"
-    plot_super_resolution(folder / f"{stem}.png", drawn, f"{title}{unknown}")
+    label = f"{quantity} ({unit})" if unit else quantity
+    plot_super_resolution(folder / f"{stem}.png", drawn, f"{title}{unknown}", label)
     return [f"{stem}.tif", f"{stem}.png"]
 
 
