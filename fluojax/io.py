@@ -347,7 +347,8 @@ def read_pixel_size_um(path: str | os.PathLike) -> float | None:
 def write_map(
     path: str | os.PathLike, image: Real[np.ndarray, "y x"], quantity: str, unit: str, pixel_um: float | None = None
 ) -> None:
-    """Write a 2D map as a float32 ImageJ TIFF, with its quantity and unit in the metadata.
+    """Write a 2D map as a float32 ImageJ TIFF (uint8 and uint16 maps keep their type), with its
+    quantity and unit in the metadata.
 
     Arguments:
         path: output file.
@@ -357,7 +358,7 @@ def write_map(
         pixel_um: object-space pixel size in um, stored as the spatial calibration.
     """
     image = np.asarray(image)
-    dtype = np.uint8 if image.dtype == np.uint8 else np.float32
+    dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.float32
     meta = {"axes": "YX", "Info": f"quantity={quantity}\nunit={unit or 'dimensionless'}\n"}
     tifffile.imwrite(path, image.astype(dtype), imagej=True, **_calibration(meta, pixel_um))
 

@@ -190,6 +190,25 @@ def test_written_files_have_sofipackages_names_and_the_order_n_pixel_size(stack,
     assert io.read_pixel_size_um(tmp_path / "sofi_c2.tif") == pytest.approx(0.05)  # 100 nm / 2
 
 
+def test_uint16_images_are_sofipackages_65535_times_image_over_its_maximum(full, tmp_path):
+    import tifffile
+
+    names = pipeline.write_images(tmp_path, full, pixel_nm=100.0, uint16=True)
+    for n, image in full.linearized.items():
+        saved = tifffile.imread(tmp_path / f"sofi{n}.tif")
+        assert saved.dtype == np.uint16 and saved.max() == 65535
+        expected = np.clip(image.astype(np.float64), 0, None) / np.nanmax(image)
+        np.testing.assert_allclose(saved / 65535.0, expected, atol=0.5 / 65535 + 1e-7)  # rounding to 1/65535
+    assert tifffile.imread(tmp_path / "sofi_c2.tif").dtype == np.uint16
+    assert tifffile.imread(tmp_path / "mean.tif").dtype == np.float32  # counts stay counts
+    assert tifffile.imread(tmp_path / "bsofi_on_ratio.tif").dtype == np.float32
+    assert "bsofi.tif" in names
+
+
+def test_uint16_of_an_image_without_positive_values_is_zero():
+    np.testing.assert_array_equal(pipeline.to_uint16(np.array([[-1.0, np.nan], [0.0, -2.0]])), 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # refusals
 

@@ -27,7 +27,7 @@ imports no jax; a test checks that they are the library's)."""
 LINEARIZE_NAMES = ("root", "adaptive", "none")
 """``--linearize`` choices: ``fluojax.sofi.pipeline.LINEARIZATIONS`` and ``none`` (checked by a test)."""
 
-USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [-o OUT]
+USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [--uint16] [-o OUT]
        fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
        fluojax sofi train --config NAME [--steps N] -o RUN
        fluojax sofi predict STACK.tif --net RUN [--windows | --stride N] [-o OUT]"""
@@ -54,6 +54,11 @@ def _add_image(p: argparse.ArgumentParser) -> None:
         "(flat cumulants only)",
     )
     p.add_argument("--bsofi", action="store_true", help="balanced SOFI and the on-ratio, brightness and density maps")
+    p.add_argument(
+        "--uint16",
+        action="store_true",
+        help="SOFI image TIFFs as sofipackage saves them: uint16, 65535 x image / max (default float32)",
+    )
     common.add_numbers(
         p,
         ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
@@ -190,7 +195,7 @@ def image_command(args) -> int:
     summary["pixel_nm"] = pixel_nm
     summary["total_s"] = time.perf_counter() - t0
     with io.result_folder(out, "sofi-image", args.overwrite, label) as folder:
-        summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name)
+        summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name, args.uint16)
         io.write_json(folder / "summary.json", summary)
     sizes = ", ".join(f"order {o}: {im.shape[0]} x {im.shape[1]}" for o, im in result.cumulants.items())
     fwhm = (

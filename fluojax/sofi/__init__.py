@@ -65,6 +65,7 @@ from fluojax.sofi.pipeline import minimum_frames as minimum_frames
 from fluojax.sofi.pipeline import output_shape as output_shape
 from fluojax.sofi.pipeline import parse_orders as parse_orders
 from fluojax.sofi.pipeline import sofi_images as sofi_images
+from fluojax.sofi.pipeline import to_uint16 as to_uint16
 from fluojax.sofi.pipeline import write_images as write_images
 from fluojax.sofi.simulate import KOMEN_2024 as KOMEN_2024
 from fluojax.sofi.simulate import Blinking as Blinking

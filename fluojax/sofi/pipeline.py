@@ -57,6 +57,7 @@ __all__ = [
     "parse_orders",
     "simulation_settings",
     "sofi_images",
+    "to_uint16",
     "write_image",
     "write_images",
 ]
@@ -484,8 +485,10 @@ def write_image(
     unit: str,
     pixel_nm: float | None = None,
     title: str | None = None,
+    uint16: bool = False,
 ) -> list[str]:
-    """Write one order-n image as ``STEM.tif`` (float32 ImageJ TIFF calibrated with ``pixel_nm / n``)
+    """Write one order-n image as ``STEM.tif`` (float32 ImageJ TIFF calibrated with ``pixel_nm / n``;
+    with ``uint16`` sofipackage's 16-bit image, :func:`to_uint16`)
     and, with a ``title``, ``STEM.png`` (:func:`fluojax.plotting.plot_super_resolution`, axes in µm;
     without a pixel size one camera pixel is drawn as 1 µm and the title says so).
 
@@ -497,6 +500,7 @@ def write_image(
         quantity, unit: stored in the TIFF's metadata.
         pixel_nm: camera pixel size in nm, or None.
         title: the PNG's title (None: no PNG).
+        uint16: write a (y, x) image's TIFF as :func:`to_uint16` (its unit then "relative").
 
     Returns:
         the names of the files written.
@@ -509,6 +513,8 @@ def write_image(
     pixel_um = pixel_nm / order / 1000.0 if pixel_nm else None
     if image.ndim == 3:
         io.write_stack(folder / f"{stem}.tif", image, 1.0, pixel_um)
+    elif uint16:
+        io.write_map(folder / f"{stem}.tif", to_uint16(image), quantity, "65535 x image / max", pixel_um)
     else:
         io.write_map(folder / f"{stem}.tif", image, quantity, unit, pixel_um)
     if title is None:
@@ -522,8 +528,20 @@ def write_image(
     return [f"{stem}.tif", f"{stem}.png"]
 
 
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """sofipackage's 16-bit image: ``round(65535 x max(image, 0) / max(image))`` as uint16 (all
+    zeros where the image has no positive value).
+
+    Arguments:
+        image: (y, x) image, any real values (NaN counts as 0).
+    """
+    x = np.nan_to_num(np.asarray(image, np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0.0)
+    top = x.max(initial=0.0)
+    return np.zeros(x.shape, np.uint16) if top <= 0 else np.rint(65535.0 * x / top).astype(np.uint16)
+
+
 def write_images(
-    folder: str | Path, result: SofiImages, pixel_nm: float | None = None, name: str = "stack"
+    folder: str | Path, result: SofiImages, pixel_nm: float | None = None, name: str = "stack", uint16: bool = False
 ) -> list[str]:
     """Write the images of :func:`sofi_images` into ``folder``: float32 ImageJ TIFFs and PNGs (:func:`write_image`).
 
@@ -539,6 +557,8 @@ def write_images(
         pixel_nm: camera pixel size in nm (None: uncalibrated TIFFs, PNG axes in camera pixels
             drawn as µm).
         name: the stack's name in the PNG titles.
+        uint16: the SOFI images' TIFFs (flat cumulants, linearized and balanced images; not the mean
+            and the bSOFI parameter maps) as sofipackage saves them, :func:`to_uint16`.
 
     Returns:
         the names of the files written.
@@ -549,16 +569,16 @@ def write_images(
     for n, image in result.cumulants.items():
         title = f"{name}: order-{n} SOFI, flat cumulant"
         written += write_image(
-            folder, f"sofi_c{n}", image, n, f"flat order-{n} cross-cumulant", f"counts^{n}", pixel_nm, title
+            folder, f"sofi_c{n}", image, n, f"flat order-{n} cross-cumulant", f"counts^{n}", pixel_nm, title, uint16
         )
     for n, image in result.linearized.items():
         title = f"{name}: order-{n} SOFI, {how} linearization"
         written += write_image(
-            folder, f"{lin}{n}", image, n, f"{how}-linearized order-{n} SOFI", "counts", pixel_nm, title
+            folder, f"{lin}{n}", image, n, f"{how}-linearized order-{n} SOFI", "counts", pixel_nm, title, uint16
         )
     if result.bsofi is not None and result.balanced is not None:
         written += write_image(
-            folder, "bsofi", result.balanced, 4, "balanced SOFI", "", pixel_nm, f"{name}: balanced SOFI"
+            folder, "bsofi", result.balanced, 4, "balanced SOFI", "", pixel_nm, f"{name}: balanced SOFI", uint16
         )
         units = {"on_ratio": "", "brightness": "counts per frame", "density": "emitters"}
         for field, image in result.bsofi._asdict().items():
