@@ -50,19 +50,19 @@ import enum
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
-import optimistix as optx
 from jax.scipy.special import xlogy
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from fluojax.batching import local_devices, map_padded
 from fluojax.cache import compiled_call
+
+if TYPE_CHECKING:  # imported where a solve is traced: a warm run's cached fit never needs them (~0.25 s)
+    import optimistix as optx
 
 __all__ = [
     "BACKENDS",
@@ -142,6 +142,8 @@ class LeastSquaresBackend(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: whether :meth:`stepper` gives a solver (then batches refill slots).
+    steppable: ClassVar[bool] = False
 
     @abc.abstractmethod
     def solve(
@@ -178,13 +180,19 @@ class OptimistixBackend(LeastSquaresBackend):
     (optimistix issues #63 and #66)."""
 
     name: ClassVar[str] = "optimistix"
+    steppable: ClassVar[bool] = True
 
     def stepper(self, settings: LevenbergMarquardt) -> optx.AbstractLeastSquaresSolver:
         """optimistix's solver for these settings (QR or Cholesky linear solves)."""
+        import lineax as lx
+        import optimistix as optx
+
         linear = lx.QR() if settings.linear_solver == "qr" else lx.Normal(lx.Cholesky())
         return optx.LevenbergMarquardt(rtol=settings.rtol, atol=settings.atol, linear_solver=linear)
 
     def solve(self, residual, u0, args, settings):
+        import optimistix as optx
+
         lm = self.stepper(settings)
         sol = optx.least_squares(residual, lm, u0, args, max_steps=settings.max_steps, throw=False)
         ok = sol.result == optx.RESULTS.successful
@@ -542,7 +550,7 @@ def least_squares_batch(
     solve would (iteration counts vary widely between datasets; see docs/benchmarks.md). The
     solver state (iterate, trust region) of a running fit is never reset: each fit runs
     optimistix's iterations as in :func:`least_squares`. A backend that cannot be stepped
-    (:meth:`LeastSquaresBackend.stepper` is None, e.g. jaxopt) solves the datasets in vmapped
+    (:attr:`LeastSquaresBackend.steppable` false, e.g. jaxopt) solves the datasets in vmapped
     chunks of ``chunk``.
 
     Arguments:
@@ -571,7 +579,7 @@ def least_squares_batch(
         chunk = _default_slots()
     solver = options.get("solver", LevenbergMarquardt())
     report = None if progress is None else (lambda out: progress(out.status.size))
-    if solver.backend.stepper(solver) is None:
+    if not solver.backend.steppable:
         chunk_fn: Callable[..., Any] = _fit_chunk
         per_call = max(1, min(chunk, n))
     else:
@@ -616,6 +624,9 @@ def _fit_streaming(model, data, sigma, init, args, options, slots, count):
     """Slot-refilling optimistix Levenberg-Marquardt over a segment of B datasets, of which the
     first ``count`` (traced) are real and the rest padding that is never loaded (see
     :func:`least_squares_batch`); unmasked ``FitResult`` with leading dimension B."""
+    import equinox as eqx
+    import optimistix as optx
+
     opts = dict(options)
     solver = opts.pop("solver", LevenbergMarquardt())
     layout = _layout(init.shape[-1], opts.get("free"), opts.get("lower"), opts.get("upper"), opts.get("log_scale"))

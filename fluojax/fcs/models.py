@@ -202,7 +202,7 @@ class Itir2D(Geometry):
         a, w = float(pixel_side_um(optics)), float(psf_radius_um(optics))
 
         def shape(dtau):
-            return np.asarray(pixel_overlap_factor(a / np.sqrt(w**2 + 4 * dtau)) ** 2)
+            return np.asarray(_overlap_squared(jnp.asarray(a / np.sqrt(w**2 + 4 * dtau), jnp.float32)))
 
         return shape
 
@@ -323,6 +323,12 @@ def pixel_overlap_factor(p: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     exact = erf(p_safe) + jnp.expm1(-(p_safe**2)) / (_SQRT_PI * p_safe)
     series = p / _SQRT_PI * (1.0 - p**2 / 6.0)
     return jnp.where(small, series, exact)
+
+
+@jax.jit
+def _overlap_squared(p: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
+    """``b(p)^2`` (:func:`pixel_overlap_factor`) as one compiled call (op by op it costs ~0.1 s)."""
+    return pixel_overlap_factor(p) ** 2
 
 
 def acf_2d_itir(lag_s: Float[ArrayLike, "*c"], params: ACFParams, optics: Optics) -> Float[Array, "*c"]:
