@@ -14,6 +14,13 @@ os.environ.setdefault("FLUOJAX_NO_CACHE", "1")
 from fluojax.fcs.models import Optics
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``slow`` first, everything else in collection order: under
+    ``pytest -n 2 --dist loadgroup`` the workers take the long units first and end on short ones,
+    instead of one worker running a long test alone at the end (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request):
     """The dtype under test; float64 runs inside ``jax.enable_x64(True)``, left when the test ends,

@@ -10,7 +10,7 @@ from fluojax.cli import main
 
 # every test here shares one expensive module fixture: one xdist worker runs them all, so the
 # fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
-pytestmark = pytest.mark.xdist_group("cli_learned")
+pytestmark = [pytest.mark.xdist_group("cli_learned"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")

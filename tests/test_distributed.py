@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # one worker: the one-process training reference is computed once and shared
-pytestmark = pytest.mark.xdist_group("distributed")
+pytestmark = [pytest.mark.xdist_group("distributed"), pytest.mark.slow]
 
 # a tiny network, its simulated data and schedule, shared by the subprocesses and the references
 TRAINING = textwrap.dedent(

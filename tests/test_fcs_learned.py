@@ -2,9 +2,15 @@
 
 import jax
 import numpy as np
+import pytest
 
 from fluojax.fcs import correlator, estimate, models, pipeline
 from fluojax.fcs.learned import physics_check_chi2
+
+pytestmark = [
+    pytest.mark.xdist_group("fcs_learned"),
+    pytest.mark.slow,
+]  # its session fixture is built once, on one worker
 
 FRAME_TIME_S = 1.06e-3
 SETTINGS = pipeline.AnalysisSettings(FRAME_TIME_S, models.Optics())
@@ -62,7 +68,6 @@ def test_hybrid_start_from_true_d_converges_in_fewer_steps():
 # ---------------------------------------------------------------------------------------------
 
 
-import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from fluojax.fcs import learned, simulate  # noqa: E402

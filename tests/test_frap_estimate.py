@@ -25,7 +25,7 @@ from fluojax.noise import AffineGaussianNoise
 
 # every test here shares one expensive module fixture: one xdist worker runs them all, so the
 # fixture is built once (make test uses --dist loadgroup; without xdist the mark does nothing)
-pytestmark = pytest.mark.xdist_group("frap_estimate")
+pytestmark = [pytest.mark.xdist_group("frap_estimate"), pytest.mark.slow]
 
 SETTINGS = fm.FrapSettings(n_pixels=64, pad=32, n_prebleach=5, n_bleach=2, n_postbleach=40)
 PRIOR = fs.FrapPrior.from_um2_s((1.0, 100.0))

@@ -52,11 +52,13 @@ def _recovered_d(optics, three_d, frame_time_s, seeds):
     return float(np.nanmedian(np.concatenate(fitted)))
 
 
+@pytest.mark.slow
 def test_fitting_simulated_2d_stacks_recovers_d_within_5_percent(optics_2d):
     # 4 independent 12 x 12 x 30,000 stacks; per-stack medians scatter by ~5 %, their pool by ~2.5 %
     assert _recovered_d(optics_2d, False, 1.06e-3, range(4)) == pytest.approx(1.0, rel=0.05)
 
 
+@pytest.mark.slow
 def test_fitting_simulated_3d_stacks_recovers_d_within_5_percent(optics_3d):
     assert _recovered_d(optics_3d, True, 2.04e-3, range(4)) == pytest.approx(1.0, rel=0.05)
 

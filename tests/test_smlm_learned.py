@@ -13,7 +13,10 @@ from fluojax.io import InputError
 from fluojax.smlm import learned, nets
 from fluojax.smlm.simulate import simulate_frames
 
-pytestmark = pytest.mark.xdist_group("smlm_learned")  # its session fixtures are built once, on one worker
+pytestmark = [
+    pytest.mark.xdist_group("smlm_learned"),
+    pytest.mark.slow,
+]  # its session fixtures are built once, on one worker
 
 # The best input-independent prediction per positive voxel: a constant probability q minimises
 # -ln q - 3 ln(1 - q) (one positive, three hard negatives that all score the same) at q = 1/4,

@@ -17,7 +17,10 @@ from fluojax import train as training
 from fluojax.io import InputError
 from fluojax.sofi import learned, nets
 
-pytestmark = pytest.mark.xdist_group("sofi_learned")  # its session fixtures are built once, on one worker
+pytestmark = [
+    pytest.mark.xdist_group("sofi_learned"),
+    pytest.mark.slow,
+]  # its session fixtures are built once, on one worker
 
 FRAMES = 4  # input frames of the tiny network (the paper: 20)
 
