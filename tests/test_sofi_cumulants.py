@@ -302,6 +302,20 @@ def test_frame_blocks_average_the_per_block_cumulants():
     np.testing.assert_allclose(auto, want, rtol=1e-5, atol=1e-6)
 
 
+def test_blocks_of_different_lengths_weigh_by_their_frames_and_keep_the_structure_of_fn():
+    """mean_over_blocks of a 20- and a 30-frame block = (20 f(B_1) + 30 f(B_2)) / 50, for every
+    leaf of a pytree-valued fn (float32 cumulants of each block, averaged in float64)."""
+    stack = np.random.default_rng(4).gamma(2.0, 1.0, size=(50, 6, 7)).astype(np.float32)
+
+    def fn(b):
+        return {"k2": cumulants.cross_cumulant_sublattices(b, 2), "mean": np.mean(b, axis=0)}
+
+    got = cumulants.mean_over_blocks([stack[:20], stack[20:]], fn)
+    for key in ("k2", "mean"):
+        want = (20 * np.asarray(fn(stack[:20])[key], np.float64) + 30 * np.asarray(fn(stack[20:])[key])) / 50
+        np.testing.assert_allclose(np.asarray(got[key]), want, rtol=1e-6, atol=1e-7)  # float32 rounding
+
+
 @pytest.mark.parametrize(
     "cumulant",
     [

@@ -24,7 +24,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,8 @@ __all__ = [
     "mean_over_blocks",
     "partitions",
 ]
+
+_Block = TypeVar("_Block")  # a frame block as an iterable of them gives it (NumPy, memory map, JAX)
 
 MIN_FRAMES = 4
 """Fewest frames (per block, after the largest lag) a cumulant is computed from, as sofipackage."""
@@ -574,25 +576,33 @@ def auto_cumulants(
     return _blocked(lambda block: _auto_block(block, order, tau), x, block_frames)
 
 
-def mean_over_blocks(blocks: Iterable[ArrayLike], fn: Callable[[Array], Array]) -> Array:
-    """The mean of ``fn(block)`` over an iterable of frame blocks, holding one block at a time.
+def mean_over_blocks(blocks: Iterable[_Block], fn: Callable[[_Block], Any]) -> Any:
+    """The frame-weighted mean ``sum_b T_b fn(B_b) / sum_b T_b`` of a function of frame blocks
+    ``B_b`` (``T_b`` frames each), holding one block at a time.
 
     For stacks that do not fit in memory (e.g. 512 x 512 x 1000 read block by block from a TIFF):
-    ``mean_over_blocks(blocks, lambda b: cross_cumulant_sublattices(b, 2))``. Each block weighs the
-    same; blocks of one shape reuse one compilation of a jitted ``fn``. Short blocks are biased
-    (see :func:`cross_cumulant_sublattices`).
+    ``mean_over_blocks(blocks, lambda b: cross_cumulant_sublattices(b, 2))``. Blocks of equal
+    length weigh the same, as sofipackage's equally long subsequences; a longer block (a short
+    tail joined to the block before it) weighs by its frames. ``fn`` may return a pytree of arrays
+    (several orders, the mean image) and see the block as given (a NumPy block for host-side
+    checks); blocks of one shape reuse one compilation of a jitted ``fn``. The sums are kept in
+    float64 on the host: one transfer per block, which also stops asynchronous dispatch from
+    queueing the next blocks' copies. Short blocks are biased (see :func:`cross_cumulant_sublattices`).
 
     Arguments:
-        blocks: iterable of (T_b, H, W) arrays.
-        fn: cumulant of one block (e.g. a partial of :func:`cross_cumulant_sublattices`).
+        blocks: iterable of (T_b, H, W) arrays (NumPy, memory maps, JAX), passed to ``fn`` as given.
+        fn: ``fn(block)`` -> an array or a pytree of arrays, e.g. a partial of
+            :func:`cross_cumulant_sublattices`.
+
+    Returns:
+        the mean, float32 JAX arrays in ``fn``'s structure.
     """
-    total: Array | None = None
-    count = 0
+    total: Any = None
+    frames = 0
     for block in blocks:
-        value = fn(jnp.asarray(block))
-        # wait for each block: asynchronous dispatch would otherwise queue the next blocks' copies
-        total = jax.block_until_ready(value if total is None else total + value)
-        count += 1
-    require(total is not None, "no frame blocks: the stack has 0 frames")
-    assert total is not None
-    return total / count
+        t = int(np.shape(block)[0])  # type: ignore[call-overload]  # any array-like block
+        value = jax.tree.map(lambda v, t=t: t * np.asarray(v, np.float64), fn(block))
+        total = value if total is None else jax.tree.map(np.add, total, value)
+        frames += t
+    require(total is not None and frames > 0, "no frame blocks: the stack has 0 frames")
+    return jax.tree.map(lambda v: jnp.asarray(v / frames, jnp.float32), total)

@@ -275,6 +275,42 @@ def _with_short_tail_merged(blocks: Iterator[np.ndarray], minimum: int) -> Itera
         yield previous
 
 
+def _checked(
+    blocks: Iterator[np.ndarray], computed: tuple[int, ...], name: str, seen: dict[str, int]
+) -> Iterator[np.ndarray]:
+    """The blocks, each checked against the first's pixels and the orders' needs; counts the
+    frames and blocks passed on in ``seen``."""
+    first = None
+    for block in blocks:
+        if first is not None:
+            require(
+                block.shape[1:] == first,
+                f"{name}: a block of {block.shape[1]} x {block.shape[2]} pixels after blocks of "
+                f"{first[0]} x {first[1]}",
+            )
+        check_stack_shape(block.shape if first is None else (None, *block.shape[1:]), computed, name)
+        first = block.shape[1:]
+        seen["frames"] += block.shape[0]
+        seen["blocks"] += 1
+        yield block
+
+
+def _block_terms(block: np.ndarray, computed: tuple[int, ...], name: str) -> tuple:
+    """(mean image, 1 if any pixel fluctuates else 0, {order: cross-cumulant sub-lattices}) of one
+    block; a block without fluctuations has every cumulant 0 (not computed: its float32 mean
+    could leave rounding residues)."""
+    varies = check_block(block, name)
+    x = jnp.asarray(block)
+    sub = {}
+    for order in computed:
+        if varies:
+            sub[order] = cumulants.cross_cumulant_sublattices(x, order)
+        else:
+            shape = jax.eval_shape(lambda y, n=order: cumulants.cross_cumulant_sublattices(y, n), x).shape
+            sub[order] = np.zeros(shape, np.float32)
+    return block.mean(axis=0, dtype=np.float64), np.float64(varies), sub
+
+
 def sofi_images(
     stack_or_blocks: Float[np.ndarray, "t y x"] | Iterable[Float[np.ndarray, "t y x"]],
     orders: Iterable[int] = (2,),
@@ -290,7 +326,8 @@ def sofi_images(
     For each block b of ``T_b`` frames and order n the cross-cumulant sub-lattices ``K_n^b``
     (n, n, H - 3, W - 3) are computed (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`,
     each block centred by its own mean); the stack's are ``K_n = sum_b T_b K_n^b / sum_b T_b``
-    (sofipackage averages its equally long subsequences). A last block shorter than
+    (:func:`fluojax.sofi.cumulants.mean_over_blocks`; sofipackage averages its equally long
+    subsequences). A last block shorter than
     ``block_frames / 2`` or than the highest order needs (:func:`minimum_frames`) is joined to the
     block before it, so no frame is left out. ``K_n`` is flattened by sub-lattice mean
     equalisation, interleaved and 2 x 2 median filtered (:func:`fluojax.sofi.estimate.flatten`).
@@ -334,35 +371,15 @@ def sofi_images(
         check_stack_shape(tuple(stack_or_blocks.shape), computed, name)
     t0 = time.perf_counter()
     shortest = max(least, (block_frames or 0) // 2)
-    sums: dict[int, np.ndarray] = {}
-    total: np.ndarray | None = None
-    frames = n_blocks = 0
-    fluctuates = False
-    for block in _with_short_tail_merged(_blocks(stack_or_blocks, block_frames), shortest):
-        if total is not None:
-            require(
-                block.shape[1:] == total.shape,
-                f"{name}: a block of {block.shape[1]} x {block.shape[2]} pixels after blocks of "
-                f"{total.shape[0]} x {total.shape[1]}",
-            )
-        check_stack_shape(block.shape if n_blocks == 0 else (None, *block.shape[1:]), computed, name)
-        varies = check_block(block, name)
-        fluctuates |= varies
-        total = block.sum(axis=0, dtype=np.float64) + (0.0 if total is None else total)
-        frames += block.shape[0]
-        n_blocks += 1
-        if not varies:  # every cumulant of a block without fluctuations is 0
-            continue
-        x = jnp.asarray(block)
-        for order in computed:
-            sub = block.shape[0] * np.asarray(cumulants.cross_cumulant_sublattices(x, order), np.float64)
-            sums[order] = sub + sums.get(order, 0.0)
-    require(total is not None, f"{name}: holds no frames")
-    assert total is not None
-    require(fluctuates, f"{name}: no fluctuations: every pixel is constant in time, so every cumulant is zero")
+    seen = {"frames": 0, "blocks": 0}
+    blocks = _checked(_with_short_tail_merged(_blocks(stack_or_blocks, block_frames), shortest), computed, name, seen)
+    mean, fluctuation, sub = cumulants.mean_over_blocks(blocks, lambda block: _block_terms(block, computed, name))
+    frames, n_blocks = seen["frames"], seen["blocks"]
+    require(
+        bool(fluctuation > 0), f"{name}: no fluctuations: every pixel is constant in time, so every cumulant is zero"
+    )
     timings = {"cumulants": time.perf_counter() - t0}
     t1 = time.perf_counter()
-    sub = {order: jnp.asarray(s / frames, jnp.float32) for order, s in sums.items()}
     for order in computed:
         require(
             bool(jnp.any(sub[order] != 0)),
@@ -407,7 +424,7 @@ def sofi_images(
         balanced = np.asarray(_balanced_sofi(lin[3], lin[4], maps.on_ratio), np.float32)
     timings["bsofi"] = time.perf_counter() - t3
     return SofiImages(
-        mean=(total / frames).astype(np.float32),
+        mean=np.asarray(mean, np.float32),
         cumulants={o: flat[o] for o in settings.orders},
         linearized=linearized,
         bsofi=maps,
