@@ -198,8 +198,13 @@ def _bleach_order(text: str) -> int | str:
     raise InputError(f"--bleach {text!r}: use auto, polyK with K from 1 to 8, or none")
 
 
-def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
-    """D, N, G_inf, chi^2 and status maps (TIFF), maps.png and summary.json in ``folder``."""
+def _write_fcs_outputs(folder: Path, maps, settings, extra: dict, figures=None) -> dict:
+    """D, N, G_inf, chi^2 and status maps (TIFF), maps.png and summary.json in ``folder``
+    (the figure drawn by ``figures``, a :class:`fluojax.plotting.FigureProcess`, when given)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
     from fluojax import io
     from fluojax.fcs.models import pixel_side_um
     from fluojax.fcs.pipeline import maps_summary
@@ -211,7 +216,11 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
     io.write_map(folder / "Ginf.tif", maps.g_inf, "G_inf", "", pixel_um)
     io.write_map(folder / "chi2.tif", maps.chi2_reduced, "reduced chi^2", "", pixel_um)
     io.write_map(folder / "status.tif", maps.status, "fit status", "code", pixel_um)
-    plot_d_map(folder / "maps.png", maps, extra.get("title", "Imaging FCS"))
+    title = extra.get("title", "Imaging FCS")
+    if figures is None:
+        plot_d_map(folder / "maps.png", maps, title)
+    else:
+        figures.draw("plot_d_map", folder / "maps.png", SimpleNamespace(d_um2_s=np.asarray(maps.d_um2_s)), title)
     summary = {**maps_summary(maps, settings), **{k: v for k, v in extra.items() if k != "title"}}
     io.write_json(folder / "summary.json", summary)
     return summary
@@ -222,20 +231,29 @@ def _write_fcs_outputs(folder: Path, maps, settings, extra: dict) -> dict:
 
 
 def fit_command(args) -> int:
-    """``fluojax fcs fit``: one stack or many (:func:`fluojax.cli.common.fit_stacks`)."""
-    return common.fit_stacks(args, "fcs-fit", "_fcs", _fit_setup)
+    """``fluojax fcs fit``: one stack or many (:func:`fluojax.cli.common.fit_stacks`). The D maps
+    are drawn by a figure process started first, which imports matplotlib while this one imports
+    JAX and reads the stacks (:func:`fluojax.plotting.start_figure_process`)."""
+    from fluojax.plotting import start_figure_process
+
+    figures = start_figure_process()
+    try:
+        return common.fit_stacks(args, "fcs-fit", "_fcs", functools.partial(_fit_setup, figures=figures))
+    finally:
+        if figures is not None:
+            figures.close()
 
 
-def _fit_setup(args) -> common.StackFit:
+def _fit_setup(args, figures=None) -> common.StackFit:
     """The options of ``fcs fit`` checked once; returns the fit of one stack."""
     from fluojax.fcs.estimate import fcs_solver
 
     return functools.partial(
-        _fit_stack, args, _optics(args, args.binning), _bleach_order(args.bleach), fcs_solver(args.backend)
+        _fit_stack, args, _optics(args, args.binning), _bleach_order(args.bleach), fcs_solver(args.backend), figures
     )
 
 
-def _fit_stack(args, optics, bleach_order, solver, path: str, out: Path, label: str) -> tuple[int, str]:
+def _fit_stack(args, optics, bleach_order, solver, figures, path: str, out: Path, label: str) -> tuple[int, str]:
     """``fcs fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
     from fluojax import distributed, io
     from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack_across_processes
@@ -262,7 +280,7 @@ def _fit_stack(args, optics, bleach_order, solver, path: str, out: Path, label: 
         return 0, "fitted; process 0 writes the maps"
     with io.result_folder(out, "fcs-fit", args.overwrite, label) as folder:
         summary = _write_fcs_outputs(
-            folder, maps, settings, {"input": str(path), "title": f"{Path(path).name} ({args.model})"}
+            folder, maps, settings, {"input": str(path), "title": f"{Path(path).name} ({args.model})"}, figures
         )
     result = (
         f"{summary['fitted']}/{summary['pixels']} pixels fitted, median D = {fmt(summary['medians']['D_um2_s'])} um^2/s"
