@@ -210,7 +210,9 @@ def main() -> None:
     import numba
 
     print("fluojax fcs fit as a whole process vs multipletau + scipy least_squares (unweighted, defaults)")
-    print(f"JAX {jax.__version__} ({jax.default_backend()}), numba {numba.__version__}, ml_dtypes {ml_dtypes.__version__}")
+    print(
+        f"JAX {jax.__version__} ({jax.default_backend()}), numba {numba.__version__}, ml_dtypes {ml_dtypes.__version__}"
+    )
     print(f"host: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}")
     a_um, w_um = optics_lengths()
     with tempfile.TemporaryDirectory(prefix="fluojax_bench_cli_") as tmp:
