@@ -291,7 +291,11 @@ def start_figure_process() -> FigureProcess | None:
 
 
 def _serve(connection) -> None:
-    """The figure process: import matplotlib, then draw each requested figure until told to stop."""
+    """The figure process: import matplotlib, then draw each requested figure until told to stop.
+    Ctrl-C is left to the command, which ends this process (no second traceback from here)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import matplotlib
 

@@ -14,6 +14,23 @@ os.environ.setdefault("FLUOJAX_NO_CACHE", "1")
 from fluojax.fcs.models import Optics
 
 
+def pytest_configure(config):
+    """Refuse ``--dist loadgroup`` where it would not group: pytest >= 9.2 with pytest-xdist
+    <= 3.8 (xdist groups a test by appending ``@group`` to its node id, which pytest 9.2 ignores:
+    pytest-xdist#1386). The tests of a group were then dealt to both workers and every session
+    fixture built twice (minutes of this suite), silently."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    import xdist
+
+    xdist_version = tuple(int(part) for part in xdist.__version__.split(".")[:2])
+    if pytest.version_tuple[:2] >= (9, 2) and xdist_version <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__}: --dist loadgroup "
+            "does not group tests (pytest-xdist#1386); install what pyproject.toml asks for (make install)"
+        )
+
+
 def pytest_collection_modifyitems(config, items):
     """The tests marked ``slow`` first, everything else in collection order: under
     ``pytest -n 2 --dist loadgroup`` the workers take the long units first and end on short ones,
