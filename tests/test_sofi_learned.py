@@ -86,11 +86,6 @@ def trained(tmp_path_factory):
     return recipe, net, history, run_dir
 
 
-def _numpy_fourier_loss(pred, target):
-    fp, ft = np.fft.rfft2(pred), np.fft.rfft2(target)
-    return np.mean(np.abs(np.abs(fp) - np.abs(ft))) + np.mean(np.abs(np.angle(fp) - np.angle(ft)))
-
-
 def _mean_image_on_sofi_grid(inputs):
     """Closed-form predictor: the mean input frame sampled bilinearly where the 2nd-order grid's
     pixels lie (output pixel p at camera pixel 1 + p / 2, sofipackage grid), scaled to max 1."""
@@ -106,21 +101,35 @@ def test_pool_pairs_have_the_network_shapes(trained):
     inputs, targets = learned.simulate_pool(jax.random.key(3), recipe, 8, progress=False)
     assert inputs.shape == (8, FRAMES, 12, 12) and targets.shape == (8, 17, 17)  # 2 (12 - 4) + 1
     np.testing.assert_allclose(targets.max(axis=(1, 2)), 1.0, rtol=1e-6)  # normalised to the maximum
-    np.testing.assert_allclose(inputs.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
-    np.testing.assert_allclose(inputs.max(axis=(1, 2, 3)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(inputs.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)  # each window standardised
+    np.testing.assert_allclose(inputs.std(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+def _pearson(a, b):
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(axis=1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(axis=1, keepdims=True)
+    return np.sum(a * b, axis=1) / np.sqrt(np.sum(a * a, axis=1) * np.sum(b * b, axis=1))
 
 
 def test_tiny_recipe_learns_past_the_mean_image(trained):
-    recipe, _, history, _ = trained
+    """Held out, the trained network beats the best affine function of the mean image, fitted to
+    each target by least squares (MSE var(T) (1 - r^2), r its Pearson with the target), both in
+    MSE (the recipe's loss, recomputed here in NumPy) and in Pearson."""
+    recipe, net, history, _ = trained
     held_out = recipe.training_data(0, False).held_out  # the run's held-out pool (seed 0), rebuilt
-    baseline = np.mean(
-        [_numpy_fourier_loss(_mean_image_on_sofi_grid(x), np.asarray(y, np.float64)) for x, y in held_out]
-    )
-    start, end = history.eval_loss[0], history.eval_loss[-1]
+    x = np.concatenate([np.asarray(b[0]) for b in held_out])
+    y = np.concatenate([np.asarray(b[1]) for b in held_out]).astype(np.float64)
+    pred = np.concatenate([np.asarray(nnx.jit(lambda n, v: n(v))(net, jnp.asarray(b[0]))) for b in held_out])
+    r_mean = _pearson(_mean_image_on_sofi_grid(x), y)
+    affine_mse = np.mean(np.var(y.reshape(len(y), -1), axis=1) * (1 - r_mean**2))
+    mse = np.mean((pred - y) ** 2)
+    # seeds 0, 1, 2: held-out MSE 0.076, 0.075, 0.068 -> 0.025, 0.027, 0.022 (affine mean image 0.027,
+    # 0.028, 0.025); Pearson 0.72, 0.70, 0.72 (mean image 0.65, 0.62, 0.65)
     assert history.step[-1] == 120
-    # seeds 0, 1, 2: held out 4.4, 4.6, 5.6 -> 2.5, 2.9, 2.9; the mean image 3.1, 3.3, 3.3
-    assert end < 0.7 * start
-    assert end < 0.95 * baseline, (start, end, baseline)
+    np.testing.assert_allclose(history.eval_loss[-1], mse, rtol=1e-4)  # the engine's loss is this MSE
+    assert history.eval_loss[-1] < 0.5 * history.eval_loss[0]
+    assert mse < affine_mse, (mse, affine_mse)
+    assert np.mean(_pearson(pred, y)) > np.mean(r_mean), (np.mean(_pearson(pred, y)), np.mean(r_mean))
 
 
 def test_training_moves_every_weight(trained):
@@ -164,9 +173,8 @@ def test_network_input_ignores_camera_offset_and_gain():
     rng = np.random.default_rng(2)
     x = rng.uniform(90.0, 400.0, (2, 5, 6, 7))
     got = np.asarray(learned.network_input(3.7 * x + 100.0))
-    lo = x.min(axis=(1, 2, 3), keepdims=True)
-    want = (x - lo) / (x.max(axis=(1, 2, 3), keepdims=True) - lo)  # per window, not per batch
-    np.testing.assert_allclose(got, want, atol=1e-6)  # float32 of values in [0, 1]
+    want = (x - x.mean(axis=(1, 2, 3), keepdims=True)) / x.std(axis=(1, 2, 3), keepdims=True)  # per window
+    np.testing.assert_allclose(got, want, atol=2e-5)  # float32 of values of order 1
 
 
 def test_target_ignores_the_camera_offset():
