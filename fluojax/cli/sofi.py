@@ -268,7 +268,10 @@ def simulate_command(args) -> int:
 
 def train_command(args) -> int:
     """``fluojax sofi train``."""
-    return common.run_training(args, _learned(), "Fourier loss", "loss (held out: Fourier amplitude + phase L1)")
+    learned = _learned()
+    if learned.RECIPES[args.config].loss == "fourier":
+        return common.run_training(args, learned, "Fourier loss", "loss (held out: Fourier amplitude + phase L1)")
+    return common.run_training(args, learned, "pixel MSE", "pixel MSE (held out)")
 
 
 def predict_command(args) -> int:
