@@ -269,9 +269,14 @@ def simulate_command(args) -> int:
 def train_command(args) -> int:
     """``fluojax sofi train``."""
     learned = _learned()
-    if learned.RECIPES[args.config].loss == "fourier":
-        return common.run_training(args, learned, "Fourier loss", "loss (held out: Fourier amplitude + phase L1)")
-    return common.run_training(args, learned, "pixel MSE", "pixel MSE (held out)")
+    return common.run_training(args, learned, *_LOSS_LABELS[learned.RECIPES[args.config].loss])
+
+
+#: the recipes' losses (``sofi.learned.LOSSES``) as the training summary and loss plot name them
+_LOSS_LABELS = {
+    "mse": ("pixel MSE", "pixel MSE (held out)"),
+    "fourier": ("Fourier loss", "loss (held out: Fourier amplitude + phase L1)"),
+}
 
 
 def predict_command(args) -> int:
