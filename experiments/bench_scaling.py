@@ -22,7 +22,8 @@ Ratios are against the one-device row. Results are checked equal to the one-devi
 
 On a CPU, forced host devices and local processes share the same cores: the table shows
 correctness and the overhead of splitting, not a speed-up. Where a machine has several
-accelerators, run it with ``--devices`` set to their count and no forcing (``--real``).
+accelerators, run it with ``--real``: no forcing, the default platform, and only the
+configurations with at most that many devices (``CUDA_VISIBLE_DEVICES`` picks the first D).
 
 Usage:
     PYTHONPATH=. JAX_PLATFORMS=cpu python experiments/bench_scaling.py [--pixels 4096] [--repeats 3]
@@ -109,15 +110,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _accelerators() -> int:
+    """Local accelerators, counted in a subprocess (this process never initialises JAX)."""
+    code = "import jax; print(jax.local_device_count())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
 def run(name: str, devices: int, processes: int, args, tmp: Path) -> dict:
     out = str(tmp / name.replace(" ", "_"))
     script = WORKER.format(
         experiments=str(ROOT / "experiments"), pixels=args.pixels, repeats=args.repeats, steps=args.steps, out=out
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update({"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": env.get("JAX_PLATFORMS", "cpu")})
+    env["PYTHONPATH"] = str(ROOT)
     if not args.real:
+        env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    else:  # the first `devices` accelerators of the machine
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(devices))
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     port = _free_port()
     procs = []
     for i in range(processes):
@@ -128,6 +139,8 @@ def run(name: str, devices: int, processes: int, args, tmp: Path) -> dict:
                 "FLUOJAX_NUM_PROCESSES": str(processes),
                 "FLUOJAX_PROCESS_ID": str(i),
             }
+            if args.real:  # one accelerator per process
+                extra["CUDA_VISIBLE_DEVICES"] = str(i)
         procs.append(subprocess.Popen([sys.executable, "-c", script], env={**env, **extra}, cwd=ROOT))
     for p in procs:
         if p.wait() != 0:
@@ -150,6 +163,10 @@ def main() -> None:
     import numpy as np
 
     configs = [("1 device", 1, 1), ("2 devices", 2, 1), ("4 devices", 4, 1), ("2 processes", 1, 2)]
+    if args.real:  # only what the machine has: two processes need a device each (NCCL refuses a shared GPU)
+        available = _accelerators()
+        configs = [c for c in configs if c[1] * c[2] <= available]
+        print(f"--real: {available} accelerator(s); configurations {[c[0] for c in configs]}", file=sys.stderr)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, devices, processes in configs:
