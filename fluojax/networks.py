@@ -16,7 +16,10 @@ its training data (:meth:`Recipe.training_data`) and what else its checkpoints m
 - :func:`parameter_count` (trainable weights, the one parameter count) and
   :func:`keras_parameter_count` (plus the BatchNorm running statistics: Keras's "Total params",
   to compare with papers that quote it);
-- :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors.
+- :func:`log_uniform`, the draw of scale parameters (D, densities, noise levels) in training priors;
+- :func:`variance_scaling` and its named cases (:func:`he_normal`, :func:`lecun_normal`,
+  :func:`glorot_uniform`): the weight initializers of ``jax.nn.initializers`` with the same values,
+  drawn over the flattened shape (see :func:`variance_scaling` for why).
 
 Nothing here names a technique. Flax and the training engine are imported when first needed, so
 importing this module costs only NumPy and JAX.
@@ -47,7 +50,10 @@ __all__ = [
     "Recipe",
     "TrainingData",
     "eval_view",
+    "glorot_uniform",
+    "he_normal",
     "keras_parameter_count",
+    "lecun_normal",
     "load_network",
     "log_uniform",
     "network_meta",
@@ -55,6 +61,7 @@ __all__ = [
     "predict",
     "save_network",
     "train_recipe",
+    "variance_scaling",
 ]
 
 
@@ -389,3 +396,82 @@ def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) ->
     """
     x = jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
     return jnp.clip(x, lo, hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# weight initializers
+# ----------------------------------------------------------------------------------------------
+
+
+def _fans(shape: Sequence[int], in_axis, out_axis, batch_axis) -> tuple[float, float]:
+    """(fan_in, fan_out) of a weight array: its input and output sizes times the receptive field
+    (the axes that are neither input, output nor batch), as ``jax.nn.initializers`` counts them."""
+
+    def size(axis) -> int:
+        return shape[axis] if isinstance(axis, int) else int(np.prod([shape[i] for i in axis]))
+
+    in_size, out_size, batch_size = size(in_axis), size(out_axis), size(batch_axis)
+    receptive_field = int(np.prod(shape)) / in_size / out_size / batch_size
+    return in_size * receptive_field, out_size * receptive_field
+
+
+def variance_scaling(
+    scale: float,
+    mode: str,
+    distribution: str,
+    in_axis: int | Sequence[int] = -2,
+    out_axis: int | Sequence[int] = -1,
+    batch_axis: int | Sequence[int] = (),
+) -> Callable:
+    """``jax.nn.initializers.variance_scaling(scale, mode, distribution, ...)`` with the same values,
+    its random numbers drawn as a flat vector and reshaped.
+
+    Weights are drawn with variance ``scale / n``, n the fan in, fan out or their mean (``mode``
+    ``"fan_in"``, ``"fan_out"``, ``"fan_avg"``): from a normal truncated to +-2 s.d. and rescaled
+    (``"truncated_normal"``), a normal, or a uniform on +-sqrt(3 scale / n) (He et al. 2015;
+    Glorot & Bengio 2010). JAX's counter-based generator gives element i the same number whatever
+    the array's shape, so drawing ``prod(shape)`` numbers and reshaping them reproduces
+    ``jax.nn.initializers`` bit for bit, while XLA compiles a 1-D draw several times faster than a
+    4-D one on a CPU (0.25 s against 0.5-1.6 s per kernel shape, each shape compiled once per
+    process: seconds per network built).
+
+    Arguments:
+        scale: float, the variance's numerator (2 for He, 1 for LeCun and Glorot).
+        mode: ``"fan_in"``, ``"fan_out"`` or ``"fan_avg"``.
+        distribution: ``"truncated_normal"``, ``"normal"`` or ``"uniform"``.
+        in_axis, out_axis, batch_axis: the weight array's input, output and batch axes.
+
+    Returns:
+        ``init(key, shape, dtype=float32) -> array``, a floating-point initializer.
+    """
+    denominators = {"fan_in": lambda i, o: i, "fan_out": lambda i, o: o, "fan_avg": lambda i, o: (i + o) / 2}
+    if mode not in denominators or distribution not in ("truncated_normal", "normal", "uniform"):
+        raise ValueError(f"variance_scaling: mode {mode!r} or distribution {distribution!r} not supported")
+
+    def init(key, shape, dtype=jnp.float32):
+        shape = tuple(int(n) for n in shape)
+        variance = jnp.array(scale / denominators[mode](*_fans(shape, in_axis, out_axis, batch_axis)), dtype=dtype)
+        flat = (int(np.prod(shape)),)
+        if distribution == "truncated_normal":
+            stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)  # s.d. of N(0, 1) cut at +-2
+            return (jax.random.truncated_normal(key, -2, 2, flat, dtype) * stddev).reshape(shape)
+        if distribution == "normal":
+            return (jax.random.normal(key, flat, dtype) * jnp.sqrt(variance)).reshape(shape)
+        return (jax.random.uniform(key, flat, dtype, -1) * jnp.sqrt(3 * variance)).reshape(shape)
+
+    return init
+
+
+def he_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Callable:
+    """He (Kaiming) normal: truncated normal of variance 2 / fan_in (``jax.nn.initializers.he_normal``)."""
+    return variance_scaling(2.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis)
+
+
+def lecun_normal(in_axis=-2, out_axis=-1, batch_axis=()) -> Callable:
+    """LeCun normal: truncated normal of variance 1 / fan_in (flax's default kernel initializer)."""
+    return variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis, batch_axis)
+
+
+def glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=()) -> Callable:
+    """Glorot (Xavier) uniform: variance 2 / (fan_in + fan_out) (``jax.nn.initializers.glorot_uniform``)."""
+    return variance_scaling(1.0, "fan_avg", "uniform", in_axis, out_axis, batch_axis)

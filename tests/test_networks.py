@@ -173,3 +173,45 @@ def test_log_uniform_stays_in_range_with_a_uniform_logarithm():
     # and its quartiles split the log-range in four equal parts
     q = np.quantile(np.log(x), [0.25, 0.5, 0.75])
     np.testing.assert_allclose(np.diff(q), np.log(2500.0) / 4, rtol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight initializers: jax.nn.initializers' values, drawn flat
+# ---------------------------------------------------------------------------------------------
+
+INITIALIZERS = [  # (ours, JAX's reference), as the technique networks use them
+    (networks.he_normal(), jax.nn.initializers.he_normal()),
+    (networks.lecun_normal(), jax.nn.initializers.lecun_normal()),
+    (networks.glorot_uniform(), jax.nn.initializers.glorot_uniform()),
+    (
+        networks.glorot_uniform(batch_axis=(0,)),
+        jax.nn.initializers.glorot_uniform(batch_axis=(0,)),
+    ),
+    (
+        networks.variance_scaling(2e-4, "fan_in", "truncated_normal"),
+        jax.nn.initializers.variance_scaling(2e-4, "fan_in", "truncated_normal"),
+    ),
+    (
+        networks.variance_scaling(0.5, "fan_out", "normal"),
+        jax.nn.initializers.variance_scaling(0.5, "fan_out", "normal"),
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("shape", [(7, 3), (3, 3, 8, 16)])
+@pytest.mark.parametrize("pair", INITIALIZERS, ids=["he", "lecun", "glorot", "glorot-batch", "kaiming/100", "normal"])
+def test_initializers_equal_jax_initializers_bit_for_bit(pair, shape, dtype):
+    # the same key and shape give the same weights as jax.nn.initializers (exactly: the counter-based
+    # generator gives element i the same number however the array is shaped)
+    ours, reference = pair
+    with jax.enable_x64(dtype == jnp.float64):
+        key = jax.random.key(11)
+        a, b = ours(key, shape, dtype), reference(key, shape, dtype)
+        assert a.shape == b.shape == shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_initializer_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="fan_geo"):
+        networks.variance_scaling(1.0, "fan_geo", "normal")

@@ -38,11 +38,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fluojax import networks
+
 __all__ = ["FCSNet", "FCSNetConfig", "ImFCSNet", "ImFCSNetConfig", "PixelSpectra", "build_network", "fft_correlate"]
 
 _BN: dict[str, Any] = dict(momentum=0.9, epsilon=1e-3)
-_CONV_INIT = jax.nn.initializers.he_normal()
-_DENSE_INIT = jax.nn.initializers.glorot_uniform()
+_CONV_INIT = networks.he_normal()
+_DENSE_INIT = networks.glorot_uniform()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fluojax import networks
 from fluojax.frap.models import FrapParams
 from fluojax.frap.simulate import FrapSample
 from fluojax.io import InputError
@@ -124,7 +125,7 @@ def expected_parameter_count(config: DeepFrapConfig) -> int:
     return config.blocks * per_block
 
 
-_KERNEL_INIT = jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
+_KERNEL_INIT = networks.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
 
 
 class _BlockDense(nnx.Module):

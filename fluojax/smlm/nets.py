@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from fluojax import networks
 from fluojax.io import InputError
 from fluojax.smlm.models import Emitters
 
@@ -47,7 +48,8 @@ HARD_NEGATIVE_RATIO = 3
 """Negative voxels kept per positive voxel by hard-negative mining (Aritake et al. 2021, released code)."""
 
 _BN: dict[str, Any] = dict(momentum=0.9, epsilon=1e-5)  # PyTorch BatchNorm2d defaults (running-average momentum 0.1)
-_CONV_INIT = jax.nn.initializers.he_normal()
+_CONV_INIT = networks.he_normal()
+_HEAD_INIT = networks.lecun_normal()  # flax's default for nnx.Conv
 _TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -127,8 +129,8 @@ class VoxelNet(nnx.Module):
         sizes = (config.in_planes, *config.channels)
         self.blocks = nnx.List([_ConvBlock(sizes[i], sizes[i + 1], k, rngs) for i, k in enumerate(config.kernels)])
         last, z, k = config.channels[-1], config.z_bins, config.head_kernel
-        self.offsets = nnx.Conv(last, 3 * z, (k, k), padding="SAME", rngs=rngs)
-        self.probability = nnx.Conv(last, z, (k, k), padding="SAME", rngs=rngs)
+        self.offsets = nnx.Conv(last, 3 * z, (k, k), padding="SAME", kernel_init=_HEAD_INIT, rngs=rngs)
+        self.probability = nnx.Conv(last, z, (k, k), padding="SAME", kernel_init=_HEAD_INIT, rngs=rngs)
 
     def __call__(self, frames: Float[Array, "b planes ny nx"]) -> Float[Array, "b z ny nx 4"]:
         if frames.ndim != 4 or frames.shape[1] != self.config.in_planes:

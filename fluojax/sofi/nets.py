@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from fluojax import networks
 from fluojax.io import require
 
 __all__ = [
@@ -32,8 +33,8 @@ __all__ = [
 ]
 
 _PRELU_SLOPE = 0.25  # PyTorch's nn.PReLU initial slope, as in the released code
-_CONV_INIT = jax.nn.initializers.he_normal()  # the released code's "hess" option (Kaiming normal, fan in)
-_OUT_INIT = jax.nn.initializers.variance_scaling(2e-4, "fan_in", "truncated_normal")  # Kaiming / 100
+_CONV_INIT = networks.he_normal()  # the released code's "hess" option (Kaiming normal, fan in)
+_OUT_INIT = networks.variance_scaling(2e-4, "fan_in", "truncated_normal")  # Kaiming / 100
 
 
 @dataclasses.dataclass(frozen=True)
