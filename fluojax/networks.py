@@ -432,8 +432,8 @@ def variance_scaling(
     Glorot & Bengio 2010). JAX's counter-based generator gives element i the same number whatever
     the array's shape, so drawing ``prod(shape)`` numbers and reshaping them reproduces
     ``jax.nn.initializers`` bit for bit, while XLA compiles a 1-D draw several times faster than a
-    4-D one on a CPU (0.25 s against 0.5-1.6 s per kernel shape, each shape compiled once per
-    process: seconds per network built).
+    4-D one on a CPU (each weight shape is compiled once per process: seconds per network built;
+    docs/benchmarks.md, "Building a network").
 
     Arguments:
         scale: float, the variance's numerator (2 for He, 1 for LeCun and Glorot).
