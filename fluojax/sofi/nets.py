@@ -92,8 +92,8 @@ def output_size(pixels: int, config: MisrGruConfig | None = None) -> int:
     return (pixels - 1) * c.decoder_stride - 2 * c.decoder_padding + c.decoder_kernel
 
 
-def _conv(c_in: int, c_out: int, kernel: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(c_in, c_out, (kernel, kernel), padding="SAME", kernel_init=_CONV_INIT, rngs=rngs)
+def _conv(c_in: int, c_out: int, kernel: int, rngs: nnx.Rngs, kernel_init=_CONV_INIT) -> nnx.Conv:
+    return nnx.Conv(c_in, c_out, (kernel, kernel), padding="SAME", kernel_init=kernel_init, rngs=rngs)
 
 
 def _prelu() -> nnx.PReLU:
@@ -213,7 +213,7 @@ class MisrGru(nnx.Module):
         self.head_acts = nnx.List([_prelu() for _ in range(config.head_convs)])
         # Kaiming normal scaled by 1/100: the untrained network's images have s.d. ~0.04 rather
         # than ~4 against targets of maximum 1 (not zero: the Fourier loss has no gradient at 0)
-        self.out = nnx.Conv(c, 1, (1, 1), padding="SAME", kernel_init=_OUT_INIT, rngs=rngs)
+        self.out = _conv(c, 1, 1, rngs, kernel_init=_OUT_INIT)
 
     def fuse(self, frames: Float[Array, "b t y x"]) -> Float[Array, "b y x c"]:
         """Encoder and fusion: the sum over time of the last ConvGRU layer's hidden states (B, y, x, C)."""
