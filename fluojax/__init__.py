@@ -1,7 +1,7 @@
 """fluojax: differentiable physics models and estimators for fluorescence microscopy in JAX.
 
-Built today: Imaging FCS (:mod:`fluojax.fcs`), FRAP (:mod:`fluojax.frap`) and SMLM (:mod:`fluojax.smlm`); SOFI is
-planned. The engines (:mod:`fluojax.io`, :mod:`fluojax.fit`, :mod:`fluojax.train`,
+The techniques: Imaging FCS (:mod:`fluojax.fcs`), FRAP (:mod:`fluojax.frap`), SMLM (:mod:`fluojax.smlm`) and
+SOFI (:mod:`fluojax.sofi`). The engines (:mod:`fluojax.io`, :mod:`fluojax.fit`, :mod:`fluojax.train`,
 :mod:`fluojax.networks`, :mod:`fluojax.compare`, :mod:`fluojax.noise`, :mod:`fluojax.plotting`,
 :mod:`fluojax.progress`, ...) and the techniques are imported on first access
 (``fluojax.fcs``, ``fluojax.fit``, ...), so ``import fluojax`` -- and ``fluojax --help`` -- do not

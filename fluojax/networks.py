@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from fluojax import draws
 from fluojax.batching import local_devices, map_padded
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -394,7 +395,7 @@ def log_uniform(key: jax.Array, shape: tuple[int, ...], lo: float, hi: float) ->
     Returns:
         array of ``shape`` (default float type).
     """
-    x = jnp.exp(jax.random.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
+    x = jnp.exp(draws.uniform(key, shape, minval=np.log(lo), maxval=np.log(hi)))
     return jnp.clip(x, lo, hi)
 
 
@@ -429,11 +430,10 @@ def variance_scaling(
     Weights are drawn with variance ``scale / n``, n the fan in, fan out or their mean (``mode``
     ``"fan_in"``, ``"fan_out"``, ``"fan_avg"``): from a normal truncated to +-2 s.d. and rescaled
     (``"truncated_normal"``), a normal, or a uniform on +-sqrt(3 scale / n) (He et al. 2015;
-    Glorot & Bengio 2010). JAX's counter-based generator gives element i the same number whatever
-    the array's shape, so drawing ``prod(shape)`` numbers and reshaping them reproduces
-    ``jax.nn.initializers`` bit for bit, while XLA compiles a 1-D draw several times faster than a
-    4-D one on a CPU (each weight shape is compiled once per process: seconds per network built;
-    docs/benchmarks.md, "Building a network").
+    Glorot & Bengio 2010). The draws are :mod:`fluojax.draws`' (``jax.random``'s values, drawn flat),
+    so the weights equal ``jax.nn.initializers``' bit for bit while XLA compiles them several
+    times faster on a CPU (each weight shape is compiled once per process: seconds per network
+    built; docs/benchmarks.md, "Building a network").
 
     Arguments:
         scale: float, the variance's numerator (2 for He, 1 for LeCun and Glorot).
@@ -451,13 +451,12 @@ def variance_scaling(
     def init(key, shape, dtype=jnp.float32):
         shape = tuple(int(n) for n in shape)
         variance = jnp.array(scale / denominators[mode](*_fans(shape, in_axis, out_axis, batch_axis)), dtype=dtype)
-        flat = (int(np.prod(shape)),)
         if distribution == "truncated_normal":
             stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)  # s.d. of N(0, 1) cut at +-2
-            return (jax.random.truncated_normal(key, -2, 2, flat, dtype) * stddev).reshape(shape)
+            return draws.truncated_normal(key, -2, 2, shape, dtype) * stddev
         if distribution == "normal":
-            return (jax.random.normal(key, flat, dtype) * jnp.sqrt(variance)).reshape(shape)
-        return (jax.random.uniform(key, flat, dtype, -1) * jnp.sqrt(3 * variance)).reshape(shape)
+            return draws.normal(key, shape, dtype) * jnp.sqrt(variance)
+        return draws.uniform(key, shape, dtype, -1) * jnp.sqrt(3 * variance)
 
     return init
 

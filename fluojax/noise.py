@@ -55,6 +55,7 @@ import numpy as np
 from jax.scipy.special import gammaln, i1e, xlogy
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from fluojax import draws
 from fluojax.io import require
 
 __all__ = [
@@ -100,7 +101,7 @@ def _shot_noise(key: PRNGKeyArray, electrons: ArrayLike) -> tuple[Array, Array, 
     read sub-keys: ``(n, lam, k_gain, k_read)``, ``n`` in the floating dtype of ``lam``."""
     k_shot, k_gain, k_read = jax.random.split(key, 3)
     lam = jnp.maximum(_float(electrons), 0.0)
-    n = jax.random.poisson(k_shot, lam).astype(lam.dtype)
+    n = draws.poisson(k_shot, lam).astype(lam.dtype)
     return n, lam, k_gain, k_read
 
 
@@ -289,7 +290,7 @@ class GaussianReadNoise(Camera):
 
     def counts(self, key: PRNGKeyArray, photons: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
         n, lam, _, k_read = _shot_noise(key, self.electrons(photons))
-        read = self.read_noise_e * jax.random.normal(k_read, lam.shape, lam.dtype)
+        read = self.read_noise_e * draws.normal(k_read, lam.shape, lam.dtype)
         return _read(n + read, self.gain_adu_per_e, self.offset_adu, self.quantize)
 
     def _read_var(self):
@@ -388,7 +389,7 @@ class EMCCD(Camera):
         n, lam, k_gain, k_read = _shot_noise(key, self.electrons(photons))
         register = jax.random.gamma(k_gain, jnp.maximum(n, 1.0), dtype=lam.dtype)
         amplified = jnp.where(n > 0, register * self.em_gain, 0.0)
-        read = self.read_noise_e * jax.random.normal(k_read, lam.shape, lam.dtype)
+        read = self.read_noise_e * draws.normal(k_read, lam.shape, lam.dtype)
         return _read(amplified + read, self.gain_adu_per_e, self.offset_adu, self.quantize)
 
     def _electrons_out(self, counts_adu) -> Array:
@@ -470,7 +471,7 @@ class SCMOS(Camera):
 
     def counts(self, key: PRNGKeyArray, photons: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
         n, lam, _, k_read = _shot_noise(key, self.electrons(photons))
-        read = jnp.sqrt(self.read_variance_e2) * jax.random.normal(k_read, lam.shape, lam.dtype)
+        read = jnp.sqrt(self.read_variance_e2) * draws.normal(k_read, lam.shape, lam.dtype)
         return _read(n + read, self.gain_adu_per_e, self.offset_adu, self.quantize)
 
     def _read_var(self):
@@ -537,4 +538,4 @@ class AffineGaussianNoise(NamedTuple):
         Returns:
             noisy images, shape and dtype of ``images``.
         """
-        return images + jnp.sqrt(self.variance(images)) * jax.random.normal(key, images.shape, images.dtype)
+        return images + jnp.sqrt(self.variance(images)) * draws.normal(key, images.shape, images.dtype)

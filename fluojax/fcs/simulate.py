@@ -40,6 +40,7 @@ import numpy as np
 from jax.scipy.special import erf
 from jax.typing import ArrayLike
 
+from fluojax import draws
 from fluojax.fcs.models import (
     ITIR_2D,
     SPIM_3D,
@@ -179,7 +180,7 @@ def _simulate(key, sample, optics, geometry: StackGeometry, camera: Camera, acti
     rate = jnp.broadcast_to(rate, (n,)) if active is None else jnp.where(active, rate, 0.0)
 
     k_init, k_z, k_run = jax.random.split(key, 3)
-    xy = lo + side * jax.random.uniform(k_init, (n, 2))
+    xy = lo + side * draws.uniform(k_init, (n, 2))
     if geometry.three_d:
         wz = sheet_radius_um(optics)
         half_depth = geometry.depth_factor * wz / 2.0
@@ -196,7 +197,7 @@ def _simulate(key, sample, optics, geometry: StackGeometry, camera: Camera, acti
         # Each frame's random numbers come from its own key, as in a frame-by-frame loop.
         xy, z = pos
         k_xy, k_z, k_cam = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
-        normal = jax.vmap(lambda k, shape: jax.random.normal(k, shape), in_axes=(0, None))
+        normal = jax.vmap(lambda k, shape: draws.normal(k, shape), in_axes=(0, None))
         path_xy = xy + jnp.cumsum(step_sd * normal(k_xy, (s, n, 2)).reshape(f * s, n, 2), axis=0)
         path_xy = lo + jnp.mod(path_xy - lo, side)
         if geometry.three_d:
@@ -503,7 +504,7 @@ def simulate_training_batch(
         stack = _simulate(
             k_sim, DiffusionSample(p.d_um2_s, p.brightness), prior.optics(p.sigma0), geometry, IdealCamera(), active
         )
-        return stack + p.noise_sd * jax.random.normal(k_noise, stack.shape, jnp.float32)
+        return stack + p.noise_sd * draws.normal(k_noise, stack.shape, jnp.float32)
 
     stacks = jax.vmap(one)(jax.random.split(k_stacks, batch), params)
     return stacks, params

@@ -56,6 +56,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
+from fluojax import draws
 from fluojax.frap.models import (
     DEEPFRAP_D_UM2_S,
     DEEPFRAP_PIXEL_UM,
@@ -332,7 +333,7 @@ def add_curve_noise(
         (..., T) noisy curve.
     """
     var = curve_noise_variance(curve, noise, effective_pixels, roi_sum, weighted_intensity)
-    return curve + jnp.sqrt(var) * jax.random.normal(key, curve.shape, curve.dtype)
+    return curve + jnp.sqrt(var) * draws.normal(key, curve.shape, curve.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from fluojax import draws
 from fluojax.io import require
 from fluojax.noise import Camera, IdealCamera
 from fluojax.smlm.models import PSF, Emitters, Gaussian2D, QuadPlane, frame_expected, pixel_grid, weight_to_photons
@@ -80,8 +81,8 @@ class AdditiveNoise(FrameNoise):
 
     def apply(self, key, signal, background):
         k_bg, k_read = jax.random.split(key)
-        bg = jax.random.poisson(k_bg, jnp.broadcast_to(background, signal.shape)).astype(signal.dtype)
-        return signal + bg + self.gaussian_sd * jax.random.normal(k_read, signal.shape, signal.dtype)
+        bg = draws.poisson(k_bg, jnp.broadcast_to(background, signal.shape)).astype(signal.dtype)
+        return signal + bg + self.gaussian_sd * draws.normal(k_read, signal.shape, signal.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +205,7 @@ def structured_background(
 ) -> Float[Array, "ny nx"]:
     """A smooth random field of zero mean and unit s.d.: white noise low-passed by a Gaussian of
     s.d. ``scale_nm`` (in Fourier space, periodic), then standardised."""
-    white = jax.random.normal(key, shape)
+    white = draws.normal(key, shape)
     fy = jnp.fft.fftfreq(shape[0], d=pixel_nm)[:, None]
     fx = jnp.fft.rfftfreq(shape[1], d=pixel_nm)[None, :]
     kernel = jnp.exp(-2.0 * (jnp.pi * scale_nm) ** 2 * (fx**2 + fy**2))

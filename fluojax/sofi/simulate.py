@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fluojax import noise
+from fluojax import draws, noise
 from fluojax.io import require
 from fluojax.optics import fwhm_to_sigma, pixel_fractions
 
@@ -229,15 +229,15 @@ def draw_on_intervals(key: PRNGKeyArray, n: int, blinking: Blinking, cycles: int
     """
     k_state, k_off, k_on, k_bleach = jax.random.split(key, 4)
     starts_on = jax.random.bernoulli(k_state, blinking.on_fraction, (n,))
-    off = blinking.tau_off * jax.random.exponential(k_off, (n, cycles))
+    off = blinking.tau_off * draws.exponential(k_off, (n, cycles))
     off = off.at[:, 0].set(jnp.where(starts_on, 0.0, off[:, 0]))
-    on = blinking.tau_on * jax.random.exponential(k_on, (n, cycles))
+    on = blinking.tau_on * draws.exponential(k_on, (n, cycles))
     ends = jnp.cumsum(off + on, axis=1)
     start = ends - on
     if blinking.tau_bleach is None:
         length = on
     else:
-        budget = blinking.tau_bleach * jax.random.exponential(k_bleach, (n, 1))
+        budget = blinking.tau_bleach * draws.exponential(k_bleach, (n, 1))
         before = jnp.cumsum(on, axis=1) - on
         length = jnp.clip(budget - before, 0.0, on)
     return OnIntervals(start, length, on, ends[:, -1])
@@ -385,11 +385,11 @@ def grow_microtubules(
     k_n, k_start, k_dir, k_len, k_curv = jax.random.split(key, 5)
     lo, hi = _garden(sample, shape, pixel_nm, margin_nm)
     n = jax.random.randint(k_n, (), sample.count[0], sample.count[1] + 1)
-    start = lo + (hi - lo) * jax.random.uniform(k_start, (n_max, 2))
-    theta0 = 2.0 * jnp.pi * jax.random.uniform(k_dir, (n_max, 1))
-    length = jax.random.uniform(k_len, (n_max, 1), minval=sample.length_nm[0], maxval=sample.length_nm[1])
+    start = lo + (hi - lo) * draws.uniform(k_start, (n_max, 2))
+    theta0 = 2.0 * jnp.pi * draws.uniform(k_dir, (n_max, 1))
+    length = draws.uniform(k_len, (n_max, 1), minval=sample.length_nm[0], maxval=sample.length_nm[1])
     step_um = sample.step_nm / 1000.0
-    dk = sample.curvature_step_per_um * jax.random.normal(k_curv, (n_max, steps))
+    dk = sample.curvature_step_per_um * draws.normal(k_curv, (n_max, steps))
     kappa = jnp.cumsum(dk, axis=1) - dk  # curvature during step s: kappa_0 = 0
     theta = theta0 + step_um * (jnp.cumsum(kappa, axis=1) - kappa)
     moves = sample.step_nm * jnp.stack([jnp.sin(theta), jnp.cos(theta)], axis=-1)  # (F, S, 2)
@@ -443,8 +443,8 @@ def place_emitters(
     u = jax.random.uniform(k_seg, (m,)) * cdf[-1]
     seg = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, weights.size - 1)
     a, b = a.reshape(-1, 2)[seg], b.reshape(-1, 2)[seg]
-    along = jax.random.uniform(k_along, (m, 1))
-    across = sample.width_nm * (jax.random.uniform(k_across, (m, 1)) - 0.5)
+    along = draws.uniform(k_along, (m, 1))
+    across = sample.width_nm * (draws.uniform(k_across, (m, 1)) - 0.5)
     direction = (b - a) / sample.step_nm
     normal = jnp.stack([direction[:, 1], -direction[:, 0]], axis=-1)
     pos = a + along * (b - a) + across * normal
@@ -578,10 +578,10 @@ def scmos_camera(
         quantize: floor to whole ADU as the camera's converter does.
     """
     k_o, k_g, k_v = jax.random.split(key, 3)
-    offset = offset_adu + offset_sd_adu * np.asarray(jax.random.normal(k_o, shape))
-    gain = gain_adu_per_e + gain_sd_adu_per_e * np.asarray(jax.random.normal(k_g, shape))
+    offset = offset_adu + offset_sd_adu * np.asarray(draws.normal(k_o, shape))
+    gain = gain_adu_per_e + gain_sd_adu_per_e * np.asarray(draws.normal(k_g, shape))
     gain = np.maximum(gain, 0.1 * gain_adu_per_e)
-    variance = read_variance_median_e2 * np.exp(read_variance_log_sd * np.asarray(jax.random.normal(k_v, shape)))
+    variance = read_variance_median_e2 * np.exp(read_variance_log_sd * np.asarray(draws.normal(k_v, shape)))
     return noise.SCMOS(
         gain_adu_per_e=gain.astype(np.float32),
         offset_adu=offset.astype(np.float32),
