@@ -3,14 +3,17 @@
 JAX's default generator (threefry, partitionable) is counter-based: element ``i`` of a draw gets
 the same random bits whatever the shape it belongs to, so drawing ``prod(shape)`` numbers and
 reshaping them reproduces ``jax.random.normal(key, shape)`` bit for bit. XLA on a CPU compiles
-the flat draw several times faster than a multi-dimensional one (about 0.15 s against 0.65 s
-for a 4-D normal; docs/benchmarks.md, "Compiling random draws"), and every simulator compiles
-its draws once per shape and process. The multi-dimensional draws of fluojax's simulators,
-camera models and weight initializers go through this module (a 1-D draw gains nothing); the
-values are those of the ``jax.random`` function named alike (tested bit for bit in
-``tests/test_draws.py``).
+the flat draw several times faster than a multi-dimensional one (a 4-D normal: 0.19 s against
+0.95 s on a 2-core CPU; docs/benchmarks.md, "Compiling random draws"), and every simulator
+compiles its draws once per shape and process. The multi-dimensional normal, uniform,
+exponential, truncated-normal and Poisson draws of fluojax's simulators, camera models and
+weight initializers go through this module (a 1-D draw gains nothing; ``jax.random.gamma``
+already draws element by element, and ``choice`` is left to JAX); the values are those of the
+``jax.random`` function named alike (tested bit for bit in ``tests/test_draws.py``).
 
-Each function takes the arguments of its ``jax.random`` namesake; ``shape`` is a tuple of ints.
+Each function takes the arguments of its ``jax.random`` namesake, with two limits: ``shape`` is
+an int or a tuple of ints (static), and the bounds of ``uniform`` and ``truncated_normal`` and the
+probability of ``bernoulli`` are scalars (``jax.random`` would broadcast arrays against ``shape``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ __all__ = ["bernoulli", "exponential", "normal", "poisson", "truncated_normal", 
 
 
 def _flat(shape) -> tuple[tuple[int, ...], tuple[int]]:
-    shape = tuple(int(n) for n in shape)
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(n) for n in shape)
     return shape, (math.prod(shape),)
 
 

@@ -1,5 +1,5 @@
 """fluojax.draws: each draw equals its jax.random namesake bit for bit (the reference), in both
-dtypes, called directly and inside jit."""
+dtypes, called directly, inside jit and under vmap."""
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +42,22 @@ def test_draws_equal_jax_random_bit_for_bit(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["uniform-bounds", "poisson"])
-def test_draws_inside_jit_equal_jax_random_inside_jit(name):
+def test_draws_inside_jit_equal_jax_random_inside_jit(name, dtype):
     # XLA may fuse the scaling of a draw differently inside a program; the values must not change
     ours, reference = PAIRS[name]
     key = jax.random.key(8)
-    a = jax.jit(lambda k: ours(k, jnp.float32))(key)
-    b = jax.jit(lambda k: reference(k, jnp.float32))(key)
+    a = jax.jit(lambda k: ours(k, dtype))(key)
+    b = jax.jit(lambda k: reference(k, dtype))(key)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_draws_of_vmapped_keys_equal_jax_random():
+def test_draws_of_vmapped_keys_equal_jax_random(dtype):
     keys = jax.random.split(jax.random.key(9), 5)
-    a = jax.vmap(lambda k: draws.normal(k, (3, 2)))(keys)
-    b = jax.vmap(lambda k: jax.random.normal(k, (3, 2)))(keys)
+    a = jax.vmap(lambda k: draws.normal(k, (3, 2), dtype))(keys)
+    b = jax.vmap(lambda k: jax.random.normal(k, (3, 2), dtype))(keys)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_an_int_shape_is_a_1d_draw():
+    key = jax.random.key(10)
+    np.testing.assert_array_equal(np.asarray(draws.uniform(key, 7)), np.asarray(jax.random.uniform(key, (7,))))
