@@ -34,6 +34,7 @@ __all__ = [
     "compiled_call",
     "enable_compilation_cache",
     "jax_cache_settings",
+    "quiet_cache_load_errors",
 ]
 
 CACHE_DIR_VARIABLE = "FLUOJAX_CACHE_DIR"
@@ -136,12 +137,27 @@ def enable_compilation_cache(environ: Mapping[str, str] | None = None) -> Path |
     else:
         for name, value in settings.items():
             os.environ[name.upper()] = str(value)
-        # XLA:CPU logs an error line for every executable it loads from the cache on CPUs whose
-        # LLVM tuning flags (+prefer-no-gather/-scatter) it wrongly takes for missing
-        # instruction sets (openxla/xla issue 44565); the executables load and run. Only
-        # fatal C++ log lines then, unless the user chose a level.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        quiet_cache_load_errors()
     return folder
+
+
+def quiet_cache_load_errors(environ: Mapping[str, str] | None = None) -> None:
+    """Only fatal C++ log lines from XLA (``TF_CPP_MIN_LOG_LEVEL=3``) when a compilation cache is on,
+    unless the user chose a level. Effective only before jax is imported (XLA reads the level
+    when it loads): the ``fluojax`` entry point calls it before parsing its options, which for the
+    ``train`` commands imports JAX (their recipe lists).
+
+    XLA:CPU logs an error line for every executable it loads from the cache on CPUs whose LLVM
+    tuning flags (+prefer-no-gather/-scatter) it wrongly takes for missing instruction sets
+    (openxla/xla issue 44565): a hundred lines on a warm ``fluojax frap train``, while the
+    executables load and run.
+
+    Arguments:
+        environ: the environment to read (default ``os.environ``); the level is set in ``os.environ``.
+    """
+    env = os.environ if environ is None else environ
+    if cache_dir(env) is not None or env.get("JAX_COMPILATION_CACHE_DIR"):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 # ------------------------------------------------------------------------------------------------

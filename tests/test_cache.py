@@ -64,6 +64,43 @@ def test_cli_entry_leaves_the_cache_off_when_disabled(tmp_path, monkeypatch, jax
     assert jax.config.jax_compilation_cache_dir is None
 
 
+# the level XLA's C++ logging will use, recorded when `import jax` starts
+_LEVEL_AT_JAX_IMPORT = """
+import os, sys
+seen = []
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax" and not seen:
+            seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+        return None
+
+sys.meta_path.insert(0, Watch())
+from fluojax.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(seen)
+"""
+
+
+@pytest.mark.parametrize(
+    ("environ", "level"),
+    [({"FLUOJAX_CACHE_DIR": "{tmp}"}, "'3'"), ({"FLUOJAX_NO_CACHE": "1"}, "None")],
+    ids=["cache", "no-cache"],
+)
+def test_xla_error_lines_are_quieted_before_a_train_command_imports_jax(tmp_path, environ, level):
+    # a warm `train` command loads its executables from the cache, and XLA:CPU logs an error line
+    # per executable on some CPUs (openxla/xla issue 44565); the level must be set before JAX
+    # loads, and the train commands import JAX while their options are parsed
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FLUOJAX_NO_CACHE")}
+    env.update({k: v.format(tmp=tmp_path) for k, v in environ.items()})
+    args = [sys.executable, "-c", _LEVEL_AT_JAX_IMPORT, "frap", "train", "--help"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == f"[{level}]"
+
+
 def test_unwritable_folder_warns_once_and_leaves_the_cache_off(tmp_path, capsys, jax_cache_config):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -202,8 +202,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The ``fluojax`` command with arguments ``argv`` (default ``sys.argv[1:]``); returns its exit
     code. Turns on the compilation cache first (:func:`fluojax.cache.enable_compilation_cache`)."""
+    from fluojax.cache import enable_compilation_cache, quiet_cache_load_errors
+
+    quiet_cache_load_errors()  # before parsing, which imports JAX for the `train` commands
     args = _parser().parse_args(argv)
-    from fluojax.cache import enable_compilation_cache
     from fluojax.io import InputError
 
     enable_compilation_cache()  # compiled code is kept between runs (FLUOJAX_CACHE_DIR, FLUOJAX_NO_CACHE)
