@@ -137,7 +137,7 @@ def enable_compilation_cache(environ: Mapping[str, str] | None = None) -> Path |
     else:
         for name, value in settings.items():
             os.environ[name.upper()] = str(value)
-        quiet_cache_load_errors()
+        quiet_cache_load_errors(env)
     return folder
 
 

@@ -300,8 +300,8 @@ def start_figure_process() -> FigureProcess | None:
 
 def _serve(connection) -> None:
     """The figure process: import matplotlib and draw one throw-away D map (a process's first
-    figure loads fonts and fills matplotlib's caches: ~0.02-0.05 s less on the real one), then
-    draw each requested figure until told to stop. Ctrl-C is left to the command, which ends this
+    figure loads fonts and fills matplotlib's caches, so the real one is drawn faster), then draw
+    each requested figure until told to stop. Ctrl-C is left to the command, which ends this
     process (no second traceback from here)."""
     import io
     import signal
@@ -312,10 +312,6 @@ def _serve(connection) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.figure
-        import matplotlib.ticker
-        from matplotlib.backends import backend_agg  # noqa: F401
-
         plot_d_map(io.BytesIO(), SimpleNamespace(d_um2_s=np.array([[0.5, 1.0], [2.0, np.nan]])), "warm-up")
     except Exception:  # reported by the first figure that needs it
         pass

@@ -197,7 +197,7 @@ def _simulate(key, sample, optics, geometry: StackGeometry, camera: Camera, acti
         # Each frame's random numbers come from its own key, as in a frame-by-frame loop.
         xy, z = pos
         k_xy, k_z, k_cam = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(keys), 1, 0)
-        normal = jax.vmap(lambda k, shape: draws.normal(k, shape), in_axes=(0, None))
+        normal = jax.vmap(draws.normal, in_axes=(0, None))
         path_xy = xy + jnp.cumsum(step_sd * normal(k_xy, (s, n, 2)).reshape(f * s, n, 2), axis=0)
         path_xy = lo + jnp.mod(path_xy - lo, side)
         if geometry.three_d:
