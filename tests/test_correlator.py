@@ -1,5 +1,8 @@
 """Multi-tau correlator: lag grid vs multipletau, values vs brute force and a process with a known ACF."""
 
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import multipletau
 import numpy as np
@@ -179,3 +182,15 @@ def test_bleach_correction_flattens_decay_and_preserves_fluctuations():
     ref = np.asarray(c.correlate(jnp.asarray(200.0 + 10.0 * fluct, jnp.float32)).acf)[:8].mean(axis=1)
     got = np.asarray(c.correlate(jnp.asarray(corrected)).acf)[:8].mean(axis=1)
     np.testing.assert_allclose(got, ref, rtol=0.1)
+
+
+@pytest.mark.skipif(not correlator_cpu.available(), reason="numba missing")
+def test_load_kernel_loads_exactly_the_kernel_for_the_frames_dtype():
+    # correlate_stack loads the kernel for the stack's dtype while the first band is read; in a
+    # new process, load_kernel(uint16) leaves the uint16 kernel loaded and the float32 one not
+    code = (
+        "import numpy as np; from fluojax.fcs import correlator_cpu as k; k.load_kernel(np.uint16); "
+        "print(sorted(str(s[0]) for s in k._lag_sums_kernel.signatures))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['array(uint16, 2d, C)']"

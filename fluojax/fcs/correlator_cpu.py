@@ -33,7 +33,7 @@ import numpy as np
 
 from fluojax.fcs import correlator
 
-__all__ = ["available", "lag_sums_cpu"]
+__all__ = ["available", "lag_sums_cpu", "load_kernel"]
 
 _PIXELS_PER_CHUNK = 16  # pixels transposed together (16 write streams; measured best of 8-64)
 _PAIR_SUM_MAX_BLOCK = 16  # blocks of at most this many bins are summed by pair-summing products
@@ -421,6 +421,22 @@ def _power_series_fit(fit_matrix: np.ndarray, vander: np.ndarray) -> np.ndarray:
     out = np.zeros((_TREND_COEFS, fit_matrix.shape[1]), np.float32)
     out[:n_coef] = to_power @ fit_matrix
     return out
+
+
+def load_kernel(dtype, p: int = 16, q: int = 8) -> None:
+    """Load the kernel for frames of ``dtype`` now (from numba's on-disk cache, a few tenths of a
+    second; compiled on its first use after installing), by running it on one zero trace of the
+    fewest frames the lag grid allows.
+
+    ``fluojax.fcs.pipeline.correlate_stack`` calls this while its reader thread reads the first
+    band, so the load and the read overlap.
+
+    Arguments:
+        dtype: the frames' dtype (uint16 and float32 have a kernel each; others are read as float32).
+        p, q: int, correlator layout.
+    """
+    frames = np.zeros((correlator.min_frames(correlator.lag_grid(p, q)), 1), dtype)
+    lag_sums_cpu(frames, p, q)
 
 
 def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | None = None) -> correlator.LagSums:

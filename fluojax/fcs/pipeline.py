@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import enum
 import functools
+import importlib.util
 import math
 import time
 from typing import Any, NamedTuple
@@ -165,10 +166,9 @@ class AnalysisSettings:
 
     def uses_cpu_kernel(self) -> bool:
         """Whether bands are correlated by the numba kernel rather than XLA."""
-        if self.correlator_kernel == "auto":
-            from fluojax.fcs import correlator_cpu  # imports numba (~1 s): only when correlating
-
-            return jax.default_backend() == "cpu" and correlator_cpu.available()
+        if self.correlator_kernel == "auto":  # numba installed (found, not imported: correlate_stack
+            # imports it and loads the kernel while its reader thread reads the first band)
+            return jax.default_backend() == "cpu" and importlib.util.find_spec("numba") is not None
         return self.correlator_kernel == "cpu"
 
     def band_pixels(self) -> int:
@@ -600,15 +600,22 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         return np.asarray(bin_pixels(mask[None].astype(np.float32), n, settings.overlap))[0] > 0
 
     t0 = time.perf_counter()
-    bleach = resolve_bleach(stack, settings.bleach_order)
-    settings = dataclasses.replace(settings, bleach_order=bleach.order)
     bands = list(range(0, out_h, rows_per_band))
-    # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated
+    # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated; first,
+    # the thread reads the mean trace ("auto" bleach correction) and the first band while this
+    # one imports numba and loads the CPU kernel (NumPy's reductions and copies release the GIL)
     with (
         concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader,
         progress_counter(len(bands), "correlate", "bands", enabled=progress) as bar,
     ):
+        choice = reader.submit(resolve_bleach, stack, settings.bleach_order)
         pending = reader.submit(read_band, bands[0])
+        if settings.uses_cpu_kernel():
+            from fluojax.fcs import correlator_cpu
+
+            correlator_cpu.load_kernel(stack.dtype if n == 1 else np.float32, settings.p, settings.q)
+        bleach = choice.result()
+        settings = dataclasses.replace(settings, bleach_order=bleach.order)
         for i in range(len(bands)):
             out_row = bands[i]
             band, hit, varies, scale = pending.result()
