@@ -284,18 +284,10 @@ def start_figure_process() -> FigureProcess | None:
     """A :class:`FigureProcess`, or None where drawing in the calling process is the better choice:
     outside Linux (no ``fork``) and once JAX is imported (forking its threads is unsafe).
     """
-    import sys
+    from fluojax import forked
 
-    if sys.platform != "linux" or "jax" in sys.modules:
-        return None
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(child,), name="fluojax-figures", daemon=True)
-    process.start()
-    child.close()
-    return FigureProcess(process, parent)
+    started = forked.start(_serve, "fluojax-figures")
+    return None if started is None else FigureProcess(*started)
 
 
 def _serve(connection) -> None:
@@ -304,10 +296,12 @@ def _serve(connection) -> None:
     each requested figure until told to stop. Ctrl-C is left to the command, which ends this
     process (no second traceback from here)."""
     import io
+    import os
     import signal
     from types import SimpleNamespace
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)  # the command and its other helper go first: they are on the way to the result
     try:
         import matplotlib
 

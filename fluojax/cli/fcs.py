@@ -236,25 +236,59 @@ def fit_command(args) -> int:
     JAX and reads the stacks (:func:`fluojax.plotting.start_figure_process`)."""
     from fluojax.plotting import start_figure_process
 
+    reducer = _start_reducer(args)  # first: the longer way to go
     figures = start_figure_process()
     try:
-        return common.fit_stacks(args, "fcs-fit", "_fcs", functools.partial(_fit_setup, figures=figures))
+        return common.fit_stacks(
+            args, "fcs-fit", "_fcs", functools.partial(_fit_setup, figures=figures, reducer=reducer)
+        )
     finally:
-        if figures is not None:
-            figures.close()
+        for helper in (figures, reducer):
+            if helper is not None:
+                helper.close()
 
 
-def _fit_setup(args, figures=None) -> common.StackFit:
+def _start_reducer(args):
+    """The helper process that reduces the stacks with the CPU kernel while this one imports JAX
+    (:class:`fluojax.fcs.reduction.ReductionProcess`), the first stack asked for at once; None
+    where it cannot help (binning, a multi-host run, a --bleach value refused later, no fork)."""
+    from fluojax import distributed
+    from fluojax.fcs import reduction
+    from fluojax.io import InputError
+
+    if args.binning != 1 or distributed.requested():
+        return None
+    try:
+        bleach = _bleach_order(args.bleach)
+    except InputError:
+        return None
+    reducer = reduction.start_reduction_process(args.overlap, bleach)
+    first = str(args.stack if isinstance(args.stack, str | Path) else args.stack[0])
+    if reducer is not None and not Path(first).is_dir():
+        reducer.submit(first)
+    return reducer
+
+
+def _fit_setup(args, figures=None, reducer=None) -> common.StackFit:
     """The options of ``fcs fit`` checked once; returns the fit of one stack."""
     from fluojax.fcs.estimate import fcs_solver
 
     return functools.partial(
-        _fit_stack, args, _optics(args, args.binning), _bleach_order(args.bleach), fcs_solver(args.backend), figures
+        _fit_stack,
+        args,
+        _optics(args, args.binning),
+        _bleach_order(args.bleach),
+        fcs_solver(args.backend),
+        figures,
+        reducer,
     )
 
 
-def _fit_stack(args, optics, bleach_order, solver, figures, path: str, out: Path, label: str) -> tuple[int, str]:
-    """``fcs fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
+def _fit_stack(
+    args, optics, bleach_order, solver, figures, reducer, path: str, out: Path, label: str
+) -> tuple[int, str]:
+    """``fcs fit`` of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`);
+    ``reducer`` (or None) reduces it in a helper process."""
     from fluojax import distributed, io
     from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack_across_processes
     from fluojax.io import InputError
@@ -270,7 +304,8 @@ def _fit_stack(args, optics, bleach_order, solver, figures, path: str, out: Path
     )
     t0 = time.perf_counter()
     try:
-        maps = analyse_stack_across_processes(stack, settings)  # one process: analyse_stack
+        prepared = None if reducer is None else reducer.prepared(path)
+        maps = analyse_stack_across_processes(stack, settings, prepared=prepared)  # one process: analyse_stack
     except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
         raise InputError(f"{path}: {err}") from None
     maps.timings_s["total"] = time.perf_counter() - t0

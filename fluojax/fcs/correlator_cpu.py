@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from fluojax.fcs import correlator
+from fluojax.fcs import lags
 
 __all__ = ["available", "lag_sums_cpu", "load_kernel"]
 
@@ -435,11 +435,11 @@ def load_kernel(dtype, p: int = 16, q: int = 8) -> None:
         dtype: the frames' dtype (uint16 and float32 have a kernel each; others are read as float32).
         p, q: int, correlator layout.
     """
-    frames = np.zeros((correlator.min_frames(correlator.lag_grid(p, q)), 1), dtype)
+    frames = np.zeros((lags.min_frames(lags.lag_grid(p, q)), 1), dtype)
     lag_sums_cpu(frames, p, q)
 
 
-def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | None = None) -> correlator.LagSums:
+def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | None = None) -> lags.LagSums:
     """``correlator.lag_sums`` of a (T, pixels) host array, computed by the numba CPU kernel.
 
     Arguments:
@@ -464,11 +464,11 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
         raise RuntimeError("the CPU correlator kernel needs numba (pip install numba)")
     if frames.dtype not in (np.uint16, np.float32):  # one compiled kernel per dtype: camera counts or floats
         frames = frames.astype(np.float32)
-    grid = correlator.lag_grid(p, q)
+    grid = lags.lag_grid(p, q)
     n_frames, n_pix = frames.shape
-    correlator.check_frame_count(grid, n_frames)
-    layouts = correlator.group_layouts(grid, n_frames)
-    plan = correlator.blocking_plan(grid, n_frames)
+    lags.check_frame_count(grid, n_frames)
+    layouts = lags.group_layouts(grid, n_frames)
+    plan = lags.blocking_plan(grid, n_frames)
 
     delays = np.concatenate([lay.delays for lay in layouts]).astype(np.int64)
     counts = np.concatenate([lay.counts for lay in layouts]).astype(np.int64)
@@ -514,4 +514,4 @@ def lag_sums_cpu(frames: np.ndarray, p: int = 16, q: int = 8, trend: tuple | Non
     )
     f32 = lambda a: a.astype(np.float32)  # noqa: E731
     # NumPy arrays where the XLA path has jax arrays: acf_from_lag_sums takes either
-    return correlator.LagSums(f32(mean), m1, m2, f32(total_sums), f32(moments), f32(curve))  # type: ignore[arg-type]
+    return lags.LagSums(f32(mean), m1, m2, f32(total_sums), f32(moments), f32(curve))  # type: ignore[arg-type]

@@ -22,13 +22,13 @@ in a few hundred MB; each band is padded to the same shape, so it compiles once.
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import dataclasses
 import enum
 import functools
 import importlib.util
-import math
 import time
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
 import jax
@@ -37,8 +37,15 @@ import numpy as np
 
 from fluojax import fit
 from fluojax.cache import compiled_call
-from fluojax.fcs import correlator, models
+from fluojax.fcs import correlator, models, reduction
 from fluojax.fcs.estimate import FCS_SOLVER, acf_model_2d, acf_model_3d, fit_acfs, start_values
+from fluojax.fcs.reduction import BleachChoice as BleachChoice
+from fluojax.fcs.reduction import bleach_design as bleach_design
+from fluojax.fcs.reduction import choose_bleach_correction as choose_bleach_correction
+from fluojax.fcs.reduction import intensity_scale as intensity_scale
+from fluojax.fcs.reduction import mean_trace as mean_trace
+from fluojax.fcs.reduction import resolve_bleach as resolve_bleach
+from fluojax.fcs.reduction import varies_in_time as varies_in_time
 from fluojax.io import InputError
 
 __all__ = [
@@ -176,7 +183,7 @@ class AnalysisSettings:
         uint16 band, 26 MB, is still in the L3 cache when the kernel reads it) and 1,024 for XLA."""
         if self.tile_pixels is not None:
             return self.tile_pixels
-        return 256 if self.uses_cpu_kernel() else 1024
+        return reduction.CPU_BAND_PIXELS if self.uses_cpu_kernel() else 1024
 
 
 class FCSMaps(NamedTuple):
@@ -227,32 +234,6 @@ def bin_pixels(frames: jax.Array, n: int, overlap: bool) -> jax.Array:
     return x.reshape(t, h // n, n, w // n, n).sum(axis=(2, 4))
 
 
-@functools.lru_cache(maxsize=8)
-def bleach_design(n_frames: int, order: int, points: int = 1000) -> tuple[int, np.ndarray, np.ndarray]:
-    """The linear maps of the polynomial bleach correction for ``n_frames`` frames.
-
-    The trace averaged in ``stride = ceil(T / points)``-frame blocks (the first
-    ``T // stride`` blocks) is fitted by a Legendre series of degree ``order`` on the frame
-    index scaled to [-1, 1]: coefficients ``fit_matrix @ block_means`` (least squares, the
-    pseudo-inverse of the design matrix at the block centres), trend ``vander @ coefficients``.
-
-    Arguments:
-        n_frames: int, T.
-        order: int >= 1, polynomial degree.
-        points: int, approximate number of block averages to fit.
-
-    Returns:
-        (stride, fit_matrix (order + 1, blocks) float32, vander (T, order + 1) float32).
-    """
-    stride = max(1, -(-n_frames // points))
-    nb = n_frames // stride
-    centres = (np.arange(nb) + 0.5) * stride - 0.5
-    scale = lambda s: 2.0 * s / max(n_frames - 1, 1) - 1.0  # noqa: E731  (frame index -> [-1, 1])
-    fit_matrix = np.linalg.pinv(np.polynomial.legendre.legvander(scale(centres), order)).astype(np.float32)
-    vander = np.polynomial.legendre.legvander(scale(np.arange(n_frames)), order).astype(np.float32)
-    return stride, fit_matrix, vander
-
-
 def bleach_correct(frames: jax.Array, order: int, points: int = 1000) -> jax.Array:
     """Polynomial bleach correction of (T, pixels) traces, preserving mean and variance.
 
@@ -274,156 +255,6 @@ def bleach_correct(frames: jax.Array, order: int, points: int = 1000) -> jax.Arr
     trend = jnp.asarray(vander) @ (jnp.asarray(fit_matrix) @ blocks)
     ratio = jnp.sqrt(jnp.maximum(trend / trend[:1], 1e-12))
     return x / ratio + trend[:1] * (1.0 - ratio)
-
-
-class BleachChoice(NamedTuple):
-    """The bleach correction of a stack and why it was chosen.
-
-    Attributes:
-        requested: str, what was asked for: ``"auto"``, ``"none"`` or ``"polyK"``.
-        order: int, the polynomial order applied (0 = none).
-        relative_decay: float or None, ``1 - f(end)/f(start)`` of the straight line fitted to the
-            block means of the image-averaged trace (positive: the intensity falls).
-        significance: float or None, |decay| over the rms scatter of those block means about a
-            quadratic: the trend in units of the trace's own slow fluctuations.
-        reason: str, one sentence.
-    """
-
-    requested: str
-    order: int
-    relative_decay: float | None
-    significance: float | None
-    reason: str
-
-    def as_dict(self) -> dict:
-        """For summary.json: requested, applied ("none" or "polyK"), the statistics, the reason."""
-        return {
-            "requested": self.requested,
-            "applied": "none" if self.order == 0 else f"poly{self.order}",
-            "order": self.order,
-            "relative_decay": self.relative_decay,
-            "significance": self.significance,
-            "reason": self.reason,
-        }
-
-
-def mean_trace(stack, chunk_frames: int = 1024) -> np.ndarray:
-    """The image-averaged intensity of every frame, read in chunks of frames (one pass).
-
-    Arguments:
-        stack: (T, H, W) array-like (array or memory map).
-        chunk_frames: int, frames per read.
-
-    Returns:
-        (T,) float64 mean counts per pixel.
-
-    8- and 16-bit integer frames are summed in 32-bit integers when no sum can overflow them
-    (2.4x faster than float64 on a 2-core CPU: this pass reads the whole stack before the
-    correlation does); integer sums are exact, as float64 sums of them are, so the means are
-    the same.
-    """
-    t = stack.shape[0]
-    pixels = int(np.prod(stack.shape[1:]))
-    accumulate: np.dtype = np.dtype(np.float64)
-    if np.issubdtype(stack.dtype, np.integer) and stack.dtype.itemsize <= 2:
-        info = np.iinfo(stack.dtype)
-        signed = info.min < 0
-        if pixels * max(info.max, -info.min) < 2**31:
-            accumulate = np.dtype(np.int32 if signed else np.uint32)
-        else:
-            accumulate = np.dtype(np.int64 if signed else np.uint64)
-    out = np.empty(t, np.float64)
-    for f in range(0, t, chunk_frames):
-        chunk = np.asarray(stack[f : f + chunk_frames])
-        out[f : f + chunk_frames] = chunk.reshape(chunk.shape[0], -1).sum(axis=1, dtype=accumulate) / pixels
-    return out
-
-
-def choose_bleach_correction(
-    trace: np.ndarray,
-    blocks: int = 32,
-    threshold: float = 10.0,
-    min_decay: float = 0.02,
-    residual: float = 1e-3,
-    max_order: int = 4,
-) -> BleachChoice:
-    """Whether and how to bleach-correct a stack, from its image-averaged trace (``"auto"``).
-
-    Photobleaching is common to all pixels, so it shows in the mean over the image, where the
-    diffusion fluctuations of single pixels average out; what remains of them there are the
-    slow number fluctuations of the whole field of view (relative size ~1/sqrt(particles in
-    view)), which a trend must stand out from. The trace is averaged in ``blocks`` equal
-    blocks; a straight line fitted to them gives the relative decay ``delta = 1 - f(end)/f(start)``
-    and a quadratic the scatter ``s`` (rms residual, relative to the mean) of the block means
-    about a smooth curve. The stack is corrected when ``|delta| >= min_decay`` and
-    ``|delta| / s >= threshold``. On bleach-free simulated 2 x 2 and 8 x 8 stacks of 2,500-50,000
-    frames with D = 0.1-10 um^2/s the ratio stayed below 7.3 (192 stacks; docs/fcs.md), hence
-    10. A trend that does not stand out from the field's own slow fluctuations changes each
-    pixel's ACF by less than those fluctuations already do, so leaving it is the smaller error.
-
-    The order is the lowest that leaves a residual trend below ``residual`` (relative) for an
-    exponential decay of the measured depth: the best order-k polynomial misses
-    ``exp(-a x)`` on [0, 1] by at most ``(a/2)^(k+1) / ((k+1)! 2^k)`` (Chebyshev interpolation
-    bound), ``a = -ln(1 - delta)``; at most ``max_order`` (the Imaging FCS plugin's guidance: 4 or
-    less). So a 10 % decay gets order 1, 30 % order 2, 60 % order 3. A lower order keeps more of
-    each pixel's slow diffusion fluctuations, which a polynomial fitted per pixel would remove
-    together with the bleach: the long-lag tail of the ACF and with it D (poly4 on 8 x 8 x 3,000
-    frames at D = 1 um^2/s: median D +60 % against none; poly1: +5 %).
-
-    Arguments:
-        trace: (T,) image-averaged counts per frame (:func:`mean_trace`).
-        blocks: int, block means fitted (each >= 72 frames for T >= 2,304).
-        threshold: float, |delta| / s needed to correct.
-        min_decay: float, smallest |delta| corrected (a 2 % trend adds ~3e-5 to G).
-        residual: float, relative residual trend tolerated when choosing the order.
-        max_order: int, highest polynomial order.
-
-    Returns:
-        ``BleachChoice`` with ``requested="auto"``.
-    """
-    x = np.asarray(trace, np.float64)
-    per = x.shape[0] // blocks
-    b = x[: per * blocks].reshape(blocks, per).mean(axis=1)
-    level = b.mean()
-    if not (np.isfinite(level) and level > 0 and per > 0):
-        return BleachChoice("auto", 0, None, None, "no positive mean intensity: not corrected")
-    b = b / level
-    s = np.linspace(-1.0, 1.0, blocks)
-    line = np.polynomial.legendre.legfit(s, b, 1)
-    start, end = np.polynomial.legendre.legval(-1.0, line), np.polynomial.legendre.legval(1.0, line)
-    delta = float(1.0 - end / start) if start > 0 else 0.0
-    scatter = float(np.std(b - np.polynomial.legendre.legval(s, np.polynomial.legendre.legfit(s, b, 2))))
-    sig = float(abs(delta) / scatter) if scatter > 0 else float("inf")
-    sig_out = round(sig, 3) if np.isfinite(sig) else None
-    if abs(delta) < min_decay or sig < threshold:
-        why = (
-            f"|decay| {abs(delta):.3g} < {min_decay:g}"
-            if abs(delta) < min_decay
-            else f"significance {sig:.3g} < {threshold:g}"
-        )
-        return BleachChoice(
-            "auto", 0, round(delta, 5), sig_out, f"no significant trend in the mean trace ({why}): not corrected"
-        )
-    a = abs(np.log(max(1.0 - abs(delta), 1e-6)))  # decay constant over the record (a rise: the same size)
-    order = next(
-        (k for k in range(1, max_order + 1) if (a / 2) ** (k + 1) / (math.factorial(k + 1) * 2**k) <= residual),
-        max_order,
-    )
-    return BleachChoice(
-        "auto",
-        order,
-        round(delta, 5),
-        sig_out,
-        f"mean trace changes by {delta:.3g} ({sig:.3g} x its slow scatter): polynomial of order {order}",
-    )
-
-
-def resolve_bleach(stack, bleach_order: int | str) -> BleachChoice:
-    """The ``BleachChoice`` for a setting: ``"auto"`` reads the stack once (:func:`mean_trace`)."""
-    if bleach_order == "auto":
-        return choose_bleach_correction(mean_trace(stack))
-    k = int(bleach_order)
-    return BleachChoice("none" if k == 0 else f"poly{k}", k, None, None, "requested")
 
 
 @functools.partial(jax.jit, static_argnames=("n", "overlap", "bleach_order", "p", "q"))
@@ -455,14 +286,20 @@ def _band_acf_cpu(band: np.ndarray, n: int, overlap: bool, bleach_order: int, p:
     t = band.shape[0]
     traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(jnp.asarray(band), n, overlap)).reshape(t, -1)
     trend = bleach_design(t, bleach_order) if bleach_order > 0 else None
-    reduced = correlator_cpu.lag_sums_cpu(traces, p, q, trend)
-    # the finish runs on a power-of-two number of pixels (edge-padded), so bands of other widths
-    # reuse its compiled code; kept between runs (fluojax.cache)
-    pixels = traces.shape[1]
+    return _finish_lag_sums(correlator_cpu.lag_sums_cpu(traces, p, q, trend), t, p, q)
+
+
+def _finish_lag_sums(reduced: correlator.LagSums, n_frames: int, p: int, q: int) -> correlator.ACFResult:
+    """``correlator.acf_from_lag_sums`` of the CPU kernel's sums of one band (NumPy arrays in and out).
+
+    It runs on a power-of-two number of pixels (edge-padded), so bands of other widths reuse its
+    compiled code; kept between runs (fluojax.cache).
+    """
+    pixels = reduced.mean.shape[-1]
     bucket = 1 << max(4, (pixels - 1).bit_length())
     widths = lambda x: [(0, 0)] * (np.ndim(x) - 1) + [(0, bucket - pixels)]  # noqa: E731
     padded = jax.tree.map(lambda x: np.pad(np.asarray(x), widths(x), mode="edge"), reduced)
-    result = compiled_call(_acf_from_lag_sums, {"n_frames": t, "p": p, "q": q}, {"reduced": padded})
+    result = compiled_call(_acf_from_lag_sums, {"n_frames": n_frames, "p": p, "q": q}, {"reduced": padded})
     return jax.tree.map(lambda x: np.asarray(x)[..., :pixels], result)
 
 
@@ -514,27 +351,9 @@ class StackACFs(NamedTuple):
     bleach: BleachChoice
 
 
-def intensity_scale(band: np.ndarray, low: float = 1e-6, high: float = 1e8) -> float:
-    """A power of two that brings a band's largest |value| into [1024, 2048), or 1.0 when it is in range.
-
-    G does not depend on the intensity scale, but the correlator sums products in float32:
-    values near 1e19 overflow it (squares above 3.4e38) and values near 1e-20 fall into its
-    subnormal range. A power of two rescales exactly.
-
-    Arguments:
-        band: array of intensities (finite).
-        low, high: float, the range of the largest |value| left as it is.
-
-    Returns:
-        float, the factor to multiply the band by (divide the means by it afterwards).
-    """
-    peak = float(np.max(np.abs(band))) if band.size else 0.0
-    if peak == 0.0 or low <= peak <= high:
-        return 1.0
-    return float(2.0 ** (10 - np.floor(np.log2(peak))))
-
-
-def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> StackACFs:
+def correlate_stack(
+    stack, settings: AnalysisSettings, progress: bool | None = None, prepared: reduction.PreparedStack | None = None
+) -> StackACFs:
     """Bin, bleach-correct and correlate every pixel of a (T, H, W) stack, band by band.
 
     Arguments:
@@ -543,6 +362,10 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
             ``bleach_order="auto"`` costs one extra pass over the stack (:func:`resolve_bleach`).
         progress: progress of the bands (:func:`fluojax.progress.progress`: None or True, a bar
             on a terminal and a line every ~10 s in logs; False: nothing).
+        prepared: the same stack as a :class:`fluojax.fcs.reduction.ReductionProcess` may be
+            reducing it (``fluojax fcs fit``): where it was asked for exactly what the CPU kernel
+            would do here, its sums are used (the same numbers); otherwise, or should it fail, the
+            stack is read here.
 
     Returns:
         ``StackACFs``.
@@ -554,8 +377,6 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         fluojax.io.InputError: too few frames for the lag grid, a binning that does not fit, NaN/Inf, no
             pixel that fluctuates in time, or no fluctuating pixel with a positive mean.
     """
-    from fluojax.progress import progress as progress_counter
-
     t, h, w = stack.shape
     n = int(settings.optics.binning)
     grid = correlator.lag_grid(settings.p, settings.q)
@@ -566,70 +387,65 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         )
     if n < 1 or n > min(h, w):
         raise InputError(f"binning {n} x {n} pixels: does not fit a {h} x {w} pixel image")
-    out_h = h - n + 1 if settings.overlap else h // n
-    out_w = w - n + 1 if settings.overlap else w // n
-    rows_per_band = max(1, min(out_h, settings.band_pixels() // out_w))
-    rows_in = rows_per_band + n - 1 if settings.overlap else rows_per_band * n
+    layout = reduction.band_layout(
+        stack.shape, stack.dtype, n, settings.overlap, settings.band_pixels(), settings.p, settings.q
+    )
+    reduce = n == 1 and settings.uses_cpu_kernel()  # the kernel's sums come with each band
+    t0 = time.perf_counter()
+    bands = prepared.bands(layout, settings.bleach_order) if prepared is not None and reduce else None
+    if bands is not None:
+        try:
+            return _correlate_bands(bands, layout, settings, reduce, progress, t0)
+        except reduction.HelperFailed:  # read the stack here instead
+            pass
+    bands = reduction.read_bands(stack, layout, settings.bleach_order, reduce)
+    return _correlate_bands(bands, layout, settings, reduce, progress, t0)
 
-    saturation = np.iinfo(stack.dtype).max if np.issubdtype(stack.dtype, np.integer) else None
-    acf = np.empty((out_h * out_w, len(grid.lags)), np.float32)
+
+def _correlate_bands(
+    bands: Generator[Any, None, None],
+    layout: reduction.BandLayout,
+    settings: AnalysisSettings,
+    reduce: bool,
+    progress,
+    t0: float,
+) -> StackACFs:
+    """:func:`correlate_stack` of what :func:`fluojax.fcs.reduction.read_bands` yields (its bands
+    correlated, or their sums finished where ``reduce``)."""
+    from fluojax.progress import progress as progress_counter
+
+    n, n_frames = layout.binning, layout.shape[0]
+    out_h, out_w = layout.out_rows, layout.out_cols
+    n_lags = len(correlator.lag_grid(settings.p, settings.q).lags)
+    acf = np.empty((out_h * out_w, n_lags), np.float32)
     sem = np.empty_like(acf)
     mean = np.empty(out_h * out_w, np.float32)
     saturated = np.zeros(out_h * out_w, bool)
     fluctuates = np.zeros(out_h * out_w, bool)
 
-    def read_band(out_row):
-        """Rows of the stack feeding one band of output rows (padded to the common band shape,
-        rescaled by :func:`intensity_scale`), which of its raw pixels reach the detector maximum
-        (None for float data), which are not constant in time, and the scale factor."""
-        start = out_row * (1 if settings.overlap else n)
-        band = np.ascontiguousarray(stack[:, start : start + rows_in, :])  # the read itself, in this thread
-        if not np.issubdtype(band.dtype, np.integer) and not np.all(np.isfinite(band)):
-            raise InputError("the stack contains NaN or Inf intensities")
-        if band.shape[1] < rows_in:  # pad the last band so every band has one shape
-            band = np.pad(band, ((0, 0), (0, rows_in - band.shape[1]), (0, 0)), mode="edge")
-        high = band.max(axis=0)
-        varies = varies_in_time(band)
-        scale = 1.0 if band.dtype.itemsize <= 2 and np.issubdtype(band.dtype, np.integer) else intensity_scale(band)
-        if scale != 1.0:
-            band = (band.astype(np.float64 if band.dtype.itemsize > 4 else np.float32) * scale).astype(np.float32)
-        return band, (None if saturation is None else high >= saturation), varies, scale
-
     def binned_any(mask):
         """Whether any raw pixel of each (binned) pixel is set: (rows, W) bool -> (rows', W') bool."""
         return np.asarray(bin_pixels(mask[None].astype(np.float32), n, settings.overlap))[0] > 0
 
-    t0 = time.perf_counter()
-    bands = list(range(0, out_h, rows_per_band))
-    # read band k+1 from the (memory-mapped) stack in a thread while band k is correlated; first,
-    # the thread reads the mean trace ("auto" bleach correction) and the first band while this
-    # one imports numba and loads the CPU kernel (NumPy's reductions and copies release the GIL)
     with (
-        concurrent.futures.ThreadPoolExecutor(max_workers=1) as reader,
-        progress_counter(len(bands), "correlate", "bands", enabled=progress) as bar,
+        contextlib.closing(bands) as items,
+        progress_counter(len(layout.band_starts), "correlate", "bands", enabled=progress) as bar,
     ):
-        choice = reader.submit(resolve_bleach, stack, settings.bleach_order)
-        pending = reader.submit(read_band, bands[0])
-        if settings.uses_cpu_kernel():
-            from fluojax.fcs import correlator_cpu
-
-            correlator_cpu.load_kernel(stack.dtype if n == 1 else np.float32, settings.p, settings.q)
-        bleach = choice.result()
+        bleach = next(items)
         settings = dataclasses.replace(settings, bleach_order=bleach.order)
-        for i in range(len(bands)):
-            out_row = bands[i]
-            band, hit, varies, scale = pending.result()
-            if i + 1 < len(bands):
-                pending = reader.submit(read_band, bands[i + 1])
-            res = correlate_band(band, settings)
-            valid_rows = min(rows_per_band, out_h - out_row)
-            sl = slice(out_row * out_w, (out_row + valid_rows) * out_w)
-            if hit is not None:
-                saturated[sl] = binned_any(hit)[:valid_rows].ravel()
-            fluctuates[sl] = binned_any(varies)[:valid_rows].ravel()
+        for band in items:
+            if reduce:
+                res = _finish_lag_sums(band.data, n_frames, settings.p, settings.q)
+            else:
+                res = correlate_band(band.data, settings)
+            valid_rows = min(layout.rows_per_band, out_h - band.out_row)
+            sl = slice(band.out_row * out_w, (band.out_row + valid_rows) * out_w)
+            if band.saturated is not None:
+                saturated[sl] = binned_any(band.saturated)[:valid_rows].ravel()
+            fluctuates[sl] = binned_any(band.varies)[:valid_rows].ravel()
             acf[sl] = np.asarray(res.acf).T[: valid_rows * out_w]
             sem[sl] = np.asarray(res.sem).T[: valid_rows * out_w]
-            mean[sl] = np.asarray(res.mean, np.float64)[: valid_rows * out_w] / scale
+            mean[sl] = np.asarray(res.mean, np.float64)[: valid_rows * out_w] / band.scale
             bar.update(1)
     check_signal(fluctuates, mean)
     return StackACFs(
@@ -639,32 +455,10 @@ def correlate_stack(stack, settings: AnalysisSettings, progress: bool | None = N
         saturated,
         fluctuates,
         (out_h, out_w),
-        grid.lags * settings.frame_time_s,
+        correlator.lag_grid(settings.p, settings.q).lags * settings.frame_time_s,
         time.perf_counter() - t0,
         bleach,
     )
-
-
-def varies_in_time(band: np.ndarray, stride: int = 16) -> np.ndarray:
-    """Which pixels of a (T, ...) block are not constant in time (min != max over all frames).
-
-    Every ``stride``-th frame is checked first; only the pixels constant there (usually none)
-    are checked on every frame, so this costs about 1/stride of a full min/max pass.
-
-    Arguments:
-        band: (T, ...) array.
-        stride: frame step of the first check.
-
-    Returns:
-        (...) bool array.
-    """
-    sample = band[::stride]
-    varies = sample.min(axis=0) != sample.max(axis=0)
-    flat = ~varies
-    if flat.any():
-        candidates = band[:, flat]  # (T, k): the few pixels that looked constant
-        varies[flat] = candidates.min(axis=0) != candidates.max(axis=0)
-    return varies
 
 
 def check_signal(fluctuates: np.ndarray, mean: np.ndarray) -> None:
@@ -746,7 +540,9 @@ def signal_status(corr: StackACFs) -> np.ndarray:
     return np.where(corr.fluctuates, status, PixelStatus.NO_SIGNAL).astype(np.uint8)
 
 
-def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
+def analyse_stack(
+    stack, settings: AnalysisSettings, progress: bool | None = None, prepared: reduction.PreparedStack | None = None
+) -> FCSMaps:
     """Per-pixel Imaging FCS of a (T, H, W) stack (array or memory map): correlate, then fit.
 
     Arguments:
@@ -754,6 +550,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
         settings: ``AnalysisSettings``.
         progress: progress of correlation and fits (:func:`fluojax.progress.progress`: None or
             True, bars on a terminal and a line every ~10 s in logs; False: nothing).
+        prepared: the stack as a helper process may be reducing it (:func:`correlate_stack`).
 
     Returns:
         ``FCSMaps``.
@@ -764,7 +561,7 @@ def analyse_stack(stack, settings: AnalysisSettings, progress: bool | None = Non
     from fluojax.progress import progress as progress_counter
 
     models.check_optics(settings.optics, settings.geometry)
-    corr = correlate_stack(stack, settings, progress)
+    corr = correlate_stack(stack, settings, progress, prepared)
     acf, sem, mean, saturated = corr.acf, corr.sem, corr.mean_intensity, corr.saturated
     out_h, out_w = corr.shape
     t_corr = corr.seconds
@@ -923,7 +720,9 @@ def maps_summary(maps: FCSMaps, settings: AnalysisSettings) -> dict:
 # Across the processes of a multi-host run
 
 
-def analyse_stack_across_processes(stack, settings: AnalysisSettings, progress: bool | None = None) -> FCSMaps:
+def analyse_stack_across_processes(
+    stack, settings: AnalysisSettings, progress: bool | None = None, prepared: reduction.PreparedStack | None = None
+) -> FCSMaps:
     """:func:`analyse_stack` with the rows shared between the processes of a multi-host run.
 
     Each process reads and analyses its own band of output rows
@@ -937,6 +736,7 @@ def analyse_stack_across_processes(stack, settings: AnalysisSettings, progress: 
     Arguments:
         stack: (T, H, W) array-like (array or memory map); each process reads only its band.
         settings, progress: as for :func:`analyse_stack`.
+        prepared: as for :func:`analyse_stack`; used by a single process only.
 
     Returns:
         ``FCSMaps`` of the whole stack, on every process.
@@ -949,7 +749,7 @@ def analyse_stack_across_processes(stack, settings: AnalysisSettings, progress: 
 
     count = distributed.process_count()
     if count == 1:
-        return analyse_stack(stack, settings, progress)
+        return analyse_stack(stack, settings, progress, prepared)
     _, h, w = stack.shape
     n = int(settings.optics.binning)
     out_h = h - n + 1 if settings.overlap else h // n
