@@ -57,7 +57,7 @@ print(json.dumps(out))
 
 
 def _stack(path: Path, frames: int = 2400, rows: int = 32, cols: int = 16, nan: bool = False) -> Path:
-    """A bleaching camera stack (photon counts of a decaying, fluctuating intensity): 2 bands of 256 pixels."""
+    """A bleaching camera stack (photon counts of a decaying, fluctuating intensity): 4 bands of 128 pixels."""
     rng = np.random.default_rng(11)
     decay = np.exp(-np.arange(frames) / 3000.0)[:, None, None]
     slow = np.cumsum(rng.normal(0, 1, (frames, rows, cols)), axis=0) * 0.2
@@ -69,7 +69,7 @@ def _stack(path: Path, frames: int = 2400, rows: int = 32, cols: int = 16, nan: 
     return path
 
 
-def _run(scenario: str, path: Path, band_pixels: int = 256) -> dict:
+def _run(scenario: str, path: Path, band_pixels: int = 128) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, scenario, str(path), str(band_pixels)],
         capture_output=True,
@@ -91,9 +91,9 @@ def test_helper_sums_give_the_same_correlation_as_one_process(tmp_path):
 
 
 def test_a_helper_that_used_another_layout_is_stopped_and_the_stack_read_here(tmp_path):
-    # asked for bands of 128 pixels where the pipeline uses 256: the layouts differ, the helper
+    # asked for bands of 64 pixels where the pipeline uses 128: the layouts differ, the helper
     # is stopped and the command reads the stack itself, with the same result
-    out = _run("layout", _stack(tmp_path / "s.tif"), band_pixels=128)
+    out = _run("layout", _stack(tmp_path / "s.tif"), band_pixels=64)
     assert out["started"] and not out["helper_running"]
     assert out["same"]
 

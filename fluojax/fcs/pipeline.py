@@ -143,7 +143,7 @@ class AnalysisSettings:
         p, q: int, correlator layout.
         solver: ``fit.LevenbergMarquardt``; default :data:`FCS_SOLVER`.
         tile_pixels: int or None, pixels per correlation band (memory ~ 12 bytes x frames x
-            tile_pixels); None: :func:`band_pixels` (256 for the CPU kernel, 1024 for XLA).
+            tile_pixels); None: :func:`band_pixels` (128 for the CPU kernel, 1024 for XLA).
         correlator_kernel: ``"auto"`` (the numba CPU kernel when JAX runs on the CPU and numba
             is installed, else XLA), ``"xla"`` or ``"cpu"``.
     """
@@ -179,8 +179,8 @@ class AnalysisSettings:
         return self.correlator_kernel == "cpu"
 
     def band_pixels(self) -> int:
-        """Pixels per correlation band: ``tile_pixels``, else 256 for the CPU kernel (a 50,000-frame
-        uint16 band, 26 MB, is still in the L3 cache when the kernel reads it) and 1,024 for XLA."""
+        """Pixels per correlation band: ``tile_pixels``, else
+        :data:`fluojax.fcs.reduction.CPU_BAND_PIXELS` (128) for the CPU kernel and 1,024 for XLA."""
         if self.tile_pixels is not None:
             return self.tile_pixels
         return reduction.CPU_BAND_PIXELS if self.uses_cpu_kernel() else 1024

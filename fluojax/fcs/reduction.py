@@ -273,9 +273,9 @@ def varies_in_time(band: np.ndarray, stride: int = 16) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Bands
 
-CPU_BAND_PIXELS = 256
-"""Pixels per band for the CPU kernel: a 50,000-frame uint16 band, 26 MB, is still in the L3 cache
-when the kernel reads it."""
+CPU_BAND_PIXELS = 128
+"""Pixels per band for the CPU kernel (a 50,000-frame uint16 band is 13 MB): of 64-1,024 pixels,
+the fastest on a 2-core CPU for 128 x 128 x 50,000 and 64 x 64 x 20,000 stacks (docs/benchmarks.md)."""
 
 
 class BandLayout(NamedTuple):
