@@ -48,6 +48,7 @@ __all__ = [
     "check_output_folder",
     "describe_entries",
     "frame_interval_s",
+    "memory_map",
     "read_pixel_size_um",
     "read_stack",
     "read_stack_blocks",
@@ -107,6 +108,21 @@ def read_stack(path: str | os.PathLike) -> tuple[Real[np.ndarray, "t y x"], dict
                 raise InputError(f"{path}: image data could not be read ({type(err).__name__})") from None
         _check_read(path, warnings, one_pixel, data.size, int(np.prod(target)))
     return data.reshape(target), meta
+
+
+def memory_map(path: str | os.PathLike) -> Real[np.ndarray, "t y x"] | None:
+    """The TIFF stack at ``path`` as a read-only ``numpy.memmap`` of shape (T, Y, X), or None where
+    the file is compressed or not contiguous (:func:`read_stack` reads those whole).
+
+    Checked and refused as :func:`read_stack` does (the same ``InputError`` lines).
+    """
+    path = Path(path)
+    with _tifffile_warnings() as warnings:
+        target, _, data, one_pixel = _open_stack(path, warnings)
+        if data is None:
+            return None
+        _check_read(path, warnings, one_pixel, data.size, int(np.prod(target)))
+    return data.reshape(target)
 
 
 def read_stack_blocks(

@@ -293,21 +293,25 @@ def _fit_stack(
     from fluojax.fcs.pipeline import AnalysisSettings, analyse_stack_across_processes
     from fluojax.io import InputError
 
-    stack, frame_time = common.read_timed_stack(path, args.frame_time, "--frame-time")
-    settings = AnalysisSettings(
-        frame_time_s=frame_time,
-        optics=optics,
-        model=args.model,
-        overlap=args.overlap,
-        bleach_order=bleach_order,
-        solver=solver,
-    )
-    t0 = time.perf_counter()
+    prepared = None if reducer is None else reducer.prepared(path)
     try:
-        prepared = None if reducer is None else reducer.prepared(path)
-        maps = analyse_stack_across_processes(stack, settings, prepared=prepared)  # one process: analyse_stack
-    except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
-        raise InputError(f"{path}: {err}") from None
+        stack, frame_time = common.read_timed_stack(path, args.frame_time, "--frame-time")
+        settings = AnalysisSettings(
+            frame_time_s=frame_time,
+            optics=optics,
+            model=args.model,
+            overlap=args.overlap,
+            bleach_order=bleach_order,
+            solver=solver,
+        )
+        t0 = time.perf_counter()
+        try:
+            maps = analyse_stack_across_processes(stack, settings, prepared=prepared)  # one process: analyse_stack
+        except ValueError as err:  # data-dependent problems (too few frames, NaN values, binning)
+            raise InputError(f"{path}: {err}") from None
+    finally:  # refused, or not reduced in the helper after all (another backend): stop it there
+        if prepared is not None:
+            prepared.cancel()
     maps.timings_s["total"] = time.perf_counter() - t0
     assert maps.bleach is not None  # analyse_stack records the bleach correction it applied
     settings = dataclasses.replace(settings, bleach_order=int(maps.bleach["order"]))

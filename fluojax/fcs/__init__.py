@@ -16,6 +16,7 @@ without JAX in the helper process of ``fluojax fcs fit``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -110,17 +111,19 @@ _HOME = {
 }
 """Where each public name lives: ``fluojax.fcs.NAME`` imports ``fluojax.fcs.<module>`` on first use."""
 
-__all__ = sorted(_HOME)
+__all__ = sorted(name for name, module in _HOME.items() if module != "learned")  # import *: no Flax
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use (:data:`_HOME`), or ``__version__``."""
+    """A public name, imported from its module on first use (:data:`_HOME`), a module of the package, or ``__version__``."""
     if name in _HOME:
         value = getattr(importlib.import_module(f"fluojax.fcs.{_HOME[name]}"), name)
         globals()[name] = value
         return value
     if name == "__version__":  # the installed distribution's (fluojax.__version__)
         return importlib.import_module("fluojax").__version__
+    if importlib.util.find_spec(f"fluojax.fcs.{name}") is not None:  # a module: fluojax.fcs.pipeline
+        return importlib.import_module(f"fluojax.fcs.{name}")
     raise AttributeError(f"module 'fluojax.fcs' has no attribute {name!r}")
 
 

@@ -47,10 +47,10 @@ _TREND_COEFS = 9  # power-series coefficients of the bleach trend (degree <= 8, 
 # OpenMP runtime in the process has started yet.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-try:  # the kernel needs numba; without it the pipeline uses the XLA reduction
+try:  # the kernel needs numba; without it (absent, or broken) the pipeline uses the XLA reduction
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a runtime dependency
-    njit = None  # type: ignore[assignment]  # (numba absent: available() says so)
+    njit = None  # type: ignore[assignment]  # (numba absent or broken: available() says so)
 
 
 def available() -> bool:

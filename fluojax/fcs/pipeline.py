@@ -387,19 +387,31 @@ def correlate_stack(
         )
     if n < 1 or n > min(h, w):
         raise InputError(f"binning {n} x {n} pixels: does not fit a {h} x {w} pixel image")
-    layout = reduction.band_layout(
-        stack.shape, stack.dtype, n, settings.overlap, settings.band_pixels(), settings.p, settings.q
-    )
-    reduce = n == 1 and settings.uses_cpu_kernel()  # the kernel's sums come with each band
+    pq = (settings.p, settings.q)
     t0 = time.perf_counter()
-    bands = prepared.bands(layout, settings.bleach_order) if prepared is not None and reduce else None
-    if bands is not None:
-        try:
-            return _correlate_bands(bands, layout, settings, reduce, progress, t0)
-        except reduction.HelperFailed:  # read the stack here instead
-            pass
+    if prepared is not None and n == 1 and settings.uses_cpu_kernel():
+        layout = reduction.band_layout(stack.shape, stack.dtype, 1, settings.overlap, settings.band_pixels(), *pq)
+        bands = prepared.bands(layout, settings.bleach_order)
+        if bands is not None:
+            try:
+                return _correlate_bands(bands, layout, settings, True, progress, t0)
+            except reduction.HelperFailed:  # read the stack here instead
+                pass
+    if settings.uses_cpu_kernel() and not _cpu_kernel_imports():  # numba found, but broken: XLA
+        settings = dataclasses.replace(settings, correlator_kernel="xla")
+    layout = reduction.band_layout(stack.shape, stack.dtype, n, settings.overlap, settings.band_pixels(), *pq)
+    reduce = n == 1 and settings.uses_cpu_kernel()  # the kernel's sums come with each band
     bands = reduction.read_bands(stack, layout, settings.bleach_order, reduce)
     return _correlate_bands(bands, layout, settings, reduce, progress, t0)
+
+
+def _cpu_kernel_imports() -> bool:
+    """Whether the numba kernel imports (numba can be installed but broken, e.g. by a NumPy it
+    does not support yet; ``AnalysisSettings.uses_cpu_kernel`` only looks for it, to spare the
+    command numba's import where a helper process correlates)."""
+    from fluojax.fcs import correlator_cpu
+
+    return correlator_cpu.available()
 
 
 def _correlate_bands(

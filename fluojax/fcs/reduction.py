@@ -442,11 +442,13 @@ class HelperFailed(Exception):
 class ReductionProcess:
     """A forked process that reduces stacks with the CPU kernel for a command importing JAX.
 
-    Started by :func:`start_reduction_process` before the command imports JAX, it imports numba
-    and loads the kernel; :meth:`submit` asks it for a stack (the first one at once, from the
-    command line), and :meth:`bands` returns what it sends back: :func:`read_bands` run there, one
-    message per band. The command checks that the layout it would use itself is the one the
-    helper used, and otherwise (or should the helper be gone) reads the stack itself.
+    Started by :func:`start_reduction_process` before the command imports JAX. :meth:`submit`
+    asks it for a stack (``fcs fit`` asks for its first stack at once, from the command line);
+    the helper then imports numba and loads the kernel while its reader thread reads the mean
+    trace and the first band (:func:`read_bands`), and reduces band after band. :meth:`bands`
+    returns what it sends back, one message per band. The command checks that the layout it would
+    use itself is the one the helper used, and otherwise (or should the helper fail, be gone or
+    stay silent) reads the stack itself. A stack the command gives up on is cancelled.
     """
 
     def __init__(self, process, connection, overlap: bool, bleach_order: int | str, band_pixels: int, p: int, q: int):
@@ -455,6 +457,8 @@ class ReductionProcess:
         self._options = (1, bool(overlap), bleach_order, int(band_pixels), int(p), int(q))
         self._jobs = itertools.count()
         self._submitted: dict[str, int] = {}
+        self.stacks_reduced = 0
+        """Stacks whose every band the command received from the helper."""
 
     def submit(self, path: str) -> None:
         """Ask for the reduction of the stack at ``path`` (jobs run in the order submitted).
@@ -465,58 +469,81 @@ class ReductionProcess:
         if self._connection is None or path in self._submitted:
             return
         job = next(self._jobs)
-        try:
-            self._connection.send((job, path, *self._options))
-        except OSError:
-            self.close()
-            return
-        self._submitted[path] = job
+        if self._send(("job", job, path, *self._options)):
+            self._submitted[path] = job
+
+    def cancel(self, path: str) -> None:
+        """Tell the helper to stop reducing the stack at ``path`` (if it was asked for and not yet received)."""
+        job = self._submitted.pop(path, None)
+        if job is not None:
+            self._send(("cancel", job))
 
     def prepared(self, path: str) -> PreparedStack:
-        """The stack at ``path`` as this process reduces it (:meth:`submit` now, unless it was)."""
-        self.submit(path)
+        """The stack at ``path``, to be reduced by this process when the pipeline asks for its bands."""
         return PreparedStack(self, path)
 
     def bands(self, path: str, layout: BandLayout, bleach_order: int | str) -> Generator[Any, None, None] | None:
         """What :func:`read_bands` with ``reduce=True`` yields for the stack at ``path``, reduced in
-        the helper; None where it was not submitted, not with this bleach setting, or the helper is gone.
+        the helper (:meth:`submit` now, unless it was); None where the bleach setting is not the
+        helper's or the helper is gone.
 
         Raises (while iterating):
             fluojax.io.InputError: the helper refused the data (its message).
             HelperFailed: the helper failed otherwise, or the layout it used is not ``layout``.
         """
-        job = self._submitted.pop(path, None)
-        if self._connection is None or job is None or self._options[2] != bleach_order:
+        if self._options[2] != bleach_order:
+            self.cancel(path)
             return None
-        return self._receive(job, layout)
+        self.submit(path)
+        job = self._submitted.get(path)
+        return None if self._connection is None or job is None else self._receive(path, job, layout)
 
-    def _receive(self, job: int, layout: BandLayout) -> Generator[Any, None, None]:
-        while True:
-            try:
-                if not self._connection.poll(_SILENCE_S):
-                    raise EOFError
-                sent, kind, payload = self._connection.recv()
-            except (EOFError, OSError, TypeError, AttributeError):  # AttributeError: closed meanwhile
-                self.close()
-                raise HelperFailed("the reduction process is gone or silent") from None
-            if sent != job:  # what is left of an earlier job that the command gave up on
-                continue
-            if kind == "layout" and payload != layout:
-                self.close()  # it is reducing another layout: stop it
-                raise HelperFailed(f"the reduction process used {payload}, not {layout}")
-            if kind == "error":
-                input_error, message = payload
-                if input_error:
-                    raise InputError(message)
-                raise HelperFailed(message)
-            if kind == "end":
-                return
-            if kind == "item":
-                yield payload
+    def _receive(self, path: str, job: int, layout: BandLayout) -> Generator[Any, None, None]:
+        done = False
+        try:
+            while True:
+                try:
+                    if not self._connection.poll(_SILENCE_S):
+                        raise EOFError
+                    sent, kind, payload = self._connection.recv()
+                except (EOFError, OSError, TypeError, AttributeError):  # AttributeError: closed meanwhile
+                    self.close()
+                    raise HelperFailed("the reduction process is gone or silent") from None
+                if sent != job:  # what is left of a job that the command gave up on
+                    continue
+                if kind == "layout" and payload != layout:
+                    raise HelperFailed(f"the reduction process used {payload}, not {layout}")
+                if kind == "error":
+                    done = True
+                    input_error, message = payload
+                    if input_error:
+                        raise InputError(message)
+                    raise HelperFailed(message)
+                if kind == "end":
+                    done = True
+                    self.stacks_reduced += 1
+                    return
+                if kind == "item":
+                    yield payload
+        finally:  # finished, failed, or the command stopped reading: the job is over either way
+            if done:
+                self._submitted.pop(path, None)
+            else:
+                self.cancel(path)
+
+    def _send(self, message: tuple) -> bool:
+        if self._connection is None:
+            return False
+        try:
+            self._connection.send(message)
+        except OSError:
+            self.close()
+            return False
+        return True
 
     @property
     def running(self) -> bool:
-        """Whether the helper is still in use (False once it failed, was found gone or closed)."""
+        """Whether the helper is still in use (False once it was found gone or silent, or closed)."""
         return self._connection is not None
 
     def close(self) -> None:
@@ -527,7 +554,7 @@ class ReductionProcess:
 
 
 class PreparedStack(NamedTuple):
-    """A stack that a :class:`ReductionProcess` may be reducing: what
+    """A stack that a :class:`ReductionProcess` may reduce: what
     :func:`fluojax.fcs.pipeline.correlate_stack` takes as ``prepared``."""
 
     process: ReductionProcess
@@ -536,6 +563,10 @@ class PreparedStack(NamedTuple):
     def bands(self, layout: BandLayout, bleach_order: int | str) -> Generator[Any, None, None] | None:
         """:meth:`ReductionProcess.bands` of this stack."""
         return self.process.bands(self.path, layout, bleach_order)
+
+    def cancel(self) -> None:
+        """:meth:`ReductionProcess.cancel` of this stack."""
+        self.process.cancel(self.path)
 
 
 def start_reduction_process(
@@ -567,9 +598,11 @@ def start_reduction_process(
 
 
 def _serve(connection) -> None:
-    """The helper: load the kernel (uint16, the usual camera data), then run each job, its
-    messages ``(job, kind, payload)`` queued for a sending thread (a band's sums are ~1 MB and
-    the command reads them only once it has imported JAX). Ends when the command is gone."""
+    """The helper: run each job as it comes (:func:`read_bands`, the stack memory-mapped), its
+    messages ``(job, kind, payload)`` queued for a sending thread (a band's sums are ~0.7 MB and
+    the command reads them only once it has imported JAX); between bands, read what the command
+    sent (a cancel ends the job). Killed when the command ends (:func:`fluojax.forked.start`)."""
+    import collections
     import os
     import queue
     import signal
@@ -583,6 +616,8 @@ def _serve(connection) -> None:
     # np.linalg could call BLAS; the kernel calls neither, so here that import fails at once
     sys.modules.setdefault("scipy.linalg", None)  # type: ignore[arg-type]
     outbox: queue.Queue = queue.Queue(maxsize=64)
+    jobs: collections.deque = collections.deque()
+    cancelled: set[int] = set()
 
     def send_all():
         while True:
@@ -591,20 +626,42 @@ def _serve(connection) -> None:
             except (OSError, ValueError):  # the command is gone
                 os._exit(0)
 
-    threading.Thread(target=send_all, daemon=True).start()
-    while True:
+    def take(message) -> None:
+        if message[0] == "cancel":
+            cancelled.add(message[1])
+        else:
+            jobs.append(message[1:])
+
+    def read_messages(block: bool) -> None:
         try:
-            job = connection.recv()
+            if block:
+                take(connection.recv())
+            while connection.poll(0):
+                take(connection.recv())
         except (EOFError, OSError):
             os._exit(0)
-        number, path, binning, overlap, bleach_order, band_pixels, p, q = job
+
+    threading.Thread(target=send_all, daemon=True).start()
+    while True:
+        read_messages(block=not jobs)
+        if not jobs:  # only a cancel came
+            continue
+        number, path, binning, overlap, bleach_order, band_pixels, p, q = jobs.popleft()
+        if number in cancelled:
+            continue
         try:
-            stack, _ = io.read_stack(path)
+            stack = io.memory_map(path)
+            if stack is None:  # compressed: the command reads it whole already; not a second time here
+                raise HelperFailed(f"{path} cannot be memory-mapped")
             layout = band_layout(stack.shape, stack.dtype, binning, overlap, band_pixels, p, q)
             outbox.put((number, "layout", layout))
             for item in read_bands(stack, layout, bleach_order, reduce=True):
+                read_messages(block=False)
+                if number in cancelled:
+                    break
                 outbox.put((number, "item", item))
-            outbox.put((number, "end", None))
+            else:
+                outbox.put((number, "end", None))
         except InputError as err:
             outbox.put((number, "error", (True, str(err))))
         except Exception as err:
