@@ -144,8 +144,9 @@ def test_four_devices_equal_one_device(tmp_path):
 
 # the one-process reference of the map, run like the two processes: in a fresh process (once,
 # in a full suite run, the map computed inside the test worker after other tests differed from a
-# fresh process's at 6 of 120 borderline pixels; the cause is not found: not the compilation
-# cache, whose cold and warm maps equal the uncached map bit for bit)
+# fresh process's at 6 of 120 borderline pixels; not the compilation cache, whose cold and warm
+# maps equal the uncached map bit for bit; likely numba: a correlator kernel it has just compiled
+# and the same kernel loaded from its cache differ in float32 rounding, docs/fcs.md)
 ONE_PROCESS = textwrap.dedent(
     """
     import sys
