@@ -387,20 +387,23 @@ def correlate_stack(
         )
     if n < 1 or n > min(h, w):
         raise InputError(f"binning {n} x {n} pixels: does not fit a {h} x {w} pixel image")
-    pq = (settings.p, settings.q)
+
+    def plan(s: AnalysisSettings) -> tuple[reduction.BandLayout, bool]:
+        """The bands, and whether the CPU kernel's sums come with each band."""
+        layout = reduction.band_layout(stack.shape, stack.dtype, n, s.overlap, s.band_pixels(), s.p, s.q)
+        return layout, n == 1 and s.uses_cpu_kernel()
+
     t0 = time.perf_counter()
-    if prepared is not None and n == 1 and settings.uses_cpu_kernel():
-        layout = reduction.band_layout(stack.shape, stack.dtype, 1, settings.overlap, settings.band_pixels(), *pq)
-        bands = prepared.bands(layout, settings.bleach_order)
-        if bands is not None:
-            try:
-                return _correlate_bands(bands, layout, settings, True, progress, t0)
-            except reduction.HelperFailed:  # read the stack here instead
-                pass
+    layout, reduce = plan(settings)
+    bands = prepared.bands(layout, settings.bleach_order) if prepared is not None and reduce else None
+    if bands is not None:
+        try:
+            return _correlate_bands(bands, layout, settings, reduce, progress, t0)
+        except reduction.HelperFailed:  # read the stack here instead
+            pass
     if settings.uses_cpu_kernel() and not _cpu_kernel_imports():  # numba found, but broken: XLA
         settings = dataclasses.replace(settings, correlator_kernel="xla")
-    layout = reduction.band_layout(stack.shape, stack.dtype, n, settings.overlap, settings.band_pixels(), *pq)
-    reduce = n == 1 and settings.uses_cpu_kernel()  # the kernel's sums come with each band
+        layout, reduce = plan(settings)
     bands = reduction.read_bands(stack, layout, settings.bleach_order, reduce)
     return _correlate_bands(bands, layout, settings, reduce, progress, t0)
 
@@ -428,8 +431,8 @@ def _correlate_bands(
 
     n, n_frames = layout.binning, layout.shape[0]
     out_h, out_w = layout.out_rows, layout.out_cols
-    n_lags = len(correlator.lag_grid(settings.p, settings.q).lags)
-    acf = np.empty((out_h * out_w, n_lags), np.float32)
+    lags = correlator.lag_grid(settings.p, settings.q).lags
+    acf = np.empty((out_h * out_w, len(lags)), np.float32)
     sem = np.empty_like(acf)
     mean = np.empty(out_h * out_w, np.float32)
     saturated = np.zeros(out_h * out_w, bool)
@@ -437,6 +440,8 @@ def _correlate_bands(
 
     def binned_any(mask):
         """Whether any raw pixel of each (binned) pixel is set: (rows, W) bool -> (rows', W') bool."""
+        if n == 1:  # the mask itself (no round trip through the device for every band)
+            return mask
         return np.asarray(bin_pixels(mask[None].astype(np.float32), n, settings.overlap))[0] > 0
 
     with (
@@ -467,7 +472,7 @@ def _correlate_bands(
         saturated,
         fluctuates,
         (out_h, out_w),
-        correlator.lag_grid(settings.p, settings.q).lags * settings.frame_time_s,
+        lags * settings.frame_time_s,
         time.perf_counter() - t0,
         bleach,
     )
