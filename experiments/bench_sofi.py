@@ -6,10 +6,13 @@ What is measured, all in one run (CPU unless JAX sees an accelerator):
    zero time lag; Dertinger et al. 2010) on two synthetic blinking stacks, 128 x 128 x 100 and
    512 x 512 x 1,000 (``--quick``: 256 x 256 x 200 as the large one). fluojax:
    ``fluojax.sofi.cumulants.cross_cumulant_sublattices`` (jitted) on the whole small stack in
-   memory (first call, i.e. with compilation, and the median of warm calls); on the large stack
-   over frame blocks read one by one from the TIFF on disk (``io.read_stack_blocks`` +
-   ``cumulants.mean_over_blocks``: the mean of the blocks' cumulants, sofipackage's
-   subsequences) in a child process whose peak resident memory (``VmHWM``) is reported. The
+   memory (first call, i.e. with compilation, and the median of warm calls), and the numba CPU
+   kernel ``fluojax.sofi.cumulants_cpu.cross_cumulants_cpu`` (what the pipeline and the command
+   use when JAX runs on the CPU); on the large stack, both, over frame blocks read one by one
+   from the TIFF on disk (``io.read_stack_blocks`` + ``cumulants.mean_over_blocks``: the mean of
+   the blocks' cumulants, sofipackage's subsequences; float32 copies for XLA, the uint16 counts
+   as views of the memory map for the kernel) in a child process whose peak resident memory
+   (``VmHWM``; it counts the mapped file's pages the process has read) is reported. The
    baseline is a NumPy implementation of the *same* quantity, written here as a NumPy user
    would: the pixel combinations are taken from fluojax's own table
    (``cumulants.combinations``), so both compute identical numbers; the arithmetic is NumPy's:
@@ -294,8 +297,8 @@ def run_child(cmd, env, cwd):
 
 
 def bench_small(rows, args, stack, lines, ratios):
-    """In-memory stack: fluojax jitted vs NumPy, orders 2-4."""
-    from fluojax.sofi import cumulants
+    """In-memory stack: fluojax jitted (XLA) and its CPU kernel vs NumPy, orders 2-4."""
+    from fluojax.sofi import cumulants, cumulants_cpu
 
     name = shape_name(stack.shape)
     host = stack.astype(np.float32)
@@ -337,7 +340,34 @@ def bench_small(rows, args, stack, lines, ratios):
             1.0,
             f"{fmt_times(np_times)}; {len(table)} virtual pixels",
         )
-        ratios.append(f"order {order} {name}: NumPy {np_med:.4g} s / fluojax {med:.4g} s = {np_med / med:.3g}x")
+        ratios.append(f"order {order} {name}: NumPy {np_med:.4g} s / fluojax XLA {med:.4g} s = {np_med / med:.3g}x")
+        if cumulants_cpu.available():
+            kfirst, kmed, ktimes, kout = timed(
+                lambda order=order: cumulants_cpu.cross_cumulants_cpu(host, (order,)), args.repeats
+            )
+            rows.add(
+                f"fluojax `cross_cumulants_cpu` (numba CPU kernel), order {order}, float32",
+                name,
+                kfirst,
+                kmed,
+                np_med / kmed,
+                f"warm {fmt_times(ktimes)}; max rel. diff. to NumPy {rel_diff(kout[order], ref):.1e}; first call loads "
+                "the kernel from numba's cache",
+            )
+            ratios.append(
+                f"order {order} {name}: NumPy {np_med:.4g} s / fluojax CPU kernel {kmed:.4g} s = {np_med / kmed:.3g}x"
+            )
+    if cumulants_cpu.available() and len(args.orders) > 1:
+        counts = np.asarray(stack)
+        _, kmed, ktimes, _ = timed(lambda: cumulants_cpu.cross_cumulants_cpu(counts, tuple(args.orders)), args.repeats)
+        rows.add(
+            f"fluojax `cross_cumulants_cpu`, orders {'+'.join(map(str, args.orders))} in one pass, uint16 frames",
+            name,
+            None,
+            kmed,
+            None,
+            f"warm {fmt_times(ktimes)}; the camera counts as stored (what the command passes)",
+        )
     # a floor: one streaming pass over the stack (every implementation reads each value at least once)
     frame_sum = jax.jit(lambda s: jnp.sum(s, axis=0))
     _, floor, floor_times, _ = timed(lambda: frame_sum(device), args.repeats)
@@ -361,30 +391,39 @@ def block_child(args):
     """Child process: cross-cumulants of one order over frame blocks read one by one from a TIFF
     (``io.read_stack_blocks`` + ``cumulants.mean_over_blocks``), twice (the first compiles); prints
     one JSON line with both times and the process's peak resident memory."""
-    from fluojax.sofi import cumulants
+    from fluojax.sofi import cumulants, cumulants_cpu
 
-    fn = functools.partial(cumulants.cross_cumulant_sublattices, order=args.child_order)
+    order = args.child_order
+    if args.child_kernel == "cpu":  # camera counts as stored (memory-map views), as the command reads them
+        dtype = None
+
+        def fn(block):
+            return cumulants_cpu.cross_cumulants_cpu(block, (order,))[order]
+
+    else:
+        dtype = np.float32
+        fn = functools.partial(cumulants.cross_cumulant_sublattices, order=order)
     jax.block_until_ready(jnp.zeros(4) + 1)  # the runtime started: the baseline memory of a JAX process
     base = peak_rss_mib()
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        _, _, blocks = fio.read_stack_blocks(args.child_blocks, args.block_frames)
+        _, _, blocks = fio.read_stack_blocks(args.child_blocks, args.block_frames, dtype=dtype)
         out = np.asarray(cumulants.mean_over_blocks(blocks, fn))
         times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    for block in fio.read_stack_blocks(args.child_blocks, args.block_frames)[2]:
+    for block in fio.read_stack_blocks(args.child_blocks, args.block_frames, dtype=dtype)[2]:
         block.sum()
     read_s = time.perf_counter() - t0
     peak = peak_rss_mib()
     np.save(args.child_save, out)
     shape, _, _ = fio.read_stack_blocks(args.child_blocks, args.block_frames)
     block = jax.ShapeDtypeStruct((min(args.block_frames, shape[0]), *shape[1:]), jnp.float32)
-    compiled = cumulants.cross_cumulant_sublattices.lower(block, order=args.child_order).compile()
-    try:
-        temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-    except Exception:  # not every backend reports it
-        temp = float("nan")
+    temp = float("nan")
+    if args.child_kernel != "cpu":
+        compiled = cumulants.cross_cumulant_sublattices.lower(block, order=args.child_order).compile()
+        with contextlib.suppress(Exception):  # not every backend reports it
+            temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
     print(
         json.dumps(
             dict(
@@ -410,14 +449,6 @@ def bench_large(rows, args, stack, path, lines, ratios):
     try:
         for order in args.orders:
             table = fluojax_table(order)
-            save = work / f"order{order}.npy"
-            cmd = [sys.executable, str(here), "--child-blocks", str(path), "--child-order", str(order)]
-            cmd += ["--child-save", str(save), "--block-frames", str(args.block_frames)]
-            _, _, (rc, out, err) = run_child(cmd, child_env(tree), tree)
-            if rc != 0:
-                lines.append(f"block run, order {order}, failed (exit {rc}): {err.strip()[-400:]}")
-                continue
-            res = json.loads(out.strip().splitlines()[-1])
             n_frames = args.numpy_large_frames or stack.shape[0]
             tracemalloc.start()
             t0 = time.perf_counter()
@@ -426,24 +457,50 @@ def bench_large(rows, args, stack, path, lines, ratios):
             _, np_peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             scaled = np_s * stack.shape[0] / n_frames
+            for kernel in ("xla", "cpu"):
+                save = work / f"order{order}_{kernel}.npy"
+                cmd = [sys.executable, str(here), "--child-blocks", str(path), "--child-order", str(order)]
+                cmd += ["--child-save", str(save), "--block-frames", str(args.block_frames), "--child-kernel", kernel]
+                _, _, (rc, out, err) = run_child(cmd, child_env(tree), tree)
+                if rc != 0:
+                    lines.append(f"block run ({kernel}), order {order}, failed (exit {rc}): {err.strip()[-400:]}")
+                    continue
+                res = json.loads(out.strip().splitlines()[-1])
+                diff = rel_diff(np.load(save), ref) if n_frames == stack.shape[0] else None
+                if kernel == "xla":
+                    what, detail = (
+                        "fluojax (XLA)",
+                        (
+                            f"XLA's temporary buffers per block {res['xla_temp_mib']:.0f} MiB (`memory_analysis`); a float32 "
+                            f"block is {args.block_frames * stack[0].size * 4 / 2**20:.0f} MiB, the whole stack as float32 "
+                            f"{gib:.2f} GiB; "
+                        ),
+                    )
+                else:
+                    what, detail = "fluojax CPU kernel (numba)", "uint16 blocks as views of the memory map (no copy); "
+                rows.add(
+                    f"{what} over frame blocks of {args.block_frames} from the TIFF, order {order}",
+                    name,
+                    res["first"],
+                    res["warm"],
+                    scaled / res["warm"],
+                    f"child process: peak RSS {res['peak_rss_mib']:.0f} MiB, of which {res['base_rss_mib']:.0f} MiB "
+                    f"before reading (Python + JAX + fluojax); {detail}"
+                    f"incl. reading the TIFF (reading the blocks alone: {res['read_s']:.3g} s); second of 2 calls; "
+                    + (
+                        f"max rel. diff. to NumPy {diff:.1e}"
+                        if diff is not None
+                        else "not compared (NumPy on a subset)"
+                    ),
+                )
+                ratios.append(
+                    f"order {order} {name}: NumPy {scaled:.4g} s / {what} blocks {res['warm']:.4g} s = "
+                    f"{scaled / res['warm']:.3g}x"
+                )
             subset = (
                 ""
                 if n_frames == stack.shape[0]
                 else f" on the first {n_frames} frames, scaled x{stack.shape[0] / n_frames:g}"
-            )
-            diff = rel_diff(np.load(save), ref) if n_frames == stack.shape[0] else None
-            rows.add(
-                f"fluojax over frame blocks of {args.block_frames} from the TIFF, order {order}",
-                name,
-                res["first"],
-                res["warm"],
-                scaled / res["warm"],
-                f"child process: peak RSS {res['peak_rss_mib']:.0f} MiB, of which {res['base_rss_mib']:.0f} MiB before "
-                f"reading (Python + JAX + fluojax); XLA's temporary buffers per block {res['xla_temp_mib']:.0f} MiB "
-                f"(`memory_analysis`); a block is {args.block_frames * stack[0].size * 4 / 2**20:.0f} MiB, "
-                f"the whole stack as float32 {gib:.2f} GiB; "
-                f"incl. reading the TIFF (reading the blocks alone: {res['read_s']:.3g} s); second of 2 calls; "
-                + (f"max rel. diff. to NumPy {diff:.1e}" if diff is not None else "not compared (NumPy on a subset)"),
             )
             rows.add(
                 f"NumPy, same cross-cumulants over the same frame blocks, order {order}, stack in memory",
@@ -453,10 +510,6 @@ def bench_large(rows, args, stack, path, lines, ratios):
                 1.0,
                 f"one run{subset}; reading not included; NumPy peak allocation {np_peak / 2**30:.2f} GiB (tracemalloc, "
                 "beside the uint16 stack)",
-            )
-            ratios.append(
-                f"order {order} {name}: NumPy {scaled:.4g} s / fluojax blocks {res['warm']:.4g} s = "
-                f"{scaled / res['warm']:.3g}x"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -696,6 +749,7 @@ def parse_args():
     ap.add_argument("--child-blocks", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-order", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--child-save", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-kernel", default="xla", help=argparse.SUPPRESS)
     args = ap.parse_args()
     defaults = dict(  # (full, quick)
         large=([512, 1000], [256, 200]),

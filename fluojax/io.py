@@ -126,7 +126,7 @@ def memory_map(path: str | os.PathLike) -> Real[np.ndarray, "t y x"] | None:
 
 
 def read_stack_blocks(
-    path: str | os.PathLike, block_frames: int
+    path: str | os.PathLike, block_frames: int, dtype: type | None = np.float32
 ) -> tuple[tuple[int, int, int], dict, Iterator[Float[np.ndarray, "t y x"]]]:
     """Open a TIFF image stack for reading in blocks of frames, in bounded memory.
 
@@ -135,16 +135,19 @@ def read_stack_blocks(
     file is uncompressed and contiguous, else consecutive pages (one page per frame, as ImageJ
     and tifffile write stacks, compressed ones included); only a file whose pages are not frames
     is read whole. Each block is a float32 copy, so at most one block of frames is held at once
-    (a 512 x 512 x 1,000 stack in blocks of 100 frames: 105 MB).
+    (a 512 x 512 x 1,000 stack in blocks of 100 frames: 105 MB). With ``dtype=None`` the blocks
+    keep the file's type, and a memory-mapped file's blocks are views of the map (no copy: the
+    pages are read when the block is, and the system may drop them again).
 
     Arguments:
         path: file path.
         block_frames: frames per block (>= 1); the last block holds the rest.
+        dtype: the blocks' type (a copy in it), or None: as stored.
 
     Returns:
         ((T, Y, X), metadata, blocks): the stack's shape, its ImageJ metadata (as from
-        :func:`read_stack`) and an iterator of float32 ``(t, Y, X)`` blocks, ``t <= block_frames``,
-        in frame order.
+        :func:`read_stack`) and an iterator of ``(t, Y, X)`` blocks (float32, or ``dtype``),
+        ``t <= block_frames``, in frame order.
 
     Raises:
         InputError: every refusal of :func:`read_stack`; a block size below 1; a block that
@@ -164,7 +167,8 @@ def read_stack_blocks(
         if mapped is not None:
             stack = mapped.reshape(target)
             for start in starts:
-                yield np.array(stack[start : start + block_frames], np.float32)
+                view = stack[start : start + block_frames]
+                yield view if dtype is None else np.array(view, dtype)
             return
         with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
             by_page = len(tif.pages) == frames
@@ -176,7 +180,7 @@ def read_stack_blocks(
                 except Exception as err:
                     raise InputError(f"{path}: image data could not be read ({type(err).__name__})") from None
                 _check_read(path, warnings, one_pixel, data.size, (stop - start) * ny * nx)
-                yield np.asarray(data, np.float32).reshape(stop - start, ny, nx)
+                yield (data if dtype is None else np.asarray(data, dtype)).reshape(stop - start, ny, nx)
 
     return target, meta, blocks()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fluojax.io import InputError
-from fluojax.sofi import cumulants, models
+from fluojax.sofi import cumulants, cumulants_cpu, models
 
 pytestmark = pytest.mark.xdist_group("sofi_cumulants")  # its session fixtures are built once, on one worker
 
@@ -127,29 +127,63 @@ def test_combinations_sit_at_their_virtual_pixel(order, grid):
 # --------------------------------------------------------------------------- brute force
 
 
+def _cross_xla(stack, order, lags=None, grid="sofipackage"):
+    """The XLA path in float64."""
+    with jax.enable_x64(True):
+        return np.asarray(cumulants.cross_cumulant_sublattices(stack, order, lags=lags, grid=grid))
+
+
+def _cross_cpu(stack, order, lags=None, grid="sofipackage"):
+    """The numba CPU kernel (float32 sums)."""
+    return cumulants_cpu.cross_cumulants_cpu(np.asarray(stack, np.float32), (order,), lags=lags, grid=grid)[order]
+
+
+# Tolerances per implementation, relative to the image's largest |value|. float64 (XLA): sums of a
+# few thousand terms of size ~10, rounding ~1e-12. float32 (the kernel): the data are rounded to
+# float32 (2^-24 relative), each of up to 4 factors and the running sums over 1000 frames add
+# about sqrt(1000) 2^-24 ~ 2e-6; 2e-5 leaves a margin, far below any wrong term (order 1).
+IMPLEMENTATIONS = {"xla": (_cross_xla, 1e-9), "cpu": (_cross_cpu, 2e-5)}
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("lags", [None, "lagged"])
 @pytest.mark.parametrize("order", [2, 3, 4])
-def test_cross_cumulants_equal_brute_force_from_raw_moments(order, lags):
-    """The fast path (central products, partitions without singletons, shared terms) equals the
+def test_cross_cumulants_equal_brute_force_from_raw_moments(order, lags, implementation):
+    """Both paths (central products, partitions without singletons, shared terms) equal the
     joint cumulant from raw moments over all partitions, with and without time lags."""
     rng = np.random.default_rng(order)
     # the zero-lag shape is the blinking tests' batch shape: one compilation for both
     stack = rng.gamma(2.0, 1.0, size=(1000, 12, 12) if lags is None else (40, 7, 8))
+    if implementation == "cpu":
+        stack = stack.astype(np.float32)  # the reference on the values the kernel sees
     tau = None if lags is None else {2: (0, 2), 3: (0, 2, 1), 4: (0, 0, 1, 1)}[order]
-    with jax.enable_x64(True):
-        got = np.asarray(cumulants.cross_cumulant_sublattices(stack, order, lags=tau))
-    # float64, 40 frames: sums of a few hundred terms of size ~10, rounding ~1e-12
-    np.testing.assert_allclose(got, _brute_sublattices(stack, order, tau), atol=1e-9, rtol=1e-9)
+    fn, rel = IMPLEMENTATIONS[implementation]
+    want = _brute_sublattices(stack, order, tau)
+    np.testing.assert_allclose(fn(stack, order, tau), want, atol=rel * np.abs(want).max(), rtol=0)
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_full_grid_equals_brute_force(order):
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_full_grid_equals_brute_force(order, implementation):
     """The full grid's multisets (repeated pixels) and the zeros past the last row/column."""
     rng = np.random.default_rng(5)
     stack = rng.gamma(2.0, 1.0, size=(30, 5, 6))
-    with jax.enable_x64(True):
-        got = np.asarray(cumulants.cross_cumulant_sublattices(stack, order, grid="full"))
-    np.testing.assert_allclose(got, _brute_sublattices(stack, order, grid="full"), atol=1e-9, rtol=1e-9)
+    if implementation == "cpu":
+        stack = stack.astype(np.float32)
+    fn, rel = IMPLEMENTATIONS[implementation]
+    want = _brute_sublattices(stack, order, grid="full")
+    np.testing.assert_allclose(fn(stack, order, grid="full"), want, atol=rel * np.abs(want).max(), rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(12, 4, 4), (12, 5, 37), (12, 37, 5), (12, 43, 29)])
+def test_cpu_kernel_handles_any_image_size(shape):
+    """The kernel's strips of rows and vector loops over a row: heights that leave a short last
+    strip (or one strip), widths that are not a multiple of the vector width, the smallest image
+    the grid allows; against the brute force (tolerance as the suite's float32 entry)."""
+    stack = np.random.default_rng(sum(shape)).gamma(2.0, 1.0, shape).astype(np.float32)
+    for order in (2, 3, 4):
+        want = _brute_sublattices(stack, order)
+        np.testing.assert_allclose(_cross_cpu(stack, order), want, atol=2e-5 * np.abs(want).max(), rtol=0)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4, 5, 6])

@@ -55,6 +55,18 @@ def test_blocks_of_a_stack_are_float32_and_join_to_the_stack(stack, tmp_path, co
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"], ids=["memory-mapped", "compressed-pages"])
+def test_blocks_as_stored_keep_the_camera_counts(stack, tmp_path, compression):
+    """dtype=None: uint16 blocks (views of the map when memory-mapped), the file's values."""
+    path = tmp_path / "s.tif"
+    raw = np.round(stack).astype(np.uint16)
+    tifffile.imwrite(path, raw, compression=compression, photometric="minisblack", metadata={"axes": "TYX"})
+    _, _, blocks = io.read_stack_blocks(path, 25, dtype=None)
+    got = list(blocks)
+    assert all(b.dtype == np.uint16 for b in got)
+    np.testing.assert_array_equal(np.concatenate(got), raw)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memory-mapped", "compressed-pages"])
 def test_reading_in_blocks_holds_about_one_block_at_a_time(tmp_path, compression):
     # 400 frames of 64 x 64: 6.6 MB as float32, blocks of 10 frames 164 kB. NumPy reports its
     # allocations to tracemalloc; reading block by block (and dropping each) must peak near one
@@ -158,6 +170,21 @@ def test_blocks_read_from_a_file_give_the_images_of_the_sliced_array(stack, tmp_
     in_memory = pipeline.sofi_images(stack, orders=(2,), linearize=None, block_frames=30)
     assert from_file.blocks == in_memory.blocks == 2
     np.testing.assert_array_equal(from_file.cumulants[2], in_memory.cumulants[2])
+
+
+def test_the_cpu_kernel_and_xla_give_the_same_images(stack):
+    """cumulant_kernel "cpu" (numba, every order in one pass per block) and "xla" agree on every
+    output up to float32 rounding: ~3e-7 of each image's peak here, checked at 1e-5."""
+    kw = dict(orders=(2, 3), linearize="adaptive", fwhm_px=2.8, block_frames=25)
+    cpu = pipeline.sofi_images(stack, cumulant_kernel="cpu", **kw)
+    xla = pipeline.sofi_images(stack, cumulant_kernel="xla", **kw)
+    np.testing.assert_allclose(cpu.mean, xla.mean, rtol=1e-12)  # both float64 sums
+    assert cpu.on_ratio == pytest.approx(xla.on_ratio, rel=1e-5)
+    for order in (2, 3):
+        for got, want in ((cpu.cumulants[order], xla.cumulants[order]), (cpu.linearized[order], xla.linearized[order])):
+            np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    with pytest.raises(InputError, match="cumulant kernel 'gpu': choose auto, cpu or xla"):
+        pipeline.sofi_images(stack, cumulant_kernel="gpu")
 
 
 def test_without_a_given_fwhm_it_is_estimated_and_reported(stack):

@@ -185,7 +185,8 @@ def image_command(args) -> int:
     pipeline.check_settings(settings)
     out, label = common.destination(args, "sofi-image", "_sofi")
     t0 = time.perf_counter()
-    shape, _, blocks = io.read_stack_blocks(args.stack, args.block_frames or 2**31 - 1)
+    # blocks as stored (a memory map's are views): the CPU kernel reads camera counts as they are
+    shape, _, blocks = io.read_stack_blocks(args.stack, args.block_frames or 2**31 - 1, dtype=None)
     pipeline.check_stack_shape(shape, settings.computed_orders, args.stack)
     pixel_nm = _pixel_nm(args, args.stack)
     result = pipeline.sofi_images(

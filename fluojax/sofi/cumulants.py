@@ -13,7 +13,9 @@ grid. Everything is pure JAX: jit-compiled with the order static, vmap- and grad
 are cut into frame blocks whose cumulants are averaged, in memory or from an iterator of blocks.
 Each distinct product of centred pixels ("term", up to a translation) is summed over the frames
 once and shared by every combination and partition that needs it (order 4: 25 terms for 16
-virtual pixels), in one cache-sized pass over the frames (see ``_term_sums_fast``).
+virtual pixels), in one cache-sized pass over the frames (see ``_term_sums_fast``). On a CPU,
+:mod:`fluojax.sofi.cumulants_cpu` sums the same terms with a numba kernel (values only) and
+assembles them with the same :func:`combine_terms`.
 """
 
 from __future__ import annotations
@@ -380,6 +382,61 @@ def _term_sums_jvp(terms, t_eff, pad, primals, tangents):
     return _term_sums_fast(x, terms, t_eff, pad), tangent
 
 
+class CumulantPlan(NamedTuple):
+    """How the joint cumulants of pixel sets are assembled from shared term sums (a static table).
+
+    Attributes:
+        terms: the distinct products of centred pixels ("terms", up to a translation), each a
+            tuple of ``(dy, dx, lag)`` factors with offsets >= 0 from its corner.
+        uses: per pixel set, per partition without singletons, the partition's blocks as
+            ``(term index, dy, dx)``: the term's image read at the set's origin + (dy, dx).
+    """
+
+    terms: tuple[Term, ...]
+    uses: tuple[tuple[tuple[tuple[int, int, int], ...], ...], ...]
+
+
+@functools.cache
+def cumulant_plan(sets: tuple[tuple[tuple[int, int, int], ...], ...]) -> CumulantPlan:
+    """The :class:`CumulantPlan` of pixel sets (each n pixels ``(dy, dx, lag)``, all of one n)."""
+    n = len(sets[0])
+    keys: dict[Term, int] = {}
+    uses = []
+    for pixel_set in sets:
+        per_set = []
+        for part in partitions(n):
+            factors = []
+            for block in part:
+                points = [pixel_set[k] for k in block]
+                my, mx = min(p[0] for p in points), min(p[1] for p in points)
+                key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in points))
+                factors.append((keys.setdefault(key, len(keys)), my, mx))
+            per_set.append(tuple(factors))
+        uses.append(tuple(per_set))
+    return CumulantPlan(tuple(keys), tuple(uses))
+
+
+def combine_terms(plan: CumulantPlan, images: list, origin: tuple[int, int], out_shape: tuple[int, int], xp=jnp):
+    """Cumulant images from term images: ``sum_P (-1)^(|P|-1) (|P|-1)! prod_{B in P} term_B``,
+    one ``out_shape`` image per pixel set, stacked (``xp``: ``jax.numpy`` or ``numpy``)."""
+    h, w = out_shape
+    out = []
+    for per_set in plan.uses:
+        total = None
+        for factors in per_set:
+            coef = (-1) ** (len(factors) - 1) * math.factorial(len(factors) - 1)
+            value = None
+            for key, my, mx in factors:
+                y0, x0 = origin[0] + my, origin[1] + mx
+                piece = images[key][y0 : y0 + h, x0 : x0 + w]
+                value = piece if value is None else value * piece
+            assert value is not None
+            total = coef * value if total is None else total + coef * value
+        assert total is not None
+        out.append(total)
+    return xp.stack(out)
+
+
 def _cumulant_images(
     x: Array,
     sets: list[Term],
@@ -392,42 +449,19 @@ def _cumulant_images(
     Each set holds n pixels ``(dy, dx, lag)``; the value at output (a, b) uses pixels
     ``origin + (a, b) + (dy, dx)`` at frames ``t + lag``, t = 0..T - max lag - 1, each window
     centred by its own mean over those frames, then ``pad`` zero rows/columns appended. Each
-    distinct block product (up to a translation) is summed over time once and shared by all sets.
+    distinct block product (up to a translation) is summed over time once and shared by all sets
+    (:func:`cumulant_plan`).
     """
     t_eff = x.shape[0] - max(lag for s in sets for (_, _, lag) in s)
-    n = len(sets[0])
-    h, w = out_shape
-    # every block of every partition, as (term, corner): the term up to a translation
-    uses: list[list[list[tuple[Term, int, int]]]] = []
-    keys: dict[Term, int] = {}
-    for pixel_set in sets:
-        per_set = []
-        for part in partitions(n):
-            factors = []
-            for block in part:
-                points = [pixel_set[k] for k in block]
-                my, mx = min(p[0] for p in points), min(p[1] for p in points)
-                key = tuple(sorted((p[0] - my, p[1] - mx, p[2]) for p in points))
-                keys.setdefault(key, len(keys))
-                factors.append((key, my, mx))
-            per_set.append(factors)
-        uses.append(per_set)
-    images = _term_sums(x, list(keys), t_eff, pad)
-    out = []
-    for per_set in uses:
-        total = None
-        for factors in per_set:
-            coef = (-1) ** (len(factors) - 1) * math.factorial(len(factors) - 1)
-            value = None
-            for key, my, mx in factors:
-                y0, x0 = origin[0] + my, origin[1] + mx
-                piece = images[keys[key]][y0 : y0 + h, x0 : x0 + w]
-                value = piece if value is None else value * piece
-            assert value is not None
-            total = coef * value if total is None else total + coef * value
-        assert total is not None
-        out.append(total)
-    return jnp.stack(out)
+    plan = cumulant_plan(tuple(sets))
+    images = _term_sums(x, list(plan.terms), t_eff, pad)
+    return combine_terms(plan, images, origin, out_shape)
+
+
+def cross_sets(order: int, lags: tuple[int, ...], grid: Grid) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+    """The pixel sets ``(dy, dx, lag)`` of an order's n^2 combinations on ``grid`` (rows i n + j)."""
+    combos = grid.combinations(order)
+    return tuple(tuple((int(dy), int(dx), lags[k]) for k, (dy, dx) in enumerate(row)) for row in combos.offsets)
 
 
 def _blocked(fn: Callable[[Array], Array], x: Array, block_frames: int | None) -> Array:
@@ -441,10 +475,8 @@ def _blocked(fn: Callable[[Array], Array], x: Array, block_frames: int | None) -
 
 
 def _cross_block(x: Array, order: int, lags: tuple[int, ...], grid: Grid) -> Array:
-    combos = grid.combinations(order)
-    sets = [tuple((int(dy), int(dx), lags[k]) for k, (dy, dx) in enumerate(row)) for row in combos.offsets]
     h, w = grid.sublattice_shape((x.shape[1], x.shape[2]))
-    images = _cumulant_images(x, sets, grid.first_reference, (h, w), grid.pad)
+    images = _cumulant_images(x, list(cross_sets(order, lags, grid)), grid.first_reference, (h, w), grid.pad)
     return images.reshape(order, order, h, w)
 
 

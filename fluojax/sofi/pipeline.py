@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fluojax.io import require
-from fluojax.sofi import cumulants, estimate, simulate
+from fluojax.sofi import cumulants, cumulants_cpu, estimate, simulate
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -93,6 +93,10 @@ class ImageSettings:
             on-ratio; None: estimated from the cumulants.
         iterations: Richardson-Lucy iterations (sofipackage: 10).
         block_frames: frames per block (None: the whole stack is one block).
+        cumulant_kernel: ``"auto"`` (the numba CPU kernel of :mod:`fluojax.sofi.cumulants_cpu`
+            when JAX runs on the CPU and numba imports, else XLA), ``"cpu"`` or ``"xla"``
+            (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`). The same values up to
+            float32 rounding.
     """
 
     orders: tuple[int, ...] = (2,)
@@ -101,6 +105,13 @@ class ImageSettings:
     fwhm_px: float | None = None
     iterations: int = 10
     block_frames: int | None = None
+    cumulant_kernel: str = "auto"
+
+    def uses_cpu_kernel(self) -> bool:
+        """Whether the blocks' cumulants come from the numba CPU kernel rather than XLA."""
+        if self.cumulant_kernel == "auto":
+            return jax.default_backend() == "cpu" and cumulants_cpu.available()
+        return self.cumulant_kernel == "cpu"
 
     @property
     def computed_orders(self) -> tuple[int, ...]:
@@ -205,6 +216,14 @@ def check_settings(settings: ImageSettings) -> None:
         f"PSF FWHM {fwhm} px: must be a positive number of camera pixels",
     )
     require(settings.iterations >= 1, f"{settings.iterations} deconvolution iterations: must be at least 1")
+    require(
+        settings.cumulant_kernel in ("auto", "cpu", "xla"),
+        f"cumulant kernel {settings.cumulant_kernel!r}: choose auto, cpu or xla",
+    )
+    require(
+        settings.cumulant_kernel != "cpu" or cumulants_cpu.available(),
+        "the CPU cumulant kernel needs numba (pip install numba), or choose xla",
+    )
     if settings.block_frames is not None:
         top = max(settings.computed_orders)
         require(
@@ -238,9 +257,15 @@ def check_stack_shape(shape: tuple, orders: Iterable[int], name: str = "the stac
         )
 
 
+def check_finite(block: np.ndarray, name: str = "the stack") -> None:
+    """Refuse a block of frames with non-finite values (integer data are finite: not read)."""
+    if not np.issubdtype(block.dtype, np.integer):
+        require(bool(np.all(np.isfinite(block))), f"{name}: holds non-finite values (NaN or infinity)")
+
+
 def check_block(block: np.ndarray, name: str = "the stack") -> bool:
     """Refuse a block of frames with non-finite values; return whether any pixel fluctuates in it."""
-    require(bool(np.all(np.isfinite(block))), f"{name}: holds non-finite values (NaN or infinity)")
+    check_finite(block, name)
     return block.shape[0] > 1 and bool(np.any(np.ptp(block, axis=0) > 0))
 
 
@@ -248,16 +273,22 @@ def check_block(block: np.ndarray, name: str = "the stack") -> bool:
 # The images
 
 
-def _blocks(stack_or_blocks, block_frames: int | None) -> Iterator[np.ndarray]:
-    """Blocks of frames from an array (sliced) or an iterable of blocks (as given)."""
+def _blocks(stack_or_blocks, block_frames: int | None, keep_dtype: bool = False) -> Iterator[np.ndarray]:
+    """Blocks of frames from an array (sliced) or an iterable of blocks (as given), as float32;
+    with ``keep_dtype`` uint16 and float32 blocks stay as they are (the CPU kernel reads them)."""
+
+    def host(block) -> np.ndarray:
+        block = np.asarray(block)
+        return block if keep_dtype and block.dtype in (np.uint16, np.float32) else block.astype(np.float32)
+
     if hasattr(stack_or_blocks, "shape"):
         frames = stack_or_blocks.shape[0]
         size = frames if block_frames is None else block_frames
         for start in range(0, frames, max(size, 1)):
-            yield np.asarray(stack_or_blocks[start : start + size], np.float32)
+            yield host(stack_or_blocks[start : start + size])
     else:
         for block in stack_or_blocks:
-            yield np.asarray(block, np.float32)
+            yield host(block)
 
 
 def _with_short_tail_merged(blocks: Iterator[np.ndarray], minimum: int) -> Iterator[np.ndarray]:
@@ -295,6 +326,16 @@ def _checked(
         yield block
 
 
+def _block_terms_cpu(block: np.ndarray, computed: tuple[int, ...], name: str) -> tuple:
+    """:func:`_block_terms` in one pass of the numba kernel (a constant pixel's mean is exact
+    there, so its variance and every cumulant it enters are exactly 0)."""
+    check_finite(block, name)
+    res = cumulants_cpu.block_cumulants_cpu(block, computed)
+    assert res.variance is not None
+    varies = block.shape[0] > 1 and bool(np.any(res.variance > 0))
+    return res.mean, np.float64(varies), res.sublattices
+
+
 def _block_terms(block: np.ndarray, computed: tuple[int, ...], name: str) -> tuple:
     """(mean image, 1 if any pixel fluctuates else 0, {order: cross-cumulant sub-lattices}) of one
     block; a block without fluctuations has every cumulant 0 (not computed: its float32 mean
@@ -320,12 +361,14 @@ def sofi_images(
     iterations: int = 10,
     block_frames: int | None = None,
     name: str = "the stack",
+    cumulant_kernel: str = "auto",
 ) -> SofiImages:
     """SOFI images of a stack: flat cross-cumulant images per order, linearized images, bSOFI, the mean.
 
     For each block b of ``T_b`` frames and order n the cross-cumulant sub-lattices ``K_n^b``
     (n, n, H - 3, W - 3) are computed (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`,
-    each block centred by its own mean); the stack's are ``K_n = sum_b T_b K_n^b / sum_b T_b``
+    each block centred by its own mean; on a CPU all orders in one pass of the numba kernel,
+    :func:`fluojax.sofi.cumulants_cpu.block_cumulants_cpu`); the stack's are ``K_n = sum_b T_b K_n^b / sum_b T_b``
     (:func:`fluojax.sofi.cumulants.mean_over_blocks`; sofipackage averages its equally long
     subsequences). A last block shorter than
     ``block_frames / 2`` or than the highest order needs (:func:`minimum_frames`) is joined to the
@@ -352,6 +395,7 @@ def sofi_images(
         iterations: Richardson-Lucy iterations.
         block_frames: frames per block when ``stack_or_blocks`` is an array (None: one block).
         name: the stack's name in the messages.
+        cumulant_kernel: ``"auto"``, ``"cpu"`` or ``"xla"`` (:class:`ImageSettings`).
 
     Returns:
         :class:`SofiImages`.
@@ -362,7 +406,13 @@ def sofi_images(
             pixels never fluctuate together (all cross-cumulants zero).
     """
     settings = ImageSettings(
-        tuple(sorted({int(o) for o in orders})), linearize, bool(bsofi), fwhm_px, int(iterations), block_frames
+        tuple(sorted({int(o) for o in orders})),
+        linearize,
+        bool(bsofi),
+        fwhm_px,
+        int(iterations),
+        block_frames,
+        cumulant_kernel,
     )
     check_settings(settings)
     computed = settings.computed_orders
@@ -372,8 +422,11 @@ def sofi_images(
     t0 = time.perf_counter()
     shortest = max(least, (block_frames or 0) // 2)
     seen = {"frames": 0, "blocks": 0}
-    blocks = _checked(_with_short_tail_merged(_blocks(stack_or_blocks, block_frames), shortest), computed, name, seen)
-    mean, fluctuation, sub = cumulants.mean_over_blocks(blocks, lambda block: _block_terms(block, computed, name))
+    cpu = settings.uses_cpu_kernel()
+    block_terms = _block_terms_cpu if cpu else _block_terms
+    blocks = _blocks(stack_or_blocks, block_frames, keep_dtype=cpu)
+    blocks = _checked(_with_short_tail_merged(blocks, shortest), computed, name, seen)
+    mean, fluctuation, sub = cumulants.mean_over_blocks(blocks, lambda block: block_terms(block, computed, name))
     frames, n_blocks = seen["frames"], seen["blocks"]
     require(
         bool(fluctuation > 0), f"{name}: no fluctuations: every pixel is constant in time, so every cumulant is zero"
