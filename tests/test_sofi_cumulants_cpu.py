@@ -54,8 +54,12 @@ def test_constant_pixels_have_exactly_zero_variance_and_cumulants():
     # sub-lattice column b uses pixel columns b .. b + 3 (reference b + 1, offsets -1 .. 2): b <= 1
     # touches only constant columns, at every sub-position
     assert np.all(res.sublattices[2][:, :, :, :2] == 0)
-    constant = np.full((20, 6, 6), 7.25, np.float32)
+    # a value with all 24 bits of its significand set, over a frame count that is not a multiple of
+    # the kernel's 8-frame sums: still an exact mean
+    value = np.float32(0.1)
+    constant = np.full((1003, 6, 6), value, np.float32)
     res = cumulants_cpu.block_cumulants_cpu(constant, (2, 3, 4))
+    assert np.all(res.mean == np.float64(value))
     assert not res.variance.any() and not any(s.any() for s in res.sublattices.values())
 
 

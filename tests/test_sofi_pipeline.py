@@ -178,7 +178,7 @@ def test_the_cpu_kernel_and_xla_give_the_same_images(stack):
     kw = dict(orders=(2, 3), linearize="adaptive", fwhm_px=2.8, block_frames=25)
     cpu = pipeline.sofi_images(stack, cumulant_kernel="cpu", **kw)
     xla = pipeline.sofi_images(stack, cumulant_kernel="xla", **kw)
-    np.testing.assert_allclose(cpu.mean, xla.mean, rtol=1e-12)  # both float64 sums
+    np.testing.assert_allclose(cpu.mean, xla.mean, rtol=1e-6)  # the kernel sums 8 frames in float32 first
     assert cpu.on_ratio == pytest.approx(xla.on_ratio, rel=1e-5)
     for order in (2, 3):
         for got, want in ((cpu.cumulants[order], xla.cumulants[order]), (cpu.linearized[order], xla.linearized[order])):
