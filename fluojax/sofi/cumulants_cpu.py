@@ -5,7 +5,7 @@ pixels ("term") over the frames in XLA; it is jit-, vmap- and grad-able and fast
 a CPU XLA's loops cost about as much as one pass over the stack already does, which bounds it near
 4x NumPy at order 2. This module computes the same term sums with the loop order a CPU wants:
 strips of a few rows are taken in parallel; for each strip its pixels' means over the frames are
-summed first (float64), then frame by frame the strip's rows are centred into a small buffer and
+summed first (eight frames as a float32 tree, then float64), then frame by frame the strip's rows are centred into a small buffer and
 every term's product is added to its row of running sums (float32, as the XLA path), everything
 inside the core's cache. Integer frames (camera counts, a memory-mapped block) are read as they
 are, without a float copy of the block. Several orders share one pass
@@ -36,14 +36,9 @@ __all__ = [
 ]
 
 # OpenMP's default wait policy (workers spin briefly after a call, then sleep) is kept: a call
-# on a 128 x 128 x 100 stack takes ~0.25 ms, and waking sleeping workers ("PASSIVE", which
+# on a 128 x 128 x 100 stack takes ~0.5 ms (order 2), and waking sleeping workers ("PASSIVE", which
 # fluojax.fcs.correlator_cpu chooses for its long calls that share the cores with a reader
 # thread) adds ~0.06 ms to each. Whichever module starts OpenMP first decides for the process.
-
-try:  # the kernel needs numba; without it (absent, or broken) the pipeline uses the XLA path
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a runtime dependency
-    njit = None  # type: ignore[assignment]
 
 MAX_FACTORS = 6
 """Most factors of a term (auto-cumulants of order 6 take the 6th power of one pixel)."""
@@ -51,101 +46,20 @@ STRIP_ROWS = 8
 """Output rows per strip (a task of the parallel loop; its running sums stay in the L1/L2 cache)."""
 
 
+@functools.cache
+def _kernel():
+    """The compiled kernel (numba imported on first use), or None where numba does not import
+    (absent, or broken, e.g. by a NumPy it does not support): then the pipeline uses XLA."""
+    try:
+        from fluojax.sofi import _cumulants_kernel
+    except ImportError:
+        return None
+    return _cumulants_kernel.term_sums_kernel
+
+
 def available() -> bool:
-    """Whether the numba kernel can be used (numba importable)."""
-    return njit is not None
-
-
-if njit is not None:
-
-    @njit(parallel=True, fastmath={"nnan", "ninf", "nsz", "contract"}, cache=True)
-    def _term_sums_kernel(frames, lags, offsets, counts, t_eff, width, strip_rows, halo, out, mean):  # pragma: no cover
-        """out[k, p] = sum_{t < t_eff} prod_f d_f / t_eff for pixel p = y W + x of the flattened
-        frames (T, H W): factor f of term k is d(p + offsets[k, f, 0], t + lags[offsets[k, f, 1]]),
-        d a pixel's value less its mean over those t_eff frames. Per strip of rows the factors
-        are read from a centred copy of the strip and its ``halo`` rows below (0 past the image),
-        so every term is one loop over the strip's pixels at constant offsets; values of pixels
-        whose factors wrap past a row's end are meaningless and cropped by the caller. mean[p]: the
-        pixel's mean over the frames of the first lag, summed eight frames at a time as a float32
-        tree and then in float64: a constant pixel's mean is exact (v + v, 2v + 2v, 4v + 4v are;
-        so are camera counts, 8 x 65535 < 2^24), so it centres to exactly 0. Hence no
-        reassociation among the fast-math flags (it could sum the tree as ((v + v) + v) + ...)."""
-        n_pixels = frames.shape[1]
-        height = n_pixels // width
-        n_terms = offsets.shape[0]
-        n_lags = lags.shape[0]
-        n_strips = (height + strip_rows - 1) // strip_rows
-        scale = np.float32(1.0 / t_eff)
-        size = (strip_rows + halo) * width
-        for s in prange(n_strips):
-            p0 = s * strip_rows * width
-            span = min((strip_rows + halo) * width, n_pixels - p0)  # pixels of the strip and its halo
-            length = np.uint64(min(strip_rows * width, n_pixels - p0))  # the strip's own pixels
-            means = np.zeros((n_lags, size), np.float32)
-            total = np.zeros(span, np.float64)
-            for slot in range(n_lags):
-                total[:] = 0.0
-                t = lags[slot]
-                end = lags[slot] + t_eff
-                while t + 8 <= end:  # 8 frames summed as a float32 tree, then added in float64
-                    f0, f1 = frames[t, p0 : p0 + span], frames[t + 1, p0 : p0 + span]
-                    f2, f3 = frames[t + 2, p0 : p0 + span], frames[t + 3, p0 : p0 + span]
-                    f4, f5 = frames[t + 4, p0 : p0 + span], frames[t + 5, p0 : p0 + span]
-                    f6, f7 = frames[t + 6, p0 : p0 + span], frames[t + 7, p0 : p0 + span]
-                    for i in range(span):
-                        low = (np.float32(f0[i]) + np.float32(f1[i])) + (np.float32(f2[i]) + np.float32(f3[i]))
-                        high = (np.float32(f4[i]) + np.float32(f5[i])) + (np.float32(f6[i]) + np.float32(f7[i]))
-                        total[i] += low + high
-                    t += 8
-                while t < end:
-                    src = frames[t, p0 : p0 + span]
-                    for i in range(span):
-                        total[i] += src[i]
-                    t += 1
-                dst = means[slot]
-                for i in range(span):
-                    dst[i] = np.float32(total[i] / t_eff)
-                if slot == 0:
-                    own = mean[p0 : p0 + length]
-                    for j in range(length):
-                        own[j] = total[j] / t_eff
-            buf = np.zeros(n_lags * size + width, np.float32)  # + a row of zeros read by wrapped pixels
-            acc = np.zeros((n_terms, strip_rows * width), np.float32)
-            for t in range(t_eff):
-                for slot in range(n_lags):
-                    src = frames[t + lags[slot], p0 : p0 + span]
-                    m = means[slot]
-                    dst = buf[slot * size : slot * size + span]
-                    for i in range(span):
-                        dst[i] = np.float32(src[i]) - m[i]
-                for k in range(n_terms):
-                    row = acc[k]
-                    c = counts[k]
-                    o0 = np.uint64(offsets[k, 0, 1] * size + offsets[k, 0, 0])
-                    o1 = np.uint64(offsets[k, 1, 1] * size + offsets[k, 1, 0])
-                    if c == 2:
-                        for j in range(length):
-                            row[j] += buf[o0 + j] * buf[o1 + j]
-                    elif c == 3:
-                        o2 = np.uint64(offsets[k, 2, 1] * size + offsets[k, 2, 0])
-                        for j in range(length):
-                            row[j] += buf[o0 + j] * buf[o1 + j] * buf[o2 + j]
-                    elif c == 4:
-                        o2 = np.uint64(offsets[k, 2, 1] * size + offsets[k, 2, 0])
-                        o3 = np.uint64(offsets[k, 3, 1] * size + offsets[k, 3, 0])
-                        for j in range(length):
-                            row[j] += buf[o0 + j] * buf[o1 + j] * buf[o2 + j] * buf[o3 + j]
-                    else:
-                        for j in range(length):
-                            v = buf[o0 + j] * buf[o1 + j]
-                            for f in range(2, c):
-                                v *= buf[np.uint64(offsets[k, f, 1] * size + offsets[k, f, 0]) + j]
-                            row[j] += v
-            for k in range(n_terms):
-                dst = out[k, p0 : p0 + length]
-                src = acc[k]
-                for j in range(length):
-                    dst[j] = src[j] * scale
+    """Whether the numba kernel can be used (numba imports; importing it is the first call's cost)."""
+    return _kernel() is not None
 
 
 def _kernel_input(stack) -> np.ndarray:
@@ -176,7 +90,8 @@ def _tables(terms: tuple, width: int) -> tuple:
 
 def _run(stack, terms: tuple, t_eff: int, pad: int) -> tuple[list[np.ndarray], np.ndarray]:
     """(term images, per-pixel mean over the first lag's frames (float64, (H, W))) by the kernel."""
-    if not available():  # pragma: no cover
+    kernel = _kernel()
+    if kernel is None:  # pragma: no cover
         raise RuntimeError("the SOFI CPU kernel needs numba (pip install numba)")
     x = _kernel_input(stack)
     big_h, big_w = x.shape[1], x.shape[2]
@@ -188,7 +103,7 @@ def _run(stack, terms: tuple, t_eff: int, pad: int) -> tuple[list[np.ndarray], n
     mean = np.empty(height * width, np.float64)
     rows = max(1, min(STRIP_ROWS, -(-height // 4)))  # at least four strips for two threads
     flat = x.reshape(t_frames, height * width)
-    _term_sums_kernel(flat, lag_values, offsets, counts, int(t_eff), width, rows, max(reach_y), out, mean)
+    kernel(flat, lag_values, offsets, counts, int(t_eff), width, rows, max(reach_y), out, mean)
     images = out.reshape(len(terms), height, width)
     crops = [images[k, : height - reach_y[k], : width - reach_x[k]] for k in range(len(terms))]
     return crops, mean.reshape(height, width)[:big_h, :big_w]
