@@ -33,6 +33,8 @@ out = {"started": helper is not None}
 if scenario == "cancel":  # a job given up on: its messages must not be taken for the next one's
     helper.submit(path + ".first")
     helper.cancel(path + ".first")
+if scenario == "expect":  # as fcs fit with two stacks: the second is asked for once the first is in
+    helper.expect([path, path + ".next"])
 helper.submit(path)  # as fcs fit asks for its first stack, before it imports JAX
 prepared = helper.prepared(path)
 if scenario == "gone":
@@ -53,6 +55,7 @@ for use in (prepared, None):
         results.append({"error": f"{type(err).__name__}: {err}"})
 out["helper_running"] = helper.running
 out["stacks_reduced"] = helper.stacks_reduced
+out["pending"] = list(helper.pending)
 if "error" in results[0] or "error" in results[1]:
     out["errors"] = [r.get("error") for r in results]
 else:
@@ -109,6 +112,17 @@ def test_helper_sums_give_the_same_correlation_as_one_process(tmp_path):
     assert out["started"] and out["helper_running"] and out["stacks_reduced"] == 1
     assert out["same"]
     assert out["bleach"][0] == out["bleach"][1] > 0
+
+
+def test_the_next_expected_stack_is_asked_for_when_the_one_before_is_in(tmp_path):
+    # the helper reduces stack 2 while the command fits stack 1: it is asked for as soon as
+    # stack 1 has come back whole, before the command reaches it (here never); stack 1 as before
+    path = _stack(tmp_path / "s.tif")
+    (tmp_path / "s.tif.next").write_bytes(path.read_bytes())
+    out = _run("expect", path)
+    assert out["stacks_reduced"] == 1 and out["same"]
+    assert out["pending"] == [str(path) + ".next"]
+    assert _run("same", path)["pending"] == []  # nothing expected: nothing asked for
 
 
 def test_a_stack_the_helper_reduced_in_another_layout_is_read_here(tmp_path):

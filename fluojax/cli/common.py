@@ -297,7 +297,7 @@ def fit_stacks(args, kind: str, default_suffix: str, setup: Callable[[Any], Stac
         args.stack = str(given[0])
         out, label = destination(args, kind, default_suffix)
         return setup(args)(args.stack, out, label)[0]
-    plan = _plan_outputs(_list_stacks(given), args.output, default_suffix)
+    plan = _plan_outputs(list_stacks(given), args.output, default_suffix)
     batch = None if args.output is None else Path(args.output)
     if batch is not None:
         _check_batch_folder(batch, kind, args.overwrite)
@@ -306,7 +306,7 @@ def fit_stacks(args, kind: str, default_suffix: str, setup: Callable[[Any], Stac
     return _fit_each(plan, setup(args), kind, batch)
 
 
-def _list_stacks(given: Sequence[str | Path]) -> list[str]:
+def list_stacks(given: Sequence[str | Path]) -> list[str]:
     """The stacks of the arguments: a file as given, a folder as its .tif/.tiff files (sorted)."""
     from fluojax.io import InputError
 

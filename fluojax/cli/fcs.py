@@ -250,8 +250,9 @@ def fit_command(args) -> int:
 
 def _start_reducer(args):
     """The helper process that reduces the stacks with the CPU kernel while this one imports JAX
-    (:class:`fluojax.fcs.reduction.ReductionProcess`), the first stack asked for at once; None
-    where it cannot help (binning, a multi-host run, a --bleach value refused later, no fork)."""
+    (:class:`fluojax.fcs.reduction.ReductionProcess`), the first stack asked for at once and each
+    later one when the one before has come back; None where it cannot help (binning, a
+    multi-host run, a --bleach value refused later, no fork)."""
     from fluojax import distributed
     from fluojax.fcs import reduction
     from fluojax.io import InputError
@@ -262,10 +263,14 @@ def _start_reducer(args):
         bleach = _bleach_order(args.bleach)
     except InputError:
         return None
+    try:  # the stacks in the order the command fits them (a folder: its files, as fit_stacks lists them)
+        stacks = common.list_stacks([args.stack] if isinstance(args.stack, str | Path) else args.stack)
+    except InputError:  # refused by fit_stacks in a moment
+        stacks = []
     reducer = reduction.start_reduction_process(args.overlap, bleach)
-    first = str(args.stack if isinstance(args.stack, str | Path) else args.stack[0])
-    if reducer is not None and not Path(first).is_dir():
-        reducer.submit(first)
+    if reducer is not None and stacks:
+        reducer.expect(stacks)  # each next stack is reduced while the one before is fitted
+        reducer.submit(stacks[0])
     return reducer
 
 

@@ -20,7 +20,7 @@ import concurrent.futures
 import functools
 import itertools
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -457,6 +457,7 @@ class ReductionProcess:
         self._options = (1, bool(overlap), bleach_order, int(band_pixels), int(p), int(q))
         self._jobs = itertools.count()
         self._submitted: dict[str, int] = {}
+        self._expected: list[str] = []
         self.stacks_reduced = 0
         """Stacks whose every band the command received from the helper."""
 
@@ -471,6 +472,17 @@ class ReductionProcess:
         job = next(self._jobs)
         if self._send(("job", job, path, *self._options)):
             self._submitted[path] = job
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """The stacks asked for and not yet received whole, in the order asked."""
+        return tuple(self._submitted)
+
+    def expect(self, paths: Sequence[str]) -> None:
+        """The stacks the command will ask for, in its order: once a stack has come back whole, the
+        next one is asked for at once, so the helper reduces it while the command fits and writes
+        the one before (up to the helper's outbox of 64 bands ahead)."""
+        self._expected = [str(p) for p in paths]
 
     def cancel(self, path: str) -> None:
         """Tell the helper to stop reducing the stack at ``path`` (if it was asked for and not yet received)."""
@@ -522,6 +534,7 @@ class ReductionProcess:
                 if kind == "end":
                     done = True
                     self.stacks_reduced += 1
+                    self._submit_next(path)
                     return
                 if kind == "item":
                     yield payload
@@ -530,6 +543,13 @@ class ReductionProcess:
                 self._submitted.pop(path, None)
             else:
                 self.cancel(path)
+
+    def _submit_next(self, path: str) -> None:
+        """:meth:`submit` the stack expected after ``path`` (:meth:`expect`), if any."""
+        if path in self._expected:
+            following = self._expected[self._expected.index(path) + 1 :]
+            if following:
+                self.submit(following[0])
 
     def _send(self, message: tuple) -> bool:
         if self._connection is None:
