@@ -63,6 +63,19 @@ def test_constant_pixels_have_exactly_zero_variance_and_cumulants():
     assert not res.variance.any() and not any(s.any() for s in res.sublattices.values())
 
 
+def test_term_sums_refuse_factors_outside_the_frames():
+    """numba does not check indices: the wrapper refuses what would read past the frames."""
+    frames = np.zeros((10, 6, 6), np.float32)
+    for terms, t_eff in [
+        ([((0, 0, 0), (0, 1, 2))], 10),  # lag 2 with 10 frames summed: frames 10 and 11
+        ([((0, 0, 0), (0, 1, 0))], 0),
+        ([((0, 0, 0), (0, -1, 0))], 5),  # a negative offset
+        ([((0, 0, 0), (6, 0, 0))], 5),  # below the last row
+    ]:
+        with pytest.raises(ValueError):
+            cumulants_cpu.term_sums_cpu(frames, terms, t_eff)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

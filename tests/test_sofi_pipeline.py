@@ -183,8 +183,17 @@ def test_the_cpu_kernel_and_xla_give_the_same_images(stack):
     for order in (2, 3):
         for got, want in ((cpu.cumulants[order], xla.cumulants[order]), (cpu.linearized[order], xla.linearized[order])):
             np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    assert (cpu.settings.cumulant_kernel, xla.settings.cumulant_kernel) == ("cpu", "xla")  # recorded as used
     with pytest.raises(InputError, match="cumulant kernel 'gpu': choose auto, cpu or xla"):
         pipeline.sofi_images(stack, cumulant_kernel="gpu")
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "xla"])
+def test_fluctuations_too_small_for_float32_squares_are_not_taken_for_a_constant_stack(stack, kernel):
+    """Deviations of ~1e-23 square to below float32's range: the kernel's variance is 0, yet the
+    pixels are not constant; both paths give the same refusal (all cross-cumulants underflow)."""
+    with pytest.raises(InputError, match="cross-cumulants are all zero"):
+        pipeline.sofi_images(stack * np.float32(1e-25), orders=(2,), linearize=None, cumulant_kernel=kernel)
 
 
 def test_without_a_given_fwhm_it_is_estimated_and_reported(stack):

@@ -63,7 +63,8 @@ def available() -> bool:
 
 
 def _kernel_input(stack) -> np.ndarray:
-    """The frames as the kernel reads them: uint16 (camera counts) or float32, C-contiguous."""
+    """The frames as the kernel reads them: uint16 (camera counts) or float32, C-contiguous (other
+    types are cast to float32: float64 values beyond its range become infinite)."""
     x = np.asarray(stack)
     if x.dtype not in (np.uint16, np.float32):
         x = x.astype(np.float32)
@@ -99,6 +100,11 @@ def _run(stack, terms: tuple, t_eff: int, pad: int) -> tuple[list[np.ndarray], n
         x = np.pad(x, ((0, 0), (0, pad), (0, pad)))
     t_frames, height, width = x.shape
     lag_values, offsets, counts, reach_y, reach_x = _tables(terms, width)
+    # numba does not check indices: every factor must lie inside the (padded) frames
+    if not 1 <= t_eff <= t_frames - int(lag_values[-1]) or lag_values[0] < 0:
+        raise ValueError(f"t_eff {t_eff} frames with lags {tuple(lag_values)}: outside the {t_frames} frames")
+    if min(min(min(p[0], p[1]) for p in term) for term in terms) < 0 or max(reach_y) >= height or max(reach_x) >= width:
+        raise ValueError(f"term offsets must be >= 0 and inside the {height} x {width} (padded) image")
     out = np.empty((len(terms), height * width), np.float32)
     mean = np.empty(height * width, np.float64)
     rows = max(1, min(STRIP_ROWS, -(-height // 4)))  # at least four strips for two threads
@@ -150,9 +156,11 @@ class BlockCumulants(NamedTuple):
 
     Attributes:
         sublattices: order n -> (n, n, h, w) float32 cross-cumulant sub-lattices.
-        mean: (H, W) float64 mean of each pixel over the block's frames (zero lag).
-        variance: (H, W) float32 variance of each pixel over the frames (exactly 0 where the pixel
-            is constant: its mean is exact, so it centres to 0), or None when not asked for.
+        mean: (H, W) float64 mean of each pixel over the block's frames (with ``lags``: over the
+            T - max(lags) frames from the smallest lag, or from frame 0 with ``variance``).
+        variance: (H, W) float32 variance of each pixel over the frames (zero lag; with ``lags``
+            over the first T - max(lags) frames), exactly 0 where the pixel is constant (its mean
+            is exact, so it centres to 0); None when not asked for.
     """
 
     sublattices: dict[int, np.ndarray]
@@ -203,7 +211,7 @@ def block_cumulants_cpu(
     for order, (_, plan) in plans.items():
         value = cumulants.combine_terms(plan, [images[k] for k in picks[order]], g.first_reference, (h, w), xp=np)
         sub[order] = value.reshape(order, order, h, w)
-    return BlockCumulants(sub, mean, images[-1][:big_h, :big_w] if variance else None)
+    return BlockCumulants(sub, mean, images[-1][:big_h, :big_w].copy() if variance else None)
 
 
 def cross_cumulants_cpu(
@@ -222,5 +230,9 @@ def cross_cumulants_cpu(
 
 def load_kernel(dtype=np.float32) -> None:
     """Load (or, on first use after installing, compile) the kernel for frames of ``dtype`` now,
-    on a small zero stack."""
-    block_cumulants_cpu(np.zeros((4, 4, 4), dtype), (2,))
+    on a small zero stack, writable and read-only (numba compiles each separately; a memory-mapped
+    TIFF and a JAX array are read-only)."""
+    frames = np.zeros((4, 4, 4), dtype)
+    block_cumulants_cpu(frames, (2,))
+    frames.setflags(write=False)
+    block_cumulants_cpu(frames, (2,))

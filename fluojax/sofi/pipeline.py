@@ -96,7 +96,10 @@ class ImageSettings:
         cumulant_kernel: ``"auto"`` (the numba CPU kernel of :mod:`fluojax.sofi.cumulants_cpu`
             when JAX runs on the CPU and numba imports, else XLA), ``"cpu"`` or ``"xla"``
             (:func:`fluojax.sofi.cumulants.cross_cumulant_sublattices`). The same values up to
-            float32 rounding.
+            float32 rounding, except where XLA leaves rounding residue: the kernel's means are
+            exact for constant pixels, so a stack whose only fluctuating pixels have no
+            fluctuating neighbours is refused there, while XLA returns residue-sized images.
+            :class:`SofiImages` records the kernel that was used.
     """
 
     orders: tuple[int, ...] = (2,)
@@ -332,7 +335,8 @@ def _block_terms_cpu(block: np.ndarray, computed: tuple[int, ...], name: str) ->
     check_finite(block, name)
     res = cumulants_cpu.block_cumulants_cpu(block, computed)
     assert res.variance is not None
-    varies = block.shape[0] > 1 and bool(np.any(res.variance > 0))
+    # squares of tiny deviations (|d| < 1e-23) underflow in float32: then ask the values themselves
+    varies = block.shape[0] > 1 and bool(np.any(res.variance > 0) or np.any(np.ptp(block, axis=0) > 0))
     return res.mean, np.float64(varies), res.sublattices
 
 
@@ -423,6 +427,7 @@ def sofi_images(
     shortest = max(least, (block_frames or 0) // 2)
     seen = {"frames": 0, "blocks": 0}
     cpu = settings.uses_cpu_kernel()
+    settings = dataclasses.replace(settings, cumulant_kernel="cpu" if cpu else "xla")  # what was used
     block_terms = _block_terms_cpu if cpu else _block_terms
     blocks = _blocks(stack_or_blocks, block_frames, keep_dtype=cpu)
     blocks = _checked(_with_short_tail_merged(blocks, shortest), computed, name, seen)
