@@ -4,7 +4,8 @@ The modules follow the technique layout (docs/architecture.md): ``models`` (the 
 model of independent blinking emitters) -> ``simulate`` (blinking movies, microtubules, cameras)
 -> ``estimate`` (flattening, deconvolution, linearization, balanced SOFI) -> ``nets`` (the
 MISR-GRU network) -> ``learned`` (recipes, training, prediction) -> ``pipeline`` (a stack to SOFI
-images, as ``fluojax sofi`` runs it); ``cumulants`` (auto- and cross-cumulants) and ``metrics``
+images, as ``fluojax sofi`` runs it); ``cumulants`` (auto- and cross-cumulants; on a CPU also
+``cumulants_cpu``, the same cross-cumulants by a numba kernel) and ``metrics``
 (decorrelation resolution, Pearson, SQUIRREL, TPR/TNR) are its own pieces. The names below are
 the public API; the network's names (Flax) are imported on first use.
 """
@@ -25,6 +26,9 @@ from fluojax.sofi.cumulants import cross_cumulant_sublattices as cross_cumulant_
 from fluojax.sofi.cumulants import interleave as interleave
 from fluojax.sofi.cumulants import mean_over_blocks as mean_over_blocks
 from fluojax.sofi.cumulants import partitions as partitions
+from fluojax.sofi.cumulants_cpu import BlockCumulants as BlockCumulants
+from fluojax.sofi.cumulants_cpu import block_cumulants_cpu as block_cumulants_cpu
+from fluojax.sofi.cumulants_cpu import cross_cumulants_cpu as cross_cumulants_cpu
 from fluojax.sofi.estimate import BALANCE_THRESHOLDS as BALANCE_THRESHOLDS
 from fluojax.sofi.estimate import LINEARIZATIONS as LINEARIZATIONS
 from fluojax.sofi.estimate import BsofiMaps as BsofiMaps
