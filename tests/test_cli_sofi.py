@@ -69,6 +69,28 @@ def test_the_image_subcommand_named_and_implied_are_the_same(stack_file, tmp_pat
     assert not (named / "sofi2.tif").exists()  # --linearize none: flat cumulants only
 
 
+def test_several_stacks_give_a_result_folder_each_and_a_summary(stack_file, tmp_path, capsys):
+    """As the fit commands: each stack its own folder under -o, a bad one refused in one line
+    without stopping the others, the batch summary, exit code 2 (a stack was refused)."""
+    second = tmp_path / "second.tif"
+    io.write_stack(second, _pair_stack(seed=2), 0.01, 0.1)
+    bad = tmp_path / "flat.tif"
+    io.write_stack(bad, np.full((60, 12, 14), 20.0, np.float32), 0.01)
+    out = tmp_path / "batch"
+    code = main(["sofi", str(stack_file), str(bad), str(second), "--order", "2", "--fwhm", "2.8", "-o", str(out)])
+    assert code == 2
+    assert "flat.tif: no fluctuations" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["fitted", "refused", "fitted"]
+    assert sorted(p.name for p in out.iterdir()) == ["pair", "second", "summary.json"]
+    for name, seed in (("pair", 1), ("second", 2)):  # each folder holds its own stack's images
+        alone = tmp_path / f"alone_{name}"
+        stack = tmp_path / f"{name}_copy.tif"
+        io.write_stack(stack, _pair_stack(seed=seed), 0.01, 0.1)
+        assert main(["sofi", str(stack), "--order", "2", "--fwhm", "2.8", "-o", str(alone)]) == 0
+        np.testing.assert_array_equal(tifffile.imread(out / name / "sofi2.tif"), tifffile.imread(alone / "sofi2.tif"))
+
+
 def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path):
     from fluojax.sofi import pipeline
 

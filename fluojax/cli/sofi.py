@@ -9,6 +9,7 @@ is imported with this module; each subcommand imports what it needs.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ imports no jax; a test checks that they are the library's)."""
 LINEARIZE_NAMES = ("root", "adaptive", "none")
 """``--linearize`` choices: ``fluojax.sofi.pipeline.LINEARIZATIONS`` and ``none`` (checked by a test)."""
 
-USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [--uint16] [-o OUT]
+USAGE = """fluojax sofi [image] STACK.tif [STACK ...] [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [--uint16] [-o OUT]
        fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
        fluojax sofi train --config NAME [--steps N] -o RUN
        fluojax sofi predict STACK.tif --net RUN [--windows | --stride N] [-o OUT]"""
@@ -38,7 +39,7 @@ USAGE = """fluojax sofi [image] STACK.tif [--order 2-4] [--linearize root|adapti
 
 
 def _add_image(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stack", help="TIFF stack (frames, Y, X) of blinking emitters")
+    common.add_stacks(p, "TIFF stack (frames, Y, X) of blinking emitters")
     p.add_argument(
         "--order",
         type=str,
@@ -174,41 +175,61 @@ def _missing_stack(path: str) -> None:
 
 
 def image_command(args) -> int:
-    """``fluojax sofi [image] STACK.tif``."""
-    from fluojax import io
+    """``fluojax sofi [image] STACK.tif [STACK ...]``: one stack or many, each with its own result
+    folder (:func:`fluojax.cli.common.fit_stacks`)."""
+    for path in [args.stack] if isinstance(args.stack, str) else args.stack:
+        _missing_stack(str(path))
+    return common.fit_stacks(args, "sofi-image", "_sofi", _image_setup)
+
+
+def _image_setup(args) -> common.StackFit:
+    """The options of ``sofi image`` checked once; returns the images of one stack."""
     from fluojax.sofi import pipeline
 
-    _missing_stack(args.stack)
     orders = pipeline.parse_orders(args.order)
     linearize = None if args.linearize == "none" else args.linearize
     settings = pipeline.ImageSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
     pipeline.check_settings(settings)
-    out, label = common.destination(args, "sofi-image", "_sofi")
+    return functools.partial(_image_stack, args, settings)
+
+
+def _image_stack(args, settings, path: str, out: Path, label: str) -> tuple[int, str]:
+    """The SOFI images of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
+    from fluojax import io
+    from fluojax.sofi import pipeline
+
     t0 = time.perf_counter()
     # blocks as stored (a memory map's are views): the CPU kernel reads camera counts as they are
-    shape, _, blocks = io.read_stack_blocks(args.stack, args.block_frames or 2**31 - 1, dtype=None)
-    pipeline.check_stack_shape(shape, settings.computed_orders, args.stack)
-    pixel_nm = _pixel_nm(args, args.stack)
+    shape, _, blocks = io.read_stack_blocks(path, settings.block_frames or 2**31 - 1, dtype=None)
+    pipeline.check_stack_shape(shape, settings.computed_orders, path)
+    pixel_nm = _pixel_nm(args, path)
     result = pipeline.sofi_images(
-        blocks, orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames, name=args.stack
+        blocks,
+        settings.orders,
+        settings.linearize,
+        settings.bsofi,
+        settings.fwhm_px,
+        settings.iterations,
+        settings.block_frames,
+        name=path,
     )
-    summary = pipeline.images_summary(result, str(args.stack))
+    summary = pipeline.images_summary(result, str(path))
     summary["pixel_nm"] = pixel_nm
     summary["total_s"] = time.perf_counter() - t0
     with io.result_folder(out, "sofi-image", args.overwrite, label) as folder:
-        summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(args.stack).name, args.uint16)
+        summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(path).name, args.uint16)
         io.write_json(folder / "summary.json", summary)
     sizes = ", ".join(f"order {o}: {im.shape[0]} x {im.shape[1]}" for o, im in result.cumulants.items())
     fwhm = (
         ""
         if result.fwhm_px is None
-        else f", PSF FWHM {result.fwhm_px:.3g} px" + (" (estimated)" if args.fwhm is None else "")
+        else f", PSF FWHM {result.fwhm_px:.3g} px" + (" (estimated)" if settings.fwhm_px is None else "")
     )
     print(
         f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes}{fwhm} "
         f"in {summary['total_s']:.1f} s -> {out}/"
     )
-    return 0
+    return 0, f"{sizes}{fwhm}"
 
 
 def simulate_command(args) -> int:
