@@ -177,8 +177,8 @@ def _missing_stack(path: str) -> None:
 def image_command(args) -> int:
     """``fluojax sofi [image] STACK.tif [STACK ...]``: one stack or many, each with its own result
     folder (:func:`fluojax.cli.common.fit_stacks`)."""
-    for path in [args.stack] if isinstance(args.stack, str) else args.stack:
-        _missing_stack(str(path))
+    for path in args.stack:
+        _missing_stack(path)
     return common.fit_stacks(args, "sofi-image", "_sofi", _image_setup)
 
 

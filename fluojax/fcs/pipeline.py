@@ -281,12 +281,9 @@ _acf_from_lag_sums = jax.jit(correlator.acf_from_lag_sums, static_argnums=(1, 2,
 
 def _band_acf_cpu(band: np.ndarray, n: int, overlap: bool, bleach_order: int, p: int, q: int) -> correlator.ACFResult:
     """:func:`_band_acf` with bleach correction and correlation in the numba CPU kernel."""
-    from fluojax.fcs import correlator_cpu
-
     t = band.shape[0]
     traces = band.reshape(t, -1) if n == 1 else np.asarray(bin_pixels(jnp.asarray(band), n, overlap)).reshape(t, -1)
-    trend = bleach_design(t, bleach_order) if bleach_order > 0 else None
-    return _finish_lag_sums(correlator_cpu.lag_sums_cpu(traces, p, q, trend), t, p, q)
+    return _finish_lag_sums(reduction.reduce_traces(traces, bleach_order, p, q), t, p, q)
 
 
 def _finish_lag_sums(reduced: correlator.LagSums, n_frames: int, p: int, q: int) -> correlator.ACFResult:

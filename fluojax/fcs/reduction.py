@@ -42,6 +42,7 @@ __all__ = [
     "mean_trace",
     "read_band",
     "read_bands",
+    "reduce_traces",
     "resolve_bleach",
     "start_reduction_process",
     "varies_in_time",
@@ -363,6 +364,16 @@ def read_band(stack, layout: BandLayout, out_row: int) -> tuple[np.ndarray, np.n
     return band, (None if saturation is None else high >= saturation), varies, scale
 
 
+def reduce_traces(traces: np.ndarray, bleach_order: int, p: int, q: int):
+    """The CPU kernel's ``lags.LagSums`` of (T, pixels) traces, bleach-corrected by the polynomial
+    of ``bleach_order`` first (0: none; :func:`bleach_design`,
+    :func:`fluojax.fcs.correlator_cpu.lag_sums_cpu`)."""
+    from fluojax.fcs import correlator_cpu
+
+    trend = bleach_design(traces.shape[0], bleach_order) if bleach_order > 0 else None
+    return correlator_cpu.lag_sums_cpu(traces, p, q, trend)
+
+
 class Band(NamedTuple):
     """One band of a stack as :func:`read_bands` yields it.
 
@@ -415,14 +426,12 @@ def read_bands(stack, layout: BandLayout, bleach_order: int | str, reduce: bool)
             correlator_cpu.load_kernel(stack.dtype, layout.p, layout.q)
         bleach = choice.result()
         yield bleach
-        trend = bleach_design(n_frames, bleach.order) if bleach.order > 0 else None
         for i, out_row in enumerate(starts):
             band, saturated, varies, scale = pending.result()
             if i + 1 < len(starts):
                 pending = reader.submit(read_band, stack, layout, starts[i + 1])
-            data = (
-                correlator_cpu.lag_sums_cpu(band.reshape(n_frames, -1), layout.p, layout.q, trend) if reduce else band
-            )
+            traces = band.reshape(n_frames, -1)
+            data = reduce_traces(traces, bleach.order, layout.p, layout.q) if reduce else band
             yield Band(out_row, data, saturated, varies, scale)
 
 

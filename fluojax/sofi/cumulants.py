@@ -42,6 +42,7 @@ __all__ = [
     "Grid",
     "SofipackageGrid",
     "auto_cumulants",
+    "check_cross_input",
     "combinations",
     "cross_cumulant_sublattices",
     "interleave",
@@ -523,18 +524,34 @@ def cross_cumulant_sublattices(
         grid: a name in :data:`GRIDS` or a :class:`Grid` (static).
         block_frames: frames per block (static); None = the whole stack at once.
     """
+    x = _as_float(stack)
+    g, tau = check_cross_input(x.shape, order, lags, grid, block_frames)
+    return _blocked(lambda block: _cross_block(block, order, tau, g), x, block_frames)
+
+
+def check_cross_input(
+    shape: tuple, order: int, lags: tuple[int, ...] | None, grid: str | Grid, block_frames: int | None = None
+) -> tuple[Grid, tuple[int, ...]]:
+    """The grid and the n lags of order-n cross-cumulants of a ``shape`` stack, checked: a known
+    grid and order, (T, H, W) of at least the grid's size, n lags >= 0, enough frames per block.
+
+    Returns:
+        (the :class:`Grid`, the lags: zeros for None).
+
+    Raises:
+        fluojax.io.InputError: one line for the first check that fails.
+    """
     g = _grid(grid)
     g.combinations(order)  # checks the order
-    x = _as_float(stack)
-    require(x.ndim == 3, f"stack of shape {x.shape}: must be (frames, y, x)")
-    t, big_h, big_w = x.shape
+    require(len(shape) == 3, f"stack of shape {tuple(shape)}: must be (frames, y, x)")
+    t, big_h, big_w = shape
     require(
         big_h >= g.min_size and big_w >= g.min_size,
         f"image of {big_h} x {big_w} pixels: the {g.name} grid needs at least {g.min_size} x {g.min_size}",
     )
     tau = _check_lags(lags, order)
     _check_frames(min(t, block_frames or t), order, tau)
-    return _blocked(lambda block: _cross_block(block, order, tau, g), x, block_frames)
+    return g, tau
 
 
 def interleave(sub: Float[ArrayLike, "n n h w"]) -> Float[Array, "yy xx"]:

@@ -136,18 +136,14 @@ VARIANCE_TERM = ((0, 0, 0), (0, 0, 0))
 
 
 @functools.cache
-def _plans(orders: tuple[int, ...], lags: tuple[int, ...] | None, grid: cumulants.Grid, variance: bool) -> tuple:
-    """Per order its lags and :class:`~fluojax.sofi.cumulants.CumulantPlan`; the terms of all
+def _plans(lags: tuple[tuple[int, tuple[int, ...]], ...], grid: cumulants.Grid, variance: bool) -> tuple:
+    """Per (order, its lags) the :class:`~fluojax.sofi.cumulants.CumulantPlan`; the terms of all
     orders (and the variance, last); per order the indices of its plan's terms in that list."""
-    plans = {}
-    for order in orders:
-        grid.combinations(order)  # checks the order
-        tau = cumulants._check_lags(lags, order)
-        plans[order] = (tau, cumulants.cumulant_plan(cumulants.cross_sets(order, tau, grid)))
-    shared = dict.fromkeys(term for _, plan in plans.values() for term in plan.terms)
+    plans = {order: cumulants.cumulant_plan(cumulants.cross_sets(order, tau, grid)) for order, tau in lags}
+    shared = dict.fromkeys(term for plan in plans.values() for term in plan.terms)
     terms = (*(t for t in shared if t != VARIANCE_TERM), VARIANCE_TERM) if variance else tuple(shared)
     index = {term: k for k, term in enumerate(terms)}
-    picks = {order: [index[term] for term in plan.terms] for order, (_, plan) in plans.items()}
+    picks = {order: [index[term] for term in plan.terms] for order, plan in plans.items()}
     return plans, terms, picks
 
 
@@ -190,25 +186,19 @@ def block_cumulants_cpu(
         grid: a name in :data:`fluojax.sofi.cumulants.GRIDS` or a :class:`~fluojax.sofi.cumulants.Grid`.
         variance: also sum the pixels' own variance (one more term; else ``variance`` is None).
     """
-    g = cumulants._grid(grid)
     orders = tuple(sorted({int(o) for o in orders}))
     require(len(orders) > 0, "no cumulant order given: choose among 2-4")
     require(lags is None or len(orders) == 1, "lags are given for one order at a time")
     shape = np.shape(stack)
-    require(len(shape) == 3, f"stack of shape {shape}: must be (frames, y, x)")
+    checked = [cumulants.check_cross_input(shape, order, lags, grid) for order in orders]
+    g = checked[0][0]
+    plans, terms, picks = _plans(tuple(zip(orders, (tau for _, tau in checked))), g, variance)
     t, big_h, big_w = shape
-    require(
-        big_h >= g.min_size and big_w >= g.min_size,
-        f"image of {big_h} x {big_w} pixels: the {g.name} grid needs at least {g.min_size} x {g.min_size}",
-    )
-    plans, terms, picks = _plans(orders, None if lags is None else tuple(int(v) for v in lags), g, variance)
-    for order, (tau, _) in plans.items():
-        cumulants._check_frames(t, order, tau)
-    t_eff = t - max(max(tau) for tau, _ in plans.values())
+    t_eff = t - max(max(tau) for _, tau in checked)
     images, mean = _run(stack, terms, t_eff, g.pad)
     h, w = g.sublattice_shape((big_h, big_w))
     sub = {}
-    for order, (_, plan) in plans.items():
+    for order, plan in plans.items():
         value = cumulants.combine_terms(plan, [images[k] for k in picks[order]], g.first_reference, (h, w), xp=np)
         sub[order] = value.reshape(order, order, h, w)
     return BlockCumulants(sub, mean, images[-1][:big_h, :big_w].copy() if variance else None)
