@@ -107,6 +107,17 @@ def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path
     assert shape == (40, 12, 12) and pipeline.output_shape(shape[1:], 2) == (17, 17)  # the truth's grid
 
 
+def test_simulate_spreads_the_emitters_over_the_filament_width_asked_for(tmp_path):
+    # the same seed grows the same filaments; 5000 /um^2 over 50 nm instead of 10 nm: ~5x the emitters
+    argv = ["sofi", "simulate", "--preset", "small", "--frames", "3", "--seed", "3"]
+    assert main([*argv, "-o", str(tmp_path / "narrow")]) == 0
+    assert main([*argv, "--filament-width", "50", "-o", str(tmp_path / "wide")]) == 0
+    narrow, wide = (json.loads((tmp_path / f / "summary.json").read_text()) for f in ("narrow", "wide"))
+    assert (narrow["filament_width_nm"], wide["filament_width_nm"]) == (10.0, 50.0)
+    assert narrow["emitters"] > 100  # Poisson counts: the ratio is 5 within ~4 s.d.
+    assert 5 * narrow["emitters"] == pytest.approx(wide["emitters"], rel=4 * (1 / narrow["emitters"]) ** 0.5)
+
+
 def test_the_choices_of_the_command_are_the_librarys():
     from fluojax.cli import sofi as cli_sofi
     from fluojax.sofi import pipeline

@@ -191,6 +191,14 @@ def test_target_ignores_the_camera_offset():
     np.testing.assert_allclose(shifted_inputs, inputs, atol=1e-5)
 
 
+def test_the_wide_recipe_simulates_filaments_labelled_over_50_nm():
+    wide, small = learned.RECIPES["misrgru-small-wide"], learned.RECIPES["misrgru-small"]
+    assert wide.settings(0, 0).sample.emitters_per_um == pytest.approx(250.0)  # 5000 /um^2 x 50 nm
+    assert small.settings(0, 0).sample.emitters_per_um == pytest.approx(50.0)
+    assert (wide.net, wide.train, wide.tile) == (small.net, small.train, small.tile)  # only the sample differs
+    assert wide.meta_fields()["filament_width_nm"] == 50.0
+
+
 def test_unknown_recipe_is_refused():
     with pytest.raises(InputError, match="misrgru-small"):
         learned.train_recipe("misrgru-huge")

@@ -2,6 +2,7 @@
 tails, Gaussian integrals from scipy), brute-force NumPy rendering, the camera formulas of
 fluojax.noise and the parameter tables of Komen 2024."""
 
+import dataclasses
 import math
 
 import jax
@@ -202,11 +203,14 @@ def test_filament_count_is_in_the_thesis_range_and_filaments_stay_in_the_garden(
     assert min(counts) >= 20 and max(counts) <= 100 and min(counts) < max(counts)
 
 
-def test_emitters_lie_on_the_filaments_at_the_set_linear_density():
-    assert MT.emitters_per_um == pytest.approx(50.0)  # 5000 /um^2 over 10 nm
+@pytest.mark.parametrize("width_nm, per_um", [(10.0, 50.0), (50.0, 250.0)])
+def test_emitters_lie_on_the_filaments_at_the_set_linear_density(width_nm, per_um):
+    # 5000 /um^2 over the labelled width: 10 nm (the thesis's grid step) or 50 nm
+    sample = sim.thesis_preset(0, 0, (32, 32), filament_width_nm=width_nm).sample
+    assert sample.emitters_per_um == pytest.approx(per_um)
     k1, k2 = jax.random.split(KEY)
     fil = _grow(k1)
-    y, x, mask, n = jax.jit(lambda k, f: sim.place_emitters(k, f, MT, (32, 32), 100.0, 0.0))(k2, fil)
+    y, x, mask, n = jax.jit(lambda k, f: sim.place_emitters(k, f, sample, (32, 32), 100.0, 0.0))(k2, fil)
     mask = np.asarray(mask)
     assert int(n) == mask.sum() > 0
     pts, valid = np.asarray(fil.points_nm), np.asarray(fil.valid)
@@ -214,12 +218,29 @@ def test_emitters_lie_on_the_filaments_at_the_set_linear_density():
     mid = 0.5 * (seg_a + seg_b)
     near = np.all((mid >= -100.0) & (mid <= 3300.0), axis=1)
     p = np.stack([np.asarray(y), np.asarray(x)], axis=1)[mask]
-    # within half the 10-nm width of a segment (float32 positions of ~1e3 nm: 1e-3 nm slack)
-    assert np.all(_segment_distance(p, seg_a[near], seg_b[near]).min(axis=1) <= 5.0 + 1e-3)
-    # count ~ Poisson(50 per um x length of the segments with midpoints in the field); 5 s.d.
+    # within half the width of a segment (float32 positions of ~1e3 nm: 1e-3 nm slack)
+    distance = _segment_distance(p, seg_a[near], seg_b[near]).min(axis=1)
+    assert np.all(distance <= width_nm / 2 + 1e-3)
+    # count ~ Poisson(per_um x length of the segments with midpoints in the field); 5 s.d.
     length_um = np.sum(np.all((mid >= 0) & (mid <= 3200.0), axis=1)) * MT.step_nm / 1000
-    lam = 50.0 * length_um
+    lam = per_um * length_um
     assert abs(int(n) - lam) < 5 * math.sqrt(lam)
+
+
+def test_a_wider_labelling_scales_the_emitter_slots_and_none_overflow():
+    # the slots grow with the width, so the 5x denser small preset still holds every emitter drawn
+    narrow, wide = sim.small_preset(0, 0), sim.small_preset(0, 0, filament_width_nm=50.0)
+    assert wide.sample.max_emitters >= 5 * narrow.sample.max_emitters - 1024
+    assert sim.thesis_preset(0, 0, filament_width_nm=50.0).sample.max_emitters == 5 * 32768
+    settings = dataclasses.replace(wide, n_frames=3)
+    movies = jax.vmap(lambda k: sim.simulate_movie(k, settings))(jax.random.split(KEY, 32))
+    drawn, kept = np.asarray(movies.n_drawn), np.asarray(movies.mask).sum(axis=1)
+    assert np.array_equal(drawn, kept) and kept.max() < wide.sample.max_emitters
+
+
+def test_a_filament_width_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError, match="filament width"):
+        sim.thesis_preset(0, 0, filament_width_nm=0.0)
 
 
 # --- the movie -------------------------------------------------------------------------------

@@ -90,6 +90,14 @@ def _add_simulate(s: argparse.ArgumentParser) -> None:
         s,
         ("--frames", positive(int), None, "N", "frames (default: the preset's, 100)"),
         ("--size", positive(int), None, "PX", "square field side in camera pixels (default: the preset's)"),
+        (
+            "--filament-width",
+            positive(float),
+            None,
+            "NM",
+            "labelled filament width over which the 5000 emitters/um^2 lie (default 10 nm: 50 emitters per um; "
+            "50 nm gives 250 per um)",
+        ),
     )
     s.add_argument("--seed", type=int, default=0, help="random seed")
     add_output(s, "OUT", "output folder: stack.tif, truth.tif, emitters.csv, summary.json", required=True)
@@ -243,7 +251,7 @@ def simulate_command(args) -> int:
     out = Path(args.output)
     label = f"-o {args.output}"
     io.check_output_folder(out, "sofi-simulate", args.overwrite, label)
-    settings = pipeline.simulation_settings(args.preset, args.density, args.snr, args.size)
+    settings = pipeline.simulation_settings(args.preset, args.density, args.snr, args.size, args.filament_width)
     frames = args.frames or settings.n_frames
     t0 = time.perf_counter()
     movie = simulate.simulate_movie(jax.random.key(args.seed), settings, frames)
@@ -263,6 +271,7 @@ def simulate_command(args) -> int:
         "background_photons": settings.background,
         "emitters": emitters,
         "emitters_drawn": int(movie.n_drawn),
+        "filament_width_nm": settings.sample.width_nm,
         "seed": args.seed,
         "settings": repr(settings),
         "units": "stack in ADU of the preset's camera; truth.tif: the emitters on the order-2 SOFI grid "

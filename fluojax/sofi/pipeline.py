@@ -674,7 +674,11 @@ take a density level (0-2, off-time 600/1200/2400 ms) and an SNR level (0-3, 100
 
 
 def simulation_settings(
-    preset: str = "thesis", density_level: int = 0, snr_level: int = 0, size: int | None = None
+    preset: str = "thesis",
+    density_level: int = 0,
+    snr_level: int = 0,
+    size: int | None = None,
+    filament_width_nm: float | None = None,
 ) -> simulate.SofiSettings:
     """The :class:`fluojax.sofi.simulate.SofiSettings` of a named preset (:data:`PRESETS`).
 
@@ -683,11 +687,13 @@ def simulation_settings(
         density_level: 0-2 (densest first).
         snr_level: 0-3 (brightest first).
         size: square field side in pixels (None: the preset's, 128 or 32).
+        filament_width_nm: labelled filament width in nm over which the 5000 emitters/um^2 lie
+            (None: the thesis's 10 nm, 50 emitters per um).
     """
     require(preset in PRESETS, f"preset {preset!r}: the presets are {', '.join(PRESETS)}")
     if preset == "thesis":
-        return simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128))
-    return simulate.small_preset(density_level, snr_level, size or 32)
+        return simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128), None, filament_width_nm)
+    return simulate.small_preset(density_level, snr_level, size or 32, None, filament_width_nm)
 
 
 def emitters_csv(movie: simulate.SofiMovie) -> str:
