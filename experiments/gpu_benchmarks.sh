@@ -12,12 +12,17 @@
 #   6. misrgru-paper: training throughput for what time is left.
 # PART=2 runs the second call of 2026-12-04 instead (about 110 s): the ImFCSNet map by FFT and
 # directly, and `fluojax fcs fit` three times in new processes with JAX_LOG_COMPILES=1.
+# PART=paper trains misrgru-paper a piece at a time, one lent session after another: it resumes the
+# run folder runs/misrgru-paper (git-ignored; pass it with the device tool's carry), trains for
+# TRAIN_S seconds (default 240; the pool of 2,000 movies, ~130 s on an H200, is simulated first
+# every time), returns the run folder as OUT/misrgru_paper_run.tar.gz (unpack it at the repository
+# root) and scores the newest checkpoint with experiments/sofi_20frames.py. About 9 minutes in all.
 #
 # Measured on an H200 (2026-12-04): simulating misrgru-small's pool takes ~100 s before training
 # starts (then ~19 steps/s), and sofi_20frames.py ~95 s; the limits below cut both short (the
 # figures in docs/ say where). Give the first step ~400 s and the experiment ~120 s to finish them.
 #
-# Usage (repository root):  OUT=DIR [PART=2] bash experiments/gpu_benchmarks.sh
+# Usage (repository root):  OUT=DIR [PART=2|paper] [TRAIN_S=240] bash experiments/gpu_benchmarks.sh
 # Wheels of packages the machine lacks can be put in .whl/ (installed to /tmp/site first).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
@@ -57,6 +62,17 @@ EOF
 if ! $PY -c "import fluojax.sofi.learned, fluojax.fcs.learned, fluojax.fit, fluojax.train" >>"$LOG" 2>&1; then
     note "fluojax does not import with the machine's packages: installing .whl/fallback"
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/fallback/*.whl >>"$LOG" 2>&1
+fi
+
+if [ "${PART:-1}" = paper ]; then
+    mkdir -p runs
+    step $((${TRAIN_S:-240} + 240)) "sofi train misrgru-paper" $PY -m fluojax sofi train --config misrgru-paper \
+        --time-limit "${TRAIN_S:-240}" -o runs/misrgru-paper
+    tar -czf "$OUT/misrgru_paper_run.tar.gz" runs/misrgru-paper 2>>"$LOG"
+    step 150 "sofi_20frames (misrgru-paper)" $PY experiments/sofi_20frames.py --net runs/misrgru-paper --movies 1 \
+        --reference std --out "$OUT/sofi_20frames_paper"
+    note "done"
+    exit 0
 fi
 
 if [ "${PART:-1}" = 2 ]; then

@@ -181,6 +181,7 @@ def train_recipe(
     seed: int = 0,
     progress: bool | None = None,
     stop_after: int | None = None,
+    time_limit_s: float | None = None,
 ) -> tuple[nnx.Module, TrainHistory]:
     """Train a recipe's network with :func:`fluojax.train.train`.
 
@@ -195,6 +196,9 @@ def train_recipe(
         seed: int, random seed of the weights and of the training data.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+        time_limit_s: stop at the first held-out evaluation this many seconds into training,
+            after a checkpoint (see ``fluojax.train.train``; simulating the data comes first and
+            is not counted).
 
     Returns:
         (network, ``TrainHistory``).
@@ -216,6 +220,7 @@ def train_recipe(
         meta=meta,
         progress=progress,
         stop_after=stop_after,
+        time_limit_s=time_limit_s,
         data=data.data,
         held_out=data.held_out,
         loss=training.mse_loss if data.loss is None else data.loss,

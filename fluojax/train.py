@@ -661,6 +661,15 @@ def _write_metrics(run_dir: Path, history: TrainHistory) -> None:
         writer.writerows(zip(*d.values()))
 
 
+def _agreed(flag: bool) -> bool:
+    """``flag`` as process 0 sees it, on every process (itself on one process)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def train(
     model: nnx.Module,
     sample_batch: Callable[..., tuple[Any, Array]],
@@ -671,6 +680,7 @@ def train(
     meta: dict | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
+    time_limit_s: float | None = None,
     data: Any = None,
     held_out: list | None = None,
     keep_checkpoints: int | None = None,
@@ -692,6 +702,10 @@ def train(
             True, a bar on a terminal and a line every ~10 s in logs; False: nothing).
         stop_after: int, stop (after checkpointing) once this many steps are done in total
             (simulates an interruption; for tests and for splitting long runs).
+        time_limit_s: float, stop (after checkpointing) at the first held-out evaluation at
+            least this many seconds after this call's first step (a wall-clock allowance, e.g. a
+            batch job's; the next call with the same ``run_dir`` resumes exactly). On several
+            hosts process 0's clock decides.
         data: optional pytree of arrays passed to every ``sample_batch`` call as an argument of
             the compiled step (not baked in as a constant): a fixed pool of simulated samples to
             draw from, for networks trained on reused data.
@@ -789,6 +803,8 @@ def train(
                         raise FloatingPointError(f"training loss became {train_loss} at step {step}")
                     if run_path is not None and jax.process_index() == 0:
                         _write_metrics(run_path, history)
+                    if time_limit_s is not None and _agreed(now - t_run >= time_limit_s):
+                        end = step
                 due = config.checkpoint_every and step % config.checkpoint_every == 0
                 if manager is not None and (due or step == end):
                     _save_step(manager, step, model, optimizer, {**meta, "history": history.to_dict()})

@@ -122,10 +122,19 @@ def add_output(
 
 
 def add_training_options(t: argparse.ArgumentParser, recipes: Iterable[str] | None) -> None:
-    """``--config`` (one of ``recipes``), ``--steps``, ``--seed`` and ``-o CKPT`` of a ``train`` subcommand."""
+    """``--config`` (one of ``recipes``), ``--steps``, ``--seed``, ``--time-limit`` and ``-o CKPT`` of a ``train``
+    subcommand."""
     t.add_argument("--config", required=True, choices=recipes, help="network and scale (-small: CPU-sized)")
     t.add_argument("--steps", type=positive(int), default=None, help="training steps (default: the config's)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the initialisation and the simulations")
+    t.add_argument(
+        "--time-limit",
+        type=positive(float),
+        default=None,
+        metavar="S",
+        help="stop, after a checkpoint, at the first held-out evaluation this many seconds into training "
+        "(not counting the data simulated first); the same command resumes",
+    )
     add_output(t, "CKPT", "run folder: checkpoints, metrics, loss.png", required=True, overwrite=None)
 
 
@@ -524,7 +533,7 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
     and prints one line.
 
     Arguments:
-        args: the parsed ``config``, ``steps``, ``seed`` and ``output``.
+        args: the parsed ``config``, ``steps``, ``seed``, ``time_limit`` and ``output``.
         learned: the technique's ``learned`` module (``RECIPES``, ``train_recipe``).
         loss: what the held-out loss is, for the printed line (e.g. ``"MSE of ln D"``).
         ylabel: the loss axis of ``loss.png``.
@@ -545,7 +554,9 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
     check_run_folder(out)
     t0 = time.perf_counter()
     try:
-        _, history = learned.train_recipe(args.config, out, steps=args.steps, seed=args.seed, **kwargs)
+        _, history = learned.train_recipe(
+            args.config, out, steps=args.steps, seed=args.seed, time_limit_s=args.time_limit, **kwargs
+        )
     except training.RunMismatch as err:  # checked before anything is built
         raise InputError(resume_refusal(out, err, learned.RECIPES, args.config)) from None
     except ValueError as err:  # e.g. a checkpoint that does not fit the network
@@ -556,8 +567,11 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
         return 0
     plot_training(out / "loss.png", history, ylabel=ylabel)
     rate = [r for r in history.samples_per_s if r == r]
+    total = args.steps or learned.RECIPES[args.config].train.steps
+    stopped = f" (of {total}: time limit; the same command resumes)" if history.step[-1] < total else ""
     print(
-        f"{args.config}: {history.step[-1]} steps, held-out {loss} {history.eval_loss[0]:.3g} -> {history.eval_loss[-1]:.3g}, "
-        f"{np.median(rate) if rate else float('nan'):.0f} samples/s, {time.perf_counter() - t0:.0f} s -> {out}/"
+        f"{args.config}: {history.step[-1]} steps{stopped}, held-out {loss} {history.eval_loss[0]:.3g} -> "
+        f"{history.eval_loss[-1]:.3g}, {np.median(rate) if rate else float('nan'):.0f} samples/s, "
+        f"{time.perf_counter() - t0:.0f} s -> {out}/"
     )
     return 0

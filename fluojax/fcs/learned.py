@@ -335,6 +335,7 @@ def train_recipe(
     seed: int = 0,
     progress: bool | None = None,
     stop_after: int | None = None,
+    time_limit_s: float | None = None,
     pool_stacks: int | None = None,
 ):
     """Train a recipe's network on data simulated on the fly (or on its simulated pool).
@@ -346,6 +347,8 @@ def train_recipe(
         seed: random seed of the data and the initial weights.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
+        time_limit_s: stop, after a checkpoint, at the first held-out evaluation this many
+            seconds into training (see ``fluojax.train.train``).
         pool_stacks: FCSNet: override the recipe's pool size (stacks simulated once and reused).
 
     Returns:
@@ -354,7 +357,9 @@ def train_recipe(
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     if pool_stacks:
         recipe = recipe.with_pool(pool_stacks)
-    return networks.train_recipe(recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after)
+    return networks.train_recipe(
+        recipe, run_dir, steps=steps, seed=seed, progress=progress, stop_after=stop_after, time_limit_s=time_limit_s
+    )
 
 
 def _build_from_meta(config_cls):

@@ -215,7 +215,7 @@ def train_recipe(recipe: Recipe | str, run_dir: str | Path | None = None, **opti
     Arguments:
         recipe: ``Recipe`` or a name in ``RECIPES``.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
-        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, as for
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, ``time_limit_s``, as for
             :func:`fluojax.networks.train_recipe`.
 
     Returns:

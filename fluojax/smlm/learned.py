@@ -234,7 +234,7 @@ def train_recipe(recipe: VoxelNetRecipe | str, run_dir: str | Path | None = None
     Arguments:
         recipe: :class:`VoxelNetRecipe` or its name.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
-        **options: ``steps``, ``seed``, ``progress``, ``stop_after``.
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, ``time_limit_s``.
 
     Returns:
         (network, ``TrainHistory``).

@@ -438,7 +438,7 @@ def train_recipe(recipe: MisrGruRecipe | str, run_dir: str | Path | None = None,
     Arguments:
         recipe: :class:`MisrGruRecipe` or its name.
         run_dir: folder for checkpoints and metrics (resumes if it holds a checkpoint).
-        **options: ``steps``, ``seed``, ``progress``, ``stop_after``.
+        **options: ``steps``, ``seed``, ``progress``, ``stop_after``, ``time_limit_s``.
 
     Returns:
         (network, ``TrainHistory``).
