@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=TEST_KEY, help="random seed of the test movies")
     ap.add_argument("--out", default="docs/sofi_20frames", help="output stem: OUT.md, OUT.csv, OUT.png")
     args = ap.parse_args(argv)
+    if args.filament_width is not None and not 0 < args.filament_width <= 1000:
+        ap.error(f"--filament-width {args.filament_width:g}: must be > 0 and at most 1000 nm")
     t_start = time.perf_counter()
 
     grid_cells = [(d, s) for d in DENSITIES for s in SNRS]
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
                 image = learned.predict(net, frames[:n_short])[0]
                 images[f"network {n_short}"] = (image, wide_short, time.perf_counter() - t1)
             images["ground truth"] = (truth, wide_all, 0.0)
-            target = images[f"SOFI adaptive {n_all}"][0]  # what the network is trained to make
+            target = images[f"SOFI adaptive {n_all}"][0]  # the adaptive recipes' training target
             for est, (image, wide, seconds) in images.items():
                 rows.append(
                     {
@@ -304,8 +306,8 @@ def main(argv=None) -> int:
         "## All cells (mean ± s.d. over movies)",
         "",
         "Resolution: decorrelation analysis (Descloux et al. 2019); Pearson, TPR and TNR (Li thresholds) "
-        "against the ground truth; Pearson vs SOFI 100: against the adaptive SOFI image of all frames, the network's "
-        "training target; RSP: SQUIRREL against the "
+        "against the ground truth; Pearson vs SOFI 100: against the adaptive SOFI image of all frames (what a "
+        "network trained on adaptive targets learns to make); RSP: SQUIRREL against the "
         f"{'mean' if args.reference == 'mean' else 's.d. over time'} of the frames used (Culley et al. 2018; "
         "Komen 2024 uses the s.d.). "
         f"Theory: {THEORY_NM:g} nm, half the 220-nm diffraction limit. The ground-truth row gives the ground "

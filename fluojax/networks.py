@@ -196,9 +196,8 @@ def train_recipe(
         seed: int, random seed of the weights and of the training data.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
-        time_limit_s: stop at the first held-out evaluation this many seconds into training,
-            after a checkpoint (see ``fluojax.train.train``; simulating the data comes first and
-            is not counted).
+        time_limit_s: stop, after a checkpoint, once this many seconds of training have passed
+            (see ``fluojax.train.train``; simulating the data comes first and is not counted).
 
     Returns:
         (network, ``TrainHistory``).

@@ -661,13 +661,18 @@ def _write_metrics(run_dir: Path, history: TrainHistory) -> None:
         writer.writerows(zip(*d.values()))
 
 
-def _agreed(flag: bool) -> bool:
-    """``flag`` as process 0 sees it, on every process (itself on one process)."""
+def _time_is_up(t_run: float, limit_s: float, step: int, config: TrainConfig) -> bool:
+    """Whether ``limit_s`` seconds have passed since ``t_run``: read every step on one process; on
+    several, process 0's reading is shared with all every 100 steps and at each evaluation (one
+    small collective), so that every process stops at the same step."""
     if jax.process_count() == 1:
-        return flag
+        return time.perf_counter() - t_run >= limit_s
+    if step % 100 and step % config.eval_every:
+        return False
     from jax.experimental import multihost_utils
 
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+    up = np.int32(time.perf_counter() - t_run >= limit_s)
+    return bool(multihost_utils.broadcast_one_to_all(up))
 
 
 def train(
@@ -702,10 +707,10 @@ def train(
             True, a bar on a terminal and a line every ~10 s in logs; False: nothing).
         stop_after: int, stop (after checkpointing) once this many steps are done in total
             (simulates an interruption; for tests and for splitting long runs).
-        time_limit_s: float, stop (after checkpointing) at the first held-out evaluation at
-            least this many seconds after this call's first step (a wall-clock allowance, e.g. a
-            batch job's; the next call with the same ``run_dir`` resumes exactly). On several
-            hosts process 0's clock decides.
+        time_limit_s: float >= 0, stop once this many seconds have passed since this call's
+            first step, after a held-out evaluation and a checkpoint at the step reached (a
+            wall-clock allowance, e.g. a batch job's; the next call with the same ``run_dir``
+            resumes exactly). On several hosts process 0's clock decides, every 100 steps.
         data: optional pytree of arrays passed to every ``sample_batch`` call as an argument of
             the compiled step (not baked in as a constant): a fixed pool of simulated samples to
             draw from, for networks trained on reused data.
@@ -723,6 +728,9 @@ def train(
         ValueError: its checkpoint does not fit ``model`` (one line, see :func:`restore_checkpoint`).
     """
     from fluojax.progress import progress as progress_counter
+
+    if time_limit_s is not None and not (math.isfinite(time_limit_s) and time_limit_s >= 0):
+        raise ValueError(f"time limit {time_limit_s} s: must be a finite number >= 0")
 
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     data_key, eval_key = jax.random.split(jax.random.key(config.seed))
@@ -789,6 +797,8 @@ def train(
                 losses.append(train_step(trainable, optimizer, seed_bits, at, data))
                 step += 1
                 bar.update(1)
+                if time_limit_s is not None and step < end and _time_is_up(t_run, time_limit_s, step, config):
+                    end = step  # the row, the checkpoint and the stop below
                 if step % config.eval_every == 0 or step == end:
                     train_loss = float(np.mean(jax.device_get(losses)))
                     now = time.perf_counter()
@@ -803,8 +813,6 @@ def train(
                         raise FloatingPointError(f"training loss became {train_loss} at step {step}")
                     if run_path is not None and jax.process_index() == 0:
                         _write_metrics(run_path, history)
-                    if time_limit_s is not None and _agreed(now - t_run >= time_limit_s):
-                        end = step
                 due = config.checkpoint_every and step % config.checkpoint_every == 0
                 if manager is not None and (due or step == end):
                     _save_step(manager, step, model, optimizer, {**meta, "history": history.to_dict()})

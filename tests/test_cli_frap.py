@@ -283,11 +283,11 @@ def test_train_then_predict_refines_to_the_simulated_d(stacks, tmp_path, capsys,
     monkeypatch.setitem(learned.RECIPES, "deepfrap-small", tiny)
     ckpt = tmp_path / "ckpt"
     train = ["frap", "train", "--config", "deepfrap-small", "--steps", "20", "-o", str(ckpt)]
-    # a time limit already spent at the first held-out evaluation (step 10): checkpoint there, stop
+    # a time limit spent by the first step: a checkpoint there, and the run stops
     assert main([*train, "--time-limit", "1e-6"]) == 0
-    assert "deepfrap-small: 10 steps (of 20: time limit; the same command resumes)" in capsys.readouterr().out
-    assert [p.name for p in sorted((ckpt / "checkpoints").iterdir())] == ["step_000000010"]
-    assert main(train) == 0  # resumes from step 10
+    assert "deepfrap-small: 1 step (of 20: time limit; the same command resumes)" in capsys.readouterr().out
+    assert [p.name for p in sorted((ckpt / "checkpoints").iterdir())] == ["step_000000001"]
+    assert main(train) == 0  # resumes from step 1
     assert "deepfrap-small: 20 steps," in capsys.readouterr().out
     assert (ckpt / "loss.png").is_file()
 

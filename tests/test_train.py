@@ -97,22 +97,28 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert (tmp_path / "part" / "metrics.csv").read_text().splitlines()[0].startswith("step,train_loss,eval_loss")
 
 
-def test_a_spent_time_limit_stops_at_the_next_evaluation_and_the_run_resumes_exactly(tmp_path):
+def test_a_spent_time_limit_stops_after_one_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path):
     cfg = config(checkpoint_every=0)  # checkpoints only where the run stops
     whole = ToyNet(nnx.Rngs(0))
     tr.train(whole, toy_batch, cfg, run_dir=tmp_path / "whole", progress=False)
 
     part = ToyNet(nnx.Rngs(0))
     history = tr.train(part, toy_batch, cfg, run_dir=tmp_path / "part", progress=False, time_limit_s=0.0)
-    assert history.step == [0, 20]  # the first held-out evaluation (eval_every 20) is past any limit
-    assert tr.latest_checkpoint(tmp_path / "part").name == "step_000000020"
+    assert list(history.step) == [0, 1]  # the clock is read after every step: a held-out row where it stopped
+    assert tr.latest_checkpoint(tmp_path / "part").name == "step_000000001"
     resumed = ToyNet(nnx.Rngs(123))
-    history = tr.train(resumed, toy_batch, cfg, run_dir=tmp_path / "part", progress=False)
-    assert history.step == [0, 20, 40, 60]
+    history = tr.train(resumed, toy_batch, cfg, run_dir=tmp_path / "part", progress=False, time_limit_s=3600.0)
+    assert list(history.step) == [0, 1, 20, 40, 60]
     x, _ = toy_batch(jax.random.PRNGKey(9))
     want = nnx.view(whole, use_running_average=True)(x)
     got = nnx.view(resumed, use_running_average=True)(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)  # as the test above
+
+
+@pytest.mark.parametrize("limit", [-1.0, float("nan"), float("inf")])
+def test_a_time_limit_that_is_not_a_finite_number_of_seconds_is_refused(limit):
+    with pytest.raises(ValueError, match="time limit"):
+        tr.train(ToyNet(nnx.Rngs(0)), toy_batch, config(), progress=False, time_limit_s=limit)
 
 
 def test_checkpoint_round_trip_restores_eval_outputs(tmp_path):

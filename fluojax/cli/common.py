@@ -132,8 +132,8 @@ def add_training_options(t: argparse.ArgumentParser, recipes: Iterable[str] | No
         type=positive(float),
         default=None,
         metavar="S",
-        help="stop, after a checkpoint, at the first held-out evaluation this many seconds into training "
-        "(not counting the data simulated first); the same command resumes",
+        help="stop, after a checkpoint, once this many seconds of training have passed (not counting the data "
+        "simulated first); the same command resumes",
     )
     add_output(t, "CKPT", "run folder: checkpoints, metrics, loss.png", required=True, overwrite=None)
 
@@ -568,9 +568,10 @@ def run_training(args, learned, loss: str, ylabel: str, **kwargs) -> int:
     plot_training(out / "loss.png", history, ylabel=ylabel)
     rate = [r for r in history.samples_per_s if r == r]
     total = args.steps or learned.RECIPES[args.config].train.steps
-    stopped = f" (of {total}: time limit; the same command resumes)" if history.step[-1] < total else ""
+    done = int(history.step[-1])
+    stopped = f" (of {total}: time limit; the same command resumes)" if done < total else ""
     print(
-        f"{args.config}: {history.step[-1]} steps{stopped}, held-out {loss} {history.eval_loss[0]:.3g} -> "
+        f"{args.config}: {done} step{'' if done == 1 else 's'}{stopped}, held-out {loss} {history.eval_loss[0]:.3g} -> "
         f"{history.eval_loss[-1]:.3g}, {np.median(rate) if rate else float('nan'):.0f} samples/s, "
         f"{time.perf_counter() - t0:.0f} s -> {out}/"
     )

@@ -347,8 +347,8 @@ def train_recipe(
         seed: random seed of the data and the initial weights.
         progress: progress bars (None: only on a terminal).
         stop_after: stop after this many steps in total (see ``fluojax.train.train``).
-        time_limit_s: stop, after a checkpoint, at the first held-out evaluation this many
-            seconds into training (see ``fluojax.train.train``).
+        time_limit_s: stop, after a checkpoint, once this many seconds of training have passed
+            (see ``fluojax.train.train``).
         pool_stacks: FCSNet: override the recipe's pool size (stacks simulated once and reused).
 
     Returns:

@@ -827,11 +827,11 @@ def thesis_preset(
         snr_level: 0, 1, 2 or 3 (I_on 100, 80, 60, 40).
         shape: (ny, nx) field, pixels.
         camera: a :class:`fluojax.noise.Camera`; None: the preset sCMOS.
-        filament_width_nm: labelled filament width, nm; None: 10 (the thesis's grid step).
+        filament_width_nm: labelled filament width, nm, in (0, 1000]; None: 10 (the thesis's grid step).
     """
     p = KOMEN_2024
     width = p.grid_nm if filament_width_nm is None else float(filament_width_nm)
-    require(width > 0, f"filament width {width:g} nm: must be > 0")
+    require(0 < width <= 1000, f"filament width {width:g} nm: must be > 0 and at most 1000 (1 um)")
     garden_px = round(p.grid_points * p.grid_nm / p.pixel_nm)
     sample = Microtubules(
         count=p.filaments,
