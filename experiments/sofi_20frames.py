@@ -40,6 +40,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from fluojax.io import InputError
 from fluojax.sofi import learned, metrics, pipeline, simulate
 
 TEST_KEY = 20_240_620
@@ -166,8 +167,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=TEST_KEY, help="random seed of the test movies")
     ap.add_argument("--out", default="docs/sofi_20frames", help="output stem: OUT.md, OUT.csv, OUT.png")
     args = ap.parse_args(argv)
-    if args.filament_width is not None and not 0 < args.filament_width <= 1000:
-        ap.error(f"--filament-width {args.filament_width:g}: must be > 0 and at most 1000 nm")
+
+    def preset(d: int, s: int) -> simulate.SofiSettings:
+        return simulate.thesis_preset(d, s, (args.size, args.size), filament_width_nm=args.filament_width)
+
+    try:
+        test_width = preset(0, 0).sample.width_nm
+    except InputError as err:  # e.g. a filament width outside (0, 1000] nm
+        ap.error(str(err))
     t_start = time.perf_counter()
 
     grid_cells = [(d, s) for d in DENSITIES for s in SNRS]
@@ -185,19 +192,15 @@ def main(argv=None) -> int:
             f"{meta.get('linearization')} targets",
             flush=True,
         )
-        trained_width = meta.get("filament_width_nm", 10.0)
-        if abs(trained_width - (args.filament_width or 10.0)) > 1e-6:
+        trained_width = meta.get("filament_width_nm", simulate.KOMEN_2024.grid_nm)  # older runs: the default
+        if abs(trained_width - test_width) > 1e-6:
             print(
-                f"the network was trained on filaments {trained_width:g} nm wide, the test movies' are "
-                f"{args.filament_width or 10.0:g} nm",
+                f"the network was trained on filaments {trained_width:g} nm wide, the test movies' are {test_width:g} nm",
                 flush=True,
             )
     n_short = net.config.frames if net is not None else args.frames
     if net is not None and n_short != args.frames:
         print(f"the network reads {n_short} frames: the short SOFI uses {n_short} too", flush=True)
-
-    def preset(d: int, s: int) -> simulate.SofiSettings:
-        return simulate.thesis_preset(d, s, (args.size, args.size), filament_width_nm=args.filament_width)
 
     n_all = preset(0, 0).n_frames  # 100, as every cell
     estimators = [

@@ -379,6 +379,20 @@ def _small_schedule(steps: int) -> training.TrainConfig:
     )
 
 
+_SMALL = MisrGruRecipe(
+    "misrgru-small",
+    nets.MisrGruConfig.paper(),
+    _small_schedule(2500),
+    tile=32,
+    pool_samples=1920,
+    held_out_samples=48,
+    description=(
+        "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI "
+        "of 100 frames, pool of 1,920 movies, batch 8, 2,500 steps (CPU: ~1 h on 2 idle cores, pool included)"
+    ),
+)
+
+
 RECIPES: dict[str, MisrGruRecipe] = {
     "misrgru-paper": MisrGruRecipe(
         "misrgru-paper",
@@ -392,29 +406,14 @@ RECIPES: dict[str, MisrGruRecipe] = {
             "C = 24, pool of 2,000 movies, batch 10, 28,000 steps (GPU)"
         ),
     ),
-    "misrgru-small": MisrGruRecipe(
-        "misrgru-small",
-        nets.MisrGruConfig.paper(),
-        _small_schedule(2500),
-        tile=32,
-        pool_samples=1920,
-        held_out_samples=48,
-        description=(
-            "the released network (C = 24, 95,073 weights) on 32 x 32 x 20-frame tiles -> 57 x 57 adaptive SOFI "
-            "of 100 frames, pool of 1,920 movies, batch 8, 2,500 steps (CPU: ~1 h on 2 idle cores, pool included)"
-        ),
-    ),
-    "misrgru-small-wide": MisrGruRecipe(
-        "misrgru-small-wide",
-        nets.MisrGruConfig.paper(),
-        _small_schedule(2500),
-        tile=32,
-        pool_samples=1920,
-        held_out_samples=48,
+    "misrgru-small": _SMALL,
+    "misrgru-small-wide": dataclasses.replace(
+        _SMALL,
+        name="misrgru-small-wide",
         filament_width_nm=50.0,
         description=(
             "misrgru-small on filaments labelled over 50 nm (250 emitters per um instead of 50; "
-            "a denser labelling whose 100-frame SOFI targets reach the thesis's Pearson)"
+            "a denser labelling whose 100-frame SOFI targets come close to the thesis's Pearson)"
         ),
     ),
     "misrgru-small-c16": MisrGruRecipe(
