@@ -2,6 +2,7 @@
 cumulants from raw moments, the Bernoulli-blinker forward model of sofi.models, noise, frame blocks,
 shapes and finite differences."""
 
+import itertools
 import math
 
 import jax
@@ -104,6 +105,29 @@ def test_sofipackage_combination_distances():
     s4 = cumulants.combinations(4).sum_sq.reshape(4, 4)
     assert s4[2, 2] == 8 and s4[0, 0] == 16
     assert set(s4.ravel().tolist()) == {8, 11, 12, 14, 15, 16}
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_sofipackage_ties_are_broken_in_sofigrids_order(order):
+    """sofiGrids (sofipackage, Leutenegger et al.) numbers the 16 pixels p = 0..15 of the
+    neighbourhood as (p & 3, p >> 2) - the first coordinate indexes rows (the stack is read as
+    stack(x, y, t) with x the row) - lists nchoosek(0:15, n) in lexicographic order, sorts it by S
+    (a stable sort) and keeps the first set per centroid. On-grid at order 2 that is pixels 1 and
+    9: row 0, columns -1 and +1 (the vertical pair has the same S)."""
+    sets = list(itertools.combinations(range(16), order))
+    coords = np.array([[(p & 3, p >> 2) for p in members] for members in sets]) - 1  # (row, column) offsets
+    s = np.array([((c[:, None] - c[None]) ** 2).sum() // 2 for c in coords])
+    first = {}
+    for k in np.argsort(s, kind="stable"):
+        centre = tuple(coords[k].sum(axis=0))
+        if centre not in first and all(0 <= v < order for v in centre):
+            first[centre] = coords[k]
+    table = cumulants.combinations(order)
+    for (i, j), got in zip(table.positions * order, table.offsets, strict=True):
+        want = first[(round(i), round(j))]
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
+    if order == 2:
+        assert sorted(map(tuple, table.offsets[0].tolist())) == [(0, -1), (0, 1)]
 
 
 @pytest.mark.parametrize("grid", ["sofipackage", "full"])

@@ -130,7 +130,7 @@ class Grid(abc.ABC):
 
 @functools.cache
 def _sofipackage_table(order: int) -> Combinations:
-    pixels = [(dy, dx) for dy in range(-1, 3) for dx in range(-1, 3)]
+    pixels = [(dy, dx) for dx in range(-1, 3) for dy in range(-1, 3)]  # column-major, as sofiGrids numbers them
     return _select(order, pixels, itertools.combinations(range(len(pixels)), order))
 
 
@@ -145,10 +145,12 @@ class SofipackageGrid(Grid):
     """sofipackage's grid: n distinct pixels of the 4x4 neighbourhood (offsets -1..2) per virtual pixel.
 
     Of all ``C(16, n)`` sets of distinct pixels (``itertools.combinations`` over the 16 pixels listed
-    row-major, offset (-1, -1) first), each distinct centroid keeps the set with the least sum of
-    squared pairwise distances S (equivalently, to the centroid; ties: the first in that order),
-    and the centroids in the unit cell [0, 1)^2 of the reference pixel give the n^2 virtual
-    pixels. S: order 2: 4 (on-grid, the pair at -1 and +1), 1, 1, 2 (diagonal); order 3: 6
+    column-major, offset (-1, -1) first, then (0, -1): sofipackage's ``sofiGrids`` numbers pixel p
+    as row ``p mod 4``, column ``p div 4`` and enumerates ``nchoosek``), each distinct centroid
+    keeps the set with the least sum of squared pairwise distances S (equivalently, to the
+    centroid; ties: the first in that order), and the centroids in the unit cell [0, 1)^2 of the
+    reference pixel give the n^2 virtual pixels. S: order 2: 4 (on-grid, the pair in the
+    reference row at columns -1 and +1), 1, 1, 2 (diagonal); order 3: 6
     on-grid, 4 for the four inner (1/3, 2/3) positions, 8 for the four edge positions; order 4:
     8 for the 2x2 block centre, 16 on-grid. No pixel repeats, so noise adds nothing. Reference
     pixels are rows/columns 1..H-3: sub-lattices are (H-3, W-3); the interleaved image is
