@@ -118,11 +118,28 @@ def test_simulate_spreads_the_emitters_over_the_filament_width_asked_for(tmp_pat
     assert 5 * narrow["emitters"] == pytest.approx(wide["emitters"], rel=4 * (1 / narrow["emitters"]) ** 0.5)
 
 
+def test_simulate_reads_the_same_photons_out_with_the_camera_asked_for(tmp_path):
+    # One seed, the same expected photons; the ideal camera counts them (mean = photons), the
+    # EMCCD of the SMLM Challenge 2016 has mean 100 ADU + (0.9 photons + 0.002 e-) x 300 / 45.
+    # Means over 60 x 32 x 32 pixels of ~1-10 photons: s.e. well under 1 %; 3 % allowed.
+    means = {}
+    for camera in ("ideal", "emccd"):
+        out = tmp_path / camera
+        argv = ["sofi", "simulate", "--preset", "small", "--frames", "60", "--camera", camera, "-o", str(out)]
+        assert main(argv) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["camera"] == camera
+        assert summary["settings"]["camera"]["kind"] == {"ideal": "IdealCamera", "emccd": "EMCCD"}[camera]
+        means[camera] = float(tifffile.imread(out / "stack.tif").mean())
+    assert means["emccd"] - 100.0 == pytest.approx((0.9 * means["ideal"] + 0.002) * 300 / 45, rel=0.03)
+
+
 def test_the_choices_of_the_command_are_the_librarys():
     from fluojax.cli import sofi as cli_sofi
     from fluojax.sofi import pipeline
 
     assert set(cli_sofi.PRESET_NAMES) == set(pipeline.PRESETS)
+    assert set(cli_sofi.CAMERA_NAMES) == set(pipeline.CAMERAS)
     assert set(cli_sofi.LINEARIZE_NAMES) == {*pipeline.LINEARIZATIONS, "none"}
 
 
@@ -147,8 +164,14 @@ def _refused(argv, message, out, capsys):
         (_pair_stack(), ["--order", "5"], "order 5: cross-cumulants are built for orders 2-4"),
         (_pair_stack(), ["--order", "2-x"], "orders '2-x': give an order (2), a range (2-4) or a list (2,4)"),
         (_pair_stack(), ["--order", "2", "--block-frames", "3"], "blocks of 3 frames: order 2 needs at least 4"),
+        # 5 x 6 pixels leave 2 x 3 camera pixels with cumulants: rho_on averages the 10 brightest
+        (
+            _pair_stack(ny=5, nx=6),
+            ["--order", "2", "--linearize", "adaptive"],
+            "leave 2 x 3 with cumulants, fewer than the 10 brightest points",
+        ),
     ],
-    ids=["too-few-frames", "too-small", "constant", "order-5", "unreadable-order", "short-blocks"],
+    ids=["too-few-frames", "too-small", "constant", "order-5", "unreadable-order", "short-blocks", "adaptive-tiny"],
 )
 def test_stacks_and_settings_that_cannot_give_images_are_refused(data, options, message, tmp_path, capsys):
     path = tmp_path / "s.tif"
@@ -220,6 +243,14 @@ def test_predict_refuses_a_stack_shorter_than_the_networks_window(network, tmp_p
     io.write_stack(path, _pair_stack(frames=3), 0.01, 0.1)
     _refused(
         ["sofi", "predict", str(path), "--net", str(network)], "trained on 4-frame windows", tmp_path / "o", capsys
+    )
+
+
+def test_predict_refuses_a_constant_stack(network, tmp_path, capsys):
+    path = tmp_path / "constant.tif"
+    io.write_stack(path, np.full((10, 12, 14), 100.0, np.float32), 0.01, 0.1)
+    _refused(
+        ["sofi", "predict", str(path), "--net", str(network)], "frames 0-3: no pixel changes", tmp_path / "o", capsys
     )
 
 

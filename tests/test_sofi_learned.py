@@ -169,6 +169,18 @@ def test_predict_refuses_too_few_frames(trained):
         learned.predict(trained[1], np.zeros((3, 12, 12), np.float32))
 
 
+def test_predict_refuses_windows_in_which_nothing_changes_and_non_finite_stacks(trained):
+    stack = np.random.default_rng(3).poisson(50.0, (12, 12, 12)).astype(np.float32)
+    stack[4:8] = stack[4]  # frames 4-7 identical: that window has no blinking
+    learned.predict(trained[1], stack[:4])  # the first window alone is imaged
+    with pytest.raises(InputError, match="frames 4-7: no pixel changes in time"):
+        learned.predict(trained[1], stack)
+    learned.predict(trained[1], stack, stride=3)  # windows 0-3, 3-6 and 6-9 each see a change
+    stack[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        learned.predict(trained[1], stack)
+
+
 def test_network_input_ignores_camera_offset_and_gain():
     rng = np.random.default_rng(2)
     x = rng.uniform(90.0, 400.0, (2, 5, 6, 7))

@@ -22,6 +22,7 @@ SUBCOMMANDS = ("image", "simulate", "train", "predict")
 """``fluojax sofi`` subcommands (``image`` is implied by a first argument that is none of them)."""
 
 PRESET_NAMES = ("thesis", "small")
+CAMERA_NAMES = ("scmos", "emccd", "ideal")
 """``simulate --preset`` choices: ``fluojax.sofi.pipeline.PRESETS`` (listed here so that the help
 imports no jax; a test checks that they are the library's)."""
 
@@ -98,6 +99,13 @@ def _add_simulate(s: argparse.ArgumentParser) -> None:
             "labelled filament width over which the 5000 emitters/um^2 lie (default 10 nm: 50 emitters per um; "
             "50 nm gives 250 per um)",
         ),
+    )
+    s.add_argument(
+        "--camera",
+        choices=CAMERA_NAMES,
+        default="scmos",
+        help="read-out: the preset's sCMOS (per-pixel offset, noise and gain; the default), the EMCCD of the SMLM "
+        "Challenge 2016 (EM gain 300, 45 e-/ADU, baseline 100 ADU) or an ideal photon counter (shot noise only)",
     )
     s.add_argument("--seed", type=int, default=0, help="random seed")
     add_output(s, "OUT", "output folder: stack.tif, truth.tif, emitters.csv, summary.json", required=True)
@@ -204,12 +212,12 @@ def _image_setup(args) -> common.StackFit:
 def _image_stack(args, settings, path: str, out: Path, label: str) -> tuple[int, str]:
     """The SOFI images of the stack at ``path`` into ``out`` (:data:`fluojax.cli.common.StackFit`)."""
     from fluojax import io
-    from fluojax.sofi import pipeline
+    from fluojax.sofi import estimate, pipeline
 
     t0 = time.perf_counter()
     # blocks as stored (a memory map's are views): the CPU kernel reads camera counts as they are
     shape, _, blocks = io.read_stack_blocks(path, settings.block_frames or 2**31 - 1, dtype=None)
-    pipeline.check_stack_shape(shape, settings.computed_orders, path)
+    pipeline.check_stack_shape(shape, settings.computed_orders, path, settings.linearize)
     pixel_nm = _pixel_nm(args, path)
     result = pipeline.sofi_images(
         blocks,
@@ -223,6 +231,13 @@ def _image_stack(args, settings, path: str, out: Path, label: str) -> tuple[int,
     )
     summary = pipeline.images_summary(result, str(path))
     summary["pixel_nm"] = pixel_nm
+    warnings = []
+    if settings.fwhm_px is None and result.fwhm_px is not None and estimate.fwhm_at_bound(result.fwhm_px):
+        warnings.append(
+            f"{path}: the PSF FWHM estimate sits at its bound, {result.fwhm_px:g} px: the sub-lattice means do not "
+            "determine it (too few frames or too little signal); pass --fwhm"
+        )
+    summary["warnings"] = warnings
     summary["total_s"] = time.perf_counter() - t0
     with io.result_folder(out, "sofi-image", args.overwrite, label) as folder:
         summary["files"] = pipeline.write_images(folder, result, pixel_nm, Path(path).name, args.uint16)
@@ -237,6 +252,7 @@ def _image_stack(args, settings, path: str, out: Path, label: str) -> tuple[int,
         f"{result.frames} frames of {shape[1]} x {shape[2]} pixels in {result.blocks} block(s) -> {sizes}{fwhm} "
         f"in {summary['total_s']:.1f} s -> {out}/"
     )
+    common.warn(warnings)
     return 0, f"{sizes}{fwhm}"
 
 
@@ -245,13 +261,15 @@ def simulate_command(args) -> int:
     import jax
     import numpy as np
 
-    from fluojax import io
+    from fluojax import io, networks
     from fluojax.sofi import pipeline, simulate
 
     out = Path(args.output)
     label = f"-o {args.output}"
     io.check_output_folder(out, "sofi-simulate", args.overwrite, label)
-    settings = pipeline.simulation_settings(args.preset, args.density, args.snr, args.size, args.filament_width)
+    settings = pipeline.simulation_settings(
+        args.preset, args.density, args.snr, args.size, args.filament_width, args.camera
+    )
     frames = args.frames or settings.n_frames
     t0 = time.perf_counter()
     movie = simulate.simulate_movie(jax.random.key(args.seed), settings, frames)
@@ -272,9 +290,10 @@ def simulate_command(args) -> int:
         "emitters": emitters,
         "emitters_drawn": int(movie.n_drawn),
         "filament_width_nm": settings.sample.width_nm,
+        "camera": args.camera,
         "seed": args.seed,
-        "settings": repr(settings),
-        "units": "stack in ADU of the preset's camera; truth.tif: the emitters on the order-2 SOFI grid "
+        "settings": networks.describe(settings),
+        "units": "stack in ADU of the camera (photo-electrons for the ideal one); truth.tif: the emitters on the order-2 SOFI grid "
         "(2 (N - 4) + 1 pixels per side) with a PSF narrowed 2-fold, max 1; emitters.csv in nm",
     }
     frame_s = 1.0 / simulate.KOMEN_2024.fps

@@ -495,6 +495,10 @@ def predict(
     Returns:
         (windows, 2 H - 7, 2 W - 7) NumPy float32 images, each on the scale of the training targets
         (maximum about 1).
+
+    Raises:
+        InputError: a stack of the wrong shape, with non-finite values, or with a window in
+            which no pixel changes in time (a constant stack: nothing blinks).
     """
     x = np.asarray(stack, np.float32)
     f = net.config.frames
@@ -505,6 +509,16 @@ def predict(
     require(min(x.shape[1:]) >= 8, f"frames of {x.shape[1]} x {x.shape[2]} pixels: the network needs at least 8 x 8")
     step = f if stride is None else int(stride)
     require(step >= 1, f"stride {step} frames: must be >= 1")
+    require(bool(np.all(np.isfinite(x))), "the stack holds non-finite values (NaN or infinity)")
+    starts = np.arange(0, x.shape[0] - f + 1, step)
+    # window [s, s + F) fluctuates iff some frame in it differs from the next one
+    changes = np.concatenate([[0], np.cumsum(np.any(x[1:] != x[:-1], axis=(1, 2)))])
+    still = starts[changes[starts + f - 1] == changes[starts]]
+    first = int(still[0]) if still.size else 0
+    require(
+        still.size == 0,
+        f"frames {first}-{first + f - 1}: no pixel changes in time, so there is no blinking for the network to image",
+    )
     windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(x, f, axis=0)[::step], -1, 1)  # (n, F, H, W)
     inputs = np.asarray(network_input(windows))
     return networks.predict(networks.eval_view(net), inputs, max(1, min(int(batch), len(inputs))))

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fluojax import noise
 from fluojax.io import require
 from fluojax.sofi import cumulants, cumulants_cpu, estimate, simulate
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from jaxtyping import Float
 
 __all__ = [
+    "CAMERAS",
     "CROSS_ORDERS",
     "LINEARIZATIONS",
     "PRESETS",
@@ -235,14 +237,19 @@ def check_settings(settings: ImageSettings) -> None:
         )
 
 
-def check_stack_shape(shape: tuple, orders: Iterable[int], name: str = "the stack") -> None:
+def check_stack_shape(
+    shape: tuple, orders: Iterable[int], name: str = "the stack", linearize: str | None = None
+) -> None:
     """Refuse a stack that is not ``(frames, y, x)``, is smaller than the 4 x 4 pixel
-    neighbourhood of the cross-cumulants, or has too few frames for the highest order.
+    neighbourhood of the cross-cumulants, has too few frames for the highest order, or, for
+    the adaptive linearization, has fewer camera pixels with cumulants ((H - 3) x (W - 3)) than
+    the brightest points it averages (:func:`fluojax.sofi.estimate.estimate_on_ratio`, 10).
 
     Arguments:
         shape: ``(T, H, W)``; T may be None (not known yet: only the pixels are checked).
         orders: the orders to compute.
         name: the stack's name in the messages.
+        linearize: the linearization asked for (``"adaptive"``, ``"root"`` or None).
     """
     require(len(shape) == 3, f"{name}: shape {tuple(shape)}; a stack is (frames, y, x)")
     frames, ny, nx = shape
@@ -252,6 +259,13 @@ def check_stack_shape(shape: tuple, orders: Iterable[int], name: str = "the stac
         f"{name}: {ny} x {nx} pixels, smaller than the {side} x {side} pixel neighbourhood the "
         "cross-cumulants take their pixels from",
     )
+    if linearize == "adaptive":
+        sub = GRID.sublattice_shape((ny, nx))
+        require(
+            sub[0] * sub[1] >= estimate.PEAK_POINTS,
+            f"{name}: {ny} x {nx} pixels leave {sub[0]} x {sub[1]} with cumulants, fewer than the "
+            f"{estimate.PEAK_POINTS} brightest points the adaptive linearization averages; use --linearize root",
+        )
     if frames is not None:
         top = max(orders)
         require(
@@ -310,7 +324,7 @@ def _with_short_tail_merged(blocks: Iterator[np.ndarray], minimum: int) -> Itera
 
 
 def _checked(
-    blocks: Iterator[np.ndarray], computed: tuple[int, ...], name: str, seen: dict[str, int]
+    blocks: Iterator[np.ndarray], computed: tuple[int, ...], name: str, seen: dict[str, int], linearize: str | None
 ) -> Iterator[np.ndarray]:
     """The blocks, each checked against the first's pixels and the orders' needs; counts the
     frames and blocks passed on in ``seen``."""
@@ -322,7 +336,7 @@ def _checked(
                 f"{name}: a block of {block.shape[1]} x {block.shape[2]} pixels after blocks of "
                 f"{first[0]} x {first[1]}",
             )
-        check_stack_shape(block.shape if first is None else (None, *block.shape[1:]), computed, name)
+        check_stack_shape(block.shape if first is None else (None, *block.shape[1:]), computed, name, linearize)
         first = block.shape[1:]
         seen["frames"] += block.shape[0]
         seen["blocks"] += 1
@@ -422,7 +436,7 @@ def sofi_images(
     computed = settings.computed_orders
     least = minimum_frames(max(computed))
     if hasattr(stack_or_blocks, "shape"):
-        check_stack_shape(tuple(stack_or_blocks.shape), computed, name)
+        check_stack_shape(tuple(stack_or_blocks.shape), computed, name, settings.linearize)
     t0 = time.perf_counter()
     shortest = max(least, (block_frames or 0) // 2)
     seen = {"frames": 0, "blocks": 0}
@@ -430,7 +444,7 @@ def sofi_images(
     settings = dataclasses.replace(settings, cumulant_kernel="cpu" if cpu else "xla")  # what was used
     block_terms = _block_terms_cpu if cpu else _block_terms
     blocks = _blocks(stack_or_blocks, block_frames, keep_dtype=cpu)
-    blocks = _checked(_with_short_tail_merged(blocks, shortest), computed, name, seen)
+    blocks = _checked(_with_short_tail_merged(blocks, shortest), computed, name, seen, settings.linearize)
     mean, fluctuation, sub = cumulants.mean_over_blocks(blocks, lambda block: block_terms(block, computed, name))
     frames, n_blocks = seen["frames"], seen["blocks"]
     require(
@@ -673,12 +687,20 @@ PRESETS = {"thesis": simulate.thesis_preset, "small": simulate.small_preset}
 take a density level (0-2, off-time 600/1200/2400 ms) and an SNR level (0-3, 100/80/60/40 photons)."""
 
 
+CAMERAS = ("scmos", "emccd", "ideal")
+"""Cameras a preset's movie can be read out with: the preset's sCMOS (per-pixel offset, read-noise
+variance and gain maps, :func:`fluojax.sofi.simulate.scmos_camera`), the EMCCD of the SMLM
+Challenge 2016 (:meth:`fluojax.noise.EMCCD.challenge_2016`: EM gain 300, 45 e-/ADU, baseline
+100 ADU) or an ideal photon counter (shot noise only, counts in photo-electrons)."""
+
+
 def simulation_settings(
     preset: str = "thesis",
     density_level: int = 0,
     snr_level: int = 0,
     size: int | None = None,
     filament_width_nm: float | None = None,
+    camera: str = "scmos",
 ) -> simulate.SofiSettings:
     """The :class:`fluojax.sofi.simulate.SofiSettings` of a named preset (:data:`PRESETS`).
 
@@ -689,11 +711,19 @@ def simulation_settings(
         size: square field side in pixels (None: the preset's, 128 or 32).
         filament_width_nm: labelled filament width in nm over which the 5000 emitters/um^2 lie
             (None: the thesis's 10 nm, 50 emitters per um).
+        camera: a name in :data:`CAMERAS` (the presets' own: ``"scmos"``).
     """
     require(preset in PRESETS, f"preset {preset!r}: the presets are {', '.join(PRESETS)}")
+    require(camera in CAMERAS, f"camera {camera!r}: choose {', '.join(CAMERAS)}")
     if preset == "thesis":
-        return simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128), None, filament_width_nm)
-    return simulate.small_preset(density_level, snr_level, size or 32, None, filament_width_nm)
+        settings = simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128), None, filament_width_nm)
+    else:
+        settings = simulate.small_preset(density_level, snr_level, size or 32, None, filament_width_nm)
+    if camera == "emccd":
+        return dataclasses.replace(settings, camera=noise.EMCCD.challenge_2016())
+    if camera == "ideal":
+        return dataclasses.replace(settings, camera=noise.IdealCamera())
+    return settings
 
 
 def emitters_csv(movie: simulate.SofiMovie) -> str:
