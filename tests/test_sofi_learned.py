@@ -16,7 +16,7 @@ from scipy import ndimage, stats
 from fluojax import networks
 from fluojax import train as training
 from fluojax.io import InputError
-from fluojax.sofi import learned, nets
+from fluojax.sofi import cumulants, estimate, learned, nets
 
 pytestmark = [
     pytest.mark.xdist_group("sofi_learned"),
@@ -209,6 +209,27 @@ def test_the_wide_recipe_simulates_filaments_labelled_over_50_nm():
     assert small.settings(0, 0).sample.emitters_per_um == pytest.approx(50.0)
     assert (wide.net, wide.train, wide.tile) == (small.net, small.train, small.tile)  # only the sample differs
     assert wide.meta_fields()["filament_width_nm"] == 50.0
+
+
+def test_the_rho_recipe_linearizes_its_targets_with_the_simulated_on_time_ratio():
+    # Komen 2024, Table 5.1: on-time 10 ms, off-times 600 / 1200 / 2400 ms per density level
+    rho = learned.RECIPES["misrgru-small-wide-rho"]
+    for density, off_ms in enumerate((600.0, 1200.0, 2400.0)):
+        assert rho.target_on_ratio(density, 3) == pytest.approx(10.0 / (10.0 + off_ms))
+        assert learned.RECIPES["misrgru-small-wide"].target_on_ratio(density, 3) is None  # estimated per movie
+    assert rho.meta_fields()["target_rho"] == "simulated"
+
+
+def test_a_target_with_a_given_on_ratio_takes_the_adaptive_exponent_of_that_ratio():
+    """Komen 2024, eqs. 3.8-3.9: gamma_2 = mean over the 10 brightest physical pixels i of the
+    deconvolved image of log(i / f_2(rho)) / log(i), halved; f_2 = rho (1 - rho)."""
+    stack = np.asarray(_blinking_points(np.asarray(jax.random.key_data(jax.random.key(5)))[None], 60, 12))[0]
+    g = np.asarray(estimate.deconvolve(estimate.flatten(cumulants.cross_cumulant_sublattices(stack, 2)), 2, 2.2))
+    bright = np.sort(g[::2, ::2].ravel())[-10:]
+    for rho in (0.01, 0.3):
+        gamma = np.mean(np.log(bright / (rho * (1 - rho))) / np.log(bright)) / 2
+        want = g**gamma / (g**gamma).max()
+        np.testing.assert_allclose(learned.sofi_target(stack, 2.2, on_ratio=rho), want, rtol=2e-4, atol=1e-6)
 
 
 def test_unknown_recipe_is_refused():

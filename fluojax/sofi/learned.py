@@ -54,6 +54,10 @@ Recipes (:data:`RECIPES`):
     ``misrgru-small`` on filaments whose 5000 emitters/um^2 are spread over a 50-nm labelled
     width (250 emitters per um of filament instead of the literal reading's 50; our choice,
     see :func:`fluojax.sofi.simulate.thesis_preset`).
+``misrgru-small-wide-rho``
+    ``misrgru-small-wide`` whose adaptive targets use the simulation's own on-time ratio
+    (0.004-0.016) instead of the estimate from orders 2-3 with one emitter per point, which on
+    these filaments reads about N rho (0.2-0.4) and so gives exponents close to the root's.
 ``misrgru-small-c16``
     The same with the released code's 16-channel variant: 1.8 steps/s idle, so 6,000 steps.
 
@@ -105,6 +109,9 @@ LINEARIZATIONS = estimate.LINEARIZATIONS
 _TARGET_ORDER = 2
 _INPUT_SCALING = "per-window standardisation"  # what network_input does, stored in checkpoints
 
+TARGET_RHOS = ("estimated", "simulated")
+"""Where the adaptive targets' rho_on comes from (:attr:`MisrGruRecipe.target_rho`)."""
+
 LOSSES = {"mse": training.mse_loss, "fourier": nets.fourier_loss}
 """Training losses of the recipes: pixel mean squared error, or Komen 2024's Fourier L1 (eq. 4.5)."""
 
@@ -130,7 +137,11 @@ def network_input(frames: Float[ArrayLike, "*batch t y x"]) -> Float[Array, "*ba
 
 
 def sofi_target(
-    stack: Float[ArrayLike, "t y x"], fwhm_px: float, linearization: str = "adaptive", iterations: int = 10
+    stack: Float[ArrayLike, "t y x"],
+    fwhm_px: float,
+    linearization: str = "adaptive",
+    iterations: int = 10,
+    on_ratio: float | None = None,
 ) -> Float[Array, "y2 x2"]:
     """The network's target: the linearized 2nd-order SOFI image of a stack, divided by its maximum.
 
@@ -146,6 +157,9 @@ def sofi_target(
         fwhm_px: PSF FWHM in camera pixels (static).
         linearization: ``"adaptive"`` or ``"root"`` (static).
         iterations: Richardson-Lucy iterations (static; sofipackage: 10).
+        on_ratio: rho_on of the adaptive exponent (e.g. a simulation's own on-time ratio); None:
+            estimated from the stack's orders 2 and 3 with one emitter per point, which on dense
+            filaments reads about N rho (:func:`fluojax.sofi.estimate.estimate_on_ratio`).
     """
     require(linearization in LINEARIZATIONS, f"linearization {linearization!r}: choose adaptive or root")
     k2_sub = cumulants.cross_cumulant_sublattices(stack, _TARGET_ORDER)
@@ -153,17 +167,24 @@ def sofi_target(
     if linearization == "root":
         image = estimate.linearize(k2, _TARGET_ORDER, fwhm_px, iterations)
     else:
-        d2 = estimate.flatten(k2_sub, fwhm_px)
-        d3 = estimate.flatten(cumulants.cross_cumulant_sublattices(stack, 3), fwhm_px)
-        rho = estimate.estimate_on_ratio(d2, d3)
+        if on_ratio is None:
+            d2 = estimate.flatten(k2_sub, fwhm_px)
+            d3 = estimate.flatten(cumulants.cross_cumulant_sublattices(stack, 3), fwhm_px)
+            rho = estimate.estimate_on_ratio(d2, d3)
+        else:
+            rho = jnp.asarray(on_ratio, jnp.float32)
         image = estimate.adaptive_linearize(k2, _TARGET_ORDER, fwhm_px, rho, iterations)
     peak = jnp.max(image)
     return image / jnp.where(peak > 0, peak, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def training_pairs(
-    movies: Float[ArrayLike, "b t y x"], frames: int, fwhm_px: float, linearization: str = "adaptive"
+    movies: Float[ArrayLike, "b t y x"],
+    frames: int,
+    fwhm_px: float,
+    linearization: str = "adaptive",
+    on_ratio: float | None = None,
 ) -> tuple[Float[Array, "b f y x"], Float[Array, "b y2 x2"]]:
     """Training pairs of a batch of movies: (``network_input`` of the first ``frames`` frames,
     ``sofi_target`` of all frames). Jit-compiled (once per movie shape and static arguments).
@@ -173,10 +194,11 @@ def training_pairs(
         frames: input frames (static; Komen 2024: 20).
         fwhm_px: PSF FWHM in camera pixels (static).
         linearization: ``"adaptive"`` or ``"root"`` (static).
+        on_ratio: rho_on of the adaptive targets (static; None: estimated per movie).
     """
     m = jnp.asarray(movies, jnp.float32)
     require(m.ndim == 4 and m.shape[1] >= frames, f"movies of shape {m.shape}: need (batch, >= {frames} frames, y, x)")
-    targets = jax.vmap(lambda s: sofi_target(s, fwhm_px, linearization))(m)
+    targets = jax.vmap(lambda s: sofi_target(s, fwhm_px, linearization, on_ratio=on_ratio))(m)
     return network_input(m[:, :frames]), targets
 
 
@@ -205,6 +227,10 @@ class MisrGruRecipe(networks.Recipe):
         held_out_samples: movies of the separate held-out pool (whole batches are used).
         filament_width_nm: labelled width of the simulated filaments, nm (None: the thesis's 10 nm;
             :func:`fluojax.sofi.simulate.thesis_preset`).
+        target_rho: rho_on of the adaptive targets: ``"estimated"`` from each movie's orders 2-3
+            with one emitter per point (:func:`fluojax.sofi.estimate.estimate_on_ratio`; on dense
+            filaments about N rho, so the exponent is close to the root's) or ``"simulated"``, the
+            movies' own on-time ratio (what an estimator that knew N would return).
         description: str.
 
     Optimizer: the released code uses PyTorch's Adam(lr 1e-3, weight_decay 1e-4), whose decay is
@@ -223,6 +249,7 @@ class MisrGruRecipe(networks.Recipe):
     pool_samples: int = 1920
     held_out_samples: int = 48
     filament_width_nm: float | None = None
+    target_rho: str = "estimated"
     description: str = ""
 
     network = NETWORK_KIND
@@ -235,6 +262,7 @@ class MisrGruRecipe(networks.Recipe):
         )
         require(self.linearization in LINEARIZATIONS, f"linearization {self.linearization!r}: choose adaptive or root")
         require(self.loss in LOSSES, f"loss {self.loss!r}: choose {' or '.join(LOSSES)}")
+        require(self.target_rho in TARGET_RHOS, f"target rho_on {self.target_rho!r}: choose {' or '.join(TARGET_RHOS)}")
         require(len(self.densities) > 0 and len(self.snrs) > 0, "at least one density and one SNR level")
         require(self.pool_samples >= 1 and self.held_out_samples >= 1, "pools need at least one movie each")
 
@@ -252,6 +280,12 @@ class MisrGruRecipe(networks.Recipe):
         (``key_data`` (B, 2), ``jax.random.key_data``): :func:`fluojax.sofi.simulate.simulate_movie`
         with :meth:`settings` (compiled once per cell)."""
         return _simulate_movies(key_data, self.settings(density, snr))
+
+    def target_on_ratio(self, density: int, snr: int) -> float | None:
+        """rho_on of one cell's adaptive targets: the simulated on-time ratio, or None (estimated)."""
+        if self.target_rho == "simulated" and self.linearization == "adaptive":
+            return float(self.settings(density, snr).blinking.on_fraction)
+        return None
 
     def fwhm_px(self) -> float:
         """PSF FWHM of the movies in camera pixels (the targets' deconvolution width)."""
@@ -272,6 +306,7 @@ class MisrGruRecipe(networks.Recipe):
             "snrs": list(self.snrs),
             "linearization": self.linearization,
             "loss": self.loss,
+            "target_rho": self.target_rho,
             "pool_samples": self.pool_samples,
             "held_out_samples": self.held_out_samples,
             "filament_width_nm": first.sample.width_nm,
@@ -338,9 +373,11 @@ def simulate_pool(
                 continue
             keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, i), n)))
 
-            def pairs(k, _count, density=density, snr=snr):
+            on_ratio = recipe.target_on_ratio(density, snr)
+
+            def pairs(k, _count, density=density, snr=snr, on_ratio=on_ratio):
                 movies = recipe.movies(jnp.asarray(k), density, snr)
-                return training_pairs(movies, recipe.net.frames, fwhm_px, recipe.linearization)
+                return training_pairs(movies, recipe.net.frames, fwhm_px, recipe.linearization, on_ratio)
 
             x, y = map_padded(
                 pairs,
@@ -414,6 +451,17 @@ RECIPES: dict[str, MisrGruRecipe] = {
         description=(
             "misrgru-small on filaments labelled over 50 nm (250 emitters per um instead of 50; "
             "a denser labelling whose 100-frame SOFI targets come close to the thesis's Pearson)"
+        ),
+    ),
+    "misrgru-small-wide-rho": dataclasses.replace(
+        _SMALL,
+        name="misrgru-small-wide-rho",
+        filament_width_nm=50.0,
+        target_rho="simulated",
+        description=(
+            "misrgru-small-wide with targets linearized with the simulation's own on-time ratio "
+            "(0.004-0.016) instead of the one-emitter estimate (0.2-0.4 on these filaments): "
+            "adaptive exponents 0.8-1.2 instead of 0.6-0.7"
         ),
     ),
     "misrgru-small-c16": MisrGruRecipe(
