@@ -70,9 +70,10 @@ THEORY_NM = 110.0
 """Half the 220-nm diffraction limit: the ideal 2nd-order SOFI resolution (Komen 2024)."""
 
 
-def sofi(frames: np.ndarray, linearize: str, fwhm_px: float) -> np.ndarray:
-    """The linearized 2nd-order SOFI image of a stack (pipeline defaults, the simulated PSF width)."""
-    return pipeline.sofi_images(frames, (2,), linearize, fwhm_px=fwhm_px).linearized[2]
+def sofi(frames: np.ndarray, linearize: str, fwhm_px: float, on_ratio: float | None = None) -> np.ndarray:
+    """The linearized 2nd-order SOFI image of a stack (pipeline defaults, the simulated PSF width;
+    adaptive: rho_on estimated, or ``on_ratio``)."""
+    return pipeline.sofi_images(frames, (2,), linearize, fwhm_px=fwhm_px, on_ratio=on_ratio).linearized[2]
 
 
 def score(image, truth, reference, pixel_nm: float) -> dict:
@@ -163,6 +164,12 @@ def main(argv=None) -> int:
         help="labelled filament width over which the 5000 emitters/um^2 lie (default 10 nm, 50 per um; "
         "thesis_preset's filament_width_nm)",
     )
+    ap.add_argument(
+        "--simulated-rho",
+        action="store_true",
+        help="also SOFI adaptively linearized with the simulation's on-time ratio ('SOFI adaptive-rho'; the "
+        "default estimate assumes one emitter per point)",
+    )
     ap.add_argument("--figure-cells", type=int, default=3, help="grid cells shown in the figure")
     ap.add_argument("--seed", type=int, default=TEST_KEY, help="random seed of the test movies")
     ap.add_argument("--out", default="docs/sofi_20frames", help="output stem: OUT.md, OUT.csv, OUT.png")
@@ -208,6 +215,7 @@ def main(argv=None) -> int:
         f"SOFI adaptive {n_all}",
         f"SOFI root {n_short}",
         f"SOFI root {n_all}",
+        *([f"SOFI adaptive-rho {n_short}", f"SOFI adaptive-rho {n_all}"] if args.simulated_rho else []),
         *([f"network {n_short}"] if net is not None else []),
         "ground truth",
     ]
@@ -236,6 +244,11 @@ def main(argv=None) -> int:
                     t1 = time.perf_counter()
                     image = sofi(stack, lin, fwhm_px)
                     images[f"SOFI {lin} {n}"] = (image, wide, time.perf_counter() - t1)
+            if args.simulated_rho:
+                for n, stack, wide in ((n_short, short, wide_short), (n_all, frames, wide_all)):
+                    t1 = time.perf_counter()
+                    image = sofi(stack, "adaptive", fwhm_px, settings.blinking.on_fraction)
+                    images[f"SOFI adaptive-rho {n}"] = (image, wide, time.perf_counter() - t1)
             if net is not None:
                 t1 = time.perf_counter()
                 image = learned.predict(net, frames[:n_short])[0]

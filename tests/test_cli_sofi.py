@@ -170,8 +170,20 @@ def _refused(argv, message, out, capsys):
             ["--order", "2", "--linearize", "adaptive"],
             "leave 2 x 3 with cumulants, fewer than the 10 brightest points",
         ),
+        (_pair_stack(), ["--linearize", "adaptive", "--on-ratio", "1.5"], "on-time ratio 1.5: must lie between 0"),
+        (_pair_stack(), ["--on-ratio", "0.1"], "an on-time ratio is for the adaptive linearization"),
     ],
-    ids=["too-few-frames", "too-small", "constant", "order-5", "unreadable-order", "short-blocks", "adaptive-tiny"],
+    ids=[
+        "too-few-frames",
+        "too-small",
+        "constant",
+        "order-5",
+        "unreadable-order",
+        "short-blocks",
+        "adaptive-tiny",
+        "on-ratio-above-1",
+        "on-ratio-without-adaptive",
+    ],
 )
 def test_stacks_and_settings_that_cannot_give_images_are_refused(data, options, message, tmp_path, capsys):
     path = tmp_path / "s.tif"

@@ -226,6 +226,18 @@ def test_written_files_have_sofipackages_names_and_the_order_n_pixel_size(stack,
     assert io.read_pixel_size_um(tmp_path / "sofi_c2.tif") == pytest.approx(0.05)  # 100 nm / 2
 
 
+def test_a_known_on_ratio_replaces_the_estimate_and_order_3_is_not_computed(stack):
+    """Komen 2024, eqs. 3.8-3.9: the exponent is mean(log(i / f_2(rho)) / log(i)) / 2 over the 10
+    brightest physical pixels i of the deconvolved image; f_2 = rho (1 - rho)."""
+    rho = 0.02
+    result = pipeline.sofi_images(stack, orders=(2,), linearize="adaptive", fwhm_px=2.8, on_ratio=rho)
+    assert result.on_ratio == rho and set(result.cumulants) == {2}
+    g = np.asarray(estimate.deconvolve(result.cumulants[2], 2, 2.8))
+    bright = np.sort(np.abs(g[::2, ::2]).ravel())[-10:]
+    gamma = np.mean(np.log(bright / (rho * (1 - rho))) / np.log(bright)) / 2
+    np.testing.assert_allclose(result.linearized[2], g**gamma, rtol=1e-4)
+
+
 def test_uint16_images_are_sofipackages_65535_times_image_over_its_maximum(full, tmp_path):
     import tifffile
 

@@ -66,6 +66,15 @@ def _add_image(p: argparse.ArgumentParser) -> None:
         ("--fwhm", positive(float), None, "PX", "PSF FWHM in camera pixels (default: estimated from the cumulants)"),
         ("--iterations", positive(int), 10, "N", "Richardson-Lucy iterations (default 10)"),
         (
+            "--on-ratio",
+            positive(float),
+            None,
+            "RHO",
+            "on-time ratio of the emitters for --linearize adaptive, if known (e.g. from single-molecule data); "
+            "default: estimated from orders 2-3 with one emitter per point, which reads about N rho where N "
+            "emitters share a point",
+        ),
+        (
             "--block-frames",
             positive(int),
             None,
@@ -204,7 +213,9 @@ def _image_setup(args) -> common.StackFit:
 
     orders = pipeline.parse_orders(args.order)
     linearize = None if args.linearize == "none" else args.linearize
-    settings = pipeline.ImageSettings(orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames)
+    settings = pipeline.ImageSettings(
+        orders, linearize, args.bsofi, args.fwhm, args.iterations, args.block_frames, on_ratio=args.on_ratio
+    )
     pipeline.check_settings(settings)
     return functools.partial(_image_stack, args, settings)
 
@@ -228,6 +239,7 @@ def _image_stack(args, settings, path: str, out: Path, label: str) -> tuple[int,
         settings.iterations,
         settings.block_frames,
         name=path,
+        on_ratio=settings.on_ratio,
     )
     summary = pipeline.images_summary(result, str(path))
     summary["pixel_nm"] = pixel_nm

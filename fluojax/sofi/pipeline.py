@@ -102,6 +102,9 @@ class ImageSettings:
             exact for constant pixels, so a stack whose only fluctuating pixels have no
             fluctuating neighbours is refused there, while XLA returns residue-sized images.
             :class:`SofiImages` records the kernel that was used.
+        on_ratio: rho_on of the adaptive linearization when it is known (e.g. from single-molecule
+            data or a simulation), in (0, 1); None: estimated from orders 2-3
+            (:func:`fluojax.sofi.estimate.estimate_on_ratio`, one emitter per point).
     """
 
     orders: tuple[int, ...] = (2,)
@@ -111,6 +114,7 @@ class ImageSettings:
     iterations: int = 10
     block_frames: int | None = None
     cumulant_kernel: str = "auto"
+    on_ratio: float | None = None
 
     def uses_cpu_kernel(self) -> bool:
         """Whether the blocks' cumulants come from the numba CPU kernel rather than XLA."""
@@ -121,8 +125,9 @@ class ImageSettings:
     @property
     def computed_orders(self) -> tuple[int, ...]:
         """The orders whose cumulants are computed: ``orders``, plus 2-3 for the adaptive
-        linearization (the on-ratio) and 2-4 for bSOFI."""
-        extra = set(CROSS_ORDERS) if self.bsofi else {2, 3} if self.linearize == "adaptive" else set()
+        linearization's on-ratio when it is not given, and 2-4 for bSOFI."""
+        estimated = self.linearize == "adaptive" and self.on_ratio is None
+        extra = set(CROSS_ORDERS) if self.bsofi else {2, 3} if estimated else set()
         return tuple(sorted(set(self.orders) | extra))
 
 
@@ -219,6 +224,15 @@ def check_settings(settings: ImageSettings) -> None:
     require(
         fwhm is None or (math.isfinite(fwhm) and fwhm > 0),
         f"PSF FWHM {fwhm} px: must be a positive number of camera pixels",
+    )
+    rho = settings.on_ratio
+    require(
+        rho is None or (math.isfinite(rho) and 0.0 < rho < 1.0),
+        f"on-time ratio {rho}: must lie between 0 and 1",
+    )
+    require(
+        rho is None or settings.linearize == "adaptive",
+        "an on-time ratio is for the adaptive linearization: add --linearize adaptive",
     )
     require(settings.iterations >= 1, f"{settings.iterations} deconvolution iterations: must be at least 1")
     require(
@@ -380,6 +394,7 @@ def sofi_images(
     block_frames: int | None = None,
     name: str = "the stack",
     cumulant_kernel: str = "auto",
+    on_ratio: float | None = None,
 ) -> SofiImages:
     """SOFI images of a stack: flat cross-cumulant images per order, linearized images, bSOFI, the mean.
 
@@ -414,6 +429,7 @@ def sofi_images(
         block_frames: frames per block when ``stack_or_blocks`` is an array (None: one block).
         name: the stack's name in the messages.
         cumulant_kernel: ``"auto"``, ``"cpu"`` or ``"xla"`` (:class:`ImageSettings`).
+        on_ratio: rho_on of the adaptive linearization (None: estimated; :class:`ImageSettings`).
 
     Returns:
         :class:`SofiImages`.
@@ -431,6 +447,7 @@ def sofi_images(
         int(iterations),
         block_frames,
         cumulant_kernel,
+        on_ratio,
     )
     check_settings(settings)
     computed = settings.computed_orders
@@ -467,12 +484,15 @@ def sofi_images(
     rho = None
     if settings.linearize == "adaptive":
         assert fwhm is not None
-        scaled = {o: _flatten(sub[o], fwhm) for o in (2, 3)}
-        rho = float(_estimate_on_ratio(scaled[2], scaled[3]))
-        require(
-            math.isfinite(rho) and 0.0 < rho < 1.0,
-            f"{name}: the on-time ratio estimated from orders 2 and 3 is {rho:.3g}: no adaptive linearization",
-        )
+        if settings.on_ratio is not None:
+            rho = float(settings.on_ratio)
+        else:
+            scaled = {o: _flatten(sub[o], fwhm) for o in (2, 3)}
+            rho = float(_estimate_on_ratio(scaled[2], scaled[3]))
+            require(
+                math.isfinite(rho) and 0.0 < rho < 1.0,
+                f"{name}: the on-time ratio estimated from orders 2 and 3 is {rho:.3g}: no adaptive linearization",
+            )
         for order in settings.orders:
             image = _adaptive_linearize(flat[order], order, fwhm, rho, settings.iterations)
             linearized[order] = np.asarray(image, np.float32)
