@@ -132,7 +132,7 @@ def estimate_fwhm(sub: Float[ArrayLike, "n n h w"], grid: str | cumulants.Grid =
     the mean of ``|kappa_ij|`` that the flattening equalises: cross-cumulants of distinct pixels
     are unbiased, so the estimation noise of background pixels averages out of the signed mean,
     while in the mean of absolute values it adds the same floor to every sub-lattice and
-    flattens the slope (a noisy 32 x 32 x 100 movie of sparse filaments read 4.4 px for 2.2).
+    flattens the slope, towards the upper bound on noisy stacks (docs/sofi.md, section 3).
     The PSF measured is the camera's: a Gaussian of FWHM ``w0`` integrated over unit pixels
     reads about ``sqrt(w0^2 + 8 ln2 / 12)``.
 
