@@ -7,6 +7,8 @@ density levels 0-2 = off-time 600/1200/2400 ms, SNR levels 0-3 = I_on 100/80/60/
 * 2nd-order SOFI (:func:`fluojax.sofi.pipeline.sofi_images`, sofipackage's grid, flattening and 10
   Richardson-Lucy iterations with the simulated PSF width) from the first 20 frames and from all 100,
   adaptively linearized (the thesis's training target; Geissbuehler et al. 2012) and with the square root;
+  with ``--simulated-rho`` also adaptively linearized with the simulation's own on-time ratio instead of the
+  estimate from orders 2-3, which assumes one emitter per point ("SOFI adaptive-rho");
 * the network (``--net RUN``, :func:`fluojax.sofi.learned.load_network`) from the first 20 frames
   (:func:`fluojax.sofi.learned.predict`, first window);
 * and compared with the ground truth on the same ``2 N - 7`` grid (``movie.ground_truth``).
