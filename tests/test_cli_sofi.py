@@ -262,7 +262,10 @@ def test_predict_refuses_a_constant_stack(network, tmp_path, capsys):
     path = tmp_path / "constant.tif"
     io.write_stack(path, np.full((10, 12, 14), 100.0, np.float32), 0.01, 0.1)
     _refused(
-        ["sofi", "predict", str(path), "--net", str(network)], "frames 0-3: no pixel changes", tmp_path / "o", capsys
+        ["sofi", "predict", str(path), "--net", str(network)],
+        "constant.tif: frames 0-3: no pixel changes",
+        tmp_path / "o",
+        capsys,
     )
 
 

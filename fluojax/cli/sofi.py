@@ -360,7 +360,10 @@ def predict_command(args) -> int:
         )
     stride = args.stride or (window if args.windows else None)
     frames = stack if stride else stack[:window]
-    images = learned.predict(net, frames, stride=stride)
+    try:
+        images = learned.predict(net, frames, stride=stride)
+    except InputError as err:  # name the stack, as the other refusals do
+        raise InputError(f"{args.stack}: {err}") from None
     pixel_nm = _pixel_nm(args, args.stack)
     warnings = []
     trained_nm = meta.get("pixel_nm")
