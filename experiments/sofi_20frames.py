@@ -207,6 +207,10 @@ def main(argv=None) -> int:
                 f"the network was trained on filaments {trained_width:g} nm wide, the test movies' are {test_width:g} nm",
                 flush=True,
             )
+    rho_targets = meta is not None and meta.get("target_rho") == "simulated"
+    if rho_targets and not args.simulated_rho:
+        print("the network's targets used the simulated on-time ratio: adding the SOFI adaptive-rho rows", flush=True)
+        args.simulated_rho = True
     n_short = net.config.frames if net is not None else args.frames
     if net is not None and n_short != args.frames:
         print(f"the network reads {n_short} frames: the short SOFI uses {n_short} too", flush=True)
@@ -256,7 +260,8 @@ def main(argv=None) -> int:
                 image = learned.predict(net, frames[:n_short])[0]
                 images[f"network {n_short}"] = (image, wide_short, time.perf_counter() - t1)
             images["ground truth"] = (truth, wide_all, 0.0)
-            target = images[f"SOFI adaptive {n_all}"][0]  # the adaptive recipes' training target
+            # the adaptive recipes' training target (with the simulated rho for target_rho="simulated")
+            target = images[f"SOFI adaptive{'-rho' if rho_targets else ''} {n_all}"][0]
             for est, (image, wide, seconds) in images.items():
                 rows.append(
                     {
@@ -315,6 +320,13 @@ def main(argv=None) -> int:
         f"SOFI: 2nd order, sofipackage grid and flattening, 10 Richardson-Lucy iterations with the simulated PSF.  ",
         (
             f"Network: `{meta.get('recipe')}` at step {meta.get('step')} ({meta.get('linearization')} targets"
+            + (", linearized with the simulated on-time ratio" if rho_targets else "")
+            + (
+                f"; continued for {meta['finetune']['steps']} steps from `{meta['finetune']['from_recipe']}` at "
+                f"step {meta['finetune']['from_step']}, loss: {meta['finetune']['loss']}"
+                if meta.get("finetune")
+                else ""
+            )
             + (f"; {meta['description']}" if meta.get("description") else "")
             + f"); first {n_short}-frame window."
             if meta is not None
@@ -325,7 +337,9 @@ def main(argv=None) -> int:
         "",
         "Resolution: decorrelation analysis (Descloux et al. 2019); Pearson, TPR and TNR (Li thresholds) "
         "against the ground truth; Pearson vs SOFI 100: against the adaptive SOFI image of all frames (what a "
-        "network trained on adaptive targets learns to make); RSP: SQUIRREL against the "
+        "network trained on adaptive targets learns to make"
+        + ("; here with the simulated on-time ratio, the network's targets" if rho_targets else "")
+        + "); RSP: SQUIRREL against the "
         f"{'mean' if args.reference == 'mean' else 's.d. over time'} of the frames used (Culley et al. 2018; "
         "Komen 2024 uses the s.d.). "
         f"Theory: {THEORY_NM:g} nm, half the 220-nm diffraction limit. The ground-truth row gives the ground "

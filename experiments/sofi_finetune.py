@@ -1,16 +1,16 @@
 """Experiment: fine-tune a trained MISR-GRU on another recipe's training pairs, or with a Fourier-amplitude term.
 
-Two questions about the gap between the 20-frame network's decorrelation resolution (~149 nm on
-the 50-nm-labelled test movies) and Komen 2024's (115.7 nm, Table E.1) are answered by
-continuing the training of a finished run (``--net RUN``) rather than training from scratch:
+Two questions about the gap between the 20-frame network's decorrelation resolution and Komen
+2024's (Table E.1; the figures are in docs/sofi.md, section 10) are answered by continuing the
+training of a finished run (``--net RUN``) rather than training from scratch:
 
 * **Targets.** ``--recipe misrgru-small-wide-rho`` draws the pool of that recipe, whose adaptive
   targets use the simulation's own on-time ratio instead of the one-emitter estimate
   (:attr:`fluojax.sofi.learned.MisrGruRecipe.target_rho`).
-* **Loss.** ``--amplitude-weight W`` adds ``W x (MSE / A)`` times the Fourier-amplitude L1 term of
-  Komen 2024's loss (eq. 4.5, without the phase term; ortho-normalised by sqrt(H W)) to the pixel
-  MSE, where ``MSE / A`` is the ratio of the two terms on the first held-out batch before
-  fine-tuning (W = 1: equal weights at the start).
+* **Loss.** ``--amplitude-weight W`` adds ``W x (L / A)`` times the Fourier-amplitude L1 term of
+  Komen 2024's loss (eq. 4.5, without the phase term; ortho-normalised by sqrt(H W)) to the
+  recipe's loss L (the pixel MSE), where ``L / A`` is the ratio of the two terms on the first
+  held-out batch before fine-tuning (W = 1: equal weights at the start).
 
 The training is the engine's (:func:`fluojax.train.train`: the recipe's optimizer, batch and
 held-out pool; a learning rate decaying exponentially from ``--lr`` to ``--lr-final`` over
@@ -39,10 +39,8 @@ from fluojax.sofi import learned, nets
 
 
 def amplitude_term(prediction, target):
-    """mean |(|F(pred)| - |F(target)|)| / sqrt(H W): the amplitude half of Komen 2024's eq. 4.5, ortho-normalised."""
-    a_pred, _ = nets._amplitude_phase(prediction)
-    a_true, _ = nets._amplitude_phase(jnp.reshape(target, prediction.shape))
-    return jnp.mean(jnp.abs(a_pred - a_true)) / jnp.sqrt(prediction.shape[-1] * prediction.shape[-2])
+    """The amplitude half of Komen 2024's eq. 4.5 (:func:`fluojax.sofi.nets.fourier_amplitude_loss`), / sqrt(H W)."""
+    return nets.fourier_amplitude_loss(prediction, target) / jnp.sqrt(prediction.shape[-1] * prediction.shape[-2])
 
 
 def main(argv=None) -> int:
@@ -59,16 +57,20 @@ def main(argv=None) -> int:
 
     net, meta = learned.load_network(args.net)
     recipe = networks.recipe_named(learned.RECIPES, args.recipe or meta["recipe"])
+    if meta["net_config"] != dataclasses.asdict(recipe.net):
+        ap.error(f"{args.net} holds a network of another shape than recipe {recipe.name}'s: {meta['net_config']}")
     print(f"start: {meta.get('recipe')} at step {meta.get('step')}; pool of {recipe.name}", flush=True)
     data = recipe.training_data(args.seed, None)
     x0, y0 = data.held_out[0]
     before = net(x0)
-    mse0, amp0 = float(training.mse_loss(before, y0)), float(amplitude_term(before, y0))
+    mse0, amp0 = float(data.loss(before, y0)), float(amplitude_term(before, y0))
     weight = args.amplitude_weight * mse0 / amp0
 
+    base = data.loss  # the recipe's loss (pixel MSE for every recipe but a Fourier-loss one)
+
     def loss(prediction, target):
-        mse = training.mse_loss(prediction, target)
-        return mse if weight == 0 else mse + weight * amplitude_term(prediction, target)
+        value = base(prediction, target)
+        return value if weight == 0 else value + weight * amplitude_term(prediction, target)
 
     config = dataclasses.replace(
         recipe.train,
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
             "from_recipe": meta.get("recipe"),
             "from_step": meta.get("step"),
             "steps": args.steps,
-            "loss": "pixel MSE" if weight == 0 else f"pixel MSE + {weight:.4g} x Fourier amplitude L1 / sqrt(HW)",
+            "loss": recipe.loss if weight == 0 else f"{recipe.loss} + {weight:.4g} x Fourier amplitude L1 / sqrt(HW)",
             "learning_rate": [args.lr, args.lr_final or args.lr],
             "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         },

@@ -91,6 +91,28 @@ def test_several_stacks_give_a_result_folder_each_and_a_summary(stack_file, tmp_
         np.testing.assert_array_equal(tifffile.imread(out / name / "sofi2.tif"), tifffile.imread(alone / "sofi2.tif"))
 
 
+def test_a_given_on_ratio_is_used_and_recorded(stack_file, tmp_path):
+    out = tmp_path / "rho"
+    argv = ["sofi", str(stack_file), "--order", "2", "--linearize", "adaptive", "--on-ratio", "0.05", "-o", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["on_ratio"] == 0.05 and summary["settings"]["on_ratio"] == 0.05
+
+
+def test_an_fwhm_estimate_at_its_bound_is_warned_about(tmp_path, capsys):
+    # independent Poisson noise: no PSF in the cumulants, the estimate runs to a bound (or lands
+    # anywhere in between; this seed reaches 7 px, as the 24 x 24 x 100 stack of the docs)
+    path = tmp_path / "noise.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(
+        path, rng.poisson(100, (100, 24, 24)).astype(np.uint16), photometric="minisblack", metadata={"axes": "TYX"}
+    )
+    assert main(["sofi", str(path), "--order", "2", "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "the PSF FWHM estimate sits at its bound, 7 px" in err and err.count("\n") == 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["warnings"]
+
+
 def test_simulate_writes_a_stack_its_truth_and_emitters_that_sofi_reads(tmp_path):
     from fluojax.sofi import pipeline
 
@@ -172,6 +194,12 @@ def _refused(argv, message, out, capsys):
         ),
         (_pair_stack(), ["--linearize", "adaptive", "--on-ratio", "1.5"], "on-time ratio 1.5: must lie between 0"),
         (_pair_stack(), ["--on-ratio", "0.1"], "an on-time ratio is for the adaptive linearization"),
+        # f_3 = rho (1 - rho) (1 - 2 rho) vanishes at 1/2
+        (
+            _pair_stack(),
+            ["--order", "3", "--linearize", "adaptive", "--on-ratio", "0.5"],
+            "on-time ratio 0.5: the order-3 Bernoulli cumulant f_3 vanishes there",
+        ),
     ],
     ids=[
         "too-few-frames",
@@ -183,6 +211,7 @@ def _refused(argv, message, out, capsys):
         "adaptive-tiny",
         "on-ratio-above-1",
         "on-ratio-without-adaptive",
+        "on-ratio-at-a-root",
     ],
 )
 def test_stacks_and_settings_that_cannot_give_images_are_refused(data, options, message, tmp_path, capsys):

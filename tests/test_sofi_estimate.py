@@ -144,6 +144,8 @@ def test_fwhm_estimate_is_bounded_to_1_7_px():
     # Equal sub-lattice means mean no distance decay (an infinitely wide PSF): the upper bound.
     sub = np.ones((2, 2, 4, 4))
     assert float(estimate.estimate_fwhm(sub)) == pytest.approx(7.0)
+    assert estimate.fwhm_at_bound(estimate.estimate_fwhm(sub)) and estimate.fwhm_at_bound(1.0)
+    assert not estimate.fwhm_at_bound(2.3) and not estimate.fwhm_at_bound(6.99)
 
 
 # ---------------------------------------------------------------------------- deconvolution

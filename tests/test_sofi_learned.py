@@ -106,6 +106,22 @@ def test_pool_pairs_have_the_network_shapes(trained):
     np.testing.assert_allclose(inputs.std(axis=(1, 2, 3)), 1.0, rtol=1e-5)
 
 
+def test_a_pool_with_simulated_rho_targets_linearizes_them_with_the_cells_on_ratio(trained):
+    # the tiny recipe's movies blink with rho 0.3; its cell (0, 0) of the small preset says
+    # 10 / 610: the pool's targets are those of training_pairs with that ratio, not the estimate's
+    recipe = dataclasses.replace(trained[0], target_rho="simulated")
+    rho = recipe.target_on_ratio(0, 0)
+    assert rho == pytest.approx(10.0 / 610.0)
+    key = jax.random.key(3)
+    _, targets = learned.simulate_pool(key, recipe, 4, progress=False)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, 0), 4)))
+    movies = recipe.movies(keys, 0, 0)
+    _, want = learned.training_pairs(movies, FRAMES, 2.2, "adaptive", rho)
+    _, estimated = learned.training_pairs(movies, FRAMES, 2.2, "adaptive")
+    np.testing.assert_allclose(targets, want, atol=1e-5)  # other compiled batch sizes: float32 rounding
+    assert np.abs(targets - np.asarray(estimated)).max() > 0.05  # the estimate's exponent differs
+
+
 def _pearson(a, b):
     """Pearson correlation of each image pair (SciPy)."""
     return stats.pearsonr(a.reshape(len(a), -1), b.reshape(len(b), -1), axis=1).statistic

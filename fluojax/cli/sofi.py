@@ -22,15 +22,17 @@ SUBCOMMANDS = ("image", "simulate", "train", "predict")
 """``fluojax sofi`` subcommands (``image`` is implied by a first argument that is none of them)."""
 
 PRESET_NAMES = ("thesis", "small")
-CAMERA_NAMES = ("scmos", "emccd", "ideal")
 """``simulate --preset`` choices: ``fluojax.sofi.pipeline.PRESETS`` (listed here so that the help
 imports no jax; a test checks that they are the library's)."""
+
+CAMERA_NAMES = ("scmos", "emccd", "ideal")
+"""``simulate --camera`` choices: ``fluojax.sofi.pipeline.CAMERAS`` (checked by a test)."""
 
 LINEARIZE_NAMES = ("root", "adaptive", "none")
 """``--linearize`` choices: ``fluojax.sofi.pipeline.LINEARIZATIONS`` and ``none`` (checked by a test)."""
 
-USAGE = """fluojax sofi [image] STACK.tif [STACK ...] [--order 2-4] [--linearize root|adaptive|none] [--bsofi] [--fwhm PX] [--uint16] [-o OUT]
-       fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] -o OUT
+USAGE = """fluojax sofi [image] STACK.tif [STACK ...] [--order 2-4] [--linearize root|adaptive|none] [--on-ratio RHO] [--bsofi] [--fwhm PX] [--uint16] [-o OUT]
+       fluojax sofi simulate [--preset thesis|small] [--density 0-2] [--snr 0-3] [--frames N] [--camera scmos|emccd|ideal] -o OUT
        fluojax sofi train --config NAME [--steps N] -o RUN
        fluojax sofi predict STACK.tif --net RUN [--windows | --stride N] [-o OUT]"""
 
@@ -72,7 +74,7 @@ def _add_image(p: argparse.ArgumentParser) -> None:
             "RHO",
             "on-time ratio of the emitters for --linearize adaptive, if known (e.g. from single-molecule data); "
             "default: estimated from orders 2-3 with one emitter per point, which reads about N rho where N "
-            "emitters share a point",
+            "emitters share a point (the bSOFI maps estimate their own)",
         ),
         (
             "--block-frames",

@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from fluojax.sofi.nets import MisrGru as MisrGru
     from fluojax.sofi.nets import MisrGruConfig as MisrGruConfig
     from fluojax.sofi.nets import build_network as build_network
+    from fluojax.sofi.nets import fourier_amplitude_loss as fourier_amplitude_loss
     from fluojax.sofi.nets import fourier_loss as fourier_loss
     from fluojax.sofi.nets import output_size as output_size
 
@@ -105,6 +106,7 @@ _LAZY = {
     "MisrGru": "fluojax.sofi.nets",
     "MisrGruConfig": "fluojax.sofi.nets",
     "build_network": "fluojax.sofi.nets",
+    "fourier_amplitude_loss": "fluojax.sofi.nets",
     "fourier_loss": "fluojax.sofi.nets",
     "output_size": "fluojax.sofi.nets",
     "RECIPES": "fluojax.sofi.learned",

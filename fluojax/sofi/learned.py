@@ -56,8 +56,9 @@ Recipes (:data:`RECIPES`):
     see :func:`fluojax.sofi.simulate.thesis_preset`).
 ``misrgru-small-wide-rho``
     ``misrgru-small-wide`` whose adaptive targets use the simulation's own on-time ratio
-    (0.004-0.016) instead of the estimate from orders 2-3 with one emitter per point, which on
-    these filaments reads about N rho (0.2-0.4) and so gives exponents close to the root's.
+    instead of the estimate from orders 2-3 with one emitter per point, which where N emitters
+    share a point reads about N rho and so gives exponents close to the root's (docs/sofi.md,
+    sections 9-10).
 ``misrgru-small-c16``
     The same with the released code's 16-channel variant: 1.8 steps/s idle, so 6,000 steps.
 
@@ -348,7 +349,8 @@ def simulate_pool(
 
     Each cell's movies (:meth:`MisrGruRecipe.movies`) are simulated and turned into pairs
     (:func:`training_pairs`) ``chunk`` at a time (:func:`fluojax.batching.map_padded`: one
-    compilation per cell and one of the targets), with a progress counter.
+    compilation per cell, and one of the targets per on-time ratio they are linearized with),
+    with a progress counter.
 
     Arguments:
         key: PRNG key.
@@ -459,9 +461,8 @@ RECIPES: dict[str, MisrGruRecipe] = {
         filament_width_nm=50.0,
         target_rho="simulated",
         description=(
-            "misrgru-small-wide with targets linearized with the simulation's own on-time ratio "
-            "(0.004-0.016) instead of the one-emitter estimate (0.2-0.4 on these filaments): "
-            "adaptive exponents 0.8-1.2 instead of 0.6-0.7"
+            "misrgru-small-wide with targets adaptively linearized with the simulation's own on-time "
+            "ratio instead of the one-emitter estimate (which reads about N rho on these filaments)"
         ),
     ),
     "misrgru-small-c16": MisrGruRecipe(
@@ -558,15 +559,20 @@ def predict(
     step = f if stride is None else int(stride)
     require(step >= 1, f"stride {step} frames: must be >= 1")
     require(bool(np.all(np.isfinite(x))), "the stack holds non-finite values (NaN or infinity)")
-    starts = np.arange(0, x.shape[0] - f + 1, step)
-    # window [s, s + F) fluctuates iff some frame in it differs from the next one
-    changes = np.concatenate([[0], np.cumsum(np.any(x[1:] != x[:-1], axis=(1, 2)))])
-    still = starts[changes[starts + f - 1] == changes[starts]]
-    first = int(still[0]) if still.size else 0
-    require(
-        still.size == 0,
-        f"frames {first}-{first + f - 1}: no pixel changes in time, so there is no blinking for the network to image",
-    )
+    if f > 1:  # window [s, s + F) fluctuates iff some frame in it differs from the next one
+        starts = np.arange(0, x.shape[0] - f + 1, step)
+        t = x.shape[0]
+        moved = [  # frame i vs i + 1, 256 pairs at a time (no full-size boolean copy of the stack)
+            np.any(x[i + 1 : min(i + 257, t)] != x[i : min(i + 256, t - 1)], axis=(1, 2)) for i in range(0, t - 1, 256)
+        ]
+        changes = np.concatenate([[0], np.cumsum(np.concatenate(moved))])
+        still = starts[changes[starts + f - 1] == changes[starts]]
+        first = int(still[0]) if still.size else 0
+        require(
+            still.size == 0,
+            f"frames {first}-{first + f - 1}: no pixel changes in time, so there is no blinking for the network "
+            "to image",
+        )
     windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(x, f, axis=0)[::step], -1, 1)  # (n, F, H, W)
     inputs = np.asarray(network_input(windows))
     return networks.predict(networks.eval_view(net), inputs, max(1, min(int(batch), len(inputs))))

@@ -28,6 +28,7 @@ __all__ = [
     "MisrGru",
     "MisrGruConfig",
     "build_network",
+    "fourier_amplitude_loss",
     "fourier_loss",
     "output_size",
 ]
@@ -263,6 +264,20 @@ def _amplitude_phase(image):
     return amplitude, phase
 
 
+def fourier_amplitude_loss(prediction: Float[Array, "*b y x"], target: Float[Array, "*b y x"]) -> Float[Array, ""]:
+    """The amplitude half of :func:`fourier_loss`: ``mean |(|F(pred)| - |F(target)|)|`` over the
+    batch and the ``rfft2`` half plane (F unnormalised; Komen 2024, eq. 4.5). It ignores where
+    things are: any image with the target's amplitude spectrum scores 0.
+
+    Arguments:
+        prediction: (..., y, x) network output.
+        target: (..., y, x) target images, the same shape.
+    """
+    a_pred, _ = _amplitude_phase(prediction)
+    a_true, _ = _amplitude_phase(jnp.reshape(target, prediction.shape))
+    return jnp.mean(jnp.abs(a_pred - a_true))
+
+
 def fourier_loss(prediction: Float[Array, "*b y x"], target: Float[Array, "*b y x"]) -> Float[Array, ""]:
     """The Fourier-space L1 loss the released network is trained with (Fuoli et al. 2021; Komen
     2024, eq. 4.5):
@@ -282,6 +297,6 @@ def fourier_loss(prediction: Float[Array, "*b y x"], target: Float[Array, "*b y 
     Returns:
         scalar loss.
     """
-    a_pred, p_pred = _amplitude_phase(prediction)
-    a_true, p_true = _amplitude_phase(jnp.reshape(target, prediction.shape))
-    return jnp.mean(jnp.abs(a_pred - a_true)) + jnp.mean(jnp.abs(p_pred - p_true))
+    _, p_pred = _amplitude_phase(prediction)
+    _, p_true = _amplitude_phase(jnp.reshape(target, prediction.shape))
+    return fourier_amplitude_loss(prediction, target) + jnp.mean(jnp.abs(p_pred - p_true))

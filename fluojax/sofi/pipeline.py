@@ -36,7 +36,7 @@ import numpy as np
 
 from fluojax import noise
 from fluojax.io import require
-from fluojax.sofi import cumulants, cumulants_cpu, estimate, simulate
+from fluojax.sofi import cumulants, cumulants_cpu, estimate, models, simulate
 
 if TYPE_CHECKING:
     from jaxtyping import Float
@@ -234,6 +234,15 @@ def check_settings(settings: ImageSettings) -> None:
         rho is None or settings.linearize == "adaptive",
         "an on-time ratio is for the adaptive linearization: add --linearize adaptive",
     )
+    if rho is not None:
+        f2 = rho * (1.0 - rho)
+        for order in settings.orders:  # the exponent divides by log(i / f_n(rho)): f_n must not vanish
+            fn = float(models.bernoulli_cumulant(order, rho))
+            require(
+                abs(fn) > 1e-3 * f2,
+                f"on-time ratio {rho}: the order-{order} Bernoulli cumulant f_{order} vanishes there, so its "
+                "adaptive exponent is infinite; choose another order",
+            )
     require(settings.iterations >= 1, f"{settings.iterations} deconvolution iterations: must be at least 1")
     require(
         settings.cumulant_kernel in ("auto", "cpu", "xla"),
@@ -257,7 +266,7 @@ def check_stack_shape(
     """Refuse a stack that is not ``(frames, y, x)``, is smaller than the 4 x 4 pixel
     neighbourhood of the cross-cumulants, has too few frames for the highest order, or, for
     the adaptive linearization, has fewer camera pixels with cumulants ((H - 3) x (W - 3)) than
-    the brightest points it averages (:func:`fluojax.sofi.estimate.estimate_on_ratio`, 10).
+    the brightest points its exponent and on-ratio average (:data:`fluojax.sofi.estimate.PEAK_POINTS`).
 
     Arguments:
         shape: ``(T, H, W)``; T may be None (not known yet: only the pixels are checked).
@@ -411,7 +420,8 @@ def sofi_images(
     order's sub-lattices. Linearization (:func:`fluojax.sofi.estimate.linearize`): Richardson-Lucy
     with a Gaussian of sigma ``w sqrt(n) / sqrt(8 ln 2)`` output pixels, ``iterations`` times, then
     the n-th root; adaptive (:func:`fluojax.sofi.estimate.adaptive_linearize`): the exponent from
-    the on-time ratio rho_on of :func:`fluojax.sofi.estimate.estimate_on_ratio`. rho_on and the
+    the on-time ratio rho_on, ``on_ratio`` or else :func:`fluojax.sofi.estimate.estimate_on_ratio`
+    (the bSOFI maps estimate their own, per pixel). rho_on and the
     bSOFI maps (:func:`fluojax.sofi.estimate.bsofi_parameters`) compare cumulants of different
     orders at one pixel, so they take the distance-factor flattening with ``w`` (which keeps the
     model's scale), not the mean equalisation; the balanced image
