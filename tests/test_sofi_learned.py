@@ -112,9 +112,9 @@ def test_a_pool_with_simulated_rho_targets_linearizes_them_with_the_cells_on_rat
     recipe = dataclasses.replace(trained[0], target_rho="simulated")
     rho = recipe.target_on_ratio(0, 0)
     assert rho == pytest.approx(10.0 / 610.0)
-    key = jax.random.key(3)
-    _, targets = learned.simulate_pool(key, recipe, 4, progress=False)
-    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, 0), 4)))
+    key = jax.random.key(3)  # 16 movies: the pool's compiled chunk, so the calls below compile nothing new
+    _, targets = learned.simulate_pool(key, recipe, 16, progress=False)
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.fold_in(key, 0), 16)))
     movies = recipe.movies(keys, 0, 0)
     _, want = learned.training_pairs(movies, FRAMES, 2.2, "adaptive", rho)
     _, estimated = learned.training_pairs(movies, FRAMES, 2.2, "adaptive")
