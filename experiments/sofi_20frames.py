@@ -245,16 +245,14 @@ def main(argv=None) -> int:
             wide_short, wide_all = widefield(short, axis=0), widefield(frames, axis=0)
             sim_s = time.perf_counter() - t0
             images: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-            for lin in ("adaptive", "root"):
-                for n, stack, wide in ((n_short, short, wide_short), (n_all, frames, wide_all)):
-                    t1 = time.perf_counter()
-                    image = sofi(stack, lin, fwhm_px)
-                    images[f"SOFI {lin} {n}"] = (image, wide, time.perf_counter() - t1)
+            variants = [("adaptive", "adaptive", None), ("root", "root", None)]  # (label, linearization, rho_on)
             if args.simulated_rho:
+                variants.append(("adaptive-rho", "adaptive", settings.blinking.on_fraction))
+            for label, lin, rho in variants:
                 for n, stack, wide in ((n_short, short, wide_short), (n_all, frames, wide_all)):
                     t1 = time.perf_counter()
-                    image = sofi(stack, "adaptive", fwhm_px, settings.blinking.on_fraction)
-                    images[f"SOFI adaptive-rho {n}"] = (image, wide, time.perf_counter() - t1)
+                    image = sofi(stack, lin, fwhm_px, rho)
+                    images[f"SOFI {label} {n}"] = (image, wide, time.perf_counter() - t1)
             if net is not None:
                 t1 = time.perf_counter()
                 image = learned.predict(net, frames[:n_short])[0]

@@ -63,13 +63,11 @@ def main(argv=None) -> int:
     data = recipe.training_data(args.seed, None)
     x0, y0 = data.held_out[0]
     before = net(x0)
-    mse0, amp0 = float(data.loss(before, y0)), float(amplitude_term(before, y0))
-    weight = args.amplitude_weight * mse0 / amp0
-
-    base = data.loss  # the recipe's loss (pixel MSE for every recipe but a Fourier-loss one)
+    loss0, amp0 = float(data.loss(before, y0)), float(amplitude_term(before, y0))
+    weight = args.amplitude_weight * loss0 / amp0
 
     def loss(prediction, target):
-        value = base(prediction, target)
+        value = data.loss(prediction, target)  # the recipe's (the pixel MSE for all but a Fourier-loss recipe)
         return value if weight == 0 else value + weight * amplitude_term(prediction, target)
 
     config = dataclasses.replace(
@@ -83,8 +81,8 @@ def main(argv=None) -> int:
     history = training.train(net, data.sample_batch, config, loss=loss, data=data.data, held_out=data.held_out)
     after = net(x0)
     print(
-        f"{args.steps} steps in {time.perf_counter() - t0:.0f} s; first held-out batch: MSE {mse0:.5f} -> "
-        f"{float(training.mse_loss(after, y0)):.5f}, amplitude term {amp0:.5f} -> {float(amplitude_term(after, y0)):.5f}; "
+        f"{args.steps} steps in {time.perf_counter() - t0:.0f} s; first held-out batch: {recipe.loss} {loss0:.5f} -> "
+        f"{float(data.loss(after, y0)):.5f}, amplitude term {amp0:.5f} -> {float(amplitude_term(after, y0)):.5f}; "
         f"held-out loss {history.eval_loss[0]:.5f} -> {history.eval_loss[-1]:.5f}",
         flush=True,
     )

@@ -273,9 +273,14 @@ def fourier_amplitude_loss(prediction: Float[Array, "*b y x"], target: Float[Arr
         prediction: (..., y, x) network output.
         target: (..., y, x) target images, the same shape.
     """
-    a_pred, _ = _amplitude_phase(prediction)
-    a_true, _ = _amplitude_phase(jnp.reshape(target, prediction.shape))
-    return jnp.mean(jnp.abs(a_pred - a_true))
+    return _fourier_terms(prediction, target)[0]
+
+
+def _fourier_terms(prediction, target) -> tuple[Array, Array]:
+    """The amplitude and phase L1 terms of eq. 4.5, from one transform of each image."""
+    a_pred, p_pred = _amplitude_phase(prediction)
+    a_true, p_true = _amplitude_phase(jnp.reshape(target, prediction.shape))
+    return jnp.mean(jnp.abs(a_pred - a_true)), jnp.mean(jnp.abs(p_pred - p_true))
 
 
 def fourier_loss(prediction: Float[Array, "*b y x"], target: Float[Array, "*b y x"]) -> Float[Array, ""]:
@@ -297,6 +302,5 @@ def fourier_loss(prediction: Float[Array, "*b y x"], target: Float[Array, "*b y 
     Returns:
         scalar loss.
     """
-    _, p_pred = _amplitude_phase(prediction)
-    _, p_true = _amplitude_phase(jnp.reshape(target, prediction.shape))
-    return fourier_amplitude_loss(prediction, target) + jnp.mean(jnp.abs(p_pred - p_true))
+    amplitude, phase = _fourier_terms(prediction, target)
+    return amplitude + phase

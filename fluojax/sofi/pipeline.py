@@ -717,8 +717,9 @@ PRESETS = {"thesis": simulate.thesis_preset, "small": simulate.small_preset}
 take a density level (0-2, off-time 600/1200/2400 ms) and an SNR level (0-3, 100/80/60/40 photons)."""
 
 
-CAMERAS = ("scmos", "emccd", "ideal")
-"""Cameras a preset's movie can be read out with: the preset's sCMOS (per-pixel offset, read-noise
+CAMERAS = {"scmos": None, "emccd": noise.EMCCD.challenge_2016, "ideal": noise.IdealCamera}
+"""Cameras a preset's movie can be read out with, by name (a factory, or None for the preset's
+own): the preset's sCMOS (per-pixel offset, read-noise
 variance and gain maps, :func:`fluojax.sofi.simulate.scmos_camera`), the EMCCD of the SMLM
 Challenge 2016 (:meth:`fluojax.noise.EMCCD.challenge_2016`: EM gain 300, 45 e-/ADU, baseline
 100 ADU) or an ideal photon counter (shot noise only, counts in photo-electrons)."""
@@ -749,11 +750,8 @@ def simulation_settings(
         settings = simulate.thesis_preset(density_level, snr_level, (size or 128, size or 128), None, filament_width_nm)
     else:
         settings = simulate.small_preset(density_level, snr_level, size or 32, None, filament_width_nm)
-    if camera == "emccd":
-        return dataclasses.replace(settings, camera=noise.EMCCD.challenge_2016())
-    if camera == "ideal":
-        return dataclasses.replace(settings, camera=noise.IdealCamera())
-    return settings
+    make = CAMERAS[camera]
+    return settings if make is None else dataclasses.replace(settings, camera=make())
 
 
 def emitters_csv(movie: simulate.SofiMovie) -> str:
